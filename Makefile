@@ -1,0 +1,71 @@
+# Developer entry points. Each target is thin: one tool each; `make help` lists them.
+# A fresh machine needs only python3 (>=3.11), node/npm, gcc and cmake; `make install` does the rest.
+
+PYTHON   ?= python3
+VENV     := .venv
+BIN      := $(VENV)/bin
+PY       := $(BIN)/python
+BUF      := node_modules/.bin/buf
+STAMP    := $(VENV)/.installed-stamp
+NPMSTAMP := node_modules/.installed-stamp
+PROTODEPS := build/protodeps
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-fast gen check-gen lint buf-lint buf-breaking fmt bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
+
+install: $(STAMP) $(NPMSTAMP)  ## create .venv with the server, gateway and test tools; npm tools
+
+# llama-cpp-python compiles from source the first time (about 6 minutes on 2 cores); pip caches the wheel.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[local,dev]'
+	touch $@
+
+$(NPMSTAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+run: install  ## serve gRPC on 127.0.0.1:50051 and HTTP on 127.0.0.1:8080 with the local model
+	$(PY) -m server
+
+gen: install  ## regenerate everything in gen/ from proto/
+	$(PY) tools/codegen.py
+
+check-gen: install  ## fail if gen/ differs from what the protos give
+	$(PY) tools/codegen.py --check
+
+# buf takes google/api and google/rpc from the installed googleapis-common-protos (no BSR at run time).
+$(PROTODEPS): $(STAMP)
+	$(PY) tools/codegen.py --export-deps $@
+
+buf-lint: $(NPMSTAMP) $(PROTODEPS)  ## buf lint (STANDARD) on proto/
+	$(BUF) lint
+
+buf-breaking: $(NPMSTAMP) $(PROTODEPS)  ## compare proto/ with main's last commit (BASE=<git ref> to change)
+	$(BUF) breaking --against '.git#ref=$(or $(BASE),HEAD)'
+
+lint: install buf-lint  ## buf lint, ruff, mypy
+	$(BIN)/ruff check server gateway tests tools bench
+	$(BIN)/ruff format --check server gateway tests tools bench
+	$(BIN)/mypy
+
+fmt: install  ## format the hand-written code
+	$(BIN)/ruff format server gateway tests tools bench
+	$(BIN)/ruff check --fix server gateway tests tools bench
+
+test: install check-gen lint  ## the whole suite: generated-code drift, lint, pytest
+	$(BIN)/pytest -q
+
+test-fast: install  ## pytest without the tests that drive the real model
+	$(BIN)/pytest -q -m "not slow"
+
+bench: install  ## benchmarks: print figures, assert nothing
+	$(PY) bench/gateway_overhead.py
+
+clean:  ## remove build outputs and caches (keeps .venv and node_modules)
+	rm -rf build .pytest_cache .mypy_cache .ruff_cache
+	find . -name __pycache__ -type d -not -path './.venv/*' -not -path './node_modules/*' -exec rm -rf {} +

@@ -1,0 +1,1 @@
+"""AI Battle HTTP gateway."""

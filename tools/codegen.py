@@ -1,0 +1,127 @@
+"""Regenerate every generated artifact from the protos (what `make gen` runs).
+
+protoc (from grpcio-tools) writes protobuf modules, gRPC stubs and mypy-protobuf
+`.pyi` stubs. Output goes to a fresh directory that then replaces the target, so
+a removed proto leaves no stale module behind and running twice changes nothing.
+Nothing protoc writes is edited afterwards: the proto package `aibattle.v1`
+becomes the import path `aibattle.v1`, which works as emitted.
+
+    python tools/codegen.py            # rewrite gen/
+    python tools/codegen.py --check    # exit 1 if gen/ differs from a fresh run
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import shutil
+import sys
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PROTO_ROOTS = [ROOT / "proto"]
+GEN = ROOT / "gen"
+
+
+def include_paths() -> list[Path]:
+    """Where protoc finds our imports: google/protobuf from grpcio-tools, google/api and google/rpc
+    from googleapis-common-protos (no network, no vendored copies)."""
+    import google.api.annotations_pb2 as annotations
+
+    grpc_tools_protos = Path(str(resources.files("grpc_tools") / "_proto"))
+    googleapis_root = Path(annotations.__file__).resolve().parent.parent.parent
+    return [grpc_tools_protos, googleapis_root]
+
+
+def plugin_args() -> list[str]:
+    """mypy-protobuf's plugins sit beside this interpreter; name them so PATH doesn't matter."""
+    bindir = Path(sys.executable).parent
+    return [f"--plugin=protoc-gen-{name}={bindir / f'protoc-gen-{name}'}" for name in ("mypy", "mypy_grpc")]
+
+
+def generate(proto_roots: list[Path], out: Path) -> None:
+    """Run protoc over every .proto under proto_roots, writing into out (created, must be empty)."""
+    from grpc_tools import protoc
+
+    out.mkdir(parents=True, exist_ok=True)
+    for root in proto_roots:
+        files = sorted(str(p.relative_to(root)) for p in root.rglob("*.proto"))
+        if not files:
+            continue
+        args = [
+            "grpc_tools.protoc",
+            f"-I{root}",
+            *(f"-I{p}" for p in include_paths()),
+            f"--python_out={out}",
+            f"--grpc_python_out={out}",
+            *plugin_args(),
+            f"--mypy_out={out}",
+            f"--mypy_grpc_out={out}",
+            *files,
+        ]
+        if protoc.main(args) != 0:
+            raise SystemExit(f"protoc failed for {root}")
+
+
+def export_deps(out: Path) -> None:
+    """Copy the google/api and google/rpc protos we import into out, for buf (which has no BSR here)."""
+    import google.api.annotations_pb2 as annotations
+
+    googleapis_root = Path(annotations.__file__).resolve().parent.parent.parent
+    if out.exists():
+        shutil.rmtree(out)
+    for package in ("google/api", "google/rpc"):
+        for proto in (googleapis_root / package).rglob("*.proto"):
+            target = out / proto.relative_to(googleapis_root)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(proto, target)
+
+
+def diff(a: Path, b: Path) -> list[str]:
+    """Relative paths that differ between two trees (missing on either side, or different bytes)."""
+    changed: list[str] = []
+
+    def walk(cmp: filecmp.dircmp[str], prefix: str) -> None:
+        changed.extend(prefix + n for n in cmp.left_only + cmp.right_only + cmp.funny_files)
+        _, mismatch, errors = filecmp.cmpfiles(cmp.left, cmp.right, cmp.common_files, shallow=False)
+        changed.extend(prefix + n for n in mismatch + errors)
+        for name, sub in cmp.subdirs.items():
+            walk(sub, f"{prefix}{name}/")
+
+    walk(filecmp.dircmp(a, b, ignore=["__pycache__"]), "")
+    return sorted(changed)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail if gen/ is not what the protos give")
+    parser.add_argument("--out", type=Path, default=GEN, help="target directory (default: gen/)")
+    parser.add_argument("--proto-root", type=Path, action="append", help="proto root(s) (default: proto/)")
+    parser.add_argument("--export-deps", type=Path, metavar="DIR", help="only copy imported google protos to DIR")
+    args = parser.parse_args()
+    if args.export_deps:
+        export_deps(args.export_deps)
+        return 0
+    roots = args.proto_root or PROTO_ROOTS
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = Path(tmp) / "gen"
+        generate(roots, fresh)
+        if args.check:
+            changed = diff(fresh, args.out) if args.out.exists() else ["(gen/ is missing)"]
+            if changed:
+                print("generated code is out of date; run `make gen`. Differs:", file=sys.stderr)
+                print("\n".join(f"  {p}" for p in changed), file=sys.stderr)
+                return 1
+            print("generated code is up to date")
+            return 0
+        if args.out.exists():
+            shutil.rmtree(args.out)
+        shutil.copytree(fresh, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
