@@ -41,6 +41,11 @@ def plugin_args() -> list[str]:
     return [f"--plugin=protoc-gen-{name}={bindir / f'protoc-gen-{name}'}" for name in ("mypy", "mypy_grpc")]
 
 
+def descriptor_set_name(files: list[str]) -> str:
+    """`aibattle/v1/x.proto` → `aibattle_descriptors.binpb`: one FileDescriptorSet per top-level package."""
+    return f"{Path(files[0]).parts[0]}_descriptors.binpb"
+
+
 def generate(proto_roots: list[Path], out: Path) -> None:
     """Run protoc over every .proto under proto_roots, writing into out (created, must be empty)."""
     from grpc_tools import protoc
@@ -59,6 +64,10 @@ def generate(proto_roots: list[Path], out: Path) -> None:
             *plugin_args(),
             f"--mypy_out={out}",
             f"--mypy_grpc_out={out}",
+            # Generated modules drop comments; the gateway's OpenAPI document needs them.
+            f"--descriptor_set_out={out / descriptor_set_name(files)}",
+            "--include_imports",
+            "--include_source_info",
             *files,
         ]
         if protoc.main(args) != 0:

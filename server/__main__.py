@@ -1,0 +1,85 @@
+"""`python -m server`: serve gRPC (and the HTTP gateway in-process) until SIGTERM or SIGINT.
+
+Shutdown: the first signal turns health NOT_SERVING, stops accepting calls and gives
+in-flight ones `shutdown_grace_seconds` to finish before cancelling them, then exits 0.
+A second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from server import logs
+from server.app import AIBattleServer
+from server.config import Config, ConfigError, load_config
+
+log = logging.getLogger("aibattle")
+
+
+def _split_addr(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"server.http_addr: expected host:port, got {addr!r}")
+    return host.strip("[]"), int(port)
+
+
+async def serve(config: Config) -> int:
+    server = AIBattleServer(config)
+    await server.start()
+    gateway = None
+    if config.server.http_addr:
+        from gateway import start_gateway
+
+        host, port = _split_addr(config.server.http_addr)
+        gateway = await start_gateway(grpc_target=server.grpc_target, host=host, port=port)
+    print(
+        f"AI Battle serving gRPC on {server.grpc_target}"
+        + (f", HTTP on http://{config.server.http_addr}" if gateway else "")
+        + f"; models: {', '.join(m.id for m in config.models)}",
+        flush=True,
+    )
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stopping.is_set():
+            log.warning("second signal: exiting now", extra={"signal": signal.Signals(signum).name})
+            os._exit(1)
+        log.info("shutting down", extra={"signal": signal.Signals(signum).name})
+        stopping.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    await stopping.wait()
+
+    grace = config.server.shutdown_grace_seconds
+    await server.drain()
+    stops = [server.stop(grace)]
+    if gateway is not None:
+        stops.append(gateway.close())
+    await asyncio.gather(*stops)
+    log.info("stopped")
+    return 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="aibattle-server", description="AI Battle gRPC server")
+    parser.add_argument("--config", help="TOML configuration file (default: $AIBATTLE_CONFIG)")
+    args = parser.parse_args()
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"aibattle: configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    logs.configure(config.server.log_level)
+    sys.exit(asyncio.run(serve(config)))
+
+
+if __name__ == "__main__":
+    main()

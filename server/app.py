@@ -1,0 +1,96 @@
+"""The gRPC server: services, health, reflection, interceptors, and an orderly shutdown."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from aibattle.v1 import (
+    completions_pb2,
+    completions_pb2_grpc,
+    conversations_pb2,
+    models_pb2,
+    models_pb2_grpc,
+    reasoning_pb2,
+)
+from server import reflection
+from server.config import Config
+from server.interceptors import ErrorInterceptor, RequestContextInterceptor
+from server.providers.registry import ModelRegistry
+from server.services.completions import CompletionServicer
+from server.services.models import ModelServicer
+from server.services.unimplemented import unimplemented_service
+
+log = logging.getLogger(__name__)
+
+# The services of the schema, in the order reflection lists them.
+SERVICES = (
+    models_pb2.DESCRIPTOR.services_by_name["ModelService"],
+    completions_pb2.DESCRIPTOR.services_by_name["CompletionService"],
+    conversations_pb2.DESCRIPTOR.services_by_name["ConversationService"],
+    reasoning_pb2.DESCRIPTOR.services_by_name["ReasoningService"],
+)
+# Declared in the schema, served by a later version.
+NOT_YET_IMPLEMENTED = (SERVICES[2], SERVICES[3])
+
+
+class AIBattleServer:
+    """One gRPC server process: `await start()`, serve, `await stop(grace)`."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.registry = ModelRegistry(config)
+        self.health = health.aio.HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self.grpc_port = 0
+
+    @property
+    def grpc_target(self) -> str:
+        host = self.config.server.grpc_addr.rsplit(":", 1)[0]
+        return f"{host}:{self.grpc_port}"
+
+    async def start(self) -> None:
+        await self.registry.start()
+        limit = self.config.server.max_message_bytes
+        server = grpc.aio.server(
+            interceptors=(RequestContextInterceptor(), ErrorInterceptor()),
+            options=(
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 0),
+            ),
+        )
+        models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.registry), server)
+        completions_pb2_grpc.add_CompletionServiceServicer_to_server(CompletionServicer(self.registry), server)
+        server.add_generic_rpc_handlers(tuple(unimplemented_service(s) for s in NOT_YET_IMPLEMENTED))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        names = [s.full_name for s in SERVICES]
+        reflection.enable(server, [*names, health.SERVICE_NAME])
+        self.grpc_port = server.add_insecure_port(self.config.server.grpc_addr)
+        if not self.grpc_port:
+            raise OSError(f"cannot listen on {self.config.server.grpc_addr}")
+        await server.start()
+        for name in ("", *names):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._server = server
+        log.info("grpc serving", extra={"addr": self.grpc_target})
+
+    async def drain(self) -> None:
+        """Tell load balancers to go elsewhere before we stop (health NOT_SERVING everywhere)."""
+        await self.health.enter_graceful_shutdown()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting calls, let in-flight ones run for `grace` seconds, then cancel them."""
+        if self._server is None:
+            return
+        await self.drain()
+        await self._server.stop(grace)
+        self._server = None
+        await self.registry.close()
+        log.info("grpc stopped")
+
+    async def wait_for_termination(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()

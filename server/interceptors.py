@@ -1,0 +1,122 @@
+"""Server interceptors (grpc-interceptor): request context and logging, then error mapping.
+
+Order matters: RequestContextInterceptor is outermost so the request id is set before
+anything logs and the access log sees the final status; ErrorInterceptor is the one
+place where exceptions become statuses.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+from grpc_interceptor.server import AsyncServerInterceptor
+from grpc_status import rpc_status
+
+from server import logs
+from server.errors import ApiError
+
+log = logging.getLogger("aibattle.access")
+errlog = logging.getLogger("aibattle.errors")
+
+REQUEST_ID_HEADER = "x-request-id"
+_MAX_REQUEST_ID = 128
+
+
+def _incoming_request_id(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_HEADER and isinstance(value, str) and 0 < len(value) <= _MAX_REQUEST_ID:
+            return value
+    return uuid.uuid4().hex
+
+
+class RequestContextInterceptor(AsyncServerInterceptor):  # type: ignore[misc]
+    """Takes or makes the request id, echoes it as initial metadata, writes one access-log line."""
+
+    async def intercept(
+        self, method: Callable[..., Any], request: Any, context: grpc.aio.ServicerContext, method_name: str
+    ) -> Any:
+        rid = _incoming_request_id(context)
+        token = logs.request_id.set(rid)
+        await context.send_initial_metadata(((REQUEST_ID_HEADER, rid),))
+        started = time.perf_counter()
+        try:
+            response = method(request, context)
+            if inspect.isasyncgen(response):
+                return self._stream(response, context, method_name, started, rid)
+            result = await response
+            self._log(context, method_name, started)
+            return result
+        except BaseException:
+            self._log(context, method_name, started)
+            raise
+        finally:
+            logs.request_id.reset(token)
+
+    async def _stream(
+        self, responses: AsyncIterator[Any], context: grpc.aio.ServicerContext, method_name: str,
+        started: float, rid: str,
+    ) -> AsyncIterator[Any]:
+        token = logs.request_id.set(rid)
+        try:
+            async for response in responses:
+                yield response
+        finally:
+            self._log(context, method_name, started)
+            logs.request_id.reset(token)
+
+    @staticmethod
+    def _log(context: grpc.aio.ServicerContext, method_name: str, started: float) -> None:
+        code = context.code() or grpc.StatusCode.OK
+        if context.cancelled() and code == grpc.StatusCode.OK:
+            code = grpc.StatusCode.CANCELLED
+        name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+        log.info(
+            "rpc",
+            extra={"method": method_name, "code": name, "ms": round((time.perf_counter() - started) * 1000, 1)},
+        )
+
+
+class ErrorInterceptor(AsyncServerInterceptor):  # type: ignore[misc]
+    """ApiError → rich status; anything unexpected → INTERNAL with a logged traceback."""
+
+    async def intercept(
+        self, method: Callable[..., Any], request: Any, context: grpc.aio.ServicerContext, method_name: str
+    ) -> Any:
+        try:
+            response = method(request, context)
+            if inspect.isasyncgen(response):
+                return self._stream(response, context, method_name)
+            return await response
+        except Exception as exc:  # noqa: BLE001 - this is the one place exceptions become statuses
+            await _abort(context, exc, method_name)
+
+    async def _stream(
+        self, responses: AsyncIterator[Any], context: grpc.aio.ServicerContext, method_name: str
+    ) -> AsyncIterator[Any]:
+        try:
+            async for response in responses:
+                yield response
+        except Exception as exc:  # noqa: BLE001
+            await _abort(context, exc, method_name)
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method_name: str) -> None:
+    if isinstance(exc, grpc.aio.AbortError):
+        raise exc  # already a status (health, reflection, or context.abort in a handler)
+    if isinstance(exc, ApiError):
+        status = exc.to_status()
+    else:
+        errlog.exception("unhandled error", extra={"method": method_name})
+        status = ApiError(
+            grpc.StatusCode.INTERNAL,
+            "INTERNAL",
+            f"internal error; quote request id {logs.request_id.get()} when reporting it",
+        ).to_status()
+    grpc_status = rpc_status.to_status(status)
+    await context.abort(grpc_status.code, grpc_status.details, grpc_status.trailing_metadata)

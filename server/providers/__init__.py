@@ -1,0 +1,1 @@
+"""Model providers: one interface (chat request in, deltas out), one module per backend."""

@@ -1,0 +1,115 @@
+"""What every provider speaks: a chat request in, an async stream of deltas out.
+
+A provider's `stream()` yields `Delta`s as the model produces them and ends with
+exactly one `Finish` carrying usage and the finish reason. Closing the iterator
+early (the client went away, a deadline passed) must stop the model's work.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from server.config import ModelConfig
+
+
+class Role(enum.StrEnum):
+    """Chat roles as providers understand them."""
+
+    SYSTEM = "system"
+    USER = "user"
+    ASSISTANT = "assistant"
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """An inline file for the model (FileData)."""
+
+    type: str
+    mime_type: str
+    content: bytes
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: Role
+    content: str
+    attachments: tuple[Attachment, ...] = ()
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """A provider-neutral chat request; every option is already validated."""
+
+    messages: tuple[ChatMessage, ...]
+    max_tokens: int
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    timeout: float | None = None
+    """Seconds left before the client's deadline, if it set one."""
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class FinishReason(enum.Enum):
+    STOP = "stop"
+    LENGTH = "length"
+    CONTENT_FILTER = "content_filter"
+
+
+@dataclass(frozen=True)
+class Delta:
+    """Text produced since the previous delta."""
+
+    content: str = ""
+    thinking: str = ""
+
+
+@dataclass(frozen=True)
+class Finish:
+    """The last item of every stream."""
+
+    usage: Usage
+    reason: FinishReason = FinishReason.STOP
+
+
+StreamItem = Delta | Finish
+
+
+class Provider(Protocol):
+    """A backend that runs models of one kind (llama.cpp in-process, an HTTP API, a script)."""
+
+    name: str
+
+    async def start(self) -> None:
+        """Acquire resources (load weights, open sessions); called once before serving."""
+
+    async def close(self) -> None:
+        """Release resources; in-flight streams are already cancelled."""
+
+    def stream(self, model: ModelConfig, request: ChatRequest) -> AsyncIterator[StreamItem]:
+        """Generate a reply: deltas as they come, then one Finish."""
+        ...
+
+
+@dataclass
+class Completion:
+    """A whole reply, collected from a stream."""
+
+    content: str = ""
+    thinking: str = ""
+    usage: Usage = field(default_factory=Usage)
+    reason: FinishReason = FinishReason.STOP

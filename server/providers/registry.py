@@ -1,0 +1,57 @@
+"""The configured models and the providers that run them."""
+
+from __future__ import annotations
+
+import logging
+
+from server.config import Config, ModelConfig
+from server.errors import NotFound
+from server.providers.base import Provider
+from server.providers.scripted import ScriptedProvider
+
+log = logging.getLogger(__name__)
+
+
+class ModelRegistry:
+    """Looks models up by id and owns one provider instance per provider kind in use."""
+
+    def __init__(self, config: Config) -> None:
+        self._models = {m.id: m for m in sorted(config.models, key=lambda m: m.id)}
+        self._providers: dict[str, Provider] = {}
+        for kind in sorted({m.provider for m in config.models}):
+            self._providers[kind] = _make_provider(kind, config)
+
+    @property
+    def providers(self) -> dict[str, Provider]:
+        return dict(self._providers)
+
+    def models(self) -> list[ModelConfig]:
+        """All models, ordered by id."""
+        return list(self._models.values())
+
+    def get(self, model_id: str) -> tuple[ModelConfig, Provider]:
+        """The model and its provider; NotFound names the id."""
+        model = self._models.get(model_id)
+        if model is None:
+            raise NotFound("model", model_id)
+        return model, self._providers[model.provider]
+
+    async def start(self) -> None:
+        for provider in self._providers.values():
+            await provider.start()
+        log.info("models ready", extra={"models": list(self._models)})
+
+    async def close(self) -> None:
+        for provider in self._providers.values():
+            await provider.close()
+
+
+def _make_provider(kind: str, config: Config) -> Provider:
+    if kind == "scripted":
+        return ScriptedProvider()
+    if kind == "local":
+        # Imported here so a deployment without the local model never loads llama.cpp.
+        from server.providers.local import LocalProvider
+
+        return LocalProvider(config.local)
+    raise ValueError(f"provider {kind!r} is not implemented")  # config validation rejects it first

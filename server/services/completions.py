@@ -1,0 +1,190 @@
+"""CompletionService: one model, whole or streamed."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Protocol
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from aibattle.v1 import common_pb2, completions_pb2, completions_pb2_grpc
+from server.config import ModelConfig
+from server.errors import InvalidArgument
+from server.providers.base import (
+    Attachment,
+    ChatMessage,
+    ChatRequest,
+    Delta,
+    Finish,
+    FinishReason,
+    Provider,
+    Role,
+    Usage,
+)
+from server.providers.registry import ModelRegistry
+
+MAX_STOP_SEQUENCES = 4
+MAX_STOP_LENGTH = 64
+ROLES = {"system": Role.SYSTEM, "user": Role.USER, "human": Role.USER, "assistant": Role.ASSISTANT}
+FINISH_REASONS = {
+    FinishReason.STOP: common_pb2.FINISH_REASON_STOP,
+    FinishReason.LENGTH: common_pb2.FINISH_REASON_LENGTH,
+    FinishReason.CONTENT_FILTER: common_pb2.FINISH_REASON_CONTENT_FILTER,
+}
+# FileData.type → the model capability it needs.
+ATTACHMENT_CAPABILITIES = {"image": "image", "audio": "audio", "video": "video", "document": "document"}
+
+
+class CompletionFields(Protocol):
+    """What CreateCompletionRequest and StreamCompletionRequest have in common (all of it)."""
+
+    model: str
+    prompt: str
+    max_tokens: int
+    temperature: float
+    system_instruction: str
+    messages: list[common_pb2.Message]
+    file_data: common_pb2.FileData
+    top_p: float
+    stop: list[str]
+    seed: int
+
+    def HasField(self, name: str) -> bool: ...  # noqa: N802 - protobuf's name
+
+
+def _attachment(data: common_pb2.FileData, field: str, model: ModelConfig) -> Attachment:
+    needed = ATTACHMENT_CAPABILITIES.get(data.type, "text" if data.type == "text" else None)
+    if needed is None:
+        raise InvalidArgument(f"{field}.type", f"{data.type!r} is not one of image, audio, video, document, text")
+    if needed not in model.capabilities:
+        raise InvalidArgument(
+            field, f"model {model.id!r} lacks the {needed!r} capability this attachment needs",
+            reason="CAPABILITY_MISSING",
+        )
+    return Attachment(type=data.type, mime_type=data.mime_type, content=data.content, path=data.path)
+
+
+def chat_request(
+    request: CompletionFields, model: ModelConfig, context: grpc.aio.ServicerContext
+) -> ChatRequest:
+    """Validate a completion request against its model; errors name the field at fault."""
+    if not request.prompt and not request.messages:
+        raise InvalidArgument("prompt", "either prompt or messages is required")
+    messages: list[ChatMessage] = []
+    if request.system_instruction:
+        messages.append(ChatMessage(Role.SYSTEM, request.system_instruction))
+    for i, message in enumerate(request.messages):
+        role = ROLES.get(message.role)
+        if role is None:
+            raise InvalidArgument(f"messages[{i}].role", f"{message.role!r} is not one of {', '.join(ROLES)}")
+        files = tuple(_attachment(f, f"messages[{i}].file_data", model) for f in message.file_data)
+        messages.append(ChatMessage(role, message.content, files))
+    if request.prompt or request.HasField("file_data"):
+        files = (_attachment(request.file_data, "file_data", model),) if request.HasField("file_data") else ()
+        messages.append(ChatMessage(Role.USER, request.prompt, files))
+
+    max_tokens = model.default_max_tokens
+    if request.HasField("max_tokens"):
+        if request.max_tokens <= 0:
+            raise InvalidArgument("max_tokens", f"must be positive, got {request.max_tokens}")
+        max_tokens = request.max_tokens
+    temperature = top_p = None
+    if request.HasField("temperature"):
+        if not (math.isfinite(request.temperature) and 0 <= request.temperature <= 2):
+            raise InvalidArgument("temperature", f"must be between 0 and 2, got {request.temperature}")
+        temperature = request.temperature
+    if request.HasField("top_p"):
+        if not (math.isfinite(request.top_p) and 0 < request.top_p <= 1):
+            raise InvalidArgument("top_p", f"must be in (0, 1], got {request.top_p}")
+        top_p = request.top_p
+    if len(request.stop) > MAX_STOP_SEQUENCES:
+        raise InvalidArgument("stop", f"at most {MAX_STOP_SEQUENCES} sequences, got {len(request.stop)}")
+    for i, stop in enumerate(request.stop):
+        if not stop or len(stop) > MAX_STOP_LENGTH:
+            raise InvalidArgument(f"stop[{i}]", f"must be 1 to {MAX_STOP_LENGTH} characters")
+    remaining = context.time_remaining()
+    return ChatRequest(
+        messages=tuple(messages),
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        stop=tuple(request.stop),
+        seed=request.seed & 0xFFFFFFFF if request.HasField("seed") else None,
+        timeout=remaining if remaining is not None else None,
+    )
+
+
+def usage_proto(model: ModelConfig, usage: Usage) -> common_pb2.Usage:
+    cost = usage.prompt_tokens * model.pricing_input + usage.completion_tokens * model.pricing_output
+    return common_pb2.Usage(
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        total_tokens=usage.total_tokens,
+        cost_usd=cost,
+    )
+
+
+class CompletionServicer(completions_pb2_grpc.CompletionServiceServicer):
+    def __init__(self, registry: ModelRegistry) -> None:
+        self._registry = registry
+
+    def _resolve(
+        self, request: CompletionFields, context: grpc.aio.ServicerContext
+    ) -> tuple[ModelConfig, Provider, ChatRequest]:
+        if not request.model:
+            raise InvalidArgument("model", "is required")
+        model, provider = self._registry.get(request.model)
+        return model, provider, chat_request(request, model, context)
+
+    async def CreateCompletion(
+        self, request: completions_pb2.CreateCompletionRequest, context: grpc.aio.ServicerContext
+    ) -> completions_pb2.CreateCompletionResponse:
+        model, provider, chat = self._resolve(request, context)
+        created = timestamp_pb2.Timestamp()
+        created.GetCurrentTime()
+        content: list[str] = []
+        thinking: list[str] = []
+        finish = Finish(Usage())
+        async with aclosing(provider.stream(model, chat)) as stream:
+            async for item in stream:
+                if isinstance(item, Delta):
+                    content.append(item.content)
+                    thinking.append(item.thinking)
+                else:
+                    finish = item
+        return completions_pb2.CreateCompletionResponse(
+            id=_completion_id(),
+            model=model.id,
+            content="".join(content),
+            thinking="".join(thinking),
+            usage=usage_proto(model, finish.usage),
+            finish_reason=FINISH_REASONS[finish.reason],
+            created_at=created,
+        )
+
+    async def StreamCompletion(
+        self, request: completions_pb2.StreamCompletionRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[completions_pb2.StreamCompletionResponse]:
+        model, provider, chat = self._resolve(request, context)
+        completion_id = _completion_id()
+        index = 0
+        # aclosing: a client that goes away closes the provider's stream now, which stops the model.
+        async with aclosing(provider.stream(model, chat)) as stream:
+            async for item in stream:
+                chunk = completions_pb2.StreamCompletionResponse(id=completion_id, model=model.id, index=index)
+                if isinstance(item, Delta):
+                    chunk.content, chunk.thinking = item.content, item.thinking
+                else:
+                    chunk.is_final = True
+                    chunk.usage.CopyFrom(usage_proto(model, item.usage))
+                    chunk.finish_reason = FINISH_REASONS[item.reason]
+                yield chunk
+                index += 1
+
+
+def _completion_id() -> str:
+    return f"cmpl-{uuid.uuid4().hex[:24]}"

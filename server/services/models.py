@@ -1,0 +1,58 @@
+"""ModelService: the configured models."""
+
+from __future__ import annotations
+
+import grpc
+
+from aibattle.v1 import models_pb2, models_pb2_grpc
+from server.config import ModelConfig
+from server.errors import InvalidArgument
+from server.pagination import paginate
+from server.providers.registry import ModelRegistry
+
+
+def model_proto(model: ModelConfig) -> models_pb2.Model:
+    return models_pb2.Model(
+        id=model.id,
+        provider=model.provider,
+        capabilities=model.capabilities,
+        max_tokens=model.context_length,
+        pricing=models_pb2.Pricing(input=model.pricing_input, output=model.pricing_output),
+        upstream_model=model.upstream_model or model.id,
+        display_name=model.display_name or model.id,
+        fallbacks=model.fallbacks,
+    )
+
+
+class ModelServicer(models_pb2_grpc.ModelServiceServicer):
+    def __init__(self, registry: ModelRegistry) -> None:
+        self._registry = registry
+
+    async def ListModels(
+        self, request: models_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> models_pb2.ListModelsResponse:
+        matching = [
+            m
+            for m in self._registry.models()
+            if (not request.provider or m.provider == request.provider)
+            and (not request.capability or request.capability in m.capabilities)
+        ]
+        page, next_token = paginate(
+            matching,
+            size=request.page_size,
+            token=request.page_token,
+            filters=(request.provider, request.capability),
+            default=50,
+            maximum=1000,
+        )
+        return models_pb2.ListModelsResponse(
+            models=[model_proto(m) for m in page], next_page_token=next_token, total_size=len(matching)
+        )
+
+    async def GetModel(
+        self, request: models_pb2.GetModelRequest, context: grpc.aio.ServicerContext
+    ) -> models_pb2.GetModelResponse:
+        if not request.model_id:
+            raise InvalidArgument("model_id", "is required")
+        model, _ = self._registry.get(request.model_id)
+        return models_pb2.GetModelResponse(model=model_proto(model))
