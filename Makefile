@@ -19,10 +19,16 @@ help:  ## list the targets
 install: $(STAMP) $(NPMSTAMP)  ## create .venv with the server, gateway and test tools; npm tools
 
 # llama-cpp-python compiles from source the first time (about 6 minutes on 2 cores); pip caches the wheel.
+# A portable AVX2 build: the native one enables AMX/AVX-512 kernels that crash (general protection
+# fault) on virtual CPUs that advertise but don't grant them, and a cached native wheel breaks on
+# any other CPU.
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	-DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF
+
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[local,dev]'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install --quiet -e '.[local,dev]'
 	touch $@
 
 $(NPMSTAMP): package.json package-lock.json

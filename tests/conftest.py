@@ -1,0 +1,73 @@
+"""Fixtures shared by every test folder: real servers on port 0, channels, config helpers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+
+from server.app import AIBattleServer
+from server.config import Config
+
+SCRIPTED_MODELS: list[dict[str, Any]] = [
+    {
+        "id": "scripted-echo",
+        "provider": "scripted",
+        "capabilities": ["text", "conversation"],
+        "script": ["Hello there, friend. This is a scripted reply."],
+        "pricing": {"input": 0.001, "output": 0.002},
+    },
+    {
+        "id": "scripted-slow",
+        "provider": "scripted",
+        "capabilities": ["text"],
+        "script": [" ".join(f"word{i}" for i in range(200))],
+        "chunk_delay_ms": 20,
+    },
+    {"id": "scripted-fail", "provider": "scripted", "script": ["one two three four"], "error_after_chunks": 2},
+    {"id": "scripted-vision", "provider": "scripted", "capabilities": ["text", "image"], "script": ["I see."]},
+]
+
+
+def make_config(models: list[dict[str, Any]] | None = None, **server: Any) -> Config:
+    return Config.from_dict(
+        {
+            "server": {"grpc_addr": "127.0.0.1:0", "http_addr": "", **server},
+            "models": SCRIPTED_MODELS if models is None else models,
+        }
+    )
+
+
+@pytest.fixture
+async def scripted_server() -> AsyncIterator[AIBattleServer]:
+    server = AIBattleServer(make_config())
+    await server.start()
+    yield server
+    await server.stop(grace=0.5)
+
+
+@pytest.fixture
+async def channel(scripted_server: AIBattleServer) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(scripted_server.grpc_target) as chan:
+        yield chan
+
+
+def rich_status(error: grpc.aio.AioRpcError) -> status_pb2.Status:
+    """The google.rpc.Status a server put in grpc-status-details-bin (fails the test if absent)."""
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            return status_pb2.Status.FromString(value)
+    raise AssertionError(f"no grpc-status-details-bin in {error.trailing_metadata()!r}")
+
+
+def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
+    status = rich_status(error)
+    assert status.code == error.code().value[0]
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return info
+    raise AssertionError(f"no ErrorInfo in {status}")

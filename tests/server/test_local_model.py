@@ -1,0 +1,130 @@
+"""The embedded default: SmolLM2-135M-Instruct run by llama.cpp, driven for real."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from aibattle.v1 import common_pb2, completions_pb2, completions_pb2_grpc, models_pb2, models_pb2_grpc
+from server.app import AIBattleServer
+from server.config import Config
+from server.providers.local import LocalProvider
+
+pytestmark = pytest.mark.slow
+MODEL = "smollm2-135m"
+
+
+@pytest.fixture
+async def local_server() -> AsyncIterator[AIBattleServer]:
+    server = AIBattleServer(Config.from_dict({"server": {"grpc_addr": "127.0.0.1:0", "http_addr": ""}}))
+    await server.start()
+    yield server
+    await server.stop(grace=0.5)
+
+
+@pytest.fixture
+async def stub(local_server: AIBattleServer) -> AsyncIterator[completions_pb2_grpc.CompletionServiceStub]:
+    async with grpc.aio.insecure_channel(local_server.grpc_target) as channel:
+        yield completions_pb2_grpc.CompletionServiceStub(channel)
+
+
+def provider(server: AIBattleServer) -> LocalProvider:
+    local = server.registry.providers["local"]
+    assert isinstance(local, LocalProvider)
+    return local
+
+
+async def test_streams_real_text_then_usage(stub: completions_pb2_grpc.CompletionServiceStub) -> None:
+    request = completions_pb2.StreamCompletionRequest(
+        model=MODEL,
+        system_instruction="Answer in one short sentence.",
+        prompt="What is the capital of France?",
+        max_tokens=40,
+        temperature=0.2,
+        seed=7,
+    )
+    chunks = [c async for c in stub.StreamCompletion(request)]
+    text = "".join(c.content for c in chunks)
+    assert len(chunks) > 3
+    assert "Paris" in text
+    final = chunks[-1]
+    assert final.is_final
+    assert final.finish_reason in (common_pb2.FINISH_REASON_STOP, common_pb2.FINISH_REASON_LENGTH)
+    assert final.usage.prompt_tokens > 10
+    assert 3 <= final.usage.completion_tokens <= 40
+    assert final.usage.total_tokens == final.usage.prompt_tokens + final.usage.completion_tokens
+
+
+async def test_greedy_decoding_is_repeatable_and_max_tokens_bounds_it(
+    stub: completions_pb2_grpc.CompletionServiceStub,
+) -> None:
+    request = completions_pb2.CreateCompletionRequest(
+        model=MODEL, prompt="Count from one to twenty in words.", max_tokens=12, temperature=0.0
+    )
+    first, second = await stub.CreateCompletion(request), await stub.CreateCompletion(request)
+    assert first.content == second.content and first.content
+    assert first.usage.completion_tokens == 12
+    assert first.finish_reason == common_pb2.FINISH_REASON_LENGTH
+
+
+async def test_list_models_answers_while_a_stream_generates(local_server: AIBattleServer) -> None:
+    async with grpc.aio.insecure_channel(local_server.grpc_target) as channel:
+        completions = completions_pb2_grpc.CompletionServiceStub(channel)
+        models = models_pb2_grpc.ModelServiceStub(channel)
+        stream = completions.StreamCompletion(
+            completions_pb2.StreamCompletionRequest(model=MODEL, prompt="Tell a long story.", max_tokens=300)
+        )
+        await stream.read()
+        latencies = []
+        for _ in range(5):
+            assert provider(local_server).generating
+            started = time.perf_counter()
+            reply = await models.ListModels(models_pb2.ListModelsRequest(), timeout=1.0)
+            latencies.append(time.perf_counter() - started)
+            assert [m.id for m in reply.models] == [MODEL]
+            await asyncio.sleep(0.05)
+        stream.cancel()
+    assert max(latencies) < 0.25, latencies
+
+
+async def test_cancelling_a_stream_stops_generation_within_a_second(local_server: AIBattleServer) -> None:
+    local = provider(local_server)
+    async with grpc.aio.insecure_channel(local_server.grpc_target) as channel:
+        stream = completions_pb2_grpc.CompletionServiceStub(channel).StreamCompletion(
+            completions_pb2.StreamCompletionRequest(model=MODEL, prompt="Write a very long essay.", max_tokens=1000)
+        )
+        for _ in range(3):
+            await stream.read()
+        assert local.generating
+        stream.cancel()
+        cancelled_at = time.perf_counter()
+        while local.generating and time.perf_counter() - cancelled_at < 3:
+            await asyncio.sleep(0.01)
+        stopped_after = time.perf_counter() - cancelled_at
+    assert not local.generating
+    assert stopped_after < 1.0, stopped_after
+
+
+async def test_concurrent_requests_are_served_in_arrival_order(
+    stub: completions_pb2_grpc.CompletionServiceStub,
+) -> None:
+    finished: list[int] = []
+
+    async def ask(i: int) -> str:
+        reply = await stub.CreateCompletion(
+            completions_pb2.CreateCompletionRequest(model=MODEL, prompt=f"Say the number {i}.", max_tokens=8)
+        )
+        finished.append(i)
+        return reply.content
+
+    tasks = []
+    for i in range(3):
+        tasks.append(asyncio.create_task(ask(i)))
+        await asyncio.sleep(0.02)  # arrival order 0, 1, 2
+    replies = await asyncio.gather(*tasks)
+    assert all(replies)
+    assert finished == [0, 1, 2]
