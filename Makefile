@@ -32,7 +32,9 @@ $(STAMP): pyproject.toml
 	touch $@
 
 $(NPMSTAMP): package.json package-lock.json
-	npm ci --no-audit --no-fund --loglevel=error
+	# `npm install`, not `npm ci`: npm 11 leaves the other platforms' optional buf binaries out of
+	# the lock file and `npm ci` then refuses it. The lock file still pins every version.
+	npm install --no-audit --no-fund --loglevel=error
 	touch $@
 
 run: install  ## serve gRPC on 127.0.0.1:50051 and HTTP on 127.0.0.1:8080 with the local model
@@ -51,10 +53,16 @@ $(PROTODEPS): $(STAMP)
 buf-lint: $(NPMSTAMP) $(PROTODEPS)  ## buf lint (STANDARD) on proto/
 	$(BUF) lint
 
-buf-breaking: $(NPMSTAMP) $(PROTODEPS)  ## compare proto/ with main's last commit (BASE=<git ref> to change)
-	$(BUF) breaking --against '.git#ref=$(or $(BASE),HEAD)'
+# The base revision's protos are built into an image with the same local google deps, then compared.
+buf-breaking: $(NPMSTAMP) $(PROTODEPS)  ## breaking changes in proto/ against BASE (default: HEAD)
+	rm -rf build/against && mkdir -p build/against
+	git archive $(or $(BASE),HEAD) proto buf.yaml | tar -x -C build/against
+	mkdir -p build/against/build && cp -r $(PROTODEPS) build/against/build/
+	cd build/against && ../../$(BUF) build -o ../against.binpb
+	$(BUF) build -o build/current.binpb
+	$(BUF) breaking build/current.binpb --against build/against.binpb
 
-lint: install buf-lint  ## buf lint, ruff, mypy
+lint: install buf-lint buf-breaking  ## buf lint and breaking (vs HEAD), ruff, mypy
 	$(BIN)/ruff check server gateway tests tools bench
 	$(BIN)/ruff format --check server gateway tests tools bench
 	$(BIN)/mypy

@@ -63,7 +63,9 @@ class AIBattleServer:
             ),
         )
         models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.registry), server)
-        completions_pb2_grpc.add_CompletionServiceServicer_to_server(CompletionServicer(self.registry), server)
+        completions_pb2_grpc.add_CompletionServiceServicer_to_server(
+            CompletionServicer(self.registry), server
+        )
         server.add_generic_rpc_handlers(tuple(unimplemented_service(s) for s in NOT_YET_IMPLEMENTED))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names = [s.full_name for s in SERVICES]

@@ -89,7 +89,9 @@ class NotFound(ApiError):
 
     def __init__(self, kind: str, name: str) -> None:
         reason = f"{kind.upper().replace(' ', '_')}_NOT_FOUND"
-        super().__init__(grpc.StatusCode.NOT_FOUND, reason, f"{kind} {name!r} not found", metadata={kind: name})
+        super().__init__(
+            grpc.StatusCode.NOT_FOUND, reason, f"{kind} {name!r} not found", metadata={kind: name}
+        )
 
 
 class Unimplemented(ApiError):

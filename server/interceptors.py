@@ -35,7 +35,7 @@ def _incoming_request_id(context: grpc.aio.ServicerContext) -> str:
     return uuid.uuid4().hex
 
 
-class RequestContextInterceptor(AsyncServerInterceptor):  # type: ignore[misc]
+class RequestContextInterceptor(AsyncServerInterceptor):
     """Takes or makes the request id, echoes it as initial metadata, writes one access-log line."""
 
     async def intercept(
@@ -59,8 +59,12 @@ class RequestContextInterceptor(AsyncServerInterceptor):  # type: ignore[misc]
             logs.request_id.reset(token)
 
     async def _stream(
-        self, responses: AsyncIterator[Any], context: grpc.aio.ServicerContext, method_name: str,
-        started: float, rid: str,
+        self,
+        responses: AsyncIterator[Any],
+        context: grpc.aio.ServicerContext,
+        method_name: str,
+        started: float,
+        rid: str,
     ) -> AsyncIterator[Any]:
         token = logs.request_id.set(rid)
         try:
@@ -78,11 +82,15 @@ class RequestContextInterceptor(AsyncServerInterceptor):  # type: ignore[misc]
         name = code.name if isinstance(code, grpc.StatusCode) else str(code)
         log.info(
             "rpc",
-            extra={"method": method_name, "code": name, "ms": round((time.perf_counter() - started) * 1000, 1)},
+            extra={
+                "method": method_name,
+                "code": name,
+                "ms": round((time.perf_counter() - started) * 1000, 1),
+            },
         )
 
 
-class ErrorInterceptor(AsyncServerInterceptor):  # type: ignore[misc]
+class ErrorInterceptor(AsyncServerInterceptor):
     """ApiError → rich status; anything unexpected → INTERNAL with a logged traceback."""
 
     async def intercept(
@@ -93,7 +101,7 @@ class ErrorInterceptor(AsyncServerInterceptor):  # type: ignore[misc]
             if inspect.isasyncgen(response):
                 return self._stream(response, context, method_name)
             return await response
-        except Exception as exc:  # noqa: BLE001 - this is the one place exceptions become statuses
+        except Exception as exc:
             await _abort(context, exc, method_name)
 
     async def _stream(
@@ -102,7 +110,7 @@ class ErrorInterceptor(AsyncServerInterceptor):  # type: ignore[misc]
         try:
             async for response in responses:
                 yield response
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             await _abort(context, exc, method_name)
 
 

@@ -27,8 +27,18 @@ SCRIPTED_MODELS: list[dict[str, Any]] = [
         "script": [" ".join(f"word{i}" for i in range(200))],
         "chunk_delay_ms": 20,
     },
-    {"id": "scripted-fail", "provider": "scripted", "script": ["one two three four"], "error_after_chunks": 2},
-    {"id": "scripted-vision", "provider": "scripted", "capabilities": ["text", "image"], "script": ["I see."]},
+    {
+        "id": "scripted-fail",
+        "provider": "scripted",
+        "script": ["one two three four"],
+        "error_after_chunks": 2,
+    },
+    {
+        "id": "scripted-vision",
+        "provider": "scripted",
+        "capabilities": ["text", "image"],
+        "script": ["I see."],
+    },
 ]
 
 

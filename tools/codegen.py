@@ -108,7 +108,9 @@ def main() -> int:
     parser.add_argument("--check", action="store_true", help="fail if gen/ is not what the protos give")
     parser.add_argument("--out", type=Path, default=GEN, help="target directory (default: gen/)")
     parser.add_argument("--proto-root", type=Path, action="append", help="proto root(s) (default: proto/)")
-    parser.add_argument("--export-deps", type=Path, metavar="DIR", help="only copy imported google protos to DIR")
+    parser.add_argument(
+        "--export-deps", type=Path, metavar="DIR", help="only copy imported google protos to DIR"
+    )
     args = parser.parse_args()
     if args.export_deps:
         export_deps(args.export_deps)

@@ -8,7 +8,7 @@ early (the client went away, a deadline passed) must stop the model's work.
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -100,7 +100,7 @@ class Provider(Protocol):
     async def close(self) -> None:
         """Release resources; in-flight streams are already cancelled."""
 
-    def stream(self, model: ModelConfig, request: ChatRequest) -> AsyncIterator[StreamItem]:
+    def stream(self, model: ModelConfig, request: ChatRequest) -> AsyncGenerator[StreamItem, None]:
         """Generate a reply: deltas as they come, then one Finish."""
         ...
 

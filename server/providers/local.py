@@ -16,7 +16,7 @@ import importlib.util
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,11 +98,11 @@ class LocalProvider:
         log.info("local model loaded", extra={"model_path": path.name, "n_ctx": llm.n_ctx()})
         return _Loaded(
             llm=llm,
-            format_prompt=lambda messages: formatter(messages=messages).prompt,
+            format_prompt=lambda messages: formatter(messages=messages).prompt,  # type: ignore[arg-type]
             end_tokens=frozenset({eos}),
         )
 
-    async def stream(self, model: ModelConfig, request: ChatRequest) -> AsyncIterator[StreamItem]:
+    async def stream(self, model: ModelConfig, request: ChatRequest) -> AsyncGenerator[StreamItem, None]:
         if self._model is None:
             raise ProviderError(model.id, "the local model is not loaded")
         loop = asyncio.get_running_loop()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 
 from server.config import ModelConfig
 from server.errors import ProviderError
@@ -37,7 +37,7 @@ class ScriptedProvider:
     async def close(self) -> None:
         return None
 
-    async def stream(self, model: ModelConfig, request: ChatRequest) -> AsyncIterator[StreamItem]:
+    async def stream(self, model: ModelConfig, request: ChatRequest) -> AsyncGenerator[StreamItem, None]:
         turn = next(self._turns.setdefault(model.id, itertools.count()))
         reply = model.script[turn % len(model.script)]
         prompt_tokens = sum(count_tokens(m.content) for m in request.messages)

@@ -6,7 +6,6 @@ import math
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from typing import Protocol
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -39,37 +38,27 @@ FINISH_REASONS = {
 ATTACHMENT_CAPABILITIES = {"image": "image", "audio": "audio", "video": "video", "document": "document"}
 
 
-class CompletionFields(Protocol):
-    """What CreateCompletionRequest and StreamCompletionRequest have in common (all of it)."""
-
-    model: str
-    prompt: str
-    max_tokens: int
-    temperature: float
-    system_instruction: str
-    messages: list[common_pb2.Message]
-    file_data: common_pb2.FileData
-    top_p: float
-    stop: list[str]
-    seed: int
-
-    def HasField(self, name: str) -> bool: ...  # noqa: N802 - protobuf's name
+# The two request messages have the same fields (buf wants one request type per RPC).
+CompletionRequest = completions_pb2.CreateCompletionRequest | completions_pb2.StreamCompletionRequest
 
 
 def _attachment(data: common_pb2.FileData, field: str, model: ModelConfig) -> Attachment:
     needed = ATTACHMENT_CAPABILITIES.get(data.type, "text" if data.type == "text" else None)
     if needed is None:
-        raise InvalidArgument(f"{field}.type", f"{data.type!r} is not one of image, audio, video, document, text")
+        raise InvalidArgument(
+            f"{field}.type", f"{data.type!r} is not one of image, audio, video, document, text"
+        )
     if needed not in model.capabilities:
         raise InvalidArgument(
-            field, f"model {model.id!r} lacks the {needed!r} capability this attachment needs",
+            field,
+            f"model {model.id!r} lacks the {needed!r} capability this attachment needs",
             reason="CAPABILITY_MISSING",
         )
     return Attachment(type=data.type, mime_type=data.mime_type, content=data.content, path=data.path)
 
 
 def chat_request(
-    request: CompletionFields, model: ModelConfig, context: grpc.aio.ServicerContext
+    request: CompletionRequest, model: ModelConfig, context: grpc.aio.ServicerContext
 ) -> ChatRequest:
     """Validate a completion request against its model; errors name the field at fault."""
     if not request.prompt and not request.messages:
@@ -133,7 +122,7 @@ class CompletionServicer(completions_pb2_grpc.CompletionServiceServicer):
         self._registry = registry
 
     def _resolve(
-        self, request: CompletionFields, context: grpc.aio.ServicerContext
+        self, request: CompletionRequest, context: grpc.aio.ServicerContext
     ) -> tuple[ModelConfig, Provider, ChatRequest]:
         if not request.model:
             raise InvalidArgument("model", "is required")
@@ -175,7 +164,9 @@ class CompletionServicer(completions_pb2_grpc.CompletionServiceServicer):
         # aclosing: a client that goes away closes the provider's stream now, which stops the model.
         async with aclosing(provider.stream(model, chat)) as stream:
             async for item in stream:
-                chunk = completions_pb2.StreamCompletionResponse(id=completion_id, model=model.id, index=index)
+                chunk = completions_pb2.StreamCompletionResponse(
+                    id=completion_id, model=model.id, index=index
+                )
                 if isinstance(item, Delta):
                     chunk.content, chunk.thinking = item.content, item.thinking
                 else:

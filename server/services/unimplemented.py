@@ -43,7 +43,7 @@ def _handler(
         (True, False): grpc.stream_unary_rpc_method_handler,
         (True, True): grpc.stream_stream_rpc_method_handler,
     }[(client_streaming, server_streaming)]
-    return factory(  # type: ignore[no-any-return]
+    return factory(
         streaming if server_streaming else unary,
         request_deserializer=request_class.FromString,
         response_serializer=response_class.SerializeToString,

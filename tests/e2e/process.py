@@ -16,7 +16,9 @@ BANNER = re.compile(r"serving gRPC on (\S+?)[,;]")
 
 
 @contextmanager
-def server_process(config_toml: str, tmp_path: Path, **env: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+def server_process(
+    config_toml: str, tmp_path: Path, **env: str
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """Start the server with this config (gRPC and HTTP on free ports unless env says otherwise);
     yield the process and its gRPC target; kill it on exit if still running."""
     config = tmp_path / "aibattle.toml"
@@ -44,7 +46,9 @@ def server_process(config_toml: str, tmp_path: Path, **env: str) -> Iterator[tup
         match = BANNER.search(line)
         if match is None or time.monotonic() > deadline:
             proc.kill()
-            raise AssertionError(f"server did not start: {line!r}\n{proc.stderr.read() if proc.stderr else ''}")
+            raise AssertionError(
+                f"server did not start: {line!r}\n{proc.stderr.read() if proc.stderr else ''}"
+            )
         yield proc, match.group(1)
     finally:
         if proc.poll() is None:

@@ -13,7 +13,9 @@ from tests.conftest import error_info, rich_status
 async def test_create_completion_returns_reply_usage_and_cost(channel: grpc.aio.Channel) -> None:
     stub = completions_pb2_grpc.CompletionServiceStub(channel)
     reply = await stub.CreateCompletion(
-        completions_pb2.CreateCompletionRequest(model="scripted-echo", prompt="Say hello", system_instruction="Be kind")
+        completions_pb2.CreateCompletionRequest(
+            model="scripted-echo", prompt="Say hello", system_instruction="Be kind"
+        )
     )
     assert reply.content == "Hello there, friend. This is a scripted reply."
     assert reply.id.startswith("cmpl-")
@@ -27,7 +29,10 @@ async def test_create_completion_returns_reply_usage_and_cost(channel: grpc.aio.
 async def test_stream_completion_sends_deltas_then_final_usage(channel: grpc.aio.Channel) -> None:
     stub = completions_pb2_grpc.CompletionServiceStub(channel)
     chunks = [
-        c async for c in stub.StreamCompletion(completions_pb2.StreamCompletionRequest(model="scripted-echo", prompt="hi"))
+        c
+        async for c in stub.StreamCompletion(
+            completions_pb2.StreamCompletionRequest(model="scripted-echo", prompt="hi")
+        )
     ]
     assert len(chunks) == 9
     assert "".join(c.content for c in chunks) == "Hello there, friend. This is a scripted reply."
@@ -98,13 +103,17 @@ async def test_attachment_needs_the_model_capability(channel: grpc.aio.Channel) 
     image = common_pb2.FileData(type="image", mime_type="image/png", content=b"\x89PNG")
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.CreateCompletion(
-            completions_pb2.CreateCompletionRequest(model="scripted-echo", prompt="what is it?", file_data=image)
+            completions_pb2.CreateCompletionRequest(
+                model="scripted-echo", prompt="what is it?", file_data=image
+            )
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "'image' capability" in caught.value.details()
     assert error_info(caught.value).reason == "CAPABILITY_MISSING"
     ok = await stub.CreateCompletion(
-        completions_pb2.CreateCompletionRequest(model="scripted-vision", prompt="what is it?", file_data=image)
+        completions_pb2.CreateCompletionRequest(
+            model="scripted-vision", prompt="what is it?", file_data=image
+        )
     )
     assert ok.content == "I see."
 
@@ -113,7 +122,9 @@ async def test_provider_failure_mid_stream_ends_with_unavailable(channel: grpc.a
     stub = completions_pb2_grpc.CompletionServiceStub(channel)
     received: list[str] = []
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        async for chunk in stub.StreamCompletion(completions_pb2.StreamCompletionRequest(model="scripted-fail", prompt="x")):
+        async for chunk in stub.StreamCompletion(
+            completions_pb2.StreamCompletionRequest(model="scripted-fail", prompt="x")
+        ):
             received.append(chunk.content)
     assert received == ["one ", "two "]
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -132,7 +143,9 @@ async def test_unexpected_exception_is_internal_without_details(
     monkeypatch.setattr(ScriptedProvider, "stream", broken)
     stub = completions_pb2_grpc.CompletionServiceStub(channel)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.CreateCompletion(completions_pb2.CreateCompletionRequest(model="scripted-echo", prompt="x"))
+        await stub.CreateCompletion(
+            completions_pb2.CreateCompletionRequest(model="scripted-echo", prompt="x")
+        )
     assert caught.value.code() == grpc.StatusCode.INTERNAL
     assert "secret" not in caught.value.details() and "Traceback" not in caught.value.details()
     assert "request id" in caught.value.details()

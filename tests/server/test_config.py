@@ -31,7 +31,9 @@ script = ["hi"]
 pricing = { input = 1, output = 2.5 }
 """
     )
-    config = load_config(env={"AIBATTLE_CONFIG": str(path), "AIBATTLE_GRPC_ADDR": "127.0.0.1:7000", "AIBATTLE_DB": "x.db"})
+    config = load_config(
+        env={"AIBATTLE_CONFIG": str(path), "AIBATTLE_GRPC_ADDR": "127.0.0.1:7000", "AIBATTLE_DB": "x.db"}
+    )
     assert config.server.grpc_addr == "127.0.0.1:7000"
     assert config.server.database == "x.db"
     assert config.server.shutdown_grace_seconds == 3.0

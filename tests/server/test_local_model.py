@@ -95,14 +95,16 @@ async def test_cancelling_a_stream_stops_generation_within_a_second(local_server
     local = provider(local_server)
     async with grpc.aio.insecure_channel(local_server.grpc_target) as channel:
         stream = completions_pb2_grpc.CompletionServiceStub(channel).StreamCompletion(
-            completions_pb2.StreamCompletionRequest(model=MODEL, prompt="Write a very long essay.", max_tokens=1000)
+            completions_pb2.StreamCompletionRequest(
+                model=MODEL, prompt="Write a very long essay.", max_tokens=1000
+            )
         )
         for _ in range(3):
             await stream.read()
         assert local.generating
         stream.cancel()
         cancelled_at = time.perf_counter()
-        while local.generating and time.perf_counter() - cancelled_at < 3:
+        while local.generating and time.perf_counter() - cancelled_at < 3:  # noqa: ASYNC110 - polling a thread
             await asyncio.sleep(0.01)
         stopped_after = time.perf_counter() - cancelled_at
     assert not local.generating

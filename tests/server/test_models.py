@@ -12,7 +12,12 @@ from tests.conftest import error_info
 async def test_list_models_with_filters(channel: grpc.aio.Channel) -> None:
     stub = models_pb2_grpc.ModelServiceStub(channel)
     everything = await stub.ListModels(models_pb2.ListModelsRequest())
-    assert [m.id for m in everything.models] == ["scripted-echo", "scripted-fail", "scripted-slow", "scripted-vision"]
+    assert [m.id for m in everything.models] == [
+        "scripted-echo",
+        "scripted-fail",
+        "scripted-slow",
+        "scripted-vision",
+    ]
     assert everything.total_size == 4 and not everything.next_page_token
     echo = everything.models[0]
     assert (echo.provider, list(echo.capabilities)) == ("scripted", ["text", "conversation"])
@@ -43,7 +48,9 @@ async def test_pagination_walks_every_model_once(channel: grpc.aio.Channel) -> N
         ({"page_size": -1}, "page_size"),
     ],
 )
-async def test_bad_page_arguments(channel: grpc.aio.Channel, request_fields: dict[str, object], field: str) -> None:
+async def test_bad_page_arguments(
+    channel: grpc.aio.Channel, request_fields: dict[str, object], field: str
+) -> None:
     stub = models_pb2_grpc.ModelServiceStub(channel)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.ListModels(models_pb2.ListModelsRequest(**request_fields))
@@ -55,7 +62,9 @@ async def test_page_token_bound_to_its_filters(channel: grpc.aio.Channel) -> Non
     stub = models_pb2_grpc.ModelServiceStub(channel)
     first = await stub.ListModels(models_pb2.ListModelsRequest(page_size=1))
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.ListModels(models_pb2.ListModelsRequest(page_size=1, page_token=first.next_page_token, provider="x"))
+        await stub.ListModels(
+            models_pb2.ListModelsRequest(page_size=1, page_token=first.next_page_token, provider="x")
+        )
     assert "different filters" in caught.value.details()
 
 

@@ -64,7 +64,9 @@ async def test_later_services_answer_unimplemented_with_a_message(channel: grpc.
     assert error_info(caught.value).reason == "NOT_IMPLEMENTED"
     reasoning = reasoning_pb2_grpc.ReasoningServiceStub(channel)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        async for _ in reasoning.StreamReasoningEvents(reasoning_pb2.StreamReasoningEventsRequest(reasoning_id="r")):
+        async for _ in reasoning.StreamReasoningEvents(
+            reasoning_pb2.StreamReasoningEventsRequest(reasoning_id="r")
+        ):
             pass
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
     with pytest.raises(grpc.aio.AioRpcError) as caught:
