@@ -130,3 +130,20 @@ async def test_concurrent_requests_are_served_in_arrival_order(
     replies = await asyncio.gather(*tasks)
     assert all(replies)
     assert finished == [0, 1, 2]
+
+
+async def test_client_deadline_stops_generation(local_server: AIBattleServer) -> None:
+    local = provider(local_server)
+    async with grpc.aio.insecure_channel(local_server.grpc_target) as channel:
+        stub = completions_pb2_grpc.CompletionServiceStub(channel)
+        started = time.perf_counter()
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.CreateCompletion(
+                completions_pb2.CreateCompletionRequest(model=MODEL, prompt="Write a long essay.", max_tokens=1000),
+                timeout=0.5,
+            )
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        while local.generating and time.perf_counter() - started < 3:  # noqa: ASYNC110 - polling a thread
+            await asyncio.sleep(0.01)
+    assert not local.generating
+    assert time.perf_counter() - started < 1.5
