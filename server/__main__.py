@@ -17,6 +17,7 @@ import sys
 from server import logs
 from server.app import AIBattleServer
 from server.config import Config, ConfigError, load_config
+from server.providers.registry import ProviderStartError
 
 log = logging.getLogger("aibattle")
 
@@ -78,7 +79,12 @@ def main() -> None:
         print(f"aibattle: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
     logs.configure(config.server.log_level)
-    sys.exit(asyncio.run(serve(config)))
+    try:
+        sys.exit(asyncio.run(serve(config)))
+    except (ProviderStartError, OSError) as exc:
+        log.error("cannot start: %s", exc)
+        print(f"aibattle: cannot start: {exc}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

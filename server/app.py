@@ -70,9 +70,13 @@ class AIBattleServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names = [s.full_name for s in SERVICES]
         reflection.enable(server, [*names, health.SERVICE_NAME])
-        self.grpc_port = server.add_insecure_port(self.config.server.grpc_addr)
+        try:
+            self.grpc_port = server.add_insecure_port(self.config.server.grpc_addr)
+        except RuntimeError:  # grpc's way of saying the address is taken or not ours
+            self.grpc_port = 0
         if not self.grpc_port:
-            raise OSError(f"cannot listen on {self.config.server.grpc_addr}")
+            await self.registry.close()
+            raise OSError(f"cannot listen on {self.config.server.grpc_addr} (address in use or not local?)")
         await server.start()
         for name in ("", *names):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)

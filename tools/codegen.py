@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import filecmp
 import shutil
+import subprocess
 import sys
 import tempfile
 from importlib import resources
@@ -48,14 +49,14 @@ def descriptor_set_name(files: list[str]) -> str:
 
 def generate(proto_roots: list[Path], out: Path) -> None:
     """Run protoc over every .proto under proto_roots, writing into out (created, must be empty)."""
-    from grpc_tools import protoc
-
     out.mkdir(parents=True, exist_ok=True)
     for root in proto_roots:
         files = sorted(str(p.relative_to(root)) for p in root.rglob("*.proto"))
         if not files:
             continue
         args = [
+            sys.executable,
+            "-m",
             "grpc_tools.protoc",
             f"-I{root}",
             *(f"-I{p}" for p in include_paths()),
@@ -70,8 +71,10 @@ def generate(proto_roots: list[Path], out: Path) -> None:
             "--include_source_info",
             *files,
         ]
-        if protoc.main(args) != 0:
-            raise SystemExit(f"protoc failed for {root}")
+        # A subprocess, so the plugins' chatter ("Writing mypy to …") is shown only when protoc fails.
+        result = subprocess.run(args, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise SystemExit(f"protoc failed for {root}:\n{result.stdout}{result.stderr}")
 
 
 def export_deps(out: Path) -> None:

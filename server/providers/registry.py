@@ -12,6 +12,10 @@ from server.providers.scripted import ScriptedProvider
 log = logging.getLogger(__name__)
 
 
+class ProviderStartError(RuntimeError):
+    """A configured provider could not start (missing package, unreadable weights, bad endpoint)."""
+
+
 class ModelRegistry:
     """Looks models up by id and owns one provider instance per provider kind in use."""
 
@@ -37,8 +41,14 @@ class ModelRegistry:
         return model, self._providers[model.provider]
 
     async def start(self) -> None:
-        for provider in self._providers.values():
-            await provider.start()
+        for kind, provider in self._providers.items():
+            try:
+                await provider.start()
+            except Exception as exc:
+                users = ", ".join(m.id for m in self._models.values() if m.provider == kind)
+                raise ProviderStartError(
+                    f"provider {kind!r} (models: {users}) failed to start: {exc}"
+                ) from exc
         log.info("models ready", extra={"models": list(self._models)})
 
     async def close(self) -> None:

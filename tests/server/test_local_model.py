@@ -139,7 +139,9 @@ async def test_client_deadline_stops_generation(local_server: AIBattleServer) ->
         started = time.perf_counter()
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.CreateCompletion(
-                completions_pb2.CreateCompletionRequest(model=MODEL, prompt="Write a long essay.", max_tokens=1000),
+                completions_pb2.CreateCompletionRequest(
+                    model=MODEL, prompt="Write a long essay.", max_tokens=1000
+                ),
                 timeout=0.5,
             )
         assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
