@@ -78,6 +78,7 @@ test-fast: install  ## pytest without the tests that drive the real model
 	$(BIN)/pytest -q -m "not slow"
 
 bench: install  ## benchmarks: print figures, assert nothing
+	$(PY) bench/local_model.py
 	$(PY) bench/gateway_overhead.py
 
 clean:  ## remove build outputs and caches (keeps .venv and node_modules)
