@@ -1,0 +1,168 @@
+"""One error model for the gateway: everything that goes wrong becomes a `google.rpc.Status`.
+
+Two sources, one rendering:
+
+* `GatewayError` — raised by the gateway itself (bad JSON, unknown field, no such route, body too big)
+  before or instead of calling upstream. It carries a gRPC code, an ErrorInfo reason and, where
+  HTTP has a more precise answer than the code table (404 vs 405 vs 413), the HTTP status.
+* `grpc.aio.AioRpcError` — the upstream's answer; its `grpc-status-details-bin` trailer is the Status,
+  with the server's ErrorInfo, RetryInfo, BadRequest… passed through unchanged.
+
+`status_to_json` renders either for every transport (HTTP body, NDJSON/SSE error frame, WebSocket
+error frame); `http_status` and `error_headers` are the one gRPC → HTTP table.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2, json_format
+from google.protobuf.message import Message
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+DOMAIN = "aibattle.dev"
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+#: grpc-gateway's runtime/errors.go HTTPStatusFromCode.
+_HTTP_STATUS: dict[int, int] = {
+    code_pb2.OK: 200,
+    code_pb2.CANCELLED: 499,
+    code_pb2.UNKNOWN: 500,
+    code_pb2.INVALID_ARGUMENT: 400,
+    code_pb2.DEADLINE_EXCEEDED: 504,
+    code_pb2.NOT_FOUND: 404,
+    code_pb2.ALREADY_EXISTS: 409,
+    code_pb2.PERMISSION_DENIED: 403,
+    code_pb2.UNAUTHENTICATED: 401,
+    code_pb2.RESOURCE_EXHAUSTED: 429,
+    code_pb2.FAILED_PRECONDITION: 400,
+    code_pb2.ABORTED: 409,
+    code_pb2.OUT_OF_RANGE: 400,
+    code_pb2.UNIMPLEMENTED: 501,
+    code_pb2.INTERNAL: 500,
+    code_pb2.UNAVAILABLE: 503,
+    code_pb2.DATA_LOSS: 500,
+}
+
+#: WebSocket close codes: 1000 for OK, otherwise the application range 4000 + gRPC code.
+WS_CLOSE_OK = 1000
+WS_CLOSE_BASE = 4000
+
+
+def http_status(code: int) -> int:
+    """HTTP status for a gRPC code (grpc-gateway's table; unknown codes are 500)."""
+    return _HTTP_STATUS.get(code, 500)
+
+
+def ws_close_code(code: int) -> int:
+    """WebSocket close code for a gRPC code: 1000 for OK, 4000 + code otherwise."""
+    return WS_CLOSE_OK if code == code_pb2.OK else WS_CLOSE_BASE + code
+
+
+class GatewayError(Exception):
+    """An error the gateway answers itself, without (or instead of) the upstream's answer.
+
+    Raised by request decoding (INVALID_ARGUMENT), routing (NOT_FOUND, or UNIMPLEMENTED with HTTP 405),
+    size limits (RESOURCE_EXHAUSTED with HTTP 413) and CORS (PERMISSION_DENIED).
+    """
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        *,
+        reason: str,
+        http_status: int | None = None,
+        details: Iterable[Message] = (),
+        headers: Mapping[str, str] | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.reason = reason
+        self.http_status = http_status
+        self.details = tuple(details)
+        self.headers = dict(headers or {})
+        self.metadata = dict(metadata or {})
+
+    def to_status(self) -> status_pb2.Status:
+        status = status_pb2.Status(code=self.code.value[0], message=self.message)
+        info = error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=self.metadata)
+        for detail in (info, *self.details):
+            status.details.add().Pack(detail)
+        return status
+
+
+def invalid_argument(message: str, *, reason: str, field: str | None = None) -> GatewayError:
+    """A 400 naming what is wrong; `field` adds a BadRequest field violation."""
+    details: list[Message] = []
+    if field is not None:
+        details.append(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=field, description=message)
+                ]
+            )
+        )
+    return GatewayError(grpc.StatusCode.INVALID_ARGUMENT, message, reason=reason, details=details)
+
+
+def request_too_large(limit: int) -> GatewayError:
+    """413: a request body, NDJSON line or WebSocket message over the configured limit."""
+    return GatewayError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        f"request body exceeds the {limit}-byte limit",
+        reason="REQUEST_TOO_LARGE",
+        http_status=413,
+        metadata={"limit_bytes": str(limit)},
+    )
+
+
+def status_from_rpc_error(error: grpc.aio.AioRpcError) -> status_pb2.Status:
+    """The upstream's Status: the rich one from its trailer when present, else code and message."""
+    for key, value in error.trailing_metadata() or ():
+        if key == STATUS_DETAILS_KEY and isinstance(value, bytes):
+            try:
+                return status_pb2.Status.FromString(value)
+            except Exception:  # a corrupt trailer is no reason to lose the code
+                break
+    code = error.code().value[0]
+    message = error.details() or ""
+    if code == code_pb2.UNAVAILABLE:
+        # The channel's own failure text names upstream addresses; clients get a generic one.
+        message = "upstream unavailable"
+    return status_pb2.Status(code=code, message=message)
+
+
+def status_to_json(status: status_pb2.Status) -> dict[str, Any]:
+    """The JSON `google.rpc.Status`, details rendered with `@type` (opaque base64 if the type is unknown)."""
+    rendered: dict[str, Any] = {"code": status.code, "message": status.message, "details": []}
+    for detail in status.details:
+        rendered["details"].append(_any_to_json(detail))
+    return rendered
+
+
+def _any_to_json(detail: any_pb2.Any) -> dict[str, Any]:
+    try:
+        return json_format.MessageToDict(detail, preserving_proto_field_name=True)
+    except (TypeError, KeyError, json_format.Error):
+        return {"@type": detail.type_url, "value": base64.b64encode(detail.value).decode("ascii")}
+
+
+def error_headers(status: status_pb2.Status) -> dict[str, str]:
+    """Headers HTTP clients expect with some statuses: WWW-Authenticate on 401, Retry-After on 429."""
+    headers: dict[str, str] = {}
+    if status.code == code_pb2.UNAUTHENTICATED:
+        headers["WWW-Authenticate"] = 'Bearer realm="aibattle"'
+    for detail in status.details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            delay = info.retry_delay.seconds + info.retry_delay.nanos / 1e9
+            headers["Retry-After"] = str(max(0, math.ceil(delay)))
+    return headers

@@ -1,0 +1,100 @@
+"""HTTP headers ↔ gRPC metadata, request ids and `Grpc-Timeout` deadlines.
+
+Incoming: `Authorization`, `X-API-Key` and `X-Request-Id` pass as themselves; `Grpc-Metadata-<key>`
+passes as `<key>` (a `-bin` key's value is base64). Outgoing: the upstream's initial metadata comes back
+as `Grpc-Metadata-<key>` headers and, on unary calls, its trailers as `Grpc-Trailer-<key>`.
+Which headers pass is a policy: `GatewayOptions.header_matcher` replaces the default below.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+
+import grpc
+
+from gateway.errors import STATUS_DETAILS_KEY, invalid_argument
+
+HeaderMatcher = Callable[[str], "str | None"]
+
+REQUEST_ID_HEADER = "X-Request-Id"
+_PASS_THROUGH = frozenset({"authorization", "x-api-key", "x-request-id"})
+_PREFIX = "grpc-metadata-"
+_TIMEOUT = re.compile(r"(\d{1,8})([HMSmun])")
+_TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+_METADATA_KEY = re.compile(r"[a-z0-9_.\-]+")
+#: Metadata the gRPC runtime owns; never forwarded in either direction.
+_RESERVED = frozenset({"content-type", "te", "user-agent", "host", "connection", STATUS_DETAILS_KEY})
+
+
+def default_header_matcher(header: str) -> str | None:
+    """The metadata key an incoming header becomes, or None to drop it."""
+    lowered = header.lower()
+    if lowered in _PASS_THROUGH:
+        return lowered
+    if lowered.startswith(_PREFIX) and len(lowered) > len(_PREFIX):
+        return lowered[len(_PREFIX) :]
+    return None
+
+
+def request_id_from(headers: Mapping[str, str]) -> str:
+    """The client's X-Request-Id if it is a sane token, else a fresh one."""
+    given = headers.get(REQUEST_ID_HEADER, "")
+    return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+
+
+def outgoing_metadata(
+    headers: Iterable[tuple[str, str]], *, matcher: HeaderMatcher, request_id: str
+) -> list[tuple[str, str | bytes]]:
+    """gRPC metadata for an HTTP request's headers; the request id is always sent."""
+    metadata: list[tuple[str, str | bytes]] = []
+    for name, value in headers:
+        key = matcher(name)
+        if key is None or key == "x-request-id" or key in _RESERVED or key.startswith("grpc-"):
+            continue
+        if not _METADATA_KEY.fullmatch(key):
+            raise invalid_argument(f"header {name!r} is not a valid metadata key", reason="INVALID_HEADER")
+        if key.endswith("-bin"):
+            try:
+                metadata.append((key, base64.b64decode(value, validate=True)))
+            except (binascii.Error, ValueError) as exc:
+                raise invalid_argument(
+                    f"header {name!r} carries binary metadata and must be base64", reason="INVALID_HEADER"
+                ) from exc
+        elif value.isascii() and value.isprintable():
+            metadata.append((key, value))
+        else:
+            raise invalid_argument(f"header {name!r} must be printable ASCII", reason="INVALID_HEADER")
+    metadata.append(("x-request-id", request_id))
+    return metadata
+
+
+def parse_grpc_timeout(value: str | None) -> float | None:
+    """Seconds from a `Grpc-Timeout` header ("10S", "500m", "1H"…); None when absent."""
+    if value is None:
+        return None
+    match = _TIMEOUT.fullmatch(value.strip())
+    if match is None:
+        raise invalid_argument(
+            f"Grpc-Timeout {value!r} is not <1-8 digits><H|M|S|m|u|n>", reason="INVALID_HEADER"
+        )
+    return int(match.group(1)) * _TIMEOUT_UNITS[match.group(2)]
+
+
+def response_headers(
+    initial: grpc.aio.Metadata | None, trailing: grpc.aio.Metadata | None = None
+) -> dict[str, str]:
+    """`Grpc-Metadata-*` / `Grpc-Trailer-*` headers for the upstream's metadata (text values only)."""
+    headers: dict[str, str] = {}
+    for prefix, metadata in (("Grpc-Metadata-", initial), ("Grpc-Trailer-", trailing)):
+        for key, value in metadata or ():
+            if key in _RESERVED or key.startswith("grpc-") or not isinstance(value, str):
+                continue
+            if key == "x-request-id":
+                continue  # echoed as X-Request-Id itself
+            headers[prefix + key] = value
+    return headers

@@ -1,0 +1,181 @@
+"""The OpenAPI 3.1 document, generated from the same routes the gateway serves.
+
+Every route becomes an operation (WebSocket routes as GET operations answering 101, with an
+`x-websocket` extension); proto comments become summaries and descriptions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from google.protobuf.descriptor import Descriptor
+from google.rpc import status_pb2
+
+from gateway.openapi_schema import Schema, SchemaBuilder
+from gateway.path_template import Variable
+from gateway.routes import Kind, Route, message_type, resolve_field_path
+from gateway.source_info import Comments
+from gateway.transcode import SCALAR_LIKE_MESSAGES
+
+_MAX_QUERY_DEPTH = 4
+_STREAM_DOC = (
+    'A stream: NDJSON (one `{"result": …}` object per line) by default, Server-Sent Events with '
+    "`Accept: text/event-stream`. A failure after the first message ends the stream with one "
+    '`{"error": Status}` frame.'
+)
+_WS_DOC = (
+    "WebSocket. Frames are JSON text: requests in (one per frame for request streams; an empty frame "
+    'ends them), `{"result": …}` out, then `{"error": Status}` on failure. Close code 1000 on success, '
+    "4000 + gRPC code otherwise."
+)
+
+
+def build_openapi(routes: Sequence[Route], comments: Comments, *, title: str, version: str) -> dict[str, Any]:
+    schemas = SchemaBuilder(comments)
+    status_ref = schemas.message(status_pb2.Status.DESCRIPTOR)
+    paths: dict[str, dict[str, Any]] = {}
+    tags: dict[str, dict[str, str]] = {}
+    for route in routes:
+        service = route.rpc.method.containing_service
+        tag = {"name": service.name}
+        if comment := comments.get(service.full_name):
+            tag["description"] = comment
+        tags[service.name] = tag
+        operation = _operation(route, schemas, comments, status_ref)
+        operation["tags"] = [service.name]
+        method = "get" if route.kind is Kind.WEBSOCKET else route.http_method.lower()
+        paths.setdefault(route.template.openapi_path(), {})[method] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": title,
+            "version": version,
+            "description": (
+                "REST, streaming and WebSocket surface of the gRPC API, derived from its protos. "
+                "JSON is protobuf's JSON mapping with proto field names. "
+                "Errors are a JSON `google.rpc.Status`."
+            ),
+        },
+        "tags": sorted(tags.values(), key=lambda t: t["name"]),
+        "paths": dict(sorted(paths.items())),
+        "components": {
+            "schemas": dict(sorted(schemas.components.items())),
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            },
+        },
+        "security": [{}, {"bearer": []}, {"apiKey": []}],
+    }
+
+
+def _operation(
+    route: Route, schemas: SchemaBuilder, comments: Comments, status_ref: Schema
+) -> dict[str, Any]:
+    rpc = route.rpc
+    comment = comments.get(rpc.full_name)
+    operation: dict[str, Any] = {
+        "operationId": route.operation_id,
+        "summary": comment.split("\n")[0] if comment else rpc.method.name,
+        "description": "\n\n".join(p for p in (comment, f"gRPC: `{rpc.grpc_path}` ({rpc.shape.value})") if p),
+    }
+    parameters = [_path_parameter(route, var, schemas) for var in route.template.variables]
+    if route.kind is Kind.WEBSOCKET or route.body != "*":
+        skip = set(route.path_fields) | ({route.body} if route.body not in ("", "*") else set())
+        parameters += _query_parameters(rpc.method.input_type, schemas, skip=skip)
+    if parameters:
+        operation["parameters"] = parameters
+    error = {
+        "description": "An error: a `google.rpc.Status`.",
+        "content": {"application/json": {"schema": status_ref}},
+    }
+
+    if route.kind is Kind.WEBSOCKET:
+        operation["summary"] = f"WebSocket: {operation['summary']}"
+        operation["description"] += "\n\n" + _WS_DOC
+        operation["responses"] = {"101": {"description": "Switching Protocols"}, "default": error}
+        operation["x-websocket"] = {
+            "request": schemas.message(rpc.method.input_type),
+            "response": _frame_schema(schemas.message(rpc.method.output_type), status_ref),
+        }
+        return operation
+
+    if route.body:
+        body_schema = (
+            schemas.message(rpc.method.input_type)
+            if route.body == "*"
+            else schemas.field(rpc.method.input_type.fields_by_name[route.body])
+        )
+        media = "application/x-ndjson" if rpc.shape.streams_requests else "application/json"
+        operation["requestBody"] = {
+            "required": route.body != "*",
+            "content": {media: {"schema": body_schema}},
+        }
+
+    result = (
+        schemas.field(rpc.method.output_type.fields_by_name[route.response_body])
+        if route.response_body
+        else schemas.message(rpc.method.output_type)
+    )
+    if rpc.shape.streams_responses:
+        frame = _frame_schema(result, status_ref)
+        ok = {
+            "description": _STREAM_DOC,
+            "content": {
+                "application/x-ndjson": {"schema": frame},
+                "text/event-stream": {
+                    "schema": {"type": "string", "description": "SSE events whose data is a frame."}
+                },
+            },
+        }
+    else:
+        ok = {"description": "OK", "content": {"application/json": {"schema": result}}}
+    operation["responses"] = {"200": ok, "default": error}
+    return operation
+
+
+def _frame_schema(result: Schema, status_ref: Schema) -> Schema:
+    return {
+        "type": "object",
+        "properties": {"result": result, "error": status_ref},
+        "description": "One frame: a result, or the final error.",
+    }
+
+
+def _path_parameter(route: Route, var: Variable, schemas: SchemaBuilder) -> dict[str, Any]:
+    fields = resolve_field_path(route.rpc.method.input_type, var.field_path, context="openapi")
+    schema = schemas.field(fields[-1])
+    if var.multi_segment:
+        schema = {"type": "string", "pattern": f"^{var.regex()}$"}
+    parameter: dict[str, Any] = {"name": var.name, "in": "path", "required": True, "schema": schema}
+    if comment := schemas.comments.get(fields[-1].full_name):
+        parameter["description"] = comment
+    return parameter
+
+
+def _query_parameters(
+    message: Descriptor, schemas: SchemaBuilder, *, skip: set[str], prefix: str = "", depth: int = 0
+) -> list[dict[str, Any]]:
+    parameters: list[dict[str, Any]] = []
+    for field in message.fields:
+        if not prefix and field.name in skip:
+            continue
+        name = prefix + field.name
+        sub = message_type(field)
+        if sub is not None:
+            if sub.GetOptions().map_entry:
+                continue  # maps can't be query parameters
+            if sub.full_name not in SCALAR_LIKE_MESSAGES:
+                if not field.is_repeated and depth < _MAX_QUERY_DEPTH and sub is not message:
+                    parameters += _query_parameters(
+                        sub, schemas, skip=skip, prefix=f"{name}.", depth=depth + 1
+                    )
+                continue
+        parameter: dict[str, Any] = {"name": name, "in": "query", "schema": schemas.field(field)}
+        if field.is_repeated:
+            parameter["explode"] = True
+        if comment := schemas.comments.get(field.full_name):
+            parameter["description"] = comment
+        parameters.append(parameter)
+    return parameters

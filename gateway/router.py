@@ -1,0 +1,67 @@
+"""Request → route: path template matching with 404 / 405 / 426 answers, most specific route first."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from gateway.errors import GatewayError
+from gateway.routes import Kind, Route
+
+
+@dataclass(frozen=True)
+class Match:
+    """A route and the values of its path variables (dotted field path → decoded string)."""
+
+    route: Route
+    path_params: dict[str, str]
+
+
+class Router:
+    """Matches (method, raw path, upgrade?) against derived routes."""
+
+    def __init__(self, routes: Sequence[Route]) -> None:
+        self.routes = tuple(routes)
+
+    def match(self, method: str, raw_path: str, *, websocket: bool) -> Match:
+        """The route for a request; raises GatewayError for 404, 405 (with Allow) and 426.
+
+        An upgrade request prefers a WebSocket route; without one it is served as plain HTTP.
+        """
+        matches = [(r, p) for r in self.routes if (p := r.template.match(raw_path)) is not None]
+        if websocket and method == "GET":
+            for route, params in matches:
+                if route.kind is Kind.WEBSOCKET:
+                    return Match(route, params)
+        for route, params in matches:
+            if route.kind is Kind.REST and route.http_method == method:
+                return Match(route, params)
+        if not matches:
+            raise GatewayError(
+                grpc.StatusCode.NOT_FOUND,
+                f"no route for {method} {raw_path}",
+                reason="ROUTE_NOT_FOUND",
+                http_status=404,
+            )
+        if method == "GET" and any(r.kind is Kind.WEBSOCKET for r, _ in matches):
+            raise GatewayError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"{raw_path} is a WebSocket endpoint: connect with an Upgrade: websocket request",
+                reason="WEBSOCKET_UPGRADE_REQUIRED",
+                http_status=426,
+                headers={"Upgrade": "websocket"},
+            )
+        allow = ", ".join(sorted({r.http_method for r, _ in matches}))
+        raise GatewayError(
+            grpc.StatusCode.UNIMPLEMENTED,
+            f"method {method} not allowed on {raw_path}; allowed: {allow}",
+            reason="METHOD_NOT_ALLOWED",
+            http_status=405,
+            headers={"Allow": allow},
+        )
+
+    def allowed_methods(self, raw_path: str) -> list[str]:
+        """HTTP methods some route accepts on this path (for CORS preflight)."""
+        return sorted({r.http_method for r in self.routes if r.template.match(raw_path) is not None})

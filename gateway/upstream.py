@@ -1,0 +1,68 @@
+"""The upstream gRPC channel: generic calls per route (no generated stubs needed) and health checks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2
+
+from gateway.routes import Rpc, Shape
+
+_HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+
+Metadata = Sequence[tuple[str, str | bytes]]
+
+
+class Upstream:
+    """One channel to the gRPC target, shared by every request."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        # Size limits are enforced on the HTTP side; the upstream is trusted with what it sends back.
+        self.channel = grpc.aio.insecure_channel(
+            target, options=[("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+        )
+        self._callables: dict[str, Any] = {}
+
+    def start(self, rpc: Rpc, request: Any, *, metadata: Metadata, timeout: float | None) -> Any:
+        """Start a call; a request-streaming call starts without a request (write() feeds it).
+
+        Returns the grpc.aio call object of the RPC's shape.
+        """
+        multi = self._callables.get(rpc.grpc_path)
+        if multi is None:
+            factory = {
+                Shape.UNARY: self.channel.unary_unary,
+                Shape.SERVER_STREAMING: self.channel.unary_stream,
+                Shape.CLIENT_STREAMING: self.channel.stream_unary,
+                Shape.BIDI_STREAMING: self.channel.stream_stream,
+            }[rpc.shape]
+            multi = factory(
+                rpc.grpc_path,
+                request_serializer=rpc.request_cls.SerializeToString,
+                response_deserializer=rpc.response_cls.FromString,
+            )
+            self._callables[rpc.grpc_path] = multi
+        if rpc.shape.streams_requests:
+            return multi(metadata=metadata, timeout=timeout)
+        return multi(request, metadata=metadata, timeout=timeout)
+
+    async def health(self, service: str = "", *, deadline: float = 2.0) -> str:
+        """The upstream's grpc.health.v1 status name ("SERVING", "NOT_SERVING", …) or an error code name."""
+        check = self.channel.unary_unary(
+            _HEALTH_CHECK,
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+        try:
+            response = await check(health_pb2.HealthCheckRequest(service=service), timeout=deadline)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return "SERVICE_UNKNOWN"
+            return str(exc.code().name)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+    async def close(self) -> None:
+        await self.channel.close()

@@ -1,0 +1,88 @@
+"""Endpoints about the API rather than of it: /openapi.json, /docs, /healthz, /readyz, /livez."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway.openapi import build_openapi
+from gateway.transcode import dumps
+from gateway.web_state import STATE
+
+DOCS_ASSETS = "/docs/assets"
+
+_DOCS_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <title>{title}</title>
+  <link rel="stylesheet" href="{assets}/swagger-ui.css">
+</head>
+<body>
+  <div id="swagger-ui"></div>
+  <script src="{assets}/swagger-ui-bundle.js"></script>
+  <script>
+    window.ui = SwaggerUIBundle({{
+      url: "/openapi.json", dom_id: "#swagger-ui", deepLinking: true, validatorUrl: null
+    }});
+  </script>
+</body>
+</html>
+"""
+
+
+def docs_assets_path() -> Path | None:
+    """Swagger UI 5 (OpenAPI 3.1 capable) shipped by the openapi-ui-bundles package, if installed."""
+    try:
+        import openapi_ui_bundles
+    except ImportError:
+        return None
+    path = Path(openapi_ui_bundles.swagger_ui.static_path)
+    return path if (path / "swagger-ui-bundle.js").is_file() else None
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if state.openapi is None:
+        state.openapi = build_openapi(
+            state.router.routes, state.comments, title=state.options.title, version=state.options.version
+        )
+    return web.Response(text=dumps(state.openapi), content_type="application/json")
+
+
+async def docs(request: web.Request) -> web.Response:
+    title = request.app[STATE].options.title
+    return web.Response(text=_DOCS_PAGE.format(title=title, assets=DOCS_ASSETS), content_type="text/html")
+
+
+async def livez(request: web.Request) -> web.Response:
+    """The gateway process answers."""
+    return web.json_response({"status": "ok"})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """The upstream's gRPC health (grpc.health.v1), for `?service=` or the whole server."""
+    state = request.app[STATE]
+    status = await state.upstream.health(request.query.get("service", ""))
+    return web.json_response({"status": status}, status=200 if status == "SERVING" else 503)
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready for traffic: not shutting down, and the upstream is SERVING."""
+    state = request.app[STATE]
+    if state.closing:
+        return web.json_response({"status": "SHUTTING_DOWN"}, status=503)
+    status = await state.upstream.health()
+    return web.json_response({"status": status}, status=200 if status == "SERVING" else 503)
+
+
+def add_meta_routes(app: web.Application) -> None:
+    app.router.add_get("/openapi.json", openapi_json)
+    app.router.add_get("/livez", livez)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    assets = docs_assets_path()
+    if assets is not None:
+        app.router.add_get("/docs", docs)
+        app.router.add_static(DOCS_ASSETS, assets)

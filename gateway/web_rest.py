@@ -1,0 +1,111 @@
+"""The API handler: route the request, decode it, call upstream, relay the answer.
+
+Unary responses are JSON; streamed responses go through web_stream (SSE / NDJSON). Request streams
+(client-streaming and bidi RPCs with an HTTP rule) read the body as NDJSON, one request per line,
+as grpc-gateway does. WebSocket routes are handed to web_websocket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from aiohttp import web
+from google.protobuf.message import Message
+
+from gateway.calls import RequestPump, cancel_on_exit
+from gateway.errors import request_too_large
+from gateway.metadata import response_headers
+from gateway.router import Match
+from gateway.routes import Kind
+from gateway.transcode import decode_request, dumps, parse_json, response_json
+from gateway.web_state import STATE, call_context
+from gateway.web_stream import stream_response
+from gateway.web_websocket import handle_websocket, is_websocket_upgrade
+
+
+async def handle_api(request: web.Request) -> web.StreamResponse:
+    """Every API route: the path and method pick the route, never a hand-written list."""
+    state = request.app[STATE]
+    match = state.router.match(
+        request.method, request.rel_url.raw_path, websocket=is_websocket_upgrade(request)
+    )
+    if match.route.kind is Kind.WEBSOCKET:
+        return await handle_websocket(request, match)
+    context = call_context(request)
+    rpc = match.route.rpc
+    if rpc.shape.streams_requests:
+        call = state.upstream.start(rpc, None, metadata=context.metadata, timeout=context.timeout)
+        with cancel_on_exit(call):
+            pump = RequestPump(call, _ndjson_requests(request, match), half_close=True)
+            try:
+                if rpc.shape.streams_responses:
+                    return await stream_response(request, match.route, call, pump=pump)
+                return await _unary_response(match, call, emit=state.options.emit_unpopulated, pump=pump)
+            finally:
+                await pump.aclose()
+
+    raw = await request.read()
+    has_body = bool(raw.strip())
+    body = parse_json(raw) if has_body else None
+    message = decode_request(
+        match.route,
+        path_params=match.path_params,
+        query=request.query,
+        body=body,
+        has_body=has_body,
+        strict=state.options.strict,
+    )
+    call = state.upstream.start(rpc, message, metadata=context.metadata, timeout=context.timeout)
+    with cancel_on_exit(call):
+        if rpc.shape.streams_responses:
+            return await stream_response(request, match.route, call)
+        return await _unary_response(match, call, emit=state.options.emit_unpopulated)
+
+
+async def _unary_response(
+    match: Match, call: Any, *, emit: bool, pump: RequestPump | None = None
+) -> web.Response:
+    try:
+        message = await call
+    except (grpc.aio.AioRpcError, asyncio.CancelledError):
+        if pump is not None and pump.caused_failure():
+            pump.raise_own_error()
+        raise
+    headers = response_headers(await call.initial_metadata(), await call.trailing_metadata())
+    payload = response_json(match.route, message, emit_unpopulated=emit)
+    return web.Response(text=dumps(payload), content_type="application/json", headers=headers)
+
+
+async def _ndjson_requests(request: web.Request, match: Match) -> AsyncIterator[Message]:
+    """One request message per non-empty body line; each line is limited like a whole body."""
+    options = request.app[STATE].options
+    limit = options.max_body_bytes
+    buffer = b""
+    line_number = 0
+    while True:
+        chunk = await request.content.readany()
+        if not chunk:
+            lines, buffer = [buffer], b""
+        else:
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            if len(buffer) > limit:
+                raise request_too_large(limit)
+        for line in lines:
+            line_number += 1
+            if len(line) > limit:
+                raise request_too_large(limit)
+            if line.strip():
+                yield decode_request(
+                    match.route,
+                    path_params=match.path_params,
+                    query=request.query,
+                    body=parse_json(line, what=f"request line {line_number}"),
+                    has_body=True,
+                    strict=options.strict,
+                )
+        if not chunk:
+            return

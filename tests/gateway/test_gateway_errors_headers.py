@@ -1,0 +1,209 @@
+"""gRPC status → HTTP, rich error bodies, headers ↔ metadata, deadlines, CORS."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from conftest import dummy_options
+from gateway_testlib import ProtoApi, RunningLibrary, wait_for
+
+from gateway import create_app
+
+# grpc-gateway's table (runtime/errors.go HTTPStatusFromCode).
+TABLE = [
+    (1, 499),
+    (2, 500),
+    (3, 400),
+    (4, 504),
+    (5, 404),
+    (6, 409),
+    (7, 403),
+    (8, 429),
+    (9, 400),
+    (10, 409),
+    (11, 400),
+    (12, 501),
+    (13, 500),
+    (14, 503),
+    (15, 500),
+    (16, 401),
+]
+
+
+@pytest.mark.parametrize(("code", "http"), TABLE)
+async def test_status_table_and_status_body(client: Any, code: int, http: int) -> None:
+    resp = await client.post(
+        "/v1/fail", json={"code": code, "message": f"failure {code}", "reason": "WHY_NOT"}
+    )
+    assert resp.status == http
+    assert resp.content_type == "application/json"
+    body = await resp.json()
+    assert body["code"] == code
+    assert body["message"] == f"failure {code}"
+    assert body["details"] == [
+        {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "WHY_NOT", "domain": "aibattle.dev"}
+    ]
+    assert ("WWW-Authenticate" in resp.headers) == (code == 16)
+
+
+async def test_unauthenticated_has_www_authenticate(client: Any) -> None:
+    resp = await client.post("/v1/fail", json={"code": 16, "message": "no key"})
+    assert resp.status == 401
+    assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+async def test_resource_exhausted_has_retry_after_from_retry_info(client: Any) -> None:
+    resp = await client.post("/v1/fail", json={"code": 8, "message": "slow down", "retry_delay": "2.2s"})
+    assert resp.status == 429
+    assert resp.headers["Retry-After"] == "3"
+    body = await resp.json()
+    retry = next(d for d in body["details"] if d["@type"].endswith("RetryInfo"))
+    assert retry["retry_delay"] == "2.200s"
+
+
+async def test_upstream_down_is_503_without_internals(aiohttp_client: Any, dummy_api: ProtoApi) -> None:
+    client = await aiohttp_client(create_app("127.0.0.1:1", dummy_options(dummy_api)))
+    resp = await client.get("/v1/shelves/s/books/b", headers={"Grpc-Timeout": "2S"})
+    assert resp.status == 503
+    body = await resp.json()
+    assert body == {"code": 14, "message": "upstream unavailable", "details": []}
+
+
+async def test_headers_become_metadata(client: Any, library: RunningLibrary) -> None:
+    resp = await client.post(
+        "/v1/sleep",
+        json={},
+        headers={
+            "Authorization": "Bearer secret-token",
+            "X-API-Key": "key-1",
+            "Grpc-Metadata-Tenant": "acme",
+            "X-Request-Id": "req-123",
+            "Cookie": "session=1",
+            "X-Other": "not forwarded",
+        },
+    )
+    assert resp.status == 200
+    seen = (await resp.json())["metadata"]
+    assert seen["authorization"] == "Bearer secret-token"
+    assert seen["x-api-key"] == "key-1"
+    assert seen["tenant"] == "acme"
+    assert seen["x-request-id"] == "req-123"
+    assert "cookie" not in seen and "x-other" not in seen
+    assert resp.headers["X-Request-Id"] == "req-123"
+
+
+async def test_request_id_generated_when_absent(client: Any, library: RunningLibrary) -> None:
+    resp = await client.post("/v1/sleep", json={})
+    generated = resp.headers["X-Request-Id"]
+    assert len(generated) == 32
+    assert library.servicer.metadata[-1]["x-request-id"] == generated
+    # Also on errors the gateway answers itself.
+    missing = await client.get("/nowhere")
+    assert len(missing.headers["X-Request-Id"]) == 32
+
+
+async def test_binary_metadata_header_is_base64(client: Any) -> None:
+    resp = await client.post("/v1/sleep", json={}, headers={"Grpc-Metadata-Trace-Bin": "not base64!"})
+    assert resp.status == 400
+    assert "base64" in (await resp.json())["message"]
+
+
+async def test_grpc_timeout_sets_the_deadline(client: Any) -> None:
+    resp = await client.post("/v1/sleep", json={}, headers={"Grpc-Timeout": "5S"})
+    remaining = (await resp.json())["time_remaining"]
+    assert 3.0 < remaining <= 5.0
+
+
+async def test_deadline_exceeded_is_504(client: Any, library: RunningLibrary) -> None:
+    resp = await client.post("/v1/sleep", json={"duration": "5s"}, headers={"Grpc-Timeout": "100m"})
+    assert resp.status == 504
+    assert (await resp.json())["code"] == 4
+
+
+async def test_bad_grpc_timeout_is_400(client: Any) -> None:
+    resp = await client.post("/v1/sleep", json={}, headers={"Grpc-Timeout": "soon"})
+    assert resp.status == 400
+    assert "Grpc-Timeout" in (await resp.json())["message"]
+
+
+async def test_unary_disconnect_cancels_upstream(client: Any, library: RunningLibrary) -> None:
+    task = asyncio.ensure_future(client.post("/v1/sleep", json={"duration": "30s"}))
+    assert await wait_for(lambda: "Sleep" in library.servicer.calls)
+    task.cancel()  # the HTTP client goes away mid-call
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await wait_for(lambda: library.servicer.cancelled["Sleep"].is_set())
+
+
+async def test_cors_allow_list(aiohttp_client: Any, library: RunningLibrary, dummy_api: ProtoApi) -> None:
+    app = create_app(library.target, dummy_options(dummy_api, cors_origins=("http://app.example",)))
+    client = await aiohttp_client(app)
+    preflight = await client.options(
+        "/v1/shelves/s/books/b",
+        headers={
+            "Origin": "http://app.example",
+            "Access-Control-Request-Method": "PATCH",
+            "Access-Control-Request-Headers": "Authorization, Grpc-Metadata-Tenant",
+        },
+    )
+    assert preflight.status == 204
+    assert preflight.headers["Access-Control-Allow-Origin"] == "http://app.example"
+    assert set(preflight.headers["Access-Control-Allow-Methods"].split(", ")) == {"GET", "PATCH", "DELETE"}
+    assert preflight.headers["Access-Control-Allow-Headers"] == "Authorization, Grpc-Metadata-Tenant"
+
+    actual = await client.get("/v1/shelves/s/books/b", headers={"Origin": "http://app.example"})
+    assert actual.headers["Access-Control-Allow-Origin"] == "http://app.example"
+    assert "X-Request-Id" in actual.headers["Access-Control-Expose-Headers"]
+    assert "Grpc-Metadata-x-served-by" in actual.headers["Access-Control-Expose-Headers"]
+
+    refused = await client.options(
+        "/v1/shelves/s/books/b",
+        headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "GET"},
+    )
+    assert refused.status == 403
+    assert "Access-Control-Allow-Origin" not in refused.headers
+    other = await client.get("/v1/shelves/s/books/b", headers={"Origin": "http://evil.example"})
+    assert "Access-Control-Allow-Origin" not in other.headers
+
+
+async def test_no_cors_headers_by_default(client: Any) -> None:
+    resp = await client.get("/v1/shelves/s/books/b", headers={"Origin": "http://app.example"})
+    assert resp.status == 200
+    assert "Access-Control-Allow-Origin" not in resp.headers
+
+
+async def test_unexpected_failure_is_generic_500(client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr("gateway.web_rest.response_json", boom)
+    resp = await client.get("/v1/shelves/s/books/b")
+    assert resp.status == 500
+    assert await resp.json() == {"code": 13, "message": "internal error", "details": []}
+
+
+async def test_unexpected_failure_mid_stream_is_an_error_frame(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway import web_stream
+
+    real = web_stream.response_json
+    calls = 0
+
+    def second_fails(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise RuntimeError("secret internals")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(web_stream, "response_json", second_fails)
+    resp = await client.get("/v1/shelves/s1/books:stream?count=3")
+    text = await resp.text()
+    assert "secret" not in text and "Traceback" not in text
+    frames = [json.loads(line) for line in text.splitlines()]
+    assert "result" in frames[0]
+    assert frames[-1] == {"error": {"code": 13, "message": "internal error", "details": []}}
