@@ -16,7 +16,14 @@ PROTODEPS := build/protodeps
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
 
-install: $(STAMP) $(NPMSTAMP)  ## create .venv with the server, gateway and test tools; npm tools
+install: $(STAMP) $(NPMSTAMP) system-deps  ## .venv with the server, gateway and test tools; npm tools; chromium
+
+# Debian's chromium renders /docs in the gateway's tests (headless, offline). Installed only if missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+.PHONY: system-deps
+system-deps:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
 
 # llama-cpp-python compiles from source the first time (about 6 minutes on 2 cores); pip caches the wheel.
 # A portable AVX2 build: the native one enables AMX/AVX-512 kernels that crash (general protection

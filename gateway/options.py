@@ -64,6 +64,10 @@ class GatewayOptions:
     header_matcher: HeaderMatcher = default_header_matcher
     """Which HTTP headers become gRPC metadata, and under which key."""
 
+    compat_endpoints: bool = True
+    """Serve the OpenAI (/v1/…) and Ollama (/api/tags, /api/chat, /api/generate) endpoints, when the API
+    includes aibattle.v1's CompletionService."""
+
     ws_heartbeat: float | None = 30.0
     """Seconds between WebSocket pings; a peer that stops answering is dropped (and its call cancelled)."""
 

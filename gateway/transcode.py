@@ -10,6 +10,7 @@ unknown query parameters into INVALID_ARGUMENT naming them.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
@@ -39,6 +40,7 @@ SCALAR_LIKE_MESSAGES = frozenset(
         "google.protobuf.BytesValue",
     }
 )
+_UNKNOWN_FIELD = re.compile(r'Message type "([^"]+)" has no field named "([^"]+)" at "([^"]+)"')
 _TRUE = frozenset({"true", "1", "t", "yes"})
 _FALSE = frozenset({"false", "0", "f", "no"})
 
@@ -120,8 +122,17 @@ def _parse_into(message: Message, obj: dict[str, Any], *, strict: bool, where: s
         json_format.ParseDict(obj, message, ignore_unknown_fields=not strict)
     except json_format.ParseError as exc:
         text = str(exc).split("\n")[0]
-        reason = "UNKNOWN_FIELD" if "has no field named" in text else "INVALID_FIELD_VALUE"
-        raise invalid_argument(f"invalid {where}: {text}", reason=reason) from exc
+        unknown = _UNKNOWN_FIELD.search(text)
+        if unknown is None:
+            raise invalid_argument(f"invalid {where}: {text}", reason="INVALID_FIELD_VALUE") from exc
+        # 'no field named "x" at "Req.messages[0]"' → the field path "messages[0].x".
+        scope = unknown.group(3).partition(".")[2]
+        field = f"{scope}.{unknown.group(2)}" if scope else unknown.group(2)
+        raise invalid_argument(
+            f"invalid {where}: unknown field {field!r} (not a field of {unknown.group(1)})",
+            reason="UNKNOWN_FIELD",
+            field=field,
+        ) from exc
 
 
 _JSON_TYPE_NAMES = {str: "a string", int: "a number", float: "a number", bool: "a boolean", list: "an array"}

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 
 from aiohttp import WSCloseCode, web
 
+from aibattle.v1 import completions_pb2
+from gateway.compat_ollama import add_ollama_routes
+from gateway.compat_openai import add_openai_routes
 from gateway.options import GatewayOptions
 from gateway.router import Router
 from gateway.routes import derive_routes
@@ -44,6 +47,9 @@ def create_app(grpc_target: str, options: GatewayOptions | None = None) -> web.A
 
     app.cleanup_ctx.append(upstream_ctx)
     add_meta_routes(app)
+    if options.compat_endpoints and completions_pb2.DESCRIPTOR in options.files:
+        add_openai_routes(app)
+        add_ollama_routes(app)
     app.router.add_route("*", "/{tail:.*}", handle_api)
     return app
 

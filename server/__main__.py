@@ -34,13 +34,19 @@ async def serve(config: Config) -> int:
     await server.start()
     gateway = None
     if config.server.http_addr:
-        from gateway import start_gateway
+        from gateway import GatewayOptions, start_gateway
 
         host, port = _split_addr(config.server.http_addr)
-        gateway = await start_gateway(grpc_target=server.grpc_target, host=host, port=port)
+        options = GatewayOptions(
+            cors_origins=config.gateway.cors_origins,
+            max_body_bytes=config.gateway.max_body_bytes,
+            strict=config.gateway.strict,
+            compat_endpoints=config.gateway.compat_endpoints,
+        )
+        gateway = await start_gateway(grpc_target=server.grpc_target, host=host, port=port, options=options)
     print(
         f"AI Battle serving gRPC on {server.grpc_target}"
-        + (f", HTTP on http://{config.server.http_addr}" if gateway else "")
+        + (f", HTTP on {gateway.url}" if gateway else "")
         + f"; models: {', '.join(m.id for m in config.models)}",
         flush=True,
     )
@@ -81,7 +87,7 @@ def main() -> None:
     logs.configure(config.server.log_level)
     try:
         sys.exit(asyncio.run(serve(config)))
-    except (ProviderStartError, OSError) as exc:
+    except (ProviderStartError, ConfigError, OSError) as exc:
         log.error("cannot start: %s", exc)
         print(f"aibattle: cannot start: {exc}", file=sys.stderr)
         sys.exit(1)

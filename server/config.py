@@ -42,6 +42,20 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class GatewayConfig:
+    """The `[gateway]` table: policy of the in-process HTTP gateway."""
+
+    cors_origins: tuple[str, ...] = ()
+    """Origins allowed by CORS, e.g. ["http://localhost:3000"]; "*" allows any; empty: no CORS headers."""
+    max_body_bytes: int = 4 * 1024 * 1024
+    """Largest request body or WebSocket message; larger ones get 413 (WebSocket close 1009)."""
+    strict: bool = True
+    """Unknown JSON fields and query parameters are a 400 naming them."""
+    compat_endpoints: bool = True
+    """Serve the OpenAI (/v1/...) and Ollama (/api/tags, /api/chat, /api/generate) endpoints."""
+
+
+@dataclass(frozen=True)
 class LocalProviderConfig:
     """The `[providers.local]` table: the embedded llama.cpp runtime."""
 
@@ -102,14 +116,16 @@ class Config:
     """The whole configuration."""
 
     server: ServerConfig = field(default_factory=ServerConfig)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
     local: LocalProviderConfig = field(default_factory=LocalProviderConfig)
     models: tuple[ModelConfig, ...] = field(default_factory=_default_models)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Config:
         """Build from a TOML-shaped mapping; unknown keys and bad values raise ConfigError."""
-        _reject_unknown(data, {"server", "providers", "models"}, "")
+        _reject_unknown(data, {"server", "gateway", "providers", "models"}, "")
         server = _build(ServerConfig, data.get("server", {}), "server")
+        gateway = _build(GatewayConfig, data.get("gateway", {}), "gateway")
         providers = data.get("providers", {})
         _reject_unknown(providers, {"local"}, "providers.")
         local = _build(LocalProviderConfig, providers.get("local", {}), "providers.local")
@@ -125,7 +141,7 @@ class Config:
             for fallback in model.fallbacks:
                 if fallback not in ids:
                     raise ConfigError(f"models.{model.id}.fallbacks: unknown model {fallback!r}")
-        return cls(server=server, local=local, models=models)
+        return cls(server=server, gateway=gateway, local=local, models=models)
 
 
 def _reject_unknown(data: Mapping[str, Any], known: set[str], prefix: str) -> None:

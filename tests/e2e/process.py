@@ -10,17 +10,24 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[2]
 BANNER = re.compile(r"serving gRPC on (\S+?)[,;]")
+HTTP_BANNER = re.compile(r"HTTP on (http://\S+?);")
+
+
+class Running(NamedTuple):
+    proc: subprocess.Popen[str]
+    grpc_target: str
+    http_url: str
+    """'' when the gateway is off (the default here: AIBATTLE_HTTP_ADDR='')."""
 
 
 @contextmanager
-def server_process(
-    config_toml: str, tmp_path: Path, **env: str
-) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """Start the server with this config (gRPC and HTTP on free ports unless env says otherwise);
-    yield the process and its gRPC target; kill it on exit if still running."""
+def server_process(config_toml: str, tmp_path: Path, **env: str) -> Iterator[Running]:
+    """Start the server with this config (gRPC on a free port; no HTTP unless env sets
+    AIBATTLE_HTTP_ADDR); yield it; kill it on exit if still running."""
     config = tmp_path / "aibattle.toml"
     config.write_text(config_toml)
     environment = {
@@ -49,7 +56,8 @@ def server_process(
             raise AssertionError(
                 f"server did not start: {line!r}\n{proc.stderr.read() if proc.stderr else ''}"
             )
-        yield proc, match.group(1)
+        http = HTTP_BANNER.search(line)
+        yield Running(proc, match.group(1), http.group(1) if http else "")
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -18,7 +18,7 @@ CLIENT = Path(__file__).with_name("grpc_js_client.mjs")
 
 def test_grpc_js_client(tmp_path: Path) -> None:
     googleapis_root = Path(google.api.annotations_pb2.__file__).parents[2]
-    with server_process(CONFIG, tmp_path) as (_, target):
+    with server_process(CONFIG, tmp_path) as (_, target, _):
         result = subprocess.run(
             ["node", str(CLIENT), target, str(ROOT / "proto"), str(googleapis_root)],
             cwd=ROOT,

@@ -24,7 +24,7 @@ script = ["Hello from a scripted model."]
 
 @pytest.fixture(scope="module")
 def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with server_process(CONFIG, tmp_path_factory.mktemp("grpcurl")) as (_, grpc_target):
+    with server_process(CONFIG, tmp_path_factory.mktemp("grpcurl")) as (_, grpc_target, _):
         yield grpc_target
 
 

@@ -31,7 +31,7 @@ def config(grace: float, words: int) -> str:
 
 
 async def test_sigterm_cancels_a_long_stream_after_the_grace_period(tmp_path: Path) -> None:
-    with server_process(config(grace=1.0, words=300), tmp_path) as (proc, target):
+    with server_process(config(grace=1.0, words=300), tmp_path) as (proc, target, _):
         async with grpc.aio.insecure_channel(target) as channel:
             watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
             assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
@@ -56,7 +56,7 @@ async def test_sigterm_cancels_a_long_stream_after_the_grace_period(tmp_path: Pa
 
 
 async def test_sigterm_lets_a_short_stream_finish(tmp_path: Path) -> None:
-    with server_process(config(grace=5.0, words=10), tmp_path) as (proc, target):
+    with server_process(config(grace=5.0, words=10), tmp_path) as (proc, target, _):
         async with grpc.aio.insecure_channel(target) as channel:
             stream = completions_pb2_grpc.CompletionServiceStub(channel).StreamCompletion(
                 completions_pb2.StreamCompletionRequest(model="slow", prompt="go")
@@ -71,7 +71,7 @@ async def test_sigterm_lets_a_short_stream_finish(tmp_path: Path) -> None:
 
 
 async def test_second_signal_exits_at_once(tmp_path: Path) -> None:
-    with server_process(config(grace=30.0, words=300), tmp_path) as (proc, target):
+    with server_process(config(grace=30.0, words=300), tmp_path) as (proc, target, _):
         async with grpc.aio.insecure_channel(target) as channel:
             stream = completions_pb2_grpc.CompletionServiceStub(channel).StreamCompletion(
                 completions_pb2.StreamCompletionRequest(model="slow", prompt="go")

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.process import ROOT
+from tests.e2e.process import ROOT, server_process
 
 
 def start(tmp_path: Path, toml: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -57,3 +60,20 @@ def test_port_in_use(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_gateway_table_reaches_the_in_process_gateway(tmp_path: Path) -> None:
+    toml = SCRIPTED + '[gateway]\ncors_origins = ["http://app.example"]\nmax_body_bytes = 2048\n'
+    with server_process(toml, tmp_path, AIBATTLE_HTTP_ADDR="127.0.0.1:0") as (_, _, http_url):
+        assert http_url.startswith("http://127.0.0.1:")
+        ok = urllib.request.Request(f"{http_url}/api/v1/models", headers={"Origin": "http://app.example"})
+        with urllib.request.urlopen(ok, timeout=10) as reply:
+            assert reply.headers["Access-Control-Allow-Origin"] == "http://app.example"
+            assert json.load(reply)["models"][0]["id"] == "echo"
+        big = urllib.request.Request(
+            f"{http_url}/api/v1/completions", data=b'{"model": "echo", "prompt": "' + b"x" * 4096 + b'"}'
+        )
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(big, timeout=10)
+        assert caught.value.code == 413
+        caught.value.close()

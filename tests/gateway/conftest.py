@@ -7,9 +7,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gateway_testlib import ProtoApi, RunningLibrary, load_api, run_codegen, stage_protos, start_library
 
 from gateway import GatewayOptions, create_app
+from server.app import AIBattleServer
+from server.config import Config
+from tests.gateway.gateway_testlib import (
+    ROOT,
+    ProtoApi,
+    RunningLibrary,
+    dummy_options,
+    load_api,
+    run_codegen,
+    stage_protos,
+    start_library,
+)
 
 
 @pytest.fixture(scope="session")
@@ -22,9 +33,37 @@ def dummy_api(tmp_path_factory: pytest.TempPathFactory) -> ProtoApi:
 @pytest.fixture(scope="session")
 def api_descriptor_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Our own API's descriptor set with comments, fresh from proto/ (gen/ may predate it)."""
-    from gateway_testlib import ROOT
-
     return run_codegen(ROOT / "proto", tmp_path_factory.mktemp("api") / "gen")
+
+
+CONFIG: dict[str, Any] = {
+    "server": {"grpc_addr": "127.0.0.1:0", "http_addr": ""},
+    "models": [
+        {
+            "id": "scripted-echo",
+            "provider": "scripted",
+            "capabilities": ["text"],
+            "script": ["Hello there, friend.", "Second reply."],
+        },
+        {"id": "scripted-fail", "provider": "scripted", "script": ["one two three"], "error_after_chunks": 1},
+        {"id": "scripted-peer", "provider": "scripted", "script": ["Peer reply."]},
+    ],
+}
+
+
+@pytest.fixture
+async def aibattle() -> AsyncIterator[AIBattleServer]:
+    server = AIBattleServer(Config.from_dict(CONFIG))
+    await server.start()
+    yield server
+    await server.stop(grace=0.5)
+
+
+@pytest.fixture
+async def api(aiohttp_client: Any, aibattle: AIBattleServer, api_descriptor_set: Path) -> Any:
+    return await aiohttp_client(
+        create_app(aibattle.grpc_target, GatewayOptions(descriptor_set=api_descriptor_set))
+    )
 
 
 @pytest.fixture
@@ -32,10 +71,6 @@ async def library(dummy_api: ProtoApi) -> AsyncIterator[RunningLibrary]:
     server, running = await start_library(dummy_api)
     yield running
     await server.stop(0)
-
-
-def dummy_options(api: ProtoApi, **overrides: Any) -> GatewayOptions:
-    return GatewayOptions(files=(api.file(),), descriptor_set=api.descriptor_set, **overrides)
 
 
 @pytest.fixture

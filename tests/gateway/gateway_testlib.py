@@ -25,6 +25,8 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from gateway import GatewayOptions
+
 ROOT = Path(__file__).resolve().parents[2]
 TEST_PROTOS = ROOT / "tests" / "protos"
 DUMMY_PROTO = "aibattle/testing/v1/dummy.proto"
@@ -83,6 +85,11 @@ def load_api(descriptor_set: Path) -> ProtoApi:
     for file in files.file:
         pool.Add(file)
     return ProtoApi(pool=pool, descriptor_set=descriptor_set)
+
+
+def dummy_options(api: ProtoApi, **overrides: Any) -> GatewayOptions:
+    """Gateway options serving the test-only API, with its comments."""
+    return GatewayOptions(files=(api.file(),), descriptor_set=api.descriptor_set, **overrides)
 
 
 def status_code(number: int) -> grpc.StatusCode:
@@ -208,7 +215,7 @@ class LibraryServicer:
     async def StreamBooks(self, request: Any, context: Any) -> AsyncIterator[Message]:
         interval = request.interval.seconds + request.interval.nanos / 1e9
         for i in range(request.count):
-            if request.fail_after and i == request.fail_after:
+            if (request.fail_after and i == request.fail_after) or request.fail_after < 0:
                 status = status_pb2.Status(
                     code=grpc.StatusCode.UNAVAILABLE.value[0], message="shelf collapsed"
                 )

@@ -6,10 +6,9 @@ import json
 from typing import Any
 
 import pytest
-from conftest import dummy_options
-from gateway_testlib import ProtoApi, RunningLibrary
 
 from gateway import create_app
+from tests.gateway.gateway_testlib import ProtoApi, RunningLibrary, dummy_options
 
 ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
 
@@ -204,6 +203,15 @@ async def test_bad_bodies_are_400_naming_the_problem(
     assert payload["code"] == 3
     assert needle in payload["message"], payload["message"]
     assert reason_of(payload) == reason
+
+
+async def test_unknown_nested_field_is_named_in_bad_request(client: Any) -> None:
+    resp = await client.post("/v1/shelves/s1/books", json={"title": "T", "author": {"name": "A", "age": 3}})
+    assert resp.status == 400
+    body = await resp.json()
+    violations = next(d for d in body["details"] if d["@type"].endswith("BadRequest"))["field_violations"]
+    assert violations[0]["field"] == "book.author.age"
+    assert "'book.author.age'" in body["message"]
 
 
 async def test_body_star_must_be_an_object(client: Any) -> None:

@@ -10,8 +10,6 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import dummy_options
-from gateway_testlib import DUMMY_PROTO, ProtoApi, load_api, run_codegen, start_library
 from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import FileDescriptor
@@ -21,6 +19,14 @@ from gateway import GatewayOptions, create_app, derive_routes
 from gateway.options import default_api_files
 from gateway.path_template import Variable
 from gateway.routes import Kind, Route, RouteError
+from tests.gateway.gateway_testlib import (
+    DUMMY_PROTO,
+    ProtoApi,
+    dummy_options,
+    load_api,
+    run_codegen,
+    start_library,
+)
 
 Binding = tuple[str, str, str]  # (HTTP method or "WS", path template, RPC full name)
 

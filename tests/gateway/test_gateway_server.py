@@ -8,32 +8,15 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 import sseclient
-from gateway_testlib import ROOT
 
-from gateway import GatewayOptions, create_app, start_gateway
+from gateway import start_gateway
 from server.app import AIBattleServer
-from server.config import Config
-
-CONFIG: dict[str, Any] = {
-    "server": {"grpc_addr": "127.0.0.1:0", "http_addr": ""},
-    "models": [
-        {
-            "id": "scripted-echo",
-            "provider": "scripted",
-            "capabilities": ["text"],
-            "script": ["Hello there, friend.", "Second reply."],
-        },
-        {"id": "scripted-fail", "provider": "scripted", "script": ["one two three"], "error_after_chunks": 1},
-        {"id": "scripted-peer", "provider": "scripted", "script": ["Peer reply."]},
-    ],
-}
+from tests.gateway.gateway_testlib import ROOT
 
 # Seed 000 §3.1 request bodies, as written; only the model ids are ours.
 SEED_COMPLETION = """{
@@ -72,21 +55,6 @@ SEED_REASONING = """{
   "collaboration_strategy": "iterative_refinement",
   "max_iterations": 5
 }"""
-
-
-@pytest.fixture
-async def aibattle() -> AsyncIterator[AIBattleServer]:
-    server = AIBattleServer(Config.from_dict(CONFIG))
-    await server.start()
-    yield server
-    await server.stop(grace=0.5)
-
-
-@pytest.fixture
-async def api(aiohttp_client: Any, aibattle: AIBattleServer, api_descriptor_set: Path) -> Any:
-    return await aiohttp_client(
-        create_app(aibattle.grpc_target, GatewayOptions(descriptor_set=api_descriptor_set))
-    )
 
 
 async def test_list_and_get_models(api: Any) -> None:
@@ -172,6 +140,16 @@ async def test_websocket_request_from_the_url(api: Any) -> None:
     async with api.ws_connect("/api/v1/ws/completions?model=scripted-echo&prompt=hi") as ws:
         frames = [json.loads(m.data)["result"] async for m in ws]
     assert "".join(c["content"] for c in frames) == "Hello there, friend."
+
+
+async def test_failure_before_first_chunk_is_plain_http(api: Any) -> None:
+    resp = await api.post(
+        "/api/v1/completions:stream",
+        json={"model": "nope", "prompt": "x"},
+        headers={"Accept": "text/event-stream"},
+    )
+    assert resp.status == 404 and resp.content_type == "application/json"
+    assert (await resp.json())["code"] == 5
 
 
 async def test_failure_after_first_chunk(api: Any) -> None:

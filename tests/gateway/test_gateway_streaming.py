@@ -8,10 +8,9 @@ from typing import Any
 
 import pytest
 import sseclient
-from conftest import dummy_options
-from gateway_testlib import ProtoApi, RunningLibrary, wait_for
 
 from gateway import create_app
+from tests.gateway.gateway_testlib import ProtoApi, RunningLibrary, dummy_options, wait_for
 
 
 async def test_ndjson_frames_parse_line_by_line(client: Any) -> None:
@@ -53,11 +52,13 @@ async def test_error_after_first_chunk_is_a_final_error_frame(client: Any, accep
     assert error["details"][0]["reason"] == "SHELF_COLLAPSED"
 
 
-async def test_error_before_first_chunk_is_an_http_error(client: Any) -> None:
-    resp = await client.get("/v1/shelves/s1/books:stream?count=5&fail_after=0&count=1")
-    assert resp.status == 400  # count given twice: the gateway's own error
-    resp = await client.get("/v1/shelves/s1/books:stream?count=3&fail_after=-1")
-    assert resp.status == 200
+@pytest.mark.parametrize("accept", ["application/x-ndjson", "text/event-stream"])
+async def test_error_before_first_chunk_is_an_http_error(client: Any, accept: str) -> None:
+    resp = await client.get("/v1/shelves/s1/books:stream?count=3&fail_after=-1", headers={"Accept": accept})
+    assert resp.status == 503
+    assert resp.content_type == "application/json"
+    body = await resp.json()
+    assert body["code"] == 14 and body["details"][0]["reason"] == "SHELF_COLLAPSED"
 
 
 async def test_empty_stream_is_ok(client: Any) -> None:

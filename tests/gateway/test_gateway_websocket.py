@@ -7,10 +7,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import dummy_options
-from gateway_testlib import ProtoApi, RunningLibrary, wait_for
 
 from gateway import create_app
+from tests.gateway.gateway_testlib import ProtoApi, RunningLibrary, dummy_options, wait_for
 
 
 async def receive_all(ws: aiohttp.ClientWebSocketResponse) -> list[dict[str, Any]]:

@@ -64,3 +64,13 @@ def test_bad_config_is_named(tmp_path: Path, toml: str, message: str) -> None:
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_config(tmp_path / "absent.toml", env={})
+
+
+def test_gateway_table(tmp_path: Path) -> None:
+    path = tmp_path / "aibattle.toml"
+    path.write_text(
+        '[gateway]\ncors_origins = ["http://localhost:3000"]\nmax_body_bytes = 1024\nstrict = false\n'
+    )
+    gateway = load_config(path, env={}).gateway
+    assert gateway.cors_origins == ("http://localhost:3000",)
+    assert (gateway.max_body_bytes, gateway.strict, gateway.compat_endpoints) == (1024, False, True)
