@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from server.config import ModelConfig
@@ -103,13 +103,3 @@ class Provider(Protocol):
     def stream(self, model: ModelConfig, request: ChatRequest) -> AsyncGenerator[StreamItem, None]:
         """Generate a reply: deltas as they come, then one Finish."""
         ...
-
-
-@dataclass
-class Completion:
-    """A whole reply, collected from a stream."""
-
-    content: str = ""
-    thinking: str = ""
-    usage: Usage = field(default_factory=Usage)
-    reason: FinishReason = FinishReason.STOP
