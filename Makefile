@@ -44,7 +44,7 @@ $(NPMSTAMP): package.json package-lock.json
 	npm install --no-audit --no-fund --loglevel=error
 	touch $@
 
-run: install  ## serve gRPC on 127.0.0.1:50051 and HTTP on 127.0.0.1:8080 with the local model
+run: $(STAMP)  ## serve gRPC on 127.0.0.1:50051 and HTTP on 127.0.0.1:8080 with the local model
 	$(PY) -m server
 
 gen: install  ## regenerate everything in gen/ from proto/
