@@ -39,12 +39,7 @@ class Router:
             if route.kind is Kind.REST and route.http_method == method:
                 return Match(route, params)
         if not matches:
-            raise GatewayError(
-                grpc.StatusCode.NOT_FOUND,
-                f"no route for {method} {raw_path}",
-                reason="ROUTE_NOT_FOUND",
-                http_status=404,
-            )
+            raise route_not_found(f"{method} {raw_path}")
         if method == "GET" and any(r.kind is Kind.WEBSOCKET for r, _ in matches):
             raise GatewayError(
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -65,3 +60,10 @@ class Router:
     def allowed_methods(self, raw_path: str) -> list[str]:
         """HTTP methods some route accepts on this path (for CORS preflight)."""
         return sorted({r.http_method for r in self.routes if r.template.match(raw_path) is not None})
+
+
+def route_not_found(what: str) -> GatewayError:
+    """The 404 for a path no route serves (REST, WebSocket or CORS preflight)."""
+    return GatewayError(
+        grpc.StatusCode.NOT_FOUND, f"no route for {what}", reason="ROUTE_NOT_FOUND", http_status=404
+    )

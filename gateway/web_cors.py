@@ -17,6 +17,7 @@ from yarl import URL
 
 from gateway.errors import GatewayError
 from gateway.metadata import REQUEST_ID_HEADER
+from gateway.router import route_not_found
 from gateway.web_state import STATE
 
 _TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
@@ -56,12 +57,7 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
         )
     methods = state.router.allowed_methods(request.rel_url.raw_path)
     if not methods:
-        raise GatewayError(
-            grpc.StatusCode.NOT_FOUND,
-            f"no route for {request.rel_url.raw_path}",
-            reason="ROUTE_NOT_FOUND",
-            http_status=404,
-        )
+        raise route_not_found(request.rel_url.raw_path)
     headers = {
         "Access-Control-Allow-Methods": ", ".join(methods),
         "Access-Control-Max-Age": _MAX_AGE,
