@@ -70,13 +70,13 @@ buf-breaking: $(NPMSTAMP) $(PROTODEPS)  ## breaking changes in proto/ against BA
 	$(BUF) breaking build/current.binpb --against build/against.binpb
 
 lint: install buf-lint buf-breaking  ## buf lint and breaking (vs HEAD), ruff, mypy
-	$(BIN)/ruff check server gateway tests tools bench
-	$(BIN)/ruff format --check server gateway tests tools bench
+	$(BIN)/ruff check common server gateway tests tools bench
+	$(BIN)/ruff format --check common server gateway tests tools bench
 	$(BIN)/mypy
 
 fmt: install  ## format the hand-written code
-	$(BIN)/ruff format server gateway tests tools bench
-	$(BIN)/ruff check --fix server gateway tests tools bench
+	$(BIN)/ruff format common server gateway tests tools bench
+	$(BIN)/ruff check --fix common server gateway tests tools bench
 
 test: install check-gen lint  ## the whole suite: generated-code drift, lint, pytest
 	$(BIN)/pytest -q

@@ -14,19 +14,13 @@ import os
 import signal
 import sys
 
+from common.addresses import parse_host_port
 from server import logs
 from server.app import AIBattleServer
 from server.config import Config, ConfigError, load_config
 from server.providers.registry import ProviderStartError
 
 log = logging.getLogger("aibattle")
-
-
-def _split_addr(addr: str) -> tuple[str, int]:
-    host, _, port = addr.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(f"server.http_addr: expected host:port, got {addr!r}")
-    return host.strip("[]"), int(port)
 
 
 async def serve(config: Config) -> int:
@@ -36,7 +30,7 @@ async def serve(config: Config) -> int:
     if config.server.http_addr:
         from gateway import GatewayOptions, start_gateway
 
-        host, port = _split_addr(config.server.http_addr)
+        host, port = parse_host_port(config.server.http_addr)
         options = GatewayOptions(
             cors_origins=config.gateway.cors_origins,
             max_body_bytes=config.gateway.max_body_bytes,

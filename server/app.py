@@ -15,6 +15,7 @@ from aibattle.v1 import (
     models_pb2_grpc,
     reasoning_pb2,
 )
+from common.addresses import join_host_port, parse_host_port
 from server import reflection
 from server.config import Config
 from server.interceptors import ErrorInterceptor, RequestContextInterceptor
@@ -48,8 +49,8 @@ class AIBattleServer:
 
     @property
     def grpc_target(self) -> str:
-        host = self.config.server.grpc_addr.rsplit(":", 1)[0]
-        return f"{host}:{self.grpc_port}"
+        host, _ = parse_host_port(self.config.server.grpc_addr)
+        return join_host_port(host, self.grpc_port)
 
     async def start(self) -> None:
         await self.registry.start()

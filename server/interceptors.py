@@ -19,7 +19,7 @@ from grpc_interceptor.server import AsyncServerInterceptor
 from grpc_status import rpc_status
 
 from server import logs
-from server.errors import ApiError
+from common.errors import ApiError, internal_error
 
 log = logging.getLogger("aibattle.access")
 errlog = logging.getLogger("aibattle.errors")
@@ -121,10 +121,6 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method_name:
         status = exc.to_status()
     else:
         errlog.exception("unhandled error", extra={"method": method_name})
-        status = ApiError(
-            grpc.StatusCode.INTERNAL,
-            "INTERNAL",
-            f"internal error; quote request id {logs.request_id.get()} when reporting it",
-        ).to_status()
+        status = internal_error(logs.request_id.get()).to_status()
     grpc_status = rpc_status.to_status(status)
     await context.abort(grpc_status.code, grpc_status.details, grpc_status.trailing_metadata)

@@ -14,7 +14,7 @@ import json
 from collections.abc import Sequence
 from typing import TypeVar
 
-from server.errors import InvalidArgument
+from common.errors import InvalidArgument
 
 T = TypeVar("T")
 

@@ -25,8 +25,9 @@ from typing import Any
 import grpc
 
 from server.config import LocalProviderConfig, ModelConfig
-from server.errors import ApiError, ProviderError
-from server.providers.base import ChatRequest, Delta, Finish, FinishReason, StreamItem, Usage
+from common.errors import ApiError, ProviderError
+from common.enums import FinishReason
+from server.providers.base import ChatRequest, Delta, Finish, StreamItem, Usage
 from server.providers.text import StopMatcher
 
 log = logging.getLogger(__name__)

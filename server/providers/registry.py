@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from server.config import Config, ModelConfig
-from server.errors import NotFound
+from common.errors import NotFound
 from server.providers.base import Provider
 from server.providers.scripted import ScriptedProvider
 

@@ -13,8 +13,9 @@ import re
 from collections.abc import AsyncGenerator, Iterator
 
 from server.config import ModelConfig
-from server.errors import ProviderError
-from server.providers.base import ChatRequest, Delta, Finish, FinishReason, StreamItem, Usage
+from common.errors import ProviderError
+from common.enums import FinishReason
+from server.providers.base import ChatRequest, Delta, Finish, StreamItem, Usage
 from server.providers.text import StopMatcher
 
 _WORDS = re.compile(r"\S+\s*|\s+")

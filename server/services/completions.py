@@ -12,14 +12,13 @@ from google.protobuf import timestamp_pb2
 
 from aibattle.v1 import common_pb2, completions_pb2, completions_pb2_grpc
 from server.config import ModelConfig
-from server.errors import InvalidArgument
+from common.errors import InvalidArgument
 from server.providers.base import (
     Attachment,
     ChatMessage,
     ChatRequest,
     Delta,
     Finish,
-    FinishReason,
     Provider,
     Role,
     Usage,
@@ -29,11 +28,6 @@ from server.providers.registry import ModelRegistry
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_LENGTH = 64
 ROLES = {"system": Role.SYSTEM, "user": Role.USER, "human": Role.USER, "assistant": Role.ASSISTANT}
-FINISH_REASONS = {
-    FinishReason.STOP: common_pb2.FINISH_REASON_STOP,
-    FinishReason.LENGTH: common_pb2.FINISH_REASON_LENGTH,
-    FinishReason.CONTENT_FILTER: common_pb2.FINISH_REASON_CONTENT_FILTER,
-}
 # FileData.type → the model capability it needs.
 ATTACHMENT_CAPABILITIES = {"image": "image", "audio": "audio", "video": "video", "document": "document"}
 
@@ -151,7 +145,7 @@ class CompletionServicer(completions_pb2_grpc.CompletionServiceServicer):
             content="".join(content),
             thinking="".join(thinking),
             usage=usage_proto(model, finish.usage),
-            finish_reason=FINISH_REASONS[finish.reason],
+            finish_reason=finish.reason.proto,
             created_at=created,
         )
 
@@ -172,7 +166,7 @@ class CompletionServicer(completions_pb2_grpc.CompletionServiceServicer):
                 else:
                     chunk.is_final = True
                     chunk.usage.CopyFrom(usage_proto(model, item.usage))
-                    chunk.finish_reason = FINISH_REASONS[item.reason]
+                    chunk.finish_reason = item.reason.proto
                 yield chunk
                 index += 1
 

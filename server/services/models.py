@@ -6,7 +6,7 @@ import grpc
 
 from aibattle.v1 import models_pb2, models_pb2_grpc
 from server.config import ModelConfig
-from server.errors import InvalidArgument
+from common.errors import InvalidArgument
 from server.pagination import paginate
 from server.providers.registry import ModelRegistry
 

@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 from google.protobuf import descriptor, message_factory
 
-from server.errors import Unimplemented
+from common.errors import Unimplemented
 
 
 def unimplemented_service(service: descriptor.ServiceDescriptor) -> grpc.GenericRpcHandler:

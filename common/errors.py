@@ -1,10 +1,11 @@
-"""The server's one error model.
+"""The one error taxonomy, shared by the server and the gateway.
 
-Handlers raise an `ApiError` (or one of the subclasses below, each named for the situation
-that raises it); the error-mapping interceptor is the one place that turns it into a gRPC
-status with a `google.rpc.Status` in `grpc-status-details-bin` (AIP-193: an `ErrorInfo`
-always, a `BadRequest` for field violations, a `RetryInfo` when the client should wait).
-Any other exception becomes a generic INTERNAL: its traceback is logged, never sent.
+Code raises an `ApiError` (or a subclass named for the situation); one place on each side turns it
+into the answer: the server's error interceptor into a gRPC status with a `google.rpc.Status` in
+`grpc-status-details-bin`, the gateway's error middleware into an HTTP response (or a stream's last
+frame). `to_status()` is the one rendering (AIP-193): an `ErrorInfo` always, a `BadRequest` when a
+field is at fault, a `RetryInfo` when the client should wait. Anything that is not an `ApiError`
+becomes a generic INTERNAL whose traceback is logged, never sent.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import grpc
-from google.protobuf import any_pb2, duration_pb2
+from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 DOMAIN = "aibattle.dev"
@@ -27,7 +28,11 @@ class ApiError(Exception):
         message: what went wrong, in words a client developer can act on.
         metadata: ErrorInfo.metadata, e.g. {"model": "gpt-x"}; never secrets.
         field: the request field at fault, reported as a BadRequest field violation.
+        field_description: the violation's description (default: the message).
         retry_after: seconds the client should wait before retrying (RetryInfo).
+        http_status: where HTTP has a more precise answer than the code table (405, 413, 426);
+            gRPC ignores it.
+        headers: HTTP headers that go with it (Allow, Upgrade); gRPC ignores them.
     """
 
     def __init__(
@@ -40,45 +45,51 @@ class ApiError(Exception):
         field: str | None = None,
         field_description: str | None = None,
         retry_after: float | None = None,
+        http_status: int | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
-        self.field_description = field_description or message
         self.code = code
         self.reason = reason
         self.message = message
         self.metadata = dict(metadata or {})
         self.field = field
+        self.field_description = field_description or message
         self.retry_after = retry_after
+        self.http_status = http_status
+        self.headers = dict(headers or {})
 
     def to_status(self) -> status_pb2.Status:
-        """The rich status sent to clients."""
-        details = [error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=self.metadata)]
+        """The rich status sent to clients, over gRPC and HTTP alike."""
+        status = status_pb2.Status(code=self.code.value[0], message=self.message)
+        status.details.add().Pack(
+            error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=self.metadata)
+        )
         if self.field is not None:
             violation = error_details_pb2.BadRequest.FieldViolation(
                 field=self.field, description=self.field_description, reason=self.reason
             )
-            details.append(error_details_pb2.BadRequest(field_violations=[violation]))
+            status.details.add().Pack(error_details_pb2.BadRequest(field_violations=[violation]))
         if self.retry_after is not None:
             delay = duration_pb2.Duration()
             delay.FromNanoseconds(int(self.retry_after * 1e9))
-            details.append(error_details_pb2.RetryInfo(retry_delay=delay))
-        packed = []
-        for detail in details:
-            any_detail = any_pb2.Any()
-            any_detail.Pack(detail)
-            packed.append(any_detail)
-        return status_pb2.Status(code=self.code.value[0], message=self.message, details=packed)
+            status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+        return status
 
 
 class InvalidArgument(ApiError):
-    """A request field is missing, malformed or out of range (raised by request validation)."""
+    """A request field is missing, malformed or out of range (server validation, gateway decoding).
 
-    def __init__(self, field: str, message: str, *, reason: str = "INVALID_FIELD") -> None:
+    With a field, the message is prefixed by it and a BadRequest names it; without one (malformed
+    JSON, a bad header) the message stands alone.
+    """
+
+    def __init__(self, field: str | None, message: str, *, reason: str = "INVALID_FIELD") -> None:
         super().__init__(
             grpc.StatusCode.INVALID_ARGUMENT,
             reason,
-            f"{field}: {message}",
-            metadata={"field": field},
+            f"{field}: {message}" if field else message,
+            metadata={"field": field} if field else None,
             field=field,
             field_description=message,
         )
@@ -115,6 +126,13 @@ class ProviderError(ApiError):
         super().__init__(code, "PROVIDER_ERROR", f"model {model!r}: {message}", metadata={"model": model})
 
 
+class DeadlineExceeded(ApiError):
+    """The caller's deadline passed before the work was done (waiting for a model, generating)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED", message)
+
+
 class ShuttingDown(ApiError):
     """The server is draining for shutdown and takes no new work."""
 
@@ -122,3 +140,22 @@ class ShuttingDown(ApiError):
         super().__init__(
             grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN", "server is shutting down; retry on another replica"
         )
+
+
+class RequestTooLarge(ApiError):
+    """A request body, NDJSON request line or WebSocket message over the configured limit (HTTP 413)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "REQUEST_TOO_LARGE",
+            f"request body exceeds the {limit}-byte limit",
+            metadata={"limit_bytes": str(limit)},
+            http_status=413,
+        )
+
+
+def internal_error(request_id: str | None = None) -> ApiError:
+    """What a client learns of an unexpected failure: nothing but where to look (the logged traceback)."""
+    quote = f"; quote request id {request_id} when reporting it" if request_id else ""
+    return ApiError(grpc.StatusCode.INTERNAL, "INTERNAL", f"internal error{quote}")
