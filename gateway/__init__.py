@@ -7,13 +7,11 @@ await handle.close()
 
 from __future__ import annotations
 
-from gateway.errors import GatewayError
 from gateway.options import GatewayOptions
 from gateway.routes import Route, derive_routes
 from gateway.web_app import GatewayHandle, create_app, start_gateway
 
 __all__ = [
-    "GatewayError",
     "GatewayHandle",
     "GatewayOptions",
     "Route",

@@ -15,9 +15,8 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import Message
-from google.rpc import code_pb2, status_pb2
 
-from gateway.errors import GatewayError, status_from_rpc_error
+from common.errors import ApiError, internal_error
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +43,7 @@ class RequestPump:
     """
 
     def __init__(self, call: Any, requests: AsyncIterator[Message], *, half_close: bool) -> None:
-        self.error: GatewayError | None = None
+        self.error: ApiError | None = None
         self.client_gone = False
         self._call = call
         self._task = asyncio.ensure_future(self._run(requests, half_close))
@@ -56,7 +55,7 @@ class RequestPump:
                 await call.write(message)
             if half_close:
                 await call.done_writing()
-        except GatewayError as exc:
+        except ApiError as exc:
             self.error = exc
             call.cancel()
         except ClientGone:
@@ -65,6 +64,11 @@ class RequestPump:
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError) as exc:
             # The call already ended; the response side reports its outcome.
             log.debug("request pump stopped: %r", exc)
+        except Exception:
+            # Never die silently: a call left without its requests would hang until the client leaves.
+            log.exception("request pump failed")
+            self.error = internal_error()
+            call.cancel()
 
     def caused_failure(self) -> bool:
         """Whether the pump cancelled the call (bad message, client gone), rather than our own task
@@ -73,16 +77,16 @@ class RequestPump:
         ours = task is not None and task.cancelling() > 0
         return (self.error is not None or self.client_gone) and not ours
 
-    def status(self, error: BaseException) -> status_pb2.Status:
-        """The status to report for a failed call: the pump's own error if it caused the failure."""
+    def failure(self, error: BaseException | None) -> BaseException:
+        """What to report for a failed call: the pump's own error if it caused the failure."""
         if self.error is not None:
-            return self.error.to_status()
+            return self.error
         if isinstance(error, grpc.aio.AioRpcError):
-            return status_from_rpc_error(error)
-        return status_pb2.Status(code=code_pb2.CANCELLED, message="cancelled")
+            return error
+        return ApiError(grpc.StatusCode.CANCELLED, "CANCELLED", "the request stream was abandoned")
 
     def raise_own_error(self) -> None:
-        """Raise the pump's GatewayError, if a bad request message caused the call to fail."""
+        """Raise the pump's ApiError, if a bad request message caused the call to fail."""
         if self.error is not None:
             raise self.error
 

@@ -1,30 +1,29 @@
-"""One error model for the gateway: everything that goes wrong becomes a `google.rpc.Status`.
+"""HTTP answers for the one error taxonomy (`common.errors`): everything becomes a `google.rpc.Status`.
 
 Two sources, one rendering:
 
-* `GatewayError` — raised by the gateway itself (bad JSON, unknown field, no such route, body too big)
-  before or instead of calling upstream. It carries a gRPC code, an ErrorInfo reason and, where
-  HTTP has a more precise answer than the code table (404 vs 405 vs 413), the HTTP status.
+* `ApiError` — raised by the gateway itself (bad JSON, unknown field, no such route, body too big)
+  before or instead of calling upstream, with `http_status` where HTTP has a more precise answer
+  than the code table (404 vs 405 vs 413).
 * `grpc.aio.AioRpcError` — the upstream's answer; its `grpc-status-details-bin` trailer is the Status,
   with the server's ErrorInfo, RetryInfo, BadRequest… passed through unchanged.
 
-`status_to_json` renders either for every transport (HTTP body, NDJSON/SSE error frame, WebSocket
-error frame); `http_status` and `error_headers` are the one gRPC → HTTP table.
+`status_of` turns either (or anything else: INTERNAL, logged) into a Status; `status_to_json`,
+`http_status` and `error_headers` render it for every transport and dialect.
 """
 
 from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Iterable, Mapping
 from typing import Any
 
 import grpc
 from google.protobuf import any_pb2, json_format
-from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-DOMAIN = "aibattle.dev"
+from common.errors import ApiError, internal_error
+
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 #: grpc-gateway's runtime/errors.go HTTPStatusFromCode.
@@ -63,64 +62,27 @@ def ws_close_code(code: int) -> int:
     return WS_CLOSE_OK if code == code_pb2.OK else WS_CLOSE_BASE + code
 
 
-class GatewayError(Exception):
-    """An error the gateway answers itself, without (or instead of) the upstream's answer.
-
-    Raised by request decoding (INVALID_ARGUMENT), routing (NOT_FOUND, or UNIMPLEMENTED with HTTP 405),
-    size limits (RESOURCE_EXHAUSTED with HTTP 413) and CORS (PERMISSION_DENIED).
-    """
-
-    def __init__(
-        self,
-        code: grpc.StatusCode,
-        message: str,
-        *,
-        reason: str,
-        http_status: int | None = None,
-        details: Iterable[Message] = (),
-        headers: Mapping[str, str] | None = None,
-        metadata: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.reason = reason
-        self.http_status = http_status
-        self.details = tuple(details)
-        self.headers = dict(headers or {})
-        self.metadata = dict(metadata or {})
-
-    def to_status(self) -> status_pb2.Status:
-        status = status_pb2.Status(code=self.code.value[0], message=self.message)
-        info = error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=self.metadata)
-        for detail in (info, *self.details):
-            status.details.add().Pack(detail)
-        return status
-
-
-def invalid_argument(message: str, *, reason: str, field: str | None = None) -> GatewayError:
-    """A 400 naming what is wrong; `field` adds a BadRequest field violation."""
-    details: list[Message] = []
-    if field is not None:
-        details.append(
-            error_details_pb2.BadRequest(
-                field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(field=field, description=message)
-                ]
-            )
-        )
-    return GatewayError(grpc.StatusCode.INVALID_ARGUMENT, message, reason=reason, details=details)
-
-
-def request_too_large(limit: int) -> GatewayError:
-    """413: a request body, NDJSON line or WebSocket message over the configured limit."""
-    return GatewayError(
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        f"request body exceeds the {limit}-byte limit",
-        reason="REQUEST_TOO_LARGE",
-        http_status=413,
-        metadata={"limit_bytes": str(limit)},
+def invalid_argument(message: str, *, reason: str, field: str | None = None) -> ApiError:
+    """A 400 whose message names what is wrong; `field` adds a BadRequest field violation."""
+    return ApiError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        reason,
+        message,
+        field=field,
+        metadata={"field": field} if field else None,
     )
+
+
+def status_of(error: BaseException) -> tuple[status_pb2.Status, int | None, dict[str, str]]:
+    """Status, HTTP status override and extra headers for any failure of a request.
+
+    Unexpected exceptions are the caller's to log (with their traceback); the client gets INTERNAL.
+    """
+    if isinstance(error, ApiError):
+        return error.to_status(), error.http_status, error.headers
+    if isinstance(error, grpc.aio.AioRpcError):
+        return status_from_rpc_error(error), None, {}
+    return internal_error().to_status(), None, {}
 
 
 def status_from_rpc_error(error: grpc.aio.AioRpcError) -> status_pb2.Status:
@@ -166,3 +128,24 @@ def error_headers(status: status_pb2.Status) -> dict[str, str]:
             delay = info.retry_delay.seconds + info.retry_delay.nanos / 1e9
             headers["Retry-After"] = str(max(0, math.ceil(delay)))
     return headers
+
+
+def error_reason(status: status_pb2.Status) -> str:
+    """The ErrorInfo reason of a status (UPPER_SNAKE), or "" when it carries none."""
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info.reason
+    return ""
+
+
+def field_at_fault(status: status_pb2.Status) -> str | None:
+    """The first BadRequest field violation's field of a status, if any."""
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            if bad.field_violations:
+                return bad.field_violations[0].field
+    return None

@@ -12,11 +12,11 @@ from typing import Any
 from google.protobuf.descriptor import Descriptor
 from google.rpc import status_pb2
 
+from gateway.descriptors import SCALAR_LIKE_MESSAGES, message_type, resolve_field_path
 from gateway.openapi_schema import Schema, SchemaBuilder
 from gateway.path_template import Variable
-from gateway.routes import Kind, Route, message_type, resolve_field_path
+from gateway.routes import Kind, Route
 from gateway.source_info import Comments
-from gateway.transcode import SCALAR_LIKE_MESSAGES
 
 _MAX_QUERY_DEPTH = 4
 _STREAM_DOC = (

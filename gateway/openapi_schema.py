@@ -7,7 +7,7 @@ from typing import Any
 from google.api import field_behavior_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 
-from gateway.routes import message_type
+from gateway.descriptors import message_type
 from gateway.source_info import Comments
 
 Schema = dict[str, Any]

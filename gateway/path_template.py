@@ -85,6 +85,18 @@ class PathTemplate:
                 values[var.name] = unquote(raw)
         return values
 
+    def example(self) -> str:
+        """A concrete path this template matches (each wildcard one segment "x"), to test overlaps."""
+        parts: list[str] = []
+        for segment in self.segments:
+            pattern = segment.pattern if isinstance(segment, Variable) else (segment,)
+            parts.extend("x" if p in ("*", "**") else p for p in pattern)
+        return "/" + "/".join(parts) + (f":{self.verb}" if self.verb else "")
+
+    def overlaps(self, other: PathTemplate) -> bool:
+        """Whether some path could match both (checked on each one's example path)."""
+        return self.match(other.example()) is not None or other.match(self.example()) is not None
+
     def openapi_path(self) -> str:
         """The template as an OpenAPI path: each variable becomes `{field.path}`."""
         parts = [f"{{{s.name}}}" if isinstance(s, Variable) else s for s in self.segments]

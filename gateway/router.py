@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from gateway.errors import GatewayError
+from common.errors import ApiError
 from gateway.routes import Kind, Route
 
 
@@ -26,7 +26,7 @@ class Router:
         self.routes = tuple(routes)
 
     def match(self, method: str, raw_path: str, *, websocket: bool) -> Match:
-        """The route for a request; raises GatewayError for 404, 405 (with Allow) and 426.
+        """The route for a request; raises ApiError for 404, 405 (with Allow) and 426.
 
         An upgrade request prefers a WebSocket route; without one it is served as plain HTTP.
         """
@@ -41,18 +41,18 @@ class Router:
         if not matches:
             raise route_not_found(f"{method} {raw_path}")
         if method == "GET" and any(r.kind is Kind.WEBSOCKET for r, _ in matches):
-            raise GatewayError(
+            raise ApiError(
                 grpc.StatusCode.FAILED_PRECONDITION,
+                "WEBSOCKET_UPGRADE_REQUIRED",
                 f"{raw_path} is a WebSocket endpoint: connect with an Upgrade: websocket request",
-                reason="WEBSOCKET_UPGRADE_REQUIRED",
                 http_status=426,
                 headers={"Upgrade": "websocket"},
             )
         allow = ", ".join(sorted({r.http_method for r, _ in matches}))
-        raise GatewayError(
+        raise ApiError(
             grpc.StatusCode.UNIMPLEMENTED,
+            "METHOD_NOT_ALLOWED",
             f"method {method} not allowed on {raw_path}; allowed: {allow}",
-            reason="METHOD_NOT_ALLOWED",
             http_status=405,
             headers={"Allow": allow},
         )
@@ -62,8 +62,6 @@ class Router:
         return sorted({r.http_method for r in self.routes if r.template.match(raw_path) is not None})
 
 
-def route_not_found(what: str) -> GatewayError:
+def route_not_found(what: str) -> ApiError:
     """The 404 for a path no route serves (REST, WebSocket or CORS preflight)."""
-    return GatewayError(
-        grpc.StatusCode.NOT_FOUND, f"no route for {what}", reason="ROUTE_NOT_FOUND", http_status=404
-    )
+    return ApiError(grpc.StatusCode.NOT_FOUND, "ROUTE_NOT_FOUND", f"no route for {what}", http_status=404)

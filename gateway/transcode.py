@@ -20,26 +20,10 @@ from google.protobuf.message import Message
 from google.rpc import status_pb2
 from multidict import MultiMapping
 
+from gateway.descriptors import SCALAR_LIKE_MESSAGES, RouteError, message_type, resolve_field_path
 from gateway.errors import invalid_argument, status_to_json
-from gateway.routes import Kind, Route, RouteError, message_type, resolve_field_path
+from gateway.routes import Kind, Route
 
-#: Message types whose proto-JSON form is a single string or scalar, so a query parameter can set them.
-SCALAR_LIKE_MESSAGES = frozenset(
-    {
-        "google.protobuf.Timestamp",
-        "google.protobuf.Duration",
-        "google.protobuf.FieldMask",
-        "google.protobuf.DoubleValue",
-        "google.protobuf.FloatValue",
-        "google.protobuf.Int64Value",
-        "google.protobuf.UInt64Value",
-        "google.protobuf.Int32Value",
-        "google.protobuf.UInt32Value",
-        "google.protobuf.BoolValue",
-        "google.protobuf.StringValue",
-        "google.protobuf.BytesValue",
-    }
-)
 _UNKNOWN_FIELD = re.compile(r'Message type "([^"]+)" has no field named "([^"]+)" at "([^"]+)"')
 _TRUE = frozenset({"true", "1", "t", "yes"})
 _FALSE = frozenset({"false", "0", "f", "no"})
@@ -65,6 +49,9 @@ def parse_json(raw: bytes | str, *, what: str = "request body") -> Any:
         return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
     except UnicodeDecodeError as exc:
         raise invalid_argument(f"{what} is not UTF-8: {exc}", reason="MALFORMED_JSON") from exc
+    except RecursionError:
+        # The C scanner recurses per nesting level; protobuf's parser would refuse past 100 anyway.
+        raise invalid_argument(f"{what} is nested too deeply", reason="MALFORMED_JSON") from None
     except ValueError as exc:  # json.JSONDecodeError is a ValueError
         raise invalid_argument(f"malformed JSON in {what}: {exc}", reason="MALFORMED_JSON") from exc
 

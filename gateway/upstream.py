@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2
 
-from gateway.routes import Rpc, Shape
+from gateway.descriptors import Rpc, Shape
 
 _HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 

@@ -1,26 +1,45 @@
-"""The gateway application, and running it (in-process beside the server, or as a standalone proxy)."""
+"""The gateway application, and running it (in-process beside the server, or as a standalone proxy).
+
+Routing happens here, in two layers: hand-registered endpoints (compat dialects, meta) as aiohttp
+resources, each with its error dialect; then one catch-all that matches the routes derived from the
+protos and dispatches by transport — REST (web_rest) or WebSocket (web_websocket). A derived route
+that would overlap a hand-registered one is refused at start-up instead of being shadowed.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+import grpc
 from aiohttp import WSCloseCode, web
+from aiohttp.typedefs import Handler
 
 from aibattle.v1 import completions_pb2
-from gateway.compat_ollama import add_ollama_routes
-from gateway.compat_openai import add_openai_routes
+from common.addresses import join_host_port
+from common.errors import ApiError
+from gateway import compat
+from gateway.descriptors import RouteError
 from gateway.options import GatewayOptions
-from gateway.router import Router
-from gateway.routes import derive_routes
+from gateway.path_template import parse_template
+from gateway.router import Match, Router
+from gateway.routes import Kind, Route, derive_routes
 from gateway.source_info import Comments
 from gateway.upstream import Upstream
 from gateway.web_cors import add_cors_headers, cors_middleware
-from gateway.web_meta import add_meta_routes
+from gateway.web_errors import NATIVE, Dialect
+from gateway.web_meta import DOCS_ASSETS, docs_assets_path, meta_routes
 from gateway.web_middlewares import add_request_id, error_middleware, request_id_middleware
-from gateway.web_rest import handle_api
-from gateway.web_state import STATE, GatewayState
+from gateway.web_rest import handle_rest
+from gateway.web_state import STATE, FixedRoute, GatewayState
+from gateway.web_websocket import handle_websocket, is_websocket_upgrade
+
+#: Derived routes by transport.
+_HANDLERS: dict[Kind, Callable[[web.Request, Match], Awaitable[web.StreamResponse]]] = {
+    Kind.REST: handle_rest,
+    Kind.WEBSOCKET: handle_websocket,
+}
 
 
 def create_app(grpc_target: str, options: GatewayOptions | None = None) -> web.Application:
@@ -34,24 +53,77 @@ def create_app(grpc_target: str, options: GatewayOptions | None = None) -> web.A
         client_max_size=options.max_body_bytes,
         middlewares=[request_id_middleware, error_middleware, cors_middleware],
     )
-    app[STATE] = GatewayState(options=options, router=router, comments=Comments.load(options.descriptor_set))
+    state = GatewayState(options=options, router=router, comments=Comments.load(options.descriptor_set))
+    app[STATE] = state
     app.on_response_prepare.append(add_request_id)
     app.on_response_prepare.append(add_cors_headers)
     app.on_shutdown.append(_on_shutdown)
 
     async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
-        state = app[STATE]
         state.upstream = Upstream(grpc_target)
         yield
         await state.upstream.close()
 
     app.cleanup_ctx.append(upstream_ctx)
-    add_meta_routes(app)
+    _add_fixed(app, NATIVE, meta_routes())
+    assets = docs_assets_path()
+    if assets is not None:
+        app.router.add_static(DOCS_ASSETS, assets)
+        state.fixed_routes.append(FixedRoute(parse_template(f"{DOCS_ASSETS}/{{path=**}}"), ("GET",), NATIVE))
     if options.compat_endpoints and completions_pb2.DESCRIPTOR in options.files:
-        add_openai_routes(app)
-        add_ollama_routes(app)
-    app.router.add_route("*", "/{tail:.*}", handle_api)
+        for dialect, routes in compat.ENDPOINTS:
+            _add_fixed(app, dialect, routes)
+    check_no_overlap(router.routes, state.fixed_routes)
+    app.router.add_route("*", "/{tail:.*}", dispatch)
     return app
+
+
+async def dispatch(request: web.Request) -> web.StreamResponse:
+    """Every derived route: the path, method and Upgrade header pick the route, its transport the handler."""
+    match = request.app[STATE].router.match(
+        request.method, request.rel_url.raw_path, websocket=is_websocket_upgrade(request)
+    )
+    return await _HANDLERS[match.route.kind](request, match)
+
+
+def _add_fixed(app: web.Application, dialect: Dialect, routes: Sequence[tuple[str, str, Handler]]) -> None:
+    """Register hand-written endpoints; any other method on their paths is a 405 in their dialect."""
+    by_path: dict[str, list[tuple[str, Handler]]] = {}
+    for method, path, handler in routes:
+        by_path.setdefault(path, []).append((method, handler))
+    for path, handlers in by_path.items():
+        methods = tuple(sorted(m for m, _ in handlers))
+        resource = app.router.add_resource(path)
+        for method, handler in handlers:
+            resource.add_route(method, handler)
+        resource.add_route("*", _method_not_allowed(methods))
+        app[STATE].fixed_routes.append(FixedRoute(parse_template(path), methods, dialect))
+
+
+def _method_not_allowed(methods: tuple[str, ...]) -> Handler:
+    allow = ", ".join(methods)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        raise ApiError(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "METHOD_NOT_ALLOWED",
+            f"method {request.method} not allowed on {request.rel_url.raw_path}; allowed: {allow}",
+            http_status=405,
+            headers={"Allow": allow},
+        )
+
+    return handler
+
+
+def check_no_overlap(routes: Sequence[Route], fixed: Sequence[FixedRoute]) -> None:
+    """Refuse a derived route whose path overlaps a hand-registered endpoint (it would be shadowed)."""
+    for route in routes:
+        for endpoint in fixed:
+            if route.template.overlaps(endpoint.template):
+                raise RouteError(
+                    f"{route.describe()} overlaps the gateway's own endpoint {endpoint.template.source} "
+                    f"({endpoint.dialect.name}); change the rule's path"
+                )
 
 
 async def _on_shutdown(app: web.Application) -> None:
@@ -73,7 +145,7 @@ class GatewayHandle:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"http://{join_host_port(self.host, self.port)}"
 
     async def close(self) -> None:
         """Stop accepting, let in-flight requests finish (shutdown_timeout), cancel the rest."""

@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from yarl import URL
 
-from gateway.errors import GatewayError
+from common.errors import ApiError
 from gateway.metadata import REQUEST_ID_HEADER
 from gateway.router import route_not_found
 from gateway.web_state import STATE
@@ -49,13 +49,13 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     state = request.app[STATE]
     if not origin_allowed(origin, state.options.cors_origins):
-        raise GatewayError(
+        raise ApiError(
             grpc.StatusCode.PERMISSION_DENIED,
+            "ORIGIN_NOT_ALLOWED",
             f"origin {origin!r} is not allowed",
-            reason="ORIGIN_NOT_ALLOWED",
             http_status=403,
         )
-    methods = state.router.allowed_methods(request.rel_url.raw_path)
+    methods = state.allowed_methods(request.rel_url.raw_path)
     if not methods:
         raise route_not_found(request.rel_url.raw_path)
     headers = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from gateway.openapi import build_openapi
 from gateway.transcode import dumps
@@ -77,12 +78,14 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": status}, status=200 if status == "SERVING" else 503)
 
 
-def add_meta_routes(app: web.Application) -> None:
-    app.router.add_get("/openapi.json", openapi_json)
-    app.router.add_get("/livez", livez)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    assets = docs_assets_path()
-    if assets is not None:
-        app.router.add_get("/docs", docs)
-        app.router.add_static(DOCS_ASSETS, assets)
+def meta_routes() -> list[tuple[str, str, Handler]]:
+    """Method, path and handler of each endpoint about the API (/docs only with its assets)."""
+    routes: list[tuple[str, str, Handler]] = [
+        ("GET", "/openapi.json", openapi_json),
+        ("GET", "/livez", livez),
+        ("GET", "/healthz", healthz),
+        ("GET", "/readyz", readyz),
+    ]
+    if docs_assets_path() is not None:
+        routes.append(("GET", "/docs", docs))
+    return routes

@@ -1,8 +1,9 @@
 """Middlewares: the request id, and the one place errors become HTTP responses.
 
-Every error response — the gateway's own, the upstream's, aiohttp's — has a JSON `google.rpc.Status`
-body and the status code of the gRPC → HTTP table; unexpected exceptions are logged with their
-traceback and answered with a generic INTERNAL, never the traceback.
+Every error response — the gateway's own, the upstream's, aiohttp's — has the status code of the
+gRPC → HTTP table and the body of the endpoint's dialect: a JSON `google.rpc.Status` on the native
+API, the OpenAI or Ollama error object on their compat endpoints (`Dialect`). Unexpected exceptions
+are logged with their traceback and answered with a generic INTERNAL, never the traceback.
 """
 
 from __future__ import annotations
@@ -14,16 +15,10 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from google.rpc import code_pb2, status_pb2
 
-from gateway.errors import (
-    GatewayError,
-    error_headers,
-    http_status,
-    request_too_large,
-    status_from_rpc_error,
-    status_to_json,
-)
+from common.errors import ApiError, RequestTooLarge
+from gateway.errors import status_of
 from gateway.metadata import REQUEST_ID_HEADER, request_id_from
-from gateway.transcode import dumps
+from gateway.web_errors import Dialect, error_response
 from gateway.web_state import REQUEST_ID, STATE
 
 log = logging.getLogger(__name__)
@@ -44,19 +39,6 @@ _CODE_FOR_HTTP = {
 }
 
 
-def error_response(
-    status: status_pb2.Status, *, http: int | None = None, headers: dict[str, str] | None = None
-) -> web.Response:
-    """The HTTP answer for a Status: mapped code, JSON body, WWW-Authenticate / Retry-After as due."""
-    all_headers = {**error_headers(status), **(headers or {})}
-    return web.Response(
-        status=http or http_status(status.code),
-        text=dumps(status_to_json(status)),
-        content_type="application/json",
-        headers=all_headers,
-    )
-
-
 @web.middleware
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Take the client's X-Request-Id or make one; it goes upstream and comes back on the response."""
@@ -73,25 +55,27 @@ async def add_request_id(request: web.Request, response: web.StreamResponse) -> 
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The one place where exceptions become HTTP error responses."""
+    """The one place where exceptions become HTTP error responses, in the dialect of the path."""
     try:
         return await handler(request)
-    except GatewayError as exc:
-        return error_response(exc.to_status(), http=exc.http_status, headers=exc.headers)
-    except grpc.aio.AioRpcError as exc:
-        return error_response(status_from_rpc_error(exc))
     except web.HTTPRequestEntityTooLarge:
-        error = request_too_large(request.app[STATE].options.max_body_bytes)
-        return error_response(error.to_status(), http=error.http_status)
+        failure: BaseException = RequestTooLarge(request.app[STATE].options.max_body_bytes)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         code = _CODE_FOR_HTTP.get(exc.status, code_pb2.UNKNOWN)
         status = status_pb2.Status(code=code, message=exc.reason)
-        return error_response(status, http=exc.status)
+        return error_response(status, dialect=dialect_of(request), http=exc.status)
     except ConnectionError:
         raise
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.rel_url.raw_path)
-        status = status_pb2.Status(code=code_pb2.INTERNAL, message="internal error")
-        return error_response(status)
+    except Exception as exc:
+        if not isinstance(exc, ApiError | grpc.aio.AioRpcError):
+            log.exception("unhandled error on %s %s", request.method, request.rel_url.raw_path)
+        failure = exc
+    status, http, headers = status_of(failure)
+    return error_response(status, dialect=dialect_of(request), http=http, headers=headers)
+
+
+def dialect_of(request: web.Request) -> Dialect:
+    """The dialect of the endpoint a request is for (native unless a compat endpoint's path)."""
+    return request.app[STATE].dialect_for(request.rel_url.raw_path)

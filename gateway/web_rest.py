@@ -1,8 +1,8 @@
-"""The API handler: route the request, decode it, call upstream, relay the answer.
+"""REST routes: decode the request, call upstream, answer JSON or relay the stream.
 
 Unary responses are JSON; streamed responses go through web_stream (SSE / NDJSON). Request streams
 (client-streaming and bidi RPCs with an HTTP rule) read the body as NDJSON, one request per line,
-as grpc-gateway does. WebSocket routes are handed to web_websocket.
+as grpc-gateway does.
 """
 
 from __future__ import annotations
@@ -15,34 +15,30 @@ import grpc
 from aiohttp import web
 from google.protobuf.message import Message
 
+from common.errors import RequestTooLarge
 from gateway.calls import RequestPump, cancel_on_exit
-from gateway.errors import request_too_large
 from gateway.metadata import response_headers
 from gateway.router import Match
-from gateway.routes import Kind
 from gateway.transcode import decode_request, dumps, parse_json, response_json
 from gateway.web_state import STATE, call_context
-from gateway.web_stream import stream_response
-from gateway.web_websocket import handle_websocket, is_websocket_upgrade
+from gateway.web_stream import NativeFraming, stream_http, wants_sse
 
 
-async def handle_api(request: web.Request) -> web.StreamResponse:
-    """Every API route: the path and method pick the route, never a hand-written list."""
+async def handle_rest(request: web.Request, match: Match) -> web.StreamResponse:
+    """A REST route's request: the router picked the route, this calls it."""
     state = request.app[STATE]
-    match = state.router.match(
-        request.method, request.rel_url.raw_path, websocket=is_websocket_upgrade(request)
-    )
-    if match.route.kind is Kind.WEBSOCKET:
-        return await handle_websocket(request, match)
     context = call_context(request)
     rpc = match.route.rpc
+    framing = NativeFraming(
+        match.route, state.options.emit_unpopulated, sse=wants_sse(request.headers.get("Accept"))
+    )
     if rpc.shape.streams_requests:
         call = state.upstream.start(rpc, None, metadata=context.metadata, timeout=context.timeout)
         with cancel_on_exit(call):
             pump = RequestPump(call, _ndjson_requests(request, match), half_close=True)
             try:
                 if rpc.shape.streams_responses:
-                    return await stream_response(request, match.route, call, pump=pump)
+                    return await stream_http(request, call, framing, pump=pump)
                 return await _unary_response(match, call, emit=state.options.emit_unpopulated, pump=pump)
             finally:
                 await pump.aclose()
@@ -61,7 +57,7 @@ async def handle_api(request: web.Request) -> web.StreamResponse:
     call = state.upstream.start(rpc, message, metadata=context.metadata, timeout=context.timeout)
     with cancel_on_exit(call):
         if rpc.shape.streams_responses:
-            return await stream_response(request, match.route, call)
+            return await stream_http(request, call, framing)
         return await _unary_response(match, call, emit=state.options.emit_unpopulated)
 
 
@@ -93,11 +89,11 @@ async def _ndjson_requests(request: web.Request, match: Match) -> AsyncIterator[
             buffer += chunk
             *lines, buffer = buffer.split(b"\n")
             if len(buffer) > limit:
-                raise request_too_large(limit)
+                raise RequestTooLarge(limit)
         for line in lines:
             line_number += 1
             if len(line) > limit:
-                raise request_too_large(limit)
+                raise RequestTooLarge(limit)
             if line.strip():
                 yield decode_request(
                     match.route,

@@ -9,9 +9,21 @@ from aiohttp import web
 
 from gateway.metadata import outgoing_metadata, parse_grpc_timeout
 from gateway.options import GatewayOptions
+from gateway.path_template import PathTemplate
 from gateway.router import Router
 from gateway.source_info import Comments
 from gateway.upstream import Metadata, Upstream
+from gateway.web_errors import NATIVE, Dialect
+
+
+@dataclass(frozen=True)
+class FixedRoute:
+    """An endpoint registered by hand (compat, meta), not derived from the protos: derived routes
+    may not overlap it (checked at start-up), and its errors are written in its dialect."""
+
+    template: PathTemplate
+    methods: tuple[str, ...]
+    dialect: Dialect
 
 
 @dataclass(eq=False)
@@ -25,6 +37,19 @@ class GatewayState:
     _upstream: Upstream | None = None
     websockets: set[web.WebSocketResponse] = field(default_factory=set)
     openapi: dict[str, Any] | None = None
+    fixed_routes: list[FixedRoute] = field(default_factory=list)
+
+    def dialect_for(self, raw_path: str) -> Dialect:
+        """The error dialect of a path: its fixed route's, native for everything else."""
+        for fixed in self.fixed_routes:
+            if fixed.template.match(raw_path) is not None:
+                return fixed.dialect
+        return NATIVE
+
+    def allowed_methods(self, raw_path: str) -> list[str]:
+        """HTTP methods some route (derived or fixed) accepts on this path (405 Allow, CORS preflight)."""
+        fixed = {m for f in self.fixed_routes if f.template.match(raw_path) is not None for m in f.methods}
+        return sorted(fixed | set(self.router.allowed_methods(raw_path)))
 
     @property
     def upstream(self) -> Upstream:

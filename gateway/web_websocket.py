@@ -15,24 +15,24 @@ Protocol, the same for every route:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc
 from aiohttp import WSMsgType, web
 from google.protobuf.message import Message
 from google.rpc import code_pb2, status_pb2
 
+from common.errors import ApiError
 from gateway.calls import ClientGone, RequestPump, cancel_on_exit
-from gateway.errors import GatewayError, invalid_argument, ws_close_code
+from gateway.errors import invalid_argument, ws_close_code
+from gateway.relay import relay
 from gateway.router import Match
+from gateway.routes import Route
 from gateway.transcode import decode_request, error_frame, parse_json, response_json, result_frame
 from gateway.web_cors import websocket_origin_allowed
 from gateway.web_state import STATE, call_context
-from gateway.web_stream import INTERNAL
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +48,10 @@ async def handle_websocket(request: web.Request, match: Match) -> web.StreamResp
     state = request.app[STATE]
     options = state.options
     if not websocket_origin_allowed(request, options.cors_origins):
-        raise GatewayError(
+        raise ApiError(
             grpc.StatusCode.PERMISSION_DENIED,
+            "ORIGIN_NOT_ALLOWED",
             f"origin {request.headers.get('Origin')!r} may not open WebSockets here",
-            reason="ORIGIN_NOT_ALLOWED",
         )
     route, rpc = match.route, match.route.rpc
     # URL errors are plain HTTP 400s, before the upgrade.
@@ -79,16 +79,15 @@ async def handle_websocket(request: web.Request, match: Match) -> web.StreamResp
                     first = await anext(frames)
                 except (StopAsyncIteration, ClientGone):
                     return ws
-                except GatewayError as exc:
+                except ApiError as exc:
                     await _finish(ws, exc.to_status())
                     return ws
             call = state.upstream.start(rpc, first, metadata=context.metadata, timeout=context.timeout)
         with cancel_on_exit(call):
             pump = RequestPump(call, frames, half_close=rpc.shape.streams_requests)
             try:
-                status = await _relay(ws, match, call, pump, emit=options.emit_unpopulated)
-                if not pump.client_gone:
-                    await _finish(ws, status)
+                sink = WebSocketSink(ws, route, emit_unpopulated=options.emit_unpopulated)
+                await relay(call, sink, streaming=rpc.shape.streams_responses, pump=pump)
             finally:
                 await pump.aclose()
     except ConnectionError:
@@ -99,26 +98,29 @@ async def handle_websocket(request: web.Request, match: Match) -> web.StreamResp
     return ws
 
 
-async def _relay(
-    ws: web.WebSocketResponse, match: Match, call: Any, pump: RequestPump, *, emit: bool
-) -> status_pb2.Status:
-    try:
-        if match.route.rpc.shape.streams_responses:
-            async for message in call:
-                await ws.send_str(result_frame(response_json(match.route, message, emit_unpopulated=emit)))
-        else:
-            message = await call
-            await ws.send_str(result_frame(response_json(match.route, message, emit_unpopulated=emit)))
-    except (grpc.aio.AioRpcError, asyncio.CancelledError) as exc:
-        if isinstance(exc, asyncio.CancelledError) and not pump.caused_failure():
-            raise
-        return pump.status(exc)
-    except ConnectionError:
-        raise
-    except Exception:
-        log.exception("websocket relay failed on %s", match.route.describe())
-        return INTERNAL
-    return status_pb2.Status(code=code_pb2.OK)
+class WebSocketSink:
+    """A relay sink over an open WebSocket: one text frame per message, the status as the close code."""
+
+    started = True  # the upgrade is done: every outcome, even a failure before any message, is a frame
+
+    def __init__(self, ws: web.WebSocketResponse, route: Route, *, emit_unpopulated: bool) -> None:
+        self._ws = ws
+        self._route = route
+        self._emit = emit_unpopulated
+
+    async def start(self, initial_metadata: grpc.aio.Metadata | None) -> None:
+        return None
+
+    async def message(self, message: Message) -> None:
+        await self._ws.send_str(
+            result_frame(response_json(self._route, message, emit_unpopulated=self._emit))
+        )
+
+    async def end(self) -> None:
+        await _finish(self._ws, status_pb2.Status(code=code_pb2.OK))
+
+    async def fail(self, status: status_pb2.Status, http: int | None, headers: dict[str, str]) -> None:
+        await _finish(self._ws, status)
 
 
 async def _finish(ws: web.WebSocketResponse, status: status_pb2.Status) -> None:

@@ -18,8 +18,8 @@ import grpc
 from grpc_interceptor.server import AsyncServerInterceptor
 from grpc_status import rpc_status
 
-from server import logs
 from common.errors import ApiError, internal_error
+from server import logs
 
 log = logging.getLogger("aibattle.access")
 errlog = logging.getLogger("aibattle.errors")

@@ -24,9 +24,9 @@ from typing import Any
 
 import grpc
 
-from server.config import LocalProviderConfig, ModelConfig
-from common.errors import ApiError, ProviderError
 from common.enums import FinishReason
+from common.errors import ApiError, ProviderError
+from server.config import LocalProviderConfig, ModelConfig
 from server.providers.base import ChatRequest, Delta, Finish, StreamItem, Usage
 from server.providers.text import StopMatcher
 

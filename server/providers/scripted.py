@@ -12,9 +12,9 @@ import itertools
 import re
 from collections.abc import AsyncGenerator, Iterator
 
-from server.config import ModelConfig
-from common.errors import ProviderError
 from common.enums import FinishReason
+from common.errors import ProviderError
+from server.config import ModelConfig
 from server.providers.base import ChatRequest, Delta, Finish, StreamItem, Usage
 from server.providers.text import StopMatcher
 

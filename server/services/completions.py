@@ -11,8 +11,8 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from aibattle.v1 import common_pb2, completions_pb2, completions_pb2_grpc
-from server.config import ModelConfig
 from common.errors import InvalidArgument
+from server.config import ModelConfig
 from server.providers.base import (
     Attachment,
     ChatMessage,

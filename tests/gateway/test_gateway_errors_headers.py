@@ -201,7 +201,10 @@ async def test_unexpected_failure_is_generic_500(client: Any, monkeypatch: pytes
     monkeypatch.setattr("gateway.web_rest.response_json", boom)
     resp = await client.get("/v1/shelves/s/books/b")
     assert resp.status == 500
-    assert await resp.json() == {"code": 13, "message": "internal error", "details": []}
+    body = await resp.json()
+    assert (body["code"], body["message"]) == (13, "internal error")
+    assert [d["reason"] for d in body["details"]] == ["INTERNAL"]
+    assert "secret" not in await resp.text()
 
 
 async def test_unexpected_failure_mid_stream_is_an_error_frame(
@@ -225,4 +228,5 @@ async def test_unexpected_failure_mid_stream_is_an_error_frame(
     assert "secret" not in text and "Traceback" not in text
     frames = [json.loads(line) for line in text.splitlines()]
     assert "result" in frames[0]
-    assert frames[-1] == {"error": {"code": 13, "message": "internal error", "details": []}}
+    error = frames[-1]["error"]
+    assert (error["code"], error["message"], error["details"][0]["reason"]) == (13, "internal error", "INTERNAL")

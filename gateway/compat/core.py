@@ -1,0 +1,239 @@
+"""What the OpenAI and Ollama dialects share: one chat request shape, the calls to CompletionService and
+ModelService through the gateway's upstream channel, and strict reading of their loosely typed JSON.
+
+Each dialect only translates its JSON to `ChatParams` and the answers back; metadata, deadlines,
+cancellation, the stream relay and the status table are the gateway's, as for every other route.
+Every value is checked before it reaches a protobuf field, so bad input is a 400 naming the
+dialect's own key, never a 500 from a setter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from aibattle.v1 import common_pb2, completions_pb2, models_pb2
+from common.errors import RequestTooLarge
+from gateway.descriptors import Rpc
+from gateway.errors import invalid_argument
+from gateway.transcode import parse_json
+from gateway.web_state import STATE, call_context
+
+_COMPLETIONS = completions_pb2.DESCRIPTOR.services_by_name["CompletionService"]
+_MODELS = models_pb2.DESCRIPTOR.services_by_name["ModelService"]
+CREATE_COMPLETION = Rpc.of(_COMPLETIONS.methods_by_name["CreateCompletion"])
+STREAM_COMPLETION = Rpc.of(_COMPLETIONS.methods_by_name["StreamCompletion"])
+LIST_MODELS = Rpc.of(_MODELS.methods_by_name["ListModels"])
+GET_MODEL = Rpc.of(_MODELS.methods_by_name["GetModel"])
+
+INT32 = (-(2**31), 2**31 - 1)
+INT64 = (-(2**63), 2**63 - 1)
+
+
+@dataclass
+class ChatParams:
+    """A chat request in the terms every dialect shares (values already checked)."""
+
+    model: str
+    messages: list[tuple[str, str]] = field(default_factory=list)
+    prompt: str = ""
+    system: str = ""
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+    def to_request(self, cls: type[Any]) -> Any:
+        """The CreateCompletionRequest / StreamCompletionRequest for these parameters."""
+        request = cls(
+            model=self.model,
+            prompt=self.prompt,
+            system_instruction=self.system,
+            messages=[common_pb2.Message(role=role, content=content) for role, content in self.messages],
+            stop=self.stop,
+        )
+        for name in ("max_tokens", "temperature", "top_p", "seed"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(request, name, value)
+        return request
+
+
+async def read_object(request: web.Request) -> dict[str, Any]:
+    """The JSON object body of a compat request (unknown keys are the dialect's to ignore)."""
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise RequestTooLarge(request.app[STATE].options.max_body_bytes) from exc
+    body = parse_json(raw) if raw.strip() else {}
+    if not isinstance(body, dict):
+        raise invalid_argument("request body must be a JSON object", reason="INVALID_BODY")
+    return body
+
+
+def _wrong_type(key: str, expected: str) -> Exception:
+    return invalid_argument(f"{key!r} must be {expected}", reason="INVALID_FIELD_VALUE", field=key)
+
+
+def optional_str(body: Mapping[str, Any], key: str, *, where: str = "") -> str | None:
+    value = body.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise _wrong_type(where + key, "a string")
+
+
+def optional_bool(body: Mapping[str, Any], key: str, *, where: str = "") -> bool | None:
+    value = body.get(key)
+    if value is None or isinstance(value, bool):
+        return value
+    raise _wrong_type(where + key, "a boolean")
+
+
+def optional_object(body: Mapping[str, Any], key: str, *, where: str = "") -> dict[str, Any]:
+    value = body.get(key)
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return value
+    raise _wrong_type(where + key, "an object")
+
+
+def optional_int(
+    body: Mapping[str, Any], key: str, *, bounds: tuple[int, int] = INT32, where: str = ""
+) -> int | None:
+    """An integer within `bounds` (the range of the proto field it fills); floats like 5.0 are taken."""
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _wrong_type(where + key, "an integer")
+    low, high = bounds
+    if not low <= value <= high:
+        raise invalid_argument(
+            f"{where + key!r} must be between {low} and {high}, got {value}",
+            reason="INVALID_FIELD_VALUE",
+            field=where + key,
+        )
+    return value
+
+
+def optional_number(body: Mapping[str, Any], key: str, *, where: str = "") -> float | None:
+    """A finite number (the server checks the range each parameter allows)."""
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _wrong_type(where + key, "a number")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = float("inf")
+    if number != number or number in (float("inf"), float("-inf")):
+        raise _wrong_type(where + key, "a finite number")
+    return number
+
+
+def stop_list(body: Mapping[str, Any], key: str, *, where: str = "") -> list[str]:
+    value = body.get(key)
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise _wrong_type(where + key, "a string or a list of strings")
+
+
+def required_model(body: Mapping[str, Any]) -> str:
+    model = optional_str(body, "model")
+    if not model:
+        raise invalid_argument("'model' is required", reason="INVALID_FIELD_VALUE", field="model")
+    return model
+
+
+def text_of(content: Any, where: str) -> str:
+    """Message content as text: a string, or OpenAI-style text parts."""
+    if isinstance(content, str):
+        return content
+    if content is None:
+        return ""
+    if isinstance(content, list):
+        texts: list[str] = []
+        for part in content:
+            if not (
+                isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
+            ):
+                raise invalid_argument(
+                    f"{where}: only text content parts are supported",
+                    reason="UNSUPPORTED_CONTENT",
+                    field=where,
+                )
+            texts.append(part["text"])
+        return "".join(texts)
+    raise _wrong_type(where, "a string or a list of text parts")
+
+
+def chat_messages(body: Mapping[str, Any], key: str = "messages") -> list[tuple[str, str]]:
+    raw = body.get(key)
+    if not isinstance(raw, list) or not raw:
+        raise _wrong_type(key, "a non-empty list")
+    messages: list[tuple[str, str]] = []
+    for i, item in enumerate(raw):
+        where = f"{key}[{i}]"
+        if not isinstance(item, dict) or not isinstance(item.get("role"), str):
+            raise _wrong_type(where, "an object with a string role")
+        messages.append((item["role"], text_of(item.get("content"), f"{where}.content")))
+    return messages
+
+
+async def create_completion(request: web.Request, params: ChatParams) -> Any:
+    context = call_context(request)
+    message = params.to_request(CREATE_COMPLETION.request_cls)
+    return await request.app[STATE].upstream.start(
+        CREATE_COMPLETION, message, metadata=context.metadata, timeout=context.timeout
+    )
+
+
+def stream_completion(request: web.Request, params: ChatParams) -> Any:
+    """Start StreamCompletion; the caller relays it under cancel_on_exit."""
+    context = call_context(request)
+    message = params.to_request(STREAM_COMPLETION.request_cls)
+    return request.app[STATE].upstream.start(
+        STREAM_COMPLETION, message, metadata=context.metadata, timeout=context.timeout
+    )
+
+
+async def list_models(request: web.Request) -> list[Any]:
+    """Every model, all pages."""
+    context = call_context(request)
+    upstream = request.app[STATE].upstream
+    models: list[Any] = []
+    token = ""
+    while True:
+        page = await upstream.start(
+            LIST_MODELS,
+            LIST_MODELS.request_cls(page_size=1000, page_token=token),
+            metadata=context.metadata,
+            timeout=context.timeout,
+        )
+        models.extend(page.models)
+        token = page.next_page_token
+        if not token:
+            return models
+
+
+async def get_model(request: web.Request, model_id: str) -> Any:
+    context = call_context(request)
+    response = await request.app[STATE].upstream.start(
+        GET_MODEL,
+        GET_MODEL.request_cls(model_id=model_id),
+        metadata=context.metadata,
+        timeout=context.timeout,
+    )
+    return response.model
