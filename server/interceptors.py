@@ -7,6 +7,7 @@ place where exceptions become statuses.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import time
@@ -67,17 +68,25 @@ class RequestContextInterceptor(AsyncServerInterceptor):
         rid: str,
     ) -> AsyncIterator[Any]:
         token = logs.request_id.set(rid)
+        interrupted = False
         try:
             async for response in responses:
                 yield response
+        except (asyncio.CancelledError, GeneratorExit):
+            # The client went away (or its deadline passed) mid-stream: grpc cancels our task or
+            # closes the generator, and context.code() stays unset.
+            interrupted = True
+            raise
         finally:
-            self._log(context, method_name, started)
+            self._log(context, method_name, started, interrupted=interrupted)
             logs.request_id.reset(token)
 
     @staticmethod
-    def _log(context: grpc.aio.ServicerContext, method_name: str, started: float) -> None:
+    def _log(
+        context: grpc.aio.ServicerContext, method_name: str, started: float, *, interrupted: bool = False
+    ) -> None:
         code = context.code() or grpc.StatusCode.OK
-        if context.cancelled() and code == grpc.StatusCode.OK:
+        if (interrupted or context.cancelled()) and code == grpc.StatusCode.OK:
             code = grpc.StatusCode.CANCELLED
         name = code.name if isinstance(code, grpc.StatusCode) else str(code)
         log.info(

@@ -47,6 +47,12 @@ CONFIG: dict[str, Any] = {
         },
         {"id": "scripted-fail", "provider": "scripted", "script": ["one two three"], "error_after_chunks": 1},
         {"id": "scripted-peer", "provider": "scripted", "script": ["Peer reply."]},
+        {
+            "id": "scripted-slow",
+            "provider": "scripted",
+            "script": [" ".join(f"word{i}" for i in range(100))],
+            "chunk_delay_ms": 20,
+        },
     ],
 }
 
@@ -61,8 +67,10 @@ async def aibattle() -> AsyncIterator[AIBattleServer]:
 
 @pytest.fixture
 async def api(aiohttp_client: Any, aibattle: AIBattleServer, api_descriptor_set: Path) -> Any:
+    # handler_cancellation as start_gateway runs it: a client that leaves cancels its handler.
     return await aiohttp_client(
-        create_app(aibattle.grpc_target, GatewayOptions(descriptor_set=api_descriptor_set))
+        create_app(aibattle.grpc_target, GatewayOptions(descriptor_set=api_descriptor_set)),
+        server_kwargs={"handler_cancellation": True},
     )
 
 

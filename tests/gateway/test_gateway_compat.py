@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,6 +12,7 @@ import openai
 import pytest
 
 from server.app import AIBattleServer
+from tests.gateway.gateway_testlib import wait_for
 
 
 @pytest.fixture
@@ -29,7 +31,7 @@ async def olm(api: Any) -> AsyncIterator[ollama.AsyncClient]:
 
 async def test_openai_models(oai: openai.AsyncOpenAI) -> None:
     page = await oai.models.list()
-    assert [m.id for m in page.data] == ["scripted-echo", "scripted-fail", "scripted-peer"]
+    assert [m.id for m in page.data] == ["scripted-echo", "scripted-fail", "scripted-peer", "scripted-slow"]
     model = await oai.models.retrieve("scripted-peer")
     assert model.owned_by == "scripted"
     with pytest.raises(openai.NotFoundError) as caught:
@@ -98,7 +100,12 @@ async def test_openai_raw_sse_ends_with_done(api: Any) -> None:
 
 async def test_ollama_list(olm: ollama.AsyncClient) -> None:
     listed = await olm.list()
-    assert [m.model for m in listed.models] == ["scripted-echo", "scripted-fail", "scripted-peer"]
+    assert [m.model for m in listed.models] == [
+        "scripted-echo",
+        "scripted-fail",
+        "scripted-peer",
+        "scripted-slow",
+    ]
 
 
 async def test_ollama_chat(olm: ollama.AsyncClient) -> None:
@@ -141,9 +148,32 @@ async def test_ollama_errors(olm: ollama.AsyncClient) -> None:
             pass
 
 
-async def test_compat_disconnect_cancels(api: Any) -> None:
-    resp = await api.post(
-        "/api/chat", json={"model": "scripted-peer", "messages": [{"role": "user", "content": "x"}]}
-    )
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/chat", {"model": "scripted-slow", "messages": [{"role": "user", "content": "x"}]}),
+        (
+            "/v1/chat/completions",
+            {"model": "scripted-slow", "messages": [{"role": "user", "content": "x"}], "stream": True},
+        ),
+    ],
+)
+async def test_compat_disconnect_cancels_the_upstream_call(
+    api: Any, caplog: pytest.LogCaptureFixture, path: str, body: dict[str, Any]
+) -> None:
+    """The server's access log is the witness: the stream it served ended CANCELLED, not OK."""
+    caplog.set_level(logging.INFO, logger="aibattle.access")
+    resp = await api.post(path, json=body)
     assert resp.status == 200
-    resp.close()
+    assert (await resp.content.readline()).strip()  # the stream has started: 100 words, 20 ms apart
+    resp.close()  # the client goes away
+
+    def served() -> list[str]:
+        return [
+            getattr(r, "code", "")
+            for r in caplog.records
+            if r.name == "aibattle.access" and getattr(r, "method", "").endswith("/StreamCompletion")
+        ]
+
+    assert await wait_for(lambda: bool(served()), within=10)
+    assert served() == ["CANCELLED"]

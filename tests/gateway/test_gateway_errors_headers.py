@@ -229,4 +229,8 @@ async def test_unexpected_failure_mid_stream_is_an_error_frame(
     frames = [json.loads(line) for line in text.splitlines()]
     assert "result" in frames[0]
     error = frames[-1]["error"]
-    assert (error["code"], error["message"], error["details"][0]["reason"]) == (13, "internal error", "INTERNAL")
+    assert (error["code"], error["message"], error["details"][0]["reason"]) == (
+        13,
+        "internal error",
+        "INTERNAL",
+    )

@@ -61,7 +61,7 @@ async def test_list_and_get_models(api: Any) -> None:
     resp = await api.get("/api/v1/models")
     assert resp.status == 200
     ids = [m["id"] for m in (await resp.json())["models"]]
-    assert ids == ["scripted-echo", "scripted-fail", "scripted-peer"]
+    assert ids == ["scripted-echo", "scripted-fail", "scripted-peer", "scripted-slow"]
 
     resp = await api.get("/api/v1/models?capability=text&page_size=1")
     body = await resp.json()
