@@ -60,16 +60,12 @@ $(PROTODEPS): $(STAMP)
 buf-lint: $(NPMSTAMP) $(PROTODEPS)  ## buf lint (STANDARD) on proto/
 	$(BUF) lint
 
-# The base revision's protos are built into an image with the same local google deps, then compared.
-buf-breaking: $(NPMSTAMP) $(PROTODEPS)  ## breaking changes in proto/ against BASE (default: HEAD)
-	rm -rf build/against && mkdir -p build/against
-	git archive $(or $(BASE),HEAD) proto buf.yaml | tar -x -C build/against
-	mkdir -p build/against/build && cp -r $(PROTODEPS) build/against/build/
-	cd build/against && ../../$(BUF) build -o ../against.binpb
-	$(BUF) build -o build/current.binpb
-	$(BUF) breaking build/current.binpb --against build/against.binpb
+# Default base: HEAD~1 on a clean proto/ (CI: the previous commit of main), HEAD when proto/ has
+# uncommitted edits. A missing base (first commit, shallow clone) fails with a message; see the script.
+buf-breaking: $(NPMSTAMP) $(PROTODEPS)  ## breaking changes in proto/ against BASE (default: HEAD~1, or HEAD if proto/ is edited)
+	$(PY) tools/buf_breaking.py --buf $(BUF) --deps $(PROTODEPS) $(if $(BASE),--base $(BASE))
 
-lint: install buf-lint buf-breaking  ## buf lint and breaking (vs HEAD), ruff, mypy
+lint: install buf-lint buf-breaking  ## buf lint and breaking (vs BASE), ruff, mypy
 	$(BIN)/ruff check common server gateway tests tools bench
 	$(BIN)/ruff format --check common server gateway tests tools bench
 	$(BIN)/mypy

@@ -30,10 +30,13 @@ def default_api_files() -> tuple[FileDescriptor, ...]:
 
 
 def default_descriptor_set() -> Path | None:
-    """`gen/aibattle_descriptors.binpb` (written by `make gen`, with source comments), if present."""
-    package = importlib.import_module(API_PACKAGE)
+    """`aibattle/aibattle_descriptors.binpb` (written by `make gen` into gen/, with source comments; package
+    data in the wheel), if present."""
+    # `aibattle` is a namespace package: its __path__ may list several directories (gen/, an editable
+    # install's mapping, a path-hook placeholder), so take the first that holds the file.
+    package = importlib.import_module(API_PACKAGE.partition(".")[0])
     for directory in package.__path__:
-        candidate = Path(directory).parent.parent / DESCRIPTOR_SET_NAME
+        candidate = Path(directory) / DESCRIPTOR_SET_NAME
         if candidate.is_file():
             return candidate
     return None

@@ -4,7 +4,9 @@ protoc (from grpcio-tools) writes protobuf modules, gRPC stubs and mypy-protobuf
 `.pyi` stubs. Output goes to a fresh directory that then replaces the target, so
 a removed proto leaves no stale module behind and running twice changes nothing.
 Nothing protoc writes is edited afterwards: the proto package `aibattle.v1`
-becomes the import path `aibattle.v1`, which works as emitted.
+becomes the import path `aibattle.v1`, which works as emitted. The descriptor set
+(source comments included, for the gateway's OpenAPI) goes to
+gen/aibattle/aibattle_descriptors.binpb, package data of the `aibattle` namespace.
 
     python tools/codegen.py            # rewrite gen/
     python tools/codegen.py --check    # exit 1 if gen/ differs from a fresh run
@@ -42,9 +44,12 @@ def plugin_args() -> list[str]:
     return [f"--plugin=protoc-gen-{name}={bindir / f'protoc-gen-{name}'}" for name in ("mypy", "mypy_grpc")]
 
 
-def descriptor_set_name(files: list[str]) -> str:
-    """`aibattle/v1/x.proto` → `aibattle_descriptors.binpb`: one FileDescriptorSet per top-level package."""
-    return f"{Path(files[0]).parts[0]}_descriptors.binpb"
+def descriptor_set_path(files: list[str]) -> Path:
+    """`aibattle/v1/x.proto` → `aibattle/aibattle_descriptors.binpb`: one FileDescriptorSet per top-level
+    package, written inside that package's directory so the wheel ships it as package data (a file at
+    the root of gen/ belongs to no package and setuptools leaves it out)."""
+    top = Path(files[0]).parts[0]
+    return Path(top) / f"{top}_descriptors.binpb"
 
 
 def generate(proto_roots: list[Path], out: Path) -> None:
@@ -54,6 +59,9 @@ def generate(proto_roots: list[Path], out: Path) -> None:
         files = sorted(str(p.relative_to(root)) for p in root.rglob("*.proto"))
         if not files:
             continue
+        descriptor_set = out / descriptor_set_path(files)
+        # protoc creates the directories of the modules it writes, not the one of --descriptor_set_out.
+        descriptor_set.parent.mkdir(parents=True, exist_ok=True)
         args = [
             sys.executable,
             "-m",
@@ -66,7 +74,7 @@ def generate(proto_roots: list[Path], out: Path) -> None:
             f"--mypy_out={out}",
             f"--mypy_grpc_out={out}",
             # Generated modules drop comments; the gateway's OpenAPI document needs them.
-            f"--descriptor_set_out={out / descriptor_set_name(files)}",
+            f"--descriptor_set_out={descriptor_set}",
             "--include_imports",
             "--include_source_info",
             *files,

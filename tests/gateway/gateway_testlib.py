@@ -57,7 +57,8 @@ def run_codegen(proto_root: Path, out: Path) -> Path:
         capture_output=True,
         timeout=60,
     )
-    sets = sorted(out.glob("*_descriptors.binpb"))
+    # codegen writes it inside the top-level package directory (e.g. out/aibattle/), as package data.
+    sets = sorted(out.glob("*/*_descriptors.binpb"))
     assert sets, f"codegen wrote no descriptor set into {out}"
     return sets[0]
 

@@ -3,7 +3,6 @@ and an annotated RPC added to a proto gets its route from codegen alone."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from tests.gateway.gateway_testlib import (
     dummy_options,
     load_api,
     run_codegen,
+    stage_protos,
     start_library,
 )
 
@@ -210,9 +210,7 @@ async def test_every_route_reaches_its_rpc(
 
 
 def test_codegen_adds_the_route_of_a_new_annotated_rpc(dummy_api: ProtoApi, tmp_path: Path) -> None:
-    root = tmp_path / "protos"
-    staged = dummy_api.descriptor_set.parent.parent / "protos"
-    shutil.copytree(staged, root)
+    root = stage_protos(tmp_path / "protos")
     proto = root / DUMMY_PROTO
     text = proto.read_text()
     new_rpc = """  // Moves a book to another shelf.
@@ -243,8 +241,7 @@ async def test_new_rpc_is_served_without_hand_edits(
     aiohttp_client: Any, dummy_api: ProtoApi, tmp_path: Path
 ) -> None:
     """The route of the new RPC works end to end: the gateway calls it upstream (which lacks it: 501)."""
-    root = tmp_path / "protos"
-    shutil.copytree(dummy_api.descriptor_set.parent.parent / "protos", root)
+    root = stage_protos(tmp_path / "protos")
     proto = root / DUMMY_PROTO
     proto.write_text(
         proto.read_text().replace(

@@ -36,6 +36,6 @@ def test_generation_is_idempotent(tmp_path: Path) -> None:
     assert Path("aibattle/v1/completions_pb2.py") in files
     assert Path("aibattle/v1/completions_pb2.pyi") in files
     assert Path("aibattle/v1/completions_pb2_grpc.py") in files
-    assert Path("aibattle_descriptors.binpb") in files
+    assert Path("aibattle/aibattle_descriptors.binpb") in files
     for f in files:
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
