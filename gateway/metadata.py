@@ -24,6 +24,7 @@ REQUEST_ID_HEADER = "X-Request-Id"
 _PASS_THROUGH = frozenset({"authorization", "x-api-key", "x-request-id"})
 _PREFIX = "grpc-metadata-"
 _TIMEOUT = re.compile(r"(\d{1,8})([HMSmun])")
+_MAX_TIMEOUT = 30 * 24 * 3600.0
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _METADATA_KEY = re.compile(r"[a-z0-9_.\-]+")
@@ -82,7 +83,10 @@ def parse_grpc_timeout(value: str | None) -> float | None:
         raise invalid_argument(
             f"Grpc-Timeout {value!r} is not <1-8 digits><H|M|S|m|u|n>", reason="INVALID_HEADER"
         )
-    return int(match.group(1)) * _TIMEOUT_UNITS[match.group(2)]
+    # The header allows 99999999 hours; grpc-core overflows far below that and expires the call at
+    # once, so a deadline that far away is no deadline worth keeping.
+    seconds = int(match.group(1)) * _TIMEOUT_UNITS[match.group(2)]
+    return None if seconds > _MAX_TIMEOUT else seconds
 
 
 def response_headers(

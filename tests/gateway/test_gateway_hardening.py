@@ -250,3 +250,11 @@ def test_a_derived_route_beside_the_gateway_endpoints_is_accepted() -> None:
 
     files = (completions_pb2.DESCRIPTOR, _file_with_rule("/v2/things/{model}"))
     create_app("127.0.0.1:1", GatewayOptions(files=files))
+
+
+async def test_a_far_grpc_timeout_is_no_deadline_not_an_instant_504(api: Any) -> None:
+    """grpc-core overflowed on the header's largest values and expired the call at once."""
+    resp = await api.get("/api/v1/models", headers={"Grpc-Timeout": "99999999H"})
+    assert resp.status == 200
+    resp = await api.get("/v1/models", headers={"Grpc-Timeout": "99999999H"})
+    assert resp.status == 200
