@@ -3,7 +3,7 @@
 Incoming: `Authorization`, `X-API-Key` and `X-Request-Id` pass as themselves; `Grpc-Metadata-<key>`
 passes as `<key>` (a `-bin` key's value is base64). Outgoing: the upstream's initial metadata comes back
 as `Grpc-Metadata-<key>` headers and, on unary calls, its trailers as `Grpc-Trailer-<key>`.
-Which headers pass is a policy: `GatewayOptions.header_matcher` replaces the default below.
+Which headers pass is configuration: `forward_headers` (the `[gateway]` table) adds to the defaults.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import binascii
 import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 import grpc
 
@@ -32,14 +33,37 @@ _METADATA_KEY = re.compile(r"[a-z0-9_.\-]+")
 _RESERVED = frozenset({"content-type", "te", "user-agent", "host", "connection", STATUS_DETAILS_KEY})
 
 
-def default_header_matcher(header: str) -> str | None:
-    """The metadata key an incoming header becomes, or None to drop it."""
+@dataclass(frozen=True)
+class ForwardingMatcher:
+    """The metadata key an incoming header becomes, or None to drop it.
+
+    The defaults always pass; `forward` names extra headers (lower-case) that pass as themselves.
+    A value-equal object rather than a closure, so two options with the same policy compare equal.
+    """
+
+    forward: frozenset[str] = frozenset()
+
+    def __call__(self, header: str) -> str | None:
+        lowered = header.lower()
+        if lowered in _PASS_THROUGH or lowered in self.forward:
+            return lowered
+        if lowered.startswith(_PREFIX) and len(lowered) > len(_PREFIX):
+            return lowered[len(_PREFIX) :]
+        return None
+
+
+def header_matcher(forward: Iterable[str] = ()) -> HeaderMatcher:
+    """The default policy plus `forward`, extra header names in any case."""
+    return ForwardingMatcher(frozenset(name.lower() for name in forward))
+
+
+default_header_matcher: HeaderMatcher = header_matcher()
+
+
+def owned_by_grpc(header: str) -> bool:
+    """True for headers that can't be forwarded: gRPC owns their keys (outgoing_metadata drops them)."""
     lowered = header.lower()
-    if lowered in _PASS_THROUGH:
-        return lowered
-    if lowered.startswith(_PREFIX) and len(lowered) > len(_PREFIX):
-        return lowered[len(_PREFIX) :]
-    return None
+    return lowered in _RESERVED or lowered.startswith("grpc-")
 
 
 def request_id_from(headers: Mapping[str, str]) -> str:

@@ -31,12 +31,7 @@ async def serve(config: Config) -> int:
         from gateway import GatewayOptions, start_gateway
 
         host, port = parse_host_port(config.server.http_addr)
-        options = GatewayOptions(
-            cors_origins=config.gateway.cors_origins,
-            max_body_bytes=config.gateway.max_body_bytes,
-            strict=config.gateway.strict,
-            compat_endpoints=config.gateway.compat_endpoints,
-        )
+        options = GatewayOptions.from_settings(config.gateway)
         gateway = await start_gateway(grpc_target=server.grpc_target, host=host, port=port, options=options)
     print(
         f"AI Battle serving gRPC on {server.grpc_target}"
@@ -76,7 +71,8 @@ def main() -> None:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        print(f"aibattle: configuration error: {exc}", file=sys.stderr)
+        for line in exc.lines:
+            print(f"aibattle: configuration error: {line}", file=sys.stderr)
         sys.exit(2)
     logs.configure(config.server.log_level)
     try:

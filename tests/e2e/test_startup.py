@@ -36,19 +36,54 @@ SCRIPTED = '[[models]]\nid = "echo"\nprovider = "scripted"\nscript = ["hi"]\n'
 @pytest.mark.parametrize(
     ("toml", "expected", "code"),
     [
-        ("[server]\ngrpc_adr = 'x'\n", "configuration error: unknown key(s): server.grpc_adr", 2),
+        ("[server]\ngrpc_adr = 'x'\n", ["server.grpc_adr: Extra inputs are not permitted"], 2),
+        (
+            SCRIPTED + "pricing = { input = 'x' }\n",
+            ["models[0].pricing.input: Input should be a valid number, got 'x'"],
+            2,
+        ),
+        (
+            "[server]\nlog_level = 'loud'\n",
+            ["server.log_level: Input should be 'debug', 'info', 'warning' or 'error', got 'loud'"],
+            2,
+        ),
+        ('[[models]]\nid = "echo"\nprovider = "scripted"\nscript = [1]\n', ["models[0].script[0]:"], 2),
+        (
+            SCRIPTED + "chunk_delay_ms = -5\ncontext_length = 0\n[gateway]\nmax_body_bytes = -1\n",
+            ["gateway.max_body_bytes:", "models[0].context_length:", "models[0].chunk_delay_ms:"],
+            2,
+        ),
+        ("server = 1\n", ["server: Input should be a valid dictionary"], 2),
+        ("[server\n", ["config file"], 2),
         (
             '[[models]]\nid = "x"\nprovider = "local"\n[providers.local]\nmodel_path = "/nonexistent.gguf"\n',
-            "provider 'local' (models: x) failed to start",
+            ["provider 'local' (models: x) failed to start"],
             1,
         ),
     ],
 )
-def test_bad_configuration(tmp_path: Path, toml: str, expected: str, code: int) -> None:
+def test_bad_configuration(tmp_path: Path, toml: str, expected: list[str], code: int) -> None:
     result = start(tmp_path, toml, AIBATTLE_GRPC_ADDR="127.0.0.1:0")
     assert result.returncode == code
-    assert expected in result.stderr
+    lines = result.stderr.splitlines()
+    for needle in expected:
+        assert any(needle in line for line in lines), (needle, result.stderr)
+    if code == 2:
+        # One line per problem, each naming the file.
+        assert len(lines) == len(expected)
+        assert all(
+            line.startswith(f"aibattle: configuration error: config file {tmp_path}") for line in lines
+        )
     assert "Traceback" not in result.stderr
+
+
+def test_bad_environment_override_names_the_variable(tmp_path: Path) -> None:
+    result = start(tmp_path, SCRIPTED, AIBATTLE_GRPC_ADDR="127.0.0.1:99999")
+    assert result.returncode == 2
+    assert result.stderr == (
+        "aibattle: configuration error: AIBATTLE_GRPC_ADDR: "
+        "'127.0.0.1:99999' is not HOST:PORT (IPv6 as [::1]:PORT, port 0-65535)\n"
+    )
 
 
 def test_port_in_use(tmp_path: Path) -> None:
