@@ -19,7 +19,8 @@ from typing import Any
 from pydantic.fields import FieldInfo
 
 from common.addresses import AddressError, parse_host_port
-from gateway.options import ConfigError, GatewayOptions, GatewaySettings, read_toml, validate
+from common.config import ConfigError, read_toml, validate
+from gateway.options import GatewayOptions, GatewaySettings
 from gateway.web_app import start_gateway
 
 DEFAULT_HTTP_ADDR = "127.0.0.1:8080"

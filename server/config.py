@@ -28,16 +28,8 @@ from pydantic import (
 from pydantic_core import InitErrorDetails
 
 from common.addresses import AddressError, parse_host_port
-from gateway.options import (
-    LAX,
-    ConfigError,
-    ConfigModel,
-    GatewaySettings,
-    Strings,
-    config_error,
-    read_toml,
-    validate,
-)
+from common.config import LAX, ConfigError, ConfigModel, Strings, config_error, read_toml, validate
+from gateway.options import GatewaySettings
 
 __all__ = ["Config", "ConfigError", "GatewaySettings", "LocalProviderConfig", "ModelConfig", "load_config"]
 
