@@ -258,3 +258,17 @@ async def test_a_far_grpc_timeout_is_no_deadline_not_an_instant_504(api: Any) ->
     assert resp.status == 200
     resp = await api.get("/v1/models", headers={"Grpc-Timeout": "99999999H"})
     assert resp.status == 200
+
+
+async def test_cors_preflight_covers_the_compat_endpoints(
+    aiohttp_client: Any, aibattle: Any, api_descriptor_set: Any
+) -> None:
+    options = GatewayOptions(descriptor_set=api_descriptor_set, cors_origins=("http://app.example",))
+    browser = await aiohttp_client(create_app(aibattle.grpc_target, options))
+    resp = await browser.options(
+        "/v1/chat/completions",
+        headers={"Origin": "http://app.example", "Access-Control-Request-Method": "POST"},
+    )
+    assert resp.status == 204
+    assert resp.headers["Access-Control-Allow-Methods"] == "POST"
+    assert resp.headers["Access-Control-Allow-Origin"] == "http://app.example"
