@@ -12,7 +12,7 @@ from typing import Any
 from google.protobuf.descriptor import Descriptor
 from google.rpc import status_pb2
 
-from gateway.openapi_schema import Schema, SchemaBuilder
+from gateway.openapi.schema import Schema, SchemaBuilder
 from gateway.path_template import Variable
 from gateway.routes import Kind, Route, message_type, resolve_field_path
 from gateway.source_info import Comments
