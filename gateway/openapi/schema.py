@@ -18,6 +18,10 @@ _UNSIGNED_64 = (FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_FIXED64)
 _SIGNED_32 = (FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_SFIXED32)
 _UNSIGNED_32 = (FieldDescriptor.TYPE_UINT32, FieldDescriptor.TYPE_FIXED32)
 _INT32 = _SIGNED_32 + _UNSIGNED_32
+_RANGE_64 = {
+    **dict.fromkeys(_SIGNED_64, (-(2**63), 2**63 - 1, "int64")),
+    **dict.fromkeys(_UNSIGNED_64, (0, 2**64 - 1, "uint64")),
+}
 
 
 #: Base64, standard or URL-safe alphabet, padding optional: what proto-JSON accepts for bytes.
@@ -57,15 +61,9 @@ def _integer_schema(field_type: int) -> Schema | None:
         return {"type": "integer", "format": "int32", "minimum": -(2**31), "maximum": 2**31 - 1}
     if field_type in _UNSIGNED_32:
         return {"type": "integer", "format": "uint32", "minimum": 0, "maximum": 2**32 - 1}
-    low, high, fmt = (
-        (-(2**63), 2**63 - 1, "int64")
-        if field_type in _SIGNED_64
-        else (0, 2**64 - 1, "uint64")
-        if field_type in _UNSIGNED_64
-        else (None, None, "")
-    )
-    if low is None or high is None:
+    if field_type not in _RANGE_64:
         return None
+    low, high, fmt = _RANGE_64[field_type]
     return {
         "type": ["string", "integer"],
         "format": fmt,
