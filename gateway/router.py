@@ -28,9 +28,15 @@ class Router:
     def match(self, method: str, raw_path: str, *, websocket: bool) -> Match:
         """The route for a request; raises ApiError for 404, 405 (with Allow) and 426.
 
-        An upgrade request prefers a WebSocket route; without one it is served as plain HTTP.
+        A path names one resource, that of its most specific matching templates: `.../c1:cancel` is the
+        `{id}:cancel` resource (POST), not an id "c1:cancel" for the `{id}` routes, so the methods
+        served, the 405's Allow and the OpenAPI document agree. (An id ending in a declared verb is
+        out of reach; grpc-gateway would fall back to it.) An upgrade request prefers a WebSocket
+        route; without one it is served as plain HTTP.
         """
-        matches = [(r, p) for r in self.routes if (p := r.template.match(raw_path)) is not None]
+        matches = _most_specific(
+            [(r, p) for r in self.routes if (p := r.template.match(raw_path)) is not None]
+        )
         if websocket and method == "GET":
             for route, params in matches:
                 if route.kind is Kind.WEBSOCKET:
@@ -58,8 +64,17 @@ class Router:
         )
 
     def allowed_methods(self, raw_path: str) -> list[str]:
-        """HTTP methods some route accepts on this path (for CORS preflight)."""
-        return sorted({r.http_method for r in self.routes if r.template.match(raw_path) is not None})
+        """The methods of the resource this path names (for CORS preflight). WebSocket routes are GET."""
+        matches = [(r, p) for r in self.routes if (p := r.template.match(raw_path)) is not None]
+        return sorted({r.http_method for r, _ in _most_specific(matches)})
+
+
+def _most_specific(matches: list[tuple[Route, dict[str, str]]]) -> list[tuple[Route, dict[str, str]]]:
+    """The matches whose template is as specific as the best one (see PathTemplate.specificity)."""
+    if not matches:
+        return matches
+    best = min(r.template.specificity() for r, _ in matches)
+    return [(r, p) for r, p in matches if r.template.specificity() == best]
 
 
 def route_not_found(what: str) -> ApiError:

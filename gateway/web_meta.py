@@ -47,7 +47,11 @@ async def openapi_json(request: web.Request) -> web.Response:
     state = request.app[STATE]
     if state.openapi is None:
         state.openapi = build_openapi(
-            state.router.routes, state.comments, title=state.options.title, version=state.options.version
+            state.router.routes,
+            state.comments,
+            title=state.options.title,
+            version=state.options.version,
+            strict=state.options.strict,
         )
     return web.Response(text=dumps(state.openapi), content_type="application/json")
 

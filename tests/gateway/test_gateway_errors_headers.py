@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
 
 import pytest
 from grpc_health.v1 import health_pb2
 
-from gateway import create_app
+from gateway import GatewayOptions, create_app
 from tests.gateway.gateway_testlib import ProtoApi, RunningLibrary, dummy_options, wait_for
 
 # grpc-gateway's table (runtime/errors.go HTTPStatusFromCode).
@@ -234,3 +235,37 @@ async def test_unexpected_failure_mid_stream_is_an_error_frame(
         "internal error",
         "INTERNAL",
     )
+
+
+async def test_allow_names_the_most_specific_resource(client: Any) -> None:
+    # "2:archive" could be a book id for the `{name=shelves/*/books/*}` routes, but the path names
+    # the `:archive` resource, and Allow says so (as the OpenAPI document does).
+    resp = await client.put("/v1/shelves/1/books/2:archive")
+    assert resp.status == 405
+    assert resp.headers["Allow"] == "POST"
+    get = await client.get("/v1/shelves/1/books/2:archive")
+    assert get.status == 405
+    assert get.headers["Allow"] == "POST"
+    books = await client.put("/v1/shelves/1/books/2")
+    assert set(books.headers["Allow"].split(", ")) == {"GET", "PATCH", "DELETE"}
+    served = await client.get("/v1/shelves/1/books/2:draft")  # no `:draft` route: an id with a colon
+    assert served.status == 200
+    assert (await served.json())["name"] == "shelves/1/books/2:draft"
+
+
+async def test_every_405_allow_matches_the_openapi_document(aiohttp_client: Any) -> None:
+    """For every documented path, an undocumented method gets 405 and Allow lists the documented ones."""
+    client = await aiohttp_client(create_app("127.0.0.1:1", GatewayOptions(descriptor_set=None)))
+    doc = await (await client.get("/openapi.json")).json()
+    checked = 0
+    for template, item in doc["paths"].items():
+        path = re.sub(r"\{[^}]+\}", "x1", template)
+        documented = {method.upper() for method in item}
+        for method in sorted({"GET", "POST", "PUT", "PATCH", "DELETE"} - documented):
+            resp = await client.request(method, path)
+            assert resp.status == 405, (method, path)
+            assert set(resp.headers["Allow"].split(", ")) == documented, (method, path)
+            body = await resp.json()
+            assert body["code"] == 12 and "METHOD_NOT_ALLOWED" in json.dumps(body["details"])
+            checked += 1
+    assert checked >= 3 * len(doc["paths"])

@@ -5,15 +5,22 @@ from __future__ import annotations
 import asyncio
 import html
 import os
+import random
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
+from google.protobuf import json_format
+from jsonschema import Draft202012Validator
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 
 from gateway import GatewayOptions, create_app, derive_routes
+from gateway.openapi import build_openapi
+from gateway.openapi.schema import decimal_pattern
 from gateway.routes import Kind
+from gateway.source_info import Comments
 from tests.gateway.gateway_testlib import ProtoApi, RunningLibrary, dummy_options
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -160,3 +167,128 @@ async def test_docs_render_offline_in_headless_chromium(api_client: Any, tmp_pat
     ):
         assert f'data-path="{path}"' in dom, path
     assert "ListModels" in dom or "Lists configured models" in dom
+
+
+def dummy_document(dummy_api: ProtoApi, *, strict: bool = True) -> dict[str, Any]:
+    routes = derive_routes((dummy_api.file(),))
+    return build_openapi(routes, Comments(), title="t", version="v", strict=strict)
+
+
+def test_strict_message_schemas_refuse_unknown_fields(dummy_api: ProtoApi) -> None:
+    schemas = dummy_document(dummy_api)["components"]["schemas"]
+    book = schemas["aibattle.testing.v1.Book"]
+    assert book["additionalProperties"] is False
+    # Free-form JSON and maps keep their additional properties.
+    assert book["properties"]["extra"]["additionalProperties"] is True  # google.protobuf.Struct
+    assert book["properties"]["attributes"]["additionalProperties"] == {"type": "string"}  # a map
+    status = schemas["google.rpc.Status"]
+    assert status["additionalProperties"] is False
+    assert status["properties"]["details"]["items"]["additionalProperties"] is True  # google.protobuf.Any
+    validator = Draft202012Validator({**book, "components": {"schemas": schemas}})
+    assert validator.is_valid({"title": "Dune"})
+    assert not validator.is_valid({"title": "Dune", "titel": "typo"})
+
+    lenient = dummy_document(dummy_api, strict=False)["components"]["schemas"]
+    assert "additionalProperties" not in lenient["aibattle.testing.v1.Book"]
+
+
+async def test_served_document_is_strict_like_the_gateway(api_client: Any) -> None:
+    doc = await (await api_client.get("/openapi.json")).json()
+    request = doc["components"]["schemas"]["aibattle.v1.CreateCompletionRequest"]
+    assert request["additionalProperties"] is False
+
+
+def test_required_fields_are_non_empty_and_page_size_non_negative(dummy_api: ProtoApi) -> None:
+    doc = dummy_document(dummy_api)
+    book = doc["components"]["schemas"]["aibattle.testing.v1.Book"]
+    assert book["properties"]["title"]["minLength"] == 1  # REQUIRED: "" is the same as unset
+    assert "minLength" not in book["properties"]["name"]
+    routes = derive_routes(GatewayOptions().files)
+    ours = build_openapi(routes, Comments(), title="t", version="v")
+    create = ours["components"]["schemas"]["aibattle.v1.CreateConversationRequest"]
+    assert create["properties"]["models"]["minItems"] == 1  # a REQUIRED repeated field
+    list_models = ours["paths"]["/api/v1/models"]["get"]
+    page_size = next(p for p in list_models["parameters"] if p["name"] == "page_size")
+    assert page_size["schema"]["minimum"] == 0  # AIP-158
+    assert page_size["schema"]["maximum"] == 2**31 - 1
+
+
+def test_request_body_requirements(dummy_api: ProtoApi) -> None:
+    routes = derive_routes(GatewayOptions().files)
+    paths = build_openapi(routes, Comments(), title="t", version="v")["paths"]
+    # No body is `{}`: enough for ListModels-like requests, not when a required field must come in it.
+    assert paths["/api/v1/completions"]["post"]["requestBody"]["required"] is True
+    add = paths["/api/v1/conversations/{conversation_id}/messages"]["post"]["requestBody"]
+    assert add["required"] is True
+    body = add["content"]["application/json"]["schema"]
+    assert body["required"] == ["content"]  # the path sets conversation_id
+    assert body["additionalProperties"] is False
+    cancel = paths["/api/v1/conversations/{conversation_id}:cancel"]["post"]["requestBody"]
+    assert cancel["required"] is False  # its only required field comes from the path
+    archive = dummy_document(dummy_api)["paths"]["/v1/{name}:archive"]["post"]["requestBody"]
+    assert archive["required"] is False
+
+
+def test_websocket_operations_document_the_426(api_client_doc: dict[str, Any]) -> None:
+    ws = api_client_doc["paths"]["/api/v1/ws/completions"]["get"]
+    assert set(ws["responses"]) == {"101", "426", "default"}
+    assert ws["responses"]["426"]["headers"]["Upgrade"]["schema"]["const"] == "websocket"
+
+
+@pytest.fixture
+def api_client_doc() -> dict[str, Any]:
+    return build_openapi(derive_routes(GatewayOptions().files), Comments(), title="t", version="v")
+
+
+@pytest.mark.parametrize("low, high", [(-(2**63), 2**63 - 1), (0, 2**64 - 1), (0, 9), (-10, 10), (0, 1999)])
+def test_decimal_pattern_is_exactly_the_range(low: int, high: int) -> None:
+    pattern = re.compile(decimal_pattern(low, high))
+    rng = random.Random(0)
+    near = [b + d for b in (low, high, 0, high // 10, low // 10) for d in range(-12, 13)]
+    numbers = near + [rng.randint(low * 10 - 10, high * 10 + 10) for _ in range(3000)]
+    for n in numbers:
+        assert bool(pattern.fullmatch(str(n))) == (low <= n <= high), n
+    for text in ("", "-", "-0", "+1", "01", "1.0", "1e3", " 1", "00"):
+        assert pattern.fullmatch(text) is None, text
+
+
+# Canonical forms only: proto-JSON also takes "+5", "007" and base64 with stray characters, which
+# the document leaves out on purpose.
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("isbn", v)
+        for v in (
+            "9223372036854775807",
+            "9223372036854775808",
+            "-9223372036854775808",
+            "-9223372036854775809",
+            2**63 - 1,
+            2**63,
+            -(2**63) - 1,
+            "",
+            "12a",
+            "0",
+        )
+    ]
+    + [("cover", v) for v in ("", "ab", "ab==", "abc", "abc=", "abcd", "a-_b", "a+/b", "a", "abcde")],
+)
+def test_integer_and_bytes_schemas_agree_with_proto_json(dummy_api: ProtoApi, field: str, value: Any) -> None:
+    schemas = dummy_document(dummy_api)["components"]["schemas"]
+    schema = schemas["aibattle.testing.v1.Book"]["properties"][field]
+    valid = Draft202012Validator(schema).is_valid(value)
+    try:
+        json_format.ParseDict({field: value}, dummy_api.cls("aibattle.testing.v1.Book")())
+    except json_format.ParseError:
+        parsed = False
+    else:
+        parsed = True
+    assert valid == parsed, (schema, value)
+
+
+async def test_served_document_of_a_lenient_gateway_allows_unknown_fields(aiohttp_client: Any) -> None:
+    client = await aiohttp_client(
+        create_app("127.0.0.1:1", GatewayOptions(descriptor_set=None, strict=False))
+    )
+    doc = await (await client.get("/openapi.json")).json()
+    assert "additionalProperties" not in doc["components"]["schemas"]["aibattle.v1.CreateCompletionRequest"]

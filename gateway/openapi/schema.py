@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from google.api import field_behavior_pb2
@@ -12,25 +13,66 @@ from gateway.source_info import Comments
 
 Schema = dict[str, Any]
 
-_INT64 = (
-    FieldDescriptor.TYPE_INT64,
-    FieldDescriptor.TYPE_UINT64,
-    FieldDescriptor.TYPE_SINT64,
-    FieldDescriptor.TYPE_FIXED64,
-    FieldDescriptor.TYPE_SFIXED64,
-)
-_INT32 = (
-    FieldDescriptor.TYPE_INT32,
-    FieldDescriptor.TYPE_UINT32,
-    FieldDescriptor.TYPE_SINT32,
-    FieldDescriptor.TYPE_FIXED32,
-    FieldDescriptor.TYPE_SFIXED32,
-)
-_INT64_SCHEMA: Schema = {
-    "type": ["string", "integer"],
-    "format": "int64",
-    "description": "64-bit integer (a string in responses)",
+_SIGNED_64 = (FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_SINT64, FieldDescriptor.TYPE_SFIXED64)
+_UNSIGNED_64 = (FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_FIXED64)
+_SIGNED_32 = (FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_SFIXED32)
+_UNSIGNED_32 = (FieldDescriptor.TYPE_UINT32, FieldDescriptor.TYPE_FIXED32)
+_INT32 = _SIGNED_32 + _UNSIGNED_32
+_RANGE_64 = {
+    **dict.fromkeys(_SIGNED_64, (-(2**63), 2**63 - 1, "int64")),
+    **dict.fromkeys(_UNSIGNED_64, (0, 2**64 - 1, "uint64")),
 }
+
+
+#: Base64, standard or URL-safe alphabet, padding optional: what proto-JSON accepts for bytes.
+BASE64_PATTERN = r"^(?:[A-Za-z0-9+/_-]{4})*(?:[A-Za-z0-9+/_-]{2}(?:==)?|[A-Za-z0-9+/_-]{3}=?)?$"
+
+
+def decimal_pattern(low: int, high: int) -> str:
+    """A regex matching exactly the canonical decimals (no sign on 0+, no leading zero) in [low, high]."""
+    if low > 0 or high < 0:
+        raise ValueError("the range must contain 0")
+    pattern = _digits_up_to(high)
+    if low < 0:
+        pattern = f"-(?:{_digits_up_to(-low, zero=False)})|{pattern}"
+    return f"^(?:{pattern})$"
+
+
+def _digits_up_to(limit: int, *, zero: bool = True) -> str:
+    """Alternation of the decimals in [0 (or 1), limit], without leading zeros."""
+    digits = str(limit)
+    width = len(digits)
+    parts = ["0"] if zero else []
+    if width > 1:
+        parts.append("[1-9]" if width == 2 else f"[1-9][0-9]{{0,{width - 2}}}")  # shorter numbers
+    for i, digit in enumerate(digits):
+        first = 1 if i == 0 else 0
+        if int(digit) > first:  # same prefix, a smaller digit here, anything after
+            rest = width - i - 1
+            smaller = f"[{first}-{int(digit) - 1}]"
+            parts.append(digits[:i] + smaller + (f"[0-9]{{{rest}}}" if rest else ""))
+    parts.append(digits)
+    return "|".join(dict.fromkeys(parts))
+
+
+def _integer_schema(field_type: int) -> Schema | None:
+    """Integers with their range; 64-bit ones also as strings (they are strings in responses)."""
+    if field_type in _SIGNED_32:
+        return {"type": "integer", "format": "int32", "minimum": -(2**31), "maximum": 2**31 - 1}
+    if field_type in _UNSIGNED_32:
+        return {"type": "integer", "format": "uint32", "minimum": 0, "maximum": 2**32 - 1}
+    if field_type not in _RANGE_64:
+        return None
+    low, high, fmt = _RANGE_64[field_type]
+    return {
+        "type": ["string", "integer"],
+        "format": fmt,
+        "minimum": low,
+        "maximum": high,
+        "pattern": decimal_pattern(low, high),
+        "description": "64-bit integer (a string in responses)",
+    }
+
 
 #: Well-known types with a proto-JSON form of their own.
 _WELL_KNOWN: dict[str, Schema] = {
@@ -80,10 +122,15 @@ def is_required(field: FieldDescriptor) -> bool:
 
 
 class SchemaBuilder:
-    """Collects component schemas while handing out references to them."""
+    """Collects component schemas while handing out references to them.
 
-    def __init__(self, comments: Comments) -> None:
+    `strict`: the gateway refuses unknown fields, so message schemas say `additionalProperties: false`
+    (well-known types with free-form JSON — Struct, Value, Any — and map fields keep theirs).
+    """
+
+    def __init__(self, comments: Comments, *, strict: bool = True) -> None:
         self.comments = comments
+        self.strict = strict
         self.components: dict[str, Schema] = {}
 
     def message(self, descriptor: Descriptor) -> Schema:
@@ -95,6 +142,21 @@ class SchemaBuilder:
             self.components[name] = {}  # placeholder: recursive messages refer to themselves
             self.components[name] = self._message_schema(descriptor)
         return {"$ref": f"#/components/schemas/{name}"}
+
+    def request_body(self, descriptor: Descriptor, path_fields: Iterable[str]) -> Schema:
+        """A `body: "*"` request: the message, less the requirement of fields the path already sets."""
+        ref = self.message(descriptor)
+        required = [f.name for f in descriptor.fields if is_required(f)]
+        if descriptor.full_name in _WELL_KNOWN or not set(required) & set(path_fields):
+            return ref
+        schema = dict(self.components[descriptor.full_name])
+        schema["required"] = [name for name in required if name not in set(path_fields)]
+        if not schema["required"]:
+            del schema["required"]
+        schema["description"] = "\n\n".join(
+            p for p in (schema.get("description", ""), "Fields set by the path may be left out.") if p
+        )
+        return schema
 
     def enum(self, descriptor: EnumDescriptor) -> Schema:
         name = descriptor.full_name
@@ -125,9 +187,13 @@ class SchemaBuilder:
             return self.enum(field.enum_type)
         return scalar_schema(field.type)
 
+    def constrained_field(self, field: FieldDescriptor) -> Schema:
+        """A field's schema with the constraints every request must meet (see `constraints`)."""
+        return {**self.field(field), **constraints(field)}
+
     def documented_field(self, field: FieldDescriptor) -> Schema:
-        """A field's schema with its comment and field behaviors."""
-        schema = self.field(field)
+        """A field's schema with its constraints, comment and field behaviors."""
+        schema = self.constrained_field(field)
         if comment := self.comments.get(field.full_name):
             schema["description"] = comment
         if field_behavior_pb2.OUTPUT_ONLY in _behaviors(field):
@@ -146,14 +212,35 @@ class SchemaBuilder:
         required = [f.name for f in descriptor.fields if is_required(f)]
         if required:
             schema["required"] = required
+        if self.strict:
+            schema["additionalProperties"] = False
         return schema
 
 
+def constraints(field: FieldDescriptor) -> Schema:
+    """JSON Schema keywords for what the protos say a valid value is, beyond its type.
+
+    * `REQUIRED` (AIP-203): proto3 can't tell a default value from an absent one, so a required
+      string or bytes is non-empty, a required repeated field has an element, a required map an entry.
+    * `page_size` (AIP-158): a negative page size is INVALID_ARGUMENT.
+    """
+    keywords: Schema = {}
+    if is_required(field):
+        sub = message_type(field)
+        if field.is_repeated and sub is not None and sub.GetOptions().map_entry:
+            keywords["minProperties"] = 1
+        elif field.is_repeated:
+            keywords["minItems"] = 1
+        elif field.type in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES):
+            keywords["minLength"] = 1
+    if field.name == "page_size" and field.type in _INT32 and not field.is_repeated:
+        keywords["minimum"] = 0
+    return keywords
+
+
 def scalar_schema(field_type: int) -> Schema:
-    if field_type in _INT64:
-        return dict(_INT64_SCHEMA)
-    if field_type in _INT32:
-        return {"type": "integer", "format": "int32"}
+    if (integer := _integer_schema(field_type)) is not None:
+        return integer
     if field_type == FieldDescriptor.TYPE_DOUBLE:
         return {"type": "number", "format": "double"}
     if field_type == FieldDescriptor.TYPE_FLOAT:
@@ -161,5 +248,5 @@ def scalar_schema(field_type: int) -> Schema:
     if field_type == FieldDescriptor.TYPE_BOOL:
         return {"type": "boolean"}
     if field_type == FieldDescriptor.TYPE_BYTES:
-        return {"type": "string", "contentEncoding": "base64"}
+        return {"type": "string", "contentEncoding": "base64", "pattern": BASE64_PATTERN}
     return {"type": "string"}

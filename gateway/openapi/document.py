@@ -13,7 +13,7 @@ from google.protobuf.descriptor import Descriptor
 from google.rpc import status_pb2
 
 from gateway.descriptors import SCALAR_LIKE_MESSAGES, message_type, resolve_field_path
-from gateway.openapi_schema import Schema, SchemaBuilder
+from gateway.openapi.schema import Schema, SchemaBuilder
 from gateway.path_template import Variable
 from gateway.routes import Kind, Route
 from gateway.source_info import Comments
@@ -31,8 +31,11 @@ _WS_DOC = (
 )
 
 
-def build_openapi(routes: Sequence[Route], comments: Comments, *, title: str, version: str) -> dict[str, Any]:
-    schemas = SchemaBuilder(comments)
+def build_openapi(
+    routes: Sequence[Route], comments: Comments, *, title: str, version: str, strict: bool = True
+) -> dict[str, Any]:
+    """The document; `strict` (GatewayOptions.strict) makes message schemas refuse unknown fields."""
+    schemas = SchemaBuilder(comments, strict=strict)
     status_ref = schemas.message(status_pb2.Status.DESCRIPTOR)
     paths: dict[str, dict[str, Any]] = {}
     tags: dict[str, dict[str, str]] = {}
@@ -94,7 +97,15 @@ def _operation(
     if route.kind is Kind.WEBSOCKET:
         operation["summary"] = f"WebSocket: {operation['summary']}"
         operation["description"] += "\n\n" + _WS_DOC
-        operation["responses"] = {"101": {"description": "Switching Protocols"}, "default": error}
+        operation["responses"] = {
+            "101": {"description": "Switching Protocols: the WebSocket is open."},
+            "426": {
+                "description": "Upgrade Required: a plain GET, without `Upgrade: websocket`.",
+                "headers": {"Upgrade": {"schema": {"type": "string", "const": "websocket"}}},
+                "content": {"application/json": {"schema": status_ref}},
+            },
+            "default": error,
+        }
         operation["x-websocket"] = {
             "request": schemas.message(rpc.method.input_type),
             "response": _frame_schema(schemas.message(rpc.method.output_type), status_ref),
@@ -102,16 +113,15 @@ def _operation(
         return operation
 
     if route.body:
-        body_schema = (
-            schemas.message(rpc.method.input_type)
-            if route.body == "*"
-            else schemas.field(rpc.method.input_type.fields_by_name[route.body])
-        )
+        if route.body == "*":
+            body_schema = schemas.request_body(rpc.method.input_type, route.path_fields)
+            # An absent body is `{}`: it will do unless a field the path doesn't set is required.
+            body_required = bool(rpc.required_fields - route.path_fields)
+        else:
+            body_schema = schemas.field(rpc.method.input_type.fields_by_name[route.body])
+            body_required = True
         media = "application/x-ndjson" if rpc.shape.streams_requests else "application/json"
-        operation["requestBody"] = {
-            "required": route.body != "*",
-            "content": {media: {"schema": body_schema}},
-        }
+        operation["requestBody"] = {"required": body_required, "content": {media: {"schema": body_schema}}}
 
     result = (
         schemas.field(rpc.method.output_type.fields_by_name[route.response_body])
@@ -145,7 +155,7 @@ def _frame_schema(result: Schema, status_ref: Schema) -> Schema:
 
 def _path_parameter(route: Route, var: Variable, schemas: SchemaBuilder) -> dict[str, Any]:
     fields = resolve_field_path(route.rpc.method.input_type, var.field_path, context="openapi")
-    schema = schemas.field(fields[-1])
+    schema = schemas.constrained_field(fields[-1])
     if var.multi_segment:
         schema = {"type": "string", "pattern": f"^{var.regex()}$"}
     parameter: dict[str, Any] = {"name": var.name, "in": "path", "required": True, "schema": schema}
@@ -172,7 +182,7 @@ def _query_parameters(
                         sub, schemas, skip=skip, prefix=f"{name}.", depth=depth + 1
                     )
                 continue
-        parameter: dict[str, Any] = {"name": name, "in": "query", "schema": schemas.field(field)}
+        parameter: dict[str, Any] = {"name": name, "in": "query", "schema": schemas.constrained_field(field)}
         if field.is_repeated:
             parameter["explode"] = True
         if comment := schemas.comments.get(field.full_name):

@@ -1,0 +1,111 @@
+"""schemathesis against the live gateway's /openapi.json: every check, every phase, a fixed seed.
+
+The real server (`python -m server`, gateway in-process, scripted models) runs as a subprocess on
+free loopback ports; the schemathesis CLI runs against it with `--checks all`, the examples,
+coverage, fuzzing and stateful phases, seed SEED and MAX_EXAMPLES examples per operation
+(about 3,000 requests over the CompletionService and ModelService operations, ~20 s on 2 cores).
+The run must end with 0 failures and must have tested every operation it selected.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import urllib.request
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from tests.fuzz.live_server import live_server
+
+SEED = 20250323
+MAX_EXAMPLES = 200
+
+# [Collaboration]: ConversationService and ReasoningService answer UNIMPLEMENTED (501, which the
+# not_a_server_error check rightly counts as a failure) until that issue lands. Empty this tuple
+# then: every operation of the document is fuzzed.
+NOT_YET_IMPLEMENTED_TAGS: tuple[str, ...] = ("ConversationService", "ReasoningService")
+
+# What schemathesis can't learn from the document, each with its reason.
+SCHEMATHESIS_CONFIG = """
+# A page_token is opaque: only a next_page_token the server issued is valid (AIP-158); any other
+# value is a 400, however well-formed. Listing operations get the first page.
+[parameters]
+"query.page_token" = ""
+
+# WebSocket operations are documented as GET operations (OpenAPI has no WebSocket); a plain HTTP
+# client such as schemathesis gets their documented 426 Upgrade Required, before the URL is read.
+# The WebSocket surface itself is tested in tests/gateway/test_gateway_websocket.py.
+[[operations]]
+include-path-regex = "^/api/v1/ws/"
+checks.positive_data_acceptance.expected-statuses = [
+    "2xx", "3xx", "401", "403", "404", "409", "426", "429", "5xx",
+]
+checks.negative_data_rejection.expected-statuses = [
+    "400", "401", "403", "404", "405", "406", "409", "415", "422", "426", "428", "429", "5xx",
+]
+"""
+
+
+def schemathesis_cli() -> str:
+    beside = Path(sys.executable).with_name("schemathesis")
+    found = str(beside) if beside.is_file() else shutil.which("schemathesis")
+    assert found, "the schemathesis CLI is not installed (pip install -e '.[dev]')"
+    return found
+
+
+def selected_operations(base_url: str) -> set[str]:
+    with urllib.request.urlopen(f"{base_url}/openapi.json", timeout=10) as resp:
+        doc = json.load(resp)
+    return {
+        f"{method.upper()} {path}"
+        for path, item in doc["paths"].items()
+        for method, operation in item.items()
+        if not set(operation["tags"]) & set(NOT_YET_IMPLEMENTED_TAGS)
+    }
+
+
+@pytest.mark.timeout(300)
+def test_schemathesis_finds_nothing(tmp_path: Path) -> None:
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(SCHEMATHESIS_CONFIG)
+    junit = tmp_path / "junit.xml"
+    with live_server(tmp_path) as base_url:
+        expected = selected_operations(base_url)
+        command = [
+            schemathesis_cli(),
+            "--config-file",
+            str(config),
+            "run",
+            f"{base_url}/openapi.json",
+            "--checks",
+            "all",
+            "--phases",
+            "examples,coverage,fuzzing,stateful",
+            "--seed",
+            str(SEED),
+            "--max-examples",
+            str(MAX_EXAMPLES),
+            "--generation-database",
+            "none",
+            "--request-timeout",
+            "10",
+            "--no-color",
+            "--output-sanitize",
+            "false",
+            "--report",
+            "junit",
+            "--report-junit-path",
+            str(junit),
+            *(arg for tag in NOT_YET_IMPLEMENTED_TAGS for arg in ("--exclude-tag", tag)),
+        ]
+        run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    output = f"{run.stdout}\n{run.stderr}"
+    assert run.returncode == 0, output
+    suite = ET.parse(junit).getroot()
+    assert (suite.get("failures"), suite.get("errors")) == ("0", "0"), output
+    cases = [case for case in suite.iter("testcase") if case.find("skipped") is None]
+    assert {case.get("name") for case in cases} == expected | {"Stateful tests"}, output
