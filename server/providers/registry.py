@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from server.config import Config, ModelConfig
 from common.errors import NotFound
+from server.config import Config, ModelConfig
 from server.providers.base import Provider
 from server.providers.scripted import ScriptedProvider
 

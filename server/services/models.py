@@ -5,8 +5,8 @@ from __future__ import annotations
 import grpc
 
 from aibattle.v1 import models_pb2, models_pb2_grpc
-from server.config import ModelConfig
 from common.errors import InvalidArgument
+from server.config import ModelConfig
 from server.pagination import paginate
 from server.providers.registry import ModelRegistry
 

@@ -149,3 +149,21 @@ async def test_client_deadline_stops_generation(local_server: AIBattleServer) ->
             await asyncio.sleep(0.01)
     assert not local.generating
     assert time.perf_counter() - started < 1.5
+
+
+async def test_text_attachment_reaches_the_prompt(stub: completions_pb2_grpc.CompletionServiceStub) -> None:
+    question = "What is the secret word in the attachment? Reply with the word only."
+    secret = common_pb2.FileData(
+        type="text", mime_type="text/plain", content=b"The secret word is PINEAPPLE."
+    )
+    bare = await stub.CreateCompletion(
+        completions_pb2.CreateCompletionRequest(model=MODEL, prompt=question, max_tokens=12, temperature=0.0)
+    )
+    attached = await stub.CreateCompletion(
+        completions_pb2.CreateCompletionRequest(
+            model=MODEL, prompt=question, file_data=secret, max_tokens=12, temperature=0.0
+        )
+    )
+    assert attached.usage.prompt_tokens > bare.usage.prompt_tokens + 5
+    assert "PINEAPPLE" in attached.content
+    assert "PINEAPPLE" not in bare.content
