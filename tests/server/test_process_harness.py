@@ -32,7 +32,9 @@ def test_a_process_that_exits_early_fails_with_its_output() -> None:
 
 
 def test_the_matching_line_is_returned() -> None:
-    script = "print('warming up'); print('serving gRPC on 127.0.0.1:1234, ok', flush=True); input()"
+    # It must outlive the test: the harness returns the line while the process keeps running.
+    script = "import time; print('warming up'); print('serving gRPC on 127.0.0.1:1234, ok', flush=True)"
+    script += "; time.sleep(600)"
     with started([sys.executable, "-c", script]) as (proc, output):
         match = wait_for_line(proc, output, re.compile(r"serving gRPC on (\S+?),"), deadline=30.0)
         assert match.group(1) == "127.0.0.1:1234"
