@@ -1,5 +1,6 @@
-"""Benchmark: the embedded local model through gRPC: time to first token, token rate, and the
-latency of a unary call made while a stream generates (the event loop must stay free).
+"""Benchmark: the embedded local model through gRPC: time to first token, token rate, the
+latency of unary calls made while a stream generates (the event loop must stay free), and how
+long generation runs on after the client cancels (a cancelled request must stop paying).
 
 Prints figures; asserts nothing. Loopback only, bounded counts.
 
@@ -18,8 +19,10 @@ import grpc
 from aibattle.v1 import completions_pb2, completions_pb2_grpc, models_pb2, models_pb2_grpc
 from server.app import AIBattleServer
 from server.config import Config
+from server.providers.local import LocalProvider
 
 MODEL = "smollm2-135m"
+ENDLESS = "Write a very long essay."  # greedy decoding runs to max_tokens
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -27,14 +30,46 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+async def list_models_while_generating(
+    models: models_pb2_grpc.ModelServiceStub, local: LocalProvider, samples: list[float]
+) -> None:
+    """Call ListModels every 10 ms for as long as the worker thread generates (back to back
+    calls would measure how fast we can starve the worker of the GIL instead)."""
+    while local.generating:
+        probe = time.perf_counter()
+        await models.ListModels(models_pb2.ListModelsRequest())
+        samples.append(time.perf_counter() - probe)
+        await asyncio.sleep(0.01)
+
+
+async def cancel_to_stop(
+    completions: completions_pb2_grpc.CompletionServiceStub, local: LocalProvider, run: int
+) -> float:
+    """Seconds from cancelling a stream to the worker thread going idle."""
+    stream = completions.StreamCompletion(
+        completions_pb2.StreamCompletionRequest(
+            model=MODEL, prompt=f"{ENDLESS} ({run})", max_tokens=1500, temperature=0.0
+        )
+    )
+    for _ in range(3):
+        await stream.read()
+    stream.cancel()
+    cancelled = time.perf_counter()
+    while local.generating:  # noqa: ASYNC110 - the flag belongs to a worker thread
+        await asyncio.sleep(0.001)
+    return time.perf_counter() - cancelled
+
+
 async def main(runs: int, max_tokens: int) -> None:
     server = AIBattleServer(Config.from_dict({"server": {"grpc_addr": "127.0.0.1:0", "http_addr": ""}}))
     await server.start()
+    local = server.registry.providers["local"]
+    assert isinstance(local, LocalProvider)
     try:
         async with grpc.aio.insecure_channel(server.grpc_target) as channel:
             completions = completions_pb2_grpc.CompletionServiceStub(channel)
             models = models_pb2_grpc.ModelServiceStub(channel)
-            ttft, rates, side_latency = [], [], []
+            ttft, rates, side_latency, stops = [], [], [], []
             for run in range(runs):
                 request = completions_pb2.StreamCompletionRequest(
                     model=MODEL, prompt=f"Tell story number {run} about a lighthouse.", max_tokens=max_tokens
@@ -42,19 +77,23 @@ async def main(runs: int, max_tokens: int) -> None:
                 started = time.perf_counter()
                 first = None
                 final = None
+                prober = None
                 async for chunk in completions.StreamCompletion(request):
                     now = time.perf_counter()
                     if first is None:
                         first = now
-                        probe = time.perf_counter()
-                        await models.ListModels(models_pb2.ListModelsRequest())
-                        side_latency.append(time.perf_counter() - probe)
+                        probing = list_models_while_generating(models, local, side_latency)
+                        prober = asyncio.create_task(probing)
                     if chunk.is_final:
                         final = chunk
+                if prober is not None:
+                    await prober
                 assert first is not None and final is not None
                 ttft.append(first - started)
                 tokens = final.usage.completion_tokens
                 rates.append(tokens / (time.perf_counter() - first) if tokens > 1 else 0.0)
+            for run in range(runs):
+                stops.append(await cancel_to_stop(completions, local, run))
     finally:
         await server.stop(grace=1)
 
@@ -62,9 +101,14 @@ async def main(runs: int, max_tokens: int) -> None:
     p50_ttft, max_ttft = statistics.median(ttft) * 1000, max(ttft) * 1000
     print(f"  time to first token   p50 {p50_ttft:7.1f} ms   max {max_ttft:7.1f} ms")
     print(f"  generation rate       p50 {statistics.median(rates):7.1f} tok/s min {min(rates):7.1f} tok/s")
+    if side_latency:
+        print(
+            f"  ListModels mid-stream p50 {statistics.median(side_latency) * 1000:7.2f} ms   "
+            f"p99 {percentile(side_latency, 0.99) * 1000:7.2f} ms   ({len(side_latency)} calls)"
+        )
     print(
-        f"  ListModels mid-stream p50 {statistics.median(side_latency) * 1000:7.2f} ms   "
-        f"p99 {percentile(side_latency, 0.99) * 1000:7.2f} ms"
+        f"  cancel → worker idle  p50 {statistics.median(stops) * 1000:7.1f} ms   "
+        f"max {max(stops) * 1000:7.1f} ms   ({len(stops)} cancels)"
     )
 
 

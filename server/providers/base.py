@@ -8,6 +8,7 @@ early (the client went away, a deadline passed) must stop the model's work.
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Protocol
@@ -38,7 +39,9 @@ class Attachment:
 class ChatMessage:
     role: Role
     content: str
+    """The text, with text attachments already inlined (see `server.providers.attachments`)."""
     attachments: tuple[Attachment, ...] = ()
+    """Non-text attachments (image, audio, video, binary documents), for providers that take them."""
 
 
 @dataclass(frozen=True)
@@ -51,8 +54,16 @@ class ChatRequest:
     top_p: float | None = None
     stop: tuple[str, ...] = ()
     seed: int | None = None
-    timeout: float | None = None
-    """Seconds left before the client's deadline, if it set one."""
+    deadline: float | None = None
+    """When the client stops waiting, as a `time.monotonic()` instant; None for no deadline.
+
+    Providers stop at it, both while waiting for capacity and while generating, and raise
+    `common.errors.DeadlineExceeded`. HTTP providers use `time_left()` as their request timeout.
+    """
+
+    def time_left(self) -> float | None:
+        """Seconds until the deadline (negative once it passed), or None without one."""
+        return None if self.deadline is None else self.deadline - time.monotonic()
 
 
 @dataclass(frozen=True)

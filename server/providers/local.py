@@ -2,10 +2,13 @@
 
 llama.cpp is synchronous and one context serves one sequence at a time, so generation
 runs on a dedicated worker thread and requests take turns in arrival order (an
-asyncio.Lock wakes waiters first-in, first-out). Each token crosses to the event loop
-as soon as it is sampled; a threading.Event checked before every token stops
-generation when the caller goes away, so an abandoned request burns at most one more
-token of CPU.
+asyncio.Lock wakes waiters first-in, first-out). A turn lasts while the worker generates,
+not while the caller reads: each token crosses to the event loop as soon as it is sampled
+into that request's own queue, and the turn passes on when the worker is done, so a slow
+reader never idles the model for everyone else. A threading.Event checked before every
+token stops generation when the caller goes away, so an abandoned request burns at most
+one more token of CPU; the request's deadline is checked at the same point, and bounds the
+wait for a turn as well.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import importlib.util
 import logging
 import os
 import threading
+import time
 from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,7 +29,7 @@ from typing import Any
 import grpc
 
 from common.enums import FinishReason
-from common.errors import ApiError, ProviderError
+from common.errors import ApiError, DeadlineExceeded, ProviderError
 from server.config import LocalProviderConfig, ModelConfig
 from server.providers.base import ChatRequest, Delta, Finish, StreamItem, Usage
 from server.providers.text import StopMatcher
@@ -106,6 +110,7 @@ class LocalProvider:
     async def stream(self, model: ModelConfig, request: ChatRequest) -> AsyncGenerator[StreamItem, None]:
         if self._model is None:
             raise ProviderError(model.id, "the local model is not loaded")
+        _refuse_attachments(model, request)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[StreamItem | BaseException] = asyncio.Queue()
         cancelled = threading.Event()
@@ -113,21 +118,38 @@ class LocalProvider:
         def emit(item: StreamItem | BaseException) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, item)
 
-        async with self._turn:
+        await self._take_turn(model, request)
+        try:
             work = loop.run_in_executor(self._executor, self._generate, request, cancelled, emit)
-            try:
-                while True:
-                    item = await queue.get()
-                    if isinstance(item, BaseException):
-                        raise item
-                    yield item
-                    if isinstance(item, Finish):
-                        break
-                await work
-            finally:
-                # Reached on normal end, on error and when the consumer closes us (cancellation):
-                # the worker sees the flag before its next token.
-                cancelled.set()
+        except BaseException:
+            self._turn.release()
+            raise
+        # The turn ends with generation, whoever reads (or stops reading) this stream.
+        work.add_done_callback(lambda _: self._turn.release())
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if isinstance(item, Finish):
+                    break
+            await work
+        finally:
+            # Reached on normal end, on error and when the consumer closes us (cancellation):
+            # the worker sees the flag before its next token.
+            cancelled.set()
+
+    async def _take_turn(self, model: ModelConfig, request: ChatRequest) -> None:
+        left = request.time_left()
+        try:
+            async with asyncio.timeout(None if left is None else max(left, 0)):
+                await self._turn.acquire()
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"the deadline passed while waiting for a turn on the local model {model.id!r}"
+                " (it serves one request at a time)"
+            ) from None
 
     def _generate(
         self,
@@ -159,8 +181,19 @@ class LocalProvider:
             self._generating.set()
             for token in llm.generate(tokens, temp=temperature, top_p=top_p, reset=True):
                 if cancelled.is_set():
-                    log.info("local generation cancelled", extra={"completion_tokens": len(generated)})
+                    log.info(
+                        "local generation stopped",
+                        extra={"why": "cancelled", "completion_tokens": len(generated)},
+                    )
                     return
+                if request.deadline is not None and time.monotonic() >= request.deadline:
+                    log.info(
+                        "local generation stopped",
+                        extra={"why": "deadline", "completion_tokens": len(generated)},
+                    )
+                    raise DeadlineExceeded(
+                        f"the deadline passed while the local model was generating ({len(generated)} tokens)"
+                    )
                 if token in self._model.end_tokens:
                     reason = FinishReason.STOP
                     break
@@ -182,3 +215,19 @@ class LocalProvider:
             emit(exc)
         finally:
             self._generating.clear()
+
+
+def _refuse_attachments(model: ModelConfig, request: ChatRequest) -> None:
+    """SmolLM2 reads text only; text attachments arrive inlined, so anything left would be dropped.
+
+    The completion service checks capabilities first; this is the provider's own guarantee.
+    """
+    for message in request.messages:
+        for attachment in message.attachments:
+            raise ApiError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "CAPABILITY_MISSING",
+                f"model {model.id!r} (local) reads text only and cannot take a {attachment.type!r}"
+                f" attachment ({attachment.mime_type or 'no mime type'})",
+                metadata={"model": model.id, "attachment_type": attachment.type},
+            )

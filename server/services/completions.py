@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -13,6 +14,7 @@ from google.protobuf import timestamp_pb2
 from aibattle.v1 import common_pb2, completions_pb2, completions_pb2_grpc
 from common.errors import InvalidArgument
 from server.config import ModelConfig
+from server.providers.attachments import chat_message, is_text
 from server.providers.base import (
     Attachment,
     ChatMessage,
@@ -28,7 +30,7 @@ from server.providers.registry import ModelRegistry
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_LENGTH = 64
 ROLES = {"system": Role.SYSTEM, "user": Role.USER, "human": Role.USER, "assistant": Role.ASSISTANT}
-# FileData.type → the model capability it needs.
+# FileData.type → the model capability it needs (text attachments need "text": see attachments.is_text).
 ATTACHMENT_CAPABILITIES = {"image": "image", "audio": "audio", "video": "video", "document": "document"}
 
 
@@ -36,9 +38,12 @@ ATTACHMENT_CAPABILITIES = {"image": "image", "audio": "audio", "video": "video",
 CompletionRequest = completions_pb2.CreateCompletionRequest | completions_pb2.StreamCompletionRequest
 
 
-def _attachment(data: common_pb2.FileData, field: str, model: ModelConfig) -> Attachment:
-    needed = ATTACHMENT_CAPABILITIES.get(data.type, "text" if data.type == "text" else None)
-    if needed is None:
+def _attachment(data: common_pb2.FileData, field: str, model: ModelConfig) -> tuple[str, Attachment]:
+    if is_text(data.type, data.mime_type):
+        needed = "text"
+    elif data.type in ATTACHMENT_CAPABILITIES:
+        needed = ATTACHMENT_CAPABILITIES[data.type]
+    else:
         raise InvalidArgument(
             f"{field}.type", f"{data.type!r} is not one of image, audio, video, document, text"
         )
@@ -48,7 +53,7 @@ def _attachment(data: common_pb2.FileData, field: str, model: ModelConfig) -> At
             f"model {model.id!r} lacks the {needed!r} capability this attachment needs",
             reason="CAPABILITY_MISSING",
         )
-    return Attachment(type=data.type, mime_type=data.mime_type, content=data.content, path=data.path)
+    return field, Attachment(type=data.type, mime_type=data.mime_type, content=data.content, path=data.path)
 
 
 def chat_request(
@@ -64,11 +69,13 @@ def chat_request(
         role = ROLES.get(message.role)
         if role is None:
             raise InvalidArgument(f"messages[{i}].role", f"{message.role!r} is not one of {', '.join(ROLES)}")
-        files = tuple(_attachment(f, f"messages[{i}].file_data", model) for f in message.file_data)
-        messages.append(ChatMessage(role, message.content, files))
+        files = [
+            _attachment(f, f"messages[{i}].file_data[{j}]", model) for j, f in enumerate(message.file_data)
+        ]
+        messages.append(chat_message(role, message.content, files))
     if request.prompt or request.HasField("file_data"):
-        files = (_attachment(request.file_data, "file_data", model),) if request.HasField("file_data") else ()
-        messages.append(ChatMessage(Role.USER, request.prompt, files))
+        files = [_attachment(request.file_data, "file_data", model)] if request.HasField("file_data") else []
+        messages.append(chat_message(Role.USER, request.prompt, files))
 
     max_tokens = model.default_max_tokens
     if request.HasField("max_tokens"):
@@ -89,6 +96,8 @@ def chat_request(
     for i, stop in enumerate(request.stop):
         if not stop or len(stop) > MAX_STOP_LENGTH:
             raise InvalidArgument(f"stop[{i}]", f"must be 1 to {MAX_STOP_LENGTH} characters")
+    # A monotonic instant, not seconds: it stays true however long the request waits before a
+    # provider reads it.
     remaining = context.time_remaining()
     return ChatRequest(
         messages=tuple(messages),
@@ -97,7 +106,7 @@ def chat_request(
         top_p=top_p,
         stop=tuple(request.stop),
         seed=request.seed & 0xFFFFFFFF if request.HasField("seed") else None,
-        timeout=remaining if remaining is not None else None,
+        deadline=time.monotonic() + remaining if remaining is not None else None,
     )
 
 

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import os
+import queue
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple
+from typing import IO, NamedTuple
 
 ROOT = Path(__file__).resolve().parents[2]
 BANNER = re.compile(r"serving gRPC on (\S+?)[,;]")
 HTTP_BANNER = re.compile(r"HTTP on (http://\S+?);")
+STARTUP_DEADLINE = 60.0
+"""Seconds the server may take to print its banner (loading the local model included)."""
 
 
 class Running(NamedTuple):
@@ -24,10 +28,92 @@ class Running(NamedTuple):
     """'' when the gateway is off (the default here: AIBATTLE_HTTP_ADDR='')."""
 
 
+class Output:
+    """What a child process writes, read by daemon threads: a silent child cannot block the
+    test, and a chatty one cannot fill a pipe and stall."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self._stderr: list[str] = []
+        self._readers = [
+            threading.Thread(target=self._forward, args=(proc.stdout,), daemon=True),
+            threading.Thread(target=self._collect, args=(proc.stderr,), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def _forward(self, stream: IO[str] | None) -> None:
+        for line in stream or ():
+            self.lines.put(line)
+        self.lines.put(None)  # end of stdout
+
+    def _collect(self, stream: IO[str] | None) -> None:
+        for line in stream or ():
+            self._stderr.append(line)
+
+    def join(self) -> None:
+        """Wait for the pipes to close (the process is dead), so they can be closed safely."""
+        for reader in self._readers:
+            reader.join(timeout=10)
+
+    def stderr(self) -> str:
+        return "".join(self._stderr)
+
+
 @contextmanager
-def server_process(config_toml: str, tmp_path: Path, **env: str) -> Iterator[Running]:
+def started(
+    argv: list[str], env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[str], Output]]:
+    """A child process with its output read in the background; killed and reaped on exit."""
+    proc = subprocess.Popen(
+        argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    output = Output(proc)
+    try:
+        yield proc, output
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+        output.join()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def wait_for_line(
+    proc: subprocess.Popen[str], output: Output, pattern: re.Pattern[str], deadline: float
+) -> re.Match[str]:
+    """The first stdout line matching pattern within `deadline` seconds; otherwise kill the
+    process and fail with everything it printed."""
+    seen: list[str] = []
+    until = time.monotonic() + deadline
+    while (left := until - time.monotonic()) > 0:
+        try:
+            line = output.lines.get(timeout=left)
+        except queue.Empty:
+            break
+        if line is None:  # stdout closed: the process is exiting
+            break
+        seen.append(line)
+        if match := pattern.search(line):
+            return match
+    proc.kill()
+    proc.wait(timeout=10)
+    output.join()
+    raise AssertionError(
+        f"no line matching {pattern.pattern!r} within {deadline} s (exit code {proc.returncode})\n"
+        f"stdout: {''.join(seen)!r}\nstderr: {output.stderr()!r}"
+    )
+
+
+@contextmanager
+def server_process(
+    config_toml: str, tmp_path: Path, *, startup_deadline: float = STARTUP_DEADLINE, **env: str
+) -> Iterator[Running]:
     """Start the server with this config (gRPC on a free port; no HTTP unless env sets
-    AIBATTLE_HTTP_ADDR); yield it; kill it on exit if still running."""
+    AIBATTLE_HTTP_ADDR); yield it once it prints its banner, or fail after `startup_deadline`
+    seconds with its output; kill it on exit if still running."""
     config = tmp_path / "aibattle.toml"
     config.write_text(config_toml)
     environment = {
@@ -38,30 +124,7 @@ def server_process(config_toml: str, tmp_path: Path, **env: str) -> Iterator[Run
         "AIBATTLE_DB": str(tmp_path / "aibattle.db"),
         **env,
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "server"],
-        cwd=ROOT,
-        env=environment,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        match = BANNER.search(line)
-        if match is None or time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(
-                f"server did not start: {line!r}\n{proc.stderr.read() if proc.stderr else ''}"
-            )
-        http = HTTP_BANNER.search(line)
-        yield Running(proc, match.group(1), http.group(1) if http else "")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
+    with started([sys.executable, "-m", "server"], environment) as (proc, output):
+        banner = wait_for_line(proc, output, BANNER, startup_deadline)
+        http = HTTP_BANNER.search(banner.string)
+        yield Running(proc, banner.group(1), http.group(1) if http else "")

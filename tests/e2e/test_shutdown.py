@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from pathlib import Path
 
 import grpc
@@ -31,7 +30,8 @@ def config(grace: float, words: int) -> str:
 
 
 async def test_sigterm_cancels_a_long_stream_after_the_grace_period(tmp_path: Path) -> None:
-    with server_process(config(grace=1.0, words=300), tmp_path) as (proc, target, _):
+    # 300 words at 100 ms need 30 s; the 2 s grace lets some through, then cuts the rest.
+    with server_process(config(grace=2.0, words=300), tmp_path) as (proc, target, _):
         async with grpc.aio.insecure_channel(target) as channel:
             watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
             assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
@@ -40,19 +40,17 @@ async def test_sigterm_cancels_a_long_stream_after_the_grace_period(tmp_path: Pa
             )
             await stream.read()
             proc.send_signal(signal.SIGTERM)
-            signalled = time.monotonic()
             assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
-            received = 1
+            after_signal = 0
             try:
                 while (chunk := await stream.read()) is not grpc.aio.EOF:
                     assert not chunk.is_final
-                    received += 1
+                    after_signal += 1
             except grpc.aio.AioRpcError as exc:
                 assert exc.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
-            ended = time.monotonic() - signalled
-        assert 0.8 < ended < 5, ended  # it kept streaming through the grace period, then stopped
-        assert 5 <= received < 300
-        assert await asyncio.to_thread(proc.wait, 10) == 0
+        assert after_signal >= 3  # it kept streaming through the grace period...
+        assert after_signal < 299  # ...and was cut before the stream could finish
+        assert await asyncio.to_thread(proc.wait, 30) == 0
 
 
 async def test_sigterm_lets_a_short_stream_finish(tmp_path: Path) -> None:
@@ -71,7 +69,9 @@ async def test_sigterm_lets_a_short_stream_finish(tmp_path: Path) -> None:
 
 
 async def test_second_signal_exits_at_once(tmp_path: Path) -> None:
-    with server_process(config(grace=30.0, words=300), tmp_path) as (proc, target, _):
+    # The grace period (10 min) and the stream (5 min) both outlast the wait below: only the
+    # second signal can end the process in time.
+    with server_process(config(grace=600.0, words=3000), tmp_path) as (proc, target, _):
         async with grpc.aio.insecure_channel(target) as channel:
             stream = completions_pb2_grpc.CompletionServiceStub(channel).StreamCompletion(
                 completions_pb2.StreamCompletionRequest(model="slow", prompt="go")
@@ -79,8 +79,7 @@ async def test_second_signal_exits_at_once(tmp_path: Path) -> None:
             await stream.read()
             proc.send_signal(signal.SIGTERM)
             await asyncio.sleep(0.3)
-            started = time.monotonic()
+            assert proc.poll() is None  # the first signal drains; it does not exit
             proc.send_signal(signal.SIGTERM)
-            code = await asyncio.to_thread(proc.wait, 10)
-        assert time.monotonic() - started < 2
+            code = await asyncio.to_thread(proc.wait, 60)
         assert code == 1
