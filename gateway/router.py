@@ -54,14 +54,7 @@ class Router:
                 http_status=426,
                 headers={"Upgrade": "websocket"},
             )
-        allow = ", ".join(sorted({r.http_method for r, _ in matches}))
-        raise ApiError(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "METHOD_NOT_ALLOWED",
-            f"method {method} not allowed on {raw_path}; allowed: {allow}",
-            http_status=405,
-            headers={"Allow": allow},
-        )
+        raise method_not_allowed(method, raw_path, sorted({r.http_method for r, _ in matches}))
 
     def allowed_methods(self, raw_path: str) -> list[str]:
         """The methods of the resource this path names (for CORS preflight). WebSocket routes are GET."""
@@ -75,6 +68,18 @@ def _most_specific(matches: list[tuple[Route, dict[str, str]]]) -> list[tuple[Ro
         return matches
     best = min(r.template.specificity() for r, _ in matches)
     return [(r, p) for r, p in matches if r.template.specificity() == best]
+
+
+def method_not_allowed(method: str, raw_path: str, allowed: Sequence[str]) -> ApiError:
+    """The 405 for a path served with other methods (derived routes and the gateway's own endpoints)."""
+    allow = ", ".join(allowed)
+    return ApiError(
+        grpc.StatusCode.UNIMPLEMENTED,
+        "METHOD_NOT_ALLOWED",
+        f"method {method} not allowed on {raw_path}; allowed: {allow}",
+        http_status=405,
+        headers={"Allow": allow},
+    )
 
 
 def route_not_found(what: str) -> ApiError:

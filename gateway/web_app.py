@@ -12,18 +12,16 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-import grpc
 from aiohttp import WSCloseCode, web
 from aiohttp.typedefs import Handler
 
 from aibattle.v1 import completions_pb2
 from common.addresses import join_host_port
-from common.errors import ApiError
 from gateway import compat
 from gateway.descriptors import RouteError
 from gateway.options import GatewayOptions
 from gateway.path_template import parse_template
-from gateway.router import Match, Router
+from gateway.router import Match, Router, method_not_allowed
 from gateway.routes import Kind, Route, derive_routes
 from gateway.source_info import Comments
 from gateway.upstream import Upstream
@@ -101,16 +99,8 @@ def _add_fixed(app: web.Application, dialect: Dialect, routes: Sequence[tuple[st
 
 
 def _method_not_allowed(methods: tuple[str, ...]) -> Handler:
-    allow = ", ".join(methods)
-
     async def handler(request: web.Request) -> web.StreamResponse:
-        raise ApiError(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "METHOD_NOT_ALLOWED",
-            f"method {request.method} not allowed on {request.rel_url.raw_path}; allowed: {allow}",
-            http_status=405,
-            headers={"Allow": allow},
-        )
+        raise method_not_allowed(request.method, request.rel_url.raw_path, methods)
 
     return handler
 

@@ -35,7 +35,7 @@ def decode_token(token: str, filters: Sequence[object]) -> int:
     try:
         data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         offset, fingerprint = data["o"], data["f"]
-    except (binascii.Error, ValueError, KeyError, TypeError):
+    except (binascii.Error, ValueError, KeyError, TypeError, RecursionError):
         raise InvalidArgument("page_token", "not a token this server issued") from None
     if not isinstance(offset, int) or offset < 0:
         raise InvalidArgument("page_token", "not a token this server issued")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import grpc
 import pytest
 
@@ -45,6 +47,8 @@ async def test_pagination_walks_every_model_once(channel: grpc.aio.Channel) -> N
     ("request_fields", "field"),
     [
         ({"page_token": "garbage!"}, "page_token"),
+        # A crafted token of deeply nested JSON was an INTERNAL (RecursionError in the decoder).
+        ({"page_token": base64.urlsafe_b64encode(b"[" * 100_000).decode()}, "page_token"),
         ({"page_size": -1}, "page_size"),
     ],
 )
