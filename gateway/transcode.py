@@ -126,12 +126,15 @@ _JSON_TYPE_NAMES = {str: "a string", int: "a number", float: "a number", bool: "
 
 
 def _check_objects(descriptor: Descriptor, obj: dict[str, Any], *, where: str, path: str) -> None:
-    """Message fields must hold JSON objects: protobuf's parser would read a string as a key list."""
+    """What protobuf's parser would take wrongly rather than refuse: a string for a message field (read
+    as a key list), bytes that are not base64 (decoded to nothing), integer strings such as "+0_7"."""
     for key, value in obj.items():
         field = descriptor.fields_by_name.get(key) or next(
             (f for f in descriptor.fields if f.json_name == key), None
         )
         sub = message_type(field) if field is not None else None
+        if field is not None and sub is None and value is not None:
+            _check_scalars(field, value, where=where, name=f"{path}{field.name}")
         if field is None or sub is None or value is None or sub.full_name.startswith("google.protobuf."):
             continue
         if sub.GetOptions().map_entry or (field.is_repeated and not isinstance(value, list)):
@@ -146,6 +149,42 @@ def _check_objects(descriptor: Descriptor, obj: dict[str, Any], *, where: str, p
                     field=name,
                 )
             _check_objects(sub, element, where=where, path=f"{name}.")
+
+
+_BASE64 = re.compile(r"[A-Za-z0-9+/_-]*={0,2}")
+_DECIMAL = re.compile(r"-?[0-9]+")
+_INTEGER_TYPES = frozenset(
+    {
+        FieldDescriptor.TYPE_INT32,
+        FieldDescriptor.TYPE_INT64,
+        FieldDescriptor.TYPE_UINT32,
+        FieldDescriptor.TYPE_UINT64,
+        FieldDescriptor.TYPE_SINT32,
+        FieldDescriptor.TYPE_SINT64,
+        FieldDescriptor.TYPE_FIXED32,
+        FieldDescriptor.TYPE_FIXED64,
+        FieldDescriptor.TYPE_SFIXED32,
+        FieldDescriptor.TYPE_SFIXED64,
+    }
+)
+
+
+def _check_scalars(field: FieldDescriptor, value: Any, *, where: str, name: str) -> None:
+    values = value if field.is_repeated and isinstance(value, list) else [value]
+    for element in values:
+        if not isinstance(element, str):
+            continue  # protobuf's parser names wrong JSON kinds well
+        if field.type == FieldDescriptor.TYPE_BYTES and (
+            not _BASE64.fullmatch(element) or len(element.rstrip("=")) % 4 == 1
+        ):
+            problem = "must be base64 (standard or URL-safe alphabet)"
+        elif field.type in _INTEGER_TYPES and not _DECIMAL.fullmatch(element):
+            problem = "must be an integer (a JSON number, or a string of decimal digits)"
+        else:
+            continue
+        raise invalid_argument(
+            f"invalid {where}: field {name} {problem}", reason="INVALID_FIELD_VALUE", field=name
+        )
 
 
 def _set_param(

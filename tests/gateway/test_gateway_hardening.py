@@ -272,3 +272,35 @@ async def test_cors_preflight_covers_the_compat_endpoints(
     assert resp.status == 204
     assert resp.headers["Access-Control-Allow-Methods"] == "POST"
     assert resp.headers["Access-Control-Allow-Origin"] == "http://app.example"
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"file_data": {"type": "text", "mime_type": "text/plain", "content": "!!!!"}}, "file_data.content"),
+        ({"seed": "+0_7"}, "seed"),
+        ({"max_tokens": " 12"}, "max_tokens"),
+    ],
+)
+async def test_values_protobuf_would_misread_are_refused_not_dropped(
+    api: Any, fields: dict[str, Any], field: str
+) -> None:
+    """protobuf's JSON parser decodes invalid base64 to nothing and reads "+0_7" as 7."""
+    resp = await api.post("/api/v1/completions", json={"model": "scripted-echo", "prompt": "hi", **fields})
+    assert resp.status == 400
+    body = await resp.json()
+    assert field in body["message"]
+    violations = [d for d in body["details"] if d["@type"].endswith("BadRequest")]
+    assert violations[0]["field_violations"][0]["field"] == field
+
+
+async def test_valid_base64_and_integer_strings_still_pass(api: Any) -> None:
+    text = {"type": "text", "mime_type": "text/plain", "content": "aGVsbG8="}  # "hello"
+    for content in ("aGVsbG8=", "aGVsbG8", "aGV-bG8_"):
+        body = {
+            "model": "scripted-echo",
+            "prompt": "hi",
+            "seed": "7",
+            "file_data": {**text, "content": content},
+        }
+        assert (await api.post("/api/v1/completions", json=body)).status == 200
