@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fuzz.live_server import live_server
+from tests.e2e.process import server_process
 
 SEED = 20250323
 MAX_EXAMPLES = 200
@@ -28,6 +28,30 @@ MAX_EXAMPLES = 200
 # not_a_server_error check rightly counts as a failure) until that issue lands. Empty this tuple
 # then: every operation of the document is fuzzed.
 NOT_YET_IMPLEMENTED_TAGS: tuple[str, ...] = ("ConversationService", "ReasoningService")
+
+#: The server under test: scripted models (as tests/conftest.py's), deterministic, no real model needed.
+SERVER_CONFIG = """
+[server]
+shutdown_grace_seconds = 1
+
+[[models]]
+id = "scripted-echo"
+provider = "scripted"
+capabilities = ["text", "conversation"]
+script = ["Hello there, friend. This is a scripted reply."]
+
+[[models]]
+id = "scripted-fail"
+provider = "scripted"
+script = ["one two three four"]
+error_after_chunks = 2
+
+[[models]]
+id = "scripted-vision"
+provider = "scripted"
+capabilities = ["text", "image"]
+script = ["I see."]
+"""
 
 # What schemathesis can't learn from the document, each with its reason.
 SCHEMATHESIS_CONFIG = """
@@ -73,7 +97,8 @@ def test_schemathesis_finds_nothing(tmp_path: Path) -> None:
     config = tmp_path / "schemathesis.toml"
     config.write_text(SCHEMATHESIS_CONFIG)
     junit = tmp_path / "junit.xml"
-    with live_server(tmp_path) as base_url:
+    with server_process(SERVER_CONFIG, tmp_path, AIBATTLE_HTTP_ADDR="127.0.0.1:0") as server:
+        base_url = server.http_url
         expected = selected_operations(base_url)
         command = [
             schemathesis_cli(),
