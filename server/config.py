@@ -33,9 +33,15 @@ from gateway.options import GatewaySettings
 
 __all__ = ["Config", "ConfigError", "GatewaySettings", "LocalProviderConfig", "ModelConfig", "load_config"]
 
-Provider = Literal["local", "scripted"]
-# Providers this version implements; openai, ollama, anthropic and gemini come with their own issue.
+Provider = Literal["local", "scripted", "openai", "ollama", "anthropic", "gemini"]
 PROVIDERS: tuple[str, ...] = get_args(Provider)
+#: Providers reached over HTTP, and where each one's API lives unless configured otherwise.
+HTTP_PROVIDERS: dict[str, str] = {
+    "openai": "https://api.openai.com/v1",
+    "ollama": "http://127.0.0.1:11434",
+    "anthropic": "https://api.anthropic.com",
+    "gemini": "https://generativelanguage.googleapis.com",
+}
 # What the server acts on: attachments need image/audio/video/document (services/completions.py).
 Capability = Literal["text", "conversation", "image", "audio", "video", "document"]
 
@@ -85,10 +91,59 @@ class LocalProviderConfig(ConfigModel):
     """CPU threads for generation; 0 means all cores."""
 
 
+def _http_url(url: str) -> str:
+    if url and not url.startswith(("http://", "https://")):
+        raise config_error("url", f"{url!r} is not an http:// or https:// URL")
+    return url.rstrip("/")
+
+
+def _env_name(name: str) -> str:
+    if name and not name.replace("_", "A").isalnum():
+        raise config_error("env", f"{name!r} is not an environment variable name")
+    return name
+
+
+HttpUrl = Annotated[StrictStr, AfterValidator(_http_url)]
+EnvName = Annotated[StrictStr, AfterValidator(_env_name)]
+
+
+class UpstreamSettings(ConfigModel):
+    """How to reach and use an HTTP provider: a `[providers.<name>]` table's defaults, which a
+    `[[models]]` entry may override key by key."""
+
+    base_url: HttpUrl = ""
+    """The API's root, e.g. "http://127.0.0.1:8000/v1"; empty: the provider's public endpoint."""
+    api_key_env: EnvName = ""
+    """Name of the environment variable holding the API key (the key itself never goes in a file);
+    empty for keyless servers."""
+    retries: Annotated[int, Field(ge=0, le=10)] = 2
+    """Retries of a failed attempt before its first token (connection errors, 429, 5xx), with
+    exponential backoff and jitter; a 429's Retry-After is honoured."""
+    backoff_seconds: NonNegativeFloat = 0.5
+    """Base of the exponential backoff between retries."""
+    ttft_timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
+    """Longest wait for the first token (response headers included)."""
+    idle_timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
+    """Longest silence between two chunks of a streaming answer."""
+    cooldown_after_failures: PositiveInt = 3
+    """Consecutive failed attempts after which the upstream is skipped for cooldown_seconds."""
+    cooldown_seconds: NonNegativeFloat = 30.0
+    """How long an upstream in cooldown is skipped (its models fall back, or fail fast)."""
+
+
 class ProvidersConfig(ConfigModel):
     """The `[providers]` table: settings of each provider runtime (not of a model)."""
 
     local: LocalProviderConfig = LocalProviderConfig()
+    openai: UpstreamSettings = UpstreamSettings()
+    """Defaults for models with provider = "openai" (OpenAI, vLLM, llama.cpp server, LiteLLM, OpenRouter,
+    Ollama's /v1)."""
+    ollama: UpstreamSettings = UpstreamSettings()
+    """Defaults for models with provider = "ollama" (native /api/chat)."""
+    anthropic: UpstreamSettings = UpstreamSettings()
+    """Defaults for models with provider = "anthropic" (Messages API)."""
+    gemini: UpstreamSettings = UpstreamSettings()
+    """Defaults for models with provider = "gemini" (generateContent)."""
 
 
 class Pricing(ConfigModel):
@@ -101,6 +156,7 @@ class Pricing(ConfigModel):
 
 
 _SCRIPTED_ONLY = ("script", "chunk_delay_ms", "error_after_chunks")
+_HTTP_ONLY = ("base_url", "api_key_env")
 
 
 class ModelConfig(ConfigModel):
@@ -130,6 +186,14 @@ class ModelConfig(ConfigModel):
     """scripted only: pause between streamed words."""
     error_after_chunks: Annotated[int, Field(ge=-1)] = -1
     """scripted only: fail with UNAVAILABLE after this many chunks; -1 never."""
+    base_url: HttpUrl = ""
+    """HTTP providers: the API's root; empty: [providers.<provider>].base_url, else the public endpoint."""
+    api_key_env: EnvName = ""
+    """HTTP providers: the environment variable holding the key; empty: [providers.<provider>]'s."""
+    upstream: UpstreamSettings = UpstreamSettings()
+    """HTTP providers: retries, timeouts and cooldown of this model, e.g. `upstream = { retries = 5 }`.
+    In effect: the [providers.<provider>] table, overridden by what this entry sets here, then by its
+    base_url and api_key_env."""
 
     @property
     def pricing_input(self) -> float:
@@ -147,6 +211,9 @@ class ModelConfig(ConfigModel):
         if self.provider != "scripted":
             for key in sorted(self.model_fields_set & set(_SCRIPTED_ONLY)):
                 problems.append(((key,), "scripted", f"only for provider 'scripted', not {self.provider!r}"))
+        if self.provider not in HTTP_PROVIDERS:
+            for key in sorted(self.model_fields_set & {*_HTTP_ONLY, "upstream"}):
+                problems.append(((key,), "http", f"only for HTTP providers, not {self.provider!r}"))
         if self.default_max_tokens > self.context_length:
             message = (
                 f"default_max_tokens {self.default_max_tokens} exceeds context_length {self.context_length}"
@@ -179,6 +246,27 @@ class Config(ConfigModel):
     """Provider runtimes."""
     models: Annotated[tuple[ModelConfig, ...], LAX] = Field(default_factory=_default_models)
     """The served models; none given: the embedded smollm2-135m."""
+
+    @model_validator(mode="after")
+    def _upstreams(self) -> Self:
+        """Each HTTP model gets its provider's [providers.<name>] settings, its own keys winning."""
+        resolved = []
+        for model in self.models:
+            if model.provider not in HTTP_PROVIDERS:
+                resolved.append(model)
+                continue
+            defaults: UpstreamSettings = getattr(self.providers, model.provider)
+            own = {k: getattr(model.upstream, k) for k in model.upstream.model_fields_set}
+            merged = defaults.model_copy(update=own)
+            upstream = merged.model_copy(
+                update={
+                    "base_url": model.base_url or merged.base_url or HTTP_PROVIDERS[model.provider],
+                    "api_key_env": model.api_key_env or merged.api_key_env,
+                }
+            )
+            resolved.append(model.model_copy(update={"upstream": upstream}))
+        object.__setattr__(self, "models", tuple(resolved))
+        return self
 
     @property
     def local(self) -> LocalProviderConfig:

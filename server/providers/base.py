@@ -54,6 +54,9 @@ class ChatRequest:
     top_p: float | None = None
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    stream: bool = True
+    """Whether the caller relays tokens as they come; when False an HTTP provider may ask its
+    upstream for one whole answer (and still yields Delta(s), then Finish)."""
     deadline: float | None = None
     """When the client stops waiting, as a `time.monotonic()` instant; None for no deadline.
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 
 from common.errors import NotFound
 from server.config import Config, ModelConfig
 from server.providers.base import Provider
+from server.providers.http.base import HttpClient
+from server.providers.resilience import Circuits
 from server.providers.scripted import ScriptedProvider
 
 log = logging.getLogger(__name__)
@@ -21,9 +24,11 @@ class ModelRegistry:
 
     def __init__(self, config: Config) -> None:
         self._models = {m.id: m for m in sorted(config.models, key=lambda m: m.id)}
+        self._http = HttpClient()
         self._providers: dict[str, Provider] = {}
         for kind in sorted({m.provider for m in config.models}):
-            self._providers[kind] = _make_provider(kind, config)
+            self._providers[kind] = _make_provider(kind, config, self._http)
+        self.circuits = Circuits()
 
     @property
     def providers(self) -> dict[str, Provider]:
@@ -40,6 +45,10 @@ class ModelRegistry:
             raise NotFound("model", model_id)
         return model, self._providers[model.provider]
 
+    def chain(self, model: ModelConfig) -> list[tuple[ModelConfig, Provider]]:
+        """The model, then its fallbacks in order (configuration guarantees they exist)."""
+        return [self.get(model.id), *(self.get(f) for f in model.fallbacks)]
+
     async def start(self) -> None:
         for kind, provider in self._providers.items():
             try:
@@ -54,9 +63,19 @@ class ModelRegistry:
     async def close(self) -> None:
         for provider in self._providers.values():
             await provider.close()
+        await self._http.close()
 
 
-def _make_provider(kind: str, config: Config) -> Provider:
+#: HTTP adapters by provider name: module of server.providers.http, class.
+HTTP_ADAPTERS = {
+    "openai": ("openai", "OpenAIProvider"),
+    "ollama": ("ollama", "OllamaProvider"),
+    "anthropic": ("anthropic", "AnthropicProvider"),
+    "gemini": ("gemini", "GeminiProvider"),
+}
+
+
+def _make_provider(kind: str, config: Config, http: HttpClient) -> Provider:
     if kind == "scripted":
         return ScriptedProvider()
     if kind == "local":
@@ -64,4 +83,6 @@ def _make_provider(kind: str, config: Config) -> Provider:
         from server.providers.local import LocalProvider
 
         return LocalProvider(config.local)
-    raise ValueError(f"provider {kind!r} is not implemented")  # config validation rejects it first
+    module, cls = HTTP_ADAPTERS[kind]
+    adapter: Provider = getattr(importlib.import_module(f"server.providers.http.{module}"), cls)(http)
+    return adapter

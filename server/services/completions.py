@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
+from dataclasses import replace
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -21,11 +22,12 @@ from server.providers.base import (
     ChatRequest,
     Delta,
     Finish,
-    Provider,
     Role,
+    StreamItem,
     Usage,
 )
 from server.providers.registry import ModelRegistry
+from server.providers.resilience import Answering, resilient_stream
 
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_LENGTH = 64
@@ -124,30 +126,35 @@ class CompletionServicer(completions_pb2_grpc.CompletionServiceServicer):
     def __init__(self, registry: ModelRegistry) -> None:
         self._registry = registry
 
-    def _resolve(
-        self, request: CompletionRequest, context: grpc.aio.ServicerContext
-    ) -> tuple[ModelConfig, Provider, ChatRequest]:
+    def _answers(
+        self, request: CompletionRequest, context: grpc.aio.ServicerContext, *, stream: bool
+    ) -> AsyncGenerator[Answering | StreamItem, None]:
+        """The model's answer, or a fallback's when it fails before its first token (see resilience)."""
         if not request.model:
             raise InvalidArgument("model", "is required")
-        model, provider = self._registry.get(request.model)
-        return model, provider, chat_request(request, model, context)
+        model, _ = self._registry.get(request.model)
+        chat = replace(chat_request(request, model, context), stream=stream)
+        return resilient_stream(self._registry.chain(model), chat, self._registry.circuits)
 
     async def CreateCompletion(
         self, request: completions_pb2.CreateCompletionRequest, context: grpc.aio.ServicerContext
     ) -> completions_pb2.CreateCompletionResponse:
-        model, provider, chat = self._resolve(request, context)
         created = timestamp_pb2.Timestamp()
         created.GetCurrentTime()
         content: list[str] = []
         thinking: list[str] = []
         finish = Finish(Usage())
-        async with aclosing(provider.stream(model, chat)) as stream:
-            async for item in stream:
-                if isinstance(item, Delta):
+        model = None
+        async with aclosing(self._answers(request, context, stream=False)) as answers:
+            async for item in answers:
+                if isinstance(item, Answering):
+                    model = item.model
+                elif isinstance(item, Delta):
                     content.append(item.content)
                     thinking.append(item.thinking)
                 else:
                     finish = item
+        assert model is not None  # resilient_stream announces the model before any item
         return completions_pb2.CreateCompletionResponse(
             id=_completion_id(),
             model=model.id,
@@ -161,12 +168,16 @@ class CompletionServicer(completions_pb2_grpc.CompletionServiceServicer):
     async def StreamCompletion(
         self, request: completions_pb2.StreamCompletionRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[completions_pb2.StreamCompletionResponse]:
-        model, provider, chat = self._resolve(request, context)
         completion_id = _completion_id()
         index = 0
+        model = None
         # aclosing: a client that goes away closes the provider's stream now, which stops the model.
-        async with aclosing(provider.stream(model, chat)) as stream:
-            async for item in stream:
+        async with aclosing(self._answers(request, context, stream=True)) as answers:
+            async for item in answers:
+                if isinstance(item, Answering):
+                    model = item.model
+                    continue
+                assert model is not None
                 chunk = completions_pb2.StreamCompletionResponse(
                     id=completion_id, model=model.id, index=index
                 )

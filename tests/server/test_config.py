@@ -157,7 +157,8 @@ MODEL = "[[models]]\nid = 'm'\nprovider = 'scripted'\nscript = ['hi']\n"
         # Providers and what they need.
         (
             "[[models]]\nid = 'x'\nprovider = 'openai-ish'",
-            "models[0].provider: Input should be 'local' or 'scripted'",
+            "models[0].provider: Input should be 'local', 'scripted', 'openai', 'ollama', 'anthropic' or"
+            " 'gemini'",
         ),
         ("[[models]]\nid = 'x'\nprovider = 'scripted'", "models[0]: a scripted model needs a script"),
         (

@@ -1,0 +1,228 @@
+"""What every HTTP adapter shares: the pooled session, the request, status checks, timeouts and keys.
+
+An adapter subclasses `HttpProvider` and writes three things: `build()` (URL, headers, JSON body for
+a chat request), `parse_stream()` (its wire format's frames → `Delta`s and one `Finish`) and
+`parse_whole()` (a non-streaming answer → the same). Everything else is here, once:
+
+* one `aiohttp.ClientSession` per process with a bounded connection pool (keep-alive, per-host cap);
+* timeouts: the first token must come within `ttft_timeout_seconds`, then no gap between chunks may
+  exceed `idle_timeout_seconds`, and the caller's deadline bounds all of it (DEADLINE_EXCEEDED);
+* closing the stream early (the client went away) closes the upstream connection at once;
+* the key comes from the environment variable the model names and goes only into a header: never
+  into a log line, an error message or a URL that could be logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from common.errors import DeadlineExceeded
+from server.config import ModelConfig
+from server.providers.base import ChatRequest, Delta, StreamItem
+from server.providers.http.errors import (
+    UpstreamError,
+    from_status,
+    parse_retry_after,
+    protocol_error,
+    timed_out,
+    truncate,
+    unreachable,
+)
+from server.providers.http.wire import FrameError
+
+log = logging.getLogger(__name__)
+
+#: Connections kept open across requests; a burst beyond them waits for a free one.
+POOL_LIMIT = 256
+POOL_LIMIT_PER_HOST = 64
+_ERROR_BODY_LIMIT = 64 * 1024
+_READ_SIZE = 64 * 1024
+
+
+class HttpClient:
+    """The one client session every HTTP provider shares (connection pooling across models)."""
+
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(
+                limit=POOL_LIMIT, limit_per_host=POOL_LIMIT_PER_HOST, ttl_dns_cache=300
+            )
+            # Per-request timeouts are ours (first token, idle, deadline); only connecting is bounded here.
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+                raise_for_status=False,
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+@dataclass(frozen=True)
+class HttpRequest:
+    """What an adapter asks for: where, with which headers (the key among them), which JSON body."""
+
+    url: str
+    json: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class _Clock:
+    """Which bound applies to the next read: first token, idle gap, or the caller's deadline."""
+
+    def __init__(self, model: ModelConfig, request: ChatRequest) -> None:
+        self._settings = model.upstream
+        self._deadline = request.deadline
+        self._first_by = time.monotonic() + self._settings.ttft_timeout_seconds
+        self.first_token = False
+
+    def next_timeout(self) -> tuple[float, bool]:
+        """Seconds the next read may take, and whether the caller's deadline is what bounds it."""
+        now = time.monotonic()
+        ours = (self._first_by - now) if not self.first_token else self._settings.idle_timeout_seconds
+        if self._deadline is not None and self._deadline - now <= ours:
+            return max(0.0, self._deadline - now), True
+        return max(0.0, ours), False
+
+    def expired(self, model: ModelConfig, by_deadline: bool) -> Exception:
+        if by_deadline:
+            return DeadlineExceeded(f"the deadline passed while waiting for model {model.id!r}")
+        if not self.first_token:
+            what = f"no first token within {self._settings.ttft_timeout_seconds:g} s"
+        else:
+            what = f"the stream went silent for {self._settings.idle_timeout_seconds:g} s"
+        return timed_out(_provider_of(model), model.id, what)
+
+
+def _provider_of(model: ModelConfig) -> str:
+    return str(model.provider)
+
+
+class HttpProvider:
+    """Base of the HTTP adapters; see the module docstring."""
+
+    name = "http"
+
+    def __init__(self, client: HttpClient) -> None:
+        self._client = client
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None  # the registry closes the shared client
+
+    # --- what an adapter writes ---------------------------------------------------------------
+
+    def build(self, model: ModelConfig, request: ChatRequest, key: str | None) -> HttpRequest:
+        raise NotImplementedError
+
+    def parse_stream(self, model: ModelConfig, chunks: AsyncIterator[bytes]) -> AsyncIterator[StreamItem]:
+        raise NotImplementedError
+
+    def parse_whole(self, model: ModelConfig, body: Any) -> list[StreamItem]:
+        raise NotImplementedError
+
+    def error_message(self, body: bytes) -> str:
+        """The upstream's own words from an error body (adapters know where their APIs put them)."""
+        return body.decode("utf-8", "replace")
+
+    # --- shared -------------------------------------------------------------------------------
+
+    def api_key(self, model: ModelConfig) -> str | None:
+        """The key from the model's api_key_env (None for keyless servers)."""
+        name = model.upstream.api_key_env
+        if not name:
+            return None
+        key = os.environ.get(name)
+        if not key:
+            raise UpstreamError(
+                _provider_of(model),
+                model.id,
+                "UPSTREAM_KEY_MISSING",
+                f"environment variable {name} (api_key_env) is not set",
+            )
+        return key
+
+    async def stream(self, model: ModelConfig, request: ChatRequest) -> AsyncGenerator[StreamItem, None]:
+        provider = _provider_of(model)
+        spec = self.build(model, request, self.api_key(model))
+        clock = _Clock(model, request)
+        timeout, by_deadline = clock.next_timeout()
+        try:
+            response = await asyncio.wait_for(
+                self._client.session.post(spec.url, json=spec.json, headers=spec.headers), timeout
+            )
+        except TimeoutError:
+            raise clock.expired(model, by_deadline) from None
+        except aiohttp.ClientError as exc:
+            raise unreachable(provider, model.id, type(exc).__name__) from None
+        try:
+            if response.status >= 300:
+                body = await response.content.read(_ERROR_BODY_LIMIT)
+                raise from_status(
+                    provider,
+                    model.id,
+                    response.status,
+                    self.error_message(body),
+                    retry_after=parse_retry_after(response.headers.get("Retry-After")),
+                )
+            if not request.stream:
+                items = self.parse_whole(model, await self._whole_json(model, response, clock))
+                for item in items:
+                    yield item
+                return
+            async for item in self.parse_stream(model, self._chunks(model, response, clock)):
+                if isinstance(item, Delta) and (item.content or item.thinking):
+                    clock.first_token = True
+                yield item
+        except FrameError as exc:
+            raise protocol_error(provider, model.id, str(exc)) from None
+        except aiohttp.ClientPayloadError as exc:
+            raise UpstreamError(
+                provider, model.id, "UPSTREAM_UNREACHABLE", f"the answer was cut off ({truncate(str(exc))})"
+            ) from None
+        finally:
+            # Not release(): an abandoned stream must close its connection, so the upstream stops.
+            response.close()
+
+    async def _chunks(
+        self, model: ModelConfig, response: aiohttp.ClientResponse, clock: _Clock
+    ) -> AsyncIterator[bytes]:
+        while True:
+            timeout, by_deadline = clock.next_timeout()
+            try:
+                chunk = await asyncio.wait_for(response.content.readany(), timeout)
+            except TimeoutError:
+                raise clock.expired(model, by_deadline) from None
+            except aiohttp.ClientError as exc:
+                raise unreachable(_provider_of(model), model.id, type(exc).__name__) from None
+            if not chunk:
+                return
+            yield chunk
+
+    async def _whole_json(self, model: ModelConfig, response: aiohttp.ClientResponse, clock: _Clock) -> Any:
+        body = b"".join([chunk async for chunk in self._chunks(model, response, clock)])
+        try:
+            import json
+
+            return json.loads(body)
+        except ValueError:
+            raise protocol_error(
+                _provider_of(model), model.id, f"the answer is not JSON: {body[:200]!r}"
+            ) from None

@@ -1,0 +1,127 @@
+"""Upstream failures, classified once: what a client is told, and whether trying again may help.
+
+| upstream answer | gRPC code | reason | retried |
+|---|---|---|---|
+| connection refused / reset, DNS failure | UNAVAILABLE | UPSTREAM_UNREACHABLE | yes |
+| 429 | RESOURCE_EXHAUSTED (RetryInfo from Retry-After) | UPSTREAM_RATE_LIMITED | yes |
+| 500, 502, 503, 504, 529 | UNAVAILABLE | UPSTREAM_UNAVAILABLE | yes |
+| no first token, or a silent stream, past its timeout | UNAVAILABLE | UPSTREAM_TIMEOUT | before a token |
+| 400, 404 (bad model name), 413, 422 | FAILED_PRECONDITION | UPSTREAM_REJECTED | no |
+| 401, 403 | FAILED_PRECONDITION | UPSTREAM_AUTH_FAILED | no |
+| a frame that does not parse | UNAVAILABLE | UPSTREAM_PROTOCOL_ERROR | no |
+| an error event or object in the stream | UNAVAILABLE | UPSTREAM_ERROR | no |
+| the caller's deadline | DEADLINE_EXCEEDED | DEADLINE_EXCEEDED | no |
+
+A 4xx from the upstream is FAILED_PRECONDITION, not INVALID_ARGUMENT: our request was already
+validated, so the fault is the server's configuration (a wrong upstream_model, a bad key), not the
+client's. Messages name the provider and model, quote the upstream's own message (truncated), and
+never carry a key or a header.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from common.errors import ApiError
+
+_MESSAGE_LIMIT = 300
+RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504, 529})
+
+
+class UpstreamError(ApiError):
+    """A provider's upstream failed; `retryable` says whether another attempt may succeed."""
+
+    def __init__(
+        self,
+        provider: str,
+        model: str,
+        reason: str,
+        message: str,
+        *,
+        code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE,
+        retryable: bool = False,
+        retry_after: float | None = None,
+        http_status: int | None = None,
+    ) -> None:
+        metadata = {"provider": provider, "model": model}
+        if http_status is not None:
+            metadata["upstream_status"] = str(http_status)
+        super().__init__(
+            code,
+            reason,
+            f"model {model!r} ({provider}): {message}",
+            metadata=metadata,
+            retry_after=retry_after,
+        )
+        self.provider = provider
+        self.model = model
+        self.retryable = retryable
+        self.upstream_status = http_status
+
+
+def truncate(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _MESSAGE_LIMIT else text[: _MESSAGE_LIMIT - 1] + "…"
+
+
+def from_status(
+    provider: str, model: str, status: int, upstream_message: str, *, retry_after: float | None = None
+) -> UpstreamError:
+    """The error for a non-2xx answer (before any token)."""
+    said = f"upstream answered HTTP {status}" + (
+        f": {truncate(upstream_message)}" if upstream_message else ""
+    )
+    if status == 429:
+        return UpstreamError(
+            provider,
+            model,
+            "UPSTREAM_RATE_LIMITED",
+            said,
+            code=grpc.StatusCode.RESOURCE_EXHAUSTED,
+            retryable=True,
+            retry_after=retry_after,
+            http_status=status,
+        )
+    if status in RETRYABLE_STATUS or status >= 500:
+        return UpstreamError(
+            provider,
+            model,
+            "UPSTREAM_UNAVAILABLE",
+            said,
+            retryable=status in RETRYABLE_STATUS,
+            http_status=status,
+        )
+    reason = "UPSTREAM_AUTH_FAILED" if status in (401, 403) else "UPSTREAM_REJECTED"
+    return UpstreamError(
+        provider, model, reason, said, code=grpc.StatusCode.FAILED_PRECONDITION, http_status=status
+    )
+
+
+def unreachable(provider: str, model: str, what: str) -> UpstreamError:
+    return UpstreamError(
+        provider, model, "UPSTREAM_UNREACHABLE", f"upstream unreachable ({what})", retryable=True
+    )
+
+
+def timed_out(provider: str, model: str, what: str) -> UpstreamError:
+    return UpstreamError(provider, model, "UPSTREAM_TIMEOUT", what, retryable=True)
+
+
+def protocol_error(provider: str, model: str, what: str) -> UpstreamError:
+    return UpstreamError(provider, model, "UPSTREAM_PROTOCOL_ERROR", f"unreadable answer: {truncate(what)}")
+
+
+def stream_error(provider: str, model: str, upstream_message: str) -> UpstreamError:
+    """An error the upstream reported inside its stream (an error event or object)."""
+    return UpstreamError(provider, model, "UPSTREAM_ERROR", f"upstream error: {truncate(upstream_message)}")
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds (delta-seconds form; an HTTP date is ignored)."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if 0 <= seconds < 3600 else None

@@ -1,0 +1,131 @@
+"""Incremental parsers for the stream formats upstreams speak: Server-Sent Events and NDJSON.
+
+Both take bytes as they arrive (any chunking: a frame may be split anywhere, several may come at
+once) and return the complete frames so far; nothing waits for the end of the body. Lines end in
+LF, CRLF or CR (the SSE spec's three); a line longer than `max_line` is a protocol error rather than
+unbounded memory.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+MAX_LINE = 8 * 1024 * 1024
+
+
+class FrameError(ValueError):
+    """The stream is not in the format it claims."""
+
+
+class _Lines:
+    def __init__(self, max_line: int) -> None:
+        self._buffer = ""
+        self._max_line = max_line
+        self._pending_cr = False
+
+    def feed(self, data: str) -> list[str]:
+        if self._pending_cr and data.startswith("\n"):
+            data = data[1:]  # the LF of a CRLF split across chunks
+        self._pending_cr = False
+        text = self._buffer + data
+        lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        self._buffer = lines.pop()
+        if text.endswith("\r"):
+            self._pending_cr = True
+        if len(self._buffer) > self._max_line:
+            raise FrameError(f"a line longer than {self._max_line} bytes")
+        return lines
+
+    def rest(self) -> str:
+        rest, self._buffer = self._buffer, ""
+        return rest
+
+
+class _Decoder:
+    """UTF-8 across chunk boundaries."""
+
+    def __init__(self) -> None:
+        import codecs
+
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
+
+    def decode(self, data: bytes, final: bool = False) -> str:
+        try:
+            return self._decoder.decode(data, final)
+        except UnicodeDecodeError as exc:
+            raise FrameError(f"not UTF-8: {exc}") from None
+
+
+@dataclass(frozen=True)
+class SseEvent:
+    """One dispatched event: `event` defaults to "message"; `data` lines joined by newlines."""
+
+    event: str
+    data: str
+    id: str | None = None
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.data)
+        except ValueError as exc:
+            raise FrameError(f"event data is not JSON: {self.data[:200]!r}") from exc
+
+
+class SseParser:
+    """The WHATWG event-stream algorithm, fed incrementally."""
+
+    def __init__(self, *, max_line: int = MAX_LINE) -> None:
+        self._decoder = _Decoder()
+        self._lines = _Lines(max_line)
+        self._event = ""
+        self._data: list[str] = []
+        self._id: str | None = None
+
+    def feed(self, chunk: bytes) -> list[SseEvent]:
+        events: list[SseEvent] = []
+        for line in self._lines.feed(self._decoder.decode(chunk)):
+            if not line:
+                if self._data:
+                    events.append(SseEvent(self._event or "message", "\n".join(self._data), self._id))
+                self._event, self._data = "", []
+                continue
+            if line.startswith(":"):
+                continue  # a comment (keep-alive)
+            name, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if name == "data":
+                self._data.append(value)
+            elif name == "event":
+                self._event = value
+            elif name == "id":
+                self._id = value
+        return events
+
+    def close(self) -> list[SseEvent]:
+        """Events still pending at the end of the body (a server that omits the last blank line)."""
+        self._decoder.decode(b"", final=True)
+        return self.feed(b"\n\n") if self._lines.rest() or self._data else []
+
+
+class NdjsonParser:
+    """One JSON value per line; blank lines are skipped."""
+
+    def __init__(self, *, max_line: int = MAX_LINE) -> None:
+        self._decoder = _Decoder()
+        self._lines = _Lines(max_line)
+
+    def feed(self, chunk: bytes) -> list[Any]:
+        return [self._parse(line) for line in self._lines.feed(self._decoder.decode(chunk)) if line.strip()]
+
+    def close(self) -> list[Any]:
+        rest = self._decoder.decode(b"", final=True) + self._lines.rest()
+        return [self._parse(rest)] if rest.strip() else []
+
+    @staticmethod
+    def _parse(line: str) -> Any:
+        try:
+            return json.loads(line)
+        except ValueError as exc:
+            raise FrameError(f"a line is not JSON: {line[:200]!r}") from exc

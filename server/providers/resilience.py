@@ -1,0 +1,146 @@
+"""Retries, fallback and cooldown around every provider, decided in one place.
+
+* **Retries**: an attempt that fails before its first token with a retryable upstream error
+  (connection error, 429, 5xx, first-token timeout) is tried again, up to the model's `retries`,
+  after an exponential backoff with jitter — or the upstream's Retry-After, if longer — as long as
+  the caller's deadline leaves room for it.
+* **Fallback**: when a model fails before its first token with a provider failure (not a fault of the
+  request), its `fallbacks` are tried in order. After the first token nothing is retried and nothing
+  falls back: two answers are never spliced; the stream ends with the error. `Answering` tells the
+  caller which model answers, before its first item.
+* **Cooldown**: an upstream (provider + base_url) that failed `cooldown_after_failures` attempts in
+  a row is skipped for `cooldown_seconds`; its models fall back at once, or fail fast with
+  UNAVAILABLE and a RetryInfo.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass
+
+import grpc
+
+from common.errors import ApiError
+from server.config import ModelConfig
+from server.providers.base import ChatRequest, Provider, StreamItem
+from server.providers.http.errors import UpstreamError
+
+log = logging.getLogger(__name__)
+
+#: Failures of a provider rather than of the request: worth another model.
+_PROVIDER_FAILURE_REASONS = frozenset({"PROVIDER_ERROR"})
+
+
+@dataclass(frozen=True)
+class Answering:
+    """Yielded once, before the first item: the model whose answer follows."""
+
+    model: ModelConfig
+
+
+class Circuits:
+    """Consecutive failures per upstream, and until when each one is skipped."""
+
+    def __init__(self) -> None:
+        self._failures: dict[tuple[str, str], int] = {}
+        self._open_until: dict[tuple[str, str], float] = {}
+
+    @staticmethod
+    def key(model: ModelConfig) -> tuple[str, str] | None:
+        return (str(model.provider), model.upstream.base_url) if model.upstream.base_url else None
+
+    def cooling(self, model: ModelConfig) -> float:
+        """Seconds this model's upstream stays skipped (0: usable)."""
+        key = self.key(model)
+        return 0.0 if key is None else max(0.0, self._open_until.get(key, 0.0) - time.monotonic())
+
+    def succeeded(self, model: ModelConfig) -> None:
+        if (key := self.key(model)) is not None:
+            self._failures.pop(key, None)
+
+    def failed(self, model: ModelConfig) -> None:
+        key = self.key(model)
+        if key is None:
+            return
+        failures = self._failures.get(key, 0) + 1
+        self._failures[key] = failures
+        if failures >= model.upstream.cooldown_after_failures:
+            self._open_until[key] = time.monotonic() + model.upstream.cooldown_seconds
+            self._failures[key] = 0
+            log.warning(
+                "upstream in cooldown",
+                extra={"provider": key[0], "model": model.id, "seconds": model.upstream.cooldown_seconds},
+            )
+
+
+def provider_failure(exc: ApiError) -> bool:
+    """Whether a failure is the provider's (another model may do better), not the request's."""
+    return isinstance(exc, UpstreamError) or exc.reason in _PROVIDER_FAILURE_REASONS
+
+
+def _retryable(exc: ApiError) -> bool:
+    return isinstance(exc, UpstreamError) and exc.retryable
+
+
+def backoff(model: ModelConfig, attempt: int, retry_after: float | None) -> float:
+    """Exponential with full jitter around it (0.5x-1.5x), at least the upstream's Retry-After."""
+    base = model.upstream.backoff_seconds * (2**attempt)
+    return max(base * random.uniform(0.5, 1.5), retry_after or 0.0)
+
+
+async def resilient_stream(
+    chain: Sequence[tuple[ModelConfig, Provider]], request: ChatRequest, circuits: Circuits
+) -> AsyncGenerator[Answering | StreamItem, None]:
+    """The first model of `chain` that answers; see the module docstring."""
+    last: ApiError | None = None
+    for model, provider in chain:
+        if (cooling := circuits.cooling(model)) > 0:
+            last = UpstreamError(
+                str(model.provider),
+                model.id,
+                "UPSTREAM_COOLDOWN",
+                f"upstream skipped for {cooling:.0f} s after repeated failures",
+                retry_after=cooling,
+            )
+            continue
+        attempts = 1 + (model.upstream.retries if Circuits.key(model) else 0)
+        for attempt in range(attempts):
+            started = False
+            try:
+                async with aclosing(provider.stream(model, request)) as items:
+                    async for item in items:
+                        if not started:
+                            started = True
+                            yield Answering(model)
+                        yield item
+                circuits.succeeded(model)
+                return
+            except ApiError as exc:
+                if started:
+                    raise  # never splice two answers
+                if isinstance(exc, UpstreamError):
+                    circuits.failed(model)
+                last = exc
+                if not provider_failure(exc):
+                    raise
+                if not _retryable(exc) or attempt + 1 == attempts or circuits.cooling(model) > 0:
+                    break
+                pause = backoff(model, attempt, exc.retry_after)
+                left = request.time_left()
+                if left is not None and pause >= left:
+                    break
+                log.info(
+                    "retrying upstream",
+                    extra={"model": model.id, "attempt": attempt + 1, "reason": exc.reason, "pause": pause},
+                )
+                await asyncio.sleep(pause)
+        if last is not None and len(chain) > 1:
+            log.info("model failed before its first token", extra={"model": model.id, "reason": last.reason})
+    if last is None:  # an empty chain; the registry never builds one
+        raise ApiError(grpc.StatusCode.INTERNAL, "INTERNAL", "no model to try")
+    raise last
