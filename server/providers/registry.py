@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 
 from common.errors import NotFound
 from server.config import Config, ModelConfig
@@ -50,6 +51,16 @@ class ModelRegistry:
         return [self.get(model.id), *(self.get(f) for f in model.fallbacks)]
 
     async def start(self) -> None:
+        missing = [
+            f"{m.id} ({m.upstream.api_key_env})"
+            for m in self._models.values()
+            if m.upstream.api_key_env and not os.environ.get(m.upstream.api_key_env)
+        ]
+        if missing:
+            # Named, never shown: the variable, not its value.
+            raise ProviderStartError(
+                f"API key environment variable not set for model(s): {', '.join(missing)}"
+            )
         for kind, provider in self._providers.items():
             try:
                 await provider.start()
