@@ -24,7 +24,7 @@ from typing import Any
 
 import aiohttp
 
-from common.errors import DeadlineExceeded
+from common.errors import ApiError, DeadlineExceeded
 from server.config import ModelConfig
 from server.providers.base import ChatRequest, Delta, StreamItem
 from server.providers.http.errors import (
@@ -45,6 +45,18 @@ POOL_LIMIT = 256
 POOL_LIMIT_PER_HOST = 64
 _ERROR_BODY_LIMIT = 64 * 1024
 _READ_SIZE = 64 * 1024
+
+
+def redact(text: str, secret: str) -> str:
+    """`text` without `secret`, nor any 8+ character piece of it (upstreams echo keys partly masked)."""
+    if len(secret) < 8:
+        return text.replace(secret, "[redacted]") if secret else text
+    for size in range(len(secret), 7, -1):
+        for start in range(0, len(secret) - size + 1):
+            piece = secret[start : start + size]
+            if piece in text:
+                text = text.replace(piece, "[redacted]")
+    return text
 
 
 class HttpClient:
@@ -161,7 +173,8 @@ class HttpProvider:
 
     async def stream(self, model: ModelConfig, request: ChatRequest) -> AsyncGenerator[StreamItem, None]:
         provider = _provider_of(model)
-        spec = self.build(model, request, self.api_key(model))
+        key = self.api_key(model)
+        spec = self.build(model, request, key)
         clock = _Clock(model, request)
         timeout, by_deadline = clock.next_timeout()
         try:
@@ -193,6 +206,11 @@ class HttpProvider:
                 yield item
         except FrameError as exc:
             raise protocol_error(provider, model.id, str(exc)) from None
+        except ApiError as exc:
+            # Upstreams quote the key they refused ("Incorrect API key provided: sk-…"): never pass it on.
+            if key:
+                exc.message = exc.field_description = redact(exc.message, key)
+            raise
         except aiohttp.ClientPayloadError as exc:
             raise UpstreamError(
                 provider, model.id, "UPSTREAM_UNREACHABLE", f"the answer was cut off ({truncate(str(exc))})"
