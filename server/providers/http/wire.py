@@ -110,16 +110,36 @@ class SseParser:
 
 
 class NdjsonParser:
-    """One JSON value per line; blank lines are skipped."""
+    """One JSON value per line; blank lines are skipped.
+
+    A bad line fails the stream, but the good lines before it in the same read are delivered first
+    (the error comes with the next call): how TCP splits the bytes must not change what a client gets.
+    """
 
     def __init__(self, *, max_line: int = MAX_LINE) -> None:
         self._decoder = _Decoder()
         self._lines = _Lines(max_line)
+        self._error: FrameError | None = None
 
     def feed(self, chunk: bytes) -> list[Any]:
-        return [self._parse(line) for line in self._lines.feed(self._decoder.decode(chunk)) if line.strip()]
+        if self._error is not None:
+            raise self._error
+        frames: list[Any] = []
+        for line in self._lines.feed(self._decoder.decode(chunk)):
+            if not line.strip():
+                continue
+            try:
+                frames.append(self._parse(line))
+            except FrameError as exc:
+                if not frames:
+                    raise
+                self._error = exc
+                break
+        return frames
 
     def close(self) -> list[Any]:
+        if self._error is not None:
+            raise self._error
         rest = self._decoder.decode(b"", final=True) + self._lines.rest()
         return [self._parse(rest)] if rest.strip() else []
 
