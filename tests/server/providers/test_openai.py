@@ -211,6 +211,20 @@ async def test_images_go_as_data_url_content_parts(
     ]
 
 
+async def test_audio_is_refused_naming_the_capability(fake: tuple[FakeUpstream, str]) -> None:
+    upstream, base_url = fake
+    audio = common_pb2.FileData(type="audio", mime_type="audio/wav", content=b"RIFF")
+    async with serving([model(base_url, capabilities=["text", "audio"])]) as server:
+        async with grpc.aio.insecure_channel(server.grpc_target) as channel:
+            stub = completions_pb2_grpc.CompletionServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await collect(stub, file_data=audio)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(caught.value).reason == "CAPABILITY_MISSING"
+    assert "'audio'" in caught.value.details()
+    assert upstream.requests == []
+
+
 async def test_no_usage_from_the_server_is_estimated(
     fake: tuple[FakeUpstream, str], stub: completions_pb2_grpc.CompletionServiceStub
 ) -> None:
