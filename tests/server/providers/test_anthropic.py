@@ -233,7 +233,10 @@ async def test_request_shape_headers_and_no_key_in_logs(
         "top_p": 0.9,
         "stop_sequences": ["\n\nHuman:"],
     }  # no seed: the Messages API has none
-    assert KEY not in caplog.text
+    assert "POST /v1/messages" in caplog.text  # the capture saw the call...
+    assert not any(
+        KEY in repr(vars(r)) for r in caplog.records
+    )  # ...and no record, extras included, has the key
 
 
 @pytest.mark.parametrize(
@@ -265,12 +268,14 @@ async def test_request_shape_headers_and_no_key_in_logs(
 )
 async def test_error_before_the_first_token_quotes_the_upstream(
     fake: tuple[FakeUpstream, str],
+    caplog: pytest.LogCaptureFixture,
     status: int,
     error_type: str,
     message: str,
     code: grpc.StatusCode,
     reason: str,
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     upstream, url = fake
     body = {"type": "error", "error": {"type": error_type, "message": message}}
     upstream.replies = [
@@ -285,6 +290,7 @@ async def test_error_before_the_first_token_quotes_the_upstream(
     assert info.reason == reason
     assert (info.metadata["provider"], info.metadata["upstream_status"]) == ("anthropic", str(status))
     assert KEY not in error.details()
+    assert caplog.records and not any(KEY in repr(vars(r)) for r in caplog.records)
 
 
 async def test_error_event_mid_stream_ends_the_stream_unspliced(fake: tuple[FakeUpstream, str]) -> None:
