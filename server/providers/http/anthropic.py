@@ -1,0 +1,319 @@
+"""Anthropic's Messages API: POST {base_url}/v1/messages, answered whole or as named SSE events.
+
+Request: the conversation as alternating user/assistant `messages` (consecutive messages of one role
+merged into one turn), system messages hoisted into the top-level `system` string, `max_tokens`
+always (Anthropic requires it), and `temperature`, `top_p`, `stop_sequences` when set. Images and
+PDFs go inline as base64 content blocks.
+
+Stream: `message_start` (input usage), then per content block `content_block_start`,
+`content_block_delta`s (`text_delta` → content, `thinking_delta` → thinking; signatures and tool
+input are not ours to relay) and `content_block_stop`, then `message_delta` (stop reason, cumulative
+output usage) and `message_stop`. `ping` keeps the connection alive; `error` ends the stream with
+the upstream's words. Event types we do not know are skipped, as Anthropic's versioning policy asks.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from common.enums import FinishReason
+from common.errors import InvalidArgument
+from server.config import ModelConfig
+from server.providers.base import Attachment, ChatMessage, ChatRequest, Delta, Finish, Role, StreamItem, Usage
+from server.providers.http.base import HttpProvider, HttpRequest
+from server.providers.http.errors import UpstreamError, stream_error
+from server.providers.http.wire import FrameError, SseEvent, SseParser
+from server.providers.scripted import count_tokens
+
+API_VERSION = "2023-06-01"
+#: Anthropic's sampling temperature range is [0, 1]; ours (OpenAI's) is [0, 2].
+MAX_TEMPERATURE = 1.0
+IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
+DOCUMENT_TYPES = frozenset({"application/pdf"})
+_MIME_ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg"}
+_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+    (b"%PDF-", "application/pdf"),
+)
+
+STOP_REASONS = {
+    "end_turn": FinishReason.STOP,
+    "stop_sequence": FinishReason.STOP,
+    "max_tokens": FinishReason.LENGTH,
+    "model_context_window_exceeded": FinishReason.LENGTH,
+    "refusal": FinishReason.CONTENT_FILTER,
+    # tool_use and pause_turn come only with tools, which we never send; anything new reads as STOP.
+}
+#: In-stream errors that a fresh attempt may not meet (their non-stream twins are 529, 500, 429).
+_TRANSIENT_ERRORS = frozenset({"overloaded_error", "api_error", "rate_limit_error"})
+
+
+class AnthropicProvider(HttpProvider):
+    """Claude models over the Messages API (or anything that speaks it: proxies, gateways)."""
+
+    name = "anthropic"
+
+    def build(self, model: ModelConfig, request: ChatRequest, key: str | None) -> HttpRequest:
+        system, messages = conversation(model, request.messages)
+        body: dict[str, Any] = {
+            "model": model.upstream_model or model.id,
+            "max_tokens": request.max_tokens,
+            "messages": messages,
+            "stream": request.stream,
+        }
+        if system:
+            body["system"] = system
+        if request.temperature is not None:
+            if request.temperature > MAX_TEMPERATURE:
+                # Not clamped: 1.5 on a 0-2 scale and 1.0 on Anthropic's are different requests.
+                raise InvalidArgument(
+                    "temperature",
+                    f"model {model.id!r} (anthropic) takes 0 to {MAX_TEMPERATURE:g},"
+                    f" got {request.temperature:g}",
+                )
+            body["temperature"] = request.temperature
+        if request.top_p is not None:
+            body["top_p"] = request.top_p
+        if request.stop:
+            body["stop_sequences"] = list(request.stop)
+        # request.seed is dropped: the Messages API has no seed (sampling is not reproducible there).
+        headers = {"anthropic-version": API_VERSION, "content-type": "application/json"}
+        if key is not None:
+            headers["x-api-key"] = key
+        return HttpRequest(f"{model.upstream.base_url}/v1/messages", body, headers)
+
+    async def parse_stream(
+        self, model: ModelConfig, chunks: AsyncIterator[bytes]
+    ) -> AsyncIterator[StreamItem]:
+        parser = SseParser()
+        state = StreamState(str(model.provider), model.id)
+        async for chunk in chunks:
+            for event in parser.feed(chunk):
+                for item in state.on(event):
+                    yield item
+                if state.done:
+                    return
+        for event in parser.close():
+            for item in state.on(event):
+                yield item
+            if state.done:
+                return
+        raise FrameError("the stream ended before message_stop")
+
+    def parse_whole(self, model: ModelConfig, body: Any) -> list[StreamItem]:
+        if not isinstance(body, dict) or not isinstance(body.get("content"), list):
+            if isinstance(body, dict) and body.get("type") == "error":
+                raise _stream_error(str(model.provider), model.id, body)
+            raise FrameError(f"not a Message: {str(body)[:200]!r}")
+        text, thinking = [], []
+        for block in body["content"]:
+            if not isinstance(block, dict):
+                raise FrameError(f"a content block is not an object: {block!r}")
+            if block.get("type") == "text":
+                text.append(_string(block, "text"))
+            elif block.get("type") == "thinking":
+                thinking.append(_string(block, "thinking"))
+        content, thought = "".join(text), "".join(thinking)
+        usage = _usage(body.get("usage"))
+        items: list[StreamItem] = []
+        if content or thought:
+            items.append(Delta(content=content, thinking=thought))
+        items.append(
+            Finish(
+                Usage(
+                    usage.get("prompt", 0),
+                    # Anthropic always reports output tokens; a proxy that does not gets words counted.
+                    usage["completion"] if "completion" in usage else count_tokens(content),
+                ),
+                _finish_reason(body.get("stop_reason")),
+            )
+        )
+        return items
+
+    def error_message(self, body: bytes) -> str:
+        """`{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}` → its words."""
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            return body.decode("utf-8", "replace")
+        return _error_words(parsed) or body.decode("utf-8", "replace")
+
+
+@dataclass
+class StreamState:
+    """What a Messages stream has said so far; `on()` turns each event into our items."""
+
+    provider: str
+    model: str
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    reason: FinishReason = FinishReason.STOP
+    words: int = 0
+    done: bool = False
+
+    def on(self, event: SseEvent) -> list[StreamItem]:
+        payload = event.json()
+        if not isinstance(payload, dict):
+            raise FrameError(f"event data is not an object: {event.data[:200]!r}")
+        # The JSON's own type is authoritative; the SSE event name repeats it.
+        kind = payload.get("type", event.event)
+        if kind == "message_start":
+            message = payload.get("message")
+            usage = _usage(message.get("usage") if isinstance(message, dict) else None)
+            self.prompt_tokens = usage.get("prompt", self.prompt_tokens)
+            self.completion_tokens = usage.get("completion", self.completion_tokens)
+        elif kind == "content_block_start":
+            block = payload.get("content_block")
+            if not isinstance(block, dict):
+                raise FrameError(f"content_block_start without a block: {event.data[:200]!r}")
+            # Blocks start empty in practice; any initial text is still text.
+            if block.get("type") == "text":
+                return self._delta(content=_string(block, "text", required=False))
+            if block.get("type") == "thinking":
+                return self._delta(thinking=_string(block, "thinking", required=False))
+        elif kind == "content_block_delta":
+            delta = payload.get("delta")
+            if not isinstance(delta, dict):
+                raise FrameError(f"content_block_delta without a delta: {event.data[:200]!r}")
+            if delta.get("type") == "text_delta":
+                return self._delta(content=_string(delta, "text"))
+            if delta.get("type") == "thinking_delta":
+                return self._delta(thinking=_string(delta, "thinking"))
+            # signature_delta, input_json_delta, citations_delta: nothing a client reads as text.
+        elif kind == "message_delta":
+            delta = payload.get("delta")
+            if isinstance(delta, dict) and delta.get("stop_reason") is not None:
+                self.reason = _finish_reason(delta["stop_reason"])
+            # message_delta's usage is cumulative; newer API versions repeat input_tokens there too.
+            usage = _usage(payload.get("usage"))
+            self.prompt_tokens = usage.get("prompt", self.prompt_tokens)
+            self.completion_tokens = usage.get("completion", self.completion_tokens)
+        elif kind == "message_stop":
+            self.done = True
+            # Anthropic reports both counts; a proxy that leaves them out gets the words counted
+            # (output) or 0 (input: the request is not visible from here).
+            completion = self.completion_tokens if self.completion_tokens is not None else self.words
+            return [Finish(Usage(self.prompt_tokens or 0, completion), self.reason)]
+        elif kind == "error":
+            raise _stream_error(self.provider, self.model, payload)
+        return []  # ping, content_block_stop, and event types added after this was written
+
+    def _delta(self, *, content: str = "", thinking: str = "") -> list[StreamItem]:
+        if not content and not thinking:
+            return []
+        self.words += count_tokens(content)
+        return [Delta(content=content, thinking=thinking)]
+
+
+def conversation(model: ModelConfig, messages: tuple[ChatMessage, ...]) -> tuple[str, list[dict[str, Any]]]:
+    """The `system` string and the alternating `messages` of a Messages API request."""
+    system: list[str] = []
+    turns: list[tuple[str, list[dict[str, Any]]]] = []
+    for message in messages:
+        if message.role == Role.SYSTEM:
+            if message.attachments:
+                raise _cannot_take(model, message.attachments[0].type, "in a system message")
+            if message.content:
+                system.append(message.content)
+            continue
+        blocks = [_attachment_block(model, a) for a in message.attachments]
+        # Anthropic rejects empty text blocks; an empty message has nothing to lose.
+        if message.content:
+            blocks.append({"type": "text", "text": message.content})
+        if not blocks:
+            continue
+        role = str(message.role)
+        if turns and turns[-1][0] == role:
+            turns[-1][1].extend(blocks)  # the API wants turns to alternate
+        else:
+            turns.append((role, blocks))
+    return "\n\n".join(system), [{"role": role, "content": _content(blocks)} for role, blocks in turns]
+
+
+def _content(blocks: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+    """Plain text as a string (the common form); blocks as soon as there is an image or a document."""
+    if all(b["type"] == "text" for b in blocks):
+        return "\n\n".join(b["text"] for b in blocks)
+    return blocks
+
+
+def _attachment_block(model: ModelConfig, attachment: Attachment) -> dict[str, Any]:
+    mime = attachment.mime_type.lower().split(";")[0].strip()
+    mime = _MIME_ALIASES.get(mime, mime) or _sniff(attachment.content)
+    data = base64.b64encode(attachment.content).decode("ascii")
+    if attachment.type == "image" and mime in IMAGE_TYPES:
+        return {"type": "image", "source": {"type": "base64", "media_type": mime, "data": data}}
+    if attachment.type == "document" and mime in DOCUMENT_TYPES:
+        return {"type": "document", "source": {"type": "base64", "media_type": mime, "data": data}}
+    raise _cannot_take(model, attachment.type, f"of type {mime or 'unknown'}")
+
+
+def _sniff(content: bytes) -> str:
+    for signature, mime in _SIGNATURES:
+        if content.startswith(signature):
+            return mime
+    if content[:4] == b"RIFF" and content[8:12] == b"WEBP":
+        return "image/webp"
+    return ""
+
+
+def _cannot_take(model: ModelConfig, kind: str, what: str) -> InvalidArgument:
+    return InvalidArgument(
+        None,
+        f"model {model.id!r} (anthropic) cannot take a {kind!r} attachment {what}: the Messages API"
+        " takes images (JPEG, PNG, GIF, WebP) and PDF documents in user or assistant messages",
+        reason="CAPABILITY_MISSING",
+    )
+
+
+def _finish_reason(value: Any) -> FinishReason:
+    return STOP_REASONS.get(value, FinishReason.STOP) if isinstance(value, str) else FinishReason.STOP
+
+
+def _usage(usage: Any) -> dict[str, int]:
+    """Counts present in an Anthropic usage object: prompt (input, cached reads and writes included)
+    and completion."""
+    if not isinstance(usage, dict):
+        return {}
+    found: dict[str, int] = {}
+    inputs = [
+        usage.get(k) for k in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+    ]
+    if isinstance(inputs[0], int):
+        # input_tokens counts only what follows the last cache breakpoint; the prompt is all three.
+        found["prompt"] = sum(n for n in inputs if isinstance(n, int))
+    if isinstance(usage.get("output_tokens"), int):
+        found["completion"] = usage["output_tokens"]
+    return found
+
+
+def _string(obj: dict[str, Any], key: str, *, required: bool = True) -> str:
+    value = obj.get(key, None if required else "")
+    if not isinstance(value, str):
+        raise FrameError(f"{key!r} is not a string in {str(obj)[:200]!r}")
+    return value
+
+
+def _error_words(payload: Any) -> str:
+    """ "overloaded_error: Overloaded" from an error object; "" if it is not one."""
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if not isinstance(error, dict):
+        return ""
+    kind, message = error.get("type"), error.get("message")
+    words = [str(w) for w in (kind, message) if isinstance(w, str) and w]
+    return ": ".join(words)
+
+
+def _stream_error(provider: str, model: str, payload: Any) -> UpstreamError:
+    error = stream_error(provider, model, _error_words(payload) or str(payload)[:200])
+    # Before the first token, another attempt may meet a less busy upstream (resilience decides).
+    inner = payload.get("error") if isinstance(payload, dict) else None
+    error.retryable = isinstance(inner, dict) and inner.get("type") in _TRANSIENT_ERRORS
+    return error
