@@ -97,7 +97,7 @@ class FakeUpstream:
 async def start_fake(aiohttp_server: Any) -> tuple[FakeUpstream, str]:
     """A fake upstream on a free loopback port; returns it and its base URL."""
     fake = FakeUpstream()
-    server = await aiohttp_server(fake.app, handler_cancellation=True)
+    server = await aiohttp_server(fake.app)  # TestServer already cancels handlers on disconnect
     return fake, f"http://127.0.0.1:{server.port}"
 
 
