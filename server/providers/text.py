@@ -1,6 +1,12 @@
-"""Text plumbing shared by providers that see raw tokens: stop sequences split across deltas."""
+"""Text plumbing shared by providers: stop sequences split across deltas, token estimates."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from server.providers.base import ChatMessage
 
 
 class StopMatcher:
@@ -41,3 +47,18 @@ class StopMatcher:
                     longest = size
                     break
         return longest
+
+
+CHARS_PER_TOKEN = 4
+
+
+def estimate_tokens(text: str) -> int:
+    """Approximate tokens for upstreams that report no usage: ~4 characters per token, at least one
+    for any non-empty text. Close enough for accounting; never presented as exact."""
+    return -(-len(text) // CHARS_PER_TOKEN) if text else 0
+
+
+def estimate_prompt_tokens(messages: Sequence[ChatMessage]) -> int:
+    """A prompt's estimate: its text plus a few tokens of chat-template framing per message (as
+    OpenAI's cookbook counts them)."""
+    return sum(estimate_tokens(m.content) + 4 for m in messages)

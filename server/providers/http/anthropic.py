@@ -24,10 +24,9 @@ from common.enums import FinishReason
 from common.errors import InvalidArgument
 from server.config import ModelConfig
 from server.providers.base import Attachment, ChatMessage, ChatRequest, Delta, Finish, Role, StreamItem, Usage
-from server.providers.http.base import HttpProvider, HttpRequest
+from server.providers.http.base import UNREPORTED, HttpProvider, HttpRequest
 from server.providers.http.errors import UpstreamError, stream_error
 from server.providers.http.wire import FrameError, SseEvent, SseParser
-from server.providers.scripted import count_tokens
 
 API_VERSION = "2023-06-01"
 #: Anthropic's sampling temperature range is [0, 1]; ours (OpenAI's) is [0, 2].
@@ -127,11 +126,8 @@ class AnthropicProvider(HttpProvider):
             items.append(Delta(content=content, thinking=thought))
         items.append(
             Finish(
-                Usage(
-                    usage.get("prompt", 0),
-                    # Anthropic always reports output tokens; a proxy that does not gets words counted.
-                    usage["completion"] if "completion" in usage else count_tokens(content),
-                ),
+                # Anthropic always reports both; a proxy that does not gets them estimated by the base.
+                Usage(usage.get("prompt", UNREPORTED), usage.get("completion", UNREPORTED)),
                 _finish_reason(body.get("stop_reason")),
             )
         )
@@ -155,7 +151,6 @@ class StreamState:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     reason: FinishReason = FinishReason.STOP
-    words: int = 0
     done: bool = False
 
     def on(self, event: SseEvent) -> list[StreamItem]:
@@ -197,10 +192,10 @@ class StreamState:
             self.completion_tokens = usage.get("completion", self.completion_tokens)
         elif kind == "message_stop":
             self.done = True
-            # Anthropic reports both counts; a proxy that leaves them out gets the words counted
-            # (output) or 0 (input: the request is not visible from here).
-            completion = self.completion_tokens if self.completion_tokens is not None else self.words
-            return [Finish(Usage(self.prompt_tokens or 0, completion), self.reason)]
+            # Anthropic reports both counts; a proxy that leaves them out gets them estimated by the base.
+            prompt = self.prompt_tokens if self.prompt_tokens is not None else UNREPORTED
+            completion = self.completion_tokens if self.completion_tokens is not None else UNREPORTED
+            return [Finish(Usage(prompt, completion), self.reason)]
         elif kind == "error":
             raise _stream_error(self.provider, self.model, payload)
         return []  # ping, content_block_stop, and event types added after this was written
@@ -208,7 +203,6 @@ class StreamState:
     def _delta(self, *, content: str = "", thinking: str = "") -> list[StreamItem]:
         if not content and not thinking:
             return []
-        self.words += count_tokens(content)
         return [Delta(content=content, thinking=thinking)]
 
 

@@ -19,14 +19,14 @@ import logging
 import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
 
 from common.errors import ApiError, DeadlineExceeded
 from server.config import ModelConfig
-from server.providers.base import ChatRequest, Delta, StreamItem
+from server.providers.base import ChatRequest, Delta, Finish, StreamItem, Usage
 from server.providers.http.errors import (
     UpstreamError,
     from_status,
@@ -37,6 +37,7 @@ from server.providers.http.errors import (
     unreachable,
 )
 from server.providers.http.wire import FrameError
+from server.providers.text import estimate_prompt_tokens, estimate_tokens
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,10 @@ def redact(text: str, secret: str) -> str:
             if piece in text:
                 text = text.replace(piece, "[redacted]")
     return text
+
+
+UNREPORTED = -1
+"""A usage count the upstream did not report; `HttpProvider.stream` puts an estimate in its place."""
 
 
 class HttpClient:
@@ -154,6 +159,11 @@ class HttpProvider:
         """The upstream's own words from an error body (adapters know where their APIs put them)."""
         return body.decode("utf-8", "replace")
 
+    def retry_after(self, body: bytes, header: str | None) -> float | None:
+        """Seconds to wait before retrying a refused request: the Retry-After header, or where an
+        adapter's API says it (Gemini puts a RetryInfo in the error body)."""
+        return parse_retry_after(header)
+
     # --- shared -------------------------------------------------------------------------------
 
     def api_key(self, model: ModelConfig) -> str | None:
@@ -193,16 +203,19 @@ class HttpProvider:
                     model.id,
                     response.status,
                     self.error_message(body),
-                    retry_after=parse_retry_after(response.headers.get("Retry-After")),
+                    retry_after=self.retry_after(body, response.headers.get("Retry-After")),
                 )
-            if not request.stream:
-                items = self.parse_whole(model, await self._whole_json(model, response, clock))
-                for item in items:
-                    yield item
-                return
-            async for item in self.parse_stream(model, self._chunks(model, response, clock)):
+            if request.stream:
+                items = self.parse_stream(model, self._chunks(model, response, clock))
+            else:
+                items = _each(self.parse_whole(model, await self._whole_json(model, response, clock)))
+            generated: list[str] = []
+            async for item in items:
                 if isinstance(item, Delta) and (item.content or item.thinking):
                     clock.first_token = True
+                    generated.append(item.content + item.thinking)
+                elif isinstance(item, Finish):
+                    item = _estimated(item, request, "".join(generated))
                 yield item
         except FrameError as exc:
             raise protocol_error(provider, model.id, str(exc)) from None
@@ -244,3 +257,22 @@ class HttpProvider:
             raise protocol_error(
                 _provider_of(model), model.id, f"the answer is not JSON: {body[:200]!r}"
             ) from None
+
+
+async def _each(items: list[StreamItem]) -> AsyncIterator[StreamItem]:
+    for item in items:
+        yield item
+
+
+def _estimated(finish: Finish, request: ChatRequest, generated: str) -> Finish:
+    """Estimates in place of the counts an upstream left out (a proxy, an older server)."""
+    prompt, completion = finish.usage.prompt_tokens, finish.usage.completion_tokens
+    if prompt != UNREPORTED and completion != UNREPORTED:
+        return finish
+    return replace(
+        finish,
+        usage=Usage(
+            estimate_prompt_tokens(request.messages) if prompt == UNREPORTED else prompt,
+            estimate_tokens(generated) if completion == UNREPORTED else completion,
+        ),
+    )

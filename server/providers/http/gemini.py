@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import aclosing
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
@@ -42,10 +40,9 @@ from server.providers.base import (
     StreamItem,
     Usage,
 )
-from server.providers.http.base import HttpProvider, HttpRequest
+from server.providers.http.base import UNREPORTED, HttpProvider, HttpRequest
 from server.providers.http.errors import stream_error
 from server.providers.http.wire import FrameError, SseParser
-from server.providers.scripted import count_tokens, prompt_tokens
 
 API_VERSION = "v1beta"
 _CONTENT_FILTER = frozenset(
@@ -165,11 +162,6 @@ def _count(usage: dict[str, Any], name: str) -> int:
     return value
 
 
-@dataclass(frozen=True)
-class _Estimated(Finish):
-    """A Finish whose usage the upstream did not report; `stream()` fills in the prompt count."""
-
-
 class Answer:
     """One answer assembled from GenerateContentResponse objects (one, or one per SSE frame)."""
 
@@ -178,7 +170,6 @@ class Answer:
         self._model = model
         self._usage: dict[str, Any] | None = None
         self._reason: FinishReason | None = None
-        self._words = 0
 
     def feed(self, response: Any) -> Delta | None:
         """The text of one response (None if it has none); raises on an error object."""
@@ -205,7 +196,6 @@ class Answer:
         if not content and not thinking:
             return None
         delta = Delta(content="".join(content), thinking="".join(thinking))
-        self._words += count_tokens(delta.content) + count_tokens(delta.thinking)
         return delta
 
     def finish(self) -> Finish:
@@ -213,8 +203,8 @@ class Answer:
         if self._reason is None:
             raise FrameError("the answer ended without a finishReason (cut off)")
         if self._usage is None:
-            # No usageMetadata (Gemini always sends it; a proxy may not): words approximate tokens.
-            return _Estimated(Usage(0, self._words), self._reason)
+            # No usageMetadata (Gemini always sends it; a proxy may not): the base estimates.
+            return Finish(Usage(UNREPORTED, UNREPORTED), self._reason)
         completion = _count(self._usage, "candidatesTokenCount") + _count(self._usage, "thoughtsTokenCount")
         return Finish(Usage(_count(self._usage, "promptTokenCount"), completion), self._reason)
 
@@ -260,10 +250,25 @@ class GeminiProvider(HttpProvider):
             return error_text(parsed["error"])
         return body.decode("utf-8", "replace")
 
-    async def stream(self, model: ModelConfig, request: ChatRequest) -> AsyncGenerator[StreamItem, None]:
-        async with aclosing(super().stream(model, request)) as items:
-            async for item in items:
-                if isinstance(item, _Estimated):
-                    # Unreported usage: the prompt is counted the way the scripted provider counts it.
-                    item = Finish(Usage(prompt_tokens(request), item.usage.completion_tokens), item.reason)
-                yield item
+    def retry_after(self, body: bytes, header: str | None) -> float | None:
+        """Gemini's 429 says when to retry in its body: `error.details[]` holds a google.rpc.RetryInfo
+        whose `retryDelay` is a Duration string ("37s")."""
+        if (seconds := super().retry_after(body, header)) is not None:
+            return seconds
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            return None
+        if isinstance(parsed, list) and parsed:
+            parsed = parsed[0]
+        details = parsed.get("error", {}).get("details") if isinstance(parsed, dict) else None
+        for detail in details if isinstance(details, list) else ():
+            if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("google.rpc.RetryInfo"):
+                delay = str(detail.get("retryDelay", ""))
+                if delay.endswith("s"):
+                    try:
+                        value = float(delay[:-1])
+                    except ValueError:
+                        return None
+                    return value if 0 <= value < 3600 else None
+        return None

@@ -15,9 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import aclosing
-from dataclasses import replace
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -26,7 +24,7 @@ from common.enums import FinishReason
 from common.errors import InvalidArgument
 from server.config import ModelConfig
 from server.providers.base import ChatMessage, ChatRequest, Delta, Finish, StreamItem, Usage
-from server.providers.http.base import HttpClient, HttpProvider, HttpRequest
+from server.providers.http.base import UNREPORTED, HttpClient, HttpProvider, HttpRequest
 from server.providers.http.errors import (
     from_status,
     parse_retry_after,
@@ -35,7 +33,6 @@ from server.providers.http.errors import (
     unreachable,
 )
 from server.providers.http.wire import FrameError, NdjsonParser
-from server.providers.scripted import count_tokens, prompt_tokens
 
 PROVIDER = "ollama"
 #: done_reason → ours. "load"/"unload" answer a request without messages (which we never send);
@@ -68,35 +65,25 @@ class OllamaProvider(HttpProvider):
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         return HttpRequest(f"{model.upstream.base_url}/api/chat", body, headers)
 
-    async def stream(self, model: ModelConfig, request: ChatRequest) -> AsyncGenerator[StreamItem, None]:
-        async with aclosing(super().stream(model, request)) as items:
-            async for item in items:
-                if isinstance(item, Finish) and item.usage.prompt_tokens == 0:
-                    # Ollama leaves prompt_eval_count out when the whole prompt came from its cache;
-                    # the prompt was still billed, so count it approximately (in words).
-                    item = replace(item, usage=replace(item.usage, prompt_tokens=prompt_tokens(request)))
-                yield item
-
     async def parse_stream(
         self, model: ModelConfig, chunks: AsyncIterator[bytes]
     ) -> AsyncIterator[StreamItem]:
         parser = NdjsonParser()
-        written: list[str] = []
         async for chunk in chunks:
             for line in parser.feed(chunk):
-                for item in _items(model, line, written):
+                for item in _items(model, line):
                     yield item
                     if isinstance(item, Finish):
                         return
         for line in parser.close():
-            for item in _items(model, line, written):
+            for item in _items(model, line):
                 yield item
                 if isinstance(item, Finish):
                     return
         raise protocol_error(PROVIDER, model.id, 'the stream ended without its "done": true line')
 
     def parse_whole(self, model: ModelConfig, body: Any) -> list[StreamItem]:
-        items = _items(model, body, [])
+        items = _items(model, body)
         if not items or not isinstance(items[-1], Finish):
             raise protocol_error(PROVIDER, model.id, f'an answer without "done": true: {str(body)[:200]}')
         return items
@@ -121,11 +108,8 @@ def _message(model: ModelConfig, message: ChatMessage) -> dict[str, Any]:
     return out
 
 
-def _items(model: ModelConfig, frame: Any, written: list[str]) -> list[StreamItem]:
-    """One Ollama object → a Delta (if it carries text) and, on the last one, the Finish.
-
-    `written` collects the content so far, for an approximate count if Ollama reports none.
-    """
+def _items(model: ModelConfig, frame: Any) -> list[StreamItem]:
+    """One Ollama object → a Delta (if it carries text) and, on the last one, the Finish."""
     if not isinstance(frame, dict):
         raise FrameError(f"a line is not a JSON object: {str(frame)[:200]!r}")
     if "error" in frame:
@@ -138,16 +122,17 @@ def _items(model: ModelConfig, frame: Any, written: list[str]) -> list[StreamIte
         raise FrameError("message content or thinking is not a string")
     items: list[StreamItem] = []
     if content or thinking:
-        written.append(content + thinking)
         items.append(Delta(content=content, thinking=thinking))
     if frame.get("done") is True:
+        # Ollama leaves prompt_eval_count out when the whole prompt came from its cache (it was still
+        # billed), and an older or proxied server may leave out both: the base estimates them.
         completion = frame.get("eval_count")
-        if not isinstance(completion, int):
-            # Not reported (an older or proxied server): count what was written, in words.
-            completion = count_tokens("".join(written))
         prompt = frame.get("prompt_eval_count")
         reason = _FINISH_REASONS.get(str(frame.get("done_reason") or "stop"), FinishReason.STOP)
-        usage = Usage(prompt_tokens=prompt if isinstance(prompt, int) else 0, completion_tokens=completion)
+        usage = Usage(
+            prompt_tokens=prompt if isinstance(prompt, int) else UNREPORTED,
+            completion_tokens=completion if isinstance(completion, int) else UNREPORTED,
+        )
         items.append(Finish(usage, reason))
     return items
 

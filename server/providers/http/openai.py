@@ -6,7 +6,7 @@ They agree on the shape and differ in details, all tolerated here:
 | dialect detail | who | here |
 |---|---|---|
 | usage in a last chunk with `choices: []` / `null` | OpenAI, vLLM | the Finish's usage |
-| no usage at all | llama-cpp-python, older servers | approximate count (`estimate_tokens`) |
+| no usage at all | llama-cpp-python, older servers | approximate count (`text.estimate_tokens`) |
 | `{"error": {...}}` / `{"object": "error"}` frame | OpenAI, vLLM, LiteLLM | UPSTREAM_ERROR |
 | `reasoning_content` / `reasoning` in deltas | vLLM, DeepSeek, OpenRouter, Ollama | thinking deltas |
 | `: keep-alive` comments; `data: [DONE]` | OpenRouter; all | skipped; end of stream |
@@ -21,34 +21,20 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import aclosing
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from typing import Any
 
 from common.enums import FinishReason
 from common.errors import InvalidArgument
 from server.config import ModelConfig
 from server.providers.base import ChatMessage, ChatRequest, Delta, Finish, StreamItem, Usage
-from server.providers.http.base import HttpProvider, HttpRequest
+from server.providers.http.base import UNREPORTED, HttpProvider, HttpRequest
 from server.providers.http.errors import stream_error
 from server.providers.http.wire import FrameError, SseParser
 
 _FINISH = {"length": FinishReason.LENGTH, "content_filter": FinishReason.CONTENT_FILTER}
 _DONE = "[DONE]"
 #: OpenAI's rule of thumb for English text; only used when the server reports no usage.
-CHARS_PER_TOKEN = 4
-
-
-def estimate_tokens(text: str) -> int:
-    """Approximate tokens for servers that report no usage: ~4 characters per token, at least one
-    for any non-empty text. Close enough for accounting; never presented as exact."""
-    return -(-len(text) // CHARS_PER_TOKEN) if text else 0
-
-
-def _prompt_estimate(request: ChatRequest) -> int:
-    # A few tokens of chat-template framing per message, as OpenAI's cookbook counts them.
-    return sum(estimate_tokens(m.content) + 4 for m in request.messages)
 
 
 def finish_reason(word: str | None) -> FinishReason:
@@ -159,7 +145,7 @@ class OpenAIProvider(HttpProvider):
                     yield item
         if not state.done and state.reason is None:
             raise FrameError("the stream ended without a finish_reason or [DONE]")
-        yield Finish(state.usage or _estimate(state.generated), state.reason or FinishReason.STOP)
+        yield Finish(state.usage or Usage(UNREPORTED, UNREPORTED), state.reason or FinishReason.STOP)
 
     def parse_whole(self, model: ModelConfig, body: Any) -> list[StreamItem]:
         if (message := _error_text(body)) is not None:
@@ -174,7 +160,7 @@ class OpenAIProvider(HttpProvider):
             raise FrameError(f"choices[0].message is not an object: {reply!r}")
         content = _text(reply.get("content"))
         thinking = _text(reply.get("reasoning_content")) or _text(reply.get("reasoning"))
-        usage = _usage(body.get("usage")) or _estimate(content + thinking)
+        usage = _usage(body.get("usage")) or Usage(UNREPORTED, UNREPORTED)
         items: list[StreamItem] = [Delta(content, thinking)] if content or thinking else []
         items.append(Finish(usage, finish_reason(choice.get("finish_reason"))))
         return items
@@ -190,29 +176,11 @@ class OpenAIProvider(HttpProvider):
             return str(parsed["detail"])  # FastAPI's HTTPException (llama-cpp-python's 401)
         return body.decode("utf-8", "replace")
 
-    async def stream(self, model: ModelConfig, request: ChatRequest) -> AsyncGenerator[StreamItem, None]:
-        async with aclosing(super().stream(model, request)) as items:
-            async for item in items:
-                if isinstance(item, Finish) and isinstance(item.usage, _Estimate):
-                    # No usage from the server: count what we sent and what came back, approximately.
-                    item = Finish(Usage(_prompt_estimate(request), item.usage.completion_tokens), item.reason)
-                yield item
-
-
-@dataclass(frozen=True)
-class _Estimate(Usage):
-    """Usage counted by us because the server sent none; `stream()` fills in the prompt's count."""
-
-
-def _estimate(generated: str) -> _Estimate:
-    return _Estimate(0, estimate_tokens(generated))
-
 
 class _StreamState:
     """What a stream has said so far: text (for estimates), finish reason, usage, [DONE]."""
 
     def __init__(self) -> None:
-        self.generated = ""
         self.reason: FinishReason | None = None
         self.usage: Usage | None = None
         self.done = False
@@ -246,5 +214,4 @@ class _StreamState:
         thinking = _text(delta.get("reasoning_content")) or _text(delta.get("reasoning"))
         if not content and not thinking:
             return []
-        self.generated += content + thinking
         return [Delta(content, thinking)]

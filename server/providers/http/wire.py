@@ -104,9 +104,14 @@ class SseParser:
         return events
 
     def close(self) -> list[SseEvent]:
-        """Events still pending at the end of the body (a server that omits the last blank line)."""
-        self._decoder.decode(b"", final=True)
-        return self.feed(b"\n\n") if self._lines.rest() or self._data else []
+        """Events still pending at the end of the body: a server that omits the last blank line, or
+        even the last line ending, still gets its final event delivered (the spec would drop it;
+        a lost final frame is worse than a lenient parse)."""
+        rest = self._decoder.decode(b"", final=True)
+        rest = self._lines.rest() + rest
+        if not rest and not self._data:
+            return []
+        return self.feed((rest + "\n\n").encode())
 
 
 class NdjsonParser:

@@ -18,7 +18,7 @@ from common.enums import FinishReason
 from server.config import Config
 from server.providers.base import Delta, Finish, Usage
 from server.providers.http.anthropic import AnthropicProvider
-from server.providers.http.base import HttpClient
+from server.providers.http.base import UNREPORTED, HttpClient
 from server.providers.http.errors import UpstreamError
 from server.providers.http.wire import FrameError
 from tests.conftest import error_info, rich_status
@@ -576,10 +576,11 @@ async def test_unknown_events_and_deltas_are_skipped_and_usage_is_cumulative() -
     assert await _parse(body, size=1 << 16) == [Delta(content="ok"), Finish(Usage(11, 9), FinishReason.STOP)]
 
 
-async def test_missing_output_usage_is_counted_from_the_text() -> None:
+async def test_missing_usage_is_left_for_the_base_to_estimate() -> None:
     start = event("message_start", message={"id": "m", "type": "message", "role": "assistant", "content": []})
     body = b"".join([start, text_start(), text_delta("three small words"), event("message_stop")])
-    assert (await _parse(body, size=1 << 16))[-1] == Finish(Usage(0, 3), FinishReason.STOP)
+    unreported = Finish(Usage(UNREPORTED, UNREPORTED), FinishReason.STOP)
+    assert (await _parse(body, size=1 << 16))[-1] == unreported
 
 
 async def test_error_event_raises_the_upstreams_words() -> None:

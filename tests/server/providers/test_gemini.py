@@ -31,6 +31,7 @@ from server.providers.http.gemini import (
     request_body,
 )
 from server.providers.http.wire import FrameError
+from server.providers.text import estimate_tokens
 from tests.conftest import error_info, rich_status
 from tests.server.providers.fake_upstream import FakeUpstream, Reply, serving, start_fake
 
@@ -281,6 +282,26 @@ async def test_429_with_retries_exhausted_is_resource_exhausted_with_retry_info(
     assert len(fake.requests) == 2  # the first attempt and its one retry
 
 
+async def test_429_retry_delay_in_the_body_is_honoured(upstream: tuple[FakeUpstream, str]) -> None:
+    """Gemini sends no Retry-After header: the delay is a google.rpc.RetryInfo in error.details."""
+    fake, base = upstream
+    body = {
+        "error": {
+            "code": 429,
+            "message": "You exceeded your current quota.",
+            "status": "RESOURCE_EXHAUSTED",
+            "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "37s"}],
+        }
+    }
+    fake.replies = [json_reply(body, status=429)]
+    async with gemini(base, retries=0) as stub:
+        _, error = await collect(stub)
+    assert error is not None and error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    retry = error_details_pb2.RetryInfo()
+    assert any(d.Unpack(retry) for d in rich_status(error).details)
+    assert retry.retry_delay.seconds == 37
+
+
 @pytest.mark.parametrize(
     ("reply", "expect_text"),
     [
@@ -409,7 +430,9 @@ async def test_usage_missing_is_estimated(upstream: tuple[FakeUpstream, str]) ->
     async with gemini(base) as stub:
         chunks, error = await collect(stub, prompt="count to three please")
     assert error is None
-    assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (4, 3)
+    # The shared estimate: ~4 characters a token, plus a few per message for the chat template.
+    expected = (estimate_tokens("count to three please") + 4, estimate_tokens("one two three"))
+    assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == expected
 
 
 # --- the adapter's own pieces -----------------------------------------------------------------------

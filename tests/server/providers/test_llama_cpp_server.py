@@ -101,18 +101,22 @@ def _model(base_url: str, upstream_model: str) -> dict[str, Any]:
 
 
 @pytest.fixture
+def key() -> str:
+    """The key our server sends (set before it starts: it checks the variable at start-up)."""
+    return KEY
+
+
+@pytest.fixture
 async def stub(
-    llama_server: tuple[str, str],
+    llama_server: tuple[str, str], key: str, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[completions_pb2_grpc.CompletionServiceStub]:
+    monkeypatch.setenv("LLAMA_SERVER_KEY", key)
     async with serving([_model(*llama_server)]) as server:
         async with grpc.aio.insecure_channel(server.grpc_target) as channel:
             yield completions_pb2_grpc.CompletionServiceStub(channel)
 
 
-async def test_create_and_stream_completion(
-    stub: completions_pb2_grpc.CompletionServiceStub, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("LLAMA_SERVER_KEY", KEY)
+async def test_create_and_stream_completion(stub: completions_pb2_grpc.CompletionServiceStub) -> None:
     reply = await stub.CreateCompletion(
         completions_pb2.CreateCompletionRequest(
             model="llama-server", prompt="What is the capital of France?", max_tokens=16, seed=1
@@ -140,10 +144,8 @@ async def test_create_and_stream_completion(
     assert final.usage.prompt_tokens > 0 and final.usage.completion_tokens > 0
 
 
-async def test_wrong_key_is_auth_failed(
-    stub: completions_pb2_grpc.CompletionServiceStub, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("LLAMA_SERVER_KEY", "not-the-key")
+@pytest.mark.parametrize("key", ["not-the-key"])
+async def test_wrong_key_is_auth_failed(stub: completions_pb2_grpc.CompletionServiceStub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.CreateCompletion(
             completions_pb2.CreateCompletionRequest(model="llama-server", prompt="hi")

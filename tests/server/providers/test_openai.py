@@ -20,10 +20,11 @@ from aibattle.v1 import common_pb2, completions_pb2, completions_pb2_grpc
 from common.enums import FinishReason
 from server.config import ModelConfig
 from server.providers.base import Delta, Finish, StreamItem, Usage
-from server.providers.http.base import HttpClient
+from server.providers.http.base import UNREPORTED, HttpClient
 from server.providers.http.errors import UpstreamError
-from server.providers.http.openai import OpenAIProvider, estimate_tokens
+from server.providers.http.openai import OpenAIProvider
 from server.providers.http.wire import FrameError
+from server.providers.text import estimate_tokens
 from tests.conftest import error_info, rich_status
 from tests.server.providers.fake_upstream import FakeUpstream, Reply, serving, start_fake
 
@@ -470,7 +471,7 @@ async def test_parse_stream_ignores_what_follows_done_and_maps_tool_calls() -> N
     items = await _parse(chunk("a") + chunk(finish="tool_calls") + DONE + b"data: garbage\n\n", 7)
     finish = items[-1]
     assert isinstance(finish, Finish) and finish.reason == FinishReason.STOP
-    assert finish.usage.completion_tokens == 1  # no usage: estimated (the prompt by stream())
+    assert finish.usage == Usage(UNREPORTED, UNREPORTED)  # no usage: HttpProvider.stream estimates
 
 
 async def test_parse_stream_error_event() -> None:
