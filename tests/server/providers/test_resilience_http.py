@@ -40,6 +40,19 @@ def answer(text: str) -> Reply:
     )
 
 
+def whole(text: str) -> Reply:
+    """A non-streaming OpenAI answer (what CreateCompletion asks for)."""
+    body = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "up",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+    }
+    return Reply(chunks=[json.dumps(body).encode()], content_type="application/json")
+
+
 def failure(status: int, message: str = "upstream trouble", **headers: str) -> Reply:
     body = json.dumps({"error": {"message": message, "type": "server_error", "param": None, "code": None}})
     return Reply(status=status, headers=headers, chunks=[body.encode()], content_type="application/json")
@@ -205,3 +218,29 @@ async def test_keys_never_reach_logs_or_errors(two: Any, caplog: pytest.LogCaptu
     assert a.requests[0].headers["Authorization"] == f"Bearer {KEY}"  # it was used
     logged = caplog.text + "".join(str(r.__dict__) for r in caplog.records)
     assert KEY[8:] not in logged
+
+
+async def test_an_unreachable_upstream_is_retried_then_falls_back_and_the_answer_is_billed_at_its_price(
+    two: Any,
+) -> None:
+    _, _, b, b_url = two
+    b.replies = [whole("From B.")]
+    refused = "http://127.0.0.1:1"  # nothing listens on port 1
+    models = [
+        {**openai_model("a", refused, retries=1), "fallbacks": ["b"]},
+        {**openai_model("b", b_url), "pricing": {"input": 0.25, "output": 0.5}},
+        openai_model("a-alone", refused, retries=1),
+    ]
+    async with serving(models) as server:
+        async with stub_for(server) as stub:
+            reply = await stub.CreateCompletion(
+                completions_pb2.CreateCompletionRequest(model="a", prompt="x")
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.CreateCompletion(
+                    completions_pb2.CreateCompletionRequest(model="a-alone", prompt="x")
+                )
+    assert reply.model == "b" and reply.content == "From B."
+    assert reply.usage.cost_usd == pytest.approx(3 * 0.25 + 2 * 0.5)  # the fake reports 3 + 2 tokens
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert error_info(caught.value).reason == "UPSTREAM_UNREACHABLE"
