@@ -112,9 +112,14 @@ async def test_a_429_is_retried_after_retry_after_and_reported_when_retries_run_
         async with stub_for(server) as stub:
             chunks = [c async for c in stub.StreamCompletion(_request("m"))]
             assert "".join(c.content for c in chunks) == "Later."
-            a.replies = [failure(429, "slow down", **{"Retry-After": "7"})]
+            a.replies = [failure(429, "slow down", **{"Retry-After": "600"})]
+            seen = len(a.requests)
             with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await stub.CreateCompletion(completions_pb2.CreateCompletionRequest(model="m", prompt="hi"))
+                # A retry 600 s away does not fit the caller's 30 s: no wait, the 429 is the answer.
+                await stub.CreateCompletion(
+                    completions_pb2.CreateCompletionRequest(model="m", prompt="hi"), timeout=30
+                )
+            assert len(a.requests) == seen + 1
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     info = error_info(caught.value)
     assert info.reason == "UPSTREAM_RATE_LIMITED" and info.metadata["provider"] == "openai"
