@@ -7,7 +7,8 @@ Three child processes on 127.0.0.1, each with its own event loop:
     a fixed reply as one `chat.completion` or as SSE `chat.completion.chunk`s (a usage chunk when
     `stream_options.include_usage`, then `data: [DONE]`), with no delay unless --chunk-delay-ms;
   - ours: `python -m server` with one model of provider "openai" whose base_url is the fake, measured
-    through our gateway's OpenAI-compatible /v1/chat/completions;
+    through our gateway's OpenAI-compatible /v1/chat/completions (skipped, saying why, if it cannot
+    start: e.g. without server/providers/http/openai.py);
   - LiteLLM: `litellm --config <yaml>` (one uvicorn worker unless --litellm-workers, no database, a
     master key checked in memory, its remote lookups switched to the bundled copies), an
     `openai/<name>` model whose api_base is the fake, measured through its /v1/chat/completions.
@@ -184,6 +185,14 @@ class Child:
         except OSError:
             return ""
 
+    def failed(self) -> RuntimeError:
+        """Why it did not start: its last line, then the end of its log."""
+        tail = self.tail()
+        last = tail.splitlines()[-1] if tail else "(no output)"
+        return RuntimeError(
+            f"{self.name} did not start (exit code {self.proc.poll()}): {last}\n{self.log}:\n{tail}"
+        )
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             if self.proc.stdin is not None:
@@ -216,9 +225,7 @@ async def wait_for_log(child: Child, pattern: re.Pattern[str], within: float) ->
         if match := pattern.search(child.log.read_text(errors="replace")):
             return match
         await asyncio.sleep(0.1)
-    raise RuntimeError(
-        f"{child.name} did not start (exit code {child.proc.poll()}); {child.log}:\n{child.tail()}"
-    )
+    raise child.failed()
 
 
 def start_fake(args: argparse.Namespace) -> tuple[Child, str]:
@@ -344,7 +351,7 @@ general_settings:
                 pass
             await asyncio.sleep(0.25)
     child.stop()
-    raise RuntimeError(f"litellm did not start (exit code {child.proc.poll()}); {child.log}:\n{child.tail()}")
+    raise child.failed()
 
 
 # --- measuring -------------------------------------------------------------------------------------
@@ -521,7 +528,7 @@ async def bench(args: argparse.Namespace) -> None:
             "whole = one JSON chat.completion; stream = SSE until data: [DONE]; ttft = to the first content "
             "delta; +p50/+p99/+ttft50 = the proxy's figure minus the direct one"
         )
-        heads = f"{'target':<16}{'shape':<7}{'conc':>5}{'reqs':>6}{'p50':>9}{'p99':>9}{'+p50':>9}{'+p99':>9}"
+        heads = f"{'target':<20}{'shape':<7}{'conc':>5}{'reqs':>6}{'p50':>9}{'p99':>9}{'+p50':>9}{'+p99':>9}"
         heads += f"{'ttft50':>9}{'+ttft50':>9}{'req/s':>9}{'errors':>7}"
         print(heads)
         for stream in (False, True):
@@ -544,7 +551,7 @@ async def bench(args: argparse.Namespace) -> None:
                             f"{ttft - basettft:+.2f}" if stream else "",
                         )
                     row = (
-                        f"{target.name:<16}{'stream' if stream else 'whole':<7}{concurrency:>5}{requests:>6}"
+                        f"{target.name:<20}{'stream' if stream else 'whole':<7}{concurrency:>5}{requests:>6}"
                     )
                     row += f"{p50:>9.2f}{p99:>9.2f}{added[0]:>9}{added[1]:>9}"
                     shown = f"{ttft:.2f}" if stream else ""
