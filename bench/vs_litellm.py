@@ -15,7 +15,8 @@ Three child processes on 127.0.0.1, each with its own event loop:
     LiteLLM lives in its own venv (default build/litellm-venv, created here on first use), never in
     the project's.
 This process (an aiohttp client) sends the same requests to the fake directly and through each proxy,
-cell by cell: {whole, stream} x {concurrency}; warm-up first; bounded counts. "+p50"/"+p99" are the
+cell by cell: {whole, stream} x {concurrency}, each cell's calls split into --rounds turns in which
+the targets take turns (each turn warms up first); bounded counts. "+p50"/"+p99" are the
 proxy's percentile minus the direct one: the latency the proxy adds. It prints figures, asserts nothing.
 """
 
@@ -371,6 +372,14 @@ class Cell:
     calls: int = 0  # all calls made, warm-up included
     seconds: float = 0.0
 
+    def add(self, other: Cell) -> None:
+        self.latencies += other.latencies
+        self.first += other.first
+        self.errors += other.errors
+        self.first_error = self.first_error or other.first_error
+        self.seconds += other.seconds
+        self.calls += other.calls
+
     @property
     def rate(self) -> float:
         return len(self.latencies) / self.seconds if self.seconds else 0.0
@@ -535,10 +544,20 @@ async def bench(args: argparse.Namespace) -> None:
             for concurrency in args.concurrency:
                 requests = args.requests if concurrency == 1 else args.requests_concurrent
                 base50 = base99 = basettft = 0.0
+                cells = {target.name: Cell() for target in targets}
+                rounds = max(1, min(args.rounds, requests))
+                for i in range(rounds):  # targets take turns, so a burst of load elsewhere hits all alike
+                    share = requests // rounds + (i < requests % rounds)
+                    for target in targets:
+                        before = await upstream_served(upstream)
+                        part = await measure(target.base, target.model, stream, share, concurrency, expected)
+                        after = await upstream_served(upstream)
+                        cells[target.name].add(part)
+                        seen = {kind: after[kind] - before[kind] for kind in after}
+                        if seen != {"whole": 0, "stream": 0, ("stream" if stream else "whole"): part.calls}:
+                            print(f"  {target.name}: the upstream answered {seen} for {part.calls} calls")
                 for target in targets:
-                    before = await upstream_served(upstream)
-                    cell = await measure(target.base, target.model, stream, requests, concurrency, expected)
-                    after = await upstream_served(upstream)
+                    cell = cells[target.name]
                     p50, p99 = percentile(cell.latencies, 0.5), percentile(cell.latencies, 0.99)
                     ttft = percentile(cell.first, 0.5) if stream else float("nan")
                     if target.name == "direct":
@@ -559,9 +578,6 @@ async def bench(args: argparse.Namespace) -> None:
                     print(row, flush=True)
                     if cell.errors:
                         print(f"  first error: {cell.first_error}", flush=True)
-                    seen = {kind: after[kind] - before[kind] for kind in after}
-                    if seen != {"whole": 0, "stream": 0, ("stream" if stream else "whole"): cell.calls}:
-                        print(f"  the upstream answered {seen} for {cell.calls} calls", flush=True)
         print(
             "latencies in ms; the client, the proxy and the fake upstream share this machine's CPUs "
             f"(1-minute load average now {os.getloadavg()[0]:.2f})"
@@ -580,6 +596,7 @@ def main() -> None:
         "--requests-concurrent", type=int, default=2000, help="measured calls per cell above 1"
     )
     parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 32])
+    parser.add_argument("--rounds", type=int, default=3, help="turns each cell's calls are split into")
     parser.add_argument("--chunks", type=int, default=16, help="content chunks the fake upstream answers")
     parser.add_argument("--chunk-delay-ms", type=float, default=0.0, help="the fake's pause between chunks")
     parser.add_argument(
