@@ -504,7 +504,12 @@ async def bench(args: argparse.Namespace) -> None:
     targets: list[Target] = []
     children: list[Child] = []
     skipped: list[str] = []
-    cli = ensure_litellm(args.litellm_venv, args.litellm_spec) if "litellm" in args.only else None
+    cli = None
+    if "litellm" in args.only:
+        try:
+            cli = ensure_litellm(args.litellm_venv, args.litellm_spec)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            skipped.append(f"litellm: skipped, it could not be installed in {args.litellm_venv}: {exc}")
     fake, upstream = start_fake(args)
     children.append(fake)
     targets.append(Target("direct", upstream, UPSTREAM_MODEL))
