@@ -21,6 +21,7 @@ import html
 from collections.abc import Sequence
 
 from common.errors import InvalidArgument
+from server.config import ModelConfig
 from server.providers.base import Attachment, ChatMessage, Role
 
 
@@ -53,3 +54,17 @@ def chat_message(role: Role, content: str, files: Sequence[tuple[str, Attachment
     others = tuple(a for _, a in files if not is_text(a.type, a.mime_type))
     text = "\n\n".join([*blocks, content] if content else blocks)
     return ChatMessage(role, text, others)
+
+
+def cannot_take(
+    model: ModelConfig, attachment: Attachment, takes: str, *, where: str = ""
+) -> InvalidArgument:
+    """The one refusal of an attachment a provider cannot pass on (input is never dropped): it names
+    the model, the attachment's kind and what the provider does take."""
+    kind = f"{attachment.type!r} attachment ({attachment.mime_type or 'no mime type'})"
+    return InvalidArgument(
+        "file_data",
+        f"model {model.id!r} ({model.provider}) cannot take a {kind}{' ' + where if where else ''};"
+        f" it takes {takes}",
+        reason="CAPABILITY_MISSING",
+    )

@@ -31,6 +31,7 @@ import grpc
 from common.enums import FinishReason
 from common.errors import ApiError, DeadlineExceeded, ProviderError
 from server.config import LocalProviderConfig, ModelConfig
+from server.providers.attachments import cannot_take
 from server.providers.base import ChatRequest, Delta, Finish, StreamItem, Usage
 from server.providers.text import StopMatcher
 
@@ -224,10 +225,4 @@ def _refuse_attachments(model: ModelConfig, request: ChatRequest) -> None:
     """
     for message in request.messages:
         for attachment in message.attachments:
-            raise ApiError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "CAPABILITY_MISSING",
-                f"model {model.id!r} (local) reads text only and cannot take a {attachment.type!r}"
-                f" attachment ({attachment.mime_type or 'no mime type'})",
-                metadata={"model": model.id, "attachment_type": attachment.type},
-            )
+            raise cannot_take(model, attachment, "text only")

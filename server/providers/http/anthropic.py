@@ -23,6 +23,7 @@ from typing import Any
 from common.enums import FinishReason
 from common.errors import InvalidArgument
 from server.config import ModelConfig
+from server.providers.attachments import cannot_take
 from server.providers.base import Attachment, ChatMessage, ChatRequest, Delta, Finish, Role, StreamItem, Usage
 from server.providers.http.base import UNREPORTED, HttpProvider, HttpRequest
 from server.providers.http.errors import UpstreamError, stream_error
@@ -213,7 +214,7 @@ def conversation(model: ModelConfig, messages: tuple[ChatMessage, ...]) -> tuple
     for message in messages:
         if message.role == Role.SYSTEM:
             if message.attachments:
-                raise _cannot_take(model, message.attachments[0].type, "in a system message")
+                raise cannot_take(model, message.attachments[0], _TAKES, where="in a system message")
             if message.content:
                 system.append(message.content)
             continue
@@ -246,7 +247,7 @@ def _attachment_block(model: ModelConfig, attachment: Attachment) -> dict[str, A
         return {"type": "image", "source": {"type": "base64", "media_type": mime, "data": data}}
     if attachment.type == "document" and mime in DOCUMENT_TYPES:
         return {"type": "document", "source": {"type": "base64", "media_type": mime, "data": data}}
-    raise _cannot_take(model, attachment.type, f"of type {mime or 'unknown'}")
+    raise cannot_take(model, attachment, _TAKES)
 
 
 def _sniff(content: bytes) -> str:
@@ -258,13 +259,7 @@ def _sniff(content: bytes) -> str:
     return ""
 
 
-def _cannot_take(model: ModelConfig, kind: str, what: str) -> InvalidArgument:
-    return InvalidArgument(
-        None,
-        f"model {model.id!r} (anthropic) cannot take a {kind!r} attachment {what}: the Messages API"
-        " takes images (JPEG, PNG, GIF, WebP) and PDF documents in user or assistant messages",
-        reason="CAPABILITY_MISSING",
-    )
+_TAKES = "images (JPEG, PNG, GIF, WebP) and PDF documents, in user or assistant messages"
 
 
 def _finish_reason(value: Any) -> FinishReason:

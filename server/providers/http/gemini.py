@@ -28,8 +28,8 @@ from typing import Any
 from urllib.parse import quote
 
 from common.enums import FinishReason
-from common.errors import InvalidArgument
 from server.config import ModelConfig
+from server.providers.attachments import cannot_take
 from server.providers.base import (
     Attachment,
     ChatMessage,
@@ -75,45 +75,39 @@ def api_root(base_url: str) -> str:
     return base if base.rsplit("/", 1)[-1] in ("v1", "v1beta", "v1alpha") else f"{base}/{API_VERSION}"
 
 
-def _part(attachment: Attachment) -> dict[str, Any]:
+def _part(model: ModelConfig, attachment: Attachment) -> dict[str, Any]:
     if attachment.type not in _INLINE_TYPES and not (
         attachment.type == "document" and attachment.mime_type.lower() in _INLINE_DOCUMENTS
     ):
-        raise InvalidArgument(
-            "file_data",
-            f"gemini reads image, audio, video and PDF files inline, not a {attachment.type!r} "
-            f"of type {attachment.mime_type!r}",
-            reason="CAPABILITY_MISSING",
-        )
+        raise cannot_take(model, attachment, "image, audio, video and PDF files, inline")
     data = base64.b64encode(attachment.content).decode("ascii")
     return {"inlineData": {"mimeType": attachment.mime_type, "data": data}}
 
 
-def _parts(message: ChatMessage) -> list[dict[str, Any]]:
+def _parts(model: ModelConfig, message: ChatMessage) -> list[dict[str, Any]]:
     # Files first, then the question about them: the order Gemini's prompting guide recommends.
-    parts = [_part(a) for a in message.attachments]
+    parts = [_part(model, a) for a in message.attachments]
     if message.content or not parts:
         parts.append({"text": message.content})
     return parts
 
 
-def request_body(request: ChatRequest) -> dict[str, Any]:
+def request_body(model: ModelConfig, request: ChatRequest) -> dict[str, Any]:
     """The GenerateContentRequest for a chat request."""
     system: list[dict[str, Any]] = []
     contents: list[dict[str, Any]] = []
     for message in request.messages:
         if message.role is Role.SYSTEM:
             if message.attachments:
-                raise InvalidArgument(
-                    "file_data", "gemini takes system instructions as text only", reason="CAPABILITY_MISSING"
-                )
+                first = message.attachments[0]
+                raise cannot_take(model, first, "text only", where="in a system instruction")
             system.append({"text": message.content})
             continue
         role = "model" if message.role is Role.ASSISTANT else "user"
         if contents and contents[-1]["role"] == role:
-            contents[-1]["parts"].extend(_parts(message))  # one turn: same meaning, strict alternation
+            contents[-1]["parts"].extend(_parts(model, message))  # one turn: same meaning, strict alternation
         else:
-            contents.append({"role": role, "parts": _parts(message)})
+            contents.append({"role": role, "parts": _parts(model, message)})
     config: dict[str, Any] = {"maxOutputTokens": request.max_tokens}
     if request.temperature is not None:
         config["temperature"] = request.temperature
@@ -218,7 +212,7 @@ class GeminiProvider(HttpProvider):
         verb = "streamGenerateContent?alt=sse" if request.stream else "generateContent"
         url = f"{api_root(model.upstream.base_url)}/{model_path(model)}:{verb}"
         headers = {"x-goog-api-key": key} if key else {}
-        return HttpRequest(url, request_body(request), headers)
+        return HttpRequest(url, request_body(model, request), headers)
 
     async def parse_stream(
         self, model: ModelConfig, chunks: AsyncIterator[bytes]

@@ -21,8 +21,8 @@ from typing import Any
 import aiohttp
 
 from common.enums import FinishReason
-from common.errors import InvalidArgument
 from server.config import ModelConfig
+from server.providers.attachments import cannot_take
 from server.providers.base import ChatMessage, ChatRequest, Delta, Finish, StreamItem, Usage
 from server.providers.http.base import UNREPORTED, HttpClient, HttpProvider, HttpRequest
 from server.providers.http.errors import (
@@ -97,11 +97,7 @@ def _message(model: ModelConfig, message: ChatMessage) -> dict[str, Any]:
     images = []
     for attachment in message.attachments:
         if attachment.type != "image":
-            raise InvalidArgument(
-                "file_data",
-                f"model {model.id!r} ({PROVIDER}) takes images, not {attachment.type!r} attachments",
-                reason="CAPABILITY_MISSING",
-            )
+            raise cannot_take(model, attachment, "images only")
         images.append(base64.b64encode(attachment.content).decode("ascii"))
     if images:
         out["images"] = images

@@ -25,8 +25,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from common.enums import FinishReason
-from common.errors import InvalidArgument
 from server.config import ModelConfig
+from server.providers.attachments import cannot_take
 from server.providers.base import ChatMessage, ChatRequest, Delta, Finish, StreamItem, Usage
 from server.providers.http.base import UNREPORTED, HttpProvider, HttpRequest
 from server.providers.http.errors import stream_error
@@ -48,12 +48,7 @@ def _content(model: ModelConfig, message: ChatMessage) -> str | list[dict[str, A
     parts: list[dict[str, Any]] = [{"type": "text", "text": message.content}] if message.content else []
     for attachment in message.attachments:
         if attachment.type != "image":
-            raise InvalidArgument(
-                "file_data.type",
-                f"model {model.id!r} (openai) takes images only; a {attachment.type!r} attachment"
-                f" needs the {attachment.type!r} capability this adapter does not send",
-                reason="CAPABILITY_MISSING",
-            )
+            raise cannot_take(model, attachment, "images only")
         data = base64.b64encode(attachment.content).decode("ascii")
         url = f"data:{attachment.mime_type or 'application/octet-stream'};base64,{data}"
         parts.append({"type": "image_url", "image_url": {"url": url}})

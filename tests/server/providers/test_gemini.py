@@ -526,6 +526,7 @@ def test_urls_name_the_model_and_keep_a_configured_api_version() -> None:
 
 def test_consecutive_turns_of_one_role_merge_and_system_messages_join() -> None:
     body = request_body(
+        _model(),
         ChatRequest(
             messages=(
                 ChatMessage(Role.SYSTEM, "Be brief."),
@@ -536,7 +537,7 @@ def test_consecutive_turns_of_one_role_merge_and_system_messages_join() -> None:
             ),
             max_tokens=8,
             seed=7,
-        )
+        ),
     )
     assert body["systemInstruction"] == {"parts": [{"text": "Be brief."}, {"text": "And kind."}]}
     assert body["contents"] == [
