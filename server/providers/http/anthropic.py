@@ -15,7 +15,6 @@ the upstream's words. Event types we do not know are skipped, as Anthropic's ver
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -134,13 +133,9 @@ class AnthropicProvider(HttpProvider):
         )
         return items
 
-    def error_message(self, body: bytes) -> str:
+    def error_text(self, parsed: Any) -> str | None:
         """`{"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}` → its words."""
-        try:
-            parsed = json.loads(body)
-        except ValueError:
-            return body.decode("utf-8", "replace")
-        return _error_words(parsed) or body.decode("utf-8", "replace")
+        return _error_words(parsed) or None
 
 
 @dataclass

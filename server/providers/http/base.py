@@ -15,6 +15,7 @@ a chat request), `parse_stream()` (its wire format's frames → `Delta`s and one
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -156,8 +157,16 @@ class HttpProvider:
         raise NotImplementedError
 
     def error_message(self, body: bytes) -> str:
-        """The upstream's own words from an error body (adapters know where their APIs put them)."""
-        return body.decode("utf-8", "replace")
+        """The upstream's own words from an error body: `error_text` of its JSON, else the raw text."""
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            parsed = None
+        return self.error_text(parsed) or body.decode("utf-8", "replace")
+
+    def error_text(self, parsed: Any) -> str | None:
+        """Where an adapter's API puts its message in a (parsed JSON) error body; None if not there."""
+        return None
 
     def retry_after(self, body: bytes, header: str | None) -> float | None:
         """Seconds to wait before retrying a refused request: the Retry-After header, or where an
@@ -250,8 +259,6 @@ class HttpProvider:
     async def _whole_json(self, model: ModelConfig, response: aiohttp.ClientResponse, clock: _Clock) -> Any:
         body = b"".join([chunk async for chunk in self._chunks(model, response, clock)])
         try:
-            import json
-
             return json.loads(body)
         except ValueError:
             raise protocol_error(

@@ -233,16 +233,12 @@ class GeminiProvider(HttpProvider):
         delta = answer.feed(body)
         return [*([delta] if delta is not None else []), answer.finish()]
 
-    def error_message(self, body: bytes) -> str:
-        try:
-            parsed = json.loads(body)
-        except ValueError:
-            return body.decode("utf-8", "replace")
+    def error_text(self, parsed: Any) -> str | None:
         if isinstance(parsed, list) and parsed:  # the JSON-array form of a streaming error
             parsed = parsed[0]
         if isinstance(parsed, dict) and "error" in parsed:
             return error_text(parsed["error"])
-        return body.decode("utf-8", "replace")
+        return None
 
     def retry_after(self, body: bytes, header: str | None) -> float | None:
         """Gemini's 429 says when to retry in its body: `error.details[]` holds a google.rpc.RetryInfo

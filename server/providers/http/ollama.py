@@ -88,8 +88,11 @@ class OllamaProvider(HttpProvider):
             raise protocol_error(PROVIDER, model.id, f'an answer without "done": true: {str(body)[:200]}')
         return items
 
-    def error_message(self, body: bytes) -> str:
-        return _error_text(body)
+    def error_text(self, parsed: Any) -> str | None:
+        """Ollama's `{"error": "..."}`."""
+        if isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
+            return str(parsed["error"])
+        return None
 
 
 def _message(model: ModelConfig, message: ChatMessage) -> dict[str, Any]:
@@ -133,17 +136,6 @@ def _items(model: ModelConfig, frame: Any) -> list[StreamItem]:
     return items
 
 
-def _error_text(body: bytes) -> str:
-    """Ollama's `{"error": "..."}`, or the body itself when it is not that."""
-    try:
-        parsed = json.loads(body)
-    except ValueError:
-        return body.decode("utf-8", "replace")
-    if isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
-        return str(parsed["error"])
-    return body.decode("utf-8", "replace")
-
-
 async def discover_models(client: HttpClient, base_url: str, *, key: str | None = None) -> list[str]:
     """The names of the models an Ollama server has pulled (GET {base_url}/api/tags), in its order.
 
@@ -160,7 +152,7 @@ async def discover_models(client: HttpClient, base_url: str, *, key: str | None 
                         PROVIDER,
                         "*",
                         response.status,
-                        _error_text(body),
+                        OllamaProvider(client).error_message(body),
                         retry_after=parse_retry_after(response.headers.get("Retry-After")),
                     )
     except TimeoutError:

@@ -160,16 +160,12 @@ class OpenAIProvider(HttpProvider):
         items.append(Finish(usage, finish_reason(choice.get("finish_reason"))))
         return items
 
-    def error_message(self, body: bytes) -> str:
-        try:
-            parsed = json.loads(body)
-        except ValueError:
-            return body.decode("utf-8", "replace")
+    def error_text(self, parsed: Any) -> str | None:
         if (message := _error_text(parsed)) is not None:
             return message
         if isinstance(parsed, dict) and isinstance(parsed.get("detail"), str):
             return str(parsed["detail"])  # FastAPI's HTTPException (llama-cpp-python's 401)
-        return body.decode("utf-8", "replace")
+        return None
 
 
 class _StreamState:
