@@ -24,7 +24,7 @@ from common.errors import InvalidArgument
 from server.config import ModelConfig
 from server.providers.attachments import cannot_take
 from server.providers.base import Attachment, ChatMessage, ChatRequest, Delta, Finish, Role, StreamItem, Usage
-from server.providers.http.base import UNREPORTED, HttpProvider, HttpRequest
+from server.providers.http.base import UNREPORTED, HttpProvider, HttpRequest, sampling
 from server.providers.http.errors import UpstreamError, stream_error
 from server.providers.http.wire import FrameError, SseEvent, SseParser
 
@@ -69,20 +69,14 @@ class AnthropicProvider(HttpProvider):
         }
         if system:
             body["system"] = system
-        if request.temperature is not None:
-            if request.temperature > MAX_TEMPERATURE:
-                # Not clamped: 1.5 on a 0-2 scale and 1.0 on Anthropic's are different requests.
-                raise InvalidArgument(
-                    "temperature",
-                    f"model {model.id!r} (anthropic) takes 0 to {MAX_TEMPERATURE:g},"
-                    f" got {request.temperature:g}",
-                )
-            body["temperature"] = request.temperature
-        if request.top_p is not None:
-            body["top_p"] = request.top_p
-        if request.stop:
-            body["stop_sequences"] = list(request.stop)
+        if request.temperature is not None and request.temperature > MAX_TEMPERATURE:
+            # Not clamped: 1.5 on a 0-2 scale and 1.0 on Anthropic's are different requests.
+            raise InvalidArgument(
+                "temperature",
+                f"model {model.id!r} (anthropic) takes 0 to {MAX_TEMPERATURE:g}, got {request.temperature:g}",
+            )
         # request.seed is dropped: the Messages API has no seed (sampling is not reproducible there).
+        body.update(sampling(request, stop="stop_sequences", seed=None))
         headers = {"anthropic-version": API_VERSION, "content-type": "application/json"}
         if key is not None:
             headers["x-api-key"] = key

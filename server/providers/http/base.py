@@ -100,6 +100,28 @@ class HttpRequest:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+def sampling(
+    request: ChatRequest,
+    *,
+    temperature: str = "temperature",
+    top_p: str = "top_p",
+    stop: str = "stop",
+    seed: str | None = "seed",
+) -> dict[str, Any]:
+    """The sampling options a request sets, under an API's own names (unset ones are left out, so the
+    upstream's defaults apply). `seed=None`: the adapter maps the seed itself."""
+    options: dict[str, Any] = {}
+    if request.temperature is not None:
+        options[temperature] = request.temperature
+    if request.top_p is not None:
+        options[top_p] = request.top_p
+    if request.stop:
+        options[stop] = list(request.stop)
+    if seed is not None and request.seed is not None:
+        options[seed] = request.seed
+    return options
+
+
 class _Clock:
     """Which bound applies to the next read: first token, idle gap, or the caller's deadline."""
 

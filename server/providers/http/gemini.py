@@ -40,7 +40,7 @@ from server.providers.base import (
     StreamItem,
     Usage,
 )
-from server.providers.http.base import UNREPORTED, HttpProvider, HttpRequest
+from server.providers.http.base import UNREPORTED, HttpProvider, HttpRequest, sampling
 from server.providers.http.errors import stream_error
 from server.providers.http.wire import FrameError, SseParser
 
@@ -108,13 +108,10 @@ def request_body(model: ModelConfig, request: ChatRequest) -> dict[str, Any]:
             contents[-1]["parts"].extend(_parts(model, message))  # one turn: same meaning, strict alternation
         else:
             contents.append({"role": role, "parts": _parts(model, message)})
-    config: dict[str, Any] = {"maxOutputTokens": request.max_tokens}
-    if request.temperature is not None:
-        config["temperature"] = request.temperature
-    if request.top_p is not None:
-        config["topP"] = request.top_p
-    if request.stop:
-        config["stopSequences"] = list(request.stop)
+    config: dict[str, Any] = {
+        "maxOutputTokens": request.max_tokens,
+        **sampling(request, top_p="topP", stop="stopSequences", seed=None),
+    }
     if request.seed is not None:
         # Our seed is unsigned 32-bit, Gemini's a signed int32: same bits, so the same runs repeat.
         config["seed"] = request.seed - 2 * _INT32 if request.seed >= _INT32 else request.seed

@@ -24,7 +24,7 @@ from common.enums import FinishReason
 from server.config import ModelConfig
 from server.providers.attachments import cannot_take
 from server.providers.base import ChatMessage, ChatRequest, Delta, Finish, StreamItem, Usage
-from server.providers.http.base import UNREPORTED, HttpClient, HttpProvider, HttpRequest
+from server.providers.http.base import UNREPORTED, HttpClient, HttpProvider, HttpRequest, sampling
 from server.providers.http.errors import (
     from_status,
     parse_retry_after,
@@ -47,15 +47,7 @@ class OllamaProvider(HttpProvider):
     name = PROVIDER
 
     def build(self, model: ModelConfig, request: ChatRequest, key: str | None) -> HttpRequest:
-        options: dict[str, Any] = {"num_predict": request.max_tokens}
-        if request.temperature is not None:
-            options["temperature"] = request.temperature
-        if request.top_p is not None:
-            options["top_p"] = request.top_p
-        if request.seed is not None:
-            options["seed"] = request.seed
-        if request.stop:
-            options["stop"] = list(request.stop)
+        options: dict[str, Any] = {"num_predict": request.max_tokens, **sampling(request)}
         body = {
             "model": model.upstream_model or model.id,
             "messages": [_message(model, m) for m in request.messages],

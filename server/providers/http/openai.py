@@ -28,7 +28,7 @@ from common.enums import FinishReason
 from server.config import ModelConfig
 from server.providers.attachments import cannot_take
 from server.providers.base import ChatMessage, ChatRequest, Delta, Finish, StreamItem, Usage
-from server.providers.http.base import UNREPORTED, HttpProvider, HttpRequest
+from server.providers.http.base import UNREPORTED, HttpProvider, HttpRequest, sampling
 from server.providers.http.errors import stream_error
 from server.providers.http.wire import FrameError, SseParser
 
@@ -107,14 +107,7 @@ class OpenAIProvider(HttpProvider):
         }
         if request.stream:
             body["stream_options"] = {"include_usage": True}
-        if request.temperature is not None:
-            body["temperature"] = request.temperature
-        if request.top_p is not None:
-            body["top_p"] = request.top_p
-        if request.stop:
-            body["stop"] = list(request.stop)
-        if request.seed is not None:
-            body["seed"] = request.seed
+        body.update(sampling(request))
         headers = {"Accept": "text/event-stream" if request.stream else "application/json"}
         if key:
             headers["Authorization"] = f"Bearer {key}"
