@@ -19,10 +19,12 @@ from common.addresses import join_host_port, parse_host_port
 from server import reflection
 from server.config import Config
 from server.interceptors import ErrorInterceptor, RequestContextInterceptor
+from server.orchestration.runs import Runs
 from server.providers.registry import ModelRegistry
 from server.services.completions import CompletionServicer
 from server.services.models import ModelServicer
 from server.services.unimplemented import unimplemented_service
+from server.storage import EventHub, SqliteStore
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,9 @@ class AIBattleServer:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.registry = ModelRegistry(config)
+        self.store = SqliteStore(config.server.database)
+        self.hub = EventHub()
+        self.runs = Runs(self.store)
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self.grpc_port = 0
@@ -54,6 +59,7 @@ class AIBattleServer:
 
     async def start(self) -> None:
         await self.registry.start()
+        await self.store.open()
         limit = self.config.server.max_message_bytes
         server = grpc.aio.server(
             interceptors=(RequestContextInterceptor(), ErrorInterceptor()),
@@ -77,6 +83,7 @@ class AIBattleServer:
             self.grpc_port = 0
         if not self.grpc_port:
             await self.registry.close()
+            await self.store.close()
             raise OSError(f"cannot listen on {self.config.server.grpc_addr} (address in use or not local?)")
         await server.start()
         for name in ("", *names):
@@ -95,7 +102,9 @@ class AIBattleServer:
         await self.drain()
         await self._server.stop(grace)
         self._server = None
+        await self.runs.close()
         await self.registry.close()
+        await self.store.close()
         log.info("grpc stopped")
 
     async def wait_for_termination(self) -> None:

@@ -45,7 +45,7 @@ SCRIPTED_MODELS: list[dict[str, Any]] = [
 def make_config(models: list[dict[str, Any]] | None = None, **server: Any) -> Config:
     return Config.from_dict(
         {
-            "server": {"grpc_addr": "127.0.0.1:0", "http_addr": "", **server},
+            "server": {"grpc_addr": "127.0.0.1:0", "http_addr": "", "database": ":memory:", **server},
             "models": SCRIPTED_MODELS if models is None else models,
         }
     )

@@ -19,7 +19,13 @@ from tests.e2e.process import ROOT, server_process
 def start(tmp_path: Path, toml: str, **env: str) -> subprocess.CompletedProcess[str]:
     config = tmp_path / "aibattle.toml"
     config.write_text(toml)
-    environment = {**os.environ, "AIBATTLE_CONFIG": str(config), "AIBATTLE_HTTP_ADDR": "", **env}
+    environment = {
+        **os.environ,
+        "AIBATTLE_CONFIG": str(config),
+        "AIBATTLE_HTTP_ADDR": "",
+        "AIBATTLE_DB": str(tmp_path / "aibattle.db"),
+        **env,
+    }
     return subprocess.run(
         [sys.executable, "-m", "server"],
         cwd=ROOT,

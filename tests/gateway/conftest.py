@@ -37,7 +37,7 @@ def api_descriptor_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 CONFIG: dict[str, Any] = {
-    "server": {"grpc_addr": "127.0.0.1:0", "http_addr": ""},
+    "server": {"grpc_addr": "127.0.0.1:0", "http_addr": "", "database": ":memory:"},
     "models": [
         {
             "id": "scripted-echo",

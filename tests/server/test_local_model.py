@@ -37,7 +37,9 @@ async def until_idle(local: LocalProvider) -> None:
 
 @pytest.fixture
 async def local_server() -> AsyncIterator[AIBattleServer]:
-    server = AIBattleServer(Config.from_dict({"server": {"grpc_addr": "127.0.0.1:0", "http_addr": ""}}))
+    server = AIBattleServer(
+        Config.from_dict({"server": {"grpc_addr": "127.0.0.1:0", "http_addr": "", "database": ":memory:"}})
+    )
     await server.start()
     yield server
     await server.stop(grace=0.5)

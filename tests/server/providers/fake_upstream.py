@@ -106,7 +106,7 @@ async def serving(models: list[dict[str, Any]], **providers: Any) -> AsyncIterat
     """The real gRPC server with these [[models]] (and [providers.*] tables), on a free port."""
     config = Config.from_dict(
         {
-            "server": {"grpc_addr": "127.0.0.1:0", "http_addr": ""},
+            "server": {"grpc_addr": "127.0.0.1:0", "http_addr": "", "database": ":memory:"},
             "providers": providers,
             "models": models,
         }

@@ -1,0 +1,68 @@
+"""Live followers of event logs: woken after each commit, always reading from the store.
+
+A follower subscribes first (notes the hub's version), replays everything after the sequence it was
+given, then waits for a commit beyond what it has sent and reads again from the store. Because what
+it sends always comes from the committed log, in order, starting after the last sequence it sent,
+nothing is lost between replay and live and nothing is sent twice; many followers can watch one
+resource. In-process only: several replicas would carry `notify` over their database (PostgreSQL
+LISTEN/NOTIFY) or Redis, with the same follower loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+from server.storage.base import Store
+
+
+class EventHub:
+    """The latest committed sequence per resource, and a wake-up for whoever waits beyond it."""
+
+    def __init__(self) -> None:
+        self._latest: dict[str, int] = {}
+        self._changed: dict[str, asyncio.Event] = {}
+
+    def notify(self, resource_id: str, last_sequence: int) -> None:
+        """Called after a commit (never before: a follower woken early would read nothing new)."""
+        if last_sequence > self._latest.get(resource_id, 0):
+            self._latest[resource_id] = last_sequence
+        event = self._changed.pop(resource_id, None)
+        if event is not None:
+            event.set()
+
+    async def wait_beyond(self, resource_id: str, sequence: int, *, within: float) -> None:
+        """Return once a commit beyond `sequence` was notified, or after `within` seconds anyway."""
+        if self._latest.get(resource_id, 0) > sequence:
+            return
+        event = self._changed.setdefault(resource_id, asyncio.Event())
+        try:
+            await asyncio.wait_for(event.wait(), within)
+        except TimeoutError:
+            return
+
+
+async def follow(
+    store: Store,
+    hub: EventHub,
+    resource_id: str,
+    *,
+    after: int,
+    is_terminal: Callable[[bytes], bool],
+    poll: float = 5.0,
+) -> AsyncIterator[tuple[int, bytes]]:
+    """Every event after `after`, then live ones, ending after a terminal event (see module docstring).
+
+    `poll` bounds each wait, so a commit made by another process (a replica, a restarted runner) is
+    seen even without a wake-up from this hub.
+    """
+    sent = after
+    while True:
+        batch = await store.events(resource_id, after=sent)
+        for sequence, body in batch:
+            yield sequence, body
+            sent = sequence
+            if is_terminal(body):
+                return
+        if not batch:
+            await hub.wait_beyond(resource_id, sent, within=poll)
