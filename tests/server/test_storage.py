@@ -1,0 +1,135 @@
+"""The storage spine: atomic steps, gapless sequences, leases, and followers that lose and double nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from server.orchestration.runs import Runs
+from server.storage import EventHub, Lease, SqliteStore, follow
+from server.storage.base import LeaseLost
+
+TERMINAL = b"end"
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    db = SqliteStore(str(tmp_path / "state.db"))
+    await db.open()
+    yield db
+    await db.close()
+
+
+async def test_sequences_start_at_one_and_have_no_gaps(store: SqliteStore) -> None:
+    assert await store.create("thing", "t1", owner="", status=1, body=b"v0", events=[b"a", b"b"]) == 2
+    assert await store.commit("t1", status=2, body=b"v1", events=[b"c"]) == 3
+    assert await store.commit("t1", status=2, body=b"v2", events=[]) == 3
+    assert [s for s, _ in await store.events("t1", after=0)] == [1, 2, 3]
+    assert await store.events("t1", after=2) == [(3, b"c")]
+    stored = await store.get("t1", kind="thing")
+    assert stored is not None and (stored.body, stored.status, stored.last_sequence) == (b"v2", 2, 3)
+    assert await store.get("t1", kind="other") is None
+
+
+async def test_a_failed_step_writes_nothing(store: SqliteStore) -> None:
+    await store.create("thing", "t1", owner="", status=1, body=b"v0", events=[b"a"])
+    await store.acquire("t1", Lease("runner-a", time.time() + 60), now=time.time())
+    with pytest.raises(LeaseLost):
+        await store.commit("t1", status=2, body=b"stolen", events=[b"x"], runner_id="runner-b")
+    stored = await store.get("t1", kind="thing")
+    assert stored is not None and stored.body == b"v0" and stored.last_sequence == 1
+    assert await store.events("t1", after=0) == [(1, b"a")]
+
+
+async def test_state_and_events_survive_reopening(tmp_path: Path) -> None:
+    path = str(tmp_path / "state.db")
+    first = SqliteStore(path)
+    await first.open()
+    await first.create("thing", "t1", owner="k", status=1, body=b"v0", events=[b"a"])
+    await first.commit("t1", status=4, body=b"done", events=[b"b"])
+    await first.close()
+    again = SqliteStore(path)
+    await again.open()
+    stored = await again.get("t1", kind="thing")
+    assert stored is not None and stored.body == b"done" and stored.owner == "k"
+    assert [b for _, b in await again.events("t1", after=0)] == [b"a", b"b"]
+    await again.close()
+
+
+async def test_list_is_per_owner_newest_first_with_status_filter(store: SqliteStore) -> None:
+    for i, (owner, status) in enumerate([("a", 1), ("a", 4), ("b", 4), ("a", 4)]):
+        await store.create("thing", f"t{i}", owner=owner, status=status, body=b"", events=[])
+        await asyncio.sleep(0.01)  # distinct creation times
+    assert [s.resource_id for s in await store.list("thing", owner="a", status=None, offset=0, limit=10)] == [
+        "t3",
+        "t1",
+        "t0",
+    ]
+    done = await store.list("thing", owner="a", status=4, offset=1, limit=10)
+    assert [s.resource_id for s in done] == ["t1"]
+    assert await store.delete("t3", kind="thing") and not await store.delete("t3", kind="thing")
+    assert await store.events("t3", after=0) == []
+
+
+async def test_leases_exclude_other_runners_until_they_expire(store: SqliteStore) -> None:
+    await store.create("thing", "t1", owner="", status=2, body=b"", events=[])
+    now = time.time()
+    assert await store.acquire("t1", Lease("a", now + 60), now=now)
+    assert not await store.acquire("t1", Lease("b", now + 60), now=now)
+    assert await store.orphans("thing", statuses=[2], now=now) == []
+    later = now + 120  # a's lease has expired: nobody runs t1
+    assert [s.resource_id for s in await store.orphans("thing", statuses=[2], now=later)] == ["t1"]
+    assert await store.acquire("t1", Lease("b", later + 60), now=later)
+    assert not await store.renew("t1", Lease("a", later + 60))
+
+
+async def test_a_follower_gets_every_event_once_across_replay_and_live(store: SqliteStore) -> None:
+    """The classic gap: events committed while the follower replays must be sent once, in order."""
+    hub = EventHub()
+    await store.create("thing", "t1", owner="", status=2, body=b"", events=[b"e1", b"e2"])
+
+    async def writer() -> None:
+        for i in range(3, 41):
+            last = await store.commit("t1", status=2, body=b"", events=[f"e{i}".encode()])
+            hub.notify("t1", last)
+            await asyncio.sleep(0)
+        hub.notify("t1", await store.commit("t1", status=4, body=b"", events=[TERMINAL]))
+
+    async def reader(after: int) -> list[int]:
+        return [
+            s async for s, _ in follow(store, hub, "t1", after=after, is_terminal=lambda b: b == TERMINAL)
+        ]
+
+    results = await asyncio.gather(reader(0), reader(1), reader(0), writer())
+    assert results[0] == list(range(1, 42)) and results[2] == list(range(1, 42))
+    assert results[1] == list(range(2, 42))
+    # A watcher that comes back after the end replays exactly the rest, then stops.
+    assert await reader(39) == [40, 41]
+
+
+async def test_runs_hold_a_lease_and_cancel(store: SqliteStore) -> None:
+    await store.create("thing", "t1", owner="", status=2, body=b"", events=[])
+    runs = Runs(store, lease_seconds=0.3)
+    started = asyncio.Event()
+
+    async def work() -> None:
+        started.set()
+        await asyncio.sleep(3600)
+
+    assert await runs.start("t1", work)
+    await started.wait()
+    assert runs.running("t1") and not await runs.start("t1", work)
+    stored = await store.get("t1", kind="thing")
+    assert stored is not None and stored.runner_id == runs.runner_id
+    await asyncio.sleep(0.5)  # beyond the first lease: renewed, still ours
+    assert not await store.acquire("t1", Lease("other", time.time() + 60), now=time.time())
+    assert runs.cancel("t1")
+    await runs.wait("t1")
+    assert not runs.running("t1")
+    stored = await store.get("t1", kind="thing")
+    assert stored is not None and stored.runner_id is None  # released
+    await runs.close()
