@@ -104,6 +104,10 @@ class GatewaySettings(ConfigModel):
     """Seconds between WebSocket pings; a peer that stops answering is dropped (and its call cancelled).
     0 turns pings off."""
 
+    sse_keepalive_seconds: NonNegativeFloat = 15.0
+    """Seconds of silence after which a Server-Sent Events stream sends a `: keep-alive` comment (so
+    proxies and browsers keep an idle follower's connection); 0 turns them off."""
+
     shutdown_timeout: NonNegativeFloat = 5.0
     """Seconds in-flight HTTP requests get to finish when the gateway closes."""
 

@@ -44,7 +44,10 @@ class Sink(Protocol):
         """Send one response message."""
 
     async def end(self) -> None:
-        """The call ended OK: the dialect's end of stream."""
+        """The call ended OK after at least one message: the dialect's end of stream."""
+
+    async def end_empty(self, initial_metadata: grpc.aio.Metadata | None) -> None:
+        """The call ended OK without a message (`start` may not have been called)."""
 
     async def fail(self, status: status_pb2.Status, http: int | None, headers: dict[str, str]) -> None:
         """The call failed: before `start`, an ordinary error answer (`http` overrides the status table,
@@ -54,13 +57,16 @@ class Sink(Protocol):
 async def relay(call: Any, sink: Sink, *, streaming: bool, pump: RequestPump | None = None) -> None:
     """Relay `call`'s responses into `sink` until the call ends, fails or the client leaves."""
     try:
+        relayed = False
         async for message in _responses(call, streaming=streaming):
             if not sink.started:
                 await sink.start(await call.initial_metadata())
             await sink.message(message)
-        if not sink.started:
-            await sink.start(await call.initial_metadata())
-        await sink.end()
+            relayed = True
+        if relayed:
+            await sink.end()
+        else:
+            await sink.end_empty(await call.initial_metadata())
         return
     except ConnectionError:
         log.debug("client went away during a stream")

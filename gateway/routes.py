@@ -16,6 +16,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor, FileDescript
 
 from aibattle.v1 import options_pb2
 from gateway.descriptors import RouteError, Rpc, resolve_field_path
+from gateway.events import EventStream, event_stream
 from gateway.path_template import PathTemplate, TemplateError, parse_template
 
 
@@ -42,6 +43,8 @@ class Route:
     binding: int = 0
     #: Top-level request fields a path variable sets (their whole subtree is off-limits to the query).
     path_fields: frozenset[str] = field(default=frozenset())
+    #: Where its responses carry a sequence and which request field resumes (None: not an event stream).
+    events: EventStream | None = None
 
     @property
     def operation_id(self) -> str:
@@ -102,6 +105,7 @@ def _method_routes(method: MethodDescriptor) -> list[Route]:
                 template=template,
                 body="*",
                 path_fields=_check_path_fields(method, template),
+                events=event_stream(get_rpc()),
             )
         )
     return routes
@@ -135,6 +139,7 @@ def _rest_route(rpc: Rpc, rule: http_pb2.HttpRule, index: int) -> Route:
         response_body=rule.response_body,
         binding=index,
         path_fields=path_fields,
+        events=event_stream(rpc),
     )
 
 

@@ -1,6 +1,7 @@
 """REST routes: decode the request, call upstream, answer JSON or relay the stream.
 
-Unary responses are JSON; streamed responses go through web_stream (SSE / NDJSON). Request streams
+Unary responses are JSON; streamed responses go through web_stream (SSE / NDJSON). On event streams
+(gateway.events) a `Last-Event-ID` header sets the request's `after_sequence`. Request streams
 (client-streaming and bidi RPCs with an HTTP rule) read the body as NDJSON, one request per line,
 as grpc-gateway does.
 """
@@ -17,6 +18,7 @@ from google.protobuf.message import Message
 
 from common.errors import RequestTooLarge
 from gateway.calls import RequestPump, cancel_on_exit
+from gateway.events import LAST_EVENT_ID
 from gateway.metadata import response_headers
 from gateway.router import Match
 from gateway.transcode import decode_request, dumps, parse_json, response_json
@@ -54,6 +56,9 @@ async def handle_rest(request: web.Request, match: Match) -> web.StreamResponse:
         has_body=has_body,
         strict=state.options.strict,
     )
+    if match.route.events is not None:
+        # An EventSource reconnecting says where it stopped; see gateway.events.
+        match.route.events.resume(message, request.headers.get(LAST_EVENT_ID))
     call = state.upstream.start(rpc, message, metadata=context.metadata, timeout=context.timeout)
     with cancel_on_exit(call):
         if rpc.shape.streams_responses:

@@ -5,10 +5,20 @@ per message and, when the call fails after the first message, one final `{"error
 (grpc-gateway's runtime/handler.go). The compat endpoints bring their own framings. `gateway.relay`
 decides what is written when; a failure before the first message is an ordinary HTTP error response
 in the endpoint's dialect.
+
+SSE streams of sequenced events (gateway.events) are resumable the EventSource way: each event's `id:`
+is its sequence, and `Last-Event-ID` resumes after it (web_rest). Every SSE stream sends a `: keep-alive`
+comment after `sse_keepalive_seconds` of silence, so proxies and browsers keep an idle follower open;
+a stream silent that long before its first event commits to 200 for it, and a later failure is then
+its `event: error` frame. An event stream that ends with nothing to send answers 204, which tells an
+EventSource that reconnected after the terminal event to stop reconnecting.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -23,6 +33,7 @@ from gateway.relay import relay
 from gateway.routes import Route
 from gateway.transcode import error_frame, response_json, result_frame
 from gateway.web_errors import NATIVE, Dialect, error_response
+from gateway.web_state import STATE
 
 SSE = "text/event-stream"
 NDJSON = "application/x-ndjson"
@@ -48,10 +59,24 @@ class Framing(Protocol):
         """What ends a successful stream (b"" when closing the body is enough)."""
         ...
 
+    def keepalive(self) -> bytes:
+        """What to send after a silence, that every client ignores (b"": nothing, e.g. NDJSON)."""
+        ...
 
-def sse_event(data: str, *, event: str | None = None) -> bytes:
+    @property
+    def empty_status(self) -> int:
+        """The HTTP status of a stream that ended OK with no message (200, or 204 "stop reconnecting")."""
+        ...
+
+
+#: An SSE comment line: EventSource and SSE parsers skip it, proxies see traffic.
+SSE_KEEPALIVE = b": keep-alive\n\n"
+
+
+def sse_event(data: str, *, event: str | None = None, id: int | None = None) -> bytes:
     """One Server-Sent Event."""
-    return (f"event: {event}\n" if event else "").encode() + f"data: {data}\n\n".encode()
+    head = (f"id: {id}\n" if id is not None else "") + (f"event: {event}\n" if event else "")
+    return head.encode() + f"data: {data}\n\n".encode()
 
 
 @dataclass
@@ -68,7 +93,11 @@ class NativeFraming:
 
     def message(self, message: Message) -> bytes:
         frame = result_frame(response_json(self.route, message, emit_unpopulated=self.emit_unpopulated))
-        return sse_event(frame) if self.sse else f"{frame}\n".encode()
+        if not self.sse:
+            return f"{frame}\n".encode()
+        events = self.route.events
+        sequence = events.sequence(message) if events is not None else 0
+        return sse_event(frame, id=sequence or None)
 
     def error(self, status: status_pb2.Status) -> bytes:
         frame = error_frame(status)
@@ -77,6 +106,14 @@ class NativeFraming:
     def end(self) -> bytes:
         return b""
 
+    def keepalive(self) -> bytes:
+        return SSE_KEEPALIVE if self.sse else b""
+
+    @property
+    def empty_status(self) -> int:
+        """204 for an SSE event stream with nothing to send (EventSource stops reconnecting), else 200."""
+        return 204 if self.sse and self.route.events is not None else 200
+
 
 def wants_sse(accept: str | None) -> bool:
     """Whether the client accepts text/event-stream (else it gets NDJSON)."""
@@ -84,44 +121,102 @@ def wants_sse(accept: str | None) -> bool:
 
 
 class HttpStreamSink:
-    """A relay sink writing a framing into a chunked HTTP response (see gateway.relay.Sink)."""
+    """A relay sink writing a framing into a chunked HTTP response (see gateway.relay.Sink).
 
-    def __init__(self, request: web.Request, framing: Framing, *, dialect: Dialect = NATIVE) -> None:
+    `keepalive_seconds` (0: off) — after that long without a write, the framing's keep-alive goes out,
+    starting the response if nothing has been sent yet.
+    """
+
+    def __init__(
+        self,
+        request: web.Request,
+        framing: Framing,
+        *,
+        dialect: Dialect = NATIVE,
+        keepalive_seconds: float = 0.0,
+    ) -> None:
         self._request = request
         self._framing = framing
         self._dialect = dialect
         self.response: web.StreamResponse | None = None
+        # One writer at a time: the relay and the keep-alive timer share the response.
+        self._lock = asyncio.Lock()
+        self._last_write = time.monotonic()
+        self._keepalive: asyncio.Task[None] | None = None
+        if keepalive_seconds > 0 and framing.keepalive():
+            self._keepalive = asyncio.ensure_future(self._keep_alive(keepalive_seconds))
 
     @property
     def started(self) -> bool:
         return self.response is not None and self.response.prepared
 
     async def start(self, initial_metadata: grpc.aio.Metadata | None) -> None:
+        async with self._lock:
+            await self._start(initial_metadata)
+
+    async def _start(self, initial_metadata: grpc.aio.Metadata | None, *, status: int = 200) -> None:
+        if self.started:
+            return  # the keep-alive started it
         headers = response_headers(initial_metadata)
         headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        response = web.StreamResponse(status=200, headers=headers)
-        response.content_type = self._framing.content_type
+        response = web.StreamResponse(status=status, headers=headers)
+        if status != 204:
+            response.content_type = self._framing.content_type
         self.response = response
         await response.prepare(self._request)
 
     async def message(self, message: Message) -> None:
         if data := self._framing.message(message):
-            await self._write(data)
+            async with self._lock:
+                await self._write(data)
 
     async def end(self) -> None:
-        if data := self._framing.end():
+        await self.stop_keepalive()
+        data = self._framing.end()
+        if data:
             await self._write(data)
         await self._write_eof()
 
+    async def end_empty(self, initial_metadata: grpc.aio.Metadata | None) -> None:
+        await self.stop_keepalive()
+        if not self.started and self._framing.empty_status == 204:
+            await self._start(initial_metadata, status=204)
+            await self._write_eof()
+            return
+        await self._start(initial_metadata)  # unless the keep-alive did
+        await self.end()
+
     async def fail(self, status: status_pb2.Status, http: int | None, headers: dict[str, str]) -> None:
+        await self.stop_keepalive()
         if not self.started:
             self.response = error_response(status, dialect=self._dialect, http=http, headers=headers)
             return
         await self._write(self._framing.error(status))
         await self._write_eof()
 
+    async def stop_keepalive(self) -> None:
+        if self._keepalive is None:
+            return
+        task, self._keepalive = self._keepalive, None
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def _keep_alive(self, interval: float) -> None:
+        try:
+            while True:
+                await asyncio.sleep(max(0.0, self._last_write + interval - time.monotonic()))
+                if time.monotonic() - self._last_write < interval:
+                    continue  # something was written meanwhile
+                async with self._lock:
+                    await self._start(None)
+                    await self._write(self._framing.keepalive())
+        except ConnectionError:
+            pass  # the client left; the relay finds out on its next write
+
     async def _write(self, data: bytes) -> None:
         assert self.response is not None
+        self._last_write = time.monotonic()
         await self.response.write(data)
 
     async def _write_eof(self) -> None:
@@ -138,7 +233,11 @@ async def stream_http(
     pump: RequestPump | None = None,
 ) -> web.StreamResponse:
     """Relay a server stream over HTTP; the caller cancels the call if this returns or raises early."""
-    sink = HttpStreamSink(request, framing, dialect=dialect)
-    await relay(call, sink, streaming=True, pump=pump)
+    keepalive = request.app[STATE].options.sse_keepalive_seconds
+    sink = HttpStreamSink(request, framing, dialect=dialect, keepalive_seconds=keepalive)
+    try:
+        await relay(call, sink, streaming=True, pump=pump)
+    finally:
+        await sink.stop_keepalive()
     # No response only when the client left before anything was sent; nobody reads this one.
     return sink.response or web.Response(status=499)

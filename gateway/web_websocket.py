@@ -11,13 +11,17 @@ Protocol, the same for every route:
   4005 NOT_FOUND, 4014 UNAVAILABLE, 4016 UNAUTHENTICATED…). A message over the size limit closes
   with 1009 (aiohttp's).
 * A client that closes or drops the connection cancels the upstream call.
+
+That is the native dialect; gateway.ws_dialects describes the flat one (seed 000's `{type: …}` frames)
+and how a connection picks its dialect.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import grpc
 from aiohttp import WSMsgType, web
@@ -30,9 +34,23 @@ from gateway.errors import invalid_argument, ws_close_code
 from gateway.relay import relay
 from gateway.router import Match
 from gateway.routes import Route
-from gateway.transcode import decode_request, error_frame, parse_json, response_json, result_frame
+from gateway.transcode import decode_request, dumps, error_frame, parse_json, response_json, result_frame
 from gateway.web_cors import websocket_origin_allowed
-from gateway.web_state import STATE, call_context
+from gateway.web_state import STATE, CallContext, call_context
+from gateway.ws_dialects import (
+    AUTH,
+    AUTH_OK,
+    PROTOCOL_HEADER,
+    Negotiation,
+    WsDialect,
+    auth_token,
+    flat_error,
+    flat_event,
+    flat_frame,
+    flat_request_body,
+    looks_flat,
+    negotiate,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +62,7 @@ def is_websocket_upgrade(request: web.Request) -> bool:
 
 
 async def handle_websocket(request: web.Request, match: Match) -> web.StreamResponse:
-    """Upgrade, then relay between the client's frames and the upstream call."""
+    """Upgrade, pick the dialect, then relay between the client's frames and the upstream call."""
     state = request.app[STATE]
     options = state.options
     if not websocket_origin_allowed(request, options.cors_origins):
@@ -53,43 +71,27 @@ async def handle_websocket(request: web.Request, match: Match) -> web.StreamResp
             "ORIGIN_NOT_ALLOWED",
             f"origin {request.headers.get('Origin')!r} may not open WebSockets here",
         )
-    route, rpc = match.route, match.route.rpc
-    # URL errors are plain HTTP 400s, before the upgrade.
+    route = match.route
+    # URL and header errors are plain HTTP 400s, before the upgrade.
     url_request = decode_request(
         route, path_params=match.path_params, query=request.query, strict=options.strict
     )
-    context = call_context(request)
+    offer = negotiate(request.headers.get(PROTOCOL_HEADER))
+    credentials = _Credentials(call_context(request))
+    if offer.token is not None:
+        credentials.add(offer.token, where=PROTOCOL_HEADER)
     # No permessage-deflate: token-sized frames gain little from it, and some clients (Node's
     # undici WebSocket) drop the connection on aiohttp's compressed frames.
     ws = web.WebSocketResponse(
-        max_msg_size=options.max_body_bytes, heartbeat=options.ws_heartbeat, compress=False
+        max_msg_size=options.max_body_bytes,
+        heartbeat=options.ws_heartbeat,
+        compress=False,
+        protocols=(offer.protocol,) if offer.protocol else (),
     )
     await ws.prepare(request)
     state.websockets.add(ws)
     try:
-        url_set = {f.name for f, _ in url_request.ListFields()}
-        from_url = not rpc.shape.streams_requests and rpc.required_fields <= url_set
-        frames = _frame_requests(ws, match, request, request_taken=from_url)
-        if rpc.shape.streams_requests:
-            call = state.upstream.start(rpc, None, metadata=context.metadata, timeout=context.timeout)
-        else:
-            first: Message = url_request
-            if not from_url:
-                try:
-                    first = await anext(frames)
-                except (StopAsyncIteration, ClientGone):
-                    return ws
-                except ApiError as exc:
-                    await _finish(ws, exc.to_status())
-                    return ws
-            call = state.upstream.start(rpc, first, metadata=context.metadata, timeout=context.timeout)
-        with cancel_on_exit(call):
-            pump = RequestPump(call, frames, half_close=rpc.shape.streams_requests)
-            try:
-                sink = WebSocketSink(ws, route, emit_unpopulated=options.emit_unpopulated)
-                await relay(call, sink, streaming=rpc.shape.streams_responses, pump=pump)
-            finally:
-                await pump.aclose()
+        await _serve(ws, request, match, url_request, offer, credentials)
     except ConnectionError:
         log.debug("websocket client disconnected on %s", route.describe())
     finally:
@@ -98,70 +100,200 @@ async def handle_websocket(request: web.Request, match: Match) -> web.StreamResp
     return ws
 
 
-class WebSocketSink:
-    """A relay sink over an open WebSocket: one text frame per message, the status as the close code."""
+async def _serve(
+    ws: web.WebSocketResponse,
+    request: web.Request,
+    match: Match,
+    url_request: Message,
+    offer: Negotiation,
+    credentials: _Credentials,
+) -> None:
+    state = request.app[STATE]
+    options = state.options
+    route, rpc = match.route, match.route.rpc
+    url_set = {f.name for f, _ in url_request.ListFields()}
+    from_url = not rpc.shape.streams_requests and rpc.required_fields <= url_set
+    texts = _text_frames(ws)
+    pending: str | None = None  # a frame read before the call started, still to be handled
+    dialect = offer.dialect
+    try:
+        if dialect is None:
+            # Only a call that waits for a first frame anyway can let that frame choose the dialect.
+            if from_url:
+                dialect = WsDialect.NATIVE
+            else:
+                pending = await anext(texts)
+                dialect = WsDialect.FLAT if looks_flat(route, pending) else WsDialect.NATIVE
+        if dialect is WsDialect.FLAT and not credentials.given:
+            # The seed's client authenticates first; the call's metadata must carry its token.
+            if pending is None:
+                pending = await anext(texts)
+            frame = flat_frame(pending)
+            if frame["type"] == AUTH:
+                credentials.add(auth_token(frame), where="auth frame")
+                await ws.send_str(AUTH_OK)
+                pending = None
+        translate = _translator(dialect, match, request, credentials, ws)
+        first: Message | None = None
+        if not rpc.shape.streams_requests and not from_url:
+            while first is None:
+                first = await translate(pending if pending is not None else await anext(texts))
+                pending = None
+    except (StopAsyncIteration, ClientGone):
+        return
+    except ApiError as exc:
+        await _finish(ws, exc.to_status(), dialect or WsDialect.NATIVE)
+        return
+    metadata, timeout = credentials.metadata(), credentials.context.timeout
+    if rpc.shape.streams_requests:
+        call = state.upstream.start(rpc, None, metadata=metadata, timeout=timeout)
+    else:
+        call = state.upstream.start(rpc, first or url_request, metadata=metadata, timeout=timeout)
+    # A flat client may only watch: the first request names the resource (from the URL) with no action.
+    join = url_request if dialect is WsDialect.FLAT and rpc.shape.streams_requests else None
+    requests = _requests(
+        texts,
+        translate,
+        pending=pending,
+        join=join,
+        taken=not rpc.shape.streams_requests,
+        half_close=rpc.shape.streams_requests,
+    )
+    with cancel_on_exit(call):
+        pump = RequestPump(call, requests, half_close=rpc.shape.streams_requests)
+        try:
+            sink = WebSocketSink(ws, route, emit_unpopulated=options.emit_unpopulated, dialect=dialect)
+            await relay(call, sink, streaming=rpc.shape.streams_responses, pump=pump)
+        finally:
+            await pump.aclose()
 
-    started = True  # the upgrade is done: every outcome, even a failure before any message, is a frame
 
-    def __init__(self, ws: web.WebSocketResponse, route: Route, *, emit_unpopulated: bool) -> None:
-        self._ws = ws
-        self._route = route
-        self._emit = emit_unpopulated
+class _Credentials:
+    """The call's metadata, and the one bearer token a connection may carry (header, subprotocol, frame)."""
 
-    async def start(self, initial_metadata: grpc.aio.Metadata | None) -> None:
+    def __init__(self, context: CallContext) -> None:
+        self.context = context
+        self._token: str | None = None
+        self._header = next((v for k, v in context.metadata if k == "authorization"), None)
+
+    @property
+    def given(self) -> bool:
+        return self._header is not None or self._token is not None
+
+    def add(self, token: str, *, where: str) -> None:
+        if not token:
+            return  # an empty token authenticates nothing; the call goes without one
+        current = self._token if self._token is not None else _bearer(self._header)
+        if current is not None and current != token:
+            raise invalid_argument(
+                f"the {where} carries a different token than the connection already has",
+                reason="CONFLICTING_CREDENTIALS",
+            )
+        if self._header is None:
+            self._token = token
+
+    def matches(self, token: str) -> bool:
+        current = self._token if self._token is not None else _bearer(self._header)
+        return not token or current == token
+
+    def metadata(self) -> list[tuple[str, str | bytes]]:
+        metadata = list(self.context.metadata)
+        if self._token is not None:
+            metadata.append(("authorization", f"Bearer {self._token}"))
+        return metadata
+
+
+def _bearer(header: object) -> str | None:
+    if not isinstance(header, str):
         return None
+    scheme, _, value = header.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else header
 
-    async def message(self, message: Message) -> None:
-        await self._ws.send_str(
-            result_frame(response_json(self._route, message, emit_unpopulated=self._emit))
+
+Translate = Callable[[str], Awaitable[Message | None]]
+
+
+def _translator(
+    dialect: WsDialect,
+    match: Match,
+    request: web.Request,
+    credentials: _Credentials,
+    ws: web.WebSocketResponse,
+) -> Translate:
+    """A text frame → the request message it stands for (None: the gateway answered it itself)."""
+    strict = request.app[STATE].options.strict
+
+    def decode(body: Any) -> Message:
+        return decode_request(
+            match.route,
+            path_params=match.path_params,
+            query=request.query,
+            body=body,
+            has_body=True,
+            strict=strict,
         )
 
-    async def end(self) -> None:
-        await _finish(self._ws, status_pb2.Status(code=code_pb2.OK))
+    async def native(text: str) -> Message | None:
+        return decode(parse_json(text, what="WebSocket frame"))
 
-    async def fail(self, status: status_pb2.Status, http: int | None, headers: dict[str, str]) -> None:
-        await _finish(self._ws, status)
+    async def flat(text: str) -> Message | None:
+        frame = flat_frame(text)
+        if frame["type"] == AUTH:
+            # The call's metadata is fixed once it started: the same token again is fine, another is not.
+            if not credentials.matches(auth_token(frame)):
+                raise invalid_argument(
+                    "the call already runs with other credentials; reconnect to change them",
+                    reason="CONFLICTING_CREDENTIALS",
+                )
+            await ws.send_str(AUTH_OK)
+            return None
+        return decode(flat_request_body(match.route, frame))
+
+    return flat if dialect is WsDialect.FLAT else native
 
 
-async def _finish(ws: web.WebSocketResponse, status: status_pb2.Status) -> None:
-    """Last frame (on error) and the close code for the call's status."""
-    if ws.closed:
-        return
-    with contextlib.suppress(ConnectionError):
-        if status.code != code_pb2.OK:
-            await ws.send_str(error_frame(status))
-        reason = status.message.encode()[:_CLOSE_REASON_BYTES].decode("utf-8", "ignore").encode()
-        await ws.close(code=ws_close_code(status.code), message=reason)
-
-
-async def _frame_requests(
-    ws: web.WebSocketResponse, match: Match, request: web.Request, *, request_taken: bool
+async def _requests(
+    texts: AsyncIterator[str],
+    translate: Translate,
+    *,
+    pending: str | None,
+    join: Message | None,
+    taken: bool,
+    half_close: bool,
 ) -> AsyncIterator[Message]:
-    """Request messages from text frames; ends on an empty frame, raises ClientGone when the client leaves.
+    """Request messages for the pump; ends on an empty frame, raises ClientGone when the client leaves.
 
-    `request_taken`: a unary-request call already has its request (from the URL), so no frame may follow.
+    `taken`: a unary-request call already has its request, so only frames the gateway answers itself
+    (a flat auth frame) may follow.
     """
-    strict = request.app[STATE].options.strict
-    half_close = match.route.rpc.shape.streams_requests
-    started = request_taken
+    if join is not None:
+        yield join
+    while True:
+        if pending is not None:
+            text, pending = pending, None
+        else:
+            try:
+                text = await anext(texts)
+            except StopAsyncIteration:
+                return
+        if text == "" and half_close:
+            return
+        message = await translate(text) if text else None
+        if message is None and text:
+            continue
+        if taken or message is None:
+            raise invalid_argument(
+                "this WebSocket route takes a single request; no further frames are allowed",
+                reason="UNEXPECTED_FRAME",
+            )
+        yield message
+
+
+async def _text_frames(ws: web.WebSocketResponse) -> AsyncIterator[str]:
+    """The client's text frames; StopAsyncIteration is never raised: a client that leaves is ClientGone."""
     async for frame in ws:
         if frame.type == WSMsgType.TEXT:
-            if started and not half_close:
-                raise invalid_argument(
-                    "this WebSocket route takes a single request; no further frames are allowed",
-                    reason="UNEXPECTED_FRAME",
-                )
-            if frame.data == "":
-                return
-            started = True
-            yield decode_request(
-                match.route,
-                path_params=match.path_params,
-                query=request.query,
-                body=parse_json(frame.data, what="WebSocket frame"),
-                has_body=True,
-                strict=strict,
-            )
+            yield frame.data
         elif frame.type == WSMsgType.BINARY:
             raise invalid_argument(
                 "binary frames are not supported: send JSON text frames", reason="BINARY_FRAME"
@@ -169,3 +301,52 @@ async def _frame_requests(
         elif frame.type == WSMsgType.ERROR:
             raise ClientGone()
     raise ClientGone()
+
+
+class WebSocketSink:
+    """A relay sink over an open WebSocket: one text frame per message, the status as the close code."""
+
+    started = True  # the upgrade is done: every outcome, even a failure before any message, is a frame
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        route: Route,
+        *,
+        emit_unpopulated: bool,
+        dialect: WsDialect = WsDialect.NATIVE,
+    ) -> None:
+        self._ws = ws
+        self._route = route
+        self._emit = emit_unpopulated
+        self._dialect = dialect
+
+    async def start(self, initial_metadata: grpc.aio.Metadata | None) -> None:
+        return None
+
+    async def message(self, message: Message) -> None:
+        if self._dialect is WsDialect.FLAT:
+            frame = dumps(flat_event(self._route, message, emit_unpopulated=self._emit))
+        else:
+            frame = result_frame(response_json(self._route, message, emit_unpopulated=self._emit))
+        await self._ws.send_str(frame)
+
+    async def end(self) -> None:
+        await _finish(self._ws, status_pb2.Status(code=code_pb2.OK), self._dialect)
+
+    async def end_empty(self, initial_metadata: grpc.aio.Metadata | None) -> None:
+        await self.end()
+
+    async def fail(self, status: status_pb2.Status, http: int | None, headers: dict[str, str]) -> None:
+        await _finish(self._ws, status, self._dialect)
+
+
+async def _finish(ws: web.WebSocketResponse, status: status_pb2.Status, dialect: WsDialect) -> None:
+    """Last frame (on error) and the close code for the call's status."""
+    if ws.closed:
+        return
+    with contextlib.suppress(ConnectionError):
+        if status.code != code_pb2.OK:
+            await ws.send_str(flat_error(status) if dialect is WsDialect.FLAT else error_frame(status))
+        reason = status.message.encode()[:_CLOSE_REASON_BYTES].decode("utf-8", "ignore").encode()
+        await ws.close(code=ws_close_code(status.code), message=reason)

@@ -144,6 +144,11 @@ class LineFraming:
     def end(self) -> bytes:
         return b""
 
+    def keepalive(self) -> bytes:
+        return b""  # NDJSON has no comment line to send
+
+    empty_status = 200
+
 
 def _summary(last: Any, started: int) -> dict[str, Any]:
     """Ollama's closing fields, from our final chunk or whole response (usage, finish reason)."""

@@ -38,7 +38,7 @@ from gateway.compat.core import (
 from gateway.errors import error_reason, field_at_fault, http_status, invalid_argument
 from gateway.transcode import dumps
 from gateway.web_errors import Dialect
-from gateway.web_stream import SSE, sse_event, stream_http
+from gateway.web_stream import SSE, SSE_KEEPALIVE, sse_event, stream_http
 
 _ERROR_TYPES = {
     400: "invalid_request_error",
@@ -171,6 +171,11 @@ class ChunkFraming:
 
     def end(self) -> bytes:
         return _DONE
+
+    def keepalive(self) -> bytes:
+        return SSE_KEEPALIVE  # openai's SSE decoder skips comment lines
+
+    empty_status = 200
 
 
 ROUTES = (

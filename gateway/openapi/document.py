@@ -13,10 +13,12 @@ from google.protobuf.descriptor import Descriptor
 from google.rpc import status_pb2
 
 from gateway.descriptors import SCALAR_LIKE_MESSAGES, message_type, resolve_field_path
+from gateway.events import LAST_EVENT_ID
 from gateway.openapi.schema import Schema, SchemaBuilder
 from gateway.path_template import Variable
 from gateway.routes import Kind, Route
 from gateway.source_info import Comments
+from gateway.ws_dialects import BEARER_PREFIX, FLAT_PROTOCOL, NATIVE_PROTOCOL, PROTOCOL_HEADER
 
 _MAX_QUERY_DEPTH = 4
 _STREAM_DOC = (
@@ -87,6 +89,29 @@ def _operation(
     if route.kind is Kind.WEBSOCKET or route.body != "*":
         skip = set(route.path_fields) | ({route.body} if route.body not in ("", "*") else set())
         parameters += _query_parameters(rpc.method.input_type, schemas, skip=skip)
+    if route.kind is Kind.REST and route.events is not None and route.events.resume_field is not None:
+        parameters.append(
+            {
+                "name": LAST_EVENT_ID,
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                "description": f"Resume after this event sequence (an SSE `id:`); wins over "
+                f"`{route.events.resume_field.name}`. Not an integer: 400.",
+            }
+        )
+    if route.kind is Kind.WEBSOCKET:
+        parameters.append(
+            {
+                "name": PROTOCOL_HEADER,
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string"},
+                "description": f"`{NATIVE_PROTOCOL}` (proto-JSON frames) or `{FLAT_PROTOCOL}` "
+                f"(seed 000's flat `{{type: …}}` frames), optionally with `{BEARER_PREFIX}<token>`; "
+                "see the gateway README.",
+            }
+        )
     if parameters:
         operation["parameters"] = parameters
     error = {
@@ -130,8 +155,11 @@ def _operation(
     )
     if rpc.shape.streams_responses:
         frame = _frame_schema(result, status_ref)
+        stream_doc = _STREAM_DOC
+        if route.events is not None:
+            stream_doc += " Over SSE each event's `id:` is its sequence."
         ok = {
-            "description": _STREAM_DOC,
+            "description": stream_doc,
             "content": {
                 "application/x-ndjson": {"schema": frame},
                 "text/event-stream": {
@@ -142,6 +170,11 @@ def _operation(
     else:
         ok = {"description": "OK", "content": {"application/json": {"schema": result}}}
     operation["responses"] = {"200": ok, "default": error}
+    if rpc.shape.streams_responses and route.events is not None:
+        operation["responses"]["204"] = {
+            "description": "SSE only: the stream ended with no event to send "
+            "(an EventSource stops reconnecting)."
+        }
     return operation
 
 

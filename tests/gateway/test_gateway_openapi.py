@@ -84,7 +84,9 @@ async def test_openapi_streaming_and_websocket_operations(api_client: Any) -> No
     assert "101" in ws["responses"]
     assert ws["x-websocket"]["request"] == {"$ref": "#/components/schemas/aibattle.v1.ConverseRequest"}
     events = doc["paths"]["/api/v1/collaborative-reasoning/{reasoning_id}/events"]["get"]
-    assert [p["name"] for p in events["parameters"]] == ["reasoning_id", "after_sequence"]
+    assert [p["name"] for p in events["parameters"]] == ["reasoning_id", "after_sequence", "Last-Event-ID"]
+    assert events["parameters"][-1]["in"] == "header" and "204" in events["responses"]
+    assert ws["parameters"][-1]["name"] == "Sec-WebSocket-Protocol"
 
 
 async def test_openapi_without_descriptor_set_has_no_descriptions(aiohttp_client: Any) -> None:

@@ -1,0 +1,71 @@
+"""Seed 000 §4.1.1's JavaScript WebSocket client, verbatim, run by Node against the real gateway.
+
+The gateway (start_gateway, a real TCP port) fronts the scripted ConversationService of
+tests/gateway/collab_servicer.py until the real one lands; then point `grpc_target` at it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gateway import GatewayOptions, start_gateway
+from tests.gateway.collab_servicer import AI_MODEL, AI_REPLY, RunningCollab, start_collab
+
+CLIENT = Path(__file__).with_name("seed_ws_client.mjs")
+BEGIN = "// ---- BEGIN seed 000 §4.1.1 (verbatim) ----\n"
+END = "// ---- END seed 000 §4.1.1 ----"
+#: sha256 of the seed's §4.1.1 code block, copied from /work/shared/seeds/000_*.txt.
+SEED_CODE_SHA256 = "ab5c125c2b196d4d560c5b455c3237423b5f3daaadbc6bde0b59bf5222d2e4b8"
+QUESTION = "What about Shor's algorithm specifically?"
+
+pytestmark = pytest.mark.skipif(shutil.which("node") is None, reason="needs Node 20+")
+
+
+@pytest.fixture
+async def collab() -> AsyncIterator[RunningCollab]:
+    server, running = await start_collab()
+    yield running
+    await server.stop(0)
+
+
+def test_the_client_is_the_seed_code_verbatim() -> None:
+    text = CLIENT.read_text()
+    block = text.split(BEGIN, 1)[1].split(END, 1)[0]
+    assert hashlib.sha256(block.encode()).hexdigest() == SEED_CODE_SHA256
+
+
+async def test_seed_client_prints_the_ai_reply(collab: RunningCollab) -> None:
+    handle = await start_gateway(
+        grpc_target=collab.target, host="127.0.0.1", port=0, options=GatewayOptions(descriptor_set=None)
+    )
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            "node",
+            "--experimental-websocket",
+            "--no-warnings",
+            str(CLIENT),
+            f"ws://127.0.0.1:{handle.port}",
+            "conv-seed",
+            QUESTION,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=60)
+    finally:
+        await handle.close()
+    out = stdout.decode()
+    assert proc.returncode == 0, (out, stderr.decode())
+    lines = out.splitlines()
+    assert lines[0] == "Connected to conversation"
+    assert f"New message from human (): {QUESTION}" in lines
+    assert lines[-1] == f"New message from assistant ({AI_MODEL}): {AI_REPLY}"
+    # What the seed's frames became: a token in the call's metadata, a human turn.
+    assert collab.state.metadata[-1]["authorization"] == "Bearer your-auth-token"
+    said = collab.state.converse_requests[1]
+    assert (said.message.content, said.message.role) == (QUESTION, "human")
