@@ -262,6 +262,16 @@ class _Text:
         return {word for word in self.words if _NUMBER.search(word)}
 
     @cached_property
+    def points(self) -> dict[frozenset[str], str]:
+        """A critique's points (sentences and list items of at least 4 content words), by content."""
+        points: dict[frozenset[str], str] = {}
+        for sentence in _sentences(self.prose):
+            content = frozenset(_content(_WORD.findall(sentence)))
+            if len(content) >= POINT_MIN_WORDS:
+                points.setdefault(content, sentence)
+        return points
+
+    @cached_property
     def trigrams(self) -> set[tuple[str, ...]]:
         return _grams(self.words, 3)
 
@@ -452,27 +462,18 @@ def refusal(draft: str | _Text) -> Signal | None:
     return None
 
 
-def _points(text: _Text) -> dict[frozenset[str], str]:
-    points: dict[frozenset[str], str] = {}
-    for sentence in _sentences(text.prose):
-        content = frozenset(_content(_WORD.findall(sentence)))
-        if len(content) >= POINT_MIN_WORDS:
-            points.setdefault(content, sentence)
-    return points
-
-
 def repeated_critique(critiques: Sequence[str | _Text]) -> Signal | None:
     texts = [_as_text(c) for c in critiques]
     if len(texts) < 2:
         return None
     latest = texts[-1]
-    raised = _points(latest)
+    raised = latest.points
     number = len(texts)
     for i in range(len(texts) - 2, -1, -1):
         earlier = texts[i]
         if latest.words and latest.words == earlier.words:
             return Signal("repeated_critique", f"critique {number} repeats critique {i + 1} word for word")
-        for content in _points(earlier).keys() & raised.keys():
+        for content in earlier.points.keys() & raised.keys():
             return Signal(
                 "repeated_critique",
                 f"critique {number} raises again what critique {i + 1} raised: {_quote(raised[content])}",

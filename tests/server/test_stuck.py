@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import re
 
+import grpc
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from aibattle.v1 import completions_pb2, completions_pb2_grpc
+from server.app import AIBattleServer
+from server.config import Config
 from server.orchestration import stuck
 from server.orchestration.stuck import NAMES, Signal, detect
 
@@ -110,6 +114,12 @@ PHRASE_LOOP = (
     "In the realm of computation, where the boundaries of what is possible blur, "
     + "a simple yet profound concept, " * 6
 )
+# Greedy answer to "List the ingredients of a cake.": one word a line, so no sentence to repeat.
+LOOPING_WORDS = (
+    "Here is a list of ingredients that can be used to make a cake:\nCake:\n"
+    + "".join(f"- {item}\n" for item in ["Flour", "Sugar", "Eggs", "Butter", "Flour", "Salt", "Cocoa Powder"])
+    + "- Topping:\n- Chocolate\n- Buttercream\n- Cinnamon\n- Vanilla\n- Chocolate\n" * 6
+)
 PROMPT_ECHO = f"{QUESTION}\n\n{QUESTION}\n\n{QUESTION}\n\n{QUESTION}"
 
 
@@ -173,8 +183,17 @@ def test_hedging_detail_counts_the_phrases() -> None:
 
 @pytest.mark.parametrize(
     "draft",
-    [LOOPING_LINE, LOOPING_LIST, LOOPING_ADVICE, CIRCLING_PROOF, PHRASE_LOOP, PROMPT_ECHO, "the " * 200],
-    ids=["line", "list", "paragraph", "circling", "phrase", "prompt-echo", "token"],
+    [
+        LOOPING_LINE,
+        LOOPING_LIST,
+        LOOPING_WORDS,
+        LOOPING_ADVICE,
+        CIRCLING_PROOF,
+        PHRASE_LOOP,
+        PROMPT_ECHO,
+        "the " * 200,
+    ],
+    ids=["line", "list", "words", "paragraph", "circling", "phrase", "prompt-echo", "token"],
 )
 def test_repetition_fires_on_loops_within_a_draft(draft: str) -> None:
     assert "repetition" in names(draft)
@@ -575,3 +594,30 @@ def test_a_paragraph_said_several_times_is_repetition(paragraph: list[str], time
 def test_one_perhaps_in_a_long_answer_is_not_hedging(words: list[str], at: int) -> None:
     words.insert(at, "perhaps")
     assert "hedging" not in names(" ".join(words))
+
+
+# --- the real local model -----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_the_local_model_looping_is_caught() -> None:
+    """SmolLM2's greedy answer to this prompt lists the same toppings over and over."""
+    server = AIBattleServer(
+        Config.from_dict({"server": {"grpc_addr": "127.0.0.1:0", "http_addr": "", "database": ":memory:"}})
+    )
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(server.grpc_target) as channel:
+            reply = await completions_pb2_grpc.CompletionServiceStub(channel).CreateCompletion(
+                completions_pb2.CreateCompletionRequest(
+                    model="smollm2-135m",
+                    prompt="List the ingredients of a cake.",
+                    max_tokens=300,
+                    temperature=0.0,
+                ),
+                timeout=90,
+            )
+    finally:
+        await server.stop(grace=0.5)
+    assert "repetition" in names(reply.content)
+    assert "loop" in names(reply.content, [reply.content])
