@@ -470,6 +470,8 @@ def test_repeated_critique_detail_names_both_critiques() -> None:
 
 def test_a_good_revision_fires_nothing() -> None:
     assert names(GOOD, [FIRST_ATTEMPT], critiques=[CRITIQUE_1]) == []
+    # Then the bare result after the long answer: concise, not stuck.
+    assert names("The second train catches up at 6 pm.", [FIRST_ATTEMPT, GOOD], critiques=[CRITIQUE_1]) == []
 
 
 def test_signals_come_in_table_order() -> None:
