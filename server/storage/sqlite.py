@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import functools
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -51,12 +52,24 @@ R = TypeVar("R")
 def _serialized(
     method: Callable[Concatenate[SqliteStore, P], Coroutine[Any, Any, R]],
 ) -> Callable[Concatenate[SqliteStore, P], Coroutine[Any, Any, R]]:
-    """Run the method holding the store's lock: one transaction at a time (see the module docstring)."""
+    """Run the method holding the store's lock: one transaction at a time (see the module docstring).
+
+    A caller cancelled mid-transaction (a cancelled run) waits for the transaction to end before the
+    cancellation goes through: the statement already runs on the database thread, and abandoning it
+    would roll back a COMMIT that in fact succeeded ("no transaction is active") and leave the
+    connection inside a transaction for the next caller.
+    """
 
     @functools.wraps(method)
     async def wrapper(self: SqliteStore, *args: P.args, **kwargs: P.kwargs) -> R:
         async with self._lock:
-            return await method(self, *args, **kwargs)
+            work = asyncio.ensure_future(method(self, *args, **kwargs))
+            try:
+                return await asyncio.shield(work)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await work
+                raise
 
     return wrapper
 

@@ -125,7 +125,7 @@ async def test_cancelling_a_finished_session_changes_nothing() -> None:
 
 async def test_stopping_the_server_interrupts_a_running_session(tmp_path: Path) -> None:
     database = str(tmp_path / "aibattle.db")
-    models = [scripted("drafter", WORDS, delay_ms=50), scripted("critic", "Again.\nVERDICT: REVISE")]
+    models = [scripted("drafter", WORDS, delay_ms=10), scripted("critic", "Again.\nVERDICT: REVISE")]
     app = AIBattleServer(make_config(models, database=database))
     await app.start()
     try:
@@ -203,7 +203,7 @@ async def test_a_killed_server_leaves_no_session_running(tmp_path: Path) -> None
 
 async def test_start_up_marks_expired_sessions_interrupted(tmp_path: Path) -> None:
     database = tmp_path / "aibattle.db"
-    models = [scripted("drafter", WORDS, delay_ms=50), scripted("critic", "Again.\nVERDICT: REVISE")]
+    models = [scripted("drafter", WORDS, delay_ms=10), scripted("critic", "Again.\nVERDICT: REVISE")]
     app = AIBattleServer(make_config(models, database=str(database)))
     await app.start()
     async with grpc.aio.insecure_channel(app.grpc_target) as channel:
