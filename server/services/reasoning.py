@@ -144,7 +144,8 @@ class ReasoningServicer(reasoning_pb2_grpc.ReasoningServiceServicer):
             self._runs.cancel(reasoning_id)
             # The run's own cleanup commits CANCELLED; the provider stream is closed on the way out.
             await self._runs.wait(reasoning_id)
-        else:
+        if (await self._load(reasoning_id)).status == IN_PROGRESS:
+            # Nobody runs it here (an orphan), or its run was cancelled before it began.
             await self._mark(reasoning_id, CANCELLED, only_if_orphaned=False)
         return reasoning_pb2.CancelReasoningResponse(reasoning=await self._load(reasoning_id))
 

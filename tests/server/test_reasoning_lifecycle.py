@@ -224,3 +224,19 @@ async def test_start_up_marks_expired_sessions_interrupted(tmp_path: Path) -> No
         after = await get(stub, reasoning.reasoning_id)
     assert after.status == INTERRUPTED
     assert after.iterations[0].kind == "draft"
+
+
+async def test_cancel_right_after_create_is_recorded() -> None:
+    async with serving(scripted("a", WORDS, delay_ms=10)) as (app, stub):
+        created = [await create(stub, primary_model="a") for _ in range(3)]
+        cancelled = [
+            (
+                await stub.CancelReasoning(reasoning_pb2.CancelReasoningRequest(reasoning_id=r.reasoning_id))
+            ).reasoning
+            for r in created
+        ]
+        logs = [await events(stub, r.reasoning_id) for r in created]
+        assert not any(app.runs.running(r.reasoning_id) for r in created)
+    assert [r.status for r in cancelled] == [CANCELLED] * 3
+    for log in logs:
+        assert log[-1].type == T.REASONING_EVENT_TYPE_STATUS_CHANGED and log[-1].status == CANCELLED

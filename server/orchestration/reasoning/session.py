@@ -319,13 +319,15 @@ class Session:
 
 
 def _merged(events: list[Event]) -> list[Event]:
-    """Consecutive deltas of one type and model as one event: a batch is one TOKEN (and/or THINKING)
-    event per run, not one per token, so replay stays short."""
-    merged: list[Event] = []
+    """A batch's deltas as one event per (type, model), in order of first appearance: a model that
+    interleaves thinking and content within 20 ms yields one THINKING and one TOKEN event, so replay
+    stays short. Each type's text keeps its order."""
+    merged: dict[tuple[int, str], Event] = {}
     for event in events:
-        last = merged[-1] if merged else None
-        if last is not None and last.type == event.type and last.model == event.model:
-            last.delta += event.delta
+        key = (event.type, event.model)
+        if key in merged:
+            merged[key].delta += event.delta
         else:
-            merged.append(event)
-    return merged
+            merged[key] = Event()
+            merged[key].CopyFrom(event)
+    return list(merged.values())
