@@ -14,6 +14,7 @@ from aibattle.v1 import (
     models_pb2,
     models_pb2_grpc,
     reasoning_pb2,
+    reasoning_pb2_grpc,
 )
 from common.addresses import join_host_port, parse_host_port
 from server import reflection
@@ -23,6 +24,7 @@ from server.orchestration.runs import Runs
 from server.providers.registry import ModelRegistry
 from server.services.completions import CompletionServicer
 from server.services.models import ModelServicer
+from server.services.reasoning import ReasoningServicer
 from server.services.unimplemented import unimplemented_service
 from server.storage import EventHub, SqliteStore
 
@@ -36,7 +38,7 @@ SERVICES = (
     reasoning_pb2.DESCRIPTOR.services_by_name["ReasoningService"],
 )
 # Declared in the schema, served by a later version.
-NOT_YET_IMPLEMENTED = (SERVICES[2], SERVICES[3])
+NOT_YET_IMPLEMENTED = (SERVICES[2],)
 
 
 class AIBattleServer:
@@ -48,6 +50,7 @@ class AIBattleServer:
         self.store = SqliteStore(config.server.database)
         self.hub = EventHub()
         self.runs = Runs(self.store)
+        self.reasoning: ReasoningServicer | None = None
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self.grpc_port = 0
@@ -73,6 +76,12 @@ class AIBattleServer:
         completions_pb2_grpc.add_CompletionServiceServicer_to_server(
             CompletionServicer(self.registry), server
         )
+        self.reasoning = ReasoningServicer(
+            store=self.store, hub=self.hub, runs=self.runs, registry=self.registry
+        )
+        # Before serving: no client may see a session "in progress" that nobody runs.
+        await self.reasoning.recover()
+        reasoning_pb2_grpc.add_ReasoningServiceServicer_to_server(self.reasoning, server)
         server.add_generic_rpc_handlers(tuple(unimplemented_service(s) for s in NOT_YET_IMPLEMENTED))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names = [s.full_name for s in SERVICES]
@@ -86,6 +95,7 @@ class AIBattleServer:
             await self.store.close()
             raise OSError(f"cannot listen on {self.config.server.grpc_addr} (address in use or not local?)")
         await server.start()
+        self.reasoning.start()
         for name in ("", *names):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._server = server
@@ -102,6 +112,8 @@ class AIBattleServer:
         await self.drain()
         await self._server.stop(grace)
         self._server = None
+        if self.reasoning is not None:
+            await self.reasoning.close()
         await self.runs.close()
         await self.registry.close()
         await self.store.close()

@@ -2,16 +2,23 @@
 on the event loop.
 
 One connection, serialized by aiosqlite; every write is one transaction (BEGIN IMMEDIATE), so a step's
-state and its events are committed together or not at all. WAL lets readers (event followers) read
-while a writer commits.
+state and its events are committed together or not at all. aiosqlite serializes statements, not
+transactions: two coroutines committing at once would interleave BEGINs on the one connection ("cannot
+start a transaction within a transaction"), and a statement run between another's BEGIN and COMMIT
+would join (and read) that transaction. So every operation holds `_lock` for its whole transaction.
+WAL lets other connections (another process reading the file) read while a writer commits.
 """
 
 from __future__ import annotations
 
+import asyncio
 import builtins
+import contextlib
+import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import aiosqlite
 
@@ -38,6 +45,35 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (resource_id, sequence)
 ) WITHOUT ROWID;
 """
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _serialized(
+    method: Callable[Concatenate[SqliteStore, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate[SqliteStore, P], Coroutine[Any, Any, R]]:
+    """Run the method holding the store's lock: one transaction at a time (see the module docstring).
+
+    A caller cancelled mid-transaction (a cancelled run) waits for the transaction to end before the
+    cancellation goes through: the statement already runs on the database thread, and abandoning it
+    would roll back a COMMIT that in fact succeeded ("no transaction is active") and leave the
+    connection inside a transaction for the next caller.
+    """
+
+    @functools.wraps(method)
+    async def wrapper(self: SqliteStore, *args: P.args, **kwargs: P.kwargs) -> R:
+        async with self._lock:
+            work = asyncio.ensure_future(method(self, *args, **kwargs))
+            try:
+                return await asyncio.shield(work)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await work
+                raise
+
+    return wrapper
+
+
 _COLUMNS = (
     "resource_id, kind, owner, status, body, last_sequence, created_at, updated_at, runner_id, lease_until"
 )
@@ -49,6 +85,7 @@ class SqliteStore:
     def __init__(self, path: str) -> None:
         self._path = path
         self._db: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -71,6 +108,7 @@ class SqliteStore:
             await self._db.close()
             self._db = None
 
+    @_serialized
     async def create(
         self, kind: str, resource_id: str, *, owner: str, status: int, body: bytes, events: Sequence[bytes]
     ) -> int:
@@ -93,6 +131,7 @@ class SqliteStore:
             raise
         return len(events)
 
+    @_serialized
     async def commit(
         self,
         resource_id: str,
@@ -130,6 +169,7 @@ class SqliteStore:
             raise
         return last
 
+    @_serialized
     async def get(self, resource_id: str, *, kind: str) -> Stored | None:
         async with self.db.execute(
             f"SELECT {_COLUMNS} FROM resources WHERE resource_id = ? AND kind = ?", (resource_id, kind)
@@ -137,6 +177,7 @@ class SqliteStore:
             row = await cursor.fetchone()
         return None if row is None else Stored(*row)
 
+    @_serialized
     async def list(
         self, kind: str, *, owner: str, status: int | None, offset: int, limit: int
     ) -> builtins.list[Stored]:
@@ -150,6 +191,7 @@ class SqliteStore:
         async with self.db.execute(query, args) as cursor:
             return [Stored(*row) async for row in cursor]
 
+    @_serialized
     async def delete(self, resource_id: str, *, kind: str) -> bool:
         db = self.db
         await db.execute("BEGIN IMMEDIATE")
@@ -164,6 +206,7 @@ class SqliteStore:
             raise
         return deleted
 
+    @_serialized
     async def events(
         self, resource_id: str, *, after: int, limit: int = 1000
     ) -> builtins.list[tuple[int, bytes]]:
@@ -174,6 +217,7 @@ class SqliteStore:
         ) as cursor:
             return [(int(seq), bytes(body)) async for seq, body in cursor]
 
+    @_serialized
     async def acquire(self, resource_id: str, lease: Lease, *, now: float) -> bool:
         cursor = await self.db.execute(
             "UPDATE resources SET runner_id = ?, lease_until = ? WHERE resource_id = ?"
@@ -182,6 +226,7 @@ class SqliteStore:
         )
         return cursor.rowcount > 0
 
+    @_serialized
     async def renew(self, resource_id: str, lease: Lease) -> bool:
         cursor = await self.db.execute(
             "UPDATE resources SET lease_until = ? WHERE resource_id = ? AND runner_id = ?",
@@ -189,6 +234,7 @@ class SqliteStore:
         )
         return cursor.rowcount > 0
 
+    @_serialized
     async def release(self, resource_id: str, runner_id: str) -> None:
         await self.db.execute(
             "UPDATE resources SET runner_id = NULL, lease_until = NULL"
@@ -196,6 +242,7 @@ class SqliteStore:
             (resource_id, runner_id),
         )
 
+    @_serialized
     async def orphans(self, kind: str, *, statuses: Sequence[int], now: float) -> builtins.list[Stored]:
         marks = ", ".join("?" for _ in statuses)
         async with self.db.execute(

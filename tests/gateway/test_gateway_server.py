@@ -47,14 +47,6 @@ SEED_MESSAGE = """{
   "role": "human",
   "model": "scripted-peer"
 }"""
-SEED_REASONING = """{
-  "primary_model": "scripted-peer",
-  "secondary_model": "scripted-echo",
-  "prompt": "Develop a novel approach to quantum-resistant cryptography",
-  "system_instruction": "You are a cryptography researcher exploring new approaches.",
-  "collaboration_strategy": "iterative_refinement",
-  "max_iterations": 5
-}"""
 
 
 async def test_list_and_get_models(api: Any) -> None:
@@ -97,7 +89,6 @@ async def test_seed_completion_body_as_written(api: Any) -> None:
     [
         ("/api/v1/conversations", SEED_CONVERSATION),
         ("/api/v1/conversations/conv-456def/messages", SEED_MESSAGE),
-        ("/api/v1/collaborative-reasoning", SEED_REASONING),
     ],
 )
 async def test_seed_bodies_of_unimplemented_services_are_501_status(api: Any, path: str, body: str) -> None:

@@ -44,6 +44,8 @@ class _ReasoningEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Re
     """The session failed; see error."""
     REASONING_EVENT_TYPE_STATUS_CHANGED: _ReasoningEventType.ValueType  # 7
     """The status changed; see status."""
+    REASONING_EVENT_TYPE_THINKING: _ReasoningEventType.ValueType  # 8
+    """A thinking (reasoning-trace) delta of the step in progress; see delta and model."""
 
 class ReasoningEventType(_ReasoningEventType, metaclass=_ReasoningEventTypeEnumTypeWrapper):
     """ReasoningEventType names what happened."""
@@ -64,6 +66,8 @@ REASONING_EVENT_TYPE_ERROR: ReasoningEventType.ValueType  # 6
 """The session failed; see error."""
 REASONING_EVENT_TYPE_STATUS_CHANGED: ReasoningEventType.ValueType  # 7
 """The status changed; see status."""
+REASONING_EVENT_TYPE_THINKING: ReasoningEventType.ValueType  # 8
+"""A thinking (reasoning-trace) delta of the step in progress; see delta and model."""
 Global___ReasoningEventType: _TypeAlias = ReasoningEventType  # noqa: Y015
 
 @_typing.final
@@ -88,6 +92,7 @@ class Reasoning(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     ADDITIONAL_MODELS_FIELD_NUMBER: _builtins.int
     LAST_SEQUENCE_FIELD_NUMBER: _builtins.int
+    MAX_TOKENS_FIELD_NUMBER: _builtins.int
     reasoning_id: _builtins.str
     """Server-assigned id, e.g. "reas-…"."""
     status: _common_pb2.RunStatus.ValueType
@@ -103,11 +108,15 @@ class Reasoning(_message.Message):
     collaboration_strategy: _builtins.str
     """Strategy: "iterative_refinement", "debate", "mixture", "critique" or "cascade"."""
     max_iterations: _builtins.int
-    """Upper bound on iterations."""
+    """Upper bound on the strategy's rounds: critique-and-revision rounds (iterative_refinement), debate
+    rounds, proposal layers (mixture), verification rounds (critique); cascade escalates at most once.
+    """
     final_result: _builtins.str
     """The answer, once completed."""
     last_sequence: _builtins.int
     """Sequence number of the latest event."""
+    max_tokens: _builtins.int
+    """Upper bound on the tokens of each step; 0 means each model's default."""
     @_builtins.property
     def iterations(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReasoningIteration]:
         """Iterations so far, in order."""
@@ -151,10 +160,11 @@ class Reasoning(_message.Message):
         error: _status_pb2.Status | None = ...,
         additional_models: _abc.Iterable[_builtins.str] | None = ...,
         last_sequence: _builtins.int = ...,
+        max_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "error", b"error", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["additional_models", b"additional_models", "collaboration_strategy", b"collaboration_strategy", "created_at", b"created_at", "error", b"error", "final_result", b"final_result", "iterations", b"iterations", "last_sequence", b"last_sequence", "max_iterations", b"max_iterations", "primary_model", b"primary_model", "prompt", b"prompt", "reasoning_id", b"reasoning_id", "secondary_model", b"secondary_model", "status", b"status", "system_instruction", b"system_instruction", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["additional_models", b"additional_models", "collaboration_strategy", b"collaboration_strategy", "created_at", b"created_at", "error", b"error", "final_result", b"final_result", "iterations", b"iterations", "last_sequence", b"last_sequence", "max_iterations", b"max_iterations", "max_tokens", b"max_tokens", "primary_model", b"primary_model", "prompt", b"prompt", "reasoning_id", b"reasoning_id", "secondary_model", b"secondary_model", "status", b"status", "system_instruction", b"system_instruction", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -174,6 +184,7 @@ class ReasoningIteration(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Model that produced it."""
     content: _builtins.str
@@ -182,12 +193,16 @@ class ReasoningIteration(_message.Message):
     """Position in the session, from 1."""
     kind: _builtins.str
     """Step kind: "draft", "critique", "revision", "argument", "proposal", "aggregation", "verification",
-    "escalation".
+    "escalation", "judgment".
+    """
+    verdict: _builtins.str
+    """The verdict a reviewing step gave, lower case: "approve" or "revise" (critique), "accept" or
+    "correct" (verification); for a judgment, the model it picked. Empty for other steps.
     """
     @_builtins.property
     def stuck_indicators(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Signs that the model is stuck: "uncertainty", "repetition", "no_progress", "limited_detail",
-        "refusal", "repeated_critique".
+        """Signs that the model is stuck, named after server/orchestration/stuck.py's signals: "hedging",
+        "repetition", "loop", "no_progress", "collapsing_detail", "refusal", "repeated_critique".
         """
 
     @_builtins.property
@@ -213,10 +228,11 @@ class ReasoningIteration(_message.Message):
         kind: _builtins.str = ...,
         usage: _common_pb2.Usage | None = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        verdict: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "created_at", b"created_at", "focus_areas", b"focus_areas", "index", b"index", "kind", b"kind", "model", b"model", "stuck_indicators", b"stuck_indicators", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "created_at", b"created_at", "focus_areas", b"focus_areas", "index", b"index", "kind", b"kind", "model", b"model", "stuck_indicators", b"stuck_indicators", "usage", b"usage", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -233,6 +249,8 @@ class ReasoningUsage(_message.Message):
     TOTAL_TOKENS_FIELD_NUMBER: _builtins.int
     COST_USD_FIELD_NUMBER: _builtins.int
     BY_MODEL_FIELD_NUMBER: _builtins.int
+    SECONDARY_ONLY_COST_USD_FIELD_NUMBER: _builtins.int
+    ESCALATED_FIELD_NUMBER: _builtins.int
     primary_model_tokens: _builtins.int
     """Tokens used by the primary model."""
     secondary_model_tokens: _builtins.int
@@ -241,6 +259,13 @@ class ReasoningUsage(_message.Message):
     """All tokens."""
     cost_usd: _builtins.float
     """Total cost in US dollars."""
+    secondary_only_cost_usd: _builtins.float
+    """cascade only: what answering with the secondary model alone would have cost, in US dollars, to
+    compare with cost_usd. Exact when the session escalated (the secondary answered the same prompt);
+    otherwise estimated from the primary's token counts at the secondary's prices.
+    """
+    escalated: _builtins.bool
+    """cascade only: whether the secondary model had to answer."""
     @_builtins.property
     def by_model(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ModelUsage]:
         """Usage per model."""
@@ -253,10 +278,12 @@ class ReasoningUsage(_message.Message):
         total_tokens: _builtins.int = ...,
         cost_usd: _builtins.float = ...,
         by_model: _abc.Iterable[_common_pb2.ModelUsage] | None = ...,
+        secondary_only_cost_usd: _builtins.float = ...,
+        escalated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_model", b"by_model", "cost_usd", b"cost_usd", "primary_model_tokens", b"primary_model_tokens", "secondary_model_tokens", b"secondary_model_tokens", "total_tokens", b"total_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_model", b"by_model", "cost_usd", b"cost_usd", "escalated", b"escalated", "primary_model_tokens", b"primary_model_tokens", "secondary_model_tokens", b"secondary_model_tokens", "secondary_only_cost_usd", b"secondary_only_cost_usd", "total_tokens", b"total_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -277,6 +304,7 @@ class CreateReasoningRequest(_message.Message):
     FILE_DATA_FIELD_NUMBER: _builtins.int
     ADDITIONAL_MODELS_FIELD_NUMBER: _builtins.int
     WAIT_FIELD_NUMBER: _builtins.int
+    MAX_TOKENS_FIELD_NUMBER: _builtins.int
     primary_model: _builtins.str
     """Model that drafts and answers."""
     secondary_model: _builtins.str
@@ -288,9 +316,11 @@ class CreateReasoningRequest(_message.Message):
     collaboration_strategy: _builtins.str
     """"iterative_refinement" (default), "debate", "mixture", "critique" or "cascade"."""
     max_iterations: _builtins.int
-    """Upper bound on iterations, 1 to 20; 0 means 5."""
+    """Upper bound on the strategy's rounds (see Reasoning.max_iterations), 1 to 20; 0 means 5."""
     wait: _builtins.bool
     """Whether to wait for the session to finish before answering."""
+    max_tokens: _builtins.int
+    """Upper bound on the tokens of each step; unset means each model's default."""
     @_builtins.property
     def file_data(self) -> _common_pb2.FileData:
         """An attachment for the prompt."""
@@ -311,12 +341,15 @@ class CreateReasoningRequest(_message.Message):
         file_data: _common_pb2.FileData | None = ...,
         additional_models: _abc.Iterable[_builtins.str] | None = ...,
         wait: _builtins.bool = ...,
+        max_tokens: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["file_data", b"file_data"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "file_data", b"file_data", "max_tokens", b"max_tokens"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["additional_models", b"additional_models", "collaboration_strategy", b"collaboration_strategy", "file_data", b"file_data", "max_iterations", b"max_iterations", "primary_model", b"primary_model", "prompt", b"prompt", "secondary_model", b"secondary_model", "system_instruction", b"system_instruction", "wait", b"wait"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "additional_models", b"additional_models", "collaboration_strategy", b"collaboration_strategy", "file_data", b"file_data", "max_iterations", b"max_iterations", "max_tokens", b"max_tokens", "primary_model", b"primary_model", "prompt", b"prompt", "secondary_model", b"secondary_model", "system_instruction", b"system_instruction", "wait", b"wait"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__max_tokens: _TypeAlias = _typing.Literal["max_tokens"]  # noqa: Y015
+    _WhichOneofArgType__max_tokens: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_tokens) -> _WhichOneofReturnType__max_tokens | None: ...
 
 Global___CreateReasoningRequest: _TypeAlias = CreateReasoningRequest  # noqa: Y015
 
@@ -562,6 +595,7 @@ class ReasoningEvent(_message.Message):
     FINAL_RESULT_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    ITERATION_INDEX_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Position in the session's event log, from 1, without gaps."""
     reasoning_id: _builtins.str
@@ -578,6 +612,10 @@ class ReasoningEvent(_message.Message):
     """The answer, for COMPLETION events."""
     status: _common_pb2.RunStatus.ValueType
     """New status, for STATUS_CHANGED and COMPLETION events."""
+    iteration_index: _builtins.int
+    """Index of the iteration the delta belongs to, for TOKEN and THINKING events (the index its
+    NEW_ITERATION will carry).
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When it happened."""
@@ -609,10 +647,11 @@ class ReasoningEvent(_message.Message):
         final_result: _builtins.str = ...,
         status: _common_pb2.RunStatus.ValueType = ...,
         error: _status_pb2.Status | None = ...,
+        iteration_index: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "error", b"error", "iteration", b"iteration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "delta", b"delta", "error", b"error", "final_result", b"final_result", "iteration", b"iteration", "model", b"model", "reasoning_id", b"reasoning_id", "sequence", b"sequence", "status", b"status", "stuck_indicators", b"stuck_indicators", "to_model", b"to_model", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "delta", b"delta", "error", b"error", "final_result", b"final_result", "iteration", b"iteration", "iteration_index", b"iteration_index", "model", b"model", "reasoning_id", b"reasoning_id", "sequence", b"sequence", "status", b"status", "stuck_indicators", b"stuck_indicators", "to_model", b"to_model", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,333 @@
+"""One reasoning session as it runs: model calls, stuck checks, and every step committed with its events.
+
+The strategies (`strategies.py`) decide who speaks and when; this module does the rest the same way for
+all of them:
+
+* `generate` streams one model call, committing TOKEN/THINKING deltas in batches as they come;
+* `check` runs stuck detection on a draft against that seat's earlier drafts and the critiques so far;
+* `record` appends the iteration, adds its usage to the session's, and commits state + NEW_ITERATION
+  (+ STUCK_DETECTED, + HANDOFF) in one `store.commit`, then wakes the followers;
+* `run` wraps a strategy: COMPLETION on success, ERROR (FAILED) on an error, and on cancellation
+  CANCELLED when a client asked for it or INTERRUPTED when the server is stopping.
+
+A step is either committed whole or not at all, so a session that dies mid-step keeps every earlier
+iteration and loses only the step in progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass, field
+
+from google.protobuf import timestamp_pb2
+
+from aibattle.v1 import common_pb2, reasoning_pb2
+from common.errors import ApiError, internal_error
+from server.orchestration import stuck
+from server.providers.attachments import chat_message
+from server.providers.base import Attachment, ChatMessage, ChatRequest, Delta, Finish, Role, Usage
+from server.providers.registry import ModelRegistry
+from server.providers.resilience import Answering, resilient_stream
+from server.services.completions import usage_proto
+from server.storage import EventHub, Store
+from server.storage.base import LeaseLost
+
+log = logging.getLogger(__name__)
+
+KIND = "reasoning"
+Event = reasoning_pb2.ReasoningEvent
+EventType = reasoning_pb2.ReasoningEventType
+IN_PROGRESS = common_pb2.RUN_STATUS_IN_PROGRESS
+COMPLETED = common_pb2.RUN_STATUS_COMPLETED
+CANCELLED = common_pb2.RUN_STATUS_CANCELLED
+FAILED = common_pb2.RUN_STATUS_FAILED
+INTERRUPTED = common_pb2.RUN_STATUS_INTERRUPTED
+FINISHED = frozenset({COMPLETED, CANCELLED, FAILED, INTERRUPTED})
+
+FLUSH_SECONDS = 0.02
+FLUSH_DELTAS = 32
+"""Token deltas are committed in batches: at most every 20 ms, or at 32 deltas, whichever comes first.
+One commit per token would cost a SQLite transaction (a thread hop and a WAL append) per token and
+wake every follower per token; at 20 ms a watcher still sees text flow at 50 updates a second, faster
+than anyone reads, and a fast upstream (1,000 tokens/s) makes 50 commits a second instead of 1,000.
+The count bound keeps one commit's events small when a provider delivers a burst."""
+
+
+def is_terminal(body: bytes) -> bool:
+    """Whether a stored event ends the session's stream: COMPLETION, ERROR, or a final status."""
+    event = Event.FromString(body)
+    if event.type in (EventType.REASONING_EVENT_TYPE_COMPLETION, EventType.REASONING_EVENT_TYPE_ERROR):
+        return True
+    return event.type == EventType.REASONING_EVENT_TYPE_STATUS_CHANGED and event.status in FINISHED
+
+
+def now() -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.GetCurrentTime()
+    return stamp
+
+
+@dataclass(frozen=True)
+class Seat:
+    """A place at the table: "primary", "secondary" or "additional[i]", and the model in it. The seat,
+    not the model, is what usage and stuck history are kept by: one model may sit in two seats."""
+
+    name: str
+    model: str
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One finished model call."""
+
+    text: str
+    model: str
+    """The model that answered (a fallback, if the seat's model failed before its first token)."""
+    usage: common_pb2.Usage
+
+
+@dataclass
+class Session:
+    """A running session's state and plumbing; see the module docstring."""
+
+    store: Store
+    hub: EventHub
+    registry: ModelRegistry
+    runner_id: str
+    reasoning: reasoning_pb2.Reasoning
+    attachments: Sequence[tuple[str, Attachment]] = ()
+    cancel_requested: bool = False
+    drafts: dict[str, list[str]] = field(default_factory=dict)
+    critiques: list[str] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return self.reasoning.reasoning_id
+
+    @property
+    def problem(self) -> str:
+        return self.reasoning.prompt
+
+    @property
+    def primary(self) -> Seat:
+        return Seat("primary", self.reasoning.primary_model)
+
+    @property
+    def secondary(self) -> Seat:
+        return Seat("secondary", self.reasoning.secondary_model)
+
+    @property
+    def seats(self) -> list[Seat]:
+        """Everyone: primary, secondary, then the additional models."""
+        extra = [Seat(f"additional[{i}]", m) for i, m in enumerate(self.reasoning.additional_models)]
+        return [self.primary, self.secondary, *extra]
+
+    def event(self, type_: reasoning_pb2.ReasoningEventType.ValueType, **fields: object) -> Event:
+        return Event(reasoning_id=self.id, type=type_, created_at=now(), **fields)  # type: ignore[arg-type]
+
+    async def commit(self, events: Sequence[Event]) -> int:
+        """The session's state and these events, in one transaction; followers are woken after it."""
+        self.reasoning.updated_at.CopyFrom(now())
+        self.reasoning.ClearField("last_sequence")  # the log's, stamped when read
+        last = await self.store.commit(
+            self.id,
+            status=self.reasoning.status,
+            body=self.reasoning.SerializeToString(),
+            events=[e.SerializeToString() for e in events],
+            runner_id=self.runner_id,
+        )
+        self.hub.notify(self.id, last)
+        return last
+
+    def _request(self, seat: Seat, prompt: str, max_tokens: int | None) -> ChatRequest:
+        model, _ = self.registry.get(seat.model)
+        messages: list[ChatMessage] = []
+        if self.reasoning.system_instruction:
+            messages.append(ChatMessage(Role.SYSTEM, self.reasoning.system_instruction))
+        messages.append(chat_message(Role.USER, prompt, self.attachments))
+        limit = self.reasoning.max_tokens or model.default_max_tokens
+        if max_tokens is not None:
+            limit = min(limit, max_tokens)
+        return ChatRequest(messages=tuple(messages), max_tokens=limit, stream=True)
+
+    async def generate(self, seat: Seat, prompt: str, *, max_tokens: int | None = None) -> Reply:
+        """One call of the seat's model, its deltas committed as TOKEN/THINKING events in batches."""
+        model, _ = self.registry.get(seat.model)
+        request = self._request(seat, prompt, max_tokens)
+        index = len(self.reasoning.iterations) + 1
+        text: list[str] = []
+        pending: list[Event] = []
+        flushed = time.monotonic()
+        finish = Finish(Usage())
+        answering = model
+        # aclosing: a cancelled session closes the provider's stream at once, which stops the model.
+        async with aclosing(
+            resilient_stream(self.registry.chain(model), request, self.registry.circuits)
+        ) as items:
+            async for item in items:
+                if isinstance(item, Answering):
+                    answering = item.model
+                elif isinstance(item, Delta):
+                    text.append(item.content)
+                    if item.thinking:
+                        pending.append(
+                            self.event(
+                                EventType.REASONING_EVENT_TYPE_THINKING,
+                                delta=item.thinking,
+                                model=answering.id,
+                                iteration_index=index,
+                            )
+                        )
+                    if item.content:
+                        pending.append(
+                            self.event(
+                                EventType.REASONING_EVENT_TYPE_TOKEN,
+                                delta=item.content,
+                                model=answering.id,
+                                iteration_index=index,
+                            )
+                        )
+                    if pending and (
+                        len(pending) >= FLUSH_DELTAS or time.monotonic() - flushed >= FLUSH_SECONDS
+                    ):
+                        await self.commit(_merged(pending))
+                        pending, flushed = [], time.monotonic()
+                else:
+                    finish = item
+        if pending:
+            await self.commit(_merged(pending))
+        return Reply("".join(text).strip(), answering.id, usage_proto(answering, finish.usage))
+
+    def check(self, seat: Seat, draft: str) -> list[str]:
+        """Stuck signals of a draft, against this seat's earlier drafts and every critique so far."""
+        earlier = self.drafts.setdefault(seat.name, [])
+        names = [s.name for s in stuck.detect(draft, previous=earlier, critiques=self.critiques)]
+        earlier.append(draft)
+        return names
+
+    async def record(
+        self,
+        seat: Seat,
+        kind: str,
+        reply: Reply,
+        *,
+        focus_areas: Sequence[str] = (),
+        verdict: str = "",
+        stuck_indicators: Sequence[str] = (),
+        handoff_to: Seat | None = None,
+        handoff_from: Seat | None = None,
+    ) -> reasoning_pb2.ReasoningIteration:
+        """Append an iteration and commit it with NEW_ITERATION, then STUCK_DETECTED and HANDOFF (from
+        `handoff_from`, by default the step's own seat, to `handoff_to`)."""
+        iteration = self.reasoning.iterations.add(
+            model=reply.model,
+            content=reply.text,
+            stuck_indicators=stuck_indicators,
+            focus_areas=focus_areas,
+            index=len(self.reasoning.iterations) + 1,
+            kind=kind,
+            usage=reply.usage,
+            created_at=now(),
+            verdict=verdict,
+        )
+        self._add_usage(seat, reply)
+        events = [
+            self.event(EventType.REASONING_EVENT_TYPE_NEW_ITERATION, iteration=iteration, model=reply.model)
+        ]
+        if stuck_indicators:
+            events.append(
+                self.event(
+                    EventType.REASONING_EVENT_TYPE_STUCK_DETECTED,
+                    model=reply.model,
+                    stuck_indicators=stuck_indicators,
+                )
+            )
+        if handoff_to is not None:
+            events.append(
+                self.event(
+                    EventType.REASONING_EVENT_TYPE_HANDOFF,
+                    model=(handoff_from or seat).model,
+                    to_model=handoff_to.model,
+                )
+            )
+        await self.commit(events)
+        return iteration
+
+    def _add_usage(self, seat: Seat, reply: Reply) -> None:
+        usage, step = self.reasoning.usage, reply.usage
+        usage.total_tokens += step.total_tokens
+        usage.cost_usd += step.cost_usd
+        if seat.name == "primary":
+            usage.primary_model_tokens += step.total_tokens
+        elif seat.name == "secondary":
+            usage.secondary_model_tokens += step.total_tokens
+        for entry in usage.by_model:
+            if entry.model == reply.model:
+                break
+        else:
+            entry = usage.by_model.add(model=reply.model)
+        entry.usage.prompt_tokens += step.prompt_tokens
+        entry.usage.completion_tokens += step.completion_tokens
+        entry.usage.total_tokens += step.total_tokens
+        entry.usage.cost_usd += step.cost_usd
+
+    async def run(self, strategy: Callable[[Session], Awaitable[str]]) -> None:
+        """The strategy to its end, and the end committed: see the module docstring."""
+        try:
+            final = await strategy(self)
+        except asyncio.CancelledError:
+            # A client's cancel is CANCELLED; anything else cancelling us is the server stopping, and
+            # the session can be run again: INTERRUPTED.
+            status = CANCELLED if self.cancel_requested else INTERRUPTED
+            await self._end(
+                status, [self.event(EventType.REASONING_EVENT_TYPE_STATUS_CHANGED, status=status)]
+            )
+            raise
+        except LeaseLost:
+            log.warning("reasoning lease lost; another runner has it", extra={"reasoning_id": self.id})
+            return
+        except ApiError as exc:
+            await self._fail(exc)
+            return
+        except Exception:
+            log.exception("reasoning failed", extra={"reasoning_id": self.id})
+            await self._fail(internal_error())
+            return
+        self.reasoning.final_result = final
+        await self._end(
+            COMPLETED,
+            [self.event(EventType.REASONING_EVENT_TYPE_COMPLETION, final_result=final, status=COMPLETED)],
+        )
+
+    async def _fail(self, exc: ApiError) -> None:
+        status = exc.to_status()
+        self.reasoning.error.CopyFrom(status)
+        await self._end(
+            FAILED, [self.event(EventType.REASONING_EVENT_TYPE_ERROR, error=status, status=FAILED)]
+        )
+
+    async def _end(self, status: common_pb2.RunStatus.ValueType, events: list[Event]) -> None:
+        self.reasoning.status = status
+        try:
+            await self.commit(events)
+        except LeaseLost:
+            log.warning("reasoning lease lost before its end was recorded", extra={"reasoning_id": self.id})
+
+
+def _merged(events: list[Event]) -> list[Event]:
+    """A batch's deltas as one event per (type, model), in order of first appearance: a model that
+    interleaves thinking and content within 20 ms yields one THINKING and one TOKEN event, so replay
+    stays short. Each type's text keeps its order."""
+    merged: dict[tuple[int, str], Event] = {}
+    for event in events:
+        key = (event.type, event.model)
+        if key in merged:
+            merged[key].delta += event.delta
+        else:
+            merged[key] = Event()
+            merged[key].CopyFrom(event)
+    return list(merged.values())

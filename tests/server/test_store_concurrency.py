@@ -1,0 +1,54 @@
+"""SqliteStore under the load reasoning puts on it: many runs committing at once, runs cancelled
+mid-commit. (The store's own behaviour is tested in test_storage.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from server.storage import SqliteStore
+
+
+async def opened() -> SqliteStore:
+    store = SqliteStore(":memory:")
+    await store.open()
+    return store
+
+
+async def consistent(store: SqliteStore, resource_id: str) -> int:
+    """The resource's events are gapless and end at its last_sequence; returns that."""
+    stored = await store.get(resource_id, kind="k")
+    assert stored is not None
+    sequences = [sequence for sequence, _ in await store.events(resource_id, after=0)]
+    assert sequences == list(range(1, stored.last_sequence + 1))
+    return stored.last_sequence
+
+
+async def test_concurrent_commits_each_get_their_own_transaction() -> None:
+    store = await opened()
+    try:
+        for i in range(8):
+            await store.create("k", f"r{i}", owner="", status=1, body=b"", events=[b"start"])
+        commits = [store.commit(f"r{i % 8}", status=2, body=b"x", events=[b"a", b"b"]) for i in range(64)]
+        await asyncio.gather(*commits)
+        assert [await consistent(store, f"r{i}") for i in range(8)] == [1 + 8 * 2] * 8
+    finally:
+        await store.close()
+
+
+async def test_a_commit_cancelled_midway_is_whole_or_absent_and_the_store_stays_usable() -> None:
+    store = await opened()
+    try:
+        await store.create("k", "r", owner="", status=1, body=b"", events=[])
+        for i in range(40):
+            task = asyncio.create_task(store.commit("r", status=2, body=b"x", events=[b"e1", b"e2"]))
+            for _ in range(i % 8):  # cancel at a different statement of the transaction each time
+                await asyncio.sleep(0)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            assert (await consistent(store, "r")) % 2 == 0  # both events of a step, or neither
+        before = await consistent(store, "r")
+        assert await store.commit("r", status=3, body=b"y", events=[b"end"]) == before + 1
+    finally:
+        await store.close()
