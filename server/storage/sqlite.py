@@ -8,6 +8,7 @@ while a writer commits.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import time
 from collections.abc import Sequence
@@ -49,6 +50,10 @@ class SqliteStore:
     def __init__(self, path: str) -> None:
         self._path = path
         self._db: aiosqlite.Connection | None = None
+        # One connection serves every task: without this lock two tasks' transactions interleave on it
+        # ("cannot start a transaction within a transaction", and one's ROLLBACK undoes the other's
+        # statements), and a read between another task's BEGIN and COMMIT sees uncommitted events.
+        self._lock = asyncio.Lock()
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -74,24 +79,25 @@ class SqliteStore:
     async def create(
         self, kind: str, resource_id: str, *, owner: str, status: int, body: bytes, events: Sequence[bytes]
     ) -> int:
-        now = time.time()
-        db = self.db
-        await db.execute("BEGIN IMMEDIATE")
-        try:
-            await db.execute(
-                "INSERT INTO resources (resource_id, kind, owner, status, body, last_sequence, created_at,"
-                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (resource_id, kind, owner, status, body, len(events), now, now),
-            )
-            await db.executemany(
-                "INSERT INTO events (resource_id, sequence, body) VALUES (?, ?, ?)",
-                [(resource_id, i, event) for i, event in enumerate(events, start=1)],
-            )
-            await db.execute("COMMIT")
-        except BaseException:
-            await db.execute("ROLLBACK")
-            raise
-        return len(events)
+        async with self._lock:
+            now = time.time()
+            db = self.db
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                await db.execute(
+                    "INSERT INTO resources (resource_id, kind, owner, status, body, last_sequence,"
+                    " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (resource_id, kind, owner, status, body, len(events), now, now),
+                )
+                await db.executemany(
+                    "INSERT INTO events (resource_id, sequence, body) VALUES (?, ?, ?)",
+                    [(resource_id, i, event) for i, event in enumerate(events, start=1)],
+                )
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+            return len(events)
 
     async def commit(
         self,
@@ -102,108 +108,117 @@ class SqliteStore:
         events: Sequence[bytes],
         runner_id: str | None = None,
     ) -> int:
-        db = self.db
-        await db.execute("BEGIN IMMEDIATE")
-        try:
-            async with db.execute(
-                "SELECT last_sequence, runner_id FROM resources WHERE resource_id = ?", (resource_id,)
-            ) as cursor:
-                row = await cursor.fetchone()
-            if row is None:
-                raise KeyError(resource_id)
-            last, holder = int(row[0]), row[1]
-            if runner_id is not None and holder != runner_id:
-                raise LeaseLost(resource_id)
-            await db.executemany(
-                "INSERT INTO events (resource_id, sequence, body) VALUES (?, ?, ?)",
-                [(resource_id, last + i, event) for i, event in enumerate(events, start=1)],
-            )
-            last += len(events)
-            await db.execute(
-                "UPDATE resources SET status = ?, body = ?, last_sequence = ?, updated_at = ?"
-                " WHERE resource_id = ?",
-                (status, body, last, time.time(), resource_id),
-            )
-            await db.execute("COMMIT")
-        except BaseException:
-            await db.execute("ROLLBACK")
-            raise
-        return last
+        async with self._lock:
+            db = self.db
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                async with db.execute(
+                    "SELECT last_sequence, runner_id FROM resources WHERE resource_id = ?", (resource_id,)
+                ) as cursor:
+                    row = await cursor.fetchone()
+                if row is None:
+                    raise KeyError(resource_id)
+                last, holder = int(row[0]), row[1]
+                if runner_id is not None and holder != runner_id:
+                    raise LeaseLost(resource_id)
+                await db.executemany(
+                    "INSERT INTO events (resource_id, sequence, body) VALUES (?, ?, ?)",
+                    [(resource_id, last + i, event) for i, event in enumerate(events, start=1)],
+                )
+                last += len(events)
+                await db.execute(
+                    "UPDATE resources SET status = ?, body = ?, last_sequence = ?, updated_at = ?"
+                    " WHERE resource_id = ?",
+                    (status, body, last, time.time(), resource_id),
+                )
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+            return last
 
     async def get(self, resource_id: str, *, kind: str) -> Stored | None:
-        async with self.db.execute(
-            f"SELECT {_COLUMNS} FROM resources WHERE resource_id = ? AND kind = ?", (resource_id, kind)
-        ) as cursor:
-            row = await cursor.fetchone()
-        return None if row is None else Stored(*row)
+        async with self._lock:
+            async with self.db.execute(
+                f"SELECT {_COLUMNS} FROM resources WHERE resource_id = ? AND kind = ?", (resource_id, kind)
+            ) as cursor:
+                row = await cursor.fetchone()
+            return None if row is None else Stored(*row)
 
     async def list(
         self, kind: str, *, owner: str, status: int | None, offset: int, limit: int
     ) -> builtins.list[Stored]:
-        query = f"SELECT {_COLUMNS} FROM resources WHERE kind = ? AND owner = ?"
-        args: list[object] = [kind, owner]
-        if status is not None:
-            query += " AND status = ?"
-            args.append(status)
-        query += " ORDER BY created_at DESC, resource_id LIMIT ? OFFSET ?"
-        args += [limit, offset]
-        async with self.db.execute(query, args) as cursor:
-            return [Stored(*row) async for row in cursor]
+        async with self._lock:
+            query = f"SELECT {_COLUMNS} FROM resources WHERE kind = ? AND owner = ?"
+            args: list[object] = [kind, owner]
+            if status is not None:
+                query += " AND status = ?"
+                args.append(status)
+            query += " ORDER BY created_at DESC, resource_id LIMIT ? OFFSET ?"
+            args += [limit, offset]
+            async with self.db.execute(query, args) as cursor:
+                return [Stored(*row) async for row in cursor]
 
     async def delete(self, resource_id: str, *, kind: str) -> bool:
-        db = self.db
-        await db.execute("BEGIN IMMEDIATE")
-        try:
-            cursor = await db.execute(
-                "DELETE FROM resources WHERE resource_id = ? AND kind = ?", (resource_id, kind)
-            )
-            deleted = cursor.rowcount > 0
-            await db.execute("COMMIT")
-        except BaseException:
-            await db.execute("ROLLBACK")
-            raise
-        return deleted
+        async with self._lock:
+            db = self.db
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                cursor = await db.execute(
+                    "DELETE FROM resources WHERE resource_id = ? AND kind = ?", (resource_id, kind)
+                )
+                deleted = cursor.rowcount > 0
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+            return deleted
 
     async def events(
         self, resource_id: str, *, after: int, limit: int = 1000
     ) -> builtins.list[tuple[int, bytes]]:
-        async with self.db.execute(
-            "SELECT sequence, body FROM events WHERE resource_id = ? AND sequence > ?"
-            " ORDER BY sequence LIMIT ?",
-            (resource_id, after, limit),
-        ) as cursor:
-            return [(int(seq), bytes(body)) async for seq, body in cursor]
+        async with self._lock:
+            async with self.db.execute(
+                "SELECT sequence, body FROM events WHERE resource_id = ? AND sequence > ?"
+                " ORDER BY sequence LIMIT ?",
+                (resource_id, after, limit),
+            ) as cursor:
+                return [(int(seq), bytes(body)) async for seq, body in cursor]
 
     async def acquire(self, resource_id: str, lease: Lease, *, now: float) -> bool:
-        cursor = await self.db.execute(
-            "UPDATE resources SET runner_id = ?, lease_until = ? WHERE resource_id = ?"
-            " AND (runner_id IS NULL OR runner_id = ? OR lease_until IS NULL OR lease_until < ?)",
-            (lease.runner_id, lease.until, resource_id, lease.runner_id, now),
-        )
-        return cursor.rowcount > 0
+        async with self._lock:
+            cursor = await self.db.execute(
+                "UPDATE resources SET runner_id = ?, lease_until = ? WHERE resource_id = ?"
+                " AND (runner_id IS NULL OR runner_id = ? OR lease_until IS NULL OR lease_until < ?)",
+                (lease.runner_id, lease.until, resource_id, lease.runner_id, now),
+            )
+            return cursor.rowcount > 0
 
     async def renew(self, resource_id: str, lease: Lease) -> bool:
-        cursor = await self.db.execute(
-            "UPDATE resources SET lease_until = ? WHERE resource_id = ? AND runner_id = ?",
-            (lease.until, resource_id, lease.runner_id),
-        )
-        return cursor.rowcount > 0
+        async with self._lock:
+            cursor = await self.db.execute(
+                "UPDATE resources SET lease_until = ? WHERE resource_id = ? AND runner_id = ?",
+                (lease.until, resource_id, lease.runner_id),
+            )
+            return cursor.rowcount > 0
 
     async def release(self, resource_id: str, runner_id: str) -> None:
-        await self.db.execute(
-            "UPDATE resources SET runner_id = NULL, lease_until = NULL"
-            " WHERE resource_id = ? AND runner_id = ?",
-            (resource_id, runner_id),
-        )
+        async with self._lock:
+            await self.db.execute(
+                "UPDATE resources SET runner_id = NULL, lease_until = NULL"
+                " WHERE resource_id = ? AND runner_id = ?",
+                (resource_id, runner_id),
+            )
 
     async def orphans(self, kind: str, *, statuses: Sequence[int], now: float) -> builtins.list[Stored]:
-        marks = ", ".join("?" for _ in statuses)
-        async with self.db.execute(
-            f"SELECT {_COLUMNS} FROM resources WHERE kind = ? AND status IN ({marks})"
-            " AND (lease_until IS NULL OR lease_until < ?)",
-            (kind, *statuses, now),
-        ) as cursor:
-            return [Stored(*row) async for row in cursor]
+        async with self._lock:
+            marks = ", ".join("?" for _ in statuses)
+            async with self.db.execute(
+                f"SELECT {_COLUMNS} FROM resources WHERE kind = ? AND status IN ({marks})"
+                " AND (lease_until IS NULL OR lease_until < ?)",
+                (kind, *statuses, now),
+            ) as cursor:
+                return [Stored(*row) async for row in cursor]
 
 
 __all__ = ["LeaseLost", "SqliteStore"]
