@@ -11,6 +11,7 @@ from aibattle.v1 import (
     completions_pb2,
     completions_pb2_grpc,
     conversations_pb2,
+    conversations_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
     reasoning_pb2,
@@ -19,9 +20,11 @@ from common.addresses import join_host_port, parse_host_port
 from server import reflection
 from server.config import Config
 from server.interceptors import ErrorInterceptor, RequestContextInterceptor
+from server.orchestration.conversation import Conversations
 from server.orchestration.runs import Runs
 from server.providers.registry import ModelRegistry
 from server.services.completions import CompletionServicer
+from server.services.conversations import ConversationServicer
 from server.services.models import ModelServicer
 from server.services.unimplemented import unimplemented_service
 from server.storage import EventHub, SqliteStore
@@ -36,7 +39,7 @@ SERVICES = (
     reasoning_pb2.DESCRIPTOR.services_by_name["ReasoningService"],
 )
 # Declared in the schema, served by a later version.
-NOT_YET_IMPLEMENTED = (SERVICES[2], SERVICES[3])
+NOT_YET_IMPLEMENTED = (SERVICES[3],)
 
 
 class AIBattleServer:
@@ -48,6 +51,9 @@ class AIBattleServer:
         self.store = SqliteStore(config.server.database)
         self.hub = EventHub()
         self.runs = Runs(self.store)
+        self.conversations = Conversations(
+            store=self.store, hub=self.hub, runs=self.runs, registry=self.registry
+        )
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self.grpc_port = 0
@@ -60,6 +66,8 @@ class AIBattleServer:
     async def start(self) -> None:
         await self.registry.start()
         await self.store.open()
+        # Before serving: what was running when the last process died is nobody's now.
+        await self.conversations.recover()
         limit = self.config.server.max_message_bytes
         server = grpc.aio.server(
             interceptors=(RequestContextInterceptor(), ErrorInterceptor()),
@@ -72,6 +80,9 @@ class AIBattleServer:
         models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.registry), server)
         completions_pb2_grpc.add_CompletionServiceServicer_to_server(
             CompletionServicer(self.registry), server
+        )
+        conversations_pb2_grpc.add_ConversationServiceServicer_to_server(
+            ConversationServicer(self.conversations), server
         )
         server.add_generic_rpc_handlers(tuple(unimplemented_service(s) for s in NOT_YET_IMPLEMENTED))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
