@@ -43,8 +43,9 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
+from typing import Any, cast
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -147,7 +148,7 @@ def refresh(conv: Conversation) -> None:
     conv.next_role = "" if seat is None else conv.models[seat].role
 
 
-def resting_status(conv: Conversation) -> int:
+def resting_status(conv: Conversation) -> common_pb2.RunStatus.ValueType:
     """The status when no run is taking turns: completed, waiting for a person, or ready to run."""
     seat = next_seat(conv)
     if seat is None:
@@ -213,8 +214,8 @@ def _message(
     )
 
 
-def _status_event(status: int) -> Event:
-    return Event(type=E.CONVERSATION_EVENT_TYPE_STATUS_CHANGED, status=status)  # type: ignore[arg-type]
+def _status_event(status: common_pb2.RunStatus.ValueType) -> Event:
+    return Event(type=E.CONVERSATION_EVENT_TYPE_STATUS_CHANGED, status=status)
 
 
 def _settle_events(conv: Conversation, before: int) -> list[Event]:
@@ -340,8 +341,6 @@ class Conversations:
         if conv.status == S.RUN_STATUS_PENDING and auto_run:
             conv.status = S.RUN_STATUS_IN_PROGRESS
         events.append(_status_event(conv.status))
-        if conv.status == S.RUN_STATUS_COMPLETED:  # one round of two seats, both spoken: nothing to run
-            events.append(Event(type=E.CONVERSATION_EVENT_TYPE_COMPLETION, status=S.RUN_STATUS_COMPLETED))
         now = _now()
         for event in events:
             event.conversation_id = conv.conversation_id
@@ -564,21 +563,25 @@ class Conversations:
             return
         gone = self._deleted.setdefault(conversation_id, asyncio.Event())
         terminal = (lambda _: False) if session else ends_stream
-        async with aclosing(
-            follow(self._store, self._hub, conversation_id, after=after, is_terminal=terminal)
-        ) as log_:
+        # follow() is an async generator (typed as an iterator): closed here, its store reads stop.
+        logged = cast(
+            AsyncGenerator[tuple[int, bytes], None],
+            follow(self._store, self._hub, conversation_id, after=after, is_terminal=terminal),
+        )
+        async with aclosing(logged) as log_:
             while True:
                 step = asyncio.ensure_future(anext(log_))
                 deleted = asyncio.ensure_future(gone.wait())
+                done: set[asyncio.Future[Any]] = set()
                 try:
-                    await asyncio.wait({step, deleted}, return_when=asyncio.FIRST_COMPLETED)
+                    done, _ = await asyncio.wait({step, deleted}, return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     deleted.cancel()
-                    if not step.done():
+                    if step not in done:
                         step.cancel()
                         with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
                             await step
-                if not step.done() or step.cancelled():
+                if step not in done:
                     raise NotFound("conversation", conversation_id)
                 try:
                     sequence, body = step.result()

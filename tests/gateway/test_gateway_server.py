@@ -95,8 +95,6 @@ async def test_seed_completion_body_as_written(api: Any) -> None:
 @pytest.mark.parametrize(
     ("path", "body"),
     [
-        ("/api/v1/conversations", SEED_CONVERSATION),
-        ("/api/v1/conversations/conv-456def/messages", SEED_MESSAGE),
         ("/api/v1/collaborative-reasoning", SEED_REASONING),
     ],
 )
@@ -168,8 +166,7 @@ async def test_failure_after_first_chunk(api: Any) -> None:
 
 
 async def test_unimplemented_websocket_closes_4012(api: Any) -> None:
-    async with api.ws_connect("/api/v1/ws/conversations/conv-1") as ws:
-        await ws.send_str("{}")
+    async with api.ws_connect("/api/v1/ws/collaborative-reasoning/reas-1") as ws:
         frames = [json.loads(m.data) async for m in ws]
     assert frames[-1]["error"]["code"] == 12
     assert ws.close_code == 4012

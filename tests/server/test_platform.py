@@ -9,7 +9,7 @@ from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
-from aibattle.v1 import conversations_pb2, conversations_pb2_grpc, reasoning_pb2, reasoning_pb2_grpc
+from aibattle.v1 import reasoning_pb2, reasoning_pb2_grpc
 from server.app import AIBattleServer
 from tests.conftest import error_info
 
@@ -55,21 +55,16 @@ async def test_health_serving_then_not_serving_on_drain(scripted_server: AIBattl
 
 
 async def test_later_services_answer_unimplemented_with_a_message(channel: grpc.aio.Channel) -> None:
-    conversations = conversations_pb2_grpc.ConversationServiceStub(channel)
+    reasoning = reasoning_pb2_grpc.ReasoningServiceStub(channel)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await conversations.ListConversations(conversations_pb2.ListConversationsRequest())
+        await reasoning.ListReasonings(reasoning_pb2.ListReasoningsRequest())
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "ConversationService/ListConversations" in caught.value.details()
+    assert "ReasoningService/ListReasonings" in caught.value.details()
     assert "not implemented" in caught.value.details()
     assert error_info(caught.value).reason == "NOT_IMPLEMENTED"
-    reasoning = reasoning_pb2_grpc.ReasoningServiceStub(channel)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         async for _ in reasoning.StreamReasoningEvents(
             reasoning_pb2.StreamReasoningEventsRequest(reasoning_id="r")
         ):
-            pass
-    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        async for _ in conversations.Converse(iter([conversations_pb2.ConverseRequest(conversation_id="c")])):
             pass
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
