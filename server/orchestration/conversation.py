@@ -114,6 +114,10 @@ class TokenBatch:
             bool(self._parts) and time.monotonic() - self._since >= self.SECONDS
         )
 
+    def wait(self) -> float | None:
+        """How long the next delta may be waited for before the pending ones must go out anyway."""
+        return None if not self._parts else max(0.0, self._since + self.SECONDS - time.monotonic())
+
     def take(self) -> list[Event]:
         events: list[Event] = []
         for kind, text in self._parts:
@@ -664,21 +668,41 @@ class Conversations:
         finish = Finish(Usage())
         answered = model
         batch = TokenBatch()
-        async with aclosing(
-            resilient_stream(self._registry.chain(model), chat, self._registry.circuits)
-        ) as items:
-            async for item in items:
-                if isinstance(item, Answering):
-                    answered = item.model
-                elif isinstance(item, Delta):
-                    content.append(item.content)
-                    thinking.append(item.thinking)
-                    batch.add(E.CONVERSATION_EVENT_TYPE_THINKING, item.thinking)
-                    batch.add(E.CONVERSATION_EVENT_TYPE_TOKEN, item.content)
-                    if batch.due():
+        stream = resilient_stream(self._registry.chain(model), chat, self._registry.circuits)
+        async with aclosing(stream) as items:
+            # The next item is awaited in a task so that deltas waiting in the batch go out on time
+            # even when the model pauses (a slow first token after a burst, a long thinking phase).
+            pending: asyncio.Future[Answering | Delta | Finish] | None = None
+            try:
+                while True:
+                    if pending is None:
+                        pending = asyncio.ensure_future(anext(items))
+                    done, _ = await asyncio.wait({pending}, timeout=batch.wait())
+                    if not done:
                         await self._commit(conv, batch.take(), run=True)
-                else:
-                    finish = item
+                        continue
+                    try:
+                        item = pending.result()
+                    except StopAsyncIteration:
+                        break
+                    finally:
+                        pending = None
+                    if isinstance(item, Answering):
+                        answered = item.model
+                    elif isinstance(item, Delta):
+                        content.append(item.content)
+                        thinking.append(item.thinking)
+                        batch.add(E.CONVERSATION_EVENT_TYPE_THINKING, item.thinking)
+                        batch.add(E.CONVERSATION_EVENT_TYPE_TOKEN, item.content)
+                        if batch.due():
+                            await self._commit(conv, batch.take(), run=True)
+                    else:
+                        finish = item
+            finally:
+                if pending is not None:  # cancelled or failed while the model was producing
+                    pending.cancel()
+                    with contextlib.suppress(BaseException):
+                        await pending
         events = batch.take()
         message = _message(seat.role, answered.id, "".join(content))
         message.thinking = "".join(thinking)

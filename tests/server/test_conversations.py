@@ -42,6 +42,8 @@ MODELS: list[dict[str, Any]] = [
         "chunk_delay_ms": 20,
     },
     {"id": "fail", "provider": "scripted", "script": ["one two three four"], "error_after_chunks": 2},
+    {"id": "pausing", "provider": "scripted", "script": ["p0 p1 p2"], "chunk_delay_ms": 300},
+    {"id": "fast", "provider": "scripted", "script": [" ".join(f"f{i}" for i in range(200))]},
     {"id": "blind", "provider": "scripted", "capabilities": ["text"], "script": ["ok"]},
 ]
 
@@ -410,10 +412,28 @@ async def test_many_watchers_see_the_same_events(stub: Any) -> None:
     )
     seen = await asyncio.gather(*(events(stub, conv.conversation_id) for _ in range(6)))
     assert all(s == seen[0] for s in seen) and seen[0][-1].type == E.CONVERSATION_EVENT_TYPE_COMPLETION
-    tokens = sum(1 for e in seen[0] if e.type == E.CONVERSATION_EVENT_TYPE_TOKEN)
-    assert 0 < tokens < 150  # deltas are batched into fewer events than the 150 words, none lost:
     turn = "".join(e.delta for e in seen[0] if e.type == E.CONVERSATION_EVENT_TYPE_TOKEN)
     assert turn == " ".join(f"w{i}" for i in range(150))
+
+
+async def test_deltas_of_a_fast_model_are_batched_and_none_lost(stub: Any) -> None:
+    conv = await create(
+        stub, models=[seat("alice", "a"), seat("fast", "b")], initial_prompt="Go", mode="ai-ai"
+    )
+    got = await events(stub, conv.conversation_id)
+    tokens = [e.delta for e in got if e.type == E.CONVERSATION_EVENT_TYPE_TOKEN]
+    assert "".join(tokens) == " ".join(f"f{i}" for i in range(200))
+    assert len(tokens) < 100  # batched (by TokenBatch.SIZE, 16, unless the loop is starved)
+
+
+async def test_a_delta_goes_out_while_the_model_pauses(stub: Any) -> None:
+    # Each word comes 300 ms after the previous: a batch flushed only when the next delta arrives
+    # would join them; the batch's own deadline sends each one alone.
+    conv = await create(
+        stub, models=[seat("alice", "a"), seat("pausing", "b")], initial_prompt="Go", mode="ai-ai"
+    )
+    got = await events(stub, conv.conversation_id)
+    assert [e.delta for e in got if e.type == E.CONVERSATION_EVENT_TYPE_TOKEN] == ["p0 ", "p1 ", "p2"]
 
 
 # ---- cancel, failure, delete
