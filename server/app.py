@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -11,6 +12,7 @@ from aibattle.v1 import (
     completions_pb2,
     completions_pb2_grpc,
     conversations_pb2,
+    conversations_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
     reasoning_pb2,
@@ -20,9 +22,11 @@ from common.addresses import join_host_port, parse_host_port
 from server import reflection
 from server.config import Config
 from server.interceptors import ErrorInterceptor, RequestContextInterceptor
+from server.orchestration.conversation import Conversations
 from server.orchestration.runs import Runs
 from server.providers.registry import ModelRegistry
 from server.services.completions import CompletionServicer
+from server.services.conversations import ConversationServicer
 from server.services.models import ModelServicer
 from server.services.reasoning import ReasoningServicer
 from server.services.unimplemented import unimplemented_service
@@ -38,7 +42,7 @@ SERVICES = (
     reasoning_pb2.DESCRIPTOR.services_by_name["ReasoningService"],
 )
 # Declared in the schema, served by a later version.
-NOT_YET_IMPLEMENTED = (SERVICES[2],)
+NOT_YET_IMPLEMENTED: tuple[Any, ...] = ()
 
 
 class AIBattleServer:
@@ -51,6 +55,9 @@ class AIBattleServer:
         self.hub = EventHub()
         self.runs = Runs(self.store)
         self.reasoning: ReasoningServicer | None = None
+        self.conversations = Conversations(
+            store=self.store, hub=self.hub, runs=self.runs, registry=self.registry
+        )
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self.grpc_port = 0
@@ -63,6 +70,8 @@ class AIBattleServer:
     async def start(self) -> None:
         await self.registry.start()
         await self.store.open()
+        # Before serving: what was running when the last process died is nobody's now.
+        await self.conversations.recover()
         limit = self.config.server.max_message_bytes
         server = grpc.aio.server(
             interceptors=(RequestContextInterceptor(), ErrorInterceptor()),
@@ -82,6 +91,9 @@ class AIBattleServer:
         # Before serving: no client may see a session "in progress" that nobody runs.
         await self.reasoning.recover()
         reasoning_pb2_grpc.add_ReasoningServiceServicer_to_server(self.reasoning, server)
+        conversations_pb2_grpc.add_ConversationServiceServicer_to_server(
+            ConversationServicer(self.conversations), server
+        )
         server.add_generic_rpc_handlers(tuple(unimplemented_service(s) for s in NOT_YET_IMPLEMENTED))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names = [s.full_name for s in SERVICES]

@@ -84,21 +84,6 @@ async def test_seed_completion_body_as_written(api: Any) -> None:
     assert body["id"] and body["usage"]["completion_tokens"] == 3
 
 
-@pytest.mark.parametrize(
-    ("path", "body"),
-    [
-        ("/api/v1/conversations", SEED_CONVERSATION),
-        ("/api/v1/conversations/conv-456def/messages", SEED_MESSAGE),
-    ],
-)
-async def test_seed_bodies_of_unimplemented_services_are_501_status(api: Any, path: str, body: str) -> None:
-    resp = await api.post(path, data=body, headers={"Content-Type": "application/json"})
-    assert resp.status == 501, await resp.text()
-    status = await resp.json()
-    assert status["code"] == 12 and status["message"]
-    assert isinstance(status["details"], list)
-
-
 async def test_completion_stream_sse(api: Any) -> None:
     resp = await api.post(
         "/api/v1/completions:stream",
@@ -156,14 +141,6 @@ async def test_failure_after_first_chunk(api: Any) -> None:
         frames = [json.loads(m.data) async for m in ws]
     assert frames[-1]["error"]["code"] == 14
     assert ws.close_code == 4014
-
-
-async def test_unimplemented_websocket_closes_4012(api: Any) -> None:
-    async with api.ws_connect("/api/v1/ws/conversations/conv-1") as ws:
-        await ws.send_str("{}")
-        frames = [json.loads(m.data) async for m in ws]
-    assert frames[-1]["error"]["code"] == 12
-    assert ws.close_code == 4012
 
 
 async def test_request_id_round_trip(api: Any) -> None:

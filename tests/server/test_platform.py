@@ -9,9 +9,7 @@ from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
-from aibattle.v1 import conversations_pb2, conversations_pb2_grpc
 from server.app import AIBattleServer
-from tests.conftest import error_info
 
 OUR_SERVICES = {
     "aibattle.v1.ModelService",
@@ -52,17 +50,3 @@ async def test_health_serving_then_not_serving_on_drain(scripted_server: AIBattl
         await scripted_server.drain()
         reply = await stub.Check(health_pb2.HealthCheckRequest(service=""))
         assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-async def test_later_services_answer_unimplemented_with_a_message(channel: grpc.aio.Channel) -> None:
-    conversations = conversations_pb2_grpc.ConversationServiceStub(channel)
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await conversations.ListConversations(conversations_pb2.ListConversationsRequest())
-    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "ConversationService/ListConversations" in caught.value.details()
-    assert "not implemented" in caught.value.details()
-    assert error_info(caught.value).reason == "NOT_IMPLEMENTED"
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        async for _ in conversations.Converse(iter([conversations_pb2.ConverseRequest(conversation_id="c")])):
-            pass
-    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED

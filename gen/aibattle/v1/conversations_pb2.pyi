@@ -781,23 +781,31 @@ Global___ConverseMessage: _TypeAlias = ConverseMessage  # noqa: Y015
 
 @_typing.final
 class ConverseResponse(_message.Message):
-    """ConverseResponse carries one conversation event."""
+    """ConverseResponse carries one conversation event, or says that one of the client's actions was refused."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_FIELD_NUMBER: _builtins.int
+    REJECTED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def event(self) -> Global___ConversationEvent:
         """The event."""
+
+    @_builtins.property
+    def rejected(self) -> _status_pb2.Status:
+        """Set instead of event when an action this client sent was refused (a message out of turn, a run of
+        a completed conversation, ...): the status says why, as the unary RPC would have; the call goes on.
+        """
 
     def __init__(
         self,
         *,
         event: Global___ConversationEvent | None = ...,
+        rejected: _status_pb2.Status | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "rejected", b"rejected"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "rejected", b"rejected"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
