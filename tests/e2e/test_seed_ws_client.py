@@ -1,7 +1,7 @@
 """Seed 000 §4.1.1's JavaScript WebSocket client, verbatim, run by Node against the real gateway.
 
 The gateway (start_gateway, a real TCP port) fronts the scripted ConversationService of
-tests/gateway/collab_servicer.py until the real one lands; then point `grpc_target` at it.
+tests/gateway/collab_servicer.py (to check what the seed's frames become), and the real server.
 """
 
 from __future__ import annotations
@@ -69,3 +69,53 @@ async def test_seed_client_prints_the_ai_reply(collab: RunningCollab) -> None:
     assert collab.state.metadata[-1]["authorization"] == "Bearer your-auth-token"
     said = collab.state.converse_requests[1]
     assert (said.message.content, said.message.role) == (QUESTION, "human")
+
+
+async def test_seed_client_against_the_real_conversation_service() -> None:
+    """The same verbatim client, against the real server: a human-ai conversation waiting for the human."""
+    import grpc
+
+    from aibattle.v1 import conversations_pb2, conversations_pb2_grpc
+    from tests.server.providers.fake_upstream import serving
+
+    models = [{"id": "scripted-echo", "provider": "scripted", "script": ["Shor factors in polynomial time."]}]
+    async with serving(models) as server:
+        async with grpc.aio.insecure_channel(server.grpc_target) as channel:
+            stub = conversations_pb2_grpc.ConversationServiceStub(channel)
+            created = await stub.CreateConversation(
+                conversations_pb2.CreateConversationRequest(
+                    models=[
+                        conversations_pb2.Participant(id="scripted-echo", role="human"),
+                        conversations_pb2.Participant(id="scripted-echo", role="assistant"),
+                    ],
+                    mode="human-ai",
+                    rounds=1,
+                )
+            )
+        conversation_id = created.conversation.conversation_id
+        handle = await start_gateway(
+            grpc_target=server.grpc_target,
+            host="127.0.0.1",
+            port=0,
+            options=GatewayOptions(descriptor_set=None),
+        )
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                "node",
+                "--experimental-websocket",
+                "--no-warnings",
+                str(CLIENT),
+                f"ws://127.0.0.1:{handle.port}",
+                conversation_id,
+                QUESTION,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=60)
+        finally:
+            await handle.close()
+    out = stdout.decode()
+    assert proc.returncode == 0, (out, stderr.decode())
+    assert (
+        out.splitlines()[-1] == "New message from assistant (scripted-echo): Shor factors in polynomial time."
+    )
