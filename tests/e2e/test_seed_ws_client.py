@@ -34,6 +34,24 @@ async def collab() -> AsyncIterator[RunningCollab]:
     await server.stop(0)
 
 
+async def run_seed_client(port: int, conversation_id: str) -> str:
+    """Run the verbatim client under Node against the gateway on `port`; its stdout (it must exit 0)."""
+    proc = await asyncio.create_subprocess_exec(
+        "node",
+        "--experimental-websocket",
+        "--no-warnings",
+        str(CLIENT),
+        f"ws://127.0.0.1:{port}",
+        conversation_id,
+        QUESTION,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode == 0, (stdout.decode(), stderr.decode())
+    return stdout.decode()
+
+
 def test_the_client_is_the_seed_code_verbatim() -> None:
     text = CLIENT.read_text()
     block = text.split(BEGIN, 1)[1].split(END, 1)[0]
@@ -45,22 +63,9 @@ async def test_seed_client_prints_the_ai_reply(collab: RunningCollab) -> None:
         grpc_target=collab.target, host="127.0.0.1", port=0, options=GatewayOptions(descriptor_set=None)
     )
     try:
-        proc = await asyncio.create_subprocess_exec(
-            "node",
-            "--experimental-websocket",
-            "--no-warnings",
-            str(CLIENT),
-            f"ws://127.0.0.1:{handle.port}",
-            "conv-seed",
-            QUESTION,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=60)
+        out = await run_seed_client(handle.port, "conv-seed")
     finally:
         await handle.close()
-    out = stdout.decode()
-    assert proc.returncode == 0, (out, stderr.decode())
     lines = out.splitlines()
     assert lines[0] == "Connected to conversation"
     assert f"New message from human (): {QUESTION}" in lines
@@ -100,22 +105,9 @@ async def test_seed_client_against_the_real_conversation_service() -> None:
             options=GatewayOptions(descriptor_set=None),
         )
         try:
-            proc = await asyncio.create_subprocess_exec(
-                "node",
-                "--experimental-websocket",
-                "--no-warnings",
-                str(CLIENT),
-                f"ws://127.0.0.1:{handle.port}",
-                conversation_id,
-                QUESTION,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
-            stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=60)
+            out = await run_seed_client(handle.port, conversation_id)
         finally:
             await handle.close()
-    out = stdout.decode()
-    assert proc.returncode == 0, (out, stderr.decode())
     assert (
         out.splitlines()[-1] == "New message from assistant (scripted-echo): Shor factors in polynomial time."
     )

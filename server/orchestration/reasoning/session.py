@@ -173,24 +173,14 @@ class Session:
                     answering = item.model
                 elif isinstance(item, Delta):
                     text.append(item.content)
-                    if item.thinking:
-                        pending.append(
-                            self.event(
-                                EventType.REASONING_EVENT_TYPE_THINKING,
-                                delta=item.thinking,
-                                model=answering.id,
-                                iteration_index=index,
+                    for kind, delta in (
+                        (EventType.REASONING_EVENT_TYPE_THINKING, item.thinking),
+                        (EventType.REASONING_EVENT_TYPE_TOKEN, item.content),
+                    ):
+                        if delta:
+                            pending.append(
+                                self.event(kind, delta=delta, model=answering.id, iteration_index=index)
                             )
-                        )
-                    if item.content:
-                        pending.append(
-                            self.event(
-                                EventType.REASONING_EVENT_TYPE_TOKEN,
-                                delta=item.content,
-                                model=answering.id,
-                                iteration_index=index,
-                            )
-                        )
                     if pending and (
                         len(pending) >= FLUSH_DELTAS or time.monotonic() - flushed >= FLUSH_SECONDS
                     ):
