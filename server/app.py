@@ -21,7 +21,7 @@ from aibattle.v1 import (
 from common.addresses import join_host_port, parse_host_port
 from server import reflection
 from server.config import Config
-from server.interceptors import ErrorInterceptor, RequestContextInterceptor
+from server.interceptors import BoundsInterceptor, ErrorInterceptor, RequestContextInterceptor
 from server.orchestration.conversation import Conversations
 from server.orchestration.runs import Runs
 from server.providers.registry import ModelRegistry
@@ -74,7 +74,7 @@ class AIBattleServer:
         await self.conversations.recover()
         limit = self.config.server.max_message_bytes
         server = grpc.aio.server(
-            interceptors=(RequestContextInterceptor(), ErrorInterceptor()),
+            interceptors=(RequestContextInterceptor(), ErrorInterceptor(), BoundsInterceptor()),
             options=(
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),

@@ -1,8 +1,9 @@
-"""Server interceptors (grpc-interceptor): request context and logging, then error mapping.
+"""Server interceptors (grpc-interceptor): request context and logging, error mapping, bounds.
 
 Order matters: RequestContextInterceptor is outermost so the request id is set before
 anything logs and the access log sees the final status; ErrorInterceptor is the one
-place where exceptions become statuses.
+place where exceptions become statuses; BoundsInterceptor, inside it, refuses requests
+outside the bounds their schema declares before any handler runs.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 from grpc_interceptor.server import AsyncServerInterceptor
 from grpc_status import rpc_status
 
+from common import bounds
 from common.errors import ApiError, internal_error
 from server import logs
 
@@ -121,6 +124,22 @@ class ErrorInterceptor(AsyncServerInterceptor):
                 yield response
         except Exception as exc:
             await _abort(context, exc, method_name)
+
+
+class BoundsInterceptor(AsyncServerInterceptor):
+    """A single request message against its `(aibattle.v1.bounds)`, before the handler sees it.
+
+    Request streams are the handler's to check, frame by frame: a bidi call answers a bad frame
+    and goes on (Converse's `rejected`), which only the handler knows how to do.
+    """
+
+    async def intercept(
+        self, method: Callable[..., Any], request: Any, context: grpc.aio.ServicerContext, method_name: str
+    ) -> Any:
+        if isinstance(request, Message):
+            bounds.check(request)
+        response = method(request, context)
+        return response if inspect.isasyncgen(response) else await response
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method_name: str) -> None:

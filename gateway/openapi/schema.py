@@ -8,6 +8,7 @@ from typing import Any
 from google.api import field_behavior_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 
+from common.bounds import json_schema_keywords
 from gateway.descriptors import message_type
 from gateway.source_info import Comments
 
@@ -17,7 +18,6 @@ _SIGNED_64 = (FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_SINT64, FieldDesc
 _UNSIGNED_64 = (FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_FIXED64)
 _SIGNED_32 = (FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_SFIXED32)
 _UNSIGNED_32 = (FieldDescriptor.TYPE_UINT32, FieldDescriptor.TYPE_FIXED32)
-_INT32 = _SIGNED_32 + _UNSIGNED_32
 _RANGE_64 = {
     **dict.fromkeys(_SIGNED_64, (-(2**63), 2**63 - 1, "int64")),
     **dict.fromkeys(_UNSIGNED_64, (0, 2**64 - 1, "uint64")),
@@ -222,7 +222,8 @@ def constraints(field: FieldDescriptor) -> Schema:
 
     * `REQUIRED` (AIP-203): proto3 can't tell a default value from an absent one, so a required
       string or bytes is non-empty, a required repeated field has an element, a required map an entry.
-    * `page_size` (AIP-158): a negative page size is INVALID_ARGUMENT.
+    * `(aibattle.v1.bounds)`: the range of a number or the element count of a repeated field, as
+      the server enforces it (common/bounds.py); a 64-bit number's decimal-string pattern narrows too.
     """
     keywords: Schema = {}
     if is_required(field):
@@ -233,8 +234,13 @@ def constraints(field: FieldDescriptor) -> Schema:
             keywords["minItems"] = 1
         elif field.type in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES):
             keywords["minLength"] = 1
-    if field.name == "page_size" and field.type in _INT32 and not field.is_repeated:
-        keywords["minimum"] = 0
+    bounded = json_schema_keywords(field)
+    keywords.update(bounded)
+    if bounded and not field.is_repeated and field.type in _RANGE_64:
+        low, high, _ = _RANGE_64[field.type]
+        low, high = bounded.get("minimum", low), bounded.get("maximum", high)
+        if low <= 0 <= high:
+            keywords["pattern"] = decimal_pattern(low, high)
     return keywords
 
 

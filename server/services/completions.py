@@ -80,9 +80,7 @@ def chat_request(
         messages.append(chat_message(Role.USER, request.prompt, files))
 
     max_tokens = model.default_max_tokens
-    if request.HasField("max_tokens"):
-        if request.max_tokens <= 0:
-            raise InvalidArgument("max_tokens", f"must be positive, got {request.max_tokens}")
+    if request.HasField("max_tokens"):  # at least 1: the schema's bound
         max_tokens = request.max_tokens
     temperature = top_p = None
     if request.HasField("temperature"):

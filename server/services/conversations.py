@@ -10,6 +10,7 @@ import grpc
 
 from aibattle.v1 import conversations_pb2 as pb
 from aibattle.v1 import conversations_pb2_grpc
+from common import bounds
 from common.errors import ApiError, InvalidArgument
 from server.orchestration.conversation import Conversations
 
@@ -83,6 +84,7 @@ class ConversationServicer(conversations_pb2_grpc.ConversationServiceServicer):
         first = await anext(aiter(request_iterator), None)
         if first is None:
             return
+        bounds.check(first)
         cid = first.conversation_id
         await self._conversations.get(cid)  # NOT_FOUND (or INVALID_ARGUMENT) before anything else
         out: asyncio.Queue[pb.ConverseResponse | int] = asyncio.Queue()
@@ -132,6 +134,7 @@ class ConversationServicer(conversations_pb2_grpc.ConversationServiceServicer):
                     await task
 
     async def _act(self, cid: str, frame: pb.ConverseRequest) -> None:
+        bounds.check(frame)
         action = frame.WhichOneof("action")
         if action == "message":
             m = frame.message

@@ -16,10 +16,10 @@ endpoints — gets, through pytest-aiohttp's client, against the real server wit
 
 Seeds are fixed (`derandomize=True`); the whole file runs in about 10 s on 2 cores (1,700 requests).
 
-The properties: no 5xx but 501 (a service that is UNIMPLEMENTED until [Collaboration] lands) and 503
-(the scripted model that fails upstream, asked for by name); every 4xx body is the dialect's error:
-a `google.rpc.Status` (`code` and `message`) on native routes, `{"error": {"message", "type", "param",
-"code"}}` on /v1/*, `{"error": "…"}` on Ollama's /api/chat, /api/generate and /api/tags.
+The properties: no 5xx but 503 (the scripted model that fails upstream, asked for by name); every
+4xx body is the dialect's error: a `google.rpc.Status` (`code` and `message`) on native routes,
+`{"error": {"message", "type", "param", "code"}}` on /v1/*, `{"error": "…"}` on Ollama's /api/chat,
+/api/generate and /api/tags.
 """
 
 from __future__ import annotations
@@ -43,8 +43,6 @@ JSON_EXAMPLES = 60
 RAW_EXAMPLES = 20
 NUMBER_EXAMPLES = 40
 
-#: [Collaboration]: these services answer UNIMPLEMENTED (501) until that issue lands.
-NOT_YET_IMPLEMENTED = frozenset({"aibattle.v1.ConversationService", "aibattle.v1.ReasoningService"})
 #: tests/conftest.py's scripted models (not scripted-slow: its 4 s replies would only slow the run).
 MODELS = ("scripted-echo", "scripted-fail", "scripted-vision")
 FAILING_MODEL = "scripted-fail"  # fails with UNAVAILABLE after two chunks: a genuine upstream 503
@@ -195,9 +193,7 @@ def mentions(value: Any, needle: str) -> bool:
 def check_answer(endpoint: Endpoint, status: int, payload: bytes, sent: Any) -> None:
     where = f"{endpoint} -> {status}: {payload[:300]!r}"
     if status >= 500:
-        assert (status == 501 and endpoint.service in NOT_YET_IMPLEMENTED) or (
-            status == 503 and mentions(sent, FAILING_MODEL)
-        ), where
+        assert status == 503 and mentions(sent, FAILING_MODEL), where
     if status < 400:
         return
     body = json.loads(payload)

@@ -200,7 +200,7 @@ async def test_served_document_is_strict_like_the_gateway(api_client: Any) -> No
     assert request["additionalProperties"] is False
 
 
-def test_required_fields_are_non_empty_and_page_size_non_negative(dummy_api: ProtoApi) -> None:
+def test_required_fields_are_non_empty_and_declared_bounds_are_published(dummy_api: ProtoApi) -> None:
     doc = dummy_document(dummy_api)
     book = doc["components"]["schemas"]["aibattle.testing.v1.Book"]
     assert book["properties"]["title"]["minLength"] == 1  # REQUIRED: "" is the same as unset
@@ -208,11 +208,17 @@ def test_required_fields_are_non_empty_and_page_size_non_negative(dummy_api: Pro
     routes = derive_routes(GatewayOptions().files)
     ours = build_openapi(routes, Comments(), title="t", version="v")
     create = ours["components"]["schemas"]["aibattle.v1.CreateConversationRequest"]
-    assert create["properties"]["models"]["minItems"] == 1  # a REQUIRED repeated field
+    # REQUIRED alone would give minItems 1; the declared (aibattle.v1.bounds) says 2 to 8.
+    assert (create["properties"]["models"]["minItems"], create["properties"]["models"]["maxItems"]) == (2, 8)
+    assert (create["properties"]["rounds"]["minimum"], create["properties"]["rounds"]["maximum"]) == (0, 50)
     list_models = ours["paths"]["/api/v1/models"]["get"]
     page_size = next(p for p in list_models["parameters"] if p["name"] == "page_size")
     assert page_size["schema"]["minimum"] == 0  # AIP-158
     assert page_size["schema"]["maximum"] == 2**31 - 1
+    events = ours["paths"]["/api/v1/conversations/{conversation_id}/events"]["get"]
+    after = next(p for p in events["parameters"] if p["name"] == "after_sequence")["schema"]
+    assert after["minimum"] == 0  # a 64-bit bound narrows its decimal-string pattern too
+    assert re.match(after["pattern"], "12") and not re.match(after["pattern"], "-1")
 
 
 def test_request_body_requirements(dummy_api: ProtoApi) -> None:

@@ -218,7 +218,7 @@ class CreateConversationRequest(_message.Message):
     """Whether to wait for the started turns to finish before answering."""
     @_builtins.property
     def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___Participant]:
-        """Participants in speaking order; at least two."""
+        """Participants in speaking order, 2 to 8."""
 
     @_builtins.property
     def file_data(self) -> _common_pb2.FileData:
@@ -495,7 +495,7 @@ class RunConversationRequest(_message.Message):
     conversation_id: _builtins.str
     """Id of the conversation."""
     additional_rounds: _builtins.int
-    """Rounds to add before running; 0 runs what remains of the configured rounds."""
+    """Rounds to add before running, up to 50; 0 runs what remains of the configured rounds."""
     wait: _builtins.bool
     """Whether to wait for the turns to finish before answering."""
     def __init__(

@@ -44,6 +44,45 @@ class WebSocketRule(_message.Message):
 
 Global___WebSocketRule: _TypeAlias = WebSocketRule  # noqa: Y015
 
+@_typing.final
+class FieldBounds(_message.Message):
+    """FieldBounds declares the valid values of a request field: the range of a number, or how many
+    elements a repeated field may hold. The server refuses a value outside them with INVALID_ARGUMENT
+    naming the field, and the OpenAPI document states them (minimum/maximum, minItems/maxItems).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MIN_FIELD_NUMBER: _builtins.int
+    MAX_FIELD_NUMBER: _builtins.int
+    min: _builtins.int
+    """Smallest valid value, or fewest elements (inclusive); unset means no lower bound."""
+    max: _builtins.int
+    """Largest valid value, or most elements (inclusive); unset means no upper bound."""
+    def __init__(
+        self,
+        *,
+        min: _builtins.int | None = ...,
+        max: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max", b"_max", "_min", b"_min", "max", b"max", "min", b"min"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max", b"_max", "_min", b"_min", "max", b"max", "min", b"min"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max: _TypeAlias = _typing.Literal["max"]  # noqa: Y015
+    _WhichOneofArgType__max: _TypeAlias = _typing.Literal["_max", b"_max"]  # noqa: Y015
+    _WhichOneofReturnType__min: _TypeAlias = _typing.Literal["min"]  # noqa: Y015
+    _WhichOneofArgType__min: _TypeAlias = _typing.Literal["_min", b"_min"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max) -> _WhichOneofReturnType__max | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min) -> _WhichOneofReturnType__min | None: ...
+
+Global___FieldBounds: _TypeAlias = FieldBounds  # noqa: Y015
+
 WEBSOCKET_FIELD_NUMBER: _builtins.int
+BOUNDS_FIELD_NUMBER: _builtins.int
 websocket: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, Global___WebSocketRule]
 """WebSocket route of the RPC; only meaningful on streaming RPCs."""
+bounds: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FieldOptions, Global___FieldBounds]
+"""Valid values of the field; see FieldBounds."""

@@ -327,7 +327,7 @@ class CreateReasoningRequest(_message.Message):
 
     @_builtins.property
     def additional_models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Further models, for strategies that use more than two."""
+        """Further models, up to 8, for the strategies that use more than two (debate and mixture)."""
 
     def __init__(
         self,
