@@ -161,3 +161,83 @@ async def test_unknown_model_is_404(seed_api: Any) -> None:
         "/api/v1/collaborative-reasoning", json={**json.loads(SEED_BODY), "secondary_model": "gpt-nope"}
     )
     assert resp.status == 404
+
+
+WORDS = " ".join(f"step{i}" for i in range(60)) + "."
+#: Slow enough that a watcher can leave and come back while the session runs (3 steps, 60 words each).
+SLOW_CONFIG: dict[str, Any] = {
+    "server": {"grpc_addr": "127.0.0.1:0", "http_addr": "", "database": ":memory:"},
+    "models": [
+        {
+            "id": "drafter",
+            "provider": "scripted",
+            "script": [WORDS, WORDS.replace("step", "phase")],
+            "chunk_delay_ms": 5,
+        },
+        {
+            "id": "critic",
+            "provider": "scripted",
+            "chunk_delay_ms": 5,
+            "script": ["Needs more.\nVERDICT: REVISE\nFOCUS: depth", "Fine.\nVERDICT: APPROVE"],
+        },
+    ],
+}
+
+
+async def sse_frames(resp: Any, until: Any) -> list[tuple[str, dict[str, Any]]]:
+    """(id, event) pairs of an open SSE response, read as they arrive, until `until(event)` holds
+    or the stream ends; comments (keep-alives) are skipped."""
+    frames: list[tuple[str, dict[str, Any]]] = []
+    event_id, data = "", ""
+    while line := await resp.content.readline():
+        text = line.decode().rstrip("\n")
+        if text.startswith("id: "):
+            event_id = text[4:]
+        elif text.startswith("data: "):
+            data = text[6:]
+        elif not text and data:
+            frames.append((event_id, json.loads(data)["result"]["event"]))
+            data = ""
+            if until(frames[-1][1]):
+                break
+    return frames
+
+
+async def test_sse_watcher_resumes_a_running_session_with_last_event_id(
+    aiohttp_client: Any, api_descriptor_set: Path
+) -> None:
+    server = AIBattleServer(Config.from_dict(SLOW_CONFIG))
+    await server.start()
+    try:
+        api = await aiohttp_client(
+            create_app(server.grpc_target, GatewayOptions(descriptor_set=api_descriptor_set)),
+            server_kwargs={"handler_cancellation": True},
+        )
+        created = await (
+            await api.post(
+                "/api/v1/collaborative-reasoning",
+                json={"primary_model": "drafter", "secondary_model": "critic", "prompt": "Explain."},
+            )
+        ).json()
+        rid = created["reasoning_id"]
+        url = f"/api/v1/collaborative-reasoning/{rid}/events"
+        sse = {"Accept": "text/event-stream"}
+
+        # Leave mid-session: after the first iteration, a few token deltas into the next step.
+        resp = await api.get(url, headers=sse)
+        first = await sse_frames(resp, lambda e: e["type"] == "REASONING_EVENT_TYPE_NEW_ITERATION")
+        first += await sse_frames(resp, lambda e: e["type"] == "REASONING_EVENT_TYPE_TOKEN")
+        resp.close()
+        running = await (await api.get(f"/api/v1/collaborative-reasoning/{rid}")).json()
+        assert running["status"] == "RUN_STATUS_IN_PROGRESS"  # the session goes on without the watcher
+
+        # Come back the way EventSource does: the last id seen, in Last-Event-ID.
+        again = await api.get(url, headers={**sse, "Last-Event-ID": first[-1][0]})
+        rest = await sse_frames(again, lambda e: False)  # until the stream ends by itself
+        whole = await stream(api, rid)
+    finally:
+        await server.stop(grace=0.5)
+    assert [e for _, e in first + rest] == whole  # none lost, none twice
+    assert [int(i) for i, _ in first + rest] == list(range(1, len(whole) + 1))  # id: is the sequence
+    assert whole[-1]["type"] == "REASONING_EVENT_TYPE_COMPLETION"
+    assert len(rest) > 1
