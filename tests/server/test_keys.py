@@ -208,7 +208,7 @@ async def test_health_is_open_and_reflection_is_a_switch() -> None:
 
                 reflect = reflection_pb2_grpc.ServerReflectionStub(chan)
 
-                async def services(metadata: Any = ()) -> list[str]:
+                async def services(metadata: Any = (), reflect: Any = reflect) -> list[str]:
                     call = reflect.ServerReflectionInfo(metadata=metadata)
                     await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
                     await call.done_writing()
@@ -352,21 +352,23 @@ async def test_budget_holds_exactly_under_50_concurrent_requests(
 
 
 async def test_budget_reserves_the_worst_case_and_charges_the_real_cost(channel: grpc.aio.Channel) -> None:
-    # Priced prompts: the reservation (prompt bounded by its bytes) exceeds the real cost, which is
-    # what is charged; whatever the interleaving, spend never passes the budget.
-    config_price = 0.001
-    key, secret = await new_key(channel, budget_usd=0.01)
+    # scripted-echo: $0.001 per prompt token, $0.002 per generated one, 8 words a reply. "hi" reserves
+    # (2 bytes + 24 template tokens) * 0.001 + 8 * 0.002 = $0.042 and costs 1 * 0.001 + 8 * 0.002 = $0.017.
+    key, secret = await new_key(channel, budget_usd=0.1)
     stub = completions_pb2_grpc.CompletionServiceStub(channel)
-    request = completion("scripted-priced", max_tokens=2)  # costs $0.002, reserves the same
-    spent = 0.0
+    request = completion(max_tokens=8)
+    costs = []
     for _ in range(10):
         try:
-            reply = await stub.CreateCompletion(request, metadata=bearer(secret))
+            costs.append((await stub.CreateCompletion(request, metadata=bearer(secret))).usage.cost_usd)
         except grpc.aio.AioRpcError as error:
             assert error_info(error).reason == "BUDGET_EXCEEDED"
+            assert "$0.068 spent" in (error.details() or "") and "up to $0.042" in (error.details() or "")
             break
-        spent += reply.usage.cost_usd
-    assert spent == pytest.approx(5 * 2 * config_price)
+    # Four fit; a fifth could cost up to $0.042 and only $0.032 is left, so it is refused.
+    assert costs == [pytest.approx(0.017)] * 4
+    listed = await keys_pb2_grpc.KeyServiceStub(channel).ListKeys(keys_pb2.ListKeysRequest(), metadata=ADMIN)
+    assert [k.spent_usd for k in listed.keys if k.key_id == key.key_id] == [pytest.approx(0.068)]
 
 
 # ---- hard limits

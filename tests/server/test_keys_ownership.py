@@ -131,9 +131,11 @@ async def test_another_keys_resources_are_not_found_on_every_rpc(server: AIBattl
         assert [c.conversation_id for c in mine.conversations] == [conv.conversation_id]
         assert list(theirs.conversations) == []
         stub = reasoning_pb2_grpc.ReasoningServiceStub(channel)
-        assert [r.reasoning_id for r in (await stub.ListReasonings(
-            reasoning_pb2.ListReasoningsRequest(), metadata=bearer(alice))).reasonings] == [reasoning.reasoning_id]  # fmt: skip
-        assert list((await stub.ListReasonings(reasoning_pb2.ListReasoningsRequest(), metadata=bearer(bob))).reasonings) == []  # fmt: skip
+        listing = reasoning_pb2.ListReasoningsRequest()
+        mine_r = await stub.ListReasonings(listing, metadata=bearer(alice))
+        theirs_r = await stub.ListReasonings(listing, metadata=bearer(bob))
+        assert [r.reasoning_id for r in mine_r.reasonings] == [reasoning.reasoning_id]
+        assert list(theirs_r.reasonings) == []
         got = await conversations.GetConversation(
             conversations_pb2.GetConversationRequest(conversation_id=conv.conversation_id),
             metadata=bearer(alice),
