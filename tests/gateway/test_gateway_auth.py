@@ -245,9 +245,13 @@ async def test_websocket_keys_by_header_subprotocol_and_auth_frame(gw: Any) -> N
     code, frames = await first_frames(send=["{}"], until=9)
     assert code == 4016 and "needs an API key" in frames[-1]["error"]["message"]
     # Origins outside the CORS allow-list may not open WebSockets.
-    resp = await gw.get(path, headers={**auth(secret), "Origin": "http://evil.example", "Upgrade": "websocket",
-                                        "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
-                                        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})  # fmt: skip
+    upgrade = {
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    }
+    resp = await gw.get(path, headers={**auth(secret), **upgrade, "Origin": "http://evil.example"})
     assert resp.status == 403
     _, frames = await first_frames(connect={"headers": {"Origin": "http://app.example"}}, send=[auth_frame])
     assert frames[0] == {"type": "auth_ok"}
