@@ -4,7 +4,7 @@ Runs inside the error interceptor, so its refusals become statuses like any othe
 
 * gRPC health is always open (probes); reflection too unless `[security].reflection_requires_key`.
 * With no admin key configured the server runs open (on loopback only, see server.config): every
-  call acts as one anonymous caller, and KeyService refuses with FAILED_PRECONDITION.
+  call acts as one anonymous caller, and KeyService refuses with PERMISSION_DENIED (no admin key).
 * Otherwise a call presents `authorization: Bearer <secret>` (or `x-api-key: <secret>`): the admin key,
   or a key from KeyService. Missing, unknown, revoked or expired: UNAUTHENTICATED. KeyService needs
   the admin key: PERMISSION_DENIED.
@@ -25,7 +25,7 @@ import grpc
 from grpc_health.v1 import health
 from grpc_interceptor.server import AsyncServerInterceptor
 
-from common.errors import ApiError, PermissionDenied, Unauthenticated
+from common.errors import PermissionDenied, Unauthenticated
 from server.config import SecurityConfig
 from server.security import context as caller_context
 from server.security import keys
@@ -99,11 +99,11 @@ class AuthInterceptor(AsyncServerInterceptor):
             return None
         if not self._admin_key:
             if service == KEY_SERVICE:
-                raise ApiError(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    "KEYS_DISABLED",
-                    "API keys are off: this server runs open (loopback only) because no admin key is "
-                    "configured; set AIBATTLE_ADMIN_KEY (or [security].admin_key) to manage keys",
+                # Nobody can hold the admin key this service needs, so nobody may call it.
+                raise PermissionDenied(
+                    "ADMIN_KEY_NOT_CONFIGURED",
+                    "managing API keys needs the admin key, and none is configured: this server runs "
+                    "open (loopback only); set AIBATTLE_ADMIN_KEY (or [security].admin_key) to use keys",
                 )
             return ANONYMOUS
         secret = presented_secret(context.invocation_metadata())

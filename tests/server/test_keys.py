@@ -142,7 +142,7 @@ async def test_open_server_has_no_key_service() -> None:
         async with grpc.aio.insecure_channel(srv.grpc_target) as chan:
             stub = keys_pb2_grpc.KeyServiceStub(chan)
             error = await refused(stub.CreateKey(keys_pb2.CreateKeyRequest(name="x")))
-            assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert error.code() == grpc.StatusCode.PERMISSION_DENIED
             assert "AIBATTLE_ADMIN_KEY" in (error.details() or "")
             # Everything else answers without a key.
             models = models_pb2_grpc.ModelServiceStub(chan)
