@@ -104,6 +104,11 @@ async def test_missing_invalid_and_expired_keys_are_401(gw: Any, server: AIBattl
         assert resp.status == 401 and resp.headers["WWW-Authenticate"].startswith("Bearer")
         assert reason(await resp.json()) == why
     assert (await gw.get("/api/v1/models", headers={"X-API-Key": secret})).status == 200
+    # Streams refuse before their first event, as a plain HTTP error.
+    body = {"model": "scripted-echo", "prompt": "hi"}
+    for accept in ("text/event-stream", "application/x-ndjson"):
+        resp = await gw.post("/api/v1/completions:stream", json=body, headers={"Accept": accept})
+        assert resp.status == 401 and reason(await resp.json()) == "API_KEY_MISSING"
     # Probes stay open.
     for path in ("/healthz", "/readyz", "/livez"):
         assert (await gw.get(path)).status == 200

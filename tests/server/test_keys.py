@@ -30,6 +30,7 @@ from aibattle.v1 import (
     reasoning_pb2_grpc,
 )
 from server.app import AIBattleServer
+from server.config import ConfigError, load_config
 from server.security import keys as key_secrets
 from server.storage import KeyRow
 from tests.conftest import RECORDER, error_info, make_config, rich_status
@@ -149,6 +150,24 @@ async def test_open_server_has_no_key_service() -> None:
             assert (await models.ListModels(models_pb2.ListModelsRequest())).models
     finally:
         await srv.stop(grace=0.5)
+
+
+# ---- configuration
+
+
+def test_the_admin_key_is_never_shown_by_the_configuration() -> None:
+    config = load_config(env={"AIBATTLE_ADMIN_KEY": ADMIN_KEY})
+    assert config.security.enabled and ADMIN_KEY not in repr(config) and ADMIN_KEY not in str(config.security)
+    with pytest.raises(ConfigError) as caught:
+        load_config(env={"AIBATTLE_ADMIN_KEY": "short-secret"})
+    assert caught.value.lines == (
+        "AIBATTLE_ADMIN_KEY: the admin key must be at least 16 characters (or empty)",
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(env={"AIBATTLE_GRPC_ADDR": "0.0.0.0:50051"})
+    assert "AIBATTLE_ADMIN_KEY" in caught.value.lines[0]
+    for addr in ("127.0.0.1:0", "[::1]:0", "localhost:0"):
+        assert not load_config(env={"AIBATTLE_GRPC_ADDR": addr}).security.enabled  # loopback runs open
 
 
 # ---- authentication
