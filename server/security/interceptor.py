@@ -26,6 +26,7 @@ from grpc_health.v1 import health
 from grpc_interceptor.server import AsyncServerInterceptor
 
 from common.errors import PermissionDenied, Unauthenticated
+from server import logs
 from server.config import SecurityConfig
 from server.security import context as caller_context
 from server.security import keys
@@ -70,6 +71,9 @@ class AuthInterceptor(AsyncServerInterceptor):
         if caller is None:  # an open service: no caller, no limits
             response = method(request, context)
             return response if inspect.isasyncgen(response) else await response
+        if caller.key_id:
+            # Not reset: each RPC runs in a context of its own, and its access line comes after this.
+            logs.key_id.set(caller.key_id)
         if caller.limited:
             await self._limiter.take_request(caller)
         token = caller_context.set_caller(caller)

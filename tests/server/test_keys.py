@@ -7,6 +7,7 @@ says otherwise (then the server runs open, as on a developer's machine).
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -435,8 +436,16 @@ async def test_hard_limits_have_clear_errors(channel: grpc.aio.Channel, server: 
 
 async def test_the_log_scan_sees_debug_lines_of_the_server(channel: grpc.aio.Channel) -> None:
     """What no_secret_in_logs (tests/conftest.py) relies on: server log lines at DEBUG reach it."""
+    key, secret = await new_key(channel)
     before = len(RECORDER.lines)
     await models_pb2_grpc.ModelServiceStub(channel).ListModels(models_pb2.ListModelsRequest(), metadata=ADMIN)
-    lines = RECORDER.lines[before:]
-    assert any('"logger": "aibattle.access"' in line and "ListModels" in line for line in lines)
-    assert not any(ADMIN_KEY in line for line in lines)
+    await models_pb2_grpc.ModelServiceStub(channel).ListModels(
+        models_pb2.ListModelsRequest(), metadata=bearer(secret)
+    )
+    access = [json.loads(line) for line in RECORDER.lines[before:] if '"logger": "aibattle.access"' in line]
+    # Who did what: the key id, never the secret.
+    assert [(e["method"], e.get("key_id")) for e in access[-2:]] == [
+        ("/aibattle.v1.ModelService/ListModels", "admin"),
+        ("/aibattle.v1.ModelService/ListModels", key.key_id),
+    ]
+    assert not any(s in line for line in RECORDER.lines[before:] for s in (ADMIN_KEY, secret))
