@@ -19,6 +19,7 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from aibattle.v1 import (
+    common_pb2,
     completions_pb2,
     completions_pb2_grpc,
     conversations_pb2,
@@ -389,6 +390,30 @@ async def test_budget_reserves_the_worst_case_and_charges_the_real_cost(channel:
     assert costs == [pytest.approx(0.017)] * 4
     listed = await keys_pb2_grpc.KeyServiceStub(channel).ListKeys(keys_pb2.ListKeysRequest(), metadata=ADMIN)
     assert [k.spent_usd for k in listed.keys if k.key_id == key.key_id] == [pytest.approx(0.068)]
+
+
+async def test_the_budget_covers_the_turns_of_a_conversation(
+    channel: grpc.aio.Channel, server: AIBattleServer
+) -> None:
+    # A turn reserves default_max_tokens (256) * $0.001 = $0.256 and costs its 6 words, $0.006: the
+    # first turn fits $0.26, the second ($0.006 spent + $0.256) does not, and the run fails saying so.
+    key, secret = await new_key(channel, budget_usd=0.26)
+    stub = conversations_pb2_grpc.ConversationServiceStub(channel)
+    seats = [conversations_pb2.Participant(id="scripted-priced", role=r) for r in ("a", "b")]
+    conv = (
+        await stub.CreateConversation(
+            conversations_pb2.CreateConversationRequest(
+                models=seats, mode="ai-ai", initial_prompt="Go", rounds=2, wait=True
+            ),
+            metadata=bearer(secret),
+            timeout=HANG,
+        )
+    ).conversation
+    assert conv.status == common_pb2.RUN_STATUS_FAILED
+    assert "budget" in conv.error.message
+    assert [(m.role, m.content) for m in conv.messages] == [("a", "Go"), ("b", "one two three four five six")]
+    row = await server.store.get_key(key.key_id)
+    assert row is not None and row.spent_usd == pytest.approx(0.006)
 
 
 # ---- hard limits
