@@ -247,6 +247,10 @@ async def test_websocket_keys_by_header_subprotocol_and_auth_frame(gw: Any) -> N
     assert frames[0]["sequence"] == 1
     code, frames = await first_frames(connect={"protocols": ("aibattle.flat.v1", "bearer.wrong")}, until=9)
     assert code == 4016 and "not valid" in frames[0]["error"]["message"]
+    revoked_key, revoked = await make_key(gw)
+    assert (await gw.delete(f"/api/v1/keys/{revoked_key['key_id']}", headers=ADMIN)).status == 200
+    code, frames = await first_frames(connect={"headers": auth(revoked)}, send=["{}"], until=9)
+    assert code == 4016 and "revoked" in frames[-1]["error"]["message"]
     code, frames = await first_frames(send=["{}"], until=9)
     assert code == 4016 and "needs an API key" in frames[-1]["error"]["message"]
     # Origins outside the CORS allow-list may not open WebSockets.
@@ -290,8 +294,10 @@ def base(gw: Any) -> str:
 
 async def test_openai_client_errors(gw: Any, base: str) -> None:
     _, narrow = await make_key(gw, allowed_models=["scripted-echo"], rpm=1)
+    revoked_key, revoked = await make_key(gw)
+    assert (await gw.delete(f"/api/v1/keys/{revoked_key['key_id']}", headers=ADMIN)).status == 200
     messages = [{"role": "user", "content": "hi"}]
-    for key in ("sk-not-ours", narrow[:-1] + "x"):
+    for key in ("sk-not-ours", narrow[:-1] + "x", revoked):
         SECRETS.add(key)
         async with openai.AsyncOpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0) as client:
             with pytest.raises(openai.AuthenticationError):
