@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 
 class AddressError(ValueError):
     """Not a host:port."""
@@ -24,3 +26,14 @@ def parse_host_port(addr: str) -> tuple[str, int]:
 def join_host_port(host: str, port: int) -> str:
     """The inverse of parse_host_port."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen host is reachable only from this machine: 127.0.0.0/8, ::1, "localhost".
+    An empty host, 0.0.0.0, :: and any other name listen beyond it."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -142,6 +142,41 @@ class ShuttingDown(ApiError):
         )
 
 
+class Unauthenticated(ApiError):
+    """No usable credential: the API key is missing, unknown, revoked or expired (HTTP 401).
+
+    The message never repeats what the client sent: a mistyped secret is still a secret.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(grpc.StatusCode.UNAUTHENTICATED, reason, message)
+
+
+class PermissionDenied(ApiError):
+    """The caller is known but may not do this: a model outside its key's list, KeyService without the
+    admin key, reflection without a key (HTTP 403)."""
+
+    def __init__(self, reason: str, message: str, *, metadata: Mapping[str, str] | None = None) -> None:
+        super().__init__(grpc.StatusCode.PERMISSION_DENIED, reason, message, metadata=metadata)
+
+
+class LimitExceeded(ApiError):
+    """A per-key limit is reached: requests or tokens per minute, concurrent streams, budget (HTTP 429).
+
+    `retry_after` (a RetryInfo, HTTP Retry-After) when waiting helps: rates refill, streams end. A
+    spent budget does not come back by waiting, so it has none.
+    """
+
+    def __init__(self, reason: str, message: str, *, limit: str, retry_after: float | None = None) -> None:
+        super().__init__(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            reason,
+            message,
+            metadata={"limit": limit},
+            retry_after=retry_after,
+        )
+
+
 class RequestTooLarge(ApiError):
     """A request body, NDJSON request line or WebSocket message over the configured limit (HTTP 413)."""
 

@@ -104,6 +104,10 @@ class GatewaySettings(ConfigModel):
     """Seconds between WebSocket pings; a peer that stops answering is dropped (and its call cancelled).
     0 turns pings off."""
 
+    ws_idle_timeout: NonNegativeFloat = 600.0
+    """Seconds a WebSocket may pass without a message either way (pings do not count) before the gateway
+    closes it: a final DEADLINE_EXCEEDED error frame, close code 4004. 0 never closes an idle one."""
+
     sse_keepalive_seconds: NonNegativeFloat = 15.0
     """Seconds of silence after which a Server-Sent Events stream sends a `: keep-alive` comment (so
     proxies and browsers keep an idle follower's connection); 0 turns them off."""

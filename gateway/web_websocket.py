@@ -11,6 +11,8 @@ Protocol, the same for every route:
   4005 NOT_FOUND, 4014 UNAVAILABLE, 4016 UNAUTHENTICATED…). A message over the size limit closes
   with 1009 (aiohttp's).
 * A client that closes or drops the connection cancels the upstream call.
+* A connection with no message either way for `ws_idle_timeout` seconds gets a DEADLINE_EXCEEDED error
+  frame and close code 4004 (pings keep dead peers out, not idle ones).
 
 That is the native dialect; gateway.ws_dialects describes the flat one (seed 000's `{type: …}` frames)
 and how a connection picks its dialect.
@@ -18,8 +20,10 @@ and how a connection picks its dialect.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -90,14 +94,49 @@ async def handle_websocket(request: web.Request, match: Match) -> web.StreamResp
     )
     await ws.prepare(request)
     state.websockets.add(ws)
+    idle = _IdleWatch(ws, options.ws_idle_timeout)
     try:
-        await _serve(ws, request, match, url_request, offer, credentials)
+        await _serve(ws, request, match, url_request, offer, credentials, idle)
     except ConnectionError:
         log.debug("websocket client disconnected on %s", route.describe())
     finally:
+        await idle.stop()
         state.websockets.discard(ws)
         await ws.close()
     return ws
+
+
+class _IdleWatch:
+    """Closes a WebSocket that carried no message for `timeout` seconds (see the module docstring)."""
+
+    def __init__(self, ws: web.WebSocketResponse, timeout: float) -> None:
+        self._ws = ws
+        self._timeout = timeout
+        self._last = time.monotonic()
+        self.dialect = WsDialect.NATIVE
+        self._task = asyncio.create_task(self._watch()) if timeout else None
+
+    def touch(self) -> None:
+        self._last = time.monotonic()
+
+    async def _watch(self) -> None:
+        while not self._ws.closed:
+            left = self._last + self._timeout - time.monotonic()
+            if left > 0:
+                await asyncio.sleep(left)
+                continue
+            status = status_pb2.Status(
+                code=code_pb2.DEADLINE_EXCEEDED,
+                message=f"no message either way for {self._timeout:g} s: closing the idle WebSocket",
+            )
+            await _finish(self._ws, status, self.dialect)
+            return
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
 
 async def _serve(
@@ -107,13 +146,14 @@ async def _serve(
     url_request: Message,
     offer: Negotiation,
     credentials: _Credentials,
+    idle: _IdleWatch,
 ) -> None:
     state = request.app[STATE]
     options = state.options
     route, rpc = match.route, match.route.rpc
     url_set = {f.name for f, _ in url_request.ListFields()}
     from_url = not rpc.shape.streams_requests and rpc.required_fields <= url_set
-    texts = _text_frames(ws)
+    texts = _text_frames(ws, idle)
     pending: str | None = None  # a frame read before the call started, still to be handled
     dialect = offer.dialect
     try:
@@ -144,6 +184,7 @@ async def _serve(
     except ApiError as exc:
         await _finish(ws, exc.to_status(), dialect or WsDialect.NATIVE)
         return
+    idle.dialect = dialect
     metadata, timeout = credentials.metadata(), credentials.context.timeout
     if rpc.shape.streams_requests:
         call = state.upstream.start(rpc, None, metadata=metadata, timeout=timeout)
@@ -162,7 +203,9 @@ async def _serve(
     with cancel_on_exit(call):
         pump = RequestPump(call, requests, half_close=rpc.shape.streams_requests)
         try:
-            sink = WebSocketSink(ws, route, emit_unpopulated=options.emit_unpopulated, dialect=dialect)
+            sink = WebSocketSink(
+                ws, route, emit_unpopulated=options.emit_unpopulated, dialect=dialect, idle=idle
+            )
             await relay(call, sink, streaming=rpc.shape.streams_responses, pump=pump)
         finally:
             await pump.aclose()
@@ -289,9 +332,11 @@ async def _requests(
         yield message
 
 
-async def _text_frames(ws: web.WebSocketResponse) -> AsyncIterator[str]:
+async def _text_frames(ws: web.WebSocketResponse, idle: _IdleWatch | None = None) -> AsyncIterator[str]:
     """The client's text frames; StopAsyncIteration is never raised: a client that leaves is ClientGone."""
     async for frame in ws:
+        if idle is not None:
+            idle.touch()
         if frame.type == WSMsgType.TEXT:
             yield frame.data
         elif frame.type == WSMsgType.BINARY:
@@ -315,11 +360,13 @@ class WebSocketSink:
         *,
         emit_unpopulated: bool,
         dialect: WsDialect = WsDialect.NATIVE,
+        idle: _IdleWatch | None = None,
     ) -> None:
         self._ws = ws
         self._route = route
         self._emit = emit_unpopulated
         self._dialect = dialect
+        self._idle = idle
 
     async def start(self, initial_metadata: grpc.aio.Metadata | None) -> None:
         return None
@@ -330,6 +377,8 @@ class WebSocketSink:
         else:
             frame = result_frame(response_json(self._route, message, emit_unpopulated=self._emit))
         await self._ws.send_str(frame)
+        if self._idle is not None:
+            self._idle.touch()
 
     async def end(self) -> None:
         await _finish(self._ws, status_pb2.Status(code=code_pb2.OK), self._dialect)

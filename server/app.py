@@ -13,6 +13,8 @@ from aibattle.v1 import (
     completions_pb2_grpc,
     conversations_pb2,
     conversations_pb2_grpc,
+    keys_pb2,
+    keys_pb2_grpc,
     models_pb2,
     models_pb2_grpc,
     reasoning_pb2,
@@ -25,6 +27,10 @@ from server.interceptors import BoundsInterceptor, ErrorInterceptor, RequestCont
 from server.orchestration.conversation import Conversations
 from server.orchestration.runs import Runs
 from server.providers.registry import ModelRegistry
+from server.security.interceptor import AuthInterceptor
+from server.security.limits import Limiter, MemoryLimiter
+from server.security.scoped import OwnerScopedStore
+from server.security.service import KeyServicer
 from server.services.completions import CompletionServicer
 from server.services.conversations import ConversationServicer
 from server.services.models import ModelServicer
@@ -40,6 +46,7 @@ SERVICES = (
     completions_pb2.DESCRIPTOR.services_by_name["CompletionService"],
     conversations_pb2.DESCRIPTOR.services_by_name["ConversationService"],
     reasoning_pb2.DESCRIPTOR.services_by_name["ReasoningService"],
+    keys_pb2.DESCRIPTOR.services_by_name["KeyService"],
 )
 # Declared in the schema, served by a later version.
 NOT_YET_IMPLEMENTED: tuple[Any, ...] = ()
@@ -52,11 +59,14 @@ class AIBattleServer:
         self.config = config
         self.registry = ModelRegistry(config)
         self.store = SqliteStore(config.server.database)
+        # What services see: each caller's own conversations and sessions (server.security.scoped).
+        self.scoped_store = OwnerScopedStore(self.store)
+        self.limiter: Limiter = MemoryLimiter()
         self.hub = EventHub()
         self.runs = Runs(self.store)
         self.reasoning: ReasoningServicer | None = None
         self.conversations = Conversations(
-            store=self.store, hub=self.hub, runs=self.runs, registry=self.registry
+            store=self.scoped_store, hub=self.hub, runs=self.runs, registry=self.registry
         )
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
@@ -74,7 +84,12 @@ class AIBattleServer:
         await self.conversations.recover()
         limit = self.config.server.max_message_bytes
         server = grpc.aio.server(
-            interceptors=(RequestContextInterceptor(), ErrorInterceptor(), BoundsInterceptor()),
+            interceptors=(
+                RequestContextInterceptor(),
+                ErrorInterceptor(),
+                AuthInterceptor(self.config.security, self.store, self.limiter),
+                BoundsInterceptor(),  # after auth: a stranger learns nothing, not even our limits
+            ),
             options=(
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
@@ -86,13 +101,16 @@ class AIBattleServer:
             CompletionServicer(self.registry), server
         )
         self.reasoning = ReasoningServicer(
-            store=self.store, hub=self.hub, runs=self.runs, registry=self.registry
+            store=self.scoped_store, hub=self.hub, runs=self.runs, registry=self.registry
         )
         # Before serving: no client may see a session "in progress" that nobody runs.
         await self.reasoning.recover()
         reasoning_pb2_grpc.add_ReasoningServiceServicer_to_server(self.reasoning, server)
         conversations_pb2_grpc.add_ConversationServiceServicer_to_server(
             ConversationServicer(self.conversations), server
+        )
+        keys_pb2_grpc.add_KeyServiceServicer_to_server(
+            KeyServicer(self.store, model_ids=frozenset(m.id for m in self.config.models)), server
         )
         server.add_generic_rpc_handlers(tuple(unimplemented_service(s) for s in NOT_YET_IMPLEMENTED))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

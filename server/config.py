@@ -1,10 +1,10 @@
 """Configuration: a TOML file (AIBATTLE_CONFIG) overlaid by environment variables, checked by one schema.
 
 Precedence, lowest first: built-in defaults, the TOML file, the environment (AIBATTLE_GRPC_ADDR,
-AIBATTLE_HTTP_ADDR, AIBATTLE_DB, AIBATTLE_LOG_LEVEL). With no `[[models]]` in the file, the embedded
-local model is configured, so `make run` serves real text on a fresh machine. Each key is documented
-once, by its attribute docstring below; every problem is reported at once, one line each, naming the
-file (or variable) and the key path.
+AIBATTLE_HTTP_ADDR, AIBATTLE_DB, AIBATTLE_LOG_LEVEL, AIBATTLE_ADMIN_KEY). With no `[[models]]` in the
+file, the embedded local model is configured, so `make run` serves real text on a fresh machine. Each
+key is documented once, by its attribute docstring below; every problem is reported at once, one line
+each, naming the file (or variable) and the key path.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pydantic import (
     NonNegativeFloat,
     NonNegativeInt,
     PositiveInt,
+    SecretStr,
     StrictStr,
     ValidationError,
     field_validator,
@@ -27,11 +28,19 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails
 
-from common.addresses import AddressError, parse_host_port
+from common.addresses import AddressError, is_loopback, parse_host_port
 from common.config import LAX, ConfigError, ConfigModel, Strings, config_error, read_toml, validate
 from gateway.options import GatewaySettings
 
-__all__ = ["Config", "ConfigError", "GatewaySettings", "LocalProviderConfig", "ModelConfig", "load_config"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "GatewaySettings",
+    "LocalProviderConfig",
+    "ModelConfig",
+    "SecurityConfig",
+    "load_config",
+]
 
 Provider = Literal["local", "scripted", "openai", "ollama", "anthropic", "gemini"]
 PROVIDERS: tuple[str, ...] = get_args(Provider)
@@ -78,6 +87,30 @@ class ServerConfig(ConfigModel):
     """debug, info, warning or error."""
     max_message_bytes: Annotated[PositiveInt, Field(le=2**31 - 1)] = 8 * 1024 * 1024
     """Largest gRPC message accepted or sent (attachments travel inline); at most 2 GiB - 1 (gRPC's int32)."""
+    max_prompt_chars: PositiveInt = 200_000
+    """Longest prompt sent to a model, in characters (every message of the call together)."""
+
+
+class SecurityConfig(ConfigModel):
+    """The `[security]` table: API keys (see the README's Security section)."""
+
+    admin_key: SecretStr = SecretStr("")
+    """The bootstrap admin key (AIBATTLE_ADMIN_KEY): manages keys and may call everything. Empty: no
+    keys are checked, and the server only listens on loopback addresses."""
+    reflection_requires_key: bool = False
+    """Whether gRPC server reflection needs a valid key (health checks never do)."""
+
+    @field_validator("admin_key")
+    @classmethod
+    def _long_enough(cls, key: SecretStr) -> SecretStr:
+        if 0 < len(key.get_secret_value()) < 16:
+            raise config_error("secret", "the admin key must be at least 16 characters (or empty)")
+        return key
+
+    @property
+    def enabled(self) -> bool:
+        """Whether callers must present a key."""
+        return bool(self.admin_key.get_secret_value())
 
 
 class LocalProviderConfig(ConfigModel):
@@ -203,6 +236,10 @@ class ModelConfig(ConfigModel):
     def pricing_output(self) -> float:
         return self.pricing.output
 
+    def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """What a call of this many tokens costs at this model's pricing."""
+        return prompt_tokens * self.pricing.input + completion_tokens * self.pricing.output
+
     @model_validator(mode="after")
     def _provider_needs(self) -> Self:
         problems: list[tuple[tuple[str | int, ...], str, str]] = []
@@ -244,6 +281,8 @@ class Config(ConfigModel):
     """The in-process HTTP gateway's policy (the same knobs as `python -m gateway`)."""
     providers: ProvidersConfig = ProvidersConfig()
     """Provider runtimes."""
+    security: SecurityConfig = SecurityConfig()
+    """API keys."""
     models: Annotated[tuple[ModelConfig, ...], LAX] = Field(default_factory=_default_models)
     """The served models; none given: the embedded smollm2-135m."""
 
@@ -267,6 +306,26 @@ class Config(ConfigModel):
             resolved.append(model.model_copy(update={"upstream": upstream}))
         object.__setattr__(self, "models", tuple(resolved))
         return self
+
+    @model_validator(mode="after")
+    def _secure_by_default(self) -> Self:
+        """No admin key: serve only on loopback, where nobody else can reach an open server."""
+        if self.security.enabled:
+            return self
+        problems: list[tuple[tuple[str | int, ...], str, str]] = []
+        for key in ("grpc_addr", "http_addr"):
+            addr = getattr(self.server, key)
+            if addr and not is_loopback(parse_host_port(addr)[0]):
+                problems.append(
+                    (
+                        ("server", key),
+                        "exposed",
+                        f"{addr!r} is reachable from other machines and no admin key is configured: set "
+                        "AIBATTLE_ADMIN_KEY (or [security].admin_key) to require API keys, or listen on "
+                        "127.0.0.1",
+                    )
+                )
+        return _raise_if(problems, self)
 
     @property
     def local(self) -> LocalProviderConfig:
@@ -325,6 +384,10 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
     path = path or env.get("AIBATTLE_CONFIG") or None
     data: dict[str, Any] = {} if path is None else read_toml(path)
     names: dict[tuple[str | int, ...], str] = {}
+    security = data.get("security", {})
+    if "AIBATTLE_ADMIN_KEY" in env and isinstance(security, dict):
+        data["security"] = {**security, "admin_key": env["AIBATTLE_ADMIN_KEY"]}
+        names["security", "admin_key"] = "AIBATTLE_ADMIN_KEY"
     server = data.get("server", {})
     if isinstance(server, dict):  # else the schema reports `server` itself
         for var, key in ENV_OVERRIDES.items():

@@ -13,6 +13,8 @@ import sys
 import time
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+#: The API key id of the call (never its secret), set once it is authenticated: who did what.
+key_id: contextvars.ContextVar[str] = contextvars.ContextVar("key_id", default="")
 
 # Attributes every LogRecord has; anything else was passed with `extra=` and is logged as a field.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
@@ -29,6 +31,8 @@ class JsonFormatter(logging.Formatter):
         }
         if rid := request_id.get():
             entry["request_id"] = rid
+        if kid := key_id.get():
+            entry["key_id"] = kid
         entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import grpc
@@ -11,6 +12,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from server.app import AIBattleServer
 from server.config import Config
+from server.logs import JsonFormatter
 
 SCRIPTED_MODELS: list[dict[str, Any]] = [
     {
@@ -81,3 +83,46 @@ def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
         if detail.Unpack(info):
             return info
     raise AssertionError(f"no ErrorInfo in {status}")
+
+
+class _Recorder(logging.Handler):
+    """Every log line of the run, formatted as the server writes them (extras included)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(JsonFormatter())
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.lines.append(self.format(record))
+        except Exception:  # a record that cannot be formatted is no secret leak; keep its message
+            self.lines.append(str(record.msg))
+
+
+RECORDER = _Recorder()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_logs() -> Iterator[None]:
+    """Secrets appear in no log line of the whole run (in-process servers and gateways, at DEBUG).
+
+    Tests that hand out or present API keys add them to tests.security_testlib.SECRETS; processes
+    started by end-to-end tests are scanned by those tests (their stderr).
+    """
+    from tests.security_testlib import SECRETS
+
+    recorder = RECORDER
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(recorder)
+    root.setLevel(logging.DEBUG)
+    for name in ("aiosqlite", "asyncio", "grpc"):  # chatty, and they log no request data
+        logging.getLogger(name).setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(recorder)
+        root.setLevel(level)
+    leaks = [line.replace(s, s[:12] + "…") for line in recorder.lines for s in SECRETS if s in line]
+    assert not leaks, f"secrets (cut to their first characters here) appear in log lines: {leaks[:5]}"

@@ -12,6 +12,8 @@ from server.providers.base import Provider
 from server.providers.http.base import HttpClient
 from server.providers.resilience import Circuits
 from server.providers.scripted import ScriptedProvider
+from server.security import context
+from server.security.metering import MeteredProvider
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,11 @@ class ModelRegistry:
         self._providers: dict[str, Provider] = {}
         for kind in sorted({m.provider for m in config.models}):
             self._providers[kind] = _make_provider(kind, config, self._http)
+        # What model calls go through: hard limits, then the caller's token rate and budget.
+        self._metered = {
+            kind: MeteredProvider(provider, max_prompt_chars=config.server.max_prompt_chars)
+            for kind, provider in self._providers.items()
+        }
         self.circuits = Circuits()
 
     @property
@@ -36,19 +43,23 @@ class ModelRegistry:
         return dict(self._providers)
 
     def models(self) -> list[ModelConfig]:
-        """All models, ordered by id."""
-        return list(self._models.values())
+        """The models the caller may use, ordered by id."""
+        return [m for m in self._models.values() if context.may_use(m.id)]
 
     def get(self, model_id: str) -> tuple[ModelConfig, Provider]:
-        """The model and its provider; NotFound names the id."""
+        """The model and its provider; NotFound names the id, PermissionDenied a model the caller's key
+        may not use (whether or not it exists: a restricted key learns nothing of other models)."""
+        context.check_model(model_id)
         model = self._models.get(model_id)
         if model is None:
             raise NotFound("model", model_id)
         return model, self._providers[model.provider]
 
     def chain(self, model: ModelConfig) -> list[tuple[ModelConfig, Provider]]:
-        """The model, then its fallbacks in order (configuration guarantees they exist)."""
-        return [self.get(model.id), *(self.get(f) for f in model.fallbacks)]
+        """The model, then those of its fallbacks the caller may use, in order, each behind the metering
+        of every model call (configuration guarantees they exist)."""
+        ids = [model.id, *(f for f in model.fallbacks if context.may_use(f))]
+        return [(m, self._metered[m.provider]) for m in (self.get(i)[0] for i in ids)]
 
     async def start(self) -> None:
         missing = [

@@ -111,7 +111,7 @@ def chat_request(
 
 
 def usage_proto(model: ModelConfig, usage: Usage) -> common_pb2.Usage:
-    cost = usage.prompt_tokens * model.pricing_input + usage.completion_tokens * model.pricing_output
+    cost = model.cost_usd(usage.prompt_tokens, usage.completion_tokens)
     return common_pb2.Usage(
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,

@@ -10,8 +10,8 @@ commit — nothing is lost between replay and live, nothing is sent twice.
 replicas would implement the same methods, with the hub's wake-ups carried by LISTEN/NOTIFY.
 """
 
-from server.storage.base import Lease, Store, Stored
+from server.storage.base import KeyRow, KeyStore, Lease, Store, Stored
 from server.storage.events import EventHub, follow
 from server.storage.sqlite import SqliteStore
 
-__all__ = ["EventHub", "Lease", "SqliteStore", "Store", "Stored", "follow"]
+__all__ = ["EventHub", "KeyRow", "KeyStore", "Lease", "SqliteStore", "Store", "Stored", "follow"]

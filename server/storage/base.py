@@ -70,8 +70,8 @@ class Store(Protocol):
         """Resources of a kind and owner, newest first."""
         ...
 
-    async def delete(self, resource_id: str, *, kind: str) -> bool:
-        """Remove a resource and its events; False if there was none."""
+    async def delete(self, resource_id: str, *, kind: str, owner: str | None = None) -> bool:
+        """Remove a resource and its events; False if there was none (of that owner, if given)."""
         ...
 
     async def events(
@@ -97,3 +97,41 @@ class Store(Protocol):
 
 class LeaseLost(Exception):
     """The runner no longer holds the resource's lease (it expired and another runner took it)."""
+
+
+@dataclass(frozen=True)
+class KeyRow:
+    """An API key as stored: its settings and the hash of its secret (never the secret)."""
+
+    key_id: str
+    name: str
+    secret_hash: bytes
+    allowed_models: tuple[str, ...]
+    rpm: int
+    tpm: int
+    max_concurrent_streams: int
+    budget_usd: float
+    expire_time: float | None
+    created_at: float
+    revoked_at: float | None
+    spent_usd: float
+
+
+class KeyStore(Protocol):
+    """API keys: created, looked up by id, listed, revoked, and their spend recorded."""
+
+    async def create_key(self, key: KeyRow) -> None: ...
+
+    async def get_key(self, key_id: str) -> KeyRow | None: ...
+
+    async def list_keys(self, *, show_revoked: bool, offset: int, limit: int) -> builtins.list[KeyRow]:
+        """Newest first."""
+        ...
+
+    async def revoke_key(self, key_id: str, *, at: float) -> KeyRow | None:
+        """Mark revoked (the first revocation's time is kept); None if there is no such key."""
+        ...
+
+    async def add_key_spend(self, key_id: str, usd: float) -> None:
+        """Add to the key's spent_usd, atomically."""
+        ...

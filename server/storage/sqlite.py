@@ -15,6 +15,7 @@ import asyncio
 import builtins
 import contextlib
 import functools
+import json
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import aiosqlite
 
-from server.storage.base import Lease, LeaseLost, Stored
+from server.storage.base import KeyRow, Lease, LeaseLost, Stored
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS resources (
@@ -44,6 +45,21 @@ CREATE TABLE IF NOT EXISTS events (
     body        BLOB NOT NULL,
     PRIMARY KEY (resource_id, sequence)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS api_keys (
+    key_id                 TEXT PRIMARY KEY,
+    name                   TEXT NOT NULL,
+    secret_hash            BLOB NOT NULL,
+    allowed_models         TEXT NOT NULL,
+    rpm                    INTEGER NOT NULL,
+    tpm                    INTEGER NOT NULL,
+    max_concurrent_streams INTEGER NOT NULL,
+    budget_usd             REAL NOT NULL,
+    expire_time            REAL,
+    created_at             REAL NOT NULL,
+    revoked_at             REAL,
+    spent_usd              REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS api_keys_by_age ON api_keys (created_at DESC);
 """
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -192,13 +208,15 @@ class SqliteStore:
             return [Stored(*row) async for row in cursor]
 
     @_serialized
-    async def delete(self, resource_id: str, *, kind: str) -> bool:
+    async def delete(self, resource_id: str, *, kind: str, owner: str | None = None) -> bool:
         db = self.db
+        query, args = "DELETE FROM resources WHERE resource_id = ? AND kind = ?", [resource_id, kind]
+        if owner is not None:
+            query += " AND owner = ?"
+            args.append(owner)
         await db.execute("BEGIN IMMEDIATE")
         try:
-            cursor = await db.execute(
-                "DELETE FROM resources WHERE resource_id = ? AND kind = ?", (resource_id, kind)
-            )
+            cursor = await db.execute(query, args)
             deleted = cursor.rowcount > 0
             await db.execute("COMMIT")
         except BaseException:
@@ -251,6 +269,73 @@ class SqliteStore:
             (kind, *statuses, now),
         ) as cursor:
             return [Stored(*row) async for row in cursor]
+
+    # ---- API keys (KeyStore)
+
+    @_serialized
+    async def create_key(self, key: KeyRow) -> None:
+        await self.db.execute(
+            f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES ({', '.join('?' * 12)})",
+            (
+                key.key_id,
+                key.name,
+                key.secret_hash,
+                json.dumps(list(key.allowed_models)),
+                key.rpm,
+                key.tpm,
+                key.max_concurrent_streams,
+                key.budget_usd,
+                key.expire_time,
+                key.created_at,
+                key.revoked_at,
+                key.spent_usd,
+            ),
+        )
+
+    @_serialized
+    async def get_key(self, key_id: str) -> KeyRow | None:
+        async with self.db.execute(
+            f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_id = ?", (key_id,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else _key_row(row)
+
+    @_serialized
+    async def list_keys(self, *, show_revoked: bool, offset: int, limit: int) -> builtins.list[KeyRow]:
+        where = "" if show_revoked else " WHERE revoked_at IS NULL"
+        async with self.db.execute(
+            f"SELECT {_KEY_COLUMNS} FROM api_keys{where} ORDER BY created_at DESC, key_id LIMIT ? OFFSET ?",
+            (limit, offset),
+        ) as cursor:
+            return [_key_row(row) async for row in cursor]
+
+    @_serialized
+    async def revoke_key(self, key_id: str, *, at: float) -> KeyRow | None:
+        await self.db.execute(
+            "UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL", (at, key_id)
+        )
+        async with self.db.execute(
+            f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_id = ?", (key_id,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else _key_row(row)
+
+    @_serialized
+    async def add_key_spend(self, key_id: str, usd: float) -> None:
+        await self.db.execute("UPDATE api_keys SET spent_usd = spent_usd + ? WHERE key_id = ?", (usd, key_id))
+
+
+_KEY_COLUMNS = (
+    "key_id, name, secret_hash, allowed_models, rpm, tpm, max_concurrent_streams, budget_usd,"
+    " expire_time, created_at, revoked_at, spent_usd"
+)
+
+
+def _key_row(row: Sequence[Any]) -> KeyRow:
+    values = list(row)
+    values[2] = bytes(values[2])
+    values[3] = tuple(json.loads(values[3]))
+    return KeyRow(*values)
 
 
 __all__ = ["LeaseLost", "SqliteStore"]

@@ -109,11 +109,17 @@ def wait_for_line(
 
 @contextmanager
 def server_process(
-    config_toml: str, tmp_path: Path, *, startup_deadline: float = STARTUP_DEADLINE, **env: str
+    config_toml: str,
+    tmp_path: Path,
+    *,
+    startup_deadline: float = STARTUP_DEADLINE,
+    outputs: list[Output] | None = None,
+    **env: str,
 ) -> Iterator[Running]:
     """Start the server with this config (gRPC on a free port; no HTTP unless env sets
     AIBATTLE_HTTP_ADDR); yield it once it prints its banner, or fail after `startup_deadline`
-    seconds with its output; kill it on exit if still running."""
+    seconds with its output; kill it on exit if still running. `outputs` receives its Output (to read
+    its logs on stderr)."""
     config = tmp_path / "aibattle.toml"
     config.write_text(config_toml)
     environment = {
@@ -125,6 +131,8 @@ def server_process(
         **env,
     }
     with started([sys.executable, "-m", "server"], environment) as (proc, output):
+        if outputs is not None:
+            outputs.append(output)
         banner = wait_for_line(proc, output, BANNER, startup_deadline)
         http = HTTP_BANNER.search(banner.string)
         yield Running(proc, banner.group(1), http.group(1) if http else "")

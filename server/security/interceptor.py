@@ -1,0 +1,147 @@
+"""Authentication and per-call limits for every RPC (grpc-interceptor).
+
+Runs inside the error interceptor, so its refusals become statuses like any other error:
+
+* gRPC health is always open (probes); reflection too unless `[security].reflection_requires_key`.
+* With no admin key configured the server runs open (on loopback only, see server.config): every
+  call acts as one anonymous caller, and KeyService refuses with PERMISSION_DENIED (no admin key).
+* Otherwise a call presents `authorization: Bearer <secret>` (or `x-api-key: <secret>`): the admin key,
+  or a key from KeyService. Missing, unknown, revoked or expired: UNAUTHENTICATED. KeyService needs
+  the admin key: PERMISSION_DENIED.
+* A key's requests per minute are counted here, and its response streams held open (server
+  streams, Converse) against max_concurrent_streams; model calls are metered in server.security.metering.
+
+The caller is set in a context variable for the handler (and any task it starts); see context.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health
+from grpc_interceptor.server import AsyncServerInterceptor
+
+from common.errors import PermissionDenied, Unauthenticated
+from server import logs
+from server.config import SecurityConfig
+from server.security import context as caller_context
+from server.security import keys
+from server.security.context import ANONYMOUS, Caller
+from server.security.limits import Limiter
+from server.storage import KeyRow, KeyStore
+
+KEY_SERVICE = "aibattle.v1.KeyService"
+REFLECTION_SERVICES = frozenset(
+    {"grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection"}
+)
+ADMIN_ID = "admin"
+_HOW = "send 'authorization: Bearer <key>' (or 'x-api-key: <key>')"
+
+
+def presented_secret(metadata: Any) -> str | None:
+    """The secret in `authorization` (Bearer, or bare) or `x-api-key` metadata, if any."""
+    given: dict[str, str] = {}
+    for key, value in metadata or ():
+        if key in ("authorization", "x-api-key") and isinstance(value, str):
+            given.setdefault(key, value)
+    if "authorization" in given:
+        scheme, _, rest = given["authorization"].strip().partition(" ")
+        return rest.strip() if scheme.lower() == "bearer" else given["authorization"].strip()
+    return given["x-api-key"].strip() if "x-api-key" in given else None
+
+
+class AuthInterceptor(AsyncServerInterceptor):
+    """See the module docstring."""
+
+    def __init__(self, security: SecurityConfig, keystore: KeyStore, limiter: Limiter) -> None:
+        self._admin_key = security.admin_key.get_secret_value()
+        self._reflection_open = not security.reflection_requires_key
+        self._keys = keystore
+        self._limiter = limiter
+
+    async def intercept(
+        self, method: Callable[..., Any], request: Any, context: grpc.aio.ServicerContext, method_name: str
+    ) -> Any:
+        service = method_name.lstrip("/").partition("/")[0]
+        caller = await self._authenticate(service, context)
+        if caller is None:  # an open service: no caller, no limits
+            response = method(request, context)
+            return response if inspect.isasyncgen(response) else await response
+        if caller.key_id:
+            # Not reset: each RPC runs in a context of its own, and its access line comes after this.
+            logs.key_id.set(caller.key_id)
+        if caller.limited:
+            await self._limiter.take_request(caller)
+        token = caller_context.set_caller(caller)
+        try:
+            response = method(request, context)
+            if inspect.isasyncgen(response):
+                return self._stream(response, caller)
+            return await response
+        finally:
+            caller_context.reset_caller(token)
+
+    async def _stream(self, responses: AsyncIterator[Any], caller: Caller) -> AsyncIterator[Any]:
+        # Taken here, where the stream is consumed, so that every slot taken is given back.
+        if caller.limited:
+            await self._limiter.open_stream(caller)
+        token = caller_context.set_caller(caller)
+        try:
+            async for response in responses:
+                yield response
+        finally:
+            caller_context.reset_caller(token)
+            if caller.limited:
+                await self._limiter.close_stream(caller)
+
+    async def _authenticate(self, service: str, context: grpc.aio.ServicerContext) -> Caller | None:
+        if service == health.SERVICE_NAME or (service in REFLECTION_SERVICES and self._reflection_open):
+            return None
+        if not self._admin_key:
+            if service == KEY_SERVICE:
+                # Nobody can hold the admin key this service needs, so nobody may call it.
+                raise PermissionDenied(
+                    "ADMIN_KEY_NOT_CONFIGURED",
+                    "managing API keys needs the admin key, and none is configured: this server runs "
+                    "open (loopback only); set AIBATTLE_ADMIN_KEY (or [security].admin_key) to use keys",
+                )
+            return ANONYMOUS
+        secret = presented_secret(context.invocation_metadata())
+        if not secret:
+            raise Unauthenticated("API_KEY_MISSING", f"this server needs an API key: {_HOW}")
+        if keys.is_admin(secret, self._admin_key):
+            return Caller(key_id=ADMIN_ID, admin=True)
+        caller = await self._key_caller(secret)
+        if service == KEY_SERVICE:
+            raise PermissionDenied("ADMIN_KEY_REQUIRED", "managing API keys needs the admin key")
+        return caller
+
+    async def _key_caller(self, secret: str) -> Caller:
+        key_id = keys.key_id_of(secret)
+        row = await self._keys.get_key(key_id) if key_id else None
+        # One answer for "no such key" and "wrong secret": the difference would help a guesser.
+        if row is None or not keys.same_secret(secret, row.secret_hash):
+            raise Unauthenticated("API_KEY_INVALID", f"the API key is not valid: {_HOW}")
+        if row.revoked_at is not None:
+            raise Unauthenticated("API_KEY_REVOKED", f"API key {row.key_id} was revoked")
+        if row.expire_time is not None and row.expire_time <= time.time():
+            raise Unauthenticated("API_KEY_EXPIRED", f"API key {row.key_id} has expired")
+        return caller_of(row, self._limiter, self._keys)
+
+
+def caller_of(row: KeyRow, limiter: Limiter, keystore: KeyStore) -> Caller:
+    return Caller(
+        key_id=row.key_id,
+        allowed_models=frozenset(row.allowed_models),
+        rpm=row.rpm,
+        tpm=row.tpm,
+        max_concurrent_streams=row.max_concurrent_streams,
+        budget_usd=row.budget_usd,
+        spent_usd=row.spent_usd,
+        limiter=limiter,
+        keys=keystore,
+    )

@@ -1,0 +1,44 @@
+"""API key secrets: made, hashed and checked.
+
+A secret is `aib_<key_id>_<random>`: the key id makes the lookup one primary-key read, the random
+part (256 bits) is what proves possession. Only SHA-256 of the whole secret is stored; a slow hash
+(bcrypt, argon2) protects low-entropy passwords, not 256 random bits, and would cost every call.
+Comparisons are constant-time (`hmac.compare_digest`), the admin key's too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+
+PREFIX = "aib_"
+_SECRET = re.compile(r"aib_(k[0-9a-f]{16})_[A-Za-z0-9_-]{43}")
+
+
+def new_key_id() -> str:
+    return f"k{secrets.token_hex(8)}"
+
+
+def new_secret(key_id: str) -> str:
+    return f"{PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
+
+
+def hash_secret(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def key_id_of(secret: str) -> str | None:
+    """The key id a secret names, or None if it is not shaped like one of ours."""
+    match = _SECRET.fullmatch(secret)
+    return match.group(1) if match else None
+
+
+def same_secret(presented: str, stored_hash: bytes) -> bool:
+    return hmac.compare_digest(hash_secret(presented), stored_hash)
+
+
+def is_admin(presented: str, admin_key: str) -> bool:
+    """Constant-time in the key's content and length (both sides hashed first)."""
+    return bool(admin_key) and hmac.compare_digest(hash_secret(presented), hash_secret(admin_key))

@@ -1,0 +1,164 @@
+"""Per-key counters: request and token rates (token buckets, 2x burst), open streams, budget.
+
+`Limiter` is the interface; `MemoryLimiter` keeps the counters in this process, which is exact for one
+replica. Several replicas must share them, or each would grant the whole limit (LiteLLM's rate limits
+"multiply with the replica count"): a Redis limiter implements the same methods with one Lua script per
+method (read, refill, test and update a hash in one atomic step), e.g. `HINCRBYFLOAT` of `reserved`
+guarded by `spent + reserved + amount <= budget`. See the README's Security section.
+
+Every method of a check-and-take is one synchronous step here (no await between the test and the
+update), so concurrent calls on the event loop cannot both pass a limit that only one fits.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Protocol
+
+from common.errors import LimitExceeded
+from server.security.context import Caller
+
+BURST = 2.0
+"""Buckets hold twice the per-minute rate (seed 003's 2x burst)."""
+STREAM_RETRY_SECONDS = 1.0
+# Float sums of prices (0.1 + 0.2) must not refuse a call that fits the budget exactly.
+_EPSILON = 1e-9
+
+
+class Limiter(Protocol):
+    """The counters of every key; each method raises LimitExceeded when the key is over."""
+
+    async def take_request(self, caller: Caller) -> None:
+        """One request against the key's rpm."""
+        ...
+
+    async def check_tokens(self, caller: Caller) -> None:
+        """Refuse a model call while the key's tpm bucket is empty (spent by earlier calls)."""
+        ...
+
+    async def spend_tokens(self, caller: Caller, tokens: int) -> None:
+        """Take a finished call's tokens from the tpm bucket (it may go below zero: a debt)."""
+        ...
+
+    async def open_stream(self, caller: Caller) -> None: ...
+
+    async def close_stream(self, caller: Caller) -> None: ...
+
+    async def reserve(self, caller: Caller, usd: float) -> None:
+        """Set aside a call's worst-case cost, or refuse if the budget cannot cover it."""
+        ...
+
+    async def settle(self, caller: Caller, reserved: float, cost: float) -> None:
+        """Replace a reservation by what the call actually cost."""
+        ...
+
+    def spent(self, caller: Caller) -> float: ...
+
+
+class _Bucket:
+    def __init__(self, per_minute: int) -> None:
+        self.capacity = BURST * per_minute
+        self.level = self.capacity
+        self.rate = per_minute / 60.0
+        self.at = time.monotonic()
+
+    def refill(self) -> None:
+        now = time.monotonic()
+        self.level = min(self.capacity, self.level + (now - self.at) * self.rate)
+        self.at = now
+
+    def wait_for(self, amount: float) -> float:
+        """Seconds until `amount` is available."""
+        return max(0.0, (amount - self.level) / self.rate)
+
+
+class MemoryLimiter:
+    """Limiter for one process (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[tuple[str, str], _Bucket] = {}
+        self._streams: dict[str, int] = {}
+        self._spent: dict[str, float] = {}
+        self._reserved: dict[str, float] = {}
+
+    def _bucket(self, caller: Caller, kind: str, per_minute: int) -> _Bucket:
+        bucket = self._buckets.get((caller.key_id, kind))
+        if bucket is None:
+            bucket = self._buckets[caller.key_id, kind] = _Bucket(per_minute)
+        bucket.refill()
+        return bucket
+
+    async def take_request(self, caller: Caller) -> None:
+        if not caller.rpm:
+            return
+        bucket = self._bucket(caller, "rpm", caller.rpm)
+        if bucket.level < 1:
+            raise LimitExceeded(
+                "RATE_LIMITED",
+                f"this API key's limit of {caller.rpm} requests per minute is reached",
+                limit="rpm",
+                retry_after=_seconds(bucket.wait_for(1)),
+            )
+        bucket.level -= 1
+
+    async def check_tokens(self, caller: Caller) -> None:
+        if not caller.tpm:
+            return
+        bucket = self._bucket(caller, "tpm", caller.tpm)
+        if bucket.level < 1:
+            raise LimitExceeded(
+                "TOKEN_RATE_LIMITED",
+                f"this API key's limit of {caller.tpm} tokens per minute is reached",
+                limit="tpm",
+                retry_after=_seconds(bucket.wait_for(1)),
+            )
+
+    async def spend_tokens(self, caller: Caller, tokens: int) -> None:
+        if caller.tpm and tokens:
+            self._bucket(caller, "tpm", caller.tpm).level -= tokens
+
+    async def open_stream(self, caller: Caller) -> None:
+        if not caller.max_concurrent_streams:
+            return
+        open_now = self._streams.get(caller.key_id, 0)
+        if open_now >= caller.max_concurrent_streams:
+            raise LimitExceeded(
+                "TOO_MANY_STREAMS",
+                f"this API key may hold {caller.max_concurrent_streams} streams at once; close one first",
+                limit="max_concurrent_streams",
+                retry_after=STREAM_RETRY_SECONDS,
+            )
+        self._streams[caller.key_id] = open_now + 1
+
+    async def close_stream(self, caller: Caller) -> None:
+        if caller.max_concurrent_streams:
+            self._streams[caller.key_id] = max(0, self._streams.get(caller.key_id, 0) - 1)
+
+    def spent(self, caller: Caller) -> float:
+        return self._spent.setdefault(caller.key_id, caller.spent_usd)
+
+    async def reserve(self, caller: Caller, usd: float) -> None:
+        if not caller.budget_usd:
+            return
+        spent = self.spent(caller)
+        reserved = self._reserved.get(caller.key_id, 0.0)
+        if spent + reserved + usd > caller.budget_usd + _EPSILON:
+            raise LimitExceeded(
+                "BUDGET_EXCEEDED",
+                f"this API key's budget of ${caller.budget_usd:.6g} cannot cover this call: "
+                f"${spent:.6g} spent, ${reserved:.6g} held by calls in flight, and this one may cost up to "
+                f"${usd:.6g} (its max_tokens at the model's price)",
+                limit="budget_usd",
+            )
+        self._reserved[caller.key_id] = reserved + usd
+
+    async def settle(self, caller: Caller, reserved: float, cost: float) -> None:
+        self._spent[caller.key_id] = self.spent(caller) + cost
+        if caller.budget_usd:
+            self._reserved[caller.key_id] = max(0.0, self._reserved.get(caller.key_id, 0.0) - reserved)
+
+
+def _seconds(wait: float) -> float:
+    """Whole seconds, at least one: what Retry-After can say, and never 'now'."""
+    return float(max(1, math.ceil(wait)))

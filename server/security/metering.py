@@ -1,0 +1,107 @@
+"""Around every model call: hard limits, then the caller's token rate and budget.
+
+`MeteredProvider` wraps each provider in the registry's chains, so every model call (a completion,
+a conversation's turn, a reasoning step, each fallback) passes here, in the task of the call (or of
+the background run it started), where the caller is known.
+
+Budget (exact under concurrency): before the call, its worst case is reserved: prompt tokens bounded
+by the prompt's UTF-8 bytes plus a template allowance (a token covers at least one byte) and by the
+model's context_length, plus max_tokens, at the model's pricing. A call that the budget cannot cover
+with every call in flight counted at its worst case is refused before it starts, so N simultaneous
+first requests never spend more than the budget. After the call the reservation is settled at the
+cost of its reported usage. A call that fails before its first token costs nothing; one cut short
+after it (usage unknown) is charged its reservation.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+
+from common.errors import InvalidArgument
+from server.config import ModelConfig
+from server.providers.base import ChatRequest, Finish, Provider, StreamItem, Usage
+from server.security import context
+
+log = logging.getLogger(__name__)
+
+#: Tokens a chat template may add per message (role markers), and per request.
+TEMPLATE_TOKENS_PER_MESSAGE = 8
+TEMPLATE_TOKENS = 16
+
+
+def prompt_bound(model: ModelConfig, request: ChatRequest) -> int:
+    """An upper bound of the prompt's tokens (see the module docstring)."""
+    if any(m.attachments for m in request.messages):
+        return model.context_length  # images and audio are not bounded by their bytes
+    size = sum(len(m.content.encode()) + TEMPLATE_TOKENS_PER_MESSAGE for m in request.messages)
+    return min(model.context_length, size + TEMPLATE_TOKENS)
+
+
+def check_request(model: ModelConfig, request: ChatRequest, *, max_prompt_chars: int) -> None:
+    """Hard limits that hold for every caller."""
+    if request.max_tokens > model.context_length:
+        raise InvalidArgument(
+            "max_tokens",
+            f"{request.max_tokens} exceeds model {model.id!r}'s context of {model.context_length} tokens",
+        )
+    chars = sum(len(m.content) for m in request.messages)
+    if chars > max_prompt_chars:
+        raise InvalidArgument(
+            "prompt",
+            f"the prompt has {chars} characters; at most {max_prompt_chars} are accepted",
+            reason="PROMPT_TOO_LONG",
+        )
+
+
+class MeteredProvider:
+    """A provider whose calls pass the checks and accounting of the module docstring."""
+
+    def __init__(self, inner: Provider, *, max_prompt_chars: int) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self._max_prompt_chars = max_prompt_chars
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def stream(self, model: ModelConfig, request: ChatRequest) -> AsyncGenerator[StreamItem, None]:
+        check_request(model, request, max_prompt_chars=self._max_prompt_chars)
+        caller = context.current()
+        if caller is None or caller.limiter is None or caller.admin:
+            async with aclosing(self.inner.stream(model, request)) as items:
+                async for item in items:
+                    yield item
+            return
+        limiter = caller.limiter
+        worst = Usage(prompt_tokens=prompt_bound(model, request), completion_tokens=request.max_tokens)
+        reserved = model.cost_usd(worst.prompt_tokens, worst.completion_tokens)
+        await limiter.check_tokens(caller)
+        await limiter.reserve(caller, reserved)
+        started = False
+        charged: Usage | None = None
+        try:
+            async with aclosing(self.inner.stream(model, request)) as items:
+                async for item in items:
+                    started = True
+                    if isinstance(item, Finish):
+                        charged = item.usage
+                    yield item
+        finally:
+            if charged is None and started:
+                charged = worst
+            cost = (
+                0.0 if charged is None else model.cost_usd(charged.prompt_tokens, charged.completion_tokens)
+            )
+            await limiter.settle(caller, reserved, cost)
+            if charged is not None:
+                await limiter.spend_tokens(caller, charged.total_tokens)
+            if cost and caller.keys is not None:
+                try:
+                    await caller.keys.add_key_spend(caller.key_id, cost)
+                except Exception:  # the in-memory count holds; the record catches up on the next call
+                    log.exception("could not record spend", extra={"key_id": caller.key_id})
