@@ -2,9 +2,9 @@
 
 Order matters: RequestContextInterceptor is outermost so the request id is set before
 anything logs and the access log sees the final status; ErrorInterceptor is the one
-place where exceptions become statuses; AuthInterceptor (server/security) then knows the caller;
-BoundsInterceptor, innermost, refuses requests
-outside the bounds their schema declares before any handler runs.
+place where exceptions become statuses; AuthInterceptor (server/security) then knows the
+caller; BoundsInterceptor, innermost, refuses requests outside the bounds their schema declares
+before any handler runs.
 """
 
 from __future__ import annotations

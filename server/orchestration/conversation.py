@@ -43,6 +43,7 @@ import logging
 import re
 import time
 import uuid
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
 from typing import Any, cast
@@ -58,7 +59,7 @@ from server.providers.attachments import chat_message
 from server.providers.base import Attachment, ChatMessage, ChatRequest, Delta, Finish, Role, Usage
 from server.providers.registry import ModelRegistry
 from server.providers.resilience import Answering, resilient_stream
-from server.services.completions import _attachment, usage_proto
+from server.services.completions import attachment_for, usage_proto
 from server.storage import EventHub, Store, follow
 from server.storage.base import LeaseLost
 
@@ -257,7 +258,8 @@ class Conversations:
         self._registry = registry
         # Changes made by RPCs (not by runs) are serialized per conversation; a run owns the state
         # while it is IN_PROGRESS, and RPCs refuse to change it then.
-        self._locks: dict[str, asyncio.Lock] = {}
+        # Weak: a conversation's lock lives while someone holds or awaits it, not for the process.
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._cancelled: set[str] = set()
         self._deleted: dict[str, asyncio.Event] = {}
 
@@ -409,7 +411,7 @@ class Conversations:
         """Every model seat will read it: each must have the capability it needs."""
         for seat in conv.models:
             if not is_person(conv, seat):
-                _attachment(data, field, self._registry.get(seat.id)[0])
+                attachment_for(data, field, self._registry.get(seat.id)[0])
 
     async def list(self, *, status: int, size: int, token: str) -> tuple[list[Conversation], str]:
         filters = [status]

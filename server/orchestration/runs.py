@@ -80,11 +80,16 @@ class Runs:
         return True
 
     async def wait(self, resource_id: str) -> None:
-        """Until the run of this resource (if any, here) ends."""
+        """Until the run of this resource (if any, here) ends. The run being cancelled is an end; the
+        caller being cancelled (its client left) is not swallowed: it propagates, the run goes on."""
         task = self._tasks.get(resource_id)
-        if task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(task)
+        if task is None:
+            return
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():
+                raise
 
     async def close(self) -> None:
         """Cancel every run (shutdown): their leases are released, or expire."""

@@ -40,7 +40,9 @@ ATTACHMENT_CAPABILITIES = {"image": "image", "audio": "audio", "video": "video",
 CompletionRequest = completions_pb2.CreateCompletionRequest | completions_pb2.StreamCompletionRequest
 
 
-def _attachment(data: common_pb2.FileData, field: str, model: ModelConfig) -> tuple[str, Attachment]:
+def attachment_for(data: common_pb2.FileData, field: str, model: ModelConfig) -> tuple[str, Attachment]:
+    """A request's FileData as the model will read it; errors name `field` (bad type, or a capability
+    the model lacks)."""
     if is_text(data.type, data.mime_type):
         needed = "text"
     elif data.type in ATTACHMENT_CAPABILITIES:
@@ -72,11 +74,13 @@ def chat_request(
         if role is None:
             raise InvalidArgument(f"messages[{i}].role", f"{message.role!r} is not one of {', '.join(ROLES)}")
         files = [
-            _attachment(f, f"messages[{i}].file_data[{j}]", model) for j, f in enumerate(message.file_data)
+            attachment_for(f, f"messages[{i}].file_data[{j}]", model) for j, f in enumerate(message.file_data)
         ]
         messages.append(chat_message(role, message.content, files))
     if request.prompt or request.HasField("file_data"):
-        files = [_attachment(request.file_data, "file_data", model)] if request.HasField("file_data") else []
+        files = (
+            [attachment_for(request.file_data, "file_data", model)] if request.HasField("file_data") else []
+        )
         messages.append(chat_message(Role.USER, request.prompt, files))
 
     max_tokens = model.default_max_tokens

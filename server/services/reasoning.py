@@ -5,7 +5,8 @@ background (`Runs`, under a lease), answering at once unless `wait` is set. The 
 (`server.orchestration.reasoning`) commits each step with its events; Get, List and the event stream
 read only the store, so they see exactly what is committed, here or after a restart. Sessions left
 IN_PROGRESS by a process that died (their lease expired) are marked INTERRUPTED at start-up and by a
-periodic sweep — never left "running" with nobody running them.
+periodic sweep — never left "running" with nobody running them. Resume runs an INTERRUPTED, FAILED or
+CANCELLED session again from its last committed step (the replay is described in `session.py`).
 """
 
 from __future__ import annotations
@@ -22,19 +23,27 @@ import grpc
 from aibattle.v1 import reasoning_pb2, reasoning_pb2_grpc
 from common.errors import ApiError, InvalidArgument, NotFound
 from server.orchestration.reasoning import KIND, MULTI_MODEL, STRATEGIES, Session, is_terminal
-from server.orchestration.reasoning.session import CANCELLED, FINISHED, IN_PROGRESS, INTERRUPTED, now
+from server.orchestration.reasoning.session import (
+    CANCELLED,
+    FAILED,
+    FINISHED,
+    IN_PROGRESS,
+    INTERRUPTED,
+    now,
+)
 from server.orchestration.runs import LEASE_SECONDS, Runs
 from server.pagination import decode_token, encode_token, page_size
 from server.providers.attachments import chat_message
 from server.providers.base import Attachment, Role
 from server.providers.registry import ModelRegistry
-from server.services.completions import _attachment
+from server.services.completions import attachment_for
 from server.storage import EventHub, Store, follow
 
 log = logging.getLogger(__name__)
 
 DEFAULT_STRATEGY = "iterative_refinement"
 DEFAULT_ITERATIONS = 5
+RESUMABLE = frozenset({INTERRUPTED, FAILED, CANCELLED})
 Event = reasoning_pb2.ReasoningEvent
 EventType = reasoning_pb2.ReasoningEventType
 
@@ -146,6 +155,70 @@ class ReasoningServicer(reasoning_pb2_grpc.ReasoningServiceServicer):
             # Nobody runs it here (an orphan), or its run was cancelled before it began.
             await self._mark(reasoning_id, CANCELLED, only_if_orphaned=False)
         return reasoning_pb2.CancelReasoningResponse(reasoning=await self._load(reasoning_id))
+
+    async def ResumeReasoning(
+        self, request: reasoning_pb2.ResumeReasoningRequest, context: grpc.aio.ServicerContext
+    ) -> reasoning_pb2.ResumeReasoningResponse:
+        reasoning_id = request.reasoning_id
+        self._check_resumable(await self._load(reasoning_id))
+        await self._runs.wait(reasoning_id)  # a run here that just recorded its end is still closing
+        lease = self._runs.lease()
+        if not await self._store.acquire(reasoning_id, lease, now=time.time()):
+            raise ApiError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "RUNNING_ELSEWHERE",
+                f"reasoning {reasoning_id!r} is being run by another server",
+            )
+        try:
+            # Under the lease: a concurrent resume has either not begun or already moved it on.
+            reasoning = await self._load(reasoning_id)
+            self._check_resumable(reasoning)
+            attachments = self._attachments(reasoning)
+            session = Session(
+                store=self._store,
+                hub=self._hub,
+                registry=self._registry,
+                runner_id=lease.runner_id,
+                reasoning=reasoning,
+                attachments=attachments,
+            )
+            reasoning.status = IN_PROGRESS
+            await session.commit(
+                [session.event(EventType.REASONING_EVENT_TYPE_STATUS_CHANGED, status=IN_PROGRESS)]
+            )
+            session.rewind()
+            self._sessions[reasoning_id] = session
+            # Same runner: Runs takes over the lease we hold.
+            started = await self._runs.start(reasoning_id, lambda: self._run(session))
+        except BaseException:
+            await self._store.release(reasoning_id, lease.runner_id)
+            raise
+        if not started:
+            self._sessions.pop(reasoning_id, None)
+            await self._store.release(reasoning_id, lease.runner_id)  # the sweep marks it INTERRUPTED
+            raise ApiError(grpc.StatusCode.INTERNAL, "INTERNAL", "the session could not be resumed")
+        if request.wait:
+            await self._runs.wait(reasoning_id)
+        return reasoning_pb2.ResumeReasoningResponse(reasoning=await self._load(reasoning_id))
+
+    @staticmethod
+    def _check_resumable(reasoning: reasoning_pb2.Reasoning) -> None:
+        if reasoning.status in RESUMABLE:
+            return
+        state = "running" if reasoning.status == IN_PROGRESS else "completed"
+        raise ApiError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "NOT_RESUMABLE",
+            f"reasoning {reasoning.reasoning_id!r} is {state}; only an interrupted, failed or cancelled"
+            " session can be resumed",
+        )
+
+    def _attachments(self, reasoning: reasoning_pb2.Reasoning) -> list[tuple[str, Attachment]]:
+        """The stored attachment as the primary model reads it (every model was checked at create)."""
+        if not reasoning.HasField("file_data"):
+            return []
+        model, _ = self._registry.get(reasoning.primary_model)
+        return [attachment_for(reasoning.file_data, "file_data", model)]
 
     async def StreamReasoningEvents(
         self, request: reasoning_pb2.StreamReasoningEventsRequest, context: grpc.aio.ServicerContext
@@ -283,7 +356,7 @@ class ReasoningServicer(reasoning_pb2_grpc.ReasoningServiceServicer):
             model, _ = self._registry.get(model_id)  # NotFound names the model
             if request.HasField("file_data"):
                 # Every model reads the problem, so every model must be able to read its attachment.
-                attachment = _attachment(request.file_data, "file_data", model)
+                attachment = attachment_for(request.file_data, "file_data", model)
                 if i == 0:
                     attachments.append(attachment)
         if attachments:
@@ -298,4 +371,6 @@ class ReasoningServicer(reasoning_pb2_grpc.ReasoningServiceServicer):
             additional_models=request.additional_models,
             max_tokens=request.max_tokens if request.HasField("max_tokens") else 0,
         )
+        if request.HasField("file_data"):
+            reasoning.file_data.CopyFrom(request.file_data)  # a resumed run reads it again
         return reasoning, attachments

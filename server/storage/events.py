@@ -59,10 +59,16 @@ async def follow(
     sent = after
     while True:
         batch = await store.events(resource_id, after=sent)
-        for sequence, body in batch:
+        for i, (sequence, body) in enumerate(batch):
             yield sequence, body
             sent = sequence
-            if is_terminal(body):
+            # A terminal event ends the stream only if it is the latest: a session that was resumed
+            # (or a conversation run again) has gone on past it, and a replay goes on with it.
+            if (
+                is_terminal(body)
+                and i == len(batch) - 1
+                and not await store.events(resource_id, after=sent, limit=1)
+            ):
                 return
         if not batch:
             await hub.wait_beyond(resource_id, sent, within=poll)

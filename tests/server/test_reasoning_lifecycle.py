@@ -9,9 +9,11 @@ import sqlite3
 from pathlib import Path
 
 import grpc
+import pytest
 
 from aibattle.v1 import reasoning_pb2, reasoning_pb2_grpc
 from server.app import AIBattleServer
+from server.providers.base import ChatRequest
 from tests.conftest import make_config
 from tests.e2e.process import server_process
 from tests.server.reasoning_testlib import (
@@ -167,7 +169,9 @@ def expire_leases(database: Path) -> None:
         db.execute("UPDATE resources SET lease_until = lease_until - 3600 WHERE lease_until IS NOT NULL")
 
 
-async def test_a_killed_server_leaves_no_session_running(tmp_path: Path) -> None:
+async def test_a_killed_server_leaves_no_session_running_and_resume_finishes_it(
+    tmp_path: Path, scripted_requests: list[ChatRequest]
+) -> None:
     words = " ".join(f"part{i}" for i in range(40))
     database = tmp_path / "aibattle.db"
     with server_process(CRASH_CONFIG.format(words=words), tmp_path) as running:
@@ -194,11 +198,36 @@ async def test_a_killed_server_leaves_no_session_running(tmp_path: Path) -> None
         assert await app.reasoning.recover() == 1  # what the periodic sweep does once it expired
         after = await get(stub, reasoning.reasoning_id)
         log = await events(stub, reasoning.reasoning_id)  # ends by itself: the session is over
+        assert not scripted_requests  # nothing runs it here until asked
+
+        # Runnable again: from its last committed step, the committed ones neither redone nor repaid.
+        resumed = (
+            await stub.ResumeReasoning(
+                reasoning_pb2.ResumeReasoningRequest(reasoning_id=reasoning.reasoning_id, wait=True)
+            )
+        ).reasoning
+        whole = await events(stub, reasoning.reasoning_id)
     assert after.status == INTERRUPTED
     assert list(after.iterations)[: len(committed)] == committed
     assert [e.sequence for e in log] == list(range(1, len(log) + 1))
     assert log[: len(seen)] == seen
     assert log[-1].type == T.REASONING_EVENT_TYPE_STATUS_CHANGED and log[-1].status == INTERRUPTED
+
+    assert resumed.status == COMPLETED and resumed.final_result
+    assert list(resumed.iterations)[: len(after.iterations)] == list(after.iterations)  # byte for byte
+    assert len(scripted_requests) == len(resumed.iterations) - len(after.iterations)  # only new steps
+    assert resumed.usage.total_tokens == sum(it.usage.total_tokens for it in resumed.iterations)
+    assert [e.sequence for e in whole] == list(range(1, len(whole) + 1))
+    assert whole[: len(log)] == log  # the log only grew
+    assert (whole[len(log)].type, whole[len(log)].status) == (
+        T.REASONING_EVENT_TYPE_STATUS_CHANGED,
+        IN_PROGRESS,
+    )
+    assert whole[-1].type == T.REASONING_EVENT_TYPE_COMPLETION
+    new_steps = [
+        e.iteration.index for e in whole[len(log) :] if e.type == T.REASONING_EVENT_TYPE_NEW_ITERATION
+    ]
+    assert new_steps == list(range(len(after.iterations) + 1, len(resumed.iterations) + 1))
 
 
 async def test_start_up_marks_expired_sessions_interrupted(tmp_path: Path) -> None:
@@ -240,3 +269,50 @@ async def test_cancel_right_after_create_is_recorded() -> None:
     assert [r.status for r in cancelled] == [CANCELLED] * 3
     for log in logs:
         assert log[-1].type == T.REASONING_EVENT_TYPE_STATUS_CHANGED and log[-1].status == CANCELLED
+
+
+async def test_resume_a_cancelled_session_and_refuse_what_cannot_be_resumed(
+    scripted_requests: list[ChatRequest],
+) -> None:
+    async with serving(
+        # Call 1, the revision, is cancelled mid-way; call 2 redoes it (scripts go by call count).
+        scripted(
+            "drafter", WORDS, WORDS.replace("step", "phase"), WORDS.replace("step", "phase"), delay_ms=5
+        ),
+        scripted("critic", "Needs more.\nVERDICT: REVISE\nFOCUS: depth", APPROVE),
+    ) as (_, stub):
+        reasoning = await create(stub, primary_model="drafter", secondary_model="critic")
+        call = stub.StreamReasoningEvents(
+            reasoning_pb2.StreamReasoningEventsRequest(reasoning_id=reasoning.reasoning_id)
+        )
+        await read_until(call, lambda e: e.iteration.kind == "critique")
+        await read_until(call, lambda e: e.type == T.REASONING_EVENT_TYPE_TOKEN)  # into the revision
+        cancelled = (
+            await stub.CancelReasoning(
+                reasoning_pb2.CancelReasoningRequest(reasoning_id=reasoning.reasoning_id)
+            )
+        ).reasoning
+        calls_before = len(scripted_requests)
+        resume = reasoning_pb2.ResumeReasoningRequest(reasoning_id=reasoning.reasoning_id)
+        running = (await stub.ResumeReasoning(resume)).reasoning
+        assert running.status == IN_PROGRESS  # answered at once, running again
+        with pytest.raises(grpc.aio.AioRpcError) as busy:
+            await stub.ResumeReasoning(resume)
+        await events(stub, reasoning.reasoning_id)  # until it ends
+        done = await get(stub, reasoning.reasoning_id)
+        with pytest.raises(grpc.aio.AioRpcError) as finished:
+            await stub.ResumeReasoning(resume)
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await stub.ResumeReasoning(reasoning_pb2.ResumeReasoningRequest(reasoning_id="reas-nope"))
+    assert cancelled.status == CANCELLED and [it.kind for it in cancelled.iterations] == ["draft", "critique"]
+    assert done.status == COMPLETED
+    assert [it.kind for it in done.iterations] == ["draft", "critique", "revision", "critique"]
+    assert list(done.iterations)[:2] == list(cancelled.iterations)
+    assert len(scripted_requests) - calls_before == 2  # the lost revision and the last critique
+    assert done.final_result == WORDS.replace("step", "phase")
+    assert busy.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "running" in busy.value.details()
+    assert (
+        finished.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        and "completed" in finished.value.details()
+    )
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND

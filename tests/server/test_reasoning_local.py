@@ -71,3 +71,36 @@ async def test_every_strategy_completes_with_the_local_model(
     # Stalls, if the small model had any, were reported as they happened.
     stalled = [it for it in reasoning.iterations if it.stuck_indicators]
     assert len([e for e in log if e.type == T.REASONING_EVENT_TYPE_STUCK_DETECTED]) == len(stalled)
+
+
+async def test_sessions_sharing_the_local_model_take_turns_fairly(
+    stub: reasoning_pb2_grpc.ReasoningServiceStub,
+) -> None:
+    """Three sessions at once on the one local model: its turns go round the sessions (A B C A B C …),
+    not one session's steps back to back. Each mixture session of one layer is exactly three steps."""
+    created = [
+        (
+            await stub.CreateReasoning(
+                reasoning_pb2.CreateReasoningRequest(
+                    primary_model=MODEL,
+                    secondary_model=MODEL,
+                    prompt=f"Name a colour and the number {n}.",
+                    collaboration_strategy="mixture",
+                    max_iterations=1,
+                    max_tokens=12,
+                )
+            )
+        ).reasoning.reasoning_id
+        for n in range(3)
+    ]
+    for reasoning_id in created:
+        await events(stub, reasoning_id)  # until each ends
+    steps = []
+    for reasoning_id in created:
+        reasoning = (
+            await stub.GetReasoning(reasoning_pb2.GetReasoningRequest(reasoning_id=reasoning_id))
+        ).reasoning
+        assert reasoning.status == COMPLETED, reasoning.error
+        steps += [(it.created_at.ToNanoseconds(), it.index, reasoning_id) for it in reasoning.iterations]
+    order = [(index, reasoning_id) for _, index, reasoning_id in sorted(steps)]
+    assert order == [(index, reasoning_id) for index in (1, 2, 3) for reasoning_id in created]

@@ -93,6 +93,7 @@ class Reasoning(_message.Message):
     ADDITIONAL_MODELS_FIELD_NUMBER: _builtins.int
     LAST_SEQUENCE_FIELD_NUMBER: _builtins.int
     MAX_TOKENS_FIELD_NUMBER: _builtins.int
+    FILE_DATA_FIELD_NUMBER: _builtins.int
     reasoning_id: _builtins.str
     """Server-assigned id, e.g. "reas-…"."""
     status: _common_pb2.RunStatus.ValueType
@@ -141,6 +142,10 @@ class Reasoning(_message.Message):
     def additional_models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Further models, for strategies that use more than two (mixture proposers, debaters)."""
 
+    @_builtins.property
+    def file_data(self) -> _common_pb2.FileData:
+        """The prompt's attachment, kept so that a resumed session reads what the first run read."""
+
     def __init__(
         self,
         *,
@@ -161,10 +166,11 @@ class Reasoning(_message.Message):
         additional_models: _abc.Iterable[_builtins.str] | None = ...,
         last_sequence: _builtins.int = ...,
         max_tokens: _builtins.int = ...,
+        file_data: _common_pb2.FileData | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "error", b"error", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "error", b"error", "file_data", b"file_data", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["additional_models", b"additional_models", "collaboration_strategy", b"collaboration_strategy", "created_at", b"created_at", "error", b"error", "final_result", b"final_result", "iterations", b"iterations", "last_sequence", b"last_sequence", "max_iterations", b"max_iterations", "max_tokens", b"max_tokens", "primary_model", b"primary_model", "prompt", b"prompt", "reasoning_id", b"reasoning_id", "secondary_model", b"secondary_model", "status", b"status", "system_instruction", b"system_instruction", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["additional_models", b"additional_models", "collaboration_strategy", b"collaboration_strategy", "created_at", b"created_at", "error", b"error", "file_data", b"file_data", "final_result", b"final_result", "iterations", b"iterations", "last_sequence", b"last_sequence", "max_iterations", b"max_iterations", "max_tokens", b"max_tokens", "primary_model", b"primary_model", "prompt", b"prompt", "reasoning_id", b"reasoning_id", "secondary_model", b"secondary_model", "status", b"status", "system_instruction", b"system_instruction", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -526,6 +532,56 @@ class CancelReasoningResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CancelReasoningResponse: _TypeAlias = CancelReasoningResponse  # noqa: Y015
+
+@_typing.final
+class ResumeReasoningRequest(_message.Message):
+    """ResumeReasoningRequest names the session to run again."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASONING_ID_FIELD_NUMBER: _builtins.int
+    WAIT_FIELD_NUMBER: _builtins.int
+    reasoning_id: _builtins.str
+    """Id of the session."""
+    wait: _builtins.bool
+    """Whether to wait for the session to finish before answering."""
+    def __init__(
+        self,
+        *,
+        reasoning_id: _builtins.str = ...,
+        wait: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reasoning_id", b"reasoning_id", "wait", b"wait"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeReasoningRequest: _TypeAlias = ResumeReasoningRequest  # noqa: Y015
+
+@_typing.final
+class ResumeReasoningResponse(_message.Message):
+    """ResumeReasoningResponse carries the session, running again (or finished, if wait was set)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASONING_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reasoning(self) -> Global___Reasoning:
+        """The session."""
+
+    def __init__(
+        self,
+        *,
+        reasoning: Global___Reasoning | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reasoning", b"reasoning"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reasoning", b"reasoning"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeReasoningResponse: _TypeAlias = ResumeReasoningResponse  # noqa: Y015
 
 @_typing.final
 class StreamReasoningEventsRequest(_message.Message):

@@ -56,6 +56,11 @@ class ReasoningServiceStub:
                 request_serializer=aibattle_dot_v1_dot_reasoning__pb2.CancelReasoningRequest.SerializeToString,
                 response_deserializer=aibattle_dot_v1_dot_reasoning__pb2.CancelReasoningResponse.FromString,
                 _registered_method=True)
+        self.ResumeReasoning = channel.unary_unary(
+                '/aibattle.v1.ReasoningService/ResumeReasoning',
+                request_serializer=aibattle_dot_v1_dot_reasoning__pb2.ResumeReasoningRequest.SerializeToString,
+                response_deserializer=aibattle_dot_v1_dot_reasoning__pb2.ResumeReasoningResponse.FromString,
+                _registered_method=True)
         self.StreamReasoningEvents = channel.unary_stream(
                 '/aibattle.v1.ReasoningService/StreamReasoningEvents',
                 request_serializer=aibattle_dot_v1_dot_reasoning__pb2.StreamReasoningEventsRequest.SerializeToString,
@@ -96,6 +101,15 @@ class ReasoningServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResumeReasoning(self, request, context):
+        """Runs an interrupted, failed or cancelled session again from its last committed step. The
+        iterations it has are kept as they are and not paid for again; the step that was in progress
+        when it stopped is done again. FAILED_PRECONDITION for a session that is running or completed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def StreamReasoningEvents(self, request, context):
         """Streams a session's events after a sequence number: first the recorded ones, then live ones.
         """
@@ -125,6 +139,11 @@ def add_ReasoningServiceServicer_to_server(servicer, server):
                     servicer.CancelReasoning,
                     request_deserializer=aibattle_dot_v1_dot_reasoning__pb2.CancelReasoningRequest.FromString,
                     response_serializer=aibattle_dot_v1_dot_reasoning__pb2.CancelReasoningResponse.SerializeToString,
+            ),
+            'ResumeReasoning': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeReasoning,
+                    request_deserializer=aibattle_dot_v1_dot_reasoning__pb2.ResumeReasoningRequest.FromString,
+                    response_serializer=aibattle_dot_v1_dot_reasoning__pb2.ResumeReasoningResponse.SerializeToString,
             ),
             'StreamReasoningEvents': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamReasoningEvents,
@@ -242,6 +261,33 @@ class ReasoningService:
             '/aibattle.v1.ReasoningService/CancelReasoning',
             aibattle_dot_v1_dot_reasoning__pb2.CancelReasoningRequest.SerializeToString,
             aibattle_dot_v1_dot_reasoning__pb2.CancelReasoningResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeReasoning(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aibattle.v1.ReasoningService/ResumeReasoning',
+            aibattle_dot_v1_dot_reasoning__pb2.ResumeReasoningRequest.SerializeToString,
+            aibattle_dot_v1_dot_reasoning__pb2.ResumeReasoningResponse.FromString,
             options,
             channel_credentials,
             insecure,

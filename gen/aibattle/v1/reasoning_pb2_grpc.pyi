@@ -43,6 +43,11 @@ class ReasoningServiceStub:
     """Lists the caller's reasoning sessions, newest first, a page at a time."""
     CancelReasoning: _grpc.UnaryUnaryMultiCallable[_reasoning_pb2.CancelReasoningRequest, _reasoning_pb2.CancelReasoningResponse]
     """Cancels a running session; iterations recorded so far are kept."""
+    ResumeReasoning: _grpc.UnaryUnaryMultiCallable[_reasoning_pb2.ResumeReasoningRequest, _reasoning_pb2.ResumeReasoningResponse]
+    """Runs an interrupted, failed or cancelled session again from its last committed step. The
+    iterations it has are kept as they are and not paid for again; the step that was in progress
+    when it stopped is done again. FAILED_PRECONDITION for a session that is running or completed.
+    """
     StreamReasoningEvents: _grpc.UnaryStreamMultiCallable[_reasoning_pb2.StreamReasoningEventsRequest, _reasoning_pb2.StreamReasoningEventsResponse]
     """Streams a session's events after a sequence number: first the recorded ones, then live ones."""
 
@@ -61,6 +66,11 @@ class ReasoningServiceAsyncStub(ReasoningServiceStub):
     """Lists the caller's reasoning sessions, newest first, a page at a time."""
     CancelReasoning: _aio.UnaryUnaryMultiCallable[_reasoning_pb2.CancelReasoningRequest, _reasoning_pb2.CancelReasoningResponse]  # type: ignore[assignment]
     """Cancels a running session; iterations recorded so far are kept."""
+    ResumeReasoning: _aio.UnaryUnaryMultiCallable[_reasoning_pb2.ResumeReasoningRequest, _reasoning_pb2.ResumeReasoningResponse]  # type: ignore[assignment]
+    """Runs an interrupted, failed or cancelled session again from its last committed step. The
+    iterations it has are kept as they are and not paid for again; the step that was in progress
+    when it stopped is done again. FAILED_PRECONDITION for a session that is running or completed.
+    """
     StreamReasoningEvents: _aio.UnaryStreamMultiCallable[_reasoning_pb2.StreamReasoningEventsRequest, _reasoning_pb2.StreamReasoningEventsResponse]  # type: ignore[assignment]
     """Streams a session's events after a sequence number: first the recorded ones, then live ones."""
 
@@ -100,6 +110,17 @@ class ReasoningServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_reasoning_pb2.CancelReasoningResponse, _abc.Awaitable[_reasoning_pb2.CancelReasoningResponse]]:
         """Cancels a running session; iterations recorded so far are kept."""
+
+    @_abc_1.abstractmethod
+    def ResumeReasoning(
+        self,
+        request: _reasoning_pb2.ResumeReasoningRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_reasoning_pb2.ResumeReasoningResponse, _abc.Awaitable[_reasoning_pb2.ResumeReasoningResponse]]:
+        """Runs an interrupted, failed or cancelled session again from its last committed step. The
+        iterations it has are kept as they are and not paid for again; the step that was in progress
+        when it stopped is done again. FAILED_PRECONDITION for a session that is running or completed.
+        """
 
     @_abc_1.abstractmethod
     def StreamReasoningEvents(

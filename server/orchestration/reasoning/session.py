@@ -12,6 +12,12 @@ all of them:
 
 A step is either committed whole or not at all, so a session that dies mid-step keeps every earlier
 iteration and loses only the step in progress.
+
+Resuming (ResumeReasoning) replays: `rewind` turns the committed iterations into a journal, and the
+strategy runs again from the start. While the journal lasts, `generate` answers each call with the
+recorded step instead of calling a model and `record` re-appends it without committing or emitting
+anything; strategies decide only from replies, so they reach the same point, and the first call past
+the journal is the step that was lost. Nothing is paid for twice and the event log gains no copies.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
+import grpc
 from google.protobuf import timestamp_pb2
 
 from aibattle.v1 import common_pb2, reasoning_pb2
@@ -103,6 +110,19 @@ class Session:
     cancel_requested: bool = False
     drafts: dict[str, list[str]] = field(default_factory=dict)
     critiques: list[str] = field(default_factory=list)
+    journal: list[reasoning_pb2.ReasoningIteration] = field(default_factory=list)
+    """Committed iterations still to replay (see the module docstring), oldest first."""
+
+    def rewind(self) -> None:
+        """Prepare a resumed run: the iterations become the journal; usage is rebuilt by the replay."""
+        self.journal = [
+            reasoning_pb2.ReasoningIteration.FromString(i.SerializeToString())
+            for i in self.reasoning.iterations
+        ]
+        del self.reasoning.iterations[:]
+        self.reasoning.ClearField("usage")
+        self.reasoning.ClearField("final_result")
+        self.reasoning.ClearField("error")
 
     @property
     def id(self) -> str:
@@ -156,6 +176,9 @@ class Session:
 
     async def generate(self, seat: Seat, prompt: str, *, max_tokens: int | None = None) -> Reply:
         """One call of the seat's model, its deltas committed as TOKEN/THINKING events in batches."""
+        if self.journal:
+            step = self.journal[0]
+            return Reply(step.content, step.model, step.usage)
         model, _ = self.registry.get(seat.model)
         request = self._request(seat, prompt, max_tokens)
         index = len(self.reasoning.iterations) + 1
@@ -213,6 +236,8 @@ class Session:
     ) -> reasoning_pb2.ReasoningIteration:
         """Append an iteration and commit it with NEW_ITERATION, then STUCK_DETECTED and HANDOFF (from
         `handoff_from`, by default the step's own seat, to `handoff_to`)."""
+        if self.journal:
+            return self._replayed(seat, kind, reply)
         iteration = self.reasoning.iterations.add(
             model=reply.model,
             content=reply.text,
@@ -245,6 +270,22 @@ class Session:
                 )
             )
         await self.commit(events)
+        return iteration
+
+    def _replayed(self, seat: Seat, kind: str, reply: Reply) -> reasoning_pb2.ReasoningIteration:
+        """A journal step re-appended as it was committed (no commit, no events)."""
+        step = self.journal.pop(0)
+        if step.kind != kind:
+            # Only a change of strategy code between runs can get here: say so rather than guess.
+            raise ApiError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "NOT_RESUMABLE",
+                f"reasoning {self.id!r} cannot be resumed: step {step.index} was a {step.kind!r}, the"
+                f" strategy now asks for a {kind!r}",
+            )
+        iteration = self.reasoning.iterations.add()
+        iteration.CopyFrom(step)
+        self._add_usage(seat, reply)
         return iteration
 
     def _add_usage(self, seat: Seat, reply: Reply) -> None:
