@@ -1,12 +1,19 @@
 """CORS from an allow-list: preflights answered here, response headers added on every allowed response.
 
 An empty allow-list (the default) sends no CORS headers at all: browsers on other origins are refused,
-same-origin pages (such as /docs) work. WebSocket upgrades, which CORS does not cover, are checked
-against the same list (cross-site WebSocket hijacking).
+same-origin pages (such as /docs) work. CORS alone does not stop a page from *sending* a "simple"
+request (a form-like POST needs no preflight), so a request that can change something (any method but
+GET, HEAD and OPTIONS) from a foreign Origin is refused before it runs; WebSocket upgrades, which CORS
+does not cover, are checked against the same list (cross-site WebSocket hijacking).
+
+DNS rebinding: a page on attacker.example whose name later resolves to 127.0.0.1 is same-origin with
+us as far as the browser knows. A gateway listening on a loopback address therefore answers only to
+loopback host names (localhost, *.localhost, 127.0.0.1, [::1]) in `Host`, as local dev servers do.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Sequence
 
@@ -23,14 +30,15 @@ from gateway.web_state import STATE
 _TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 _ALWAYS_EXPOSED = (REQUEST_ID_HEADER, "Retry-After", "WWW-Authenticate")
 _MAX_AGE = "600"
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def origin_allowed(origin: str, allowed: Sequence[str]) -> bool:
     return "*" in allowed or origin in allowed
 
 
-def websocket_origin_allowed(request: web.Request, allowed: Sequence[str]) -> bool:
-    """Non-browser clients send no Origin; browsers may connect from this host or an allowed origin."""
+def same_or_allowed_origin(request: web.Request, allowed: Sequence[str]) -> bool:
+    """No Origin (not a browser), this host's own origin, or an allowed one."""
     origin = request.headers.get("Origin")
     if origin is None or origin_allowed(origin, allowed):
         return True
@@ -40,21 +48,58 @@ def websocket_origin_allowed(request: web.Request, allowed: Sequence[str]) -> bo
         return False
 
 
+def _on_loopback(request: web.Request) -> bool:
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    if not isinstance(sockname, tuple) or not sockname:
+        return False  # a Unix socket or a test transport: no browser can rebind a name to it
+    try:
+        return ipaddress.ip_address(str(sockname[0]).split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def host_allowed(request: web.Request) -> bool:
+    """On a loopback listener, only loopback names in Host (see the module docstring)."""
+    if not _on_loopback(request):
+        return True
+    try:
+        host = (URL(f"http://{request.host}").host or "").lower().strip("[]")
+    except ValueError:
+        return False
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _forbidden(reason: str, message: str) -> ApiError:
+    return ApiError(grpc.StatusCode.PERMISSION_DENIED, reason, message, http_status=403)
+
+
 @web.middleware
 async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Answer CORS preflights for allowed origins; refuse them for others."""
+    """Refuse foreign Hosts on loopback and state-changing requests from foreign origins; answer CORS
+    preflights for allowed origins."""
+    if not host_allowed(request):
+        raise _forbidden(
+            "HOST_NOT_ALLOWED",
+            f"host {request.host!r} is not a loopback name; this gateway listens on loopback only",
+        )
     origin = request.headers.get("Origin")
+    state = request.app[STATE]
+    if (
+        origin is not None
+        and request.method not in _SAFE_METHODS
+        and not same_or_allowed_origin(request, state.options.cors_origins)
+    ):
+        raise _forbidden("ORIGIN_NOT_ALLOWED", f"origin {origin!r} is not allowed")
     requested = request.headers.get("Access-Control-Request-Method")
     if request.method != "OPTIONS" or origin is None or requested is None:
         return await handler(request)
-    state = request.app[STATE]
     if not origin_allowed(origin, state.options.cors_origins):
-        raise ApiError(
-            grpc.StatusCode.PERMISSION_DENIED,
-            "ORIGIN_NOT_ALLOWED",
-            f"origin {origin!r} is not allowed",
-            http_status=403,
-        )
+        raise _forbidden("ORIGIN_NOT_ALLOWED", f"origin {origin!r} is not allowed")
     methods = state.allowed_methods(request.rel_url.raw_path)
     if not methods:
         raise route_not_found(request.rel_url.raw_path)

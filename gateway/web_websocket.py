@@ -39,7 +39,7 @@ from gateway.relay import relay
 from gateway.router import Match
 from gateway.routes import Route
 from gateway.transcode import decode_request, dumps, error_frame, parse_json, response_json, result_frame
-from gateway.web_cors import websocket_origin_allowed
+from gateway.web_cors import same_or_allowed_origin
 from gateway.web_state import STATE, CallContext, call_context
 from gateway.ws_dialects import (
     AUTH,
@@ -69,7 +69,7 @@ async def handle_websocket(request: web.Request, match: Match) -> web.StreamResp
     """Upgrade, pick the dialect, then relay between the client's frames and the upstream call."""
     state = request.app[STATE]
     options = state.options
-    if not websocket_origin_allowed(request, options.cors_origins):
+    if not same_or_allowed_origin(request, options.cors_origins):
         raise ApiError(
             grpc.StatusCode.PERMISSION_DENIED,
             "ORIGIN_NOT_ALLOWED",

@@ -23,6 +23,7 @@ from gateway.compat.core import (
     ChatParams,
     chat_messages,
     create_completion,
+    get_model,
     list_models,
     optional_bool,
     optional_int,
@@ -94,7 +95,9 @@ async def generate(request: web.Request) -> web.StreamResponse:
     body = await read_object(request)
     params = _params(body, prompt=optional_str(body, "prompt") or "")
     if not params.prompt:
-        # Ollama's "load the model" call: nothing to generate.
+        # Ollama's "load the model" call: nothing to generate, but the model must exist for this
+        # caller (GetModel checks the key and its models, as a generation would).
+        await get_model(request, params.model)
         return web.json_response(
             {"model": params.model, "created_at": _now(), "response": "", "done": True, "done_reason": "load"}
         )

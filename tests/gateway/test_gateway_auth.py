@@ -327,6 +327,16 @@ async def test_ollama_client_errors(gw: Any, base: str) -> None:
         assert caught.value.status_code == 403
         tags = await client.list()
         assert [m.model for m in tags.models] == ["scripted-echo"]
+        # The "load the model" call (an empty prompt) generates nothing but is checked all the same.
+        loaded = await client.generate(model="scripted-echo", prompt="")
+        assert loaded.done_reason == "load"
+        with pytest.raises(ollama.ResponseError) as caught:
+            await client.generate(model="scripted-slow", prompt="")
+        assert caught.value.status_code == 403
+    async with ollama.AsyncClient(host=base) as nobody:
+        with pytest.raises(ollama.ResponseError) as caught:
+            await nobody.generate(model="scripted-echo", prompt="")
+        assert caught.value.status_code == 401
 
 
 def test_grpc_status_codes_map_to_the_http_statuses_the_clients_expect() -> None:

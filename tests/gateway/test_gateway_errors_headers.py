@@ -195,6 +195,33 @@ async def test_no_cors_headers_by_default(client: Any) -> None:
     assert "Access-Control-Allow-Origin" not in resp.headers
 
 
+async def test_a_foreign_page_cannot_send_a_state_changing_request(client: Any) -> None:
+    """A cross-site form-like POST needs no preflight: it is refused before it runs, not after."""
+    body = {"code": 5, "message": "reached the upstream"}
+    for headers in ({"Origin": "http://evil.example"}, {"Origin": "null"}):
+        refused = await client.post("/v1/fail", json=body, headers=headers)
+        assert refused.status == 403, headers
+        assert (await refused.json())["details"][0]["reason"] == "ORIGIN_NOT_ALLOWED"
+    # This host's own pages (such as /docs) and non-browser clients (no Origin) are served.
+    own = f"http://{client.server.host}:{client.server.port}"
+    assert (await client.post("/v1/fail", json=body, headers={"Origin": own})).status == 404
+    assert (await client.post("/v1/fail", json=body)).status == 404
+    # Reading is not refused: CORS keeps the answer from a foreign page.
+    assert (
+        await client.get("/v1/shelves/s/books/b", headers={"Origin": "http://evil.example"})
+    ).status == 200
+
+
+async def test_a_loopback_gateway_answers_only_to_loopback_host_names(client: Any) -> None:
+    """DNS rebinding: attacker.example resolved to 127.0.0.1 is same-origin to the browser, not to us."""
+    port = client.server.port
+    rebound = await client.get("/v1/shelves/s/books/b", headers={"Host": f"attacker.example:{port}"})
+    assert rebound.status == 403
+    assert (await rebound.json())["details"][0]["reason"] == "HOST_NOT_ALLOWED"
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"app.localhost:{port}", f"[::1]:{port}"):
+        assert (await client.get("/v1/shelves/s/books/b", headers={"Host": host})).status == 200, host
+
+
 async def test_unexpected_failure_is_generic_500(client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("secret internals")
