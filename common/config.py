@@ -9,6 +9,7 @@ pydantic v2 reports every problem in one pass with its full key path, has the co
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -69,10 +70,19 @@ def validate(
         raise ConfigError([_line(error, source, prefix, names or {}) for error in exc.errors()]) from None
 
 
+#: Keys whose values are never repeated in an error, even when they have the wrong type.
+_SECRET_KEY = re.compile(r"key|secret|token|password", re.IGNORECASE)
+
+
 def _line(error: ErrorDetails, source: str, prefix: tuple[str | int, ...], names: Mapping[Any, str]) -> str:
     loc = prefix + tuple(error["loc"])
     message = error["msg"]
-    if not error["type"].startswith("config_") and error["type"] not in ("missing", "extra_forbidden"):
+    secret = any(isinstance(part, str) and _SECRET_KEY.search(part) for part in loc)
+    if (
+        not secret
+        and not error["type"].startswith("config_")
+        and error["type"] not in ("missing", "extra_forbidden")
+    ):
         shown = repr(error["input"])
         message += f", got {shown if len(shown) <= 60 else shown[:57] + '...'}"
     for length in range(len(loc), 0, -1):

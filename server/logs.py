@@ -45,3 +45,6 @@ def configure(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # aiosqlite logs every statement with its parameters at DEBUG: key hashes, prompts, replies. No
+    # log level of ours turns that on.
+    logging.getLogger("aiosqlite").setLevel(max(logging.INFO, root.level))

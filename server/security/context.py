@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from common.errors import PermissionDenied
+from server.security.keys import check_usable
 
 if TYPE_CHECKING:
     from server.security.limits import Limiter
@@ -77,3 +78,23 @@ def check_model(model_id: str) -> None:
             f"this API key may not use model {model_id!r}",
             metadata={"model": model_id},
         )
+
+
+async def check_still_usable(caller: Caller) -> None:
+    """A long-lived call (a Converse socket, a conversation's or session's background run) outlives the
+    check made when it began: its key may have been revoked or have expired since. Checked again before
+    each further request it carries and each model call it makes (one primary-key read)."""
+    if caller.keys is None or caller.admin or not caller.key_id:
+        return
+    check_usable(await caller.keys.get_key(caller.key_id), caller.key_id)
+
+
+async def admit_request() -> None:
+    """One more request carried by a call that carries many (a Converse frame): the key is checked
+    again and the request counts against its rpm, as a separate call's would."""
+    caller = current()
+    if caller is None:
+        return
+    await check_still_usable(caller)
+    if caller.limited and caller.limiter is not None:
+        await caller.limiter.take_request(caller)

@@ -17,7 +17,6 @@ The caller is set in a context variable for the handler (and any task it starts)
 from __future__ import annotations
 
 import inspect
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -126,10 +125,7 @@ class AuthInterceptor(AsyncServerInterceptor):
         # One answer for "no such key" and "wrong secret": the difference would help a guesser.
         if row is None or not keys.same_secret(secret, row.secret_hash):
             raise Unauthenticated("API_KEY_INVALID", f"the API key is not valid: {_HOW}")
-        if row.revoked_at is not None:
-            raise Unauthenticated("API_KEY_REVOKED", f"API key {row.key_id} was revoked")
-        if row.expire_time is not None and row.expire_time <= time.time():
-            raise Unauthenticated("API_KEY_EXPIRED", f"API key {row.key_id} has expired")
+        keys.check_usable(row, row.key_id)
         return caller_of(row, self._limiter, self._keys)
 
 

@@ -12,6 +12,13 @@ import hashlib
 import hmac
 import re
 import secrets
+import time
+from typing import TYPE_CHECKING
+
+from common.errors import Unauthenticated
+
+if TYPE_CHECKING:
+    from server.storage import KeyRow
 
 PREFIX = "aib_"
 _SECRET = re.compile(r"aib_(k[0-9a-f]{16})_[A-Za-z0-9_-]{43}")
@@ -42,3 +49,11 @@ def same_secret(presented: str, stored_hash: bytes) -> bool:
 def is_admin(presented: str, admin_key: str) -> bool:
     """Constant-time in the key's content and length (both sides hashed first)."""
     return bool(admin_key) and hmac.compare_digest(hash_secret(presented), hash_secret(admin_key))
+
+
+def check_usable(row: KeyRow | None, key_id: str) -> None:
+    """UNAUTHENTICATED unless the key still exists, is not revoked and has not expired."""
+    if row is None or row.revoked_at is not None:
+        raise Unauthenticated("API_KEY_REVOKED", f"API key {key_id} was revoked")
+    if row.expire_time is not None and row.expire_time <= time.time():
+        raise Unauthenticated("API_KEY_EXPIRED", f"API key {key_id} has expired")

@@ -33,12 +33,13 @@ class Limiter(Protocol):
         """One request against the key's rpm."""
         ...
 
-    async def check_tokens(self, caller: Caller) -> None:
-        """Refuse a model call while the key's tpm bucket is empty (spent by earlier calls)."""
+    async def reserve_tokens(self, caller: Caller, tokens: int) -> int:
+        """Take a call's worst-case tokens from the tpm bucket before it starts, or refuse; returns
+        what was taken (at most the bucket's capacity: a call bigger than the burst needs it full)."""
         ...
 
-    async def spend_tokens(self, caller: Caller, tokens: int) -> None:
-        """Take a finished call's tokens from the tpm bucket (it may go below zero: a debt)."""
+    async def settle_tokens(self, caller: Caller, reserved: int, used: int) -> None:
+        """Give back what a finished call reserved and did not use (or take what it used beyond)."""
         ...
 
     async def open_stream(self, caller: Caller) -> None: ...
@@ -102,21 +103,26 @@ class MemoryLimiter:
             )
         bucket.level -= 1
 
-    async def check_tokens(self, caller: Caller) -> None:
+    async def reserve_tokens(self, caller: Caller, tokens: int) -> int:
         if not caller.tpm:
-            return
+            return 0
         bucket = self._bucket(caller, "tpm", caller.tpm)
-        if bucket.level < 1:
+        needed = min(float(tokens), bucket.capacity)
+        if bucket.level < needed:
             raise LimitExceeded(
                 "TOKEN_RATE_LIMITED",
-                f"this API key's limit of {caller.tpm} tokens per minute is reached",
+                f"this API key's limit of {caller.tpm} tokens per minute is reached: this call may use"
+                f" up to {tokens} tokens, {max(0, math.floor(bucket.level))} are available now",
                 limit="tpm",
-                retry_after=_seconds(bucket.wait_for(1)),
+                retry_after=_seconds(bucket.wait_for(needed)),
             )
+        bucket.level -= needed
+        return math.ceil(needed)
 
-    async def spend_tokens(self, caller: Caller, tokens: int) -> None:
-        if caller.tpm and tokens:
-            self._bucket(caller, "tpm", caller.tpm).level -= tokens
+    async def settle_tokens(self, caller: Caller, reserved: int, used: int) -> None:
+        if caller.tpm:
+            # Below zero is a debt: a call larger than the burst is paid back before the next one.
+            self._bucket(caller, "tpm", caller.tpm).level += reserved - used
 
     async def open_stream(self, caller: Caller) -> None:
         if not caller.max_concurrent_streams:

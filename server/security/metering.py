@@ -1,16 +1,19 @@
 """Around every model call: hard limits, then the caller's token rate and budget.
 
-`MeteredProvider` wraps each provider in the registry's chains, so every model call (a completion,
-a conversation's turn, a reasoning step, each fallback) passes here, in the task of the call (or of
-the background run it started), where the caller is known.
+`MeteredProvider` wraps each provider in the registry's chains, so every model call (a completion, a
+conversation's turn, a reasoning step, each fallback) passes here, in the task of the call (or of the
+background run it started), where the caller is known.
 
-Budget (exact under concurrency): before the call, its worst case is reserved: prompt tokens bounded
-by the prompt's UTF-8 bytes plus a template allowance (a token covers at least one byte) and by the
-model's context_length, plus max_tokens, at the model's pricing. A call that the budget cannot cover
-with every call in flight counted at its worst case is refused before it starts, so N simultaneous
-first requests never spend more than the budget. After the call the reservation is settled at the
-cost of its reported usage. A call that fails before its first token costs nothing; one cut short
-after it (usage unknown) is charged its reservation.
+Budget and token rate (exact under concurrency): before the call, its worst case is reserved: prompt
+tokens bounded by the prompt's UTF-8 bytes (a token covers at least one byte) plus an allowance for what
+a chat template adds (role markers, a default system prompt such as SmolLM2's) and by the model's
+context_length, plus max_tokens; tokens from the tpm bucket, dollars at the model's pricing. A call that
+the budget cannot cover with every call in flight counted at its worst case is refused before it starts,
+so N simultaneous first requests never spend more than the budget. After the call the reservation is
+settled at the cost of its reported usage (and the tokens it did not use go back to the bucket); a
+provider that reports more than the bound allows is logged, and charged what it reports. A call that
+fails before its first token costs nothing; one cut short after it (usage unknown) is charged its
+reservation.
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ from server.security import context
 
 log = logging.getLogger(__name__)
 
-#: Tokens a chat template may add per message (role markers), and per request.
+#: Tokens a chat template may add per message (role markers), and per request (a default system
+#: prompt: SmolLM2's is about 20 tokens; Ollama Modelfiles may add longer ones, hence the margin).
 TEMPLATE_TOKENS_PER_MESSAGE = 8
-TEMPLATE_TOKENS = 16
+TEMPLATE_TOKENS = 128
 
 
 def prompt_bound(model: ModelConfig, request: ChatRequest) -> int:
@@ -72,6 +76,8 @@ class MeteredProvider:
     async def stream(self, model: ModelConfig, request: ChatRequest) -> AsyncGenerator[StreamItem, None]:
         check_request(model, request, max_prompt_chars=self._max_prompt_chars)
         caller = context.current()
+        if caller is not None:
+            await context.check_still_usable(caller)  # a background run outlives its key's revocation
         if caller is None or caller.limiter is None or caller.admin:
             async with aclosing(self.inner.stream(model, request)) as items:
                 async for item in items:
@@ -80,8 +86,12 @@ class MeteredProvider:
         limiter = caller.limiter
         worst = Usage(prompt_tokens=prompt_bound(model, request), completion_tokens=request.max_tokens)
         reserved = model.cost_usd(worst.prompt_tokens, worst.completion_tokens)
-        await limiter.check_tokens(caller)
         await limiter.reserve(caller, reserved)
+        try:
+            tokens = await limiter.reserve_tokens(caller, worst.total_tokens)
+        except BaseException:
+            await limiter.settle(caller, reserved, 0.0)
+            raise
         started = False
         charged: Usage | None = None
         try:
@@ -97,9 +107,17 @@ class MeteredProvider:
             cost = (
                 0.0 if charged is None else model.cost_usd(charged.prompt_tokens, charged.completion_tokens)
             )
+            if charged is not None and charged.prompt_tokens > worst.prompt_tokens:
+                log.warning(
+                    "usage above the reserved bound",
+                    extra={
+                        "model": model.id,
+                        "prompt_tokens": charged.prompt_tokens,
+                        "bound": worst.prompt_tokens,
+                    },
+                )
             await limiter.settle(caller, reserved, cost)
-            if charged is not None:
-                await limiter.spend_tokens(caller, charged.total_tokens)
+            await limiter.settle_tokens(caller, tokens, 0 if charged is None else charged.total_tokens)
             if cost and caller.keys is not None:
                 try:
                     await caller.keys.add_key_spend(caller.key_id, cost)

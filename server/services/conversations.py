@@ -11,8 +11,9 @@ import grpc
 from aibattle.v1 import conversations_pb2 as pb
 from aibattle.v1 import conversations_pb2_grpc
 from common import bounds
-from common.errors import ApiError, InvalidArgument
+from common.errors import ApiError, InvalidArgument, Unauthenticated
 from server.orchestration.conversation import Conversations
+from server.security import context as caller_context
 
 
 class ConversationServicer(conversations_pb2_grpc.ConversationServiceServicer):
@@ -89,14 +90,18 @@ class ConversationServicer(conversations_pb2_grpc.ConversationServiceServicer):
         await self._conversations.get(cid)  # NOT_FOUND (or INVALID_ARGUMENT) before anything else
         out: asyncio.Queue[pb.ConverseResponse | int] = asyncio.Queue()
 
-        async def act(frame: pb.ConverseRequest) -> None:
+        async def act(frame: pb.ConverseRequest, *, later: bool = True) -> None:
             try:
+                if later:  # the call itself was admitted with its first frame
+                    await caller_context.admit_request()
                 await self._act(cid, frame)
+            except Unauthenticated:
+                raise  # the key was revoked or expired meanwhile: the call ends
             except ApiError as exc:
                 await out.put(pb.ConverseResponse(rejected=exc.to_status()))
 
         async def read() -> None:
-            await act(first)
+            await act(first, later=False)
             async for frame in request_iterator:
                 await act(frame)
             await out.put(await self._conversations.settled(cid))  # the last sequence to send

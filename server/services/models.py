@@ -9,6 +9,7 @@ from common.errors import InvalidArgument
 from server.config import ModelConfig
 from server.pagination import paginate
 from server.providers.registry import ModelRegistry
+from server.security import context as caller_context
 
 
 def model_proto(model: ModelConfig) -> models_pb2.Model:
@@ -20,7 +21,8 @@ def model_proto(model: ModelConfig) -> models_pb2.Model:
         pricing=models_pb2.Pricing(input=model.pricing_input, output=model.pricing_output),
         upstream_model=model.upstream_model or model.id,
         display_name=model.display_name or model.id,
-        fallbacks=model.fallbacks,
+        # A restricted key learns nothing of the models it may not use, fallbacks included.
+        fallbacks=[f for f in model.fallbacks if caller_context.may_use(f)],
     )
 
 

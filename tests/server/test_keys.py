@@ -320,6 +320,89 @@ async def test_tokens_per_minute(channel: grpc.aio.Channel) -> None:
     assert (retry_seconds(error) or 0) >= 1
 
 
+async def test_tokens_per_minute_hold_under_concurrency(channel: grpc.aio.Channel) -> None:
+    """Tokens are reserved before a call (its worst case, at most the whole bucket), not counted after
+    it: ten calls started together cannot all pass an empty-looking bucket."""
+    _, secret = await new_key(channel, tpm=10)  # a bucket of 20; each call may use far more
+    stub = completions_pb2_grpc.CompletionServiceStub(channel)
+    results = await asyncio.gather(
+        *(stub.CreateCompletion(completion(max_tokens=8), metadata=bearer(secret)) for _ in range(10)),
+        return_exceptions=True,
+    )
+    done = [r for r in results if isinstance(r, completions_pb2.CreateCompletionResponse)]
+    refusals = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert len(done) == 1 and len(refusals) == 9
+    assert {error_info(e).reason for e in refusals} == {"TOKEN_RATE_LIMITED"}
+    assert all((retry_seconds(e) or 0) >= 1 for e in refusals)
+
+
+async def test_a_revoked_key_stops_its_running_work(
+    channel: grpc.aio.Channel, server: AIBattleServer
+) -> None:
+    """A conversation's background run and a Converse call outlive the check made when they began:
+    the key is checked again before every model call and every further frame."""
+    key, secret = await new_key(channel)
+    stub = conversations_pb2_grpc.ConversationServiceStub(channel)
+    seats = [conversations_pb2.Participant(id="scripted-slow", role=r) for r in ("a", "b")]
+    conv = (
+        await stub.CreateConversation(
+            conversations_pb2.CreateConversationRequest(
+                models=seats, mode="ai-ai", initial_prompt="Go", rounds=3
+            ),
+            metadata=bearer(secret),
+        )
+    ).conversation
+    watch = stub.StreamConversationEvents(
+        conversations_pb2.StreamConversationEventsRequest(conversation_id=conv.conversation_id),
+        metadata=bearer(secret),
+    )
+    async for response in watch:  # the first turn is under way
+        if response.event.type == conversations_pb2.CONVERSATION_EVENT_TYPE_TOKEN:
+            break
+    watch.cancel()
+    keys = keys_pb2_grpc.KeyServiceStub(channel)
+    await keys.RevokeKey(keys_pb2.RevokeKeyRequest(key_id=key.key_id), metadata=ADMIN)
+    for _ in range(300):  # bounded: the turn under way ends, the next one is refused
+        if not server.runs.running(conv.conversation_id):
+            break
+        await asyncio.sleep(0.05)
+    stored = await server.store.get(conv.conversation_id, kind="conversation")
+    assert stored is not None
+    ended = conversations_pb2.Conversation.FromString(stored.body)
+    assert stored.status == common_pb2.RUN_STATUS_FAILED
+    assert "revoked" in ended.error.message
+    assert len([m for m in ended.messages if m.role in ("a", "b")]) == 2  # "Go" and the one turn
+
+    # A Converse socket opened before the revocation: its next frame ends the call.
+    key, secret = await new_key(channel)
+    human = [
+        conversations_pb2.Participant(id="scripted-echo", role="human"),
+        conversations_pb2.Participant(id="scripted-echo", role="assistant"),
+    ]
+    conv = (
+        await stub.CreateConversation(
+            conversations_pb2.CreateConversationRequest(models=human, initial_prompt="Hi", auto_run=False),
+            metadata=bearer(secret),
+        )
+    ).conversation
+    call = stub.Converse(metadata=bearer(secret), timeout=HANG)
+    await call.write(conversations_pb2.ConverseRequest(conversation_id=conv.conversation_id))
+    assert (await call.read()).event.sequence == 1  # connected, replaying
+    await keys.RevokeKey(keys_pb2.RevokeKeyRequest(key_id=key.key_id), metadata=ADMIN)
+    await call.write(
+        conversations_pb2.ConverseRequest(
+            message=conversations_pb2.ConverseMessage(content="more", role="human")
+        )
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        while await call.read() != grpc.aio.EOF:
+            pass
+    assert (caught.value.code(), error_info(caught.value).reason) == (
+        grpc.StatusCode.UNAUTHENTICATED,
+        "API_KEY_REVOKED",
+    )
+
+
 async def test_concurrent_streams(channel: grpc.aio.Channel) -> None:
     _, secret = await new_key(channel, max_concurrent_streams=1)
     stub = completions_pb2_grpc.CompletionServiceStub(channel)
@@ -374,8 +457,9 @@ async def test_budget_holds_exactly_under_50_concurrent_requests(
 
 async def test_budget_reserves_the_worst_case_and_charges_the_real_cost(channel: grpc.aio.Channel) -> None:
     # scripted-echo: $0.001 per prompt token, $0.002 per generated one, 8 words a reply. "hi" reserves
-    # (2 bytes + 24 template tokens) * 0.001 + 8 * 0.002 = $0.042 and costs 1 * 0.001 + 8 * 0.002 = $0.017.
-    key, secret = await new_key(channel, budget_usd=0.1)
+    # (2 bytes + 8 + 128 template tokens) * 0.001 + 8 * 0.002 = $0.154 and costs 1 * 0.001 + 8 * 0.002
+    # = $0.017.
+    key, secret = await new_key(channel, budget_usd=0.2)
     stub = completions_pb2_grpc.CompletionServiceStub(channel)
     request = completion(max_tokens=8)
     costs = []
@@ -384,12 +468,12 @@ async def test_budget_reserves_the_worst_case_and_charges_the_real_cost(channel:
             costs.append((await stub.CreateCompletion(request, metadata=bearer(secret))).usage.cost_usd)
         except grpc.aio.AioRpcError as error:
             assert error_info(error).reason == "BUDGET_EXCEEDED"
-            assert "$0.068 spent" in (error.details() or "") and "up to $0.042" in (error.details() or "")
+            assert "$0.051 spent" in (error.details() or "") and "up to $0.154" in (error.details() or "")
             break
-    # Four fit; a fifth could cost up to $0.042 and only $0.032 is left, so it is refused.
-    assert costs == [pytest.approx(0.017)] * 4
+    # Three fit; a fourth could cost up to $0.154 and only $0.149 is left, so it is refused.
+    assert costs == [pytest.approx(0.017)] * 3
     listed = await keys_pb2_grpc.KeyServiceStub(channel).ListKeys(keys_pb2.ListKeysRequest(), metadata=ADMIN)
-    assert [k.spent_usd for k in listed.keys if k.key_id == key.key_id] == [pytest.approx(0.068)]
+    assert [k.spent_usd for k in listed.keys if k.key_id == key.key_id] == [pytest.approx(0.051)]
 
 
 async def test_the_budget_covers_the_turns_of_a_conversation(

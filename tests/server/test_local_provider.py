@@ -13,6 +13,7 @@ from common.errors import ApiError, DeadlineExceeded
 from server.config import LocalProviderConfig, ModelConfig
 from server.providers.base import Attachment, ChatMessage, ChatRequest, Delta, Finish, Role, StreamItem
 from server.providers.local import LocalProvider
+from server.security.metering import prompt_bound
 
 pytestmark = pytest.mark.slow
 MODEL = ModelConfig(id="smollm2-135m", provider="local")
@@ -120,3 +121,26 @@ async def test_non_text_attachment_is_refused_not_dropped(local: LocalProvider) 
     assert caught.value.reason == "CAPABILITY_MISSING"
     assert "'image'" in caught.value.message
     assert not local.generating
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        (ChatMessage(Role.USER, "hi"),),  # the chat template's default system prompt is most of it
+        (ChatMessage(Role.SYSTEM, "Be brief."), ChatMessage(Role.USER, "Name a colour.")),
+        (
+            ChatMessage(Role.USER, "Ünïcödé ✓ 数学"),
+            ChatMessage(Role.ASSISTANT, "ok"),
+            ChatMessage(Role.USER, "again"),
+        ),
+    ],
+)
+async def test_the_budgets_prompt_bound_holds_for_the_real_template(
+    local: LocalProvider, messages: tuple[ChatMessage, ...]
+) -> None:
+    """Budgets reserve `prompt_bound` before a call (server/security/metering.py): the real model's
+    prompt, chat template included, must never count more tokens than that bound."""
+    request = ChatRequest(messages=messages, max_tokens=1, temperature=0.0)
+    items = await asyncio.wait_for(drain(local.stream(MODEL, request)), HANG)
+    assert isinstance(items[-1], Finish)
+    assert 0 < items[-1].usage.prompt_tokens <= prompt_bound(MODEL, request)
