@@ -10,6 +10,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -157,7 +158,7 @@ async def test_open_server_has_no_key_service() -> None:
 # ---- configuration
 
 
-def test_the_admin_key_is_never_shown_by_the_configuration() -> None:
+def test_the_admin_key_is_never_shown_by_the_configuration(tmp_path: Path) -> None:
     config = load_config(env={"AIBATTLE_ADMIN_KEY": ADMIN_KEY})
     assert config.security.enabled and ADMIN_KEY not in repr(config) and ADMIN_KEY not in str(config.security)
     with pytest.raises(ConfigError) as caught:
@@ -170,6 +171,12 @@ def test_the_admin_key_is_never_shown_by_the_configuration() -> None:
     assert "AIBATTLE_ADMIN_KEY" in caught.value.lines[0]
     for addr in ("127.0.0.1:0", "[::1]:0", "localhost:0"):
         assert not load_config(env={"AIBATTLE_GRPC_ADDR": addr}).security.enabled  # loopback runs open
+    # A value of the wrong type is not repeated in the error either, whatever the key is.
+    config_file = tmp_path / "aibattle.toml"
+    config_file.write_text("[security]\nadmin_key = 12345678901234567890\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(env={"AIBATTLE_CONFIG": str(config_file)})
+    assert "admin_key" in caught.value.lines[0] and "1234567890" not in "".join(caught.value.lines)
 
 
 # ---- authentication
