@@ -4,6 +4,9 @@ A bound says what range a number may take, or how many elements a repeated field
 schema states it once; the server refuses a request outside it (`check`, run on every request by
 the server's BoundsInterceptor) and the OpenAPI document publishes it (`json_schema_keywords`), so
 the limit a client reads is the limit the server applies.
+
+A `google.protobuf.Timestamp` anywhere in a request is checked too: its own spec bounds it (years 1 to
+9999, nanos 0 to 999,999,999), and protobuf's conversions fail on one outside them.
 """
 
 from __future__ import annotations
@@ -50,6 +53,11 @@ def bounds_of(field: FieldDescriptor) -> Bounds | None:
     )
 
 
+TIMESTAMP = "google.protobuf.Timestamp"
+_SECONDS = Bounds(-62_135_596_800, 253_402_300_799)  # 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z
+_NANOS = Bounds(0, 999_999_999)
+
+
 @functools.cache
 def _plan(descriptor: Descriptor) -> tuple[tuple[FieldDescriptor, Bounds | None, bool], ...]:
     """Per message type: the fields worth visiting (bounded, or messages that may hold bounded ones)."""
@@ -64,6 +72,8 @@ def _plan(descriptor: Descriptor) -> tuple[tuple[FieldDescriptor, Bounds | None,
 
 
 def _may_hold_bounds(descriptor: Descriptor, seen: frozenset[str]) -> bool:
+    if descriptor.full_name == TIMESTAMP:
+        return True
     if descriptor.full_name in seen:
         return False
     seen = seen | {descriptor.full_name}
@@ -73,8 +83,21 @@ def _may_hold_bounds(descriptor: Descriptor, seen: frozenset[str]) -> bool:
     )
 
 
+def _check_timestamp(message: Message, path: str) -> None:
+    seconds, nanos = message.seconds, message.nanos  # type: ignore[attr-defined]
+    if not (_SECONDS.admits(seconds) and _NANOS.admits(nanos)):
+        raise InvalidArgument(
+            path.rstrip("."),
+            f"is not a valid timestamp (seconds {seconds}, nanos {nanos}): years 1 to 9999,"
+            " nanos 0 to 999999999",
+        )
+
+
 def check(message: Message, prefix: str = "") -> None:
     """Raise InvalidArgument naming the first field outside its declared bounds (paths like models[2].x)."""
+    if message.DESCRIPTOR.full_name == TIMESTAMP:
+        _check_timestamp(message, prefix)
+        return
     for field, bounds, nested in _plan(message.DESCRIPTOR):
         path = f"{prefix}{field.name}"
         value: Any = getattr(message, field.name)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aibattle.v1 import completions_pb2, conversations_pb2, reasoning_pb2
+from aibattle.v1 import completions_pb2, conversations_pb2, keys_pb2, reasoning_pb2
 from common.bounds import Bounds, bounds_of, check
 from common.errors import InvalidArgument
 
@@ -72,3 +72,13 @@ def test_values_within_bounds_pass(message: object) -> None:
 )
 def test_values_outside_bounds_are_refused_naming_the_field(message: object, expected: str) -> None:
     assert refusal(message) == expected
+
+
+def test_a_timestamp_anywhere_in_a_request_must_be_a_valid_one() -> None:
+    request = keys_pb2.CreateKeyRequest(name="k")
+    request.expire_time.nanos = -1
+    assert refusal(request).startswith("expire_time: is not a valid timestamp")
+    request.expire_time.nanos, request.expire_time.seconds = 0, 253_402_300_800  # year 10000
+    assert refusal(request).startswith("expire_time: is not a valid timestamp")
+    request.expire_time.seconds = 253_402_300_799
+    check(request)
