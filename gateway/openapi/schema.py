@@ -75,14 +75,16 @@ def _integer_schema(field_type: int) -> Schema | None:
 
 
 #: Well-known types with a proto-JSON form of their own.
+#: Timestamp and Duration take null too: proto-JSON reads null as "unset" for any message field, and
+#: these are the ones a client plausibly sends as null (`"expire_time": null`: no expiry).
 _WELL_KNOWN: dict[str, Schema] = {
     "google.protobuf.Timestamp": {
-        "type": "string",
+        "type": ["string", "null"],
         "format": "date-time",
         "examples": ["2025-03-23T08:15:00Z"],
     },
     "google.protobuf.Duration": {
-        "type": "string",
+        "type": ["string", "null"],
         "pattern": r"^-?[0-9]+(\.[0-9]{1,9})?s$",
         "examples": ["1.5s"],
     },

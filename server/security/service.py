@@ -15,7 +15,6 @@ from server.security import keys
 from server.storage import KeyRow, KeyStore
 
 MAX_NAME = 64
-MAX_ALLOWED_MODELS = 100
 MAX_TIMESTAMP = 253402300799  # 9999-12-31T23:59:59Z, the last instant proto-JSON can write
 
 
@@ -79,16 +78,13 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
             raise InvalidArgument("name", "is required")
         if len(request.name) > MAX_NAME or not request.name.isprintable():
             raise InvalidArgument("name", f"at most {MAX_NAME} printable characters")
-        if len(request.allowed_models) > MAX_ALLOWED_MODELS:
-            raise InvalidArgument("allowed_models", f"at most {MAX_ALLOWED_MODELS} models")
+        # Counts and signs (allowed_models, rpm, tpm, max_concurrent_streams, budget_usd >= 0) are the
+        # schema's bounds, checked before the call reaches us.
         for i, model in enumerate(request.allowed_models):
             if model not in self._models:
                 raise InvalidArgument(f"allowed_models[{i}]", f"{model!r} is not a configured model")
-        for name in ("rpm", "tpm", "max_concurrent_streams"):
-            if getattr(request, name) < 0:
-                raise InvalidArgument(name, "must not be negative (0 means no limit)")
-        if not (math.isfinite(request.budget_usd) and request.budget_usd >= 0):
-            raise InvalidArgument("budget_usd", "must be a finite number >= 0 (0 means no limit)")
+        if not math.isfinite(request.budget_usd):
+            raise InvalidArgument("budget_usd", "must be a finite number (0 means no limit)")
         if request.HasField("expire_time"):
             if request.expire_time.ToNanoseconds() / 1e9 <= now:
                 raise InvalidArgument("expire_time", "must be in the future")

@@ -25,9 +25,16 @@ SEED = 20250323
 MAX_EXAMPLES = 200
 
 #: The server under test: scripted models (as tests/conftest.py's), deterministic, no real model needed.
-SERVER_CONFIG = """
+#: Keys are on, and schemathesis calls as the admin: every operation answers for real (KeyService too)
+#: rather than 401. Missing and bad keys are tested in tests/gateway/test_gateway_auth.py.
+ADMIN_KEY = "schemathesis-admin-key-0123456789"
+
+SERVER_CONFIG = f"""
 [server]
 shutdown_grace_seconds = 1
+
+[security]
+admin_key = "{ADMIN_KEY}"
 
 [[models]]
 id = "scripted-echo"
@@ -108,6 +115,8 @@ def test_schemathesis_finds_nothing(tmp_path: Path) -> None:
             "all",
             "--phases",
             "examples,coverage,fuzzing,stateful",
+            "--header",
+            f"Authorization: Bearer {ADMIN_KEY}",
             "--seed",
             str(SEED),
             "--max-examples",

@@ -22,12 +22,13 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from aibattle.v1 import options_pb2 as aibattle_dot_v1_dot_options__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61ibattle/v1/keys.proto\x12\x0b\x61ibattle.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc8\x02\n\x06\x41piKey\x12\x14\n\x06key_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x16\n\x0e\x61llowed_models\x18\x03 \x03(\t\x12\x0b\n\x03rpm\x18\x04 \x01(\x05\x12\x0b\n\x03tpm\x18\x05 \x01(\x05\x12\x1e\n\x16max_concurrent_streams\x18\x06 \x01(\x05\x12\x12\n\nbudget_usd\x18\x07 \x01(\x01\x12/\n\x0b\x65xpire_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x34\n\nrevoked_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x17\n\tspent_usd\x18\x0b \x01(\x01\x42\x04\xe2\x41\x01\x03\"\xbd\x01\n\x10\x43reateKeyRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x0e\x61llowed_models\x18\x02 \x03(\t\x12\x0b\n\x03rpm\x18\x03 \x01(\x05\x12\x0b\n\x03tpm\x18\x04 \x01(\x05\x12\x1e\n\x16max_concurrent_streams\x18\x05 \x01(\x05\x12\x12\n\nbudget_usd\x18\x06 \x01(\x01\x12/\n\x0b\x65xpire_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"E\n\x11\x43reateKeyResponse\x12 \n\x03key\x18\x01 \x01(\x0b\x32\x13.aibattle.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"N\n\x0fListKeysRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x14\n\x0cshow_revoked\x18\x03 \x01(\x08\"N\n\x10ListKeysResponse\x12!\n\x04keys\x18\x01 \x03(\x0b\x32\x13.aibattle.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"(\n\x10RevokeKeyRequest\x12\x14\n\x06key_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"5\n\x11RevokeKeyResponse\x12 \n\x03key\x18\x01 \x01(\x0b\x32\x13.aibattle.v1.ApiKey2\xc0\x02\n\nKeyService\x12\x63\n\tCreateKey\x12\x1d.aibattle.v1.CreateKeyRequest\x1a\x1e.aibattle.v1.CreateKeyResponse\"\x17\x82\xd3\xe4\x93\x02\x11\"\x0c/api/v1/keys:\x01*\x12]\n\x08ListKeys\x12\x1c.aibattle.v1.ListKeysRequest\x1a\x1d.aibattle.v1.ListKeysResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\x0c/api/v1/keys\x12n\n\tRevokeKey\x12\x1d.aibattle.v1.RevokeKeyRequest\x1a\x1e.aibattle.v1.RevokeKeyResponse\"\"\x82\xd3\xe4\x93\x02\x1c*\x15/api/v1/keys/{key_id}b\x03keyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61ibattle/v1/keys.proto\x12\x0b\x61ibattle.v1\x1a\x19\x61ibattle/v1/options.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc8\x02\n\x06\x41piKey\x12\x14\n\x06key_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x16\n\x0e\x61llowed_models\x18\x03 \x03(\t\x12\x0b\n\x03rpm\x18\x04 \x01(\x05\x12\x0b\n\x03tpm\x18\x05 \x01(\x05\x12\x1e\n\x16max_concurrent_streams\x18\x06 \x01(\x05\x12\x12\n\nbudget_usd\x18\x07 \x01(\x01\x12/\n\x0b\x65xpire_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x34\n\nrevoked_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x17\n\tspent_usd\x18\x0b \x01(\x01\x42\x04\xe2\x41\x01\x03\"\xe5\x01\n\x10\x43reateKeyRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1e\n\x0e\x61llowed_models\x18\x02 \x03(\tB\x06\xb2\xbb\x18\x02\x10\x64\x12\x13\n\x03rpm\x18\x03 \x01(\x05\x42\x06\xb2\xbb\x18\x02\x08\x00\x12\x13\n\x03tpm\x18\x04 \x01(\x05\x42\x06\xb2\xbb\x18\x02\x08\x00\x12&\n\x16max_concurrent_streams\x18\x05 \x01(\x05\x42\x06\xb2\xbb\x18\x02\x08\x00\x12\x1a\n\nbudget_usd\x18\x06 \x01(\x01\x42\x06\xb2\xbb\x18\x02\x08\x00\x12/\n\x0b\x65xpire_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"E\n\x11\x43reateKeyResponse\x12 \n\x03key\x18\x01 \x01(\x0b\x32\x13.aibattle.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"V\n\x0fListKeysRequest\x12\x19\n\tpage_size\x18\x01 \x01(\x05\x42\x06\xb2\xbb\x18\x02\x08\x00\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x14\n\x0cshow_revoked\x18\x03 \x01(\x08\"N\n\x10ListKeysResponse\x12!\n\x04keys\x18\x01 \x03(\x0b\x32\x13.aibattle.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"(\n\x10RevokeKeyRequest\x12\x14\n\x06key_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"5\n\x11RevokeKeyResponse\x12 \n\x03key\x18\x01 \x01(\x0b\x32\x13.aibattle.v1.ApiKey2\xc0\x02\n\nKeyService\x12\x63\n\tCreateKey\x12\x1d.aibattle.v1.CreateKeyRequest\x1a\x1e.aibattle.v1.CreateKeyResponse\"\x17\x82\xd3\xe4\x93\x02\x11\"\x0c/api/v1/keys:\x01*\x12]\n\x08ListKeys\x12\x1c.aibattle.v1.ListKeysRequest\x1a\x1d.aibattle.v1.ListKeysResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\x0c/api/v1/keys\x12n\n\tRevokeKey\x12\x1d.aibattle.v1.RevokeKeyRequest\x1a\x1e.aibattle.v1.RevokeKeyResponse\"\"\x82\xd3\xe4\x93\x02\x1c*\x15/api/v1/keys/{key_id}b\x03keyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,6 +45,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_APIKEY'].fields_by_name['spent_usd']._serialized_options = b'\342A\001\003'
   _globals['_CREATEKEYREQUEST'].fields_by_name['name']._loaded_options = None
   _globals['_CREATEKEYREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
+  _globals['_CREATEKEYREQUEST'].fields_by_name['allowed_models']._loaded_options = None
+  _globals['_CREATEKEYREQUEST'].fields_by_name['allowed_models']._serialized_options = b'\262\273\030\002\020d'
+  _globals['_CREATEKEYREQUEST'].fields_by_name['rpm']._loaded_options = None
+  _globals['_CREATEKEYREQUEST'].fields_by_name['rpm']._serialized_options = b'\262\273\030\002\010\000'
+  _globals['_CREATEKEYREQUEST'].fields_by_name['tpm']._loaded_options = None
+  _globals['_CREATEKEYREQUEST'].fields_by_name['tpm']._serialized_options = b'\262\273\030\002\010\000'
+  _globals['_CREATEKEYREQUEST'].fields_by_name['max_concurrent_streams']._loaded_options = None
+  _globals['_CREATEKEYREQUEST'].fields_by_name['max_concurrent_streams']._serialized_options = b'\262\273\030\002\010\000'
+  _globals['_CREATEKEYREQUEST'].fields_by_name['budget_usd']._loaded_options = None
+  _globals['_CREATEKEYREQUEST'].fields_by_name['budget_usd']._serialized_options = b'\262\273\030\002\010\000'
+  _globals['_LISTKEYSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTKEYSREQUEST'].fields_by_name['page_size']._serialized_options = b'\262\273\030\002\010\000'
   _globals['_REVOKEKEYREQUEST'].fields_by_name['key_id']._loaded_options = None
   _globals['_REVOKEKEYREQUEST'].fields_by_name['key_id']._serialized_options = b'\342A\001\002'
   _globals['_KEYSERVICE'].methods_by_name['CreateKey']._loaded_options = None
@@ -52,20 +65,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_KEYSERVICE'].methods_by_name['ListKeys']._serialized_options = b'\202\323\344\223\002\016\022\014/api/v1/keys'
   _globals['_KEYSERVICE'].methods_by_name['RevokeKey']._loaded_options = None
   _globals['_KEYSERVICE'].methods_by_name['RevokeKey']._serialized_options = b'\202\323\344\223\002\034*\025/api/v1/keys/{key_id}b\003key'
-  _globals['_APIKEY']._serialized_start=136
-  _globals['_APIKEY']._serialized_end=464
-  _globals['_CREATEKEYREQUEST']._serialized_start=467
-  _globals['_CREATEKEYREQUEST']._serialized_end=656
-  _globals['_CREATEKEYRESPONSE']._serialized_start=658
-  _globals['_CREATEKEYRESPONSE']._serialized_end=727
-  _globals['_LISTKEYSREQUEST']._serialized_start=729
-  _globals['_LISTKEYSREQUEST']._serialized_end=807
-  _globals['_LISTKEYSRESPONSE']._serialized_start=809
-  _globals['_LISTKEYSRESPONSE']._serialized_end=887
-  _globals['_REVOKEKEYREQUEST']._serialized_start=889
-  _globals['_REVOKEKEYREQUEST']._serialized_end=929
-  _globals['_REVOKEKEYRESPONSE']._serialized_start=931
-  _globals['_REVOKEKEYRESPONSE']._serialized_end=984
-  _globals['_KEYSERVICE']._serialized_start=987
-  _globals['_KEYSERVICE']._serialized_end=1307
+  _globals['_APIKEY']._serialized_start=163
+  _globals['_APIKEY']._serialized_end=491
+  _globals['_CREATEKEYREQUEST']._serialized_start=494
+  _globals['_CREATEKEYREQUEST']._serialized_end=723
+  _globals['_CREATEKEYRESPONSE']._serialized_start=725
+  _globals['_CREATEKEYRESPONSE']._serialized_end=794
+  _globals['_LISTKEYSREQUEST']._serialized_start=796
+  _globals['_LISTKEYSREQUEST']._serialized_end=882
+  _globals['_LISTKEYSRESPONSE']._serialized_start=884
+  _globals['_LISTKEYSRESPONSE']._serialized_end=962
+  _globals['_REVOKEKEYREQUEST']._serialized_start=964
+  _globals['_REVOKEKEYREQUEST']._serialized_end=1004
+  _globals['_REVOKEKEYRESPONSE']._serialized_start=1006
+  _globals['_REVOKEKEYRESPONSE']._serialized_end=1059
+  _globals['_KEYSERVICE']._serialized_start=1062
+  _globals['_KEYSERVICE']._serialized_end=1382
 # @@protoc_insertion_point(module_scope)

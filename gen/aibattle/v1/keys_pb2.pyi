@@ -114,7 +114,7 @@ class CreateKeyRequest(_message.Message):
     """Total spend allowed, in US dollars; 0 means no limit."""
     @_builtins.property
     def allowed_models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Model ids the key may use; empty means every model. Each must be a configured model."""
+        """Model ids the key may use, at most 100; empty means every model. Each must be a configured model."""
 
     @_builtins.property
     def expire_time(self) -> _timestamp_pb2.Timestamp:
