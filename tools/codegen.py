@@ -157,7 +157,10 @@ def main() -> int:
     parser.add_argument("--check", action="store_true", help="fail if gen/ is not what the protos give")
     parser.add_argument("--out", type=Path, default=GEN, help="target directory (default: gen/)")
     parser.add_argument(
-        "--sdk-out", type=Path, default=SDK_GEN, help="the SDK's target (default: sdk/src/aibattle_sdk/_gen/)"
+        "--sdk-out",
+        type=Path,
+        help="the SDK's target (default: sdk/src/aibattle_sdk/_gen/ when --out and --proto-root are the "
+        "defaults, else none)",
     )
     parser.add_argument("--proto-root", type=Path, action="append", help="proto root(s) (default: proto/)")
     parser.add_argument(
@@ -170,7 +173,11 @@ def main() -> int:
     roots = args.proto_root or PROTO_ROOTS
 
     with tempfile.TemporaryDirectory() as tmp:
-        targets = [(Path(tmp) / "gen", args.out, generate), (Path(tmp) / "sdk", args.sdk_out, generate_sdk)]
+        targets = [(Path(tmp) / "gen", args.out, generate)]
+        # A run on other protos or into another directory (tests do that) must not touch the SDK's code.
+        sdk_out = args.sdk_out or (SDK_GEN if args.out == GEN and not args.proto_root else None)
+        if sdk_out is not None:
+            targets.append((Path(tmp) / "sdk", sdk_out, generate_sdk))
         for fresh, _, run in targets:
             run(roots, fresh)
         if args.check:
