@@ -32,10 +32,12 @@ system-deps:
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
 	-DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml sdk/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install --quiet -e '.[local,dev]'
+	# The SDK is its own distribution (sdk/pyproject.toml); the tests import it from here.
+	$(PY) -m pip install --quiet -e ./sdk
 	touch $@
 
 $(NPMSTAMP): package.json package-lock.json
@@ -47,10 +49,10 @@ $(NPMSTAMP): package.json package-lock.json
 run: $(STAMP)  ## serve gRPC on 127.0.0.1:50051 and HTTP on 127.0.0.1:8080 with the local model
 	$(PY) -m server
 
-gen: install  ## regenerate everything in gen/ from proto/
+gen: install  ## regenerate everything in gen/ and sdk/src/aibattle_sdk/_gen/ from proto/
 	$(PY) tools/codegen.py
 
-check-gen: install  ## fail if gen/ differs from what the protos give
+check-gen: install  ## fail if gen/ or the SDK's _gen/ differs from what the protos give
 	$(PY) tools/codegen.py --check
 
 # buf takes google/api and google/rpc from the installed googleapis-common-protos (no BSR at run time).
@@ -66,13 +68,13 @@ buf-breaking: $(NPMSTAMP) $(PROTODEPS)  ## breaking changes in proto/ against BA
 	$(PY) tools/buf_breaking.py --buf $(BUF) --deps $(PROTODEPS) $(if $(BASE),--base $(BASE))
 
 lint: install buf-lint buf-breaking  ## buf lint and breaking (vs BASE), ruff, mypy
-	$(BIN)/ruff check common server gateway tests tools bench
-	$(BIN)/ruff format --check common server gateway tests tools bench
+	$(BIN)/ruff check common server gateway sdk tests tools bench examples
+	$(BIN)/ruff format --check common server gateway sdk tests tools bench examples
 	$(BIN)/mypy
 
 fmt: install  ## format the hand-written code
-	$(BIN)/ruff format common server gateway tests tools bench
-	$(BIN)/ruff check --fix common server gateway tests tools bench
+	$(BIN)/ruff format common server gateway sdk tests tools bench examples
+	$(BIN)/ruff check --fix common server gateway sdk tests tools bench examples
 
 test: install check-gen lint  ## the whole suite: generated-code drift, lint, pytest
 	$(BIN)/pytest -q

@@ -8,14 +8,20 @@ becomes the import path `aibattle.v1`, which works as emitted. The descriptor se
 (source comments included, for the gateway's OpenAPI) goes to
 gen/aibattle/aibattle_descriptors.binpb, package data of the `aibattle` namespace.
 
-    python tools/codegen.py            # rewrite gen/
-    python tools/codegen.py --check    # exit 1 if gen/ differs from a fresh run
+The SDK's messages and stubs come from the same protos through betterproto2's plugin, into
+sdk/src/aibattle_sdk/_gen/ (see sdk/README.md): its imports are relative, so they work as emitted inside
+`aibattle_sdk` and never collide with the server's `aibattle` package. google/rpc/error_details.proto is
+generated too, for the SDK's typed errors (ErrorInfo, RetryInfo).
+
+    python tools/codegen.py            # rewrite gen/ and the SDK's _gen/
+    python tools/codegen.py --check    # exit 1 if either differs from a fresh run
 """
 
 from __future__ import annotations
 
 import argparse
 import filecmp
+import os
 import shutil
 import subprocess
 import sys
@@ -26,6 +32,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOTS = [ROOT / "proto"]
 GEN = ROOT / "gen"
+SDK_GEN = ROOT / "sdk" / "src" / "aibattle_sdk" / "_gen"
+SDK_EXTRA_PROTOS = ["google/rpc/error_details.proto"]
+"""Not imported by our protos, but the SDK decodes them from grpc-status-details-bin."""
 
 
 def include_paths() -> list[Path]:
@@ -85,6 +94,35 @@ def generate(proto_roots: list[Path], out: Path) -> None:
             raise SystemExit(f"protoc failed for {root}:\n{result.stdout}{result.stderr}")
 
 
+def generate_sdk(proto_roots: list[Path], out: Path) -> None:
+    """Run protoc with betterproto2's plugin: messages and sync (grpcio) stubs, into out."""
+    out.mkdir(parents=True, exist_ok=True)
+    bindir = Path(sys.executable).parent
+    for root in proto_roots:
+        files = sorted(str(p.relative_to(root)) for p in root.rglob("*.proto"))
+        if not files:
+            continue
+        args = [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{root}",
+            *(f"-I{p}" for p in include_paths()),
+            f"--plugin=protoc-gen-python_betterproto2={bindir / 'protoc-gen-python_betterproto2'}",
+            f"--python_betterproto2_out={out}",
+            "--python_betterproto2_opt=client_generation=sync",
+            *files,
+            *SDK_EXTRA_PROTOS,
+        ]
+        # The plugin formats its output with the `ruff` on PATH, reading the ruff configuration of its
+        # working directory: this venv's ruff and an empty directory make the output reproducible.
+        env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
+        with tempfile.TemporaryDirectory() as cwd:
+            result = subprocess.run(args, capture_output=True, text=True, check=False, env=env, cwd=cwd)
+        if result.returncode != 0:
+            raise SystemExit(f"protoc (betterproto2) failed for {root}:\n{result.stdout}{result.stderr}")
+
+
 def export_deps(out: Path) -> None:
     """Copy the google/api and google/rpc protos we import into out, for buf (which has no BSR here)."""
     import google.api.annotations_pb2 as annotations
@@ -118,6 +156,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail if gen/ is not what the protos give")
     parser.add_argument("--out", type=Path, default=GEN, help="target directory (default: gen/)")
+    parser.add_argument(
+        "--sdk-out",
+        type=Path,
+        help="the SDK's target (default: sdk/src/aibattle_sdk/_gen/ when --out and --proto-root are the "
+        "defaults, else none)",
+    )
     parser.add_argument("--proto-root", type=Path, action="append", help="proto root(s) (default: proto/)")
     parser.add_argument(
         "--export-deps", type=Path, metavar="DIR", help="only copy imported google protos to DIR"
@@ -129,19 +173,28 @@ def main() -> int:
     roots = args.proto_root or PROTO_ROOTS
 
     with tempfile.TemporaryDirectory() as tmp:
-        fresh = Path(tmp) / "gen"
-        generate(roots, fresh)
+        targets = [(Path(tmp) / "gen", args.out, generate)]
+        # A run on other protos or into another directory (tests do that) must not touch the SDK's code.
+        sdk_out = args.sdk_out or (SDK_GEN if args.out == GEN and not args.proto_root else None)
+        if sdk_out is not None:
+            targets.append((Path(tmp) / "sdk", sdk_out, generate_sdk))
+        for fresh, _, run in targets:
+            run(roots, fresh)
         if args.check:
-            changed = diff(fresh, args.out) if args.out.exists() else ["(gen/ is missing)"]
+            changed = []
+            for fresh, target, _ in targets:
+                found = diff(fresh, target) if target.exists() else ["(missing)"]
+                changed.extend(f"{target.name}/{p}" for p in found)
             if changed:
                 print("generated code is out of date; run `make gen`. Differs:", file=sys.stderr)
                 print("\n".join(f"  {p}" for p in changed), file=sys.stderr)
                 return 1
             print("generated code is up to date")
             return 0
-        if args.out.exists():
-            shutil.rmtree(args.out)
-        shutil.copytree(fresh, args.out)
+        for fresh, target, _ in targets:
+            if target.exists():
+                shutil.rmtree(target)
+            shutil.copytree(fresh, target)
     return 0
 
 

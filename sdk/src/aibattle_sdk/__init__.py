@@ -1,0 +1,67 @@
+"""AI Battle's Python SDK: typed messages generated from the protos, and clients over gRPC.
+
+    from aibattle_sdk import Client
+
+    with Client() as client:  # $AIBATTLE_TARGET, else 127.0.0.1:50051
+        for chunk in client.completions.create(model="smollm2-135m", prompt="Hi", stream=True):
+            print(chunk.content, end="", flush=True)
+
+Messages and enums are in `aibattle_sdk.v1`; errors in `aibattle_sdk.errors` (re-exported here).
+"""
+
+from aibattle_sdk._config import DEFAULT_TARGET, RetryPolicy
+from aibattle_sdk._sync_transport import ConverseSession, Stream
+from aibattle_sdk.async_client import AsyncClient, AsyncConverseSession, AsyncStream
+from aibattle_sdk.client import Client
+from aibattle_sdk.errors import (
+    AbortedError,
+    AIBattleError,
+    AlreadyExistsError,
+    APIError,
+    AuthenticationError,
+    CancelledError,
+    DataLossError,
+    DeadlineExceededError,
+    FailedPreconditionError,
+    InternalError,
+    InvalidArgumentError,
+    NotFoundError,
+    OutOfRangeError,
+    PermissionDeniedError,
+    RateLimitError,
+    UnavailableError,
+    UnimplementedError,
+    UnknownError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_TARGET",
+    "AIBattleError",
+    "APIError",
+    "AbortedError",
+    "AlreadyExistsError",
+    "AsyncClient",
+    "AsyncConverseSession",
+    "AsyncStream",
+    "AuthenticationError",
+    "CancelledError",
+    "Client",
+    "ConverseSession",
+    "DataLossError",
+    "DeadlineExceededError",
+    "FailedPreconditionError",
+    "InternalError",
+    "InvalidArgumentError",
+    "NotFoundError",
+    "OutOfRangeError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "RetryPolicy",
+    "Stream",
+    "UnavailableError",
+    "UnimplementedError",
+    "UnknownError",
+    "__version__",
+]

@@ -1,0 +1,389 @@
+"""`AsyncClient`: the asyncio SDK, one namespace per resource (the twin of `Client`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal, overload
+
+import grpc
+import grpc.aio
+
+from aibattle_sdk import _requests as R
+from aibattle_sdk._async_transport import AsyncConverseSession, AsyncStream, AsyncTransport, open_channel
+from aibattle_sdk._config import DEFAULT_TIMEOUT, ClientConfig, RetryPolicy
+from aibattle_sdk._gen.aibattle import v1
+
+Seat = v1.Participant | dict[str, str] | tuple[str, str]
+
+
+class AsyncModels:
+    """`client.models`: the models the server serves."""
+
+    def __init__(self, transport: AsyncTransport) -> None:
+        self._t = transport
+
+    async def list(
+        self,
+        *,
+        provider: str = "",
+        capability: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> v1.ListModelsResponse:
+        """One page of models, optionally filtered by provider or capability."""
+        request = v1.ListModelsRequest(
+            provider=provider, capability=capability, page_size=page_size, page_token=page_token
+        )
+        return await self._t.unary(R.LIST_MODELS, request, timeout=timeout, safe=True)
+
+    async def get(self, model_id: str, *, timeout: float | None = None) -> v1.Model:
+        """One model by id; NotFoundError if the server has no such model."""
+        response = await self._t.unary(
+            R.GET_MODEL, v1.GetModelRequest(model_id=model_id), timeout=timeout, safe=True
+        )
+        return response.model
+
+
+class AsyncCompletions:
+    """`client.completions`: text from one model, whole or streamed."""
+
+    def __init__(self, transport: AsyncTransport) -> None:
+        self._t = transport
+
+    @overload
+    async def create(
+        self,
+        *,
+        model: str,
+        prompt: str = "",
+        stream: Literal[False] = False,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        system_instruction: str = "",
+        messages: Sequence[v1.Message] = (),
+        file_data: v1.FileData | None = None,
+        top_p: float | None = None,
+        stop: Sequence[str] = (),
+        seed: int | None = None,
+        timeout: float | None = None,
+    ) -> v1.CreateCompletionResponse: ...
+
+    @overload
+    async def create(
+        self,
+        *,
+        model: str,
+        prompt: str = "",
+        stream: Literal[True],
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        system_instruction: str = "",
+        messages: Sequence[v1.Message] = (),
+        file_data: v1.FileData | None = None,
+        top_p: float | None = None,
+        stop: Sequence[str] = (),
+        seed: int | None = None,
+        timeout: float | None = None,
+    ) -> AsyncStream[v1.StreamCompletionResponse]: ...
+
+    async def create(
+        self,
+        *,
+        model: str,
+        prompt: str = "",
+        stream: bool = False,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        system_instruction: str = "",
+        messages: Sequence[v1.Message] = (),
+        file_data: v1.FileData | None = None,
+        top_p: float | None = None,
+        stop: Sequence[str] = (),
+        seed: int | None = None,
+        timeout: float | None = None,
+    ) -> v1.CreateCompletionResponse | AsyncStream[v1.StreamCompletionResponse]:
+        """A completion of `prompt` (and/or `messages`) by `model`.
+
+        With `stream=True`, a `Stream` of content deltas whose last chunk (`is_final`) carries usage and
+        the finish reason; it is retried on UNAVAILABLE only until its first chunk. Without, the whole
+        answer. `timeout` bounds the whole call (a stream has none unless given).
+        """
+        rpc = R.STREAM_COMPLETION if stream else R.CREATE_COMPLETION
+        request = R.completion(
+            rpc,
+            model,
+            prompt,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            system_instruction=system_instruction,
+            messages=messages,
+            file_data=file_data,
+            top_p=top_p,
+            stop=stop,
+            seed=seed,
+        )
+        if stream:
+            return self._t.stream(rpc, request, timeout=timeout, safe=True)
+        return await self._t.unary(rpc, request, timeout=timeout, safe=True)
+
+
+class AsyncConversations:
+    """`client.conversations`: multi-model conversations, their transcripts and live events."""
+
+    def __init__(self, transport: AsyncTransport) -> None:
+        self._t = transport
+
+    async def create(
+        self,
+        *,
+        models: Sequence[Seat],
+        initial_prompt: str = "",
+        mode: str = "",
+        rounds: int = 0,
+        system_instruction: str = "",
+        file_data: v1.FileData | None = None,
+        auto_run: bool | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> v1.Conversation:
+        """Create a conversation between `models` (Participants, {"id", "role"} dicts or (id, role) pairs).
+
+        Its AI turns start at once unless `auto_run=False`; `wait=True` answers once they finished.
+        """
+        request = v1.CreateConversationRequest(
+            models=R.participants(models),
+            initial_prompt=initial_prompt,
+            mode=mode,
+            rounds=rounds,
+            system_instruction=system_instruction,
+            file_data=file_data,
+            auto_run=auto_run,
+            wait=wait,
+        )
+        return (await self._t.unary(R.CREATE_CONVERSATION, request, timeout=timeout, safe=False)).conversation
+
+    async def get(self, conversation_id: str, *, timeout: float | None = None) -> v1.Conversation:
+        """A conversation with its transcript."""
+        request = v1.GetConversationRequest(conversation_id=conversation_id)
+        return (await self._t.unary(R.GET_CONVERSATION, request, timeout=timeout, safe=True)).conversation
+
+    async def list(
+        self,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        status: v1.RunStatus = v1.RunStatus.UNSPECIFIED,
+        timeout: float | None = None,
+    ) -> v1.ListConversationsResponse:
+        """One page of this key's conversations, newest first (transcripts left out)."""
+        request = v1.ListConversationsRequest(page_size=page_size, page_token=page_token, status=status)
+        return await self._t.unary(R.LIST_CONVERSATIONS, request, timeout=timeout, safe=True)
+
+    async def add_message(
+        self,
+        conversation_id: str,
+        *,
+        content: str,
+        role: str = "human",
+        model: str = "",
+        file_data: v1.FileData | None = None,
+        auto_run: bool | None = None,
+        timeout: float | None = None,
+    ) -> v1.Message:
+        """Add a message (a human turn, usually); the AI turns that follow run unless `auto_run=False`."""
+        request = v1.AddMessageRequest(
+            conversation_id=conversation_id,
+            content=content,
+            role=role,
+            model=model,
+            file_data=file_data,
+            auto_run=auto_run,
+        )
+        return (await self._t.unary(R.ADD_MESSAGE, request, timeout=timeout, safe=False)).message
+
+    async def run(
+        self,
+        conversation_id: str,
+        *,
+        additional_rounds: int = 0,
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> v1.Conversation:
+        """Run the pending AI turns (after adding `additional_rounds`); `wait=True` answers when done."""
+        request = v1.RunConversationRequest(
+            conversation_id=conversation_id, additional_rounds=additional_rounds, wait=wait
+        )
+        return (await self._t.unary(R.RUN_CONVERSATION, request, timeout=timeout, safe=False)).conversation
+
+    async def cancel(self, conversation_id: str, *, timeout: float | None = None) -> v1.Conversation:
+        """Cancel the running turn; recorded messages stay."""
+        request = v1.CancelConversationRequest(conversation_id=conversation_id)
+        return (await self._t.unary(R.CANCEL_CONVERSATION, request, timeout=timeout, safe=True)).conversation
+
+    async def delete(self, conversation_id: str, *, timeout: float | None = None) -> None:
+        """Delete a conversation and its transcript (cancelling it first if it runs)."""
+        request = v1.DeleteConversationRequest(conversation_id=conversation_id)
+        await self._t.unary(R.DELETE_CONVERSATION, request, timeout=timeout, safe=False)
+
+    def events(
+        self, conversation_id: str, *, after_sequence: int = 0, timeout: float | None = None
+    ) -> AsyncStream[v1.ConversationEvent]:
+        """The conversation's events after `after_sequence`: recorded ones, then live ones.
+
+        The stream resumes by itself after a dropped connection, without loss or repetition; it ends
+        when the conversation settles. Iterating yields `ConversationEvent`s.
+        """
+
+        def request(after: int) -> v1.StreamConversationEventsRequest:
+            return v1.StreamConversationEventsRequest(conversation_id=conversation_id, after_sequence=after)
+
+        return self._t.stream(
+            R.STREAM_CONVERSATION_EVENTS,
+            request(after_sequence),
+            timeout=timeout,
+            safe=True,
+            resume=request,
+            sequence=R.event_sequence,
+            unwrap=R.event_of,
+        )
+
+    def converse(
+        self, conversation_id: str, *, after_sequence: int = 0, timeout: float | None = None
+    ) -> AsyncConverseSession:
+        """Join a conversation both ways (the Converse RPC): `send`, `run`, `cancel_turn`, iterate events."""
+        first = v1.ConverseRequest(conversation_id=conversation_id, after_sequence=after_sequence)
+        return AsyncConverseSession(self._t, R.CONVERSE, first, timeout=timeout)
+
+
+class AsyncReasoning:
+    """`client.reasoning`: collaborative reasoning sessions, their iterations and live events."""
+
+    def __init__(self, transport: AsyncTransport) -> None:
+        self._t = transport
+
+    async def create(
+        self,
+        *,
+        primary_model: str,
+        prompt: str,
+        secondary_model: str = "",
+        system_instruction: str = "",
+        collaboration_strategy: str = "",
+        max_iterations: int = 0,
+        additional_models: Sequence[str] = (),
+        file_data: v1.FileData | None = None,
+        max_tokens: int | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> v1.Reasoning:
+        """Start a session (strategy "iterative_refinement" unless named); `wait=True` answers when done."""
+        request = v1.CreateReasoningRequest(
+            primary_model=primary_model,
+            secondary_model=secondary_model,
+            prompt=prompt,
+            system_instruction=system_instruction,
+            collaboration_strategy=collaboration_strategy,
+            max_iterations=max_iterations,
+            file_data=file_data,
+            additional_models=list(additional_models),
+            wait=wait,
+            max_tokens=max_tokens,
+        )
+        return (await self._t.unary(R.CREATE_REASONING, request, timeout=timeout, safe=False)).reasoning
+
+    async def get(self, reasoning_id: str, *, timeout: float | None = None) -> v1.Reasoning:
+        """A session with its iterations."""
+        request = v1.GetReasoningRequest(reasoning_id=reasoning_id)
+        return (await self._t.unary(R.GET_REASONING, request, timeout=timeout, safe=True)).reasoning
+
+    async def list(
+        self,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        status: v1.RunStatus = v1.RunStatus.UNSPECIFIED,
+        timeout: float | None = None,
+    ) -> v1.ListReasoningsResponse:
+        """One page of this key's sessions, newest first (iterations left out)."""
+        request = v1.ListReasoningsRequest(page_size=page_size, page_token=page_token, status=status)
+        return await self._t.unary(R.LIST_REASONINGS, request, timeout=timeout, safe=True)
+
+    async def cancel(self, reasoning_id: str, *, timeout: float | None = None) -> v1.Reasoning:
+        """Cancel a running session; recorded iterations stay."""
+        request = v1.CancelReasoningRequest(reasoning_id=reasoning_id)
+        return (await self._t.unary(R.CANCEL_REASONING, request, timeout=timeout, safe=True)).reasoning
+
+    def events(
+        self, reasoning_id: str, *, after_sequence: int = 0, timeout: float | None = None
+    ) -> AsyncStream[v1.ReasoningEvent]:
+        """The session's events after `after_sequence` (iterations, stuck detections, handoffs, tokens).
+
+        Resumes by itself after a dropped connection, without loss or repetition; ends when the session
+        settles. Iterating yields `ReasoningEvent`s.
+        """
+
+        def request(after: int) -> v1.StreamReasoningEventsRequest:
+            return v1.StreamReasoningEventsRequest(reasoning_id=reasoning_id, after_sequence=after)
+
+        return self._t.stream(
+            R.STREAM_REASONING_EVENTS,
+            request(after_sequence),
+            timeout=timeout,
+            safe=True,
+            resume=request,
+            sequence=R.event_sequence,
+            unwrap=R.event_of,
+        )
+
+
+class AsyncClient:
+    """The asyncio AI Battle client; the same options and namespaces as `Client`, awaited.
+
+    The channel opens on first use, in the running event loop. Use `async with`, or `await close()`.
+    """
+
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        api_key: str | None = None,
+        tls: bool | grpc.ChannelCredentials = False,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+        channel_options: dict[str, int | str] | None = None,
+        channel: grpc.aio.Channel | None = None,
+    ) -> None:
+        self.config = ClientConfig.resolve(
+            target, api_key=api_key, tls=tls, timeout=timeout, retry=retry, channel_options=channel_options
+        )
+        self._owns_channel = channel is None
+        self._channel = channel
+        transport = AsyncTransport(self._get_channel, self.config)
+        self.models = AsyncModels(transport)
+        self.completions = AsyncCompletions(transport)
+        self.conversations = AsyncConversations(transport)
+        self.reasoning = AsyncReasoning(transport)
+
+    def _get_channel(self) -> grpc.aio.Channel:
+        # grpc.aio binds a channel to the loop it is created in: create it in the caller's.
+        if self._channel is None:
+            self._channel = open_channel(self.config)
+        return self._channel
+
+    @property
+    def target(self) -> str:
+        """The server this client talks to."""
+        return self.config.target
+
+    async def close(self) -> None:
+        """Close the channel (open streams end)."""
+        if self._owns_channel and self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()

@@ -1,0 +1,132 @@
+"""The `aibattle` CLI as installed (the console script), against a real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+AIBATTLE = Path(sys.executable).parent / "aibattle"
+
+
+def run(target: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "AIBATTLE_TARGET": target}
+    return subprocess.run(
+        [str(AIBATTLE), *args], capture_output=True, text=True, timeout=60, env=env, check=False
+    )
+
+
+def test_tokens_print_before_the_completion_ends(target: str) -> None:
+    """Under a pseudo-terminal (as a person runs it), the first words show while the model still writes."""
+    primary, secondary = pty.openpty()
+    env = {**os.environ, "AIBATTLE_TARGET": target}
+    proc = subprocess.Popen(
+        [str(AIBATTLE), "complete", "--model", "slow", "Count"], stdout=secondary, stderr=secondary, env=env
+    )
+    os.close(secondary)
+    output = b""
+    running_when_first_words_shown = None
+    deadline = time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([primary], [], [], 0.5)
+            if not ready:
+                if proc.poll() is not None:
+                    break
+                continue
+            try:
+                data = os.read(primary, 4096)
+            except OSError:  # the child closed the terminal
+                break
+            if not data:
+                break
+            output += data
+            if running_when_first_words_shown is None and b"word2" in output:
+                running_when_first_words_shown = proc.poll() is None
+    finally:
+        os.close(primary)
+        proc.wait(timeout=30)
+    assert running_when_first_words_shown is True  # printed while the stream was still going
+    text = output.decode()
+    assert "word0 word1 word2" in text and "word79" in text
+    assert text.index("word2") < text.index("word79")
+    assert "word79\r\n[stop; " in text  # the final chunk: finish reason and usage
+    assert proc.returncode == 0
+
+
+def test_models_and_json(target: str) -> None:
+    listed = run(target, "models")
+    assert listed.returncode == 0
+    assert [line.split()[0] for line in listed.stdout.splitlines()] == ["critic", "echo", "flaky", "slow"]
+    as_json = run(target, "--json", "models")
+    assert [json.loads(line)["id"] for line in as_json.stdout.splitlines()] == [
+        "critic",
+        "echo",
+        "flaky",
+        "slow",
+    ]
+    chunks = [
+        json.loads(line)
+        for line in run(target, "--json", "complete", "--model", "echo", "Hi").stdout.splitlines()
+    ]
+    assert "".join(c.get("content", "") for c in chunks) == "Hello there, friend. This is a scripted reply."
+    assert chunks[-1]["is_final"] is True
+
+
+def test_errors_are_one_line_and_a_non_zero_exit(target: str) -> None:
+    missing = run(target, "complete", "--model", "nope", "Hi")
+    assert missing.returncode == 1
+    assert missing.stderr == "aibattle: error: NOT_FOUND: model 'nope' not found (MODEL_NOT_FOUND)\n"
+    assert missing.stdout == ""
+    unreachable = run("127.0.0.1:1", "--timeout", "3", "models")
+    assert unreachable.returncode == 1
+    assert (
+        unreachable.stderr.startswith("aibattle: error: UNAVAILABLE:") and unreachable.stderr.count("\n") == 1
+    )
+    usage = run(target, "complete")
+    assert usage.returncode == 2 and "Traceback" not in usage.stderr
+
+
+def test_converse_and_reason_show_the_run_live(target: str) -> None:
+    converse = run(target, "converse", "-m", "echo:human", "-m", "echo:assistant", "--rounds", "1", "Hi")
+    assert converse.returncode == 0, converse.stderr
+    lines = converse.stdout.splitlines()
+    assert lines[0].startswith("conversation conv-")
+    assert "[echo (assistant)] Hello there, friend. This is a scripted reply." in lines
+    assert lines[-1] == "[conversation completed]"
+    reason = run(
+        target, "reason", "--primary", "echo", "--secondary", "critic", "--max-iterations", "1", "2+2?"
+    )
+    assert reason.returncode == 0, reason.stderr
+    out = reason.stdout
+    steps = [
+        "── step 1 · echo ──",
+        "✓ step 1: draft by echo",
+        "── step 2 · critic ──",
+        "✓ step 2: critique by critic, verdict approve",
+        "═══ final result ═══",
+    ]
+    positions = [out.index(step) for step in steps]
+    assert positions == sorted(positions)
+    events = [
+        json.loads(line)
+        for line in run(
+            target,
+            "--json",
+            "reason",
+            "--primary",
+            "echo",
+            "--secondary",
+            "critic",
+            "--max-iterations",
+            "1",
+            "x",
+        ).stdout.splitlines()
+    ]
+    assert [int(e["sequence"]) for e in events] == list(range(1, len(events) + 1))
+    assert events[-1]["type"] == "REASONING_EVENT_TYPE_COMPLETION"
