@@ -23,6 +23,7 @@ NAMESPACES = {
     "CompletionService": "completions",
     "ConversationService": "conversations",
     "ReasoningService": "reasoning",
+    "KeyService": "keys",
 }
 """Service → namespace of Client/AsyncClient. A new service fails the test below until it has one."""
 
@@ -45,6 +46,10 @@ METHODS = {
     "ListReasonings": "list",
     "CancelReasoning": "cancel",
     "StreamReasoningEvents": "events",
+    "ResumeReasoning": "resume",
+    "CreateKey": "create",
+    "ListKeys": "list",
+    "RevokeKey": "revoke",
 }
 """RPC → namespace method."""
 

@@ -26,6 +26,10 @@ GET_REASONING = rpc("ReasoningService", "GetReasoning")
 LIST_REASONINGS = rpc("ReasoningService", "ListReasonings")
 CANCEL_REASONING = rpc("ReasoningService", "CancelReasoning")
 STREAM_REASONING_EVENTS = rpc("ReasoningService", "StreamReasoningEvents")
+RESUME_REASONING = rpc("ReasoningService", "ResumeReasoning")
+CREATE_KEY = rpc("KeyService", "CreateKey")
+LIST_KEYS = rpc("KeyService", "ListKeys")
+REVOKE_KEY = rpc("KeyService", "RevokeKey")
 
 
 def completion(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Sequence
 from typing import Literal, overload
 
@@ -313,6 +314,13 @@ class Reasoning:
         request = v1.CancelReasoningRequest(reasoning_id=reasoning_id)
         return self._t.unary(R.CANCEL_REASONING, request, timeout=timeout, safe=True).reasoning
 
+    def resume(self, reasoning_id: str, *, wait: bool = False, timeout: float | None = None) -> v1.Reasoning:
+        """Run an interrupted, failed or cancelled session again from its last committed step; the
+        recorded iterations are kept and not paid for again. FailedPreconditionError if it is running
+        or completed."""
+        request = v1.ResumeReasoningRequest(reasoning_id=reasoning_id, wait=wait)
+        return self._t.unary(R.RESUME_REASONING, request, timeout=timeout, safe=False).reasoning
+
     def events(
         self, reasoning_id: str, *, after_sequence: int = 0, timeout: float | None = None
     ) -> Stream[v1.ReasoningEvent]:
@@ -334,6 +342,54 @@ class Reasoning:
             sequence=R.event_sequence,
             unwrap=R.event_of,
         )
+
+
+class Keys:
+    """`client.keys`: API keys (KeyService); every method needs the admin key."""
+
+    def __init__(self, transport: Transport) -> None:
+        self._t = transport
+
+    def create(
+        self,
+        name: str,
+        *,
+        allowed_models: Sequence[str] = (),
+        rpm: int = 0,
+        tpm: int = 0,
+        max_concurrent_streams: int = 0,
+        budget_usd: float = 0.0,
+        expire_time: datetime.datetime | None = None,
+        timeout: float | None = None,
+    ) -> v1.CreateKeyResponse:
+        """A new key and its secret, which is shown only here. 0 means no limit."""
+        request = v1.CreateKeyRequest(
+            name=name,
+            allowed_models=list(allowed_models),
+            rpm=rpm,
+            tpm=tpm,
+            max_concurrent_streams=max_concurrent_streams,
+            budget_usd=budget_usd,
+            expire_time=expire_time,
+        )
+        return self._t.unary(R.CREATE_KEY, request, timeout=timeout, safe=False)
+
+    def list(
+        self,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        show_revoked: bool = False,
+        timeout: float | None = None,
+    ) -> v1.ListKeysResponse:
+        """One page of keys (never their secrets), with what each has spent."""
+        request = v1.ListKeysRequest(page_size=page_size, page_token=page_token, show_revoked=show_revoked)
+        return self._t.unary(R.LIST_KEYS, request, timeout=timeout, safe=True)
+
+    def revoke(self, key_id: str, *, timeout: float | None = None) -> v1.ApiKey:
+        """Revoke a key: its next call, and the next model call of work it left running, fail."""
+        request = v1.RevokeKeyRequest(key_id=key_id)
+        return self._t.unary(R.REVOKE_KEY, request, timeout=timeout, safe=True).key
 
 
 class Client:
@@ -372,6 +428,7 @@ class Client:
         self.completions = Completions(transport)
         self.conversations = Conversations(transport)
         self.reasoning = Reasoning(transport)
+        self.keys = Keys(transport)
 
     @property
     def target(self) -> str:
