@@ -9,16 +9,19 @@ import pytest
 
 from aibattle_sdk import (
     AsyncClient,
+    AuthenticationError,
     Client,
     DeadlineExceededError,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    PermissionDeniedError,
     RateLimitError,
     RetryPolicy,
     UnavailableError,
 )
 from aibattle_sdk.v1 import ConversationEventType, ReasoningEventType, RunStatus
+from tests.e2e.process import server_process
 from tests.sdk.proxy import Proxy
 
 FAST_RECONNECT = {"grpc.initial_reconnect_backoff_ms": 50, "grpc.max_reconnect_backoff_ms": 100}
@@ -282,3 +285,38 @@ async def test_the_async_event_stream_resumes_too(target: str) -> None:
     finally:
         proxy.close()
     assert seen == list(range(1, len(seen) + 1))
+
+
+ADMIN_KEY = "sdk-test-admin-key-0123456789abcdef"
+
+
+def test_keys_and_the_errors_of_a_server_with_keys(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Against a real server with an admin key: keys through `client.keys`, then the typed errors only
+    such a server gives: UNAUTHENTICATED, PERMISSION_DENIED and a rate limit with its retry_after."""
+    from tests.sdk.conftest import SCRIPTED
+    from tests.security_testlib import SECRETS
+
+    SECRETS.add(ADMIN_KEY)
+    with (
+        server_process(
+            SCRIPTED, tmp_path_factory.mktemp("sdk-keys"), AIBATTLE_ADMIN_KEY=ADMIN_KEY
+        ) as running,
+        Client(running.grpc_target, api_key=ADMIN_KEY, timeout=30) as admin,
+    ):
+        model = admin.models.list().models[0].id
+        made = admin.keys.create("sdk", allowed_models=[model], rpm=1)
+        SECRETS.add(made.secret)
+        assert [k.key_id for k in admin.keys.list().keys] == [made.key.key_id]
+        with Client(running.grpc_target, api_key=made.secret, timeout=30) as user:
+            with pytest.raises(PermissionDeniedError) as denied:
+                user.models.get("some-other-model")
+            assert denied.value.reason == "MODEL_NOT_ALLOWED"
+            user.models.list()  # the burst (twice the per-minute rate) is now spent: 2 calls
+            with pytest.raises(RateLimitError) as limited:
+                user.models.list()
+            assert limited.value.reason == "RATE_LIMITED" and limited.value.retry_after == 60.0
+        assert admin.keys.revoke(made.key.key_id).revoked_at is not None
+        with Client(running.grpc_target, api_key=made.secret, timeout=30) as revoked:
+            with pytest.raises(AuthenticationError) as unauthenticated:
+                revoked.models.list()
+            assert unauthenticated.value.reason == "API_KEY_REVOKED"
