@@ -93,14 +93,7 @@ class ReasoningServicer(reasoning_pb2_grpc.ReasoningServiceServicer):
             events=[started.SerializeToString()],
         )
         self._hub.notify(reasoning.reasoning_id, last)
-        session = Session(
-            store=self._store,
-            hub=self._hub,
-            registry=self._registry,
-            runner_id=self._runs.runner_id,
-            reasoning=reasoning,
-            attachments=attachments,
-        )
+        session = self._session(reasoning, attachments)
         self._sessions[session.id] = session
         if not await self._runs.start(session.id, lambda: self._run(session)):
             # Nobody else can hold the lease of a session created a moment ago; if it happens anyway,
@@ -174,14 +167,7 @@ class ReasoningServicer(reasoning_pb2_grpc.ReasoningServiceServicer):
             reasoning = await self._load(reasoning_id)
             self._check_resumable(reasoning)
             attachments = self._attachments(reasoning)
-            session = Session(
-                store=self._store,
-                hub=self._hub,
-                registry=self._registry,
-                runner_id=lease.runner_id,
-                reasoning=reasoning,
-                attachments=attachments,
-            )
+            session = self._session(reasoning, attachments)  # our runner: the lease's
             reasoning.status = IN_PROGRESS
             await session.commit(
                 [session.event(EventType.REASONING_EVENT_TYPE_STATUS_CHANGED, status=IN_PROGRESS)]
@@ -200,6 +186,19 @@ class ReasoningServicer(reasoning_pb2_grpc.ReasoningServiceServicer):
         if request.wait:
             await self._runs.wait(reasoning_id)
         return reasoning_pb2.ResumeReasoningResponse(reasoning=await self._load(reasoning_id))
+
+    def _session(
+        self, reasoning: reasoning_pb2.Reasoning, attachments: list[tuple[str, Attachment]]
+    ) -> Session:
+        """A session run by this process's runner."""
+        return Session(
+            store=self._store,
+            hub=self._hub,
+            registry=self._registry,
+            runner_id=self._runs.runner_id,
+            reasoning=reasoning,
+            attachments=attachments,
+        )
 
     @staticmethod
     def _check_resumable(reasoning: reasoning_pb2.Reasoning) -> None:
