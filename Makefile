@@ -41,9 +41,13 @@ $(STAMP): pyproject.toml sdk/pyproject.toml
 	touch $@
 
 $(NPMSTAMP): package.json package-lock.json
-	# `npm install`, not `npm ci`: npm 11 leaves the other platforms' optional buf binaries out of
-	# the lock file and `npm ci` then refuses it. The lock file still pins every version.
-	npm install --no-audit --no-fund --loglevel=error
+	# `npm ci`, not `npm install`: it installs exactly what package-lock.json pins and never writes
+	# it, so a fresh clone's `make install` leaves the tree clean (and a lock that disagrees with
+	# package.json fails here instead of being rewritten). The lock records every platform's optional
+	# buf binary (darwin, linux, win32), though npm installs only this machine's: a lock written on one
+	# platform with only its own binary would make `npm install` elsewhere add the rest. After
+	# changing package.json, refresh the lock with `npm install --package-lock-only` and commit it.
+	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 run: $(STAMP)  ## serve gRPC on 127.0.0.1:50051 and HTTP on 127.0.0.1:8080 with the local model
