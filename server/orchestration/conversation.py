@@ -54,7 +54,7 @@ from google.rpc import status_pb2
 
 from aibattle.v1 import common_pb2, conversations_pb2
 from common.errors import ApiError, InvalidArgument, NotFound
-from server.pagination import decode_token, encode_token, page_size
+from server.pagination import keyset_page
 from server.providers.attachments import chat_message
 from server.providers.base import Attachment, ChatMessage, ChatRequest, Delta, Finish, Role, Usage
 from server.providers.registry import ModelRegistry
@@ -414,17 +414,24 @@ class Conversations:
                 attachment_for(data, field, self._registry.get(seat.id)[0])
 
     async def list(self, *, status: int, size: int, token: str) -> tuple[list[Conversation], str]:
-        filters = [status]
-        limit = page_size(size, default=20, maximum=100)
-        offset = decode_token(token, filters)
-        rows = await self._store.list(KIND, owner="", status=status or None, offset=offset, limit=limit + 1)
+        rows, next_token = await keyset_page(
+            lambda after, limit: self._store.list(
+                KIND, owner="", status=status or None, after=after, limit=limit
+            ),
+            lambda stored: (stored.created_at, stored.resource_id),
+            size=size,
+            token=token,
+            filters=["ListConversations", status],
+            default=20,
+            maximum=100,
+        )
         page = []
-        for stored in rows[:limit]:
+        for stored in rows:
             conv = Conversation.FromString(stored.body)
             conv.last_sequence = stored.last_sequence
             conv.ClearField("messages")
             page.append(conv)
-        return page, encode_token(offset + limit, filters) if len(rows) > limit else ""
+        return page, next_token
 
     async def delete(self, conversation_id: str) -> None:
         await self.get(conversation_id)

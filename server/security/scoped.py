@@ -62,11 +62,11 @@ class OwnerScopedStore:
         return stored
 
     async def list(
-        self, kind: str, *, owner: str, status: int | None, offset: int, limit: int
+        self, kind: str, *, owner: str, status: int | None, after: tuple[float, str] | None, limit: int
     ) -> builtins.list[Stored]:
         mine = _owner()
         return await self._inner.list(
-            kind, owner=owner if mine is None else mine, status=status, offset=offset, limit=limit
+            kind, owner=owner if mine is None else mine, status=status, after=after, limit=limit
         )
 
     async def delete(self, resource_id: str, *, kind: str, owner: str | None = None) -> bool:

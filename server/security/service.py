@@ -10,7 +10,7 @@ from google.protobuf import timestamp_pb2
 
 from aibattle.v1 import keys_pb2, keys_pb2_grpc
 from common.errors import InvalidArgument, NotFound
-from server.pagination import decode_token, encode_token, page_size
+from server.pagination import keyset_page
 from server.security import keys
 from server.storage import KeyRow, KeyStore
 
@@ -94,14 +94,18 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
     async def ListKeys(
         self, request: keys_pb2.ListKeysRequest, context: grpc.aio.ServicerContext
     ) -> keys_pb2.ListKeysResponse:
-        filters = [request.show_revoked]
-        size = page_size(request.page_size, default=50, maximum=1000)
-        offset = decode_token(request.page_token, filters)
-        rows = await self._keys.list_keys(show_revoked=request.show_revoked, offset=offset, limit=size + 1)
-        response = keys_pb2.ListKeysResponse(keys=[key_proto(r) for r in rows[:size]])
-        if len(rows) > size:
-            response.next_page_token = encode_token(offset + size, filters)
-        return response
+        rows, next_token = await keyset_page(
+            lambda after, limit: self._keys.list_keys(
+                show_revoked=request.show_revoked, after=after, limit=limit
+            ),
+            lambda row: (row.created_at, row.key_id),
+            size=request.page_size,
+            token=request.page_token,
+            filters=["ListKeys", request.show_revoked],
+            default=50,
+            maximum=1000,
+        )
+        return keys_pb2.ListKeysResponse(keys=[key_proto(r) for r in rows], next_page_token=next_token)
 
     async def RevokeKey(
         self, request: keys_pb2.RevokeKeyRequest, context: grpc.aio.ServicerContext

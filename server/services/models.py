@@ -41,9 +41,10 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
         ]
         page, next_token = paginate(
             matching,
+            key=lambda m: m.id,
             size=request.page_size,
             token=request.page_token,
-            filters=(request.provider, request.capability),
+            filters=("ListModels", request.provider, request.capability),
             default=50,
             maximum=1000,
         )

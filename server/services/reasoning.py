@@ -32,7 +32,7 @@ from server.orchestration.reasoning.session import (
     now,
 )
 from server.orchestration.runs import LEASE_SECONDS, Runs
-from server.pagination import decode_token, encode_token, page_size
+from server.pagination import keyset_page
 from server.providers.attachments import chat_message
 from server.providers.base import Attachment, Role
 from server.providers.registry import ModelRegistry
@@ -112,22 +112,24 @@ class ReasoningServicer(reasoning_pb2_grpc.ReasoningServiceServicer):
     async def ListReasonings(
         self, request: reasoning_pb2.ListReasoningsRequest, context: grpc.aio.ServicerContext
     ) -> reasoning_pb2.ListReasoningsResponse:
-        filters = [request.status]
-        size = page_size(request.page_size, default=20, maximum=100)
-        offset = decode_token(request.page_token, filters)
-        # One more than the page: whether it exists says if there is a next page.
-        rows = await self._store.list(
-            KIND, owner="", status=request.status or None, offset=offset, limit=size + 1
+        rows, next_token = await keyset_page(
+            lambda after, limit: self._store.list(
+                KIND, owner="", status=request.status or None, after=after, limit=limit
+            ),
+            lambda stored: (stored.created_at, stored.resource_id),
+            size=request.page_size,
+            token=request.page_token,
+            filters=["ListReasonings", request.status],
+            default=20,
+            maximum=100,
         )
-        response = reasoning_pb2.ListReasoningsResponse()
-        for stored in rows[:size]:
+        response = reasoning_pb2.ListReasoningsResponse(next_page_token=next_token)
+        for stored in rows:
             reasoning = response.reasonings.add()
             reasoning.ParseFromString(stored.body)
             reasoning.ClearField("iterations")
             reasoning.status = stored.status  # type: ignore[assignment]
             reasoning.last_sequence = stored.last_sequence
-        if len(rows) > size:
-            response.next_page_token = encode_token(offset + size, filters)
         return response
 
     async def CancelReasoning(

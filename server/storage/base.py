@@ -65,9 +65,13 @@ class Store(Protocol):
     async def get(self, resource_id: str, *, kind: str) -> Stored | None: ...
 
     async def list(
-        self, kind: str, *, owner: str, status: int | None, offset: int, limit: int
+        self, kind: str, *, owner: str, status: int | None, after: tuple[float, str] | None, limit: int
     ) -> builtins.list[Stored]:
-        """Resources of a kind and owner, newest first."""
+        """Resources of a kind and owner, newest first: by (created_at, resource_id) descending.
+
+        With `after`, only those strictly below that key (the last row of the previous page): keyset
+        pagination, which rows created or deleted meanwhile cannot shift.
+        """
         ...
 
     async def delete(self, resource_id: str, *, kind: str, owner: str | None = None) -> bool:
@@ -124,8 +128,10 @@ class KeyStore(Protocol):
 
     async def get_key(self, key_id: str) -> KeyRow | None: ...
 
-    async def list_keys(self, *, show_revoked: bool, offset: int, limit: int) -> builtins.list[KeyRow]:
-        """Newest first."""
+    async def list_keys(
+        self, *, show_revoked: bool, after: tuple[float, str] | None, limit: int
+    ) -> builtins.list[KeyRow]:
+        """Newest first, by (created_at, key_id) descending; with `after`, only those below that key."""
         ...
 
     async def revoke_key(self, key_id: str, *, at: float) -> KeyRow | None:

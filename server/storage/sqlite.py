@@ -38,7 +38,10 @@ CREATE TABLE IF NOT EXISTS resources (
     runner_id     TEXT,
     lease_until   REAL
 );
-CREATE INDEX IF NOT EXISTS resources_by_owner ON resources (kind, owner, created_at DESC);
+-- Serves list(): its filter, its order and its keyset bound, (created_at, resource_id) < (?, ?).
+DROP INDEX IF EXISTS resources_by_owner;
+CREATE INDEX IF NOT EXISTS resources_by_owner_age
+    ON resources (kind, owner, created_at DESC, resource_id DESC);
 CREATE TABLE IF NOT EXISTS events (
     resource_id TEXT NOT NULL REFERENCES resources (resource_id) ON DELETE CASCADE,
     sequence    INTEGER NOT NULL,
@@ -59,7 +62,8 @@ CREATE TABLE IF NOT EXISTS api_keys (
     revoked_at             REAL,
     spent_usd              REAL NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS api_keys_by_age ON api_keys (created_at DESC);
+DROP INDEX IF EXISTS api_keys_by_age;
+CREATE INDEX IF NOT EXISTS api_keys_by_age_id ON api_keys (created_at DESC, key_id DESC);
 """
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -195,15 +199,18 @@ class SqliteStore:
 
     @_serialized
     async def list(
-        self, kind: str, *, owner: str, status: int | None, offset: int, limit: int
+        self, kind: str, *, owner: str, status: int | None, after: tuple[float, str] | None, limit: int
     ) -> builtins.list[Stored]:
         query = f"SELECT {_COLUMNS} FROM resources WHERE kind = ? AND owner = ?"
         args: list[object] = [kind, owner]
         if status is not None:
             query += " AND status = ?"
             args.append(status)
-        query += " ORDER BY created_at DESC, resource_id LIMIT ? OFFSET ?"
-        args += [limit, offset]
+        if after is not None:
+            query += " AND (created_at, resource_id) < (?, ?)"
+            args += after
+        query += " ORDER BY created_at DESC, resource_id DESC LIMIT ?"
+        args.append(limit)
         async with self.db.execute(query, args) as cursor:
             return [Stored(*row) async for row in cursor]
 
@@ -301,11 +308,18 @@ class SqliteStore:
         return None if row is None else _key_row(row)
 
     @_serialized
-    async def list_keys(self, *, show_revoked: bool, offset: int, limit: int) -> builtins.list[KeyRow]:
-        where = "" if show_revoked else " WHERE revoked_at IS NULL"
+    async def list_keys(
+        self, *, show_revoked: bool, after: tuple[float, str] | None, limit: int
+    ) -> builtins.list[KeyRow]:
+        conditions = [] if show_revoked else ["revoked_at IS NULL"]
+        args: list[object] = []
+        if after is not None:
+            conditions.append("(created_at, key_id) < (?, ?)")
+            args += after
+        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
         async with self.db.execute(
-            f"SELECT {_KEY_COLUMNS} FROM api_keys{where} ORDER BY created_at DESC, key_id LIMIT ? OFFSET ?",
-            (limit, offset),
+            f"SELECT {_KEY_COLUMNS} FROM api_keys{where} ORDER BY created_at DESC, key_id DESC LIMIT ?",
+            (*args, limit),
         ) as cursor:
             return [_key_row(row) async for row in cursor]
 

@@ -64,13 +64,12 @@ async def test_list_is_per_owner_newest_first_with_status_filter(store: SqliteSt
     for i, (owner, status) in enumerate([("a", 1), ("a", 4), ("b", 4), ("a", 4)]):
         await store.create("thing", f"t{i}", owner=owner, status=status, body=b"", events=[])
         await asyncio.sleep(0.01)  # distinct creation times
-    assert [s.resource_id for s in await store.list("thing", owner="a", status=None, offset=0, limit=10)] == [
-        "t3",
-        "t1",
-        "t0",
-    ]
-    done = await store.list("thing", owner="a", status=4, offset=1, limit=10)
-    assert [s.resource_id for s in done] == ["t1"]
+    everything = await store.list("thing", owner="a", status=None, after=None, limit=10)
+    assert [s.resource_id for s in everything] == ["t3", "t1", "t0"]
+    done = await store.list("thing", owner="a", status=4, after=None, limit=1)
+    assert [s.resource_id for s in done] == ["t3"]
+    rest = await store.list("thing", owner="a", status=4, after=(done[0].created_at, "t3"), limit=10)
+    assert [s.resource_id for s in rest] == ["t1"]
     assert await store.delete("t3", kind="thing") and not await store.delete("t3", kind="thing")
     assert await store.events("t3", after=0) == []
 
