@@ -50,6 +50,10 @@ $(NPMSTAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+# make stays the server's parent (an `exec` in the recipe would replace only the shell, and a simple
+# command has none), and it relays a SIGTERM it gets to the server: a SIGTERM to the process group
+# reaches the server twice. The server takes that repeat as the same request and still drains
+# (RELAY_WINDOW_SECONDS in server/__main__.py).
 run: $(STAMP)  ## serve gRPC on 127.0.0.1:50051 and HTTP on 127.0.0.1:8080 with the local model
 	$(PY) -m server
 

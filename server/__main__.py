@@ -2,7 +2,8 @@
 
 Shutdown: the first signal turns health NOT_SERVING, stops accepting calls and gives
 in-flight ones `shutdown_grace_seconds` to finish before cancelling them, then exits 0.
-A second signal exits at once.
+A second signal exits at once (1), except the same signal again within RELAY_WINDOW_SECONDS: that is
+the first one relayed, not a second request.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+import time
 
 from common.addresses import parse_host_port
 from server import logs
@@ -21,6 +23,39 @@ from server.config import Config, ConfigError, load_config
 from server.providers.registry import ProviderStartError
 
 log = logging.getLogger("aibattle")
+
+#: A repeat of the first shutdown signal this soon is that signal relayed, not a second request. A
+#: signal to a whole process group (`kill -TERM -- -PGID`, a service manager stopping `make run`)
+#: reaches the server and its parent at once, and GNU make passes its SIGTERM on to its child, so the
+#: server gets the same SIGTERM twice within milliseconds. Exiting on that repeat would cut the drain.
+#: A different signal, or the same one later (a second Ctrl-C), still exits at once.
+RELAY_WINDOW_SECONDS = 1.0
+
+
+class ShutdownSignals:
+    """Counts shutdown signals: the first sets `stopping`, a second one exits at once."""
+
+    def __init__(self, stopping: asyncio.Event) -> None:
+        self._stopping = stopping
+        self._first: tuple[int, float] | None = None
+
+    def __call__(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        now = time.monotonic()
+        if self._first is None:
+            self._first = (signum, now)
+            log.info("shutting down", extra={"signal": name})
+            self._stopping.set()
+            return
+        first, at = self._first
+        if signum == first and now - at < RELAY_WINDOW_SECONDS:
+            log.info(
+                "repeated signal taken as the first one relayed (send it again to exit now)",
+                extra={"signal": name},
+            )
+            return
+        log.warning("second signal: exiting now", extra={"signal": name})
+        os._exit(1)
 
 
 async def serve(config: Config) -> int:
@@ -43,13 +78,7 @@ async def serve(config: Config) -> int:
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
 
-    def on_signal(signum: int) -> None:
-        if stopping.is_set():
-            log.warning("second signal: exiting now", extra={"signal": signal.Signals(signum).name})
-            os._exit(1)
-        log.info("shutting down", extra={"signal": signal.Signals(signum).name})
-        stopping.set()
-
+    on_signal = ShutdownSignals(stopping)
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     await stopping.wait()
