@@ -108,6 +108,10 @@ class GatewaySettings(ConfigModel):
     """Seconds a WebSocket may pass without a message either way (pings do not count) before the gateway
     closes it: a final DEADLINE_EXCEEDED error frame, close code 4004. 0 never closes an idle one."""
 
+    ws_auth_timeout: NonNegativeFloat = 5.0
+    """Seconds a flat-dialect WebSocket without credentials gets to send its auth frame once the server
+    refused its call for want of them (UNAUTHENTICATED); then the error frame and close code 4016."""
+
     sse_keepalive_seconds: NonNegativeFloat = 15.0
     """Seconds of silence after which a Server-Sent Events stream sends a `: keep-alive` comment (so
     proxies and browsers keep an idle follower's connection); 0 turns them off."""

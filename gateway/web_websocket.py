@@ -14,8 +14,8 @@ Protocol, the same for every route:
 * A connection with no message either way for `ws_idle_timeout` seconds gets a DEADLINE_EXCEEDED error
   frame and close code 4004 (pings keep dead peers out, not idle ones).
 
-That is the native dialect; gateway.ws_dialects describes the flat one (seed 000's `{type: …}` frames)
-and how a connection picks its dialect.
+That is the native dialect; gateway.ws_dialects describes the flat one (seed 000's `{type: …}` frames),
+how a connection picks its dialect, and when a flat connection without credentials starts its call.
 """
 
 from __future__ import annotations
@@ -148,12 +148,11 @@ async def _serve(
     credentials: _Credentials,
     idle: _IdleWatch,
 ) -> None:
-    state = request.app[STATE]
-    options = state.options
+    options = request.app[STATE].options
     route, rpc = match.route, match.route.rpc
     url_set = {f.name for f, _ in url_request.ListFields()}
     from_url = not rpc.shape.streams_requests and rpc.required_fields <= url_set
-    texts = _text_frames(ws, idle)
+    texts = _Frames(ws, idle)
     pending: str | None = None  # a frame read before the call started, still to be handled
     dialect = offer.dialect
     try:
@@ -164,15 +163,19 @@ async def _serve(
             else:
                 pending = await anext(texts)
                 dialect = WsDialect.FLAT if looks_flat(route, pending) else WsDialect.NATIVE
-        if dialect is WsDialect.FLAT and not credentials.given:
-            # The seed's client authenticates first; the call's metadata must carry its token.
+        if dialect is WsDialect.FLAT and not credentials.given and not from_url:
+            # The seed's client authenticates first; the call's metadata must carry its token. A watcher
+            # of a bidi call may never send a frame: past ws_auth_timeout its call starts without one,
+            # and the server decides (an open server serves it, one with keys refuses it: 4016).
             if pending is None:
-                pending = await anext(texts)
-            frame = flat_frame(pending)
-            if frame["type"] == AUTH:
-                credentials.add(auth_token(frame), where="auth frame")
-                await ws.send_str(AUTH_OK)
-                pending = None
+                wait = options.ws_auth_timeout if rpc.shape.streams_requests else None
+                pending = await texts.next_within(wait)
+            if pending is not None:
+                frame = flat_frame(pending)
+                if frame["type"] == AUTH:
+                    credentials.add(auth_token(frame), where="auth frame")
+                    await ws.send_str(AUTH_OK)
+                    pending = None
         translate = _translator(dialect, match, request, credentials, ws)
         first: Message | None = None
         if not rpc.shape.streams_requests and not from_url:
@@ -185,13 +188,65 @@ async def _serve(
         await _finish(ws, exc.to_status(), dialect or WsDialect.NATIVE)
         return
     idle.dialect = dialect
+    # A flat connection without credentials starts at once (a server without keys serves it). If the
+    # server refuses the call for want of credentials, the client may still send its auth frame: then
+    # the same request is sent again with them. Only a unary request can be sent again; a request
+    # stream's frames went into the refused call.
+    retry = dialect is WsDialect.FLAT and not credentials.given and not rpc.shape.streams_requests
+    while True:
+        refused = await _call(
+            ws,
+            request,
+            match,
+            url_request if first is None else first,
+            dialect,
+            credentials,
+            idle,
+            texts=texts,
+            translate=translate,
+            pending=pending,
+            hold_unauthenticated=retry,
+        )
+        pending = None
+        if refused is None:
+            return
+        try:
+            await _await_auth(texts, translate, credentials, options.ws_auth_timeout)
+        except (StopAsyncIteration, ClientGone):
+            return
+        except ApiError as exc:
+            await _finish(ws, exc.to_status(), dialect)
+            return
+        if not credentials.given:
+            await _finish(ws, refused, dialect)
+            return
+        retry = False
+
+
+async def _call(
+    ws: web.WebSocketResponse,
+    request: web.Request,
+    match: Match,
+    unary: Message,
+    dialect: WsDialect,
+    credentials: _Credentials,
+    idle: _IdleWatch,
+    *,
+    texts: _Frames,
+    translate: Translate,
+    pending: str | None,
+    hold_unauthenticated: bool,
+) -> status_pb2.Status | None:
+    """Run the upstream call over the socket; returns the UNAUTHENTICATED status it held back, if any."""
+    state = request.app[STATE]
+    rpc = match.route.rpc
     metadata, timeout = credentials.metadata(), credentials.context.timeout
     if rpc.shape.streams_requests:
         call = state.upstream.start(rpc, None, metadata=metadata, timeout=timeout)
     else:
-        call = state.upstream.start(rpc, first or url_request, metadata=metadata, timeout=timeout)
+        call = state.upstream.start(rpc, unary, metadata=metadata, timeout=timeout)
     # A flat client may only watch: the first request names the resource (from the URL) with no action.
-    join = url_request if dialect is WsDialect.FLAT and rpc.shape.streams_requests else None
+    join = unary if dialect is WsDialect.FLAT and rpc.shape.streams_requests else None
     requests = _requests(
         texts,
         translate,
@@ -204,11 +259,30 @@ async def _serve(
         pump = RequestPump(call, requests, half_close=rpc.shape.streams_requests)
         try:
             sink = WebSocketSink(
-                ws, route, emit_unpopulated=options.emit_unpopulated, dialect=dialect, idle=idle
+                ws,
+                match.route,
+                emit_unpopulated=state.options.emit_unpopulated,
+                dialect=dialect,
+                idle=idle,
+                hold_unauthenticated=hold_unauthenticated,
             )
             await relay(call, sink, streaming=rpc.shape.streams_responses, pump=pump)
         finally:
             await pump.aclose()
+    return sink.held
+
+
+async def _await_auth(
+    texts: _Frames, translate: Translate, credentials: _Credentials, seconds: float
+) -> None:
+    """Read frames for up to `seconds` until one brings credentials (an auth frame)."""
+    deadline = time.monotonic() + seconds
+    while not credentials.given:
+        text = await texts.next_within(max(0.0, deadline - time.monotonic()))
+        if text is None:
+            return
+        if await translate(text) is not None:
+            return  # a request frame, not credentials: the refusal stands
 
 
 class _Credentials:
@@ -282,8 +356,13 @@ def _translator(
     async def flat(text: str) -> Message | None:
         frame = flat_frame(text)
         if frame["type"] == AUTH:
+            token = auth_token(frame)
+            if not credentials.given:
+                # The call runs without credentials; if the server refuses it for that, it is sent
+                # again with these (see _serve).
+                credentials.add(token, where="auth frame")
             # The call's metadata is fixed once it started: the same token again is fine, another is not.
-            if not credentials.matches(auth_token(frame)):
+            elif not credentials.matches(token):
                 raise invalid_argument(
                     "the call already runs with other credentials; reconnect to change them",
                     reason="CONFLICTING_CREDENTIALS",
@@ -332,20 +411,41 @@ async def _requests(
         yield message
 
 
-async def _text_frames(ws: web.WebSocketResponse, idle: _IdleWatch | None = None) -> AsyncIterator[str]:
-    """The client's text frames; StopAsyncIteration is never raised: a client that leaves is ClientGone."""
-    async for frame in ws:
-        if idle is not None:
-            idle.touch()
-        if frame.type == WSMsgType.TEXT:
-            yield frame.data
-        elif frame.type == WSMsgType.BINARY:
-            raise invalid_argument(
-                "binary frames are not supported: send JSON text frames", reason="BINARY_FRAME"
-            )
-        elif frame.type == WSMsgType.ERROR:
-            raise ClientGone()
-    raise ClientGone()
+class _Frames:
+    """The client's text frames. A client that leaves is ClientGone (StopAsyncIteration is never raised).
+
+    Not an async generator: a read may be cancelled (a timed wait for an auth frame, the request pump of
+    a call that ended) and the next read must still work, which a generator interrupted mid-`await`
+    would not allow.
+    """
+
+    def __init__(self, ws: web.WebSocketResponse, idle: _IdleWatch | None = None) -> None:
+        self._ws = ws
+        self._idle = idle
+
+    def __aiter__(self) -> _Frames:
+        return self
+
+    async def __anext__(self) -> str:
+        while True:
+            frame = await self._ws.receive()
+            if frame.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+                raise ClientGone()
+            if self._idle is not None:
+                self._idle.touch()
+            if frame.type == WSMsgType.TEXT:
+                return str(frame.data)
+            if frame.type == WSMsgType.BINARY:
+                raise invalid_argument(
+                    "binary frames are not supported: send JSON text frames", reason="BINARY_FRAME"
+                )
+
+    async def next_within(self, seconds: float | None) -> str | None:
+        """The next text frame, or None if none came within `seconds` (None: as long as it takes)."""
+        try:
+            return await asyncio.wait_for(anext(self), seconds)
+        except TimeoutError:
+            return None
 
 
 class WebSocketSink:
@@ -361,12 +461,17 @@ class WebSocketSink:
         emit_unpopulated: bool,
         dialect: WsDialect = WsDialect.NATIVE,
         idle: _IdleWatch | None = None,
+        hold_unauthenticated: bool = False,
     ) -> None:
         self._ws = ws
         self._route = route
         self._emit = emit_unpopulated
         self._dialect = dialect
         self._idle = idle
+        self._hold = hold_unauthenticated
+        self._sent = False
+        #: The UNAUTHENTICATED failure held back instead of sent (hold_unauthenticated, before any message).
+        self.held: status_pb2.Status | None = None
 
     async def start(self, initial_metadata: grpc.aio.Metadata | None) -> None:
         return None
@@ -377,6 +482,7 @@ class WebSocketSink:
         else:
             frame = result_frame(response_json(self._route, message, emit_unpopulated=self._emit))
         await self._ws.send_str(frame)
+        self._sent = True
         if self._idle is not None:
             self._idle.touch()
 
@@ -387,6 +493,9 @@ class WebSocketSink:
         await self.end()
 
     async def fail(self, status: status_pb2.Status, http: int | None, headers: dict[str, str]) -> None:
+        if self._hold and not self._sent and status.code == code_pb2.UNAUTHENTICATED:
+            self.held = status
+            return
         await _finish(self._ws, status, self._dialect)
 
 

@@ -23,6 +23,18 @@ whose URL lacks a required field) is flat if that frame is a JSON object with a 
 request has no field named `type`, native otherwise. A server stream that starts from its URL starts at
 once, so it is native unless the subprotocol says flat. A browser, which cannot set headers, may send
 its token as an offered subprotocol `bearer.<token>` (beside a dialect name, which is what is echoed).
+
+A flat connection without credentials (no `Authorization`/`X-API-Key` header, no `bearer.` offer):
+
+* a call whose request the URL completes starts at once, so a server without keys streams to a
+  client that never sends a frame (the README's `new WebSocket(url, ['aibattle.flat.v1'])`). If the
+  server refuses it for want of credentials (UNAUTHENTICATED before any event), the client has
+  `ws_auth_timeout` seconds (5) to send its auth frame — an auth frame sent on open counts too — and
+  the request is sent again with the token; without one the refusal is sent: an error frame and close
+  code 4016 (4000 + UNAUTHENTICATED);
+* a call that needs the client's frames (Converse) starts at the first frame, an auth frame being
+  taken first; a watcher that sends nothing gets its call started after `ws_auth_timeout` without
+  credentials, and the server decides (serves it, or refuses it: 4016).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ OpenAI / Ollama endpoints with their official clients, before a real server that
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -264,6 +265,80 @@ async def test_websocket_keys_by_header_subprotocol_and_auth_frame(gw: Any) -> N
     assert resp.status == 403
     _, frames = await first_frames(connect={"headers": {"Origin": "http://app.example"}}, send=[auth_frame])
     assert frames[0] == {"type": "auth_ok"}
+
+
+@pytest.fixture
+async def gw_auth_wait(aiohttp_client: Any, server: AIBattleServer) -> Any:
+    """A gateway whose flat WebSockets get 0.3 s to send credentials once the server asked for them."""
+    options = GatewayOptions(descriptor_set=None, ws_auth_timeout=0.3)
+    return await aiohttp_client(
+        create_app(server.grpc_target, options), server_kwargs={"handler_cancellation": True}
+    )
+
+
+async def finished_reasoning(gw: Any, secret: str) -> str:
+    body = {"primary_model": "scripted-echo", "prompt": "Is P = NP?", "max_iterations": 1, "wait": True}
+    resp = await gw.post("/api/v1/collaborative-reasoning", json=body, headers=auth(secret))
+    assert resp.status == 200, await resp.text()
+    return str((await resp.json())["reasoning_id"])
+
+
+async def flat_frames(gw: Any, path: str, *, send: tuple[str, ...] = (), delay: float = 0) -> Any:
+    async with gw.ws_connect(path, protocols=("aibattle.flat.v1",)) as ws:
+        if delay:
+            await asyncio.sleep(delay)
+        for text in send:
+            await ws.send_str(text)
+        frames = [json.loads(f.data) async for f in ws if f.type == WSMsgType.TEXT]
+    return ws.close_code, frames
+
+
+async def test_flat_websocket_without_credentials_is_refused_after_the_auth_wait(gw_auth_wait: Any) -> None:
+    """The README's reasoning snippet against a server with keys, no key given: refused with 4016, not a
+    socket that stays open with nothing on it."""
+    _, secret = await make_key(gw_auth_wait)
+    rid = await finished_reasoning(gw_auth_wait, secret)
+    code, frames = await asyncio.wait_for(
+        flat_frames(gw_auth_wait, f"/api/v1/ws/collaborative-reasoning/{rid}"), 10
+    )
+    assert code == 4016
+    assert [f["type"] for f in frames] == ["error"]
+    assert frames[0]["error"]["code"] == 16 and reason(frames[0]["error"]) == "API_KEY_MISSING"
+
+
+@pytest.mark.parametrize("delay", [0, 0.1], ids=["on-open", "after-the-refusal"])
+async def test_flat_websocket_auth_frame_within_the_wait_streams(gw_auth_wait: Any, delay: float) -> None:
+    _, secret = await make_key(gw_auth_wait)
+    rid = await finished_reasoning(gw_auth_wait, secret)
+    code, frames = await asyncio.wait_for(
+        flat_frames(
+            gw_auth_wait,
+            f"/api/v1/ws/collaborative-reasoning/{rid}",
+            send=(json.dumps({"type": "auth", "token": secret}),),
+            delay=delay,
+        ),
+        10,
+    )
+    assert code == 1000, frames
+    assert frames[0] == {"type": "auth_ok"}
+    assert frames[-1]["type"] == "completion" and frames[-1]["status"] == "RUN_STATUS_COMPLETED"
+    assert [f["sequence"] for f in frames[1:]] == list(range(1, len(frames)))
+
+
+async def test_flat_websocket_with_a_bad_auth_frame_is_refused(gw_auth_wait: Any) -> None:
+    _, secret = await make_key(gw_auth_wait)
+    rid = await finished_reasoning(gw_auth_wait, secret)
+    code, frames = await asyncio.wait_for(
+        flat_frames(
+            gw_auth_wait,
+            f"/api/v1/ws/collaborative-reasoning/{rid}",
+            send=(json.dumps({"type": "auth", "token": "not-a-key"}),),
+        ),
+        10,
+    )
+    assert code == 4016
+    assert frames[0] == {"type": "auth_ok"}
+    assert frames[-1]["type"] == "error" and reason(frames[-1]["error"]) == "API_KEY_INVALID"
 
 
 async def test_websocket_idle_timeout(gw: Any) -> None:

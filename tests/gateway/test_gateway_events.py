@@ -256,14 +256,39 @@ async def test_reasoning_socket_flat_by_subprotocol_with_bearer_token(gw: Any, c
     assert collab.state.metadata[-1]["authorization"] == "Bearer sk-test-1"
 
 
-async def test_flat_subprotocol_waits_for_the_auth_frame(gw: Any, collab: RunningCollab) -> None:
+async def test_flat_subprotocol_without_credentials_streams_at_once(gw: Any, collab: RunningCollab) -> None:
+    """The README's `new WebSocket(url, ['aibattle.flat.v1'])`: nothing sent, events come (this upstream asks
+    for no key; a server with keys is tests/gateway/test_gateway_auth.py's)."""
     await seed(collab.state.reasonings["r2"], reasoning_script("r2"))
     async with gw.ws_connect("/api/v1/ws/collaborative-reasoning/r2", protocols=("aibattle.flat.v1",)) as ws:
-        await ws.send_json({"type": "auth", "token": "tok-2"})
-        got = await frames(ws)
-    assert got[0] == {"type": "auth_ok"}
-    assert [f["type"] for f in got[1:]][-1] == "completion"
-    assert collab.state.metadata[-1]["authorization"] == "Bearer tok-2"
+        got = await asyncio.wait_for(frames(ws), 5)
+    assert [f["type"] for f in got][-1] == "completion"
+    assert ws.close_code == 1000
+    assert "authorization" not in collab.state.metadata[-1]
+
+
+async def test_flat_auth_frame_on_a_running_call_is_acknowledged(gw: Any, collab: RunningCollab) -> None:
+    """A client that authenticates on open anyway (the README's Python example) is not refused."""
+    collab.state.reasonings["r9"]  # created empty: the stream waits for events
+    async with gw.ws_connect("/api/v1/ws/collaborative-reasoning/r9", protocols=("aibattle.flat.v1",)) as ws:
+        await ws.send_json({"type": "auth", "token": "tok-9"})
+        assert json.loads((await asyncio.wait_for(ws.receive(), 5)).data) == {"type": "auth_ok"}
+        await seed(collab.state.reasonings["r9"], reasoning_script("r9"))
+        got = await asyncio.wait_for(frames(ws), 5)
+    assert [f["type"] for f in got][-1] == "completion"
+    assert ws.close_code == 1000
+
+
+async def test_flat_converse_watcher_that_sends_nothing_starts_after_the_auth_wait(
+    aiohttp_client: Any, collab: RunningCollab
+) -> None:
+    gw = await gateway(aiohttp_client, collab, ws_auth_timeout=0.1)
+    await seed(collab.state.conversations["c10"], conversation_script("c10"))
+    async with gw.ws_connect("/api/v1/ws/conversations/c10", protocols=("aibattle.flat.v1",)) as ws:
+        got = await asyncio.wait_for(frames(ws), 5)
+    assert [f["type"] for f in got][-1] == "completion"
+    assert collab.state.converse_requests[0].conversation_id == "c10"
+    assert "authorization" not in collab.state.metadata[-1]
 
 
 async def test_reasoning_socket_without_subprotocol_stays_native(gw: Any, collab: RunningCollab) -> None:
