@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from aibattle_sdk import Client
-from tests.e2e.process import server_process
+from tests.e2e.process import Running, server_process
 
 SCRIPTED = """
 [[models]]
@@ -38,10 +38,26 @@ error_after_chunks = 2
 
 
 @pytest.fixture(scope="module")
-def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """gRPC target of a `python -m server` process serving the scripted models above."""
-    with server_process(SCRIPTED, tmp_path_factory.mktemp("sdk")) as running:
-        yield running.grpc_target
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    """A `python -m server` process serving the scripted models above, over gRPC and, as `make run`
+    does, HTTP (the gateway)."""
+    with server_process(
+        SCRIPTED, tmp_path_factory.mktemp("sdk"), AIBATTLE_HTTP_ADDR="127.0.0.1:0"
+    ) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def target(server: Running) -> str:
+    """The server's gRPC target, host:port."""
+    return server.grpc_target
+
+
+@pytest.fixture(scope="module")
+def gateway_url(server: Running) -> str:
+    """The URL of the server's HTTP gateway, e.g. http://127.0.0.1:8080."""
+    assert server.http_url.startswith("http://")
+    return server.http_url
 
 
 @pytest.fixture

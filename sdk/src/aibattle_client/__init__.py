@@ -1,8 +1,10 @@
 """Seed 000 §6.1's `AIBattleClient`, as a thin facade over `aibattle_sdk.Client`.
 
 The method names and arguments are the seed's; results are plain dicts shaped like the REST bodies
-(proto field names, snake_case). It speaks gRPC to `$AIBATTLE_TARGET` (default 127.0.0.1:50051), so
-seed §7.1's example runs as written against `make run`, with model ids the server has:
+(proto field names, snake_case). Given `base_url`, the URL of the HTTP gateway as in the seed
+(`make run`: http://127.0.0.1:8080), it speaks REST to it; without, gRPC to `$AIBATTLE_TARGET` (default
+127.0.0.1:50051). Either way seed §7.1's example runs as written against `make run`, with model ids the
+server has:
 
     from aibattle_client import AIBattleClient
 
@@ -43,8 +45,10 @@ class AIBattleClient:
 
     Args:
         api_key: sent as `authorization: Bearer <key>`; None: `$AIBATTLE_API_KEY`, else none.
-        base_url: the gRPC server, host:port; None: `$AIBATTLE_TARGET`, else 127.0.0.1:50051.
-        tls: connect with TLS.
+        base_url: the HTTP gateway's URL, as in the seed (e.g. "http://127.0.0.1:8080"; https:// uses TLS
+            with the system's roots), or a gRPC server's host:port; None: `$AIBATTLE_TARGET`, else
+            127.0.0.1:50051 (gRPC).
+        tls: connect to a host:port with TLS.
         timeout: seconds each call may take; collaborative reasoning waits for the session regardless.
     """
 

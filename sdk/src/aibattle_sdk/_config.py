@@ -103,6 +103,11 @@ class ClientConfig:
         return None if seconds is None else time.monotonic() + seconds
 
 
+def is_url(target: str) -> bool:
+    """Whether a target names an HTTP gateway (a URL) rather than a gRPC server (host:port)."""
+    return target.lower().startswith(("http://", "https://"))
+
+
 def remaining(deadline: float | None) -> float | None:
     """Seconds left until deadline, for grpc's `timeout` (never negative)."""
     return None if deadline is None else max(0.0, deadline - time.monotonic())

@@ -6,7 +6,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 
@@ -24,6 +24,47 @@ def open_channel(config: ClientConfig) -> grpc.Channel:
     return grpc.insecure_channel(config.target, options=config.options)
 
 
+class SyncTransport(Protocol):
+    """What the sync client's namespaces call: gRPC (`Transport`) or an HTTP gateway (`RestTransport`)."""
+
+    config: ClientConfig
+
+    def unary(self, rpc: Rpc, request: Any, *, timeout: float | None, safe: bool) -> Any: ...
+
+    def stream(
+        self,
+        rpc: Rpc,
+        request: Any,
+        *,
+        timeout: float | None,
+        safe: bool,
+        resume: Callable[[int], Any] | None = None,
+        sequence: Callable[[Any], int] | None = None,
+        unwrap: Callable[[Any], Any] | None = None,
+    ) -> Stream[Any]: ...
+
+    def open_stream(self, rpc: Rpc, request: Any, timeout: float | None) -> Any:
+        """Start one server-streaming call: an iterable of responses with `cancel()`. It raises
+        grpc.RpcError or APIError; opening must not block (Stream holds a lock across it)."""
+        ...
+
+    def converse(self, rpc: Rpc, first: Any, *, timeout: float | None) -> ConverseSession: ...
+
+
+def retrying(policy: RetryPolicy, deadline: float | None, attempt_once: Callable[[], T]) -> T:
+    """`attempt_once()` until it succeeds or `policy` gives up; it raises APIError on failure."""
+    attempt = 1
+    while True:
+        try:
+            return attempt_once()
+        except APIError as error:
+            wait = policy.should_retry(attempt, error, deadline)
+            if wait is None:
+                raise
+        time.sleep(wait)
+        attempt += 1
+
+
 class Transport:
     """Runs Rpcs on one channel with the client's policy; the only place that catches grpc.RpcError."""
 
@@ -37,18 +78,23 @@ class Transport:
         call = self.channel.unary_unary(
             rpc.route, rpc.request_type.SerializeToString, rpc.response_type.FromString
         )
-        policy = self.config.retry if safe else RetryPolicy(max_attempts=1)
-        attempt = 1
-        while True:
+
+        def once() -> Any:
             try:
                 return call(request, timeout=remaining(deadline), metadata=self.config.metadata())
             except grpc.RpcError as exc:
-                error = from_rpc_error(exc)
-            wait = policy.should_retry(attempt, error, deadline)
-            if wait is None:
-                raise error
-            time.sleep(wait)
-            attempt += 1
+                raise from_rpc_error(exc) from None
+
+        return retrying(self.config.retry if safe else RetryPolicy(max_attempts=1), deadline, once)
+
+    def open_stream(self, rpc: Rpc, request: Any, timeout: float | None) -> Any:
+        multicallable = self.channel.unary_stream(
+            rpc.route, rpc.request_type.SerializeToString, rpc.response_type.FromString
+        )
+        return multicallable(request, timeout=timeout, metadata=self.config.metadata())
+
+    def converse(self, rpc: Rpc, first: Any, *, timeout: float | None) -> ConverseSession:
+        return ConverseSession(self, rpc, first, timeout=timeout)
 
     def stream(
         self,
@@ -78,7 +124,7 @@ class Stream(Generic[T]):
 
     def __init__(
         self,
-        transport: Transport,
+        transport: SyncTransport,
         rpc: Rpc,
         request: Any,
         *,
@@ -125,14 +171,10 @@ class Stream(Generic[T]):
                 self._call.cancel()
 
     def _open(self, request: Any) -> Any:
-        config = self._transport.config
-        multicallable = self._transport.channel.unary_stream(
-            self._rpc.route, self._rpc.request_type.SerializeToString, self._rpc.response_type.FromString
-        )
         with self._lock:
             if self._cancelled:
                 return None
-            self._call = multicallable(request, timeout=remaining(self._deadline), metadata=config.metadata())
+            self._call = self._transport.open_stream(self._rpc, request, remaining(self._deadline))
             return self._call
 
     def _run(self) -> Iterator[T]:
@@ -152,10 +194,10 @@ class Stream(Generic[T]):
                         received, attempt = True, 1
                         yield self._unwrap(response)
                     return
-                except grpc.RpcError as exc:
+                except (grpc.RpcError, APIError) as exc:
                     if self._cancelled:
                         return
-                    error = from_rpc_error(exc)
+                    error = exc if isinstance(exc, APIError) else from_rpc_error(exc)
                 if not self._retry(error, received, attempt):
                     raise error
                 attempt += 1

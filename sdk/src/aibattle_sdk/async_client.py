@@ -11,7 +11,7 @@ import grpc.aio
 
 from aibattle_sdk import _requests as R
 from aibattle_sdk._async_transport import AsyncConverseSession, AsyncStream, AsyncTransport, open_channel
-from aibattle_sdk._config import DEFAULT_TIMEOUT, ClientConfig, RetryPolicy
+from aibattle_sdk._config import DEFAULT_TIMEOUT, ClientConfig, RetryPolicy, is_url
 from aibattle_sdk._gen.aibattle import v1
 
 Seat = v1.Participant | dict[str, str] | tuple[str, str]
@@ -399,6 +399,7 @@ class AsyncClient:
     """The asyncio AI Battle client; the same options and namespaces as `Client`, awaited.
 
     The channel opens on first use, in the running event loop. Use `async with`, or `await close()`.
+    It speaks gRPC only: a gateway URL as `target` (which `Client` takes) is refused with ValueError.
     """
 
     def __init__(
@@ -415,6 +416,12 @@ class AsyncClient:
         self.config = ClientConfig.resolve(
             target, api_key=api_key, tls=tls, timeout=timeout, retry=retry, channel_options=channel_options
         )
+        if channel is None and is_url(self.config.target):
+            # said at once: grpc would report the URL later as "Misformatted domain name"
+            raise ValueError(
+                "AsyncClient speaks gRPC: give the server's host:port (e.g. 127.0.0.1:50051); "
+                "an http(s):// gateway URL works with Client"
+            )
         self._owns_channel = channel is None
         self._channel = channel
         transport = AsyncTransport(self._get_channel, self.config)

@@ -9,9 +9,10 @@ from typing import Literal, overload
 import grpc
 
 from aibattle_sdk import _requests as R
-from aibattle_sdk._config import DEFAULT_TIMEOUT, ClientConfig, RetryPolicy
+from aibattle_sdk._config import DEFAULT_TIMEOUT, ClientConfig, RetryPolicy, is_url
 from aibattle_sdk._gen.aibattle import v1
-from aibattle_sdk._sync_transport import ConverseSession, Stream, Transport, open_channel
+from aibattle_sdk._rest_transport import RestTransport
+from aibattle_sdk._sync_transport import ConverseSession, Stream, SyncTransport, Transport, open_channel
 
 Seat = v1.Participant | dict[str, str] | tuple[str, str]
 
@@ -19,7 +20,7 @@ Seat = v1.Participant | dict[str, str] | tuple[str, str]
 class Models:
     """`client.models`: the models the server serves."""
 
-    def __init__(self, transport: Transport) -> None:
+    def __init__(self, transport: SyncTransport) -> None:
         self._t = transport
 
     def list(
@@ -48,7 +49,7 @@ class Models:
 class Completions:
     """`client.completions`: text from one model, whole or streamed."""
 
-    def __init__(self, transport: Transport) -> None:
+    def __init__(self, transport: SyncTransport) -> None:
         self._t = transport
 
     @overload
@@ -131,7 +132,7 @@ class Completions:
 class Conversations:
     """`client.conversations`: multi-model conversations, their transcripts and live events."""
 
-    def __init__(self, transport: Transport) -> None:
+    def __init__(self, transport: SyncTransport) -> None:
         self._t = transport
 
     def create(
@@ -253,13 +254,13 @@ class Conversations:
     ) -> ConverseSession:
         """Join a conversation both ways (the Converse RPC): `send`, `run`, `cancel_turn`, iterate events."""
         first = v1.ConverseRequest(conversation_id=conversation_id, after_sequence=after_sequence)
-        return ConverseSession(self._t, R.CONVERSE, first, timeout=timeout)
+        return self._t.converse(R.CONVERSE, first, timeout=timeout)
 
 
 class Reasoning:
     """`client.reasoning`: collaborative reasoning sessions, their iterations and live events."""
 
-    def __init__(self, transport: Transport) -> None:
+    def __init__(self, transport: SyncTransport) -> None:
         self._t = transport
 
     def create(
@@ -347,7 +348,7 @@ class Reasoning:
 class Keys:
     """`client.keys`: API keys (KeyService); every method needs the admin key."""
 
-    def __init__(self, transport: Transport) -> None:
+    def __init__(self, transport: SyncTransport) -> None:
         self._t = transport
 
     def create(
@@ -396,7 +397,9 @@ class Client:
     """The synchronous AI Battle client.
 
     Args:
-        target: host:port of the gRPC server; default `$AIBATTLE_TARGET`, else 127.0.0.1:50051.
+        target: host:port of the gRPC server; default `$AIBATTLE_TARGET`, else 127.0.0.1:50051. Or the
+            http(s):// URL of its HTTP gateway (`make run`: http://127.0.0.1:8080): the same calls over
+            REST and NDJSON streams, all but `conversations.converse` (no HTTP route: WebSocket only).
         api_key: sent as `authorization: Bearer <key>`; default `$AIBATTLE_API_KEY`, else none.
         tls: True for TLS with the system's roots, or a `grpc.ChannelCredentials`; False for plaintext.
         timeout: default deadline of unary calls, in seconds (None: none). Streams have none by default.
@@ -422,8 +425,13 @@ class Client:
             target, api_key=api_key, tls=tls, timeout=timeout, retry=retry, channel_options=channel_options
         )
         self._owns_channel = channel is None
-        self._channel = channel if channel is not None else open_channel(self.config)
-        transport = Transport(self._channel, self.config)
+        self._channel: grpc.Channel | None = None
+        transport: SyncTransport
+        if channel is None and is_url(self.config.target):
+            transport = RestTransport(self.config)
+        else:
+            self._channel = channel if channel is not None else open_channel(self.config)
+            transport = Transport(self._channel, self.config)
         self.models = Models(transport)
         self.completions = Completions(transport)
         self.conversations = Conversations(transport)
@@ -437,7 +445,7 @@ class Client:
 
     def close(self) -> None:
         """Close the channel (open streams end)."""
-        if self._owns_channel:
+        if self._owns_channel and self._channel is not None:
             self._channel.close()
 
     def __enter__(self) -> Client:

@@ -143,22 +143,82 @@ def error_for(
     code: grpc.StatusCode, message: str, trailing_metadata: Sequence[tuple[str, Any]] | None = None
 ) -> APIError:
     """The typed error for a status code, message and trailing metadata."""
-    reason, domain, metadata, violations, retry_after = "", "", {}, [], None
+    details: list[tuple[str, Any]] = []
     status = _rich_status(trailing_metadata)
     if status is not None:
         message = status.message or message
         for detail in status.details:
             kind = detail.type_url.rsplit("/", 1)[-1]
-            if kind == "google.rpc.ErrorInfo":
-                info = ErrorInfo.parse(detail.value)
-                reason, domain, metadata = info.reason, info.domain, dict(info.metadata)
-            elif kind == "google.rpc.RetryInfo":
-                delay = RetryInfo.parse(detail.value).retry_delay
-                if delay is not None:
-                    retry_after = delay.total_seconds()
-            elif kind == "google.rpc.BadRequest":
-                bad = BadRequest.parse(detail.value)
-                violations = [(v.field, v.description) for v in bad.field_violations]
+            parser = _DETAIL_TYPES.get(kind)
+            if parser is not None:
+                details.append((kind, parser.parse(detail.value)))
+    return _typed(code, message, details)
+
+
+def error_from_json(status: Any, http_status: int) -> APIError:
+    """The typed error for an HTTP gateway's answer: a JSON `google.rpc.Status` (details as `@type`d
+    objects), or, from something else on the way (a proxy's HTML page), the HTTP status alone."""
+    if not isinstance(status, dict) or not isinstance(status.get("code"), int):
+        return _typed(_code_of_http(http_status), f"HTTP {http_status} from the gateway", [])
+    details: list[tuple[str, Any]] = []
+    for detail in status.get("details") or ():
+        if not isinstance(detail, dict):
+            continue
+        kind = str(detail.get("@type", "")).rsplit("/", 1)[-1]
+        parser = _DETAIL_TYPES.get(kind)
+        if parser is not None:
+            try:
+                details.append((kind, parser.from_dict({k: v for k, v in detail.items() if k != "@type"})))
+            except Exception:  # a malformed detail must not hide the status itself
+                continue
+    try:
+        code = grpc.StatusCode[_CODE_NAMES[status["code"]]]
+    except (KeyError, IndexError):
+        code = grpc.StatusCode.UNKNOWN
+    return _typed(code, str(status.get("message", "")), details)
+
+
+_DETAIL_TYPES: dict[str, type[ErrorInfo] | type[RetryInfo] | type[BadRequest]] = {
+    "google.rpc.ErrorInfo": ErrorInfo,
+    "google.rpc.RetryInfo": RetryInfo,
+    "google.rpc.BadRequest": BadRequest,
+}
+
+_CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+
+_HTTP_CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    409: grpc.StatusCode.ABORTED,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    499: grpc.StatusCode.CANCELLED,
+    501: grpc.StatusCode.UNIMPLEMENTED,
+    502: grpc.StatusCode.UNAVAILABLE,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+def _code_of_http(http_status: int) -> grpc.StatusCode:
+    """grpc-gateway's mapping of codes to HTTP statuses, read backwards."""
+    if http_status in _HTTP_CODES:
+        return _HTTP_CODES[http_status]
+    return grpc.StatusCode.INTERNAL if http_status >= 500 else grpc.StatusCode.UNKNOWN
+
+
+def _typed(code: grpc.StatusCode, message: str, details: Sequence[tuple[str, Any]]) -> APIError:
+    """The error class of `code`, filled from the parsed ErrorInfo, RetryInfo and BadRequest details."""
+    reason, domain, metadata, violations, retry_after = "", "", {}, [], None
+    for kind, detail in details:
+        if kind == "google.rpc.ErrorInfo":
+            reason, domain, metadata = detail.reason, detail.domain, dict(detail.metadata)
+        elif kind == "google.rpc.RetryInfo":
+            if detail.retry_delay is not None:
+                retry_after = detail.retry_delay.total_seconds()
+        elif kind == "google.rpc.BadRequest":
+            violations = [(v.field, v.description) for v in detail.field_violations]
     cls = _BY_CODE.get(code, UnknownError)
     return cls(
         code,
