@@ -9,7 +9,11 @@ import select
 import subprocess
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
+
+from aibattle_sdk import Client
+from aibattle_sdk.v1 import RunStatus
 
 AIBATTLE = Path(sys.executable).parent / "aibattle"
 
@@ -130,3 +134,121 @@ def test_converse_and_reason_show_the_run_live(target: str) -> None:
     ]
     assert [int(e["sequence"]) for e in events] == list(range(1, len(events) + 1))
     assert events[-1]["type"] == "REASONING_EVENT_TYPE_COMPLETION"
+
+
+SECRET = "sk-live-0123'456\"789"
+"""Quotes inside: argparse would print it as a repr ('…\\'…'), which must not leak either."""
+
+
+def test_global_options_before_or_after_the_command(target: str, gateway_url: str) -> None:
+    ids = ["critic", "echo", "flaky", "slow"]
+    for args in (["models", "--json"], ["--json", "models"], ["models", "--timeout", "20", "--json"]):
+        listed = run(target, *args)
+        assert listed.returncode == 0, (args, listed.stderr)
+        assert [json.loads(line)["id"] for line in listed.stdout.splitlines()] == ids
+    after = run("127.0.0.1:1", "complete", "--model", "echo", "--target", target, "--json", "Hi")
+    assert after.returncode == 0, after.stderr
+    assert json.loads(after.stdout.splitlines()[-1])["is_final"] is True
+    # given twice, the later one counts
+    overridden = run("127.0.0.1:1", "--target", "127.0.0.1:1", "models", "--target", target)
+    assert overridden.returncode == 0, overridden.stderr
+    # --target takes the gateway's URL too
+    over_http = run("127.0.0.1:1", "models", "--target", gateway_url)
+    assert [line.split()[0] for line in over_http.stdout.splitlines()] == ids
+
+
+def test_usage_errors_never_echo_an_argument(target: str) -> None:
+    bad = [
+        ["models", "--api-key", SECRET, "--typo"],
+        ["--api-key", SECRET, "models", "--typo"],
+        ["models", SECRET],
+        [SECRET],
+        ["--timeout", SECRET, "models"],
+        ["models", f"--api-keyy={SECRET}"],
+        ["models", f"--tls={SECRET}"],
+        ["models", f"--t={SECRET}"],
+        ["converse", "-m", SECRET],
+        ["complete", "--model", "echo", "--max-tokens", SECRET, "Hi"],
+        ["reason", "--primary", "echo", "--max-iterations", SECRET, "x"],
+        ["--api-key", SECRET],
+        ["models", "--api-key", SECRET, "--provider"],
+    ]
+    for args in bad:
+        result = run(target, *args)
+        assert result.returncode == 2, args
+        for part in (SECRET, "sk-live", "0123", "789"):
+            assert part not in result.stdout + result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+        assert ": error: " in result.stderr.splitlines()[-1], result.stderr
+    typo = run(target, "models", "--api-key", SECRET, "--typo")
+    assert (
+        typo.stderr.splitlines()[-1]
+        == "aibattle: error: unrecognized argument at position 4 (see aibattle --help)"
+    )
+    timeout = run(target, "--timeout", SECRET, "models")
+    assert "argument --timeout: invalid float value" in timeout.stderr
+
+
+def test_version_is_the_installed_distributions() -> None:
+    for args in (["--version"], ["models", "--version"]):
+        shown = subprocess.run(
+            [str(AIBATTLE), *args], capture_output=True, text=True, timeout=30, check=False
+        )
+        assert shown.returncode == 0
+        assert shown.stdout == f"aibattle {metadata.version('aibattle-sdk')}\n"
+
+
+def test_converse_interactive_reads_piped_turns(target: str) -> None:
+    """`converse -i` fed by a pipe: each non-empty line is the human's next turn, in order."""
+    env = {**os.environ, "AIBATTLE_TARGET": target}
+    args = [
+        str(AIBATTLE),
+        "converse",
+        "-i",
+        "-m",
+        "echo:human",
+        "-m",
+        "echo:assistant",
+        "--rounds",
+        "3",
+        "Hi",
+    ]
+    done = subprocess.run(
+        args, input="second thing\n\nthird thing\n", capture_output=True, text=True, timeout=60, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    reply = "[echo (assistant)] Hello there, friend. This is a scripted reply."
+    assert done.stdout.splitlines()[2:] == [
+        "[echo (human)] Hi",
+        reply,
+        "[echo (human)] second thing",
+        reply,
+        "[echo (human)] third thing",
+        reply,
+        "[conversation completed]",
+    ]
+
+
+def test_converse_interactive_stops_at_the_end_of_the_pipe(target: str, client: Client) -> None:
+    env = {**os.environ, "AIBATTLE_TARGET": target}
+    args = [
+        str(AIBATTLE),
+        "converse",
+        "-i",
+        "-m",
+        "echo:human",
+        "-m",
+        "echo:assistant",
+        "--rounds",
+        "3",
+        "Hi",
+    ]
+    short = subprocess.run(args, input="only one\n", capture_output=True, text=True, timeout=60, env=env)
+    assert short.returncode == 0, short.stderr
+    conversation_id = short.stdout.splitlines()[0].removeprefix("conversation ")
+    assert short.stdout.splitlines()[-1] == (
+        f"[waiting for input; go on with: aibattle converse --id {conversation_id} -i]"
+    )
+    conversation = client.conversations.get(conversation_id)
+    assert conversation.status == RunStatus.WAITING_FOR_INPUT
+    assert [m.content for m in conversation.messages if m.role == "human"] == ["Hi", "only one"]

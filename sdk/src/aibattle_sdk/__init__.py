@@ -9,6 +9,8 @@
 Messages and enums are in `aibattle_sdk.v1`; errors in `aibattle_sdk.errors` (re-exported here).
 """
 
+from importlib import metadata
+
 from aibattle_sdk._config import DEFAULT_TARGET, RetryPolicy
 from aibattle_sdk._sync_transport import ConverseSession, Stream
 from aibattle_sdk.async_client import AsyncClient, AsyncConverseSession, AsyncStream
@@ -34,7 +36,11 @@ from aibattle_sdk.errors import (
     UnknownError,
 )
 
-__version__ = "0.1.0"
+try:
+    __version__ = metadata.version("aibattle-sdk")
+    """The installed distribution's version (sdk/pyproject.toml is the one place it is written)."""
+except metadata.PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "DEFAULT_TARGET",

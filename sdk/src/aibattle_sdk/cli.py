@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 import betterproto2
 
-from aibattle_sdk import v1
+from aibattle_sdk import __version__, v1
 from aibattle_sdk._config import API_KEY_ENV, DEFAULT_TARGET, TARGET_ENV
 from aibattle_sdk.client import Client
 from aibattle_sdk.errors import AIBattleError, APIError
@@ -76,7 +77,7 @@ def cmd_complete(client: Client, args: argparse.Namespace, out: Output) -> int:
 def _seat(text: str) -> tuple[str, str]:
     model, sep, role = text.partition(":")
     if not sep or not model or not role:
-        raise argparse.ArgumentTypeError(f"expected MODEL:ROLE, got {text!r}")
+        raise argparse.ArgumentTypeError("expected a model and a role joined by a colon")
     return model, role
 
 
@@ -95,7 +96,7 @@ def cmd_converse(client: Client, args: argparse.Namespace, out: Output) -> int:
         )
         conversation_id = created.conversation_id
         out.text(f"conversation {conversation_id}\n")
-    interactive = args.interactive and sys.stdin.isatty()
+    interactive = args.interactive
     with client.conversations.converse(conversation_id, timeout=args.timeout) as session:
         if args.id and not args.prompt:
             session.run()
@@ -114,12 +115,16 @@ def cmd_converse(client: Client, args: argparse.Namespace, out: Output) -> int:
             _show_conversation_event(event, out)
             if interactive and event.type == v1.ConversationEventType.STATUS_CHANGED:
                 if event.status == v1.RunStatus.WAITING_FOR_INPUT:
-                    line = _ask()
-                    if line:
+                    line = _next_turn(out)
+                    if line is not None:
                         session.send(line, role=args.role)
                     else:
+                        interactive = False
                         session.close()
+                        resume = f"aibattle converse --id {conversation_id} -i"
+                        out.text(f"\n[waiting for input; go on with: {resume}]\n")
                 elif event.status in _SETTLED:
+                    interactive = False
                     session.close()
     return 0
 
@@ -127,11 +132,22 @@ def cmd_converse(client: Client, args: argparse.Namespace, out: Output) -> int:
 _SETTLED = {v1.RunStatus.COMPLETED, v1.RunStatus.CANCELLED, v1.RunStatus.FAILED, v1.RunStatus.INTERRUPTED}
 
 
-def _ask() -> str:
-    try:
-        return input("\nyou> ").strip()
-    except EOFError:
-        return ""
+def _next_turn(out: Output) -> str | None:
+    """Your next message, or None to stop.
+
+    From a terminal: a prompt, one line; an empty line or end of input stops. From a pipe or file: each
+    non-empty line is one message, in order, and end of input stops (no prompt: nobody reads it).
+    """
+    if sys.stdin.isatty():
+        try:
+            line = input("\nyou> ").strip()
+        except EOFError:
+            return None
+        return line or None
+    for raw in sys.stdin:
+        if line := raw.strip():
+            return line
+    return None
 
 
 def _show_conversation_event(event: v1.ConversationEvent, out: Output) -> None:
@@ -191,23 +207,120 @@ def cmd_reason(client: Client, args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
-def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="aibattle", description="Talk to an AI Battle server over gRPC.")
-    top.add_argument(
-        "--target", help=f"host:port of the server (default ${TARGET_ENV}, else {DEFAULT_TARGET})"
+class _Parser(argparse.ArgumentParser):
+    """argparse that never echoes what was typed: a value may be a secret (`--api-key`), and argparse's own
+    messages quote values (`invalid float value: 'x'`, `unrecognized arguments: --api-key SECRET`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._typed: list[str] = []
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        self._typed = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(self._typed, namespace)
+
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self._fail(_unrecognized(self._typed, extras))
+        return parsed
+
+    def error(self, message: str) -> NoReturn:
+        self._fail(_without_values(message))
+
+    def _fail(self, clean_message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {clean_message} (see {self.prog} --help)\n")
+
+
+def _unrecognized(typed: list[str], extras: list[str]) -> str:
+    """Where the unrecognized arguments are (1 = the first after `aibattle`), not what they are."""
+    used: set[int] = set()
+    for extra in extras:
+        index = next((i for i, arg in enumerate(typed) if arg == extra and i not in used), None)
+        if index is not None:
+            used.add(index)
+    positions = ", ".join(str(i + 1) for i in sorted(used))
+    where = f" at position {positions}" if len(used) == len(extras) else ""
+    return f"unrecognized argument{'s' if len(extras) > 1 else ''}{where}"
+
+
+_ARGUMENT = re.compile(r"argument ([^:]+): (.*)", re.DOTALL)
+
+
+def _without_values(message: str) -> str:
+    """argparse's message, cut before anything the user typed.
+
+    Kept: the option's name (ours), and the kind of problem up to the first quote or colon, which is where
+    argparse starts quoting a value ("invalid float value: 'x'", "invalid choice: 'x' (…)", "ignored
+    explicit argument 'x'"). Messages that name only our own options pass whole; any other is generic.
+    """
+    if message.startswith(("the following arguments are required: ", "one of the arguments ")):
+        return message  # names and metavars only
+    if message.startswith("unrecognized arguments"):
+        return "unrecognized arguments"
+    if message.startswith("ambiguous option: "):
+        # the typed prefix (possibly with "=value") is left out; the candidates after the last
+        # " could match " are our option strings
+        return "ambiguous option: it could match " + message.rsplit(" could match ", 1)[-1]
+    if match := _ARGUMENT.fullmatch(message):
+        name, detail = match.groups()
+        kind = re.split(r"[:'\"]", detail, maxsplit=1)[0].strip()
+        return f"argument {name}: {kind}" if kind else f"argument {name}: invalid value"
+    return "invalid arguments"
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """The options of every command, accepted before or after its name.
+
+    Under a command they default to SUPPRESS: a subparser copies its namespace onto the top one, so a
+    default there would undo the same option given before the command.
+    """
+
+    def default(value: object) -> object:
+        return value if top else argparse.SUPPRESS
+
+    group = parser.add_argument_group("global options") if not top else parser
+    group.add_argument(
+        "--target",
+        default=default(None),
+        help=f"host:port of the server, or the http(s):// URL of its gateway "
+        f"(default ${TARGET_ENV}, else {DEFAULT_TARGET})",
     )
-    top.add_argument("--api-key", help=f"API key (default ${API_KEY_ENV})")
-    top.add_argument("--tls", action="store_true", help="connect with TLS")
-    top.add_argument("--json", action="store_true", help="print JSON (one object per line) instead of text")
-    top.add_argument("--timeout", type=float, default=None, help="seconds the whole command may take")
+    group.add_argument("--api-key", default=default(None), help=f"API key (default ${API_KEY_ENV})")
+    group.add_argument("--tls", action="store_true", default=default(False), help="connect with TLS")
+    group.add_argument(
+        "--json",
+        action="store_true",
+        default=default(False),
+        help="print JSON (one object per line) instead of text",
+    )
+    group.add_argument(
+        "--timeout", type=float, default=default(None), help="seconds the whole command may take"
+    )
+    group.add_argument("--version", action="version", version=f"aibattle {__version__}")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = _Parser(prog="aibattle", description="Talk to an AI Battle server over gRPC.")
+    _add_global_options(top, top=True)
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("models", help="list the models")
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".")
+        _add_global_options(p, top=False)
+        return p
+
+    p = command("models", "list the models")
     p.add_argument("--provider", default="")
     p.add_argument("--capability", default="")
     p.set_defaults(run=cmd_models)
 
-    p = sub.add_parser("complete", help="stream a completion")
+    p = command("complete", "stream a completion")
     p.add_argument("--model", required=True)
     p.add_argument("--max-tokens", type=int)
     p.add_argument("--temperature", type=float)
@@ -215,18 +328,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("prompt")
     p.set_defaults(run=cmd_complete)
 
-    p = sub.add_parser("converse", help="start (or join) a conversation and follow it live")
+    p = command("converse", "start (or join) a conversation and follow it live")
     p.add_argument("-m", "--model", type=_seat, action="append", default=[], metavar="MODEL:ROLE")
     p.add_argument("--id", help="join this conversation instead of creating one")
     p.add_argument("--mode", default="", help='"human-ai" (default), "ai-ai" or "round-robin"')
     p.add_argument("--rounds", type=int, default=0)
     p.add_argument("--system", help="system instruction")
     p.add_argument("--role", default="human", help="the role you speak as (default human)")
-    p.add_argument("-i", "--interactive", action="store_true", help="type your turns when asked")
+    p.add_argument(
+        "-i",
+        "--interactive",
+        action="store_true",
+        help="type your turns when asked (piped: one message per line)",
+    )
     p.add_argument("prompt", nargs="?", help="the first message (or, with --id, your next one)")
     p.set_defaults(run=cmd_converse)
 
-    p = sub.add_parser("reason", help="run collaborative reasoning and watch it live")
+    p = command("reason", "run collaborative reasoning and watch it live")
     p.add_argument("--primary", required=True)
     p.add_argument("--secondary")
     p.add_argument("--strategy", default="", help="iterative_refinement (default), debate, mixture, …")
