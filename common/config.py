@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
-from pydantic_core import ErrorDetails, PydanticCustomError
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, ValidatorFunctionWrapHandler
+from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
 
 class ConfigError(ValueError):
@@ -47,6 +47,61 @@ def config_error(kind: str, message: str) -> PydanticCustomError:
     return PydanticCustomError(f"config_{kind}", message)
 
 
+Loc = tuple[str | int, ...]
+Problem = tuple[Loc, str, str]
+"""A problem a check across keys found: its key path (relative to the table checked), its kind (the
+error type becomes config_<kind>) and the message."""
+
+
+def raise_problems(problems: Sequence[Problem], errors: Sequence[ErrorDetails] = ()) -> None:
+    """Raise `errors` (pydantic's, already found) and `problems` as one ValidationError, if there are any.
+    Raised inside a validator, its line errors keep their key paths, placed under the value validated."""
+    if not problems and not errors:
+        return
+    details = [
+        # The message is already written: kept as it is, under the same error type.
+        InitErrorDetails(
+            type=PydanticCustomError(error["type"], error["msg"]), loc=error["loc"], input=error["input"]
+        )
+        for error in errors
+    ]
+    details += [
+        InitErrorDetails(type=config_error(kind, message), loc=loc, input=None)
+        for loc, kind, message in problems
+    ]
+    raise ValidationError.from_exception_data("config", details)
+
+
+def validate_with(handler: ValidatorFunctionWrapHandler, data: object, problems: Sequence[Problem]) -> Any:
+    """`handler(data)` in a wrap validator, its errors and `problems` (checks across keys, made on `data`
+    as given) reported together. pydantic runs an after-validator only once every key is valid, so a
+    check there would show only after all the other problems were fixed."""
+    try:
+        value = handler(data)
+    except ValidationError as exc:
+        raise_problems(problems, exc.errors())
+        raise
+    raise_problems(problems)
+    return value
+
+
+def given(table: object, key: str) -> bool:
+    """Whether a table as given (a TOML mapping, or a model already built) sets `key` itself."""
+    if isinstance(table, Mapping):
+        return key in table
+    return isinstance(table, BaseModel) and key in table.model_fields_set
+
+
+def value_of(table: object, key: str, default: Any = None) -> Any:
+    """A key of a table as given (a TOML mapping, or a model already built), unvalidated; `default` when
+    the table does not set it or is no table at all (its own error says so)."""
+    if isinstance(table, Mapping):
+        return table.get(key, default)
+    if isinstance(table, BaseModel):
+        return getattr(table, key, default)
+    return default
+
+
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -58,14 +113,15 @@ def validate(
     prefix: tuple[str | int, ...] = (),
     names: Mapping[tuple[str | int, ...], str] | None = None,
     strict: bool | None = None,
+    context: Mapping[str, Any] | None = None,
 ) -> M:
     """`model` from `data`, or a ConfigError with one line per problem, as `<source>: <key path>: <why>`.
 
     `prefix` is where `data` sits in the file; `names` maps a key path to the environment variable or flag
-    that set it, so its errors name that instead.
+    that set it, so its errors name that instead; `context` reaches the validators (pydantic's context).
     """
     try:
-        return model.model_validate(data, strict=strict)
+        return model.model_validate(data, strict=strict, context=context)
     except ValidationError as exc:
         raise ConfigError([_line(error, source, prefix, names or {}) for error in exc.errors()]) from None
 

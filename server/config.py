@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal, Self, TypeVar, get_args
+from typing import Annotated, Any, Literal, Self, get_args
 
 from pydantic import (
     AfterValidator,
@@ -19,17 +19,32 @@ from pydantic import (
     Field,
     NonNegativeFloat,
     NonNegativeInt,
+    PositiveFloat,
     PositiveInt,
     SecretStr,
+    StrictBool,
     StrictStr,
-    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
     field_validator,
     model_validator,
 )
-from pydantic_core import InitErrorDetails
 
 from common.addresses import AddressError, is_loopback, parse_host_port
-from common.config import LAX, ConfigError, ConfigModel, Strings, config_error, read_toml, validate
+from common.config import (
+    LAX,
+    ConfigError,
+    ConfigModel,
+    Loc,
+    Problem,
+    Strings,
+    config_error,
+    given,
+    read_toml,
+    validate,
+    validate_with,
+    value_of,
+)
 from gateway.options import GatewaySettings
 
 __all__ = [
@@ -89,6 +104,14 @@ class ServerConfig(ConfigModel):
     """Largest gRPC message accepted or sent (attachments travel inline); at most 2 GiB - 1 (gRPC's int32)."""
     max_prompt_chars: PositiveInt = 200_000
     """Longest prompt sent to a model, in characters (every message of the call together)."""
+    resume_orphans: StrictBool = True
+    """At start-up and in the periodic sweep, a conversation or reasoning run whose server died (its
+    lease expired) is adopted and continued from its last committed step; false marks it INTERRUPTED."""
+    orphan_sweep_seconds: PositiveFloat = 10.0
+    """How often to look for such orphaned runs."""
+    lease_seconds: Annotated[float, Field(ge=1.0)] = 30.0
+    """How long a run's lease holds unless renewed (it is renewed every third of it): how soon after
+    its server dies an orphaned run is adopted by another."""
 
 
 class SecurityConfig(ConfigModel):
@@ -130,8 +153,12 @@ def _http_url(url: str) -> str:
     return url.rstrip("/")
 
 
+def _is_env_name(name: str) -> bool:
+    return name.replace("_", "A").isalnum()
+
+
 def _env_name(name: str) -> str:
-    if name and not name.replace("_", "A").isalnum():
+    if name and not _is_env_name(name):
         raise config_error("env", f"{name!r} is not an environment variable name")
     return name
 
@@ -240,23 +267,45 @@ class ModelConfig(ConfigModel):
         """What a call of this many tokens costs at this model's pricing."""
         return prompt_tokens * self.pricing.input + completion_tokens * self.pricing.output
 
-    @model_validator(mode="after")
-    def _provider_needs(self) -> Self:
-        problems: list[tuple[tuple[str | int, ...], str, str]] = []
-        if self.provider == "scripted" and not self.script:
-            problems.append(((), "scripted", "a scripted model needs a script (at least one reply)"))
-        if self.provider != "scripted":
-            for key in sorted(self.model_fields_set & set(_SCRIPTED_ONLY)):
-                problems.append(((key,), "scripted", f"only for provider 'scripted', not {self.provider!r}"))
-        if self.provider not in HTTP_PROVIDERS:
-            for key in sorted(self.model_fields_set & {*_HTTP_ONLY, "upstream"}):
-                problems.append(((key,), "http", f"only for HTTP providers, not {self.provider!r}"))
-        if self.default_max_tokens > self.context_length:
-            message = (
-                f"default_max_tokens {self.default_max_tokens} exceeds context_length {self.context_length}"
-            )
-            problems.append(((), "range", message))
-        return _raise_if(problems, self)
+    @model_validator(mode="wrap")
+    @classmethod
+    def _provider_needs(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Self:
+        """Keys that go together, checked on the entry as given (a value of the wrong type is its own
+        key's error and is left out here), so they are reported with every other problem."""
+        problems: list[Problem] = []
+        provider = value_of(data, "provider")
+        if provider in PROVIDERS:
+            if provider == "scripted" and not value_of(data, "script", ()):
+                problems.append(((), "scripted", "a scripted model needs a script (at least one reply)"))
+            if provider != "scripted":
+                for key in (k for k in _SCRIPTED_ONLY if given(data, k)):
+                    problems.append(((key,), "scripted", f"only for provider 'scripted', not {provider!r}"))
+            if provider not in HTTP_PROVIDERS:
+                for key in (k for k in (*_HTTP_ONLY, "upstream") if given(data, k)):
+                    problems.append(((key,), "http", f"only for HTTP providers, not {provider!r}"))
+        most, context = (
+            value_of(data, k, cls.model_fields[k].default) for k in ("default_max_tokens", "context_length")
+        )
+        if _positive_int(most) and _positive_int(context) and most > context:
+            problems.append(((), "range", f"default_max_tokens {most} exceeds context_length {context}"))
+        model: Self = validate_with(handler, data, problems)
+        return model
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _key_variable(model: object, defaults: object) -> tuple[Loc, object]:
+    """Where a model's api_key_env comes from (its key path within the model, or () for its provider's
+    table `defaults`) and its value: the model's own, else its `upstream` table's, else the provider's.
+    Works on tables as given and on built ones alike."""
+    if own := value_of(model, "api_key_env"):
+        return ("api_key_env",), own
+    upstream = value_of(model, "upstream")
+    if given(upstream, "api_key_env"):
+        return ("upstream", "api_key_env"), value_of(upstream, "api_key_env")
+    return (), value_of(defaults, "api_key_env", "")
 
 
 def _default_models() -> tuple[ModelConfig, ...]:
@@ -300,54 +349,54 @@ class Config(ConfigModel):
             upstream = merged.model_copy(
                 update={
                     "base_url": model.base_url or merged.base_url or HTTP_PROVIDERS[model.provider],
-                    "api_key_env": model.api_key_env or merged.api_key_env,
+                    "api_key_env": _key_variable(model, defaults)[1],
                 }
             )
             resolved.append(model.model_copy(update={"upstream": upstream}))
         object.__setattr__(self, "models", tuple(resolved))
         return self
 
-    @model_validator(mode="after")
-    def _secure_by_default(self) -> Self:
-        """No admin key: serve only on loopback, where nobody else can reach an open server."""
-        if self.security.enabled:
-            return self
-        problems: list[tuple[tuple[str | int, ...], str, str]] = []
-        for key in ("grpc_addr", "http_addr"):
-            addr = getattr(self.server, key)
-            if addr and not is_loopback(parse_host_port(addr)[0]):
-                problems.append(
-                    (
-                        ("server", key),
-                        "exposed",
-                        f"{addr!r} is reachable from other machines and no admin key is configured: set "
-                        "AIBATTLE_ADMIN_KEY (or [security].admin_key) to require API keys, or listen on "
-                        "127.0.0.1",
-                    )
-                )
-        return _raise_if(problems, self)
+    @model_validator(mode="wrap")
+    @classmethod
+    def _across_tables(cls, data: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Self:
+        """Checks across tables, on the tables as given, so that they are reported with every other
+        problem (an after-validator would run only once all the rest is valid)."""
+        env = (info.context or {}).get("env")
+        problems = _exposed(data) + ([] if env is None else _unset_key_variables(data, env))
+        config: Self = validate_with(handler, data, problems)
+        return config
 
     @property
     def local(self) -> LocalProviderConfig:
         """`[providers.local]`."""
         return self.providers.local
 
-    @field_validator("models")
+    @field_validator("models", mode="wrap")
     @classmethod
-    def _references(cls, models: tuple[ModelConfig, ...]) -> tuple[ModelConfig, ...]:
-        ids = {m.id for m in models}
-        problems: list[tuple[tuple[str | int, ...], str, str]] = []
+    def _references(cls, models: Any, handler: ValidatorFunctionWrapHandler) -> tuple[ModelConfig, ...]:
+        """Unique ids and known fallbacks, read from the entries as given (an id or fallback of the wrong
+        type is its own error), so they are reported with the entries' other problems."""
+        entries = models if isinstance(models, list | tuple) else ()
+        ids = [value_of(entry, "id") for entry in entries]
+        known = {i for i in ids if isinstance(i, str)}
+        problems: list[Problem] = []
         seen: set[str] = set()
-        for i, model in enumerate(models):
-            if model.id in seen:
-                problems.append(((i, "id"), "duplicate", f"duplicate id {model.id!r}"))
-            seen.add(model.id)
-            for j, fallback in enumerate(model.fallbacks):
-                if fallback == model.id:
+        for i, (entry, model_id) in enumerate(zip(entries, ids, strict=True)):
+            if not isinstance(model_id, str):
+                continue
+            if model_id in seen:
+                problems.append(((i, "id"), "duplicate", f"duplicate id {model_id!r}"))
+            seen.add(model_id)
+            fallbacks = value_of(entry, "fallbacks", ())
+            for j, fallback in enumerate(fallbacks if isinstance(fallbacks, list | tuple) else ()):
+                if not isinstance(fallback, str):
+                    continue
+                if fallback == model_id:
                     problems.append(((i, "fallbacks", j), "fallback", "a model cannot fall back to itself"))
-                elif fallback not in ids:
+                elif fallback not in known:
                     problems.append(((i, "fallbacks", j), "fallback", f"unknown model {fallback!r}"))
-        return _raise_if(problems, models)
+        resolved: tuple[ModelConfig, ...] = validate_with(handler, models, problems)
+        return resolved
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "config") -> Config:
@@ -355,19 +404,52 @@ class Config(ConfigModel):
         return validate(cls, data, source=source)
 
 
-T = TypeVar("T")
+def _exposed(data: object) -> list[Problem]:
+    """No admin key: serve only on loopback, where nobody else can reach an open server."""
+    key = value_of(value_of(data, "security"), "admin_key", "")
+    if isinstance(key, SecretStr):
+        key = key.get_secret_value()
+    if not isinstance(key, str) or key:
+        return []
+    server = value_of(data, "server")
+    problems: list[Problem] = []
+    for name in ("grpc_addr", "http_addr"):
+        addr = value_of(server, name, ServerConfig.model_fields[name].default)
+        try:
+            exposed = isinstance(addr, str) and bool(addr) and not is_loopback(parse_host_port(addr)[0])
+        except AddressError:
+            continue  # its own error
+        if exposed:
+            problems.append(
+                (
+                    ("server", name),
+                    "exposed",
+                    f"{addr!r} is reachable from other machines and no admin key is configured: set "
+                    "AIBATTLE_ADMIN_KEY (or [security].admin_key) to require API keys, or listen on "
+                    "127.0.0.1",
+                )
+            )
+    return problems
 
 
-def _raise_if(problems: list[tuple[tuple[str | int, ...], str, str]], value: T) -> T:
-    """Several problems at their own key paths: a ValidationError raised in a validator keeps its line
-    errors, placed under the field being validated."""
-    if problems:
-        details = [
-            InitErrorDetails(type=config_error(kind, message), loc=loc, input=value)
-            for loc, kind, message in problems
-        ]
-        raise ValidationError.from_exception_data("config", details)
-    return value
+def _unset_key_variables(data: object, env: Mapping[str, str]) -> list[Problem]:
+    """Each api_key_env that names a variable missing from `env`, reported where it is set."""
+    models = value_of(data, "models", ())
+    users: dict[tuple[Loc, str], list[str]] = {}
+    for i, model in enumerate(models if isinstance(models, list | tuple) else ()):
+        provider = value_of(model, "provider")
+        if not isinstance(provider, str) or provider not in HTTP_PROVIDERS:
+            continue
+        defaults = value_of(value_of(data, "providers"), provider)
+        within, name = _key_variable(model, defaults)
+        if not isinstance(name, str) or not name or not _is_env_name(name) or env.get(name):
+            continue
+        loc: Loc = ("models", i, *within) if within else ("providers", provider, "api_key_env")
+        users.setdefault((loc, name), []).append(str(value_of(model, "id", f"models[{i}]")))
+    return [
+        (loc, "env", f"environment variable {name} is not set (the API key of {', '.join(ids)})")
+        for (loc, name), ids in users.items()
+    ]
 
 
 ENV_OVERRIDES = {
@@ -395,4 +477,6 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
                 server = {**server, key: env[var]}
                 names["server", key] = var
         data["server"] = server
-    return validate(Config, data, source="config" if path is None else f"config file {path}", names=names)
+    source = "config" if path is None else f"config file {path}"
+    # The environment reaches the check of api_key_env: a variable it names must be set.
+    return validate(Config, data, source=source, names=names, context={"env": env})

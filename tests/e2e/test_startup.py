@@ -60,6 +60,17 @@ SCRIPTED = '[[models]]\nid = "echo"\nprovider = "scripted"\nscript = ["hi"]\n'
             2,
         ),
         ("server = 1\n", ["server: Input should be a valid dictionary"], 2),
+        (
+            # A variable api_key_env names but the environment lacks, with the file's own problems.
+            '[server]\nlog_level = "loud"\n[[models]]\nid = "gpt"\nprovider = "openai"\n'
+            'api_key_env = "AIBATTLE_TEST_UNSET_KEY"\nfallbacks = ["nope"]\n',
+            [
+                "server.log_level:",
+                "models[0].fallbacks[0]: unknown model 'nope'",
+                "models[0].api_key_env: environment variable AIBATTLE_TEST_UNSET_KEY is not set",
+            ],
+            2,
+        ),
         ("[server\n", ["config file"], 2),
         (
             '[[models]]\nid = "x"\nprovider = "local"\n[providers.local]\nmodel_path = "/nonexistent.gguf"\n',

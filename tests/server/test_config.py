@@ -201,8 +201,99 @@ def test_every_error_at_once_one_line_each(tmp_path: Path) -> None:
         "server.max_message_bytes",
         "gateway.strict",
         "models[0].script[0]",
+        "models[0].fallbacks[0]",
     ]
     assert all(e.startswith(f"config file {path}: ") for e in errors)
+
+
+def test_checks_across_keys_come_with_every_other_problem(tmp_path: Path) -> None:
+    # Each check across keys (an unknown fallback, a duplicate id, what a provider needs, an exposed
+    # address) used to wait until every key was valid; all come in one run now.
+    path = write(
+        tmp_path,
+        "[server]\ngrpc_addr = '0.0.0.0:50051'\nlog_level = 'loud'\n"
+        "[[models]]\nid = 'a'\nprovider = 'scripted'\ncontext_length = 0\nfallbacks = ['zz', 7]\n"
+        "[[models]]\nid = 'a'\nprovider = 'local'\nscript = ['x']\ndefault_max_tokens = 4096\n",
+    )
+    errors = errors_of(path)
+    assert all(e.startswith(f"config file {path}: ") for e in errors)
+    assert sorted(e.removeprefix(f"config file {path}: ") for e in errors) == sorted(
+        [
+            "server.log_level: Input should be 'debug', 'info', 'warning' or 'error', got 'loud'",
+            "models[0].context_length: Input should be greater than 0, got 0",
+            "models[0].fallbacks[1]: Input should be a valid string, got 7",
+            "models[0]: a scripted model needs a script (at least one reply)",
+            "models[1].script: only for provider 'scripted', not 'local'",
+            "models[1]: default_max_tokens 4096 exceeds context_length 2048",
+            "models[0].fallbacks[0]: unknown model 'zz'",
+            "models[1].id: duplicate id 'a'",
+            "server.grpc_addr: '0.0.0.0:50051' is reachable from other machines and no admin key is "
+            "configured: set AIBATTLE_ADMIN_KEY (or [security].admin_key) to require API keys, or listen "
+            "on 127.0.0.1",
+        ]
+    )
+
+
+OPENAI = "[[models]]\nid = 'gpt'\nprovider = 'openai'\n"
+
+
+@pytest.mark.parametrize(
+    ("toml", "line"),
+    [
+        (
+            OPENAI + "api_key_env = 'AIBATTLE_TEST_KEY'\n",
+            "models[0].api_key_env: environment variable AIBATTLE_TEST_KEY is not set (the API key of gpt)",
+        ),
+        (
+            OPENAI + "upstream = { api_key_env = 'AIBATTLE_TEST_KEY' }\n",
+            "models[0].upstream.api_key_env: environment variable AIBATTLE_TEST_KEY is not set",
+        ),
+        (
+            # Set once for the provider: one line, at that key, naming every model it keys.
+            OPENAI + "[[models]]\nid = 'gpt-mini'\nprovider = 'openai'\n"
+            "[providers.openai]\napi_key_env = 'AIBATTLE_TEST_KEY'\n",
+            "providers.openai.api_key_env: environment variable AIBATTLE_TEST_KEY is not set (the API key "
+            "of gpt, gpt-mini)",
+        ),
+    ],
+)
+def test_an_unset_key_variable_is_a_configuration_error(tmp_path: Path, toml: str, line: str) -> None:
+    path = write(tmp_path, toml)
+    (error,) = errors_of(path)
+    assert error.startswith(f"config file {path}: {line}")
+    (model, *_) = load_config(path, env={"AIBATTLE_TEST_KEY": "sk-test"}).models
+    assert model.upstream.api_key_env == "AIBATTLE_TEST_KEY"
+
+
+def test_an_unset_key_variable_comes_with_the_other_problems(tmp_path: Path) -> None:
+    path = write(tmp_path, OPENAI + "api_key_env = 'AIBATTLE_TEST_KEY'\ncontext_length = 0\n")
+    assert [e.split(": ")[1] for e in errors_of(path)] == [
+        "models[0].context_length",
+        "models[0].api_key_env",
+    ]
+
+
+def test_the_model_own_key_variable_wins_over_its_providers(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        OPENAI
+        + "api_key_env = 'AIBATTLE_TEST_KEY'\n[providers.openai]\napi_key_env = 'AIBATTLE_OTHER_KEY'\n",
+    )
+    (model,) = load_config(path, env={"AIBATTLE_TEST_KEY": "sk-test"}).models
+    assert model.upstream.api_key_env == "AIBATTLE_TEST_KEY"
+
+
+def test_orphaned_runs_settings(tmp_path: Path) -> None:
+    defaults = load_config(env={}).server
+    assert (defaults.resume_orphans, defaults.orphan_sweep_seconds) == (True, 10.0)
+    path = write(tmp_path, "[server]\nresume_orphans = false\norphan_sweep_seconds = 2.5\n")
+    server = load_config(path, env={}).server
+    assert (server.resume_orphans, server.orphan_sweep_seconds) == (False, 2.5)
+    path = write(tmp_path, "[server]\nresume_orphans = 'no'\norphan_sweep_seconds = 0\n")
+    assert [e.split(": ", 2)[1:] for e in errors_of(path)] == [
+        ["server.resume_orphans", "Input should be a valid boolean, got 'no'"],
+        ["server.orphan_sweep_seconds", "Input should be greater than 0, got 0"],
+    ]
 
 
 def test_cross_model_errors_come_with_the_rest(tmp_path: Path) -> None:
