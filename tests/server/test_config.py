@@ -285,14 +285,21 @@ def test_the_model_own_key_variable_wins_over_its_providers(tmp_path: Path) -> N
 
 def test_orphaned_runs_settings(tmp_path: Path) -> None:
     defaults = load_config(env={}).server
-    assert (defaults.resume_orphans, defaults.orphan_sweep_seconds) == (True, 10.0)
-    path = write(tmp_path, "[server]\nresume_orphans = false\norphan_sweep_seconds = 2.5\n")
+    assert (defaults.resume_orphans, defaults.orphan_sweep_seconds, defaults.lease_seconds) == (
+        True,
+        10.0,
+        30.0,
+    )
+    path = write(
+        tmp_path, "[server]\nresume_orphans = false\norphan_sweep_seconds = 2.5\nlease_seconds = 5\n"
+    )
     server = load_config(path, env={}).server
-    assert (server.resume_orphans, server.orphan_sweep_seconds) == (False, 2.5)
-    path = write(tmp_path, "[server]\nresume_orphans = 'no'\norphan_sweep_seconds = 0\n")
+    assert (server.resume_orphans, server.orphan_sweep_seconds, server.lease_seconds) == (False, 2.5, 5.0)
+    path = write(tmp_path, "[server]\nresume_orphans = 'no'\norphan_sweep_seconds = 0\nlease_seconds = 0.5\n")
     assert [e.split(": ", 2)[1:] for e in errors_of(path)] == [
         ["server.resume_orphans", "Input should be a valid boolean, got 'no'"],
         ["server.orphan_sweep_seconds", "Input should be greater than 0, got 0"],
+        ["server.lease_seconds", "Input should be greater than or equal to 1, got 0.5"],
     ]
 
 
