@@ -23,11 +23,19 @@ from aibattle.v1 import (
 from common.addresses import join_host_port, parse_host_port
 from server import reflection
 from server.config import Config
-from server.interceptors import BoundsInterceptor, ErrorInterceptor, RequestContextInterceptor
+from server.interceptors import (
+    BoundsInterceptor,
+    ErrorInterceptor,
+    RequestContextInterceptor,
+    RequestParsingInterceptor,
+)
 from server.orchestration.conversation import Conversations
+from server.orchestration.lifecycle import Lifecycle
+from server.orchestration.reasoning.sessions import ReasoningSessions
 from server.orchestration.runs import Runs
 from server.providers.registry import ModelRegistry
-from server.security.interceptor import AuthInterceptor
+from server.security import context as caller_context
+from server.security.interceptor import AuthInterceptor, caller_of
 from server.security.limits import Limiter, MemoryLimiter
 from server.security.scoped import OwnerScopedStore
 from server.security.service import KeyServicer
@@ -63,11 +71,24 @@ class AIBattleServer:
         self.scoped_store = OwnerScopedStore(self.store)
         self.limiter: Limiter = MemoryLimiter()
         self.hub = EventHub()
-        self.runs = Runs(self.store)
-        self.reasoning: ReasoningServicer | None = None
-        self.conversations = Conversations(
-            store=self.scoped_store, hub=self.hub, runs=self.runs, registry=self.registry
+        server = config.server
+        self.runs = Runs(self.store, lease_seconds=server.lease_seconds)
+        self.lifecycle = Lifecycle(
+            store=self.scoped_store,
+            hub=self.hub,
+            runs=self.runs,
+            resume_orphans=server.resume_orphans,
+            sweep_seconds=server.orphan_sweep_seconds,
+            act_for=self._act_for,
         )
+        self.conversations = Conversations(
+            lifecycle=self.lifecycle,
+            registry=self.registry,
+            max_prompt_chars=server.max_prompt_chars,
+            # Half the response limit: a conversation can always be read whole, with room to spare.
+            max_conversation_bytes=server.max_message_bytes // 2,
+        )
+        self.reasoning = ReasoningSessions(lifecycle=self.lifecycle, registry=self.registry)
         self.health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self.grpc_port = 0
@@ -80,11 +101,10 @@ class AIBattleServer:
     async def start(self) -> None:
         await self.registry.start()
         await self.store.open()
-        # Before serving: what was running when the last process died is nobody's now.
-        await self.conversations.recover()
         limit = self.config.server.max_message_bytes
         server = grpc.aio.server(
             interceptors=(
+                RequestParsingInterceptor(),  # replaces deserializers only; runs nothing per call
                 RequestContextInterceptor(),
                 ErrorInterceptor(),
                 AuthInterceptor(self.config.security, self.store, self.limiter),
@@ -100,12 +120,7 @@ class AIBattleServer:
         completions_pb2_grpc.add_CompletionServiceServicer_to_server(
             CompletionServicer(self.registry), server
         )
-        self.reasoning = ReasoningServicer(
-            store=self.scoped_store, hub=self.hub, runs=self.runs, registry=self.registry
-        )
-        # Before serving: no client may see a session "in progress" that nobody runs.
-        await self.reasoning.recover()
-        reasoning_pb2_grpc.add_ReasoningServiceServicer_to_server(self.reasoning, server)
+        reasoning_pb2_grpc.add_ReasoningServiceServicer_to_server(ReasoningServicer(self.reasoning), server)
         conversations_pb2_grpc.add_ConversationServiceServicer_to_server(
             ConversationServicer(self.conversations), server
         )
@@ -124,8 +139,11 @@ class AIBattleServer:
             await self.registry.close()
             await self.store.close()
             raise OSError(f"cannot listen on {self.config.server.grpc_addr} (address in use or not local?)")
+        # Before serving: what was running when the last process died is adopted (or interrupted),
+        # so no client sees a run "in progress" that nobody runs.
+        await self.lifecycle.recover()
         await server.start()
-        self.reasoning.start()
+        self.lifecycle.start()
         for name in ("", *names):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._server = server
@@ -142,12 +160,19 @@ class AIBattleServer:
         await self.drain()
         await self._server.stop(grace)
         self._server = None
-        if self.reasoning is not None:
-            await self.reasoning.close()
-        await self.runs.close()
+        await self.lifecycle.close()
         await self.registry.close()
         await self.store.close()
         log.info("grpc stopped")
+
+    async def _act_for(self, owner: str) -> None:
+        """An adopted run acts for the key that owns it, as the run it continues did (its models,
+        limits and budget); a key since revoked fails the run at its next model call."""
+        if not owner or not self.config.security.enabled:
+            return
+        row = await self.store.get_key(owner)
+        if row is not None:
+            caller_context.set_caller(caller_of(row, self.limiter, self.store))
 
     async def wait_for_termination(self) -> None:
         if self._server is not None:

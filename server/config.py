@@ -145,6 +145,8 @@ class LocalProviderConfig(ConfigModel):
     """Context window (n_ctx) in tokens."""
     threads: NonNegativeInt = 0
     """CPU threads for generation; 0 means all cores."""
+    repeat_penalty: Annotated[float, Field(gt=0, le=2)] = 1.1
+    """Repetition penalty when a request sets none (1 is none): without one a small model soon loops."""
 
 
 def _http_url(url: str) -> str:

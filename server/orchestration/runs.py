@@ -1,9 +1,11 @@
 """Background runs of resources, each under a lease in the store.
 
-A run takes the resource's lease (`runner_id`, expiry) before it starts and renews it while it works;
-every step it commits names the runner, so a run that lost its lease cannot write over the one that
-took over. At start-up, and on any replica later, a resource left IN_PROGRESS with an expired lease has
-nobody running it: its service marks it INTERRUPTED (runnable again) — never "running" forever.
+Every attempt at running a resource has a runner id of its own (`Runs.lease()` makes a new one each
+time), never one per process: two attempts in one process are as distinct as two on different
+replicas, so a conditional write in the store lets exactly one of them hold the lease. The lease is
+taken before the run starts (`Lifecycle` does it in the same transaction that records the run) and
+renewed while it works; every step it commits names its runner, so an attempt that lost its lease
+cannot write over the one that took over, and a lost lease cancels the attempt at once.
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 from server.storage import Lease, Store
 
@@ -22,78 +27,103 @@ log = logging.getLogger(__name__)
 LEASE_SECONDS = 30.0
 
 
+@dataclass
+class Run:
+    """One attempt at running one resource."""
+
+    resource_id: str
+    runner_id: str
+    cancel_requested: bool = False
+    """A client asked to stop it (CANCELLED), as opposed to the server stopping (INTERRUPTED)."""
+    lease_lost: bool = False
+    """Another runner took the resource over: this attempt ends without writing anything."""
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
 class Runs:
-    """The runs of this process: one task per resource; see the module docstring."""
+    """The runs of this process: one task per resource, see the module docstring."""
 
     def __init__(self, store: Store, *, lease_seconds: float = LEASE_SECONDS) -> None:
-        self.runner_id = f"runner-{uuid.uuid4().hex[:12]}"
+        # Readable in the database: which host and process an attempt belongs to.
+        self.process_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._store = store
-        self._lease_seconds = lease_seconds
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self.lease_seconds = lease_seconds
+        self._runs: dict[str, Run] = {}
 
-    def lease(self) -> Lease:
-        return Lease(self.runner_id, time.time() + self._lease_seconds)
+    def lease(self, runner_id: str | None = None) -> Lease:
+        """A lease for a new attempt (a fresh runner id), or the renewal of an attempt's."""
+        runner_id = runner_id or f"{self.process_id}/{uuid.uuid4().hex[:12]}"
+        return Lease(runner_id, time.time() + self.lease_seconds)
+
+    def get(self, resource_id: str) -> Run | None:
+        run = self._runs.get(resource_id)
+        return run if run is not None and run.task is not None and not run.task.done() else None
 
     def running(self, resource_id: str) -> bool:
-        task = self._tasks.get(resource_id)
-        return task is not None and not task.done()
+        return self.get(resource_id) is not None
 
-    async def start(self, resource_id: str, work: Callable[[], Awaitable[None]]) -> bool:
-        """Run `work` in the background under the resource's lease; False if someone else holds it."""
-        if self.running(resource_id):
-            return False
-        if not await self._store.acquire(resource_id, self.lease(), now=time.time()):
-            return False
-        task = asyncio.create_task(self._run(resource_id, work), name=f"run {resource_id}")
-        self._tasks[resource_id] = task
-        return True
+    def start(self, resource_id: str, lease: Lease, work: Callable[[Run], Awaitable[None]]) -> Run:
+        """Run `work` in the background under `lease`, which the caller already holds."""
+        run = Run(resource_id, lease.runner_id)
+        run.task = asyncio.create_task(self._supervise(run, work), name=f"run {resource_id}")
+        self._runs[resource_id] = run
+        return run
 
-    async def _run(self, resource_id: str, work: Callable[[], Awaitable[None]]) -> None:
-        renewer = asyncio.create_task(self._renew(resource_id))
+    async def _supervise(self, run: Run, work: Callable[[Run], Awaitable[None]]) -> None:
+        renewer = asyncio.create_task(self._renew(run))
         try:
-            await work()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("run failed", extra={"resource_id": resource_id})
+            await work(run)
         finally:
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
             with contextlib.suppress(Exception):
-                await self._store.release(resource_id, self.runner_id)
-            self._tasks.pop(resource_id, None)
+                await asyncio.shield(self._store.release(run.resource_id, run.runner_id))
+            if self._runs.get(run.resource_id) is run:
+                del self._runs[run.resource_id]
 
-    async def _renew(self, resource_id: str) -> None:
+    async def _renew(self, run: Run) -> None:
         while True:
-            await asyncio.sleep(self._lease_seconds / 3)
-            if not await self._store.renew(resource_id, self.lease()):
-                log.warning("lease lost", extra={"resource_id": resource_id})
+            await asyncio.sleep(self.lease_seconds / 3)
+            try:
+                held = await self._store.renew(run.resource_id, self.lease(run.runner_id))
+            except Exception:
+                log.exception("lease renewal failed", extra={"resource_id": run.resource_id})
+                continue  # the lease may still hold; the next renewal tells
+            if not held:
+                log.warning("lease lost; the run stops", extra={"resource_id": run.resource_id})
+                run.lease_lost = True
+                if run.task is not None:
+                    run.task.cancel()
                 return
 
     def cancel(self, resource_id: str) -> bool:
-        """Cancel the run here, if it runs here; the work's own cleanup records the cancellation."""
-        task = self._tasks.get(resource_id)
-        if task is None or task.done():
+        """Cancel the run here at a client's request, if it runs here; its cleanup records it."""
+        run = self.get(resource_id)
+        if run is None or run.task is None:
             return False
-        task.cancel()
+        run.cancel_requested = True
+        run.task.cancel()
         return True
 
     async def wait(self, resource_id: str) -> None:
         """Until the run of this resource (if any, here) ends. The run being cancelled is an end; the
         caller being cancelled (its client left) is not swallowed: it propagates, the run goes on."""
-        task = self._tasks.get(resource_id)
-        if task is None:
+        run = self._runs.get(resource_id)
+        if run is None or run.task is None:
             return
+        task = run.task
         try:
             await asyncio.shield(task)
         except asyncio.CancelledError:
             if not task.done():
                 raise
+        except Exception:
+            pass  # the run's failure is recorded by the run; waiting for it is not failing
 
     async def close(self) -> None:
-        """Cancel every run (shutdown): their leases are released, or expire."""
-        tasks = list(self._tasks.values())
+        """Cancel every run (shutdown): each records INTERRUPTED and releases its lease."""
+        tasks = [run.task for run in self._runs.values() if run.task is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:

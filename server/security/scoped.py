@@ -34,11 +34,46 @@ class OwnerScopedStore:
         await self._inner.close()
 
     async def create(
-        self, kind: str, resource_id: str, *, owner: str, status: int, body: bytes, events: Sequence[bytes]
+        self,
+        kind: str,
+        resource_id: str,
+        *,
+        owner: str,
+        status: int,
+        body: bytes,
+        events: Sequence[bytes],
+        lease: Lease | None = None,
     ) -> int:
         mine = _owner()
         return await self._inner.create(
-            kind, resource_id, owner=owner if mine is None else mine, status=status, body=body, events=events
+            kind,
+            resource_id,
+            owner=owner if mine is None else mine,
+            status=status,
+            body=body,
+            events=events,
+            lease=lease,
+        )
+
+    async def claim(
+        self,
+        resource_id: str,
+        lease: Lease,
+        *,
+        expected_sequence: int,
+        status: int,
+        body: bytes,
+        events: Sequence[bytes],
+        now: float,
+    ) -> int | None:
+        return await self._inner.claim(
+            resource_id,
+            lease,
+            expected_sequence=expected_sequence,
+            status=status,
+            body=body,
+            events=events,
+            now=now,
         )
 
     async def commit(

@@ -33,7 +33,7 @@ class ConversationServicer(conversations_pb2_grpc.ConversationServiceServicer):
     async def ListConversations(
         self, request: pb.ListConversationsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListConversationsResponse:
-        page, token = await self._conversations.list(
+        page, token = await self._conversations.list_page(
             status=request.status, size=request.page_size, token=request.page_token
         )
         return pb.ListConversationsResponse(conversations=page, next_page_token=token)

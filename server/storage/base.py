@@ -41,9 +41,40 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
     async def create(
-        self, kind: str, resource_id: str, *, owner: str, status: int, body: bytes, events: Sequence[bytes]
+        self,
+        kind: str,
+        resource_id: str,
+        *,
+        owner: str,
+        status: int,
+        body: bytes,
+        events: Sequence[bytes],
+        lease: Lease | None = None,
     ) -> int:
-        """Insert a new resource with its first events (sequences 1..n); returns the last sequence."""
+        """Insert a new resource with its first events (sequences 1..n); returns the last sequence.
+
+        With `lease`, the resource is created already leased to that runner, in the same transaction:
+        nobody (an orphan sweep) ever sees it IN_PROGRESS without a live lease.
+        """
+        ...
+
+    async def claim(
+        self,
+        resource_id: str,
+        lease: Lease,
+        *,
+        expected_sequence: int,
+        status: int,
+        body: bytes,
+        events: Sequence[bytes],
+        now: float,
+    ) -> int | None:
+        """Take the run of a resource and record it, atomically, or do nothing and return None.
+
+        A conditional write: it succeeds only if nobody holds a live lease and the resource's log still
+        ends at `expected_sequence` (the state the caller decided from is still the current one). Of
+        several callers claiming the same state at once exactly one wins. Returns the last sequence.
+        """
         ...
 
     async def commit(

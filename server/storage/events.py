@@ -11,7 +11,7 @@ LISTEN/NOTIFY) or Redis, with the same follower loop.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 
 from server.storage.base import Store
 
@@ -50,7 +50,7 @@ async def follow(
     after: int,
     is_terminal: Callable[[bytes], bool],
     poll: float = 5.0,
-) -> AsyncIterator[tuple[int, bytes]]:
+) -> AsyncGenerator[tuple[int, bytes], None]:
     """Every event after `after`, then live ones, ending after a terminal event (see module docstring).
 
     `poll` bounds each wait, so a commit made by another process (a replica, a restarted runner) is

@@ -130,7 +130,15 @@ class SqliteStore:
 
     @_serialized
     async def create(
-        self, kind: str, resource_id: str, *, owner: str, status: int, body: bytes, events: Sequence[bytes]
+        self,
+        kind: str,
+        resource_id: str,
+        *,
+        owner: str,
+        status: int,
+        body: bytes,
+        events: Sequence[bytes],
+        lease: Lease | None = None,
     ) -> int:
         now = time.time()
         db = self.db
@@ -138,8 +146,19 @@ class SqliteStore:
         try:
             await db.execute(
                 "INSERT INTO resources (resource_id, kind, owner, status, body, last_sequence, created_at,"
-                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (resource_id, kind, owner, status, body, len(events), now, now),
+                " updated_at, runner_id, lease_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    resource_id,
+                    kind,
+                    owner,
+                    status,
+                    body,
+                    len(events),
+                    now,
+                    now,
+                    None if lease is None else lease.runner_id,
+                    None if lease is None else lease.until,
+                ),
             )
             await db.executemany(
                 "INSERT INTO events (resource_id, sequence, body) VALUES (?, ?, ?)",
@@ -182,6 +201,41 @@ class SqliteStore:
                 "UPDATE resources SET status = ?, body = ?, last_sequence = ?, updated_at = ?"
                 " WHERE resource_id = ?",
                 (status, body, last, time.time(), resource_id),
+            )
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+        return last
+
+    @_serialized
+    async def claim(
+        self,
+        resource_id: str,
+        lease: Lease,
+        *,
+        expected_sequence: int,
+        status: int,
+        body: bytes,
+        events: Sequence[bytes],
+        now: float,
+    ) -> int | None:
+        db = self.db
+        last = expected_sequence + len(events)
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            cursor = await db.execute(
+                "UPDATE resources SET runner_id = ?, lease_until = ?, status = ?, body = ?,"
+                " last_sequence = ?, updated_at = ? WHERE resource_id = ? AND last_sequence = ?"
+                " AND (runner_id IS NULL OR lease_until IS NULL OR lease_until < ?)",
+                (lease.runner_id, lease.until, status, body, last, now, resource_id, expected_sequence, now),
+            )
+            if cursor.rowcount == 0:
+                await db.execute("ROLLBACK")
+                return None
+            await db.executemany(
+                "INSERT INTO events (resource_id, sequence, body) VALUES (?, ?, ?)",
+                [(resource_id, expected_sequence + i, e) for i, e in enumerate(events, start=1)],
             )
             await db.execute("COMMIT")
         except BaseException:

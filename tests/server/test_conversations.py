@@ -592,9 +592,9 @@ async def test_converse_cancel_and_resume_from_sequence(stub: Any) -> None:
 # ---- durability
 
 
-async def test_restart_keeps_conversations_and_interrupts_orphans(tmp_path: Path) -> None:
+async def test_restart_keeps_conversations_and_interrupts_orphans_when_told(tmp_path: Path) -> None:
     db = str(tmp_path / "aibattle.db")
-    config = make_config(MODELS, database=db)
+    config = make_config(MODELS, database=db, resume_orphans=False)
     first = await started(config)
     async with grpc.aio.insecure_channel(first.grpc_target) as chan:
         stub = conversations_pb2_grpc.ConversationServiceStub(chan)
@@ -652,6 +652,48 @@ async def test_restart_keeps_conversations_and_interrupts_orphans(tmp_path: Path
             assert resumed.status == S.RUN_STATUS_COMPLETED and resumed.messages[-1].content == "Bob one."
     finally:
         await second.stop(grace=0.1)
+
+
+async def test_restart_adopts_an_orphan_and_finishes_it(tmp_path: Path) -> None:
+    """With resume_orphans (the default), a conversation whose runner died continues by itself."""
+    db = str(tmp_path / "aibattle.db")
+    store = SqliteStore(db)
+    await store.open()
+    crashed = pb.Conversation(
+        conversation_id="conv-crashed",
+        status=S.RUN_STATUS_IN_PROGRESS,
+        models=[seat("alice", "a"), seat("bob", "b")],
+        mode="ai-ai",
+        rounds=1,
+        messages=[common_pb2.Message(message_id="msg-1", role="a", model="alice", content="hi")],
+        next_model="bob",
+        next_role="b",
+    )
+    dead = Lease("dead-runner", time.time() - 1)
+    await store.create(
+        KIND,
+        "conv-crashed",
+        owner="",
+        status=crashed.status,
+        body=crashed.SerializeToString(),
+        events=[],
+        lease=dead,
+    )
+    await store.close()
+    app = await started(make_config(MODELS, database=db))
+    try:
+        async with grpc.aio.insecure_channel(app.grpc_target) as chan:
+            stub = conversations_pb2_grpc.ConversationServiceStub(chan)
+            log = await events(stub, "conv-crashed")  # ends by itself: the adopted run completes
+            done = (
+                await stub.GetConversation(pb.GetConversationRequest(conversation_id="conv-crashed"))
+            ).conversation
+    finally:
+        await app.stop(grace=0.1)
+    assert done.status == S.RUN_STATUS_COMPLETED
+    assert [m.content for m in done.messages] == ["hi", "Bob one."]
+    assert log[-1].type == E.CONVERSATION_EVENT_TYPE_COMPLETION
+    assert [e.sequence for e in log] == list(range(1, len(log) + 1))
 
 
 # ---- the real local model

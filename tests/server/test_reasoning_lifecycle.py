@@ -188,14 +188,13 @@ async def test_a_killed_server_leaves_no_session_running_and_resume_finishes_it(
     committed = [e.iteration for e in seen if e.type == T.REASONING_EVENT_TYPE_NEW_ITERATION]
 
     models = [scripted("drafter", words), scripted("critic", "Go on.\nVERDICT: REVISE")]
-    async with serving(*models, database=str(database)) as (app, stub):
+    async with serving(*models, database=str(database), resume_orphans=False) as (app, stub):
         # The dead runner's lease has not expired yet: someone might still run it, so it is left alone.
         restarted = await get(stub, reasoning.reasoning_id)
         assert restarted.status == IN_PROGRESS
         assert list(restarted.iterations)[: len(committed)] == committed
         expire_leases(database)
-        assert app.reasoning is not None
-        assert await app.reasoning.recover() == 1  # what the periodic sweep does once it expired
+        assert await app.lifecycle.recover() == 1  # what the periodic sweep does once it expired
         after = await get(stub, reasoning.reasoning_id)
         log = await events(stub, reasoning.reasoning_id)  # ends by itself: the session is over
         assert not scripted_requests  # nothing runs it here until asked
@@ -249,7 +248,7 @@ async def test_start_up_marks_expired_sessions_interrupted(tmp_path: Path) -> No
         source.backup(target)
     await app.stop(grace=0.5)
     expire_leases(crashed)
-    async with serving(*models, database=str(crashed)) as (_, stub):
+    async with serving(*models, database=str(crashed), resume_orphans=False) as (_, stub):
         after = await get(stub, reasoning.reasoning_id)
     assert after.status == INTERRUPTED
     assert after.iterations[0].kind == "draft"

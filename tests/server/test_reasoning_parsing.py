@@ -6,7 +6,7 @@ import pytest
 
 from aibattle.v1 import reasoning_pb2
 from server.orchestration.reasoning import parsing
-from server.orchestration.reasoning.session import _merged
+from server.orchestration.lifecycle import THINKING, TOKEN, Deltas
 
 T = reasoning_pb2.ReasoningEventType
 
@@ -78,17 +78,20 @@ def test_without_tail_keeps_the_prose() -> None:
     assert parsing.without_tail("Needs work.\nVERDICT: REVISE\nFOCUS: depth") == "Needs work."
 
 
-def test_a_token_batch_is_one_event_per_type_and_model() -> None:
-    events = [
-        reasoning_pb2.ReasoningEvent(type=T.REASONING_EVENT_TYPE_THINKING, delta="hm ", model="m"),
-        reasoning_pb2.ReasoningEvent(type=T.REASONING_EVENT_TYPE_TOKEN, delta="Can", model="m"),
-        reasoning_pb2.ReasoningEvent(type=T.REASONING_EVENT_TYPE_THINKING, delta="ok", model="m"),
-        reasoning_pb2.ReasoningEvent(type=T.REASONING_EVENT_TYPE_TOKEN, delta="berra", model="m"),
-        reasoning_pb2.ReasoningEvent(type=T.REASONING_EVENT_TYPE_TOKEN, delta=".", model="fallback"),
+def test_a_token_batch_is_one_event_per_kind_and_model() -> None:
+    batch = Deltas()
+    for kind, text, model in [
+        (THINKING, "hm ", "m"),
+        (TOKEN, "Can", "m"),
+        (THINKING, "ok", "m"),
+        (TOKEN, "", "m"),  # nothing to send
+        (TOKEN, "berra", "m"),
+        (TOKEN, ".", "fallback"),
+    ]:
+        batch.add(kind, text, model)
+    assert [(e.kind, e.text, e.model) for e in batch.take()] == [
+        (THINKING, "hm ok", "m"),
+        (TOKEN, "Canberra", "m"),
+        (TOKEN, ".", "fallback"),
     ]
-    merged = _merged(events)
-    assert [(e.type, e.delta, e.model) for e in merged] == [
-        (T.REASONING_EVENT_TYPE_THINKING, "hm ok", "m"),
-        (T.REASONING_EVENT_TYPE_TOKEN, "Canberra", "m"),
-        (T.REASONING_EVENT_TYPE_TOKEN, ".", "fallback"),
-    ]
+    assert batch.take() == [] and batch.wait() is None

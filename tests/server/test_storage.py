@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from server.orchestration.runs import Runs
+from server.orchestration.runs import Run, Runs
 from server.storage import EventHub, Lease, SqliteStore, follow
 from server.storage.base import LeaseLost
 
@@ -111,24 +111,86 @@ async def test_a_follower_gets_every_event_once_across_replay_and_live(store: Sq
 
 
 async def test_runs_hold_a_lease_and_cancel(store: SqliteStore) -> None:
-    await store.create("thing", "t1", owner="", status=2, body=b"", events=[])
     runs = Runs(store, lease_seconds=0.3)
+    lease = runs.lease()
+    await store.create("thing", "t1", owner="", status=2, body=b"", events=[], lease=lease)
     started = asyncio.Event()
 
-    async def work() -> None:
+    async def work(run: Run) -> None:
         started.set()
         await asyncio.sleep(3600)
 
-    assert await runs.start("t1", work)
+    run = runs.start("t1", lease, work)
     await started.wait()
-    assert runs.running("t1") and not await runs.start("t1", work)
-    stored = await store.get("t1", kind="thing")
-    assert stored is not None and stored.runner_id == runs.runner_id
+    assert runs.running("t1") and run.runner_id == lease.runner_id
+    assert runs.lease().runner_id != lease.runner_id  # one runner id per attempt, not per process
     await asyncio.sleep(0.5)  # beyond the first lease: renewed, still ours
     assert not await store.acquire("t1", Lease("other", time.time() + 60), now=time.time())
-    assert runs.cancel("t1")
+    assert runs.cancel("t1") and run.cancel_requested
     await runs.wait("t1")
     assert not runs.running("t1")
     stored = await store.get("t1", kind="thing")
     assert stored is not None and stored.runner_id is None  # released
     await runs.close()
+
+
+async def test_a_lost_lease_stops_the_run(store: SqliteStore) -> None:
+    runs = Runs(store, lease_seconds=0.3)
+    lease = runs.lease()
+    await store.create("thing", "t1", owner="", status=2, body=b"", events=[], lease=lease)
+
+    async def work(run: Run) -> None:
+        await asyncio.sleep(3600)
+
+    run = runs.start("t1", lease, work)
+    # Another runner takes over (the lease had expired while this one stalled, say).
+    await store.release("t1", lease.runner_id)
+    assert await store.acquire("t1", Lease("other", time.time() + 60), now=time.time())
+    await runs.wait("t1")
+    assert run.lease_lost and not runs.running("t1")
+    stored = await store.get("t1", kind="thing")
+    assert stored is not None and stored.runner_id == "other"  # the new holder's lease is left alone
+
+
+async def test_claim_is_a_conditional_write_exactly_one_wins(store: SqliteStore) -> None:
+    await store.create("thing", "t1", owner="", status=5, body=b"v1", events=[b"e1"])
+    now = time.time()
+    results = await asyncio.gather(
+        *(
+            store.claim(
+                "t1",
+                Lease(f"r{i}", now + 60),
+                expected_sequence=1,
+                status=2,
+                body=b"v2",
+                events=[b"e2"],
+                now=now,
+            )
+            for i in range(6)
+        )
+    )
+    assert sorted(results, key=lambda r: r or 0) == [None] * 5 + [2]
+    stored = await store.get("t1", kind="thing")
+    assert stored is not None and stored.body == b"v2" and stored.last_sequence == 2
+    assert [body for _, body in await store.events("t1", after=0)] == [b"e1", b"e2"]
+    # A stale state (the log moved on) or a live lease refuses too, and writes nothing.
+    assert (
+        await store.claim(
+            "t1", Lease("x", now + 60), expected_sequence=1, status=2, body=b"", events=[b"z"], now=now
+        )
+        is None
+    )
+    assert (
+        await store.claim(
+            "t1", Lease("x", now + 60), expected_sequence=2, status=2, body=b"", events=[b"z"], now=now
+        )
+        is None
+    )
+    assert (await store.get("t1", kind="thing")).last_sequence == 2  # type: ignore[union-attr]
+
+
+async def test_create_with_a_lease_is_never_an_orphan(store: SqliteStore) -> None:
+    now = time.time()
+    await store.create("thing", "t1", owner="", status=2, body=b"", events=[], lease=Lease("r", now + 60))
+    await store.create("thing", "t2", owner="", status=2, body=b"", events=[])
+    assert [s.resource_id for s in await store.orphans("thing", statuses=[2], now=now)] == ["t2"]

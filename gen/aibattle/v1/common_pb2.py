@@ -26,7 +26,7 @@ from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior_
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61ibattle/v1/common.proto\x12\x0b\x61ibattle.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xec\x01\n\x07Message\x12\x18\n\nmessage_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x04 \x01(\t\x12\x34\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12(\n\tfile_data\x18\x06 \x03(\x0b\x32\x15.aibattle.v1.FileData\x12\x10\n\x08thinking\x18\x07 \x01(\t\x12\'\n\x05usage\x18\x08 \x01(\x0b\x32\x12.aibattle.v1.UsageB\x04\xe2\x41\x01\x03\"J\n\x08\x46ileData\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x11\n\tmime_type\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\x12\x0c\n\x04path\x18\x04 \x01(\t\"a\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\x12\x10\n\x08\x63ost_usd\x18\x04 \x01(\x01\">\n\nModelUsage\x12\r\n\x05model\x18\x01 \x01(\t\x12!\n\x05usage\x18\x02 \x01(\x0b\x32\x12.aibattle.v1.Usage*\xb7\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x03\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x04\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x05*\xe4\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12RUN_STATUS_PENDING\x10\x01\x12\x1a\n\x16RUN_STATUS_IN_PROGRESS\x10\x02\x12 \n\x1cRUN_STATUS_WAITING_FOR_INPUT\x10\x03\x12\x18\n\x14RUN_STATUS_COMPLETED\x10\x04\x12\x18\n\x14RUN_STATUS_CANCELLED\x10\x05\x12\x15\n\x11RUN_STATUS_FAILED\x10\x06\x12\x1a\n\x16RUN_STATUS_INTERRUPTED\x10\x07\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61ibattle/v1/common.proto\x12\x0b\x61ibattle.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x82\x02\n\x07Message\x12\x18\n\nmessage_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x04 \x01(\t\x12\x34\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12(\n\tfile_data\x18\x06 \x03(\x0b\x32\x15.aibattle.v1.FileData\x12\x10\n\x08thinking\x18\x07 \x01(\t\x12\'\n\x05usage\x18\x08 \x01(\x0b\x32\x12.aibattle.v1.UsageB\x04\xe2\x41\x01\x03\x12\x14\n\x06queued\x18\t \x01(\x08\x42\x04\xe2\x41\x01\x03\"J\n\x08\x46ileData\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x11\n\tmime_type\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\x12\x0c\n\x04path\x18\x04 \x01(\t\"a\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\x12\x10\n\x08\x63ost_usd\x18\x04 \x01(\x01\">\n\nModelUsage\x12\r\n\x05model\x18\x01 \x01(\t\x12!\n\x05usage\x18\x02 \x01(\x0b\x32\x12.aibattle.v1.Usage*\xb7\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x03\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x04\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x05*\xe4\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12RUN_STATUS_PENDING\x10\x01\x12\x1a\n\x16RUN_STATUS_IN_PROGRESS\x10\x02\x12 \n\x1cRUN_STATUS_WAITING_FOR_INPUT\x10\x03\x12\x18\n\x14RUN_STATUS_COMPLETED\x10\x04\x12\x18\n\x14RUN_STATUS_CANCELLED\x10\x05\x12\x15\n\x11RUN_STATUS_FAILED\x10\x06\x12\x1a\n\x16RUN_STATUS_INTERRUPTED\x10\x07\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,16 +39,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MESSAGE'].fields_by_name['created_at']._serialized_options = b'\342A\001\003'
   _globals['_MESSAGE'].fields_by_name['usage']._loaded_options = None
   _globals['_MESSAGE'].fields_by_name['usage']._serialized_options = b'\342A\001\003'
-  _globals['_FINISHREASON']._serialized_start=586
-  _globals['_FINISHREASON']._serialized_end=769
-  _globals['_RUNSTATUS']._serialized_start=772
-  _globals['_RUNSTATUS']._serialized_end=1000
+  _globals['_MESSAGE'].fields_by_name['queued']._loaded_options = None
+  _globals['_MESSAGE'].fields_by_name['queued']._serialized_options = b'\342A\001\003'
+  _globals['_FINISHREASON']._serialized_start=608
+  _globals['_FINISHREASON']._serialized_end=791
+  _globals['_RUNSTATUS']._serialized_start=794
+  _globals['_RUNSTATUS']._serialized_end=1022
   _globals['_MESSAGE']._serialized_start=108
-  _globals['_MESSAGE']._serialized_end=344
-  _globals['_FILEDATA']._serialized_start=346
-  _globals['_FILEDATA']._serialized_end=420
-  _globals['_USAGE']._serialized_start=422
-  _globals['_USAGE']._serialized_end=519
-  _globals['_MODELUSAGE']._serialized_start=521
-  _globals['_MODELUSAGE']._serialized_end=583
+  _globals['_MESSAGE']._serialized_end=366
+  _globals['_FILEDATA']._serialized_start=368
+  _globals['_FILEDATA']._serialized_end=442
+  _globals['_USAGE']._serialized_start=444
+  _globals['_USAGE']._serialized_end=541
+  _globals['_MODELUSAGE']._serialized_start=543
+  _globals['_MODELUSAGE']._serialized_end=605
 # @@protoc_insertion_point(module_scope)

@@ -114,6 +114,7 @@ class Message(_message.Message):
     FILE_DATA_FIELD_NUMBER: _builtins.int
     THINKING_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
+    QUEUED_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     """Server-assigned id, e.g. "msg-3f2a…". Empty on messages sent in a request."""
     role: _builtins.str
@@ -126,6 +127,10 @@ class Message(_message.Message):
     """Text of the message."""
     thinking: _builtins.str
     """Reasoning text the model produced before its answer, when the provider exposes it."""
+    queued: _builtins.bool
+    """True while the message waits in a conversation's queue for its participant's turn (it was posted
+    while models were speaking); false once spoken.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When the message was recorded."""
@@ -149,10 +154,11 @@ class Message(_message.Message):
         file_data: _abc.Iterable[Global___FileData] | None = ...,
         thinking: _builtins.str = ...,
         usage: Global___Usage | None = ...,
+        queued: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "created_at", b"created_at", "file_data", b"file_data", "message_id", b"message_id", "model", b"model", "role", b"role", "thinking", b"thinking", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "created_at", b"created_at", "file_data", b"file_data", "message_id", b"message_id", "model", b"model", "queued", b"queued", "role", b"role", "thinking", b"thinking", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

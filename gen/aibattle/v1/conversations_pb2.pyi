@@ -119,6 +119,7 @@ class Conversation(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     LAST_SEQUENCE_FIELD_NUMBER: _builtins.int
+    QUEUED_MESSAGES_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
     """Server-assigned id, e.g. "conv-…"."""
     status: _common_pb2.RunStatus.ValueType
@@ -163,6 +164,12 @@ class Conversation(_message.Message):
     def error(self) -> _status_pb2.Status:
         """Why the conversation failed, when status is RUN_STATUS_FAILED."""
 
+    @_builtins.property
+    def queued_messages(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Message]:
+        """Messages people posted ahead of their turn (while models were speaking), oldest first: each is
+        spoken, and moves into `messages`, when its participant's turn comes.
+        """
+
     def __init__(
         self,
         *,
@@ -181,10 +188,11 @@ class Conversation(_message.Message):
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         error: _status_pb2.Status | None = ...,
         last_sequence: _builtins.int = ...,
+        queued_messages: _abc.Iterable[_common_pb2.Message] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "error", b"error", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed_rounds", b"completed_rounds", "conversation_id", b"conversation_id", "created_at", b"created_at", "error", b"error", "last_sequence", b"last_sequence", "messages", b"messages", "mode", b"mode", "models", b"models", "next_model", b"next_model", "next_role", b"next_role", "rounds", b"rounds", "status", b"status", "system_instruction", b"system_instruction", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed_rounds", b"completed_rounds", "conversation_id", b"conversation_id", "created_at", b"created_at", "error", b"error", "last_sequence", b"last_sequence", "messages", b"messages", "mode", b"mode", "models", b"models", "next_model", b"next_model", "next_role", b"next_role", "queued_messages", b"queued_messages", "rounds", b"rounds", "status", b"status", "system_instruction", b"system_instruction", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

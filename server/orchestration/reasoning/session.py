@@ -3,45 +3,44 @@
 The strategies (`strategies.py`) decide who speaks and when; this module does the rest the same way for
 all of them:
 
-* `generate` streams one model call, committing TOKEN/THINKING deltas in batches as they come;
+* `generate` streams one model call, committing TOKEN/THINKING deltas in batches as they come
+  (`lifecycle.stream_model`);
 * `check` runs stuck detection on a draft against that seat's earlier drafts and the critiques so far;
 * `record` appends the iteration, adds its usage to the session's, and commits state + NEW_ITERATION
-  (+ STUCK_DETECTED, + HANDOFF) in one `store.commit`, then wakes the followers;
-* `run` wraps a strategy: COMPLETION on success, ERROR (FAILED) on an error, and on cancellation
-  CANCELLED when a client asked for it or INTERRUPTED when the server is stopping.
+  (+ STUCK_DETECTED, + HANDOFF) in one commit, then wakes the followers;
+* `run` runs a strategy and commits COMPLETION; every other end (an error, a cancel, the server
+  stopping) is the lifecycle's (`server.orchestration.lifecycle`), recorded as `ended` says.
 
 A step is either committed whole or not at all, so a session that dies mid-step keeps every earlier
 iteration and loses only the step in progress.
 
-Resuming (ResumeReasoning) replays: `rewind` turns the committed iterations into a journal, and the
-strategy runs again from the start. While the journal lasts, `generate` answers each call with the
-recorded step instead of calling a model and `record` re-appends it without committing or emitting
-anything; strategies decide only from replies, so they reach the same point, and the first call past
-the journal is the step that was lost. Nothing is paid for twice and the event log gains no copies.
+Resuming (ResumeReasoning, or the adoption of an orphaned run) replays: `rewind` turns the committed
+iterations into a journal, and the strategy runs again from the start. While the journal lasts,
+`generate` answers each call with the recorded step instead of calling a model and `record` re-appends
+it without committing or emitting anything; strategies decide only from replies, so they reach the
+same point, and the first call past the journal is the step that was lost. Nothing is paid for twice
+and the event log gains no copies.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Sequence
-from contextlib import aclosing
 from dataclasses import dataclass, field
 
 import grpc
 from google.protobuf import timestamp_pb2
+from google.rpc import status_pb2
 
 from aibattle.v1 import common_pb2, reasoning_pb2
-from common.errors import ApiError, internal_error
+from common.errors import ApiError
 from server.orchestration import stuck
+from server.orchestration.lifecycle import THINKING, DeltaEvent, Lifecycle, stream_model
+from server.orchestration.runs import Run
 from server.providers.attachments import chat_message
-from server.providers.base import Attachment, ChatMessage, ChatRequest, Delta, Finish, Role, Usage
+from server.providers.base import Attachment, ChatMessage, ChatRequest, Role
 from server.providers.registry import ModelRegistry
-from server.providers.resilience import Answering, resilient_stream
 from server.services.completions import usage_proto
-from server.storage import EventHub, Store
-from server.storage.base import LeaseLost
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +53,6 @@ CANCELLED = common_pb2.RUN_STATUS_CANCELLED
 FAILED = common_pb2.RUN_STATUS_FAILED
 INTERRUPTED = common_pb2.RUN_STATUS_INTERRUPTED
 FINISHED = frozenset({COMPLETED, CANCELLED, FAILED, INTERRUPTED})
-
-FLUSH_SECONDS = 0.02
-FLUSH_DELTAS = 32
-"""Token deltas are committed in batches: at most every 20 ms, or at 32 deltas, whichever comes first.
-One commit per token would cost a SQLite transaction (a thread hop and a WAL append) per token and
-wake every follower per token; at 20 ms a watcher still sees text flow at 50 updates a second, faster
-than anyone reads, and a fast upstream (1,000 tokens/s) makes 50 commits a second instead of 1,000.
-The count bound keeps one commit's events small when a provider delivers a burst."""
 
 
 def is_terminal(body: bytes) -> bool:
@@ -101,13 +92,12 @@ class Reply:
 class Session:
     """A running session's state and plumbing; see the module docstring."""
 
-    store: Store
-    hub: EventHub
+    lifecycle: Lifecycle
     registry: ModelRegistry
-    runner_id: str
     reasoning: reasoning_pb2.Reasoning
     attachments: Sequence[tuple[str, Attachment]] = ()
-    cancel_requested: bool = False
+    run: Run | None = None
+    """The attempt this session runs in (whose lease its commits need)."""
     drafts: dict[str, list[str]] = field(default_factory=dict)
     critiques: list[str] = field(default_factory=list)
     journal: list[reasoning_pb2.ReasoningIteration] = field(default_factory=list)
@@ -153,15 +143,13 @@ class Session:
         """The session's state and these events, in one transaction; followers are woken after it."""
         self.reasoning.updated_at.CopyFrom(now())
         self.reasoning.ClearField("last_sequence")  # the log's, stamped when read
-        last = await self.store.commit(
+        return await self.lifecycle.commit(
+            self.run,
             self.id,
             status=self.reasoning.status,
             body=self.reasoning.SerializeToString(),
             events=[e.SerializeToString() for e in events],
-            runner_id=self.runner_id,
         )
-        self.hub.notify(self.id, last)
-        return last
 
     def _request(self, seat: Seat, prompt: str, max_tokens: int | None) -> ChatRequest:
         model, _ = self.registry.get(seat.model)
@@ -180,40 +168,25 @@ class Session:
             step = self.journal[0]
             return Reply(step.content, step.model, step.usage)
         model, _ = self.registry.get(seat.model)
-        request = self._request(seat, prompt, max_tokens)
         index = len(self.reasoning.iterations) + 1
-        text: list[str] = []
-        pending: list[Event] = []
-        flushed = time.monotonic()
-        finish = Finish(Usage())
-        answering = model
-        # aclosing: a cancelled session closes the provider's stream at once, which stops the model.
-        async with aclosing(
-            resilient_stream(self.registry.chain(model), request, self.registry.circuits)
-        ) as items:
-            async for item in items:
-                if isinstance(item, Answering):
-                    answering = item.model
-                elif isinstance(item, Delta):
-                    text.append(item.content)
-                    for kind, delta in (
-                        (EventType.REASONING_EVENT_TYPE_THINKING, item.thinking),
-                        (EventType.REASONING_EVENT_TYPE_TOKEN, item.content),
-                    ):
-                        if delta:
-                            pending.append(
-                                self.event(kind, delta=delta, model=answering.id, iteration_index=index)
-                            )
-                    if pending and (
-                        len(pending) >= FLUSH_DELTAS or time.monotonic() - flushed >= FLUSH_SECONDS
-                    ):
-                        await self.commit(_merged(pending))
-                        pending, flushed = [], time.monotonic()
-                else:
-                    finish = item
-        if pending:
-            await self.commit(_merged(pending))
-        return Reply("".join(text).strip(), answering.id, usage_proto(answering, finish.usage))
+
+        async def flush(deltas: list[DeltaEvent]) -> None:
+            await self.commit(
+                [
+                    self.event(
+                        EventType.REASONING_EVENT_TYPE_THINKING
+                        if d.kind == THINKING
+                        else EventType.REASONING_EVENT_TYPE_TOKEN,
+                        delta=d.text,
+                        model=d.model,
+                        iteration_index=index,
+                    )
+                    for d in deltas
+                ]
+            )
+
+        reply = await stream_model(self.registry, model, self._request(seat, prompt, max_tokens), flush)
+        return Reply(reply.text.strip(), reply.model.id, usage_proto(reply.model, reply.usage))
 
     def check(self, seat: Seat, draft: str) -> list[str]:
         """Stuck signals of a draft, against this seat's earlier drafts and every critique so far."""
@@ -306,59 +279,29 @@ class Session:
         entry.usage.total_tokens += step.total_tokens
         entry.usage.cost_usd += step.cost_usd
 
-    async def run(self, strategy: Callable[[Session], Awaitable[str]]) -> None:
-        """The strategy to its end, and the end committed: see the module docstring."""
-        try:
-            final = await strategy(self)
-        except asyncio.CancelledError:
-            # A client's cancel is CANCELLED; anything else cancelling us is the server stopping, and
-            # the session can be run again: INTERRUPTED.
-            status = CANCELLED if self.cancel_requested else INTERRUPTED
-            await self._end(
-                status, [self.event(EventType.REASONING_EVENT_TYPE_STATUS_CHANGED, status=status)]
-            )
-            raise
-        except LeaseLost:
-            log.warning("reasoning lease lost; another runner has it", extra={"reasoning_id": self.id})
-            return
-        except ApiError as exc:
-            await self._fail(exc)
-            return
-        except Exception:
-            log.exception("reasoning failed", extra={"reasoning_id": self.id})
-            await self._fail(internal_error())
-            return
+    async def run_strategy(self, strategy: Callable[[Session], Awaitable[str]]) -> None:
+        """The strategy to its end, and COMPLETION committed; the lifecycle records any other end."""
+        final = await strategy(self)
         self.reasoning.final_result = final
-        await self._end(
-            COMPLETED,
-            [self.event(EventType.REASONING_EVENT_TYPE_COMPLETION, final_result=final, status=COMPLETED)],
+        self.reasoning.status = COMPLETED
+        await self.commit(
+            [self.event(EventType.REASONING_EVENT_TYPE_COMPLETION, final_result=final, status=COMPLETED)]
         )
 
-    async def _fail(self, exc: ApiError) -> None:
-        status = exc.to_status()
-        self.reasoning.error.CopyFrom(status)
-        await self._end(
-            FAILED, [self.event(EventType.REASONING_EVENT_TYPE_ERROR, error=status, status=FAILED)]
-        )
 
-    async def _end(self, status: common_pb2.RunStatus.ValueType, events: list[Event]) -> None:
-        self.reasoning.status = status
-        try:
-            await self.commit(events)
-        except LeaseLost:
-            log.warning("reasoning lease lost before its end was recorded", extra={"reasoning_id": self.id})
-
-
-def _merged(events: list[Event]) -> list[Event]:
-    """A batch's deltas as one event per (type, model), in order of first appearance: a model that
-    interleaves thinking and content within 20 ms yields one THINKING and one TOKEN event, so replay
-    stays short. Each type's text keeps its order."""
-    merged: dict[tuple[int, str], Event] = {}
-    for event in events:
-        key = (event.type, event.model)
-        if key in merged:
-            merged[key].delta += event.delta
-        else:
-            merged[key] = Event()
-            merged[key].CopyFrom(event)
-    return list(merged.values())
+def ended(
+    body: bytes, status: common_pb2.RunStatus.ValueType, error: status_pb2.Status | None
+) -> tuple[bytes, list[bytes]]:
+    """A session's end other than completion, as stored and announced: ERROR (FAILED) carrying the
+    error, or STATUS_CHANGED to CANCELLED or INTERRUPTED."""
+    reasoning = reasoning_pb2.Reasoning.FromString(body)
+    reasoning.status = status
+    reasoning.updated_at.CopyFrom(now())
+    event = Event(reasoning_id=reasoning.reasoning_id, created_at=reasoning.updated_at, status=status)
+    if error is not None:
+        reasoning.error.CopyFrom(error)
+        event.type = EventType.REASONING_EVENT_TYPE_ERROR
+        event.error.CopyFrom(error)
+    else:
+        event.type = EventType.REASONING_EVENT_TYPE_STATUS_CHANGED
+    return reasoning.SerializeToString(), [event.SerializeToString()]
