@@ -306,7 +306,10 @@ def _add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    top = _Parser(prog="aibattle", description="Talk to an AI Battle server over gRPC.")
+    top = _Parser(
+        prog="aibattle",
+        description="Talk to an AI Battle server over gRPC (or its HTTP gateway, given a URL).",
+    )
     _add_global_options(top, top=True)
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
