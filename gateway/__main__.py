@@ -20,6 +20,7 @@ from pydantic.fields import FieldInfo
 
 from common.addresses import AddressError, parse_host_port
 from common.config import ConfigError, read_toml, validate
+from common.logs import configure_json
 from gateway.options import GatewayOptions, GatewaySettings
 from gateway.web_app import start_gateway
 
@@ -157,7 +158,8 @@ async def serve(launch: Launch) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     launch = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # JSON lines, as the server writes them: one format for whatever collects the logs of either.
+    configure_json("INFO")
     asyncio.run(serve(launch))
 
 

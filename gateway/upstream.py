@@ -8,6 +8,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2
 
+from gateway import access
 from gateway.descriptors import Rpc, Shape
 
 _HEALTH_CHECK = "/grpc.health.v1.Health/Check"
@@ -31,6 +32,7 @@ class Upstream:
 
         Returns the grpc.aio call object of the RPC's shape.
         """
+        access.note_request(request)  # the access log names the model the request is for
         multi = self._callables.get(rpc.grpc_path)
         if multi is None:
             factory = {

@@ -17,7 +17,7 @@ from aiohttp.typedefs import Handler
 
 from aibattle.v1 import completions_pb2
 from common.addresses import join_host_port
-from gateway import compat
+from gateway import access, compat
 from gateway.descriptors import RouteError
 from gateway.options import GatewayOptions
 from gateway.path_template import parse_template
@@ -28,7 +28,12 @@ from gateway.upstream import Upstream
 from gateway.web_cors import add_cors_headers, cors_middleware
 from gateway.web_errors import NATIVE, Dialect
 from gateway.web_meta import DOCS_ASSETS, docs_assets_path, meta_routes
-from gateway.web_middlewares import add_request_id, error_middleware, request_id_middleware
+from gateway.web_middlewares import (
+    access_log_middleware,
+    add_request_id,
+    error_middleware,
+    request_id_middleware,
+)
 from gateway.web_rest import handle_rest
 from gateway.web_state import STATE, FixedRoute, GatewayState
 from gateway.web_websocket import handle_websocket, is_websocket_upgrade
@@ -49,7 +54,7 @@ def create_app(grpc_target: str, options: GatewayOptions | None = None) -> web.A
     router = Router(derive_routes(options.files))
     app = web.Application(
         client_max_size=options.max_body_bytes,
-        middlewares=[request_id_middleware, error_middleware, cors_middleware],
+        middlewares=[request_id_middleware, access_log_middleware, error_middleware, cors_middleware],
     )
     state = GatewayState(options=options, router=router, comments=Comments.load(options.descriptor_set))
     app[STATE] = state
@@ -81,6 +86,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     match = request.app[STATE].router.match(
         request.method, request.rel_url.raw_path, websocket=is_websocket_upgrade(request)
     )
+    access.note_route(match.route.template.source)
     return await _HANDLERS[match.route.kind](request, match)
 
 

@@ -1,4 +1,10 @@
-"""Middlewares: the request id, and the one place errors become HTTP responses.
+"""Middlewares: the request id, the access log, and the one place errors become HTTP responses.
+
+The access log is one JSON line per request (logger `gateway.access`, message "http"), written when
+the request ends — a stream when it ends, a WebSocket when it closes (status 101): `method`, `route`
+(the route's template, never the raw path: ids stay out of the log and lines group by endpoint; null
+when no route matched), `status` (499 when the client left first), `ms`, `request_id`, `key_id` (the
+key the credential names, never the secret; see gateway.access), `credential` and `model`.
 
 Every error response — the gateway's own, the upstream's, aiohttp's — has the status code of the
 gRPC → HTTP table and the body of the endpoint's dialect: a JSON `google.rpc.Status` on the native
@@ -8,20 +14,29 @@ are logged with their traceback and answered with a generic INTERNAL, never the 
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 
 import grpc
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from google.rpc import code_pb2, status_pb2
 
+from common import logs
+from common.api_keys import presented_secret
 from common.errors import ApiError, RequestTooLarge
+from gateway import access
 from gateway.errors import status_of
 from gateway.metadata import REQUEST_ID_HEADER, request_id_from
 from gateway.web_errors import Dialect, error_response
 from gateway.web_state import REQUEST_ID, STATE
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("gateway.access")
+
+#: nginx's code for "the client closed the connection before the answer".
+CLIENT_CLOSED = 499
 
 #: aiohttp's own HTTP errors (bad request line, static file 404…) as gRPC codes.
 _CODE_FOR_HTTP = {
@@ -43,7 +58,53 @@ _CODE_FOR_HTTP = {
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Take the client's X-Request-Id or make one; it goes upstream and comes back on the response."""
     request[REQUEST_ID] = request_id_from(request.headers)
-    return await handler(request)
+    token = logs.request_id.set(request[REQUEST_ID])  # every log line about the request carries it
+    try:
+        return await handler(request)
+    finally:
+        logs.request_id.reset(token)
+
+
+@web.middleware
+async def access_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """One access log line per request, with its final status (see the module docstring)."""
+    record, token = access.open_record()
+    access.note_credential(presented_secret(request.headers.items()) or "")
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:  # redirects; errors are responses by now (error_middleware)
+        status = exc.status
+        raise
+    except (asyncio.CancelledError, ConnectionError):
+        status = CLIENT_CLOSED
+        raise
+    finally:
+        access.close_record(token)
+        access_log.info(
+            "http",
+            extra={
+                "method": request.method,
+                "route": record.route or _fixed_route(request),
+                "status": status,
+                "ms": round((time.perf_counter() - started) * 1000, 1),
+                "key_id": record.key_id,
+                "credential": record.credential,
+                "model": record.model or None,
+            },
+        )
+
+
+def _fixed_route(request: web.Request) -> str | None:
+    """The template of the hand-registered endpoint a request is for (derived routes note theirs)."""
+    raw_path = request.rel_url.raw_path
+    for fixed in request.app[STATE].fixed_routes:
+        if fixed.template.match(raw_path) is not None:
+            return fixed.template.source
+    return None
 
 
 async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:

@@ -33,6 +33,7 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2, status_pb2
 
 from common.errors import ApiError
+from gateway import access
 from gateway.calls import ClientGone, RequestPump, cancel_on_exit
 from gateway.errors import invalid_argument, ws_close_code
 from gateway.relay import relay
@@ -300,6 +301,7 @@ class _Credentials:
     def add(self, token: str, *, where: str) -> None:
         if not token:
             return  # an empty token authenticates nothing; the call goes without one
+        access.note_credential(token)
         current = self._token if self._token is not None else _bearer(self._header)
         if current is not None and current != token:
             raise invalid_argument(

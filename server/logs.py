@@ -1,4 +1,4 @@
-"""Structured logs: one JSON object per line on stderr, tagged with the request id.
+"""The server's logging: JSON lines on stderr (common.logs, shared with the gateway).
 
 The request id lives in a context variable set by the request interceptor, so every
 log line written while serving a call carries it without being passed around.
@@ -6,45 +6,15 @@ log line written while serving a call carries it without being passed around.
 
 from __future__ import annotations
 
-import contextvars
-import json
 import logging
-import sys
-import time
 
-request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
-#: The API key id of the call (never its secret), set once it is authenticated: who did what.
-key_id: contextvars.ContextVar[str] = contextvars.ContextVar("key_id", default="")
+from common.logs import JsonFormatter, configure_json, key_id, request_id
 
-# Attributes every LogRecord has; anything else was passed with `extra=` and is logged as a field.
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, object] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        if rid := request_id.get():
-            entry["request_id"] = rid
-        if kid := key_id.get():
-            entry["key_id"] = kid
-        entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+__all__ = ["JsonFormatter", "configure", "key_id", "request_id"]
 
 
 def configure(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    root = configure_json(level)
     # aiosqlite logs every statement with its parameters at DEBUG: key hashes, prompts, replies. No
     # log level of ours turns that on.
     logging.getLogger("aiosqlite").setLevel(max(logging.INFO, root.level))

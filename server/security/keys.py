@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 import secrets
 import time
 from typing import TYPE_CHECKING
 
+from common.api_keys import PREFIX as PREFIX  # the secret's shape is shared with the gateway
+from common.api_keys import key_id_of as key_id_of
 from common.errors import Unauthenticated
 
 if TYPE_CHECKING:
     from server.storage import KeyRow
-
-PREFIX = "aib_"
-_SECRET = re.compile(r"aib_(k[0-9a-f]{16})_[A-Za-z0-9_-]{43}")
 
 
 def new_key_id() -> str:
@@ -34,12 +32,6 @@ def new_secret(key_id: str) -> str:
 
 def hash_secret(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
-
-
-def key_id_of(secret: str) -> str | None:
-    """The key id a secret names, or None if it is not shaped like one of ours."""
-    match = _SECRET.fullmatch(secret)
-    return match.group(1) if match else None
 
 
 def same_secret(presented: str, stored_hash: bytes) -> bool:

@@ -223,3 +223,11 @@ async def test_standalone_proxy(aibattle: AIBattleServer) -> None:
         proc.send_signal(signal.SIGTERM)
         _, stderr = await asyncio.wait_for(proc.communicate(), 10)
     assert proc.returncode == 0, stderr.decode()
+    # It logs as the server does: JSON lines, among them one access line per request.
+    lines = [json.loads(line) for line in stderr.decode().splitlines()]
+    assert any(line["msg"].startswith("gateway on http://127.0.0.1:") for line in lines)
+    access = [line for line in lines if line["logger"] == "gateway.access"]
+    completion = next(line for line in access if line["route"] == "/api/v1/completions")
+    assert (completion["method"], completion["status"], completion["model"]) == ("POST", 200, "scripted-echo")
+    assert completion["request_id"] and completion["ms"] >= 0
+    assert {line["route"] for line in access} == {"/readyz", "/api/v1/completions"}
