@@ -114,9 +114,12 @@ class Conversations:
     async def get(self, conversation_id: str) -> Conversation:
         return read(await self.stored(conversation_id))
 
-    async def _commit(self, run: Run | None, conv: Conversation, events: Sequence[Event]) -> None:
-        """One step of a run (in its name), stamped and committed with its events."""
-        body, serialized = _stamped(conv, events)
+    async def _commit(
+        self, run: Run | None, conv: Conversation, events: Sequence[Event], *, state: bool = True
+    ) -> None:
+        """One step of a run (in its name), stamped and committed with its events; with `state`
+        False (token deltas) only the events are written, not the whole transcript again."""
+        body, serialized = _stamped(conv, events) if state else (None, _stamped_events(conv, events))
         conv.last_sequence = await self._lifecycle.commit(
             run, conv.conversation_id, status=conv.status, body=body, events=serialized
         )
@@ -333,9 +336,7 @@ class Conversations:
                 )
             if not speaks_now:
                 # Queued only while models speak: a resting conversation is the caller's to run.
-                queue_for = (
-                    self._queue_seat(conv, named) if conv.status == S.RUN_STATUS_IN_PROGRESS else None
-                )
+                queue_for = self._queue_seat(conv, named) if conv.status == S.RUN_STATUS_IN_PROGRESS else None
                 if queue_for is None:
                     raise ApiError(
                         grpc.StatusCode.FAILED_PRECONDITION,
@@ -536,7 +537,7 @@ class Conversations:
                 Event(type=kinds.get(d.kind, E.CONVERSATION_EVENT_TYPE_THINKING), delta=d.text)
                 for d in deltas
             ]
-            await self._commit(run, conv, events)
+            await self._commit(run, conv, events, state=False)
 
         reply = await stream_model(self._registry, model, chat, flush)
         spoken = message(seat.role, reply.model.id, reply.text)
@@ -573,16 +574,21 @@ def read(stored: Stored) -> Conversation:
 
 
 def _stamped(conv: Conversation, events: Sequence[Event]) -> tuple[bytes, list[bytes]]:
-    """The state to store (without `last_sequence`, the log's) and its events, stamped now."""
+    """The state to store, stamped now, and its events."""
+    serialized = _stamped_events(conv, events)
+    conv.updated_at.CopyFrom(now())
+    body = Conversation()
+    body.CopyFrom(conv)
+    body.ClearField("last_sequence")  # the log's, stamped when read
+    return body.SerializeToString(), serialized
+
+
+def _stamped_events(conv: Conversation, events: Sequence[Event]) -> list[bytes]:
     stamp = now()
-    conv.updated_at.CopyFrom(stamp)
     for event in events:
         event.conversation_id = conv.conversation_id
         event.created_at.CopyFrom(stamp)
-    body = Conversation()
-    body.CopyFrom(conv)
-    body.ClearField("last_sequence")
-    return body.SerializeToString(), [e.SerializeToString() for e in events]
+    return [e.SerializeToString() for e in events]
 
 
 def _completed(conv: Conversation) -> ApiError:

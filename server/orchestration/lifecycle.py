@@ -171,10 +171,11 @@ class Lifecycle:
         return last
 
     async def commit(
-        self, run: Run | None, resource_id: str, *, status: int, body: bytes, events: Sequence[bytes]
+        self, run: Run | None, resource_id: str, *, status: int, body: bytes | None, events: Sequence[bytes]
     ) -> int:
         """One step in one transaction, then the followers woken. In a run's name (`run`), refused
-        with LeaseLost once another runner holds the lease. Shielded: a cancellation arriving
+        with LeaseLost once another runner holds the lease. `body` None: only events (token deltas),
+        the stored state unchanged. Shielded: a cancellation arriving
         mid-commit must not leave the step half done; the run's cleanup then sees it committed."""
         last = await asyncio.shield(
             self.store.commit(

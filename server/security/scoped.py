@@ -81,7 +81,7 @@ class OwnerScopedStore:
         resource_id: str,
         *,
         status: int,
-        body: bytes,
+        body: bytes | None,
         events: Sequence[bytes],
         runner_id: str | None = None,
     ) -> int:

@@ -82,11 +82,14 @@ class Store(Protocol):
         resource_id: str,
         *,
         status: int,
-        body: bytes,
+        body: bytes | None,
         events: Sequence[bytes],
         runner_id: str | None = None,
     ) -> int:
         """One step, atomically: the new state and its events (next sequences); returns the last one.
+
+        `body` None keeps the stored body: a step that only adds events (a batch of token deltas) writes
+        the events, not a whole transcript again.
 
         With `runner_id`, the commit is refused (LeaseLost) unless that runner still holds the lease:
         a run that lost its lease must not write over the one that took over.

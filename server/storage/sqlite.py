@@ -176,7 +176,7 @@ class SqliteStore:
         resource_id: str,
         *,
         status: int,
-        body: bytes,
+        body: bytes | None,
         events: Sequence[bytes],
         runner_id: str | None = None,
     ) -> int:
@@ -198,8 +198,8 @@ class SqliteStore:
             )
             last += len(events)
             await db.execute(
-                "UPDATE resources SET status = ?, body = ?, last_sequence = ?, updated_at = ?"
-                " WHERE resource_id = ?",
+                "UPDATE resources SET status = ?, body = coalesce(?, body), last_sequence = ?,"
+                " updated_at = ? WHERE resource_id = ?",
                 (status, body, last, time.time(), resource_id),
             )
             await db.execute("COMMIT")

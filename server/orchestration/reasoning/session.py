@@ -139,15 +139,19 @@ class Session:
     def event(self, type_: reasoning_pb2.ReasoningEventType.ValueType, **fields: object) -> Event:
         return Event(reasoning_id=self.id, type=type_, created_at=now(), **fields)  # type: ignore[arg-type]
 
-    async def commit(self, events: Sequence[Event]) -> int:
-        """The session's state and these events, in one transaction; followers are woken after it."""
-        self.reasoning.updated_at.CopyFrom(now())
-        self.reasoning.ClearField("last_sequence")  # the log's, stamped when read
+    async def commit(self, events: Sequence[Event], *, state: bool = True) -> int:
+        """The session's state (unless `state` is False: token deltas change none) and these events,
+        in one transaction; followers are woken after it."""
+        body = None
+        if state:
+            self.reasoning.updated_at.CopyFrom(now())
+            self.reasoning.ClearField("last_sequence")  # the log's, stamped when read
+            body = self.reasoning.SerializeToString()
         return await self.lifecycle.commit(
             self.run,
             self.id,
             status=self.reasoning.status,
-            body=self.reasoning.SerializeToString(),
+            body=body,
             events=[e.SerializeToString() for e in events],
         )
 
@@ -182,7 +186,8 @@ class Session:
                         iteration_index=index,
                     )
                     for d in deltas
-                ]
+                ],
+                state=False,
             )
 
         reply = await stream_model(self.registry, model, self._request(seat, prompt, max_tokens), flush)
