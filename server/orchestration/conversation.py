@@ -58,7 +58,6 @@ from server.orchestration.turns import (
     take_queued,
 )
 from server.orchestration.turns import ended as turns_ended
-from server.pagination import keyset_page
 from server.providers.attachments import chat_message
 from server.providers.base import ChatRequest, Role
 from server.providers.registry import ModelRegistry
@@ -267,16 +266,8 @@ class Conversations:
             )
 
     async def list_page(self, *, status: int, size: int, token: str) -> tuple[list[Conversation], str]:
-        rows, next_token = await keyset_page(
-            lambda after, limit: self._store.list(
-                KIND, owner="", status=status or None, after=after, limit=limit
-            ),
-            lambda stored: (stored.created_at, stored.resource_id),
-            size=size,
-            token=token,
-            filters=["ListConversations", status],
-            default=20,
-            maximum=100,
+        rows, next_token = await self._lifecycle.page(
+            self, listing="ListConversations", status=status, size=size, token=token
         )
         page = []
         for stored in rows:

@@ -40,6 +40,7 @@ from aibattle.v1 import common_pb2
 from common.errors import ApiError, internal_error
 from server.config import ModelConfig
 from server.orchestration.runs import Run, Runs
+from server.pagination import keyset_page
 from server.providers.base import ChatRequest, Delta, Finish, StreamItem, Usage
 from server.providers.registry import ModelRegistry
 from server.providers.resilience import Answering, resilient_stream
@@ -231,6 +232,24 @@ class Lifecycle:
             return
         body, events = resource.ended(stored.body, CANCELLED, None)
         await self.claim(resource, stored, status=CANCELLED, body=body, events=events, work=None)
+
+    # ---- reading
+
+    async def page(
+        self, resource: Resource, *, listing: str, status: int, size: int, token: str
+    ) -> tuple[Sequence[Stored], str]:
+        """One page of a kind's resources (the caller's), newest first, by key (`keyset_page`)."""
+        return await keyset_page(
+            lambda after, limit: self.store.list(
+                resource.kind, owner="", status=status or None, after=after, limit=limit
+            ),
+            lambda stored: (stored.created_at, stored.resource_id),
+            size=size,
+            token=token,
+            filters=[listing, status],
+            default=20,
+            maximum=100,
+        )
 
     # ---- following
 

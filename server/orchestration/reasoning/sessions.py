@@ -36,7 +36,6 @@ from server.orchestration.reasoning.session import (
 )
 from server.orchestration.reasoning.strategies import MULTI_MODEL, STRATEGIES
 from server.orchestration.runs import Run
-from server.pagination import keyset_page
 from server.providers.attachments import chat_message
 from server.providers.base import Attachment, Role
 from server.providers.registry import ModelRegistry
@@ -75,16 +74,8 @@ class ReasoningSessions:
     async def list_page(
         self, *, status: int, size: int, token: str
     ) -> tuple[list[reasoning_pb2.Reasoning], str]:
-        rows, next_token = await keyset_page(
-            lambda after, limit: self._store.list(
-                KIND, owner="", status=status or None, after=after, limit=limit
-            ),
-            lambda stored: (stored.created_at, stored.resource_id),
-            size=size,
-            token=token,
-            filters=["ListReasonings", status],
-            default=20,
-            maximum=100,
+        rows, next_token = await self._lifecycle.page(
+            self, listing="ListReasonings", status=status, size=size, token=token
         )
         page = []
         for stored in rows:
