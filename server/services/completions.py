@@ -95,6 +95,9 @@ def chat_request(
         if not (math.isfinite(request.top_p) and 0 < request.top_p <= 1):
             raise InvalidArgument("top_p", f"must be in (0, 1], got {request.top_p}")
         top_p = request.top_p
+    # The schema bounds it to [0, 2]; 0 is refused here (bounds are inclusive): llama.cpp divides by it.
+    if request.HasField("repeat_penalty") and request.repeat_penalty <= 0:
+        raise InvalidArgument("repeat_penalty", f"must be in (0, 2], got {request.repeat_penalty}")
     if len(request.stop) > MAX_STOP_SEQUENCES:
         raise InvalidArgument("stop", f"at most {MAX_STOP_SEQUENCES} sequences, got {len(request.stop)}")
     for i, stop in enumerate(request.stop):
@@ -110,6 +113,11 @@ def chat_request(
         top_p=top_p,
         stop=tuple(request.stop),
         seed=request.seed & 0xFFFFFFFF if request.HasField("seed") else None,
+        # In range already: the BoundsInterceptor checked the schema's bounds before this handler ran.
+        top_k=request.top_k if request.HasField("top_k") else None,
+        repeat_penalty=request.repeat_penalty if request.HasField("repeat_penalty") else None,
+        frequency_penalty=request.frequency_penalty if request.HasField("frequency_penalty") else None,
+        presence_penalty=request.presence_penalty if request.HasField("presence_penalty") else None,
         deadline=time.monotonic() + remaining if remaining is not None else None,
     )
 

@@ -77,6 +77,7 @@ class AnthropicProvider(HttpProvider):
             )
         # request.seed is dropped: the Messages API has no seed (sampling is not reproducible there).
         body.update(sampling(request, stop="stop_sequences", seed=None))
+        body.update(request.penalties(model, {"top_k": "top_k"}))
         headers = {"anthropic-version": API_VERSION, "content-type": "application/json"}
         if key is not None:
             headers["x-api-key"] = key

@@ -52,6 +52,7 @@ _CONTENT_FILTER = frozenset(
 _INLINE_TYPES = frozenset({"image", "audio", "video"})
 _INLINE_DOCUMENTS = frozenset({"application/pdf"})
 _INT32 = 2**31
+_PENALTIES = {"top_k": "topK", "frequency_penalty": "frequencyPenalty", "presence_penalty": "presencePenalty"}
 
 
 def finish_reason(value: str) -> FinishReason:
@@ -111,6 +112,7 @@ def request_body(model: ModelConfig, request: ChatRequest) -> dict[str, Any]:
     config: dict[str, Any] = {
         "maxOutputTokens": request.max_tokens,
         **sampling(request, top_p="topP", stop="stopSequences", seed=None),
+        **request.penalties(model, _PENALTIES),
     }
     if request.seed is not None:
         # Our seed is unsigned 32-bit, Gemini's a signed int32: same bits, so the same runs repeat.

@@ -23,7 +23,7 @@ import aiohttp
 from common.enums import FinishReason
 from server.config import ModelConfig
 from server.providers.attachments import cannot_take
-from server.providers.base import ChatMessage, ChatRequest, Delta, Finish, StreamItem, Usage
+from server.providers.base import PENALTIES, ChatMessage, ChatRequest, Delta, Finish, StreamItem, Usage
 from server.providers.http.base import UNREPORTED, HttpClient, HttpProvider, HttpRequest, sampling
 from server.providers.http.errors import (
     from_status,
@@ -47,7 +47,11 @@ class OllamaProvider(HttpProvider):
     name = PROVIDER
 
     def build(self, model: ModelConfig, request: ChatRequest, key: str | None) -> HttpRequest:
-        options: dict[str, Any] = {"num_predict": request.max_tokens, **sampling(request)}
+        options: dict[str, Any] = {
+            "num_predict": request.max_tokens,
+            **sampling(request),
+            **request.penalties(model, {name: name for name in PENALTIES}),
+        }
         body = {
             "model": model.upstream_model or model.id,
             "messages": [_message(model, m) for m in request.messages],

@@ -34,6 +34,7 @@ from server.providers.http.wire import FrameError, SseParser
 
 _FINISH = {"length": FinishReason.LENGTH, "content_filter": FinishReason.CONTENT_FILTER}
 _DONE = "[DONE]"
+_PENALTIES = {"frequency_penalty": "frequency_penalty", "presence_penalty": "presence_penalty"}
 #: OpenAI's rule of thumb for English text; only used when the server reports no usage.
 
 
@@ -108,6 +109,9 @@ class OpenAIProvider(HttpProvider):
         if request.stream:
             body["stream_options"] = {"include_usage": True}
         body.update(sampling(request))
+        # top_k and repeat_penalty are not OpenAI's (vLLM and llama.cpp's server read them, OpenAI refuses
+        # them): refused rather than sent to an API that may reject or ignore them.
+        body.update(request.penalties(model, _PENALTIES))
         headers = {"Accept": "text/event-stream" if request.stream else "application/json"}
         if key:
             headers["Authorization"] = f"Bearer {key}"
