@@ -222,7 +222,7 @@ def _set_param(
             reason="INVALID_QUERY_PARAMETER",
             field=key,
         )
-    converted = [_scalar(leaf, v) for v in values]
+    converted = [_scalar(leaf, v, key=key, source=source) for v in values]
     value: Any
     if leaf.is_repeated:
         value = converted
@@ -248,8 +248,10 @@ def _set_param(
     target.MergeFrom(scratch)
 
 
-def _scalar(leaf: FieldDescriptor, raw: str) -> Any:
+def _scalar(leaf: FieldDescriptor, raw: str, *, key: str, source: str) -> Any:
     """A URL string as the JSON value protobuf's parser wants (it reads numbers, enums, WKTs from strings)."""
+    if leaf.enum_type is not None:
+        return _enum_value(leaf, raw, key=key, source=source)
     leaf_message = message_type(leaf)
     is_bool = leaf.type == FieldDescriptor.TYPE_BOOL or (
         leaf_message is not None and leaf_message.full_name == "google.protobuf.BoolValue"
@@ -261,6 +263,23 @@ def _scalar(leaf: FieldDescriptor, raw: str) -> Any:
         if lowered in _FALSE:
             return False
     return raw
+
+
+def _enum_value(leaf: FieldDescriptor, raw: str, *, key: str, source: str) -> str | int:
+    """An enum in a URL: a value's name, or the number of a declared value, as grpc-gateway reads query
+    parameters. protobuf's parser alone would take any number for an open enum, a value no client can
+    mean and the OpenAPI document does not offer."""
+    enum = leaf.enum_type
+    if raw in enum.values_by_name:
+        return raw
+    if _DECIMAL.fullmatch(raw) and int(raw) in enum.values_by_number:
+        return int(raw)
+    raise invalid_argument(
+        f"invalid {source} {key!r}: {raw[:64]!r} is not a value of {enum.full_name}; use a name "
+        f"({', '.join(enum.values_by_name)}) or its number",
+        reason="INVALID_QUERY_PARAMETER",
+        field=key,
+    )
 
 
 def message_to_json(message: Message, *, emit_unpopulated: bool) -> dict[str, Any]:

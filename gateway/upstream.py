@@ -12,6 +12,8 @@ from gateway import access
 from gateway.descriptors import Rpc, Shape
 
 _HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+#: What health() says of a service the server does not report on (grpc.health's NOT_FOUND).
+SERVICE_UNKNOWN = "SERVICE_UNKNOWN"
 
 Metadata = Sequence[tuple[str, str | bytes]]
 
@@ -62,7 +64,7 @@ class Upstream:
             response = await check(health_pb2.HealthCheckRequest(service=service), timeout=deadline)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
-                return "SERVICE_UNKNOWN"
+                return SERVICE_UNKNOWN
             return str(exc.code().name)
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 

@@ -9,6 +9,7 @@ from aiohttp.typedefs import Handler
 
 from gateway.openapi import build_openapi
 from gateway.transcode import dumps
+from gateway.upstream import SERVICE_UNKNOWN
 from gateway.web_state import STATE
 
 DOCS_ASSETS = "/docs/assets"
@@ -52,6 +53,7 @@ async def openapi_json(request: web.Request) -> web.Response:
             title=state.options.title,
             version=state.options.version,
             strict=state.options.strict,
+            fixed=[(m, f.template.source) for f in state.fixed_routes for m in f.methods],
         )
     return web.Response(text=dumps(state.openapi), content_type="application/json")
 
@@ -67,10 +69,15 @@ async def livez(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """The upstream's gRPC health (grpc.health.v1), for `?service=` or the whole server."""
+    """The upstream's gRPC health (grpc.health.v1), for `?service=` or the whole server.
+
+    200 SERVING; 404 SERVICE_UNKNOWN for a service the server does not report on (grpc.health's own
+    NOT_FOUND: the caller named something that isn't there, the server is not unwell); 503 otherwise.
+    """
     state = request.app[STATE]
     status = await state.upstream.health(request.query.get("service", ""))
-    return web.json_response({"status": status}, status=200 if status == "SERVING" else 503)
+    code = {"SERVING": 200, SERVICE_UNKNOWN: 404}.get(status, 503)
+    return web.json_response({"status": status}, status=code)
 
 
 async def readyz(request: web.Request) -> web.Response:

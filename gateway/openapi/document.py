@@ -14,8 +14,9 @@ from google.rpc import status_pb2
 
 from gateway.descriptors import SCALAR_LIKE_MESSAGES, message_type, resolve_field_path
 from gateway.events import LAST_EVENT_ID
+from gateway.openapi.fixed import meta_operations
 from gateway.openapi.schema import Schema, SchemaBuilder
-from gateway.path_template import Variable
+from gateway.path_template import Variable, parse_template
 from gateway.routes import Kind, Route
 from gateway.source_info import Comments
 from gateway.ws_dialects import BEARER_PREFIX, FLAT_PROTOCOL, NATIVE_PROTOCOL, PROTOCOL_HEADER
@@ -26,6 +27,11 @@ _STREAM_DOC = (
     "`Accept: text/event-stream`. A failure after the first message ends the stream with one "
     '`{"error": Status}` frame.'
 )
+_PAGE_TOKEN_DOC = (
+    "A `page_token` is opaque (AIP-158): only a `next_page_token` this server returned, with the same "
+    "filters, continues a list; any other value (or one issued for other filters) is refused with "
+    "400 INVALID_ARGUMENT naming `page_token`. Empty or absent: the first page."
+)
 _WS_DOC = (
     "WebSocket. Frames are JSON text: requests in (one per frame for request streams; an empty frame "
     'ends them), `{"result": …}` out, then `{"error": Status}` on failure. Close code 1000 on success, '
@@ -34,9 +40,19 @@ _WS_DOC = (
 
 
 def build_openapi(
-    routes: Sequence[Route], comments: Comments, *, title: str, version: str, strict: bool = True
+    routes: Sequence[Route],
+    comments: Comments,
+    *,
+    title: str,
+    version: str,
+    strict: bool = True,
+    fixed: Sequence[tuple[str, str]] = (),
 ) -> dict[str, Any]:
-    """The document; `strict` (GatewayOptions.strict) makes message schemas refuse unknown fields."""
+    """The document; `strict` (GatewayOptions.strict) makes message schemas refuse unknown fields.
+
+    `fixed`: (method, path template) of the hand-registered endpoints the app serves; those with an
+    operation in gateway.openapi.fixed are documented with it.
+    """
     schemas = SchemaBuilder(comments, strict=strict)
     status_ref = schemas.message(status_pb2.Status.DESCRIPTOR)
     paths: dict[str, dict[str, Any]] = {}
@@ -51,6 +67,12 @@ def build_openapi(
         operation["tags"] = [service.name]
         method = "get" if route.kind is Kind.WEBSOCKET else route.http_method.lower()
         paths.setdefault(route.template.openapi_path(), {})[method] = operation
+    written = meta_operations()
+    for method, path in fixed:
+        if (hand := written.get((method, path))) is not None:
+            paths.setdefault(parse_template(path).openapi_path(), {})[method.lower()] = hand
+            for name in hand.get("tags", ()):
+                tags.setdefault(name, {"name": name})
     return {
         "openapi": "3.1.0",
         "info": {
@@ -112,6 +134,12 @@ def _operation(
                 "see the gateway README.",
             }
         )
+    if _paginated(rpc.method.input_type, rpc.method.output_type):
+        for parameter in parameters:
+            if parameter["name"] == "page_token":
+                parameter["description"] = " ".join(
+                    p for p in (parameter.get("description"), _PAGE_TOKEN_DOC) if p
+                )
     if parameters:
         operation["parameters"] = parameters
     error = {
@@ -129,6 +157,7 @@ def _operation(
                 "headers": {"Upgrade": {"schema": {"type": "string", "const": "websocket"}}},
                 "content": {"application/json": {"schema": status_ref}},
             },
+            "400": bad_request(status_ref),
             "default": error,
         }
         operation["x-websocket"] = {
@@ -169,13 +198,38 @@ def _operation(
         }
     else:
         ok = {"description": "OK", "content": {"application/json": {"schema": result}}}
-    operation["responses"] = {"200": ok, "default": error}
+    operation["responses"] = {"200": ok, "400": bad_request(status_ref), "default": error}
+    if _paginated(rpc.method.input_type, rpc.method.output_type):
+        operation["responses"]["400"] = bad_request(status_ref, _PAGE_TOKEN_DOC)
     if rpc.shape.streams_responses and route.events is not None:
         operation["responses"]["204"] = {
             "description": "SSE only: the stream ended with no event to send "
             "(an EventSource stops reconnecting)."
         }
     return operation
+
+
+def bad_request(error: Schema, why: str = "") -> dict[str, Any]:
+    """The 400 of every operation: the endpoint's error body, or the HTTP server's plain text for a
+    request it cannot parse at all (a request line or header over 8,190 bytes, a malformed one), which
+    is answered before any route is known and so in no endpoint's dialect."""
+    return {
+        "description": " ".join(
+            p
+            for p in (
+                why,
+                "An invalid argument: the error body. A request line or header the HTTP server cannot "
+                "read (over 8,190 bytes, or malformed) is answered in plain text, before routing.",
+            )
+            if p
+        ),
+        "content": {"application/json": {"schema": error}, "text/plain": {"schema": {"type": "string"}}},
+    }
+
+
+def _paginated(request: Descriptor, response: Descriptor) -> bool:
+    """A List RPC after AIP-158: `page_token` in, `next_page_token` out."""
+    return "page_token" in request.fields_by_name and "next_page_token" in response.fields_by_name
 
 
 def _frame_schema(result: Schema, status_ref: Schema) -> Schema:
@@ -215,7 +269,7 @@ def _query_parameters(
                         sub, schemas, skip=skip, prefix=f"{name}.", depth=depth + 1
                     )
                 continue
-        parameter: dict[str, Any] = {"name": name, "in": "query", "schema": schemas.constrained_field(field)}
+        parameter: dict[str, Any] = {"name": name, "in": "query", "schema": schemas.query_field(field)}
         if field.is_repeated:
             parameter["explode"] = True
         if comment := schemas.comments.get(field.full_name):

@@ -8,6 +8,7 @@ from typing import Any
 from google.api import field_behavior_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 
+from aibattle.v1 import options_pb2
 from common.bounds import json_schema_keywords
 from gateway.descriptors import message_type
 from gateway.source_info import Comments
@@ -189,6 +190,17 @@ class SchemaBuilder:
             return self.enum(field.enum_type)
         return scalar_schema(field.type)
 
+    def query_field(self, field: FieldDescriptor) -> Schema:
+        """A query parameter's schema: an enum takes its value's name or number, as grpc-gateway's query
+        parameters and proto-JSON parsers do (numbers no value declares are refused)."""
+        schema = self.constrained_field(field)
+        if field.enum_type is None or field.enum_type.full_name == "google.protobuf.NullValue":
+            return schema
+        numbers = {"type": "integer", "enum": [v.number for v in field.enum_type.values]}
+        if field.is_repeated:
+            return {**schema, "items": {"anyOf": [schema["items"], numbers]}}
+        return {"anyOf": [schema, numbers]}
+
     def constrained_field(self, field: FieldDescriptor) -> Schema:
         """A field's schema with the constraints every request must meet (see `constraints`)."""
         return {**self.field(field), **constraints(field)}
@@ -219,11 +231,20 @@ class SchemaBuilder:
         return schema
 
 
+def allowed_values(field: FieldDescriptor) -> tuple[str, ...]:
+    """The values a string field's `(aibattle.v1.allowed_values)` lists; () when it lists none."""
+    options = field.GetOptions()
+    if not options.HasExtension(options_pb2.allowed_values):
+        return ()
+    return tuple(options.Extensions[options_pb2.allowed_values].values)
+
+
 def constraints(field: FieldDescriptor) -> Schema:
     """JSON Schema keywords for what the protos say a valid value is, beyond its type.
 
     * `REQUIRED` (AIP-203): proto3 can't tell a default value from an absent one, so a required
       string or bytes is non-empty, a required repeated field has an element, a required map an entry.
+    * `(aibattle.v1.allowed_values)`: the values a string field takes, as its `enum`.
     * `(aibattle.v1.bounds)`: the range of a number or the element count of a repeated field, as
       the server enforces it (common/bounds.py); a 64-bit number's decimal-string pattern narrows too.
     """
@@ -236,6 +257,9 @@ def constraints(field: FieldDescriptor) -> Schema:
             keywords["minItems"] = 1
         elif field.type in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES):
             keywords["minLength"] = 1
+    if values := allowed_values(field):
+        # Unset (proto3's "") takes the server's default, unless the field is required.
+        keywords["enum"] = list(values) if is_required(field) else ["", *values]
     bounded = json_schema_keywords(field)
     keywords.update(bounded)
     if bounded and not field.is_repeated and field.type in _RANGE_64:

@@ -19,8 +19,12 @@ from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 from gateway import GatewayOptions, create_app, derive_routes
 from gateway.openapi import build_openapi
 from gateway.openapi.schema import decimal_pattern
+from gateway.path_template import parse_template
 from gateway.routes import Kind
 from gateway.source_info import Comments
+from gateway.web_errors import NATIVE
+from gateway.web_meta import DOCS_ASSETS
+from gateway.web_state import STATE
 from tests.gateway.gateway_testlib import ProtoApi, RunningLibrary, dummy_options
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -46,9 +50,17 @@ async def test_openapi_validates_and_covers_every_route(api_client: Any) -> None
     expected = {
         ("GET" if r.kind is Kind.WEBSOCKET else r.http_method, r.template.openapi_path()) for r in routes
     }
-    assert operations(doc) == expected
+    # Every endpoint the app registers by hand too (health, the document, /docs), but Swagger UI's files.
+    fixed = {
+        (method, parse_template(f.template.source).openapi_path())
+        for f in api_client.server.app[STATE].fixed_routes
+        for method in f.methods
+        if not f.template.source.startswith(DOCS_ASSETS) and f.dialect is NATIVE
+    }
+    assert {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/livez"), ("GET", "/openapi.json")} <= fixed
+    assert operations(doc) == expected | fixed
     ids = [op["operationId"] for item in doc["paths"].values() for op in item.values()]
-    assert len(ids) == len(set(ids)) == len(routes)
+    assert len(ids) == len(set(ids)) == len(routes) + len(fixed)
 
 
 async def test_openapi_carries_proto_comments(api_client: Any) -> None:
@@ -239,7 +251,7 @@ def test_request_body_requirements(dummy_api: ProtoApi) -> None:
 
 def test_websocket_operations_document_the_426(api_client_doc: dict[str, Any]) -> None:
     ws = api_client_doc["paths"]["/api/v1/ws/completions"]["get"]
-    assert set(ws["responses"]) == {"101", "426", "default"}
+    assert set(ws["responses"]) == {"101", "400", "426", "default"}
     assert ws["responses"]["426"]["headers"]["Upgrade"]["schema"]["const"] == "websocket"
 
 
@@ -300,3 +312,105 @@ async def test_served_document_of_a_lenient_gateway_allows_unknown_fields(aiohtt
     )
     doc = await (await client.get("/openapi.json")).json()
     assert "additionalProperties" not in doc["components"]["schemas"]["aibattle.v1.CreateCompletionRequest"]
+
+
+def test_string_fields_with_allowed_values_publish_the_servers_lists(api_client_doc: dict[str, Any]) -> None:
+    from server.orchestration.reasoning import STRATEGIES
+    from server.orchestration.turns import MODES
+
+    schemas = api_client_doc["components"]["schemas"]
+    mode = schemas["aibattle.v1.CreateConversationRequest"]["properties"]["mode"]
+    strategy = schemas["aibattle.v1.CreateReasoningRequest"]["properties"]["collaboration_strategy"]
+    # "" is proto3's unset: the server's default (the first of each list).
+    assert mode["enum"] == ["", *MODES]
+    assert strategy["enum"] == ["", *STRATEGIES]
+
+
+async def test_allowed_values_are_what_the_server_takes(api: Any) -> None:
+    schemas = (await (await api.get("/openapi.json")).json())["components"]["schemas"]
+    seats = [{"id": "scripted-echo", "role": "human"}, {"id": "scripted-echo", "role": "assistant"}]
+    for mode in schemas["aibattle.v1.CreateConversationRequest"]["properties"]["mode"]["enum"]:
+        models = (
+            seats if mode in ("", "human-ai") else [{"id": "scripted-echo", "role": r} for r in ("a", "b")]
+        )
+        resp = await api.post(
+            "/api/v1/conversations",
+            json={"models": models, "mode": mode, "rounds": 0, "initial_prompt": "Hi"},
+        )
+        assert resp.status == 200, (mode, await resp.text())
+    resp = await api.post("/api/v1/conversations", json={"models": seats, "mode": "human-human"})
+    assert resp.status == 400 and "mode" in (await resp.json())["message"]
+
+
+def test_enum_query_parameters_take_names_and_declared_numbers(api_client_doc: dict[str, Any]) -> None:
+    listing = api_client_doc["paths"]["/api/v1/conversations"]["get"]
+    status = next(p for p in listing["parameters"] if p["name"] == "status")["schema"]
+    by_name, by_number = status["anyOf"]
+    assert by_name == {"$ref": "#/components/schemas/aibattle.v1.RunStatus"}
+    names = api_client_doc["components"]["schemas"]["aibattle.v1.RunStatus"]["enum"]
+    assert by_number == {"type": "integer", "enum": list(range(len(names)))}
+
+
+@pytest.mark.parametrize(
+    ("value", "status"),
+    [
+        ("RUN_STATUS_COMPLETED", 200),
+        ("0", 200),
+        ("4", 200),
+        ("99", 400),
+        ("-1", 400),
+        ("done", 400),
+        ("", 400),
+    ],
+)
+async def test_enum_query_parameters_agree_with_the_document(api: Any, value: str, status: int) -> None:
+    resp = await api.get("/api/v1/conversations", params={"status": value})
+    assert resp.status == status, await resp.text()
+    if status == 400:
+        body = await resp.json()
+        assert body["details"][0]["reason"] == "INVALID_QUERY_PARAMETER" and "status" in body["message"]
+
+
+def test_list_operations_document_the_page_token_refusal(api_client_doc: dict[str, Any]) -> None:
+    lists = [
+        op
+        for item in api_client_doc["paths"].values()
+        for op in item.values()
+        if any(p["name"] == "page_token" for p in op.get("parameters", ()))
+    ]
+    assert len(lists) == 4  # models, conversations, reasoning sessions, keys
+    for op in lists:
+        assert (
+            "not issued" in op["responses"]["400"]["description"]
+            or "opaque" in op["responses"]["400"]["description"]
+        )
+        token = next(p for p in op["parameters"] if p["name"] == "page_token")
+        assert "400 INVALID_ARGUMENT" in token["description"]
+
+
+def test_every_operation_documents_the_plain_text_400_of_the_http_server(
+    api_client_doc: dict[str, Any],
+) -> None:
+    for item in api_client_doc["paths"].values():
+        for op in item.values():
+            assert set(op["responses"]["400"]["content"]) == {"application/json", "text/plain"}
+
+
+async def test_an_unparsable_request_line_is_the_documented_plain_text_400(api: Any) -> None:
+    resp = await api.get("/api/v1/models", params={"provider": "x" * 9000})
+    assert resp.status == 400 and resp.content_type == "text/plain"
+
+
+async def test_page_tokens_not_issued_are_400_as_documented(api: Any) -> None:
+    for path in ("/api/v1/models", "/api/v1/conversations", "/api/v1/collaborative-reasoning"):
+        resp = await api.get(path, params={"page_token": "not-one-of-ours"})
+        assert resp.status == 400, path
+        assert (await resp.json())["details"][0]["metadata"]["field"] == "page_token"
+
+
+async def test_health_operations_are_documented(api_client: Any) -> None:
+    doc = await (await api_client.get("/openapi.json")).json()
+    healthz = doc["paths"]["/healthz"]["get"]
+    assert set(healthz["responses"]) == {"200", "400", "404", "503"}
+    assert healthz["security"] == [{}]
+    assert doc["paths"]["/livez"]["get"]["responses"]["200"]

@@ -158,7 +158,7 @@ async def test_health_endpoints(api: Any, aibattle: AIBattleServer) -> None:
     per_service = await api.get("/healthz?service=aibattle.v1.ModelService")
     assert per_service.status == 200
     unknown = await api.get("/healthz?service=no.Such")
-    assert unknown.status == 503 and (await unknown.json())["status"] == "SERVICE_UNKNOWN"
+    assert unknown.status == 404 and (await unknown.json())["status"] == "SERVICE_UNKNOWN"
     await aibattle.drain()
     assert (await api.get("/healthz")).status == 503
     assert (await api.get("/readyz")).status == 503

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61ibattle/v1/options.proto\x12\x0b\x61ibattle.v1\x1a google/protobuf/descriptor.proto\"\x1d\n\rWebSocketRule\x12\x0c\n\x04path\x18\x01 \x01(\t\"A\n\x0b\x46ieldBounds\x12\x10\n\x03min\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x10\n\x03max\x18\x02 \x01(\x03H\x01\x88\x01\x01\x42\x06\n\x04_minB\x06\n\x04_max:O\n\twebsocket\x12\x1e.google.protobuf.MethodOptions\x18\xb5\x87\x03 \x01(\x0b\x32\x1a.aibattle.v1.WebSocketRule:I\n\x06\x62ounds\x12\x1d.google.protobuf.FieldOptions\x18\xb6\x87\x03 \x01(\x0b\x32\x18.aibattle.v1.FieldBoundsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61ibattle/v1/options.proto\x12\x0b\x61ibattle.v1\x1a google/protobuf/descriptor.proto\"\x1d\n\rWebSocketRule\x12\x0c\n\x04path\x18\x01 \x01(\t\"A\n\x0b\x46ieldBounds\x12\x10\n\x03min\x18\x01 \x01(\x03H\x00\x88\x01\x01\x12\x10\n\x03max\x18\x02 \x01(\x03H\x01\x88\x01\x01\x42\x06\n\x04_minB\x06\n\x04_max\"\x1f\n\rAllowedValues\x12\x0e\n\x06values\x18\x01 \x03(\t:O\n\twebsocket\x12\x1e.google.protobuf.MethodOptions\x18\xb5\x87\x03 \x01(\x0b\x32\x1a.aibattle.v1.WebSocketRule:I\n\x06\x62ounds\x12\x1d.google.protobuf.FieldOptions\x18\xb6\x87\x03 \x01(\x0b\x32\x18.aibattle.v1.FieldBounds:S\n\x0e\x61llowed_values\x12\x1d.google.protobuf.FieldOptions\x18\xb7\x87\x03 \x01(\x0b\x32\x1a.aibattle.v1.AllowedValuesb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,4 +36,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WEBSOCKETRULE']._serialized_end=105
   _globals['_FIELDBOUNDS']._serialized_start=107
   _globals['_FIELDBOUNDS']._serialized_end=172
+  _globals['_ALLOWEDVALUES']._serialized_start=174
+  _globals['_ALLOWEDVALUES']._serialized_end=205
 # @@protoc_insertion_point(module_scope)

@@ -3,9 +3,11 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import descriptor_pb2 as _descriptor_pb2
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import extension_dict as _extension_dict
 import builtins as _builtins
 import sys
@@ -80,9 +82,37 @@ class FieldBounds(_message.Message):
 
 Global___FieldBounds: _TypeAlias = FieldBounds  # noqa: Y015
 
+@_typing.final
+class AllowedValues(_message.Message):
+    """AllowedValues lists the values a string field accepts. The server refuses any other value with
+    INVALID_ARGUMENT naming the field (an unset field takes the server's default), and the OpenAPI
+    document publishes them as the field's `enum`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        values: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AllowedValues: _TypeAlias = AllowedValues  # noqa: Y015
+
 WEBSOCKET_FIELD_NUMBER: _builtins.int
 BOUNDS_FIELD_NUMBER: _builtins.int
+ALLOWED_VALUES_FIELD_NUMBER: _builtins.int
 websocket: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, Global___WebSocketRule]
 """WebSocket route of the RPC; only meaningful on streaming RPCs."""
 bounds: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FieldOptions, Global___FieldBounds]
 """Valid values of the field; see FieldBounds."""
+allowed_values: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FieldOptions, Global___AllowedValues]
+"""Values the field accepts; see AllowedValues."""

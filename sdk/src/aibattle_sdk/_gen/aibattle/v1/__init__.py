@@ -6,6 +6,7 @@
 __all__ = (
     "AddMessageRequest",
     "AddMessageResponse",
+    "AllowedValues",
     "ApiKey",
     "CancelConversationRequest",
     "CancelConversationResponse",
@@ -436,6 +437,20 @@ default_message_pool.register_message(
 
 
 @dataclass(eq=False, repr=False)
+class AllowedValues(betterproto2.Message):
+    """
+    AllowedValues lists the values a string field accepts. The server refuses any other value with
+    INVALID_ARGUMENT naming the field (an unset field takes the server's default), and the OpenAPI
+    document publishes them as the field's `enum`.
+    """
+
+    values: "list[str]" = betterproto2.field(1, betterproto2.TYPE_STRING, repeated=True)
+
+
+default_message_pool.register_message("aibattle.v1", "AllowedValues", AllowedValues)
+
+
+@dataclass(eq=False, repr=False)
 class ApiKey(betterproto2.Message):
     """
     ApiKey is a key's identity, permissions and limits; its secret is never part of it.
@@ -689,6 +704,14 @@ class Conversation(betterproto2.Message):
     last_sequence: "int" = betterproto2.field(15, betterproto2.TYPE_INT64)
     """
     Sequence number of the latest event; stream events after it to follow along.
+    """
+
+    queued_messages: "list[Message]" = betterproto2.field(
+        16, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    Messages people posted ahead of their turn (while models were speaking), oldest first: each is
+    spoken, and moves into `messages`, when its participant's turn comes.
     """
 
 
@@ -1702,6 +1725,12 @@ class Message(betterproto2.Message):
     )
     """
     Tokens and cost of producing this message (AI turns only).
+    """
+
+    queued: "bool" = betterproto2.field(9, betterproto2.TYPE_BOOL)
+    """
+    True while the message waits in a conversation's queue for its participant's turn (it was posted
+    while models were speaking); false once spoken.
     """
 
 
