@@ -962,6 +962,36 @@ class CreateCompletionRequest(betterproto2.Message):
     Seed for reproducible sampling, where the provider supports it.
     """
 
+    top_k: "int | None" = betterproto2.field(11, betterproto2.TYPE_INT32, optional=True)
+    """
+    Sample only from the k most likely tokens; unset means the model's default. A provider without it
+    (openai) refuses the request with INVALID_ARGUMENT naming the field.
+    """
+
+    repeat_penalty: "float | None" = betterproto2.field(
+        12, betterproto2.TYPE_DOUBLE, optional=True
+    )
+    """
+    Repetition penalty in (0, 2], llama.cpp's and Ollama's: 1 is none, above 1 discourages tokens already in
+    the context. Unset means the model's default (1.1 on the local model). A provider without it refuses it.
+    """
+
+    frequency_penalty: "float | None" = betterproto2.field(
+        13, betterproto2.TYPE_DOUBLE, optional=True
+    )
+    """
+    Penalty in [-2, 2] that grows with how often a token already appeared (OpenAI's meaning); unset means none.
+    A provider without it refuses it.
+    """
+
+    presence_penalty: "float | None" = betterproto2.field(
+        14, betterproto2.TYPE_DOUBLE, optional=True
+    )
+    """
+    Penalty in [-2, 2] on every token that already appeared (OpenAI's meaning); unset means none. A provider
+    without it refuses it.
+    """
+
 
 default_message_pool.register_message(
     "aibattle.v1", "CreateCompletionRequest", CreateCompletionRequest
@@ -2382,6 +2412,36 @@ class StreamCompletionRequest(betterproto2.Message):
     seed: "int | None" = betterproto2.field(10, betterproto2.TYPE_INT64, optional=True)
     """
     Seed for reproducible sampling, where the provider supports it.
+    """
+
+    top_k: "int | None" = betterproto2.field(11, betterproto2.TYPE_INT32, optional=True)
+    """
+    Sample only from the k most likely tokens; unset means the model's default. A provider without it
+    (openai) refuses the request with INVALID_ARGUMENT naming the field.
+    """
+
+    repeat_penalty: "float | None" = betterproto2.field(
+        12, betterproto2.TYPE_DOUBLE, optional=True
+    )
+    """
+    Repetition penalty in (0, 2], llama.cpp's and Ollama's: 1 is none, above 1 discourages tokens already in
+    the context. Unset means the model's default (1.1 on the local model). A provider without it refuses it.
+    """
+
+    frequency_penalty: "float | None" = betterproto2.field(
+        13, betterproto2.TYPE_DOUBLE, optional=True
+    )
+    """
+    Penalty in [-2, 2] that grows with how often a token already appeared (OpenAI's meaning); unset means none.
+    A provider without it refuses it.
+    """
+
+    presence_penalty: "float | None" = betterproto2.field(
+        14, betterproto2.TYPE_DOUBLE, optional=True
+    )
+    """
+    Penalty in [-2, 2] on every token that already appeared (OpenAI's meaning); unset means none. A provider
+    without it refuses it.
     """
 
 
