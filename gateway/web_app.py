@@ -76,6 +76,7 @@ def create_app(grpc_target: str, options: GatewayOptions | None = None) -> web.A
     if options.compat_endpoints and completions_pb2.DESCRIPTOR in options.files:
         for dialect, routes in compat.ENDPOINTS:
             _add_fixed(app, dialect, routes)
+        state.path_dialects.extend(compat.PATH_DIALECTS)
     check_no_overlap(router.routes, state.fixed_routes)
     app.router.add_route("*", "/{tail:.*}", dispatch)
     return app

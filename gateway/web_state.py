@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,12 +39,17 @@ class GatewayState:
     websockets: set[web.WebSocketResponse] = field(default_factory=set)
     openapi: dict[str, Any] | None = None
     fixed_routes: list[FixedRoute] = field(default_factory=list)
+    path_dialects: list[tuple[Callable[[str], bool], Dialect]] = field(default_factory=list)
+    """The dialect of paths no fixed route serves (a compat API's unknown routes answer its 404)."""
 
     def dialect_for(self, raw_path: str) -> Dialect:
-        """The error dialect of a path: its fixed route's, native for everything else."""
+        """The error dialect of a path: its fixed route's, else `path_dialects`', else native."""
         for fixed in self.fixed_routes:
             if fixed.template.match(raw_path) is not None:
                 return fixed.dialect
+        for owns, dialect in self.path_dialects:
+            if owns(raw_path):
+                return dialect
         return NATIVE
 
     def allowed_methods(self, raw_path: str) -> list[str]:

@@ -9,6 +9,7 @@ dialect's own key, never a 500 from a setter.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,41 @@ INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)
 
 
+@dataclass(frozen=True)
+class Keys:
+    """What an endpoint does with each key of one JSON object of its dialect.
+
+    Nothing is dropped in silence: a key is either carried (`honoured`), or asks for nothing we would
+    not do anyway (`defaults`: `n: 1`, `tools: []`, the values official clients send unasked), or is
+    refused with a 400 naming it: `unsupported` for the dialect's features we don't serve yet (with
+    why), a key we don't know for anything else. A null value counts as absent, as in the dialects'
+    own servers.
+    """
+
+    honoured: frozenset[str]
+    defaults: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    unsupported: Mapping[str, str] = field(default_factory=dict)
+
+    def check(self, body: Mapping[str, Any], *, where: str = "") -> None:
+        for key, value in body.items():
+            if value is None or key in self.honoured:
+                continue
+            # Compared with their types: `False == 0` and `True == 1` in Python, not in JSON.
+            if any(type(value) is type(ok) and value == ok for ok in self.defaults.get(key, ())):
+                continue
+            name = where + key
+            if key in self.unsupported or key in self.defaults:
+                why = self.unsupported.get(key) or f"only {_shown(self.defaults[key])} is supported"
+                raise invalid_argument(
+                    f"{name!r} is not supported: {why}", reason="UNSUPPORTED_PARAMETER", field=name
+                )
+            raise invalid_argument(f"unknown parameter {name!r}", reason="UNKNOWN_PARAMETER", field=name)
+
+
+def _shown(values: tuple[Any, ...]) -> str:
+    return " or ".join(json.dumps(v) for v in values)
+
+
 @dataclass
 class ChatParams:
     """A chat request in the terms every dialect shares (values already checked)."""
@@ -46,6 +82,10 @@ class ChatParams:
     top_p: float | None = None
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    top_k: int | None = None
+    repeat_penalty: float | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
 
     def to_request(self, cls: type[Any]) -> Any:
         """The CreateCompletionRequest / StreamCompletionRequest for these parameters."""
@@ -56,15 +96,27 @@ class ChatParams:
             messages=[common_pb2.Message(role=role, content=content) for role, content in self.messages],
             stop=self.stop,
         )
-        for name in ("max_tokens", "temperature", "top_p", "seed"):
+        for name in _OPTIONAL:
             value = getattr(self, name)
             if value is not None:
                 setattr(request, name, value)
         return request
 
 
+_OPTIONAL = (
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "seed",
+    "top_k",
+    "repeat_penalty",
+    "frequency_penalty",
+    "presence_penalty",
+)
+
+
 async def read_object(request: web.Request) -> dict[str, Any]:
-    """The JSON object body of a compat request (unknown keys are the dialect's to ignore)."""
+    """The JSON object body of a compat request (its keys are the dialect's to check: `Keys`)."""
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
@@ -179,16 +231,21 @@ def text_of(content: Any, where: str) -> str:
     raise _wrong_type(where, "a string or a list of text parts")
 
 
-def chat_messages(body: Mapping[str, Any], key: str = "messages") -> list[tuple[str, str]]:
-    raw = body.get(key)
+def chat_messages(
+    body: Mapping[str, Any], keys: Keys, *, roles: Mapping[str, str] | None = None
+) -> list[tuple[str, str]]:
+    """`messages` as (role, text) pairs; `keys` checks each message's keys, `roles` renames roles."""
+    raw = body.get("messages")
     if not isinstance(raw, list) or not raw:
-        raise _wrong_type(key, "a non-empty list")
+        raise _wrong_type("messages", "a non-empty list")
     messages: list[tuple[str, str]] = []
     for i, item in enumerate(raw):
-        where = f"{key}[{i}]"
+        where = f"messages[{i}]"
         if not isinstance(item, dict) or not isinstance(item.get("role"), str):
             raise _wrong_type(where, "an object with a string role")
-        messages.append((item["role"], text_of(item.get("content"), f"{where}.content")))
+        keys.check(item, where=f"{where}.")
+        role = item["role"]
+        messages.append(((roles or {}).get(role, role), text_of(item.get("content"), f"{where}.content")))
     return messages
 
 

@@ -1,9 +1,12 @@
 """Ollama compatibility: `/api/tags`, `/api/chat` and `/api/generate` (NDJSON streams by default).
 
 Good enough for the official `ollama` client: `options` maps to our sampling fields (`num_predict` →
-max_tokens, `temperature`, `top_p`, `seed`, `stop`). Every error is Ollama's `{"error": "message"}`
-with the HTTP status of the gateway's table; a failure mid-stream is a last `{"error": …}` line, as
-Ollama does (its client raises ResponseError on it).
+max_tokens, `temperature`, `top_p`, `top_k`, `seed`, `stop`, `repeat_penalty`, `frequency_penalty`,
+`presence_penalty`). No key is dropped: one we don't serve (`format`, `tools`, `think`, runtime options
+such as `num_ctx`…) or don't know is a 400 naming it, see `CHAT_KEYS`; the values the official client
+sends unasked (`tools: []`) are taken. Unknown `/api/*` paths (not the native `/api/v1/*`) answer
+Ollama's 404. Every error is Ollama's `{"error": "message"}` with the HTTP status of the gateway's table;
+a failure mid-stream is a last `{"error": …}` line, as Ollama does (its client raises ResponseError on it).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from gateway.calls import cancel_on_exit
 from gateway.compat.core import (
     INT64,
     ChatParams,
+    Keys,
     chat_messages,
     create_completion,
     get_model,
@@ -69,30 +73,107 @@ async def tags(request: web.Request) -> web.StreamResponse:
     return web.json_response({"models": models})
 
 
+_LATER = "not implemented yet"
+#: Keys of /api/chat and /api/generate. `keep_alive` says how long Ollama keeps a model in memory: ours
+#: stay loaded, and no answer changes with it.
+_COMMON = Keys(
+    honoured=frozenset({"model", "stream", "options", "keep_alive"}),
+    # The official client sends `tools: []` and, for generate, empty strings and `raw: false` unasked.
+    defaults={"format": ("",), "think": (False,), "logprobs": (False,)},
+    unsupported={
+        "format": f"structured output (JSON mode, JSON schema) is {_LATER}",
+        "think": "thinking output is not relayed by this endpoint",
+        "logprobs": f"logprobs are {_LATER}",
+        "top_logprobs": f"logprobs are {_LATER}",
+    },
+)
+CHAT_KEYS = Keys(
+    honoured=_COMMON.honoured | {"messages"},
+    defaults={**_COMMON.defaults, "tools": ([],)},
+    unsupported={**_COMMON.unsupported, "tools": f"tool calling is {_LATER}"},
+)
+GENERATE_KEYS = Keys(
+    honoured=_COMMON.honoured | {"prompt", "system"},
+    defaults={
+        **_COMMON.defaults,
+        "suffix": ("",),
+        "template": ("",),
+        "raw": (False,),
+        "context": ([],),
+        "images": ([],),
+    },
+    unsupported={
+        **_COMMON.unsupported,
+        "suffix": "fill-in-the-middle is not supported",
+        "template": "prompt templates are the model's own here",
+        "raw": "prompt templates are the model's own here",
+        "context": "use /api/chat with the history as messages",
+        "images": "images are not supported on this endpoint yet",
+    },
+)
+MESSAGE_KEYS = Keys(
+    honoured=frozenset({"role", "content"}),
+    defaults={"images": ([],), "tool_calls": ([],), "thinking": ("",)},
+    unsupported={
+        "images": "images are not supported on this endpoint yet",
+        "tool_calls": f"tool calling is {_LATER}",
+        "tool_name": f"tool calling is {_LATER}",
+        "thinking": "earlier thinking is not carried to the models",
+    },
+)
+#: Ollama's runtime options (num_ctx, num_gpu, min_p, mirostat…) are refused by name, as unknown keys.
+OPTION_KEYS = Keys(
+    honoured=frozenset(
+        {
+            "num_predict",
+            "temperature",
+            "top_p",
+            "seed",
+            "stop",
+            "top_k",
+            "repeat_penalty",
+            "frequency_penalty",
+            "presence_penalty",
+        }
+    )
+)
+
+
 def _params(body: dict[str, Any], **fields: Any) -> ChatParams:
     options = optional_object(body, "options")
+    OPTION_KEYS.check(options, where="options.")
     num_predict = optional_int(options, "num_predict", where="options.")
+
+    def number(key: str) -> float | None:
+        return optional_number(options, key, where="options.")
+
     return ChatParams(
         model=required_model(body),
         system=optional_str(body, "system") or "",
         # Ollama's -1 (infinite) and -2 (fill the context) mean "the model's default" here.
         max_tokens=num_predict if num_predict is not None and num_predict > 0 else None,
-        temperature=optional_number(options, "temperature", where="options."),
-        top_p=optional_number(options, "top_p", where="options."),
+        temperature=number("temperature"),
+        top_p=number("top_p"),
         seed=optional_int(options, "seed", bounds=INT64, where="options."),
         stop=stop_list(options, "stop", where="options."),
+        top_k=optional_int(options, "top_k", where="options."),
+        repeat_penalty=number("repeat_penalty"),
+        frequency_penalty=number("frequency_penalty"),
+        presence_penalty=number("presence_penalty"),
         **fields,
     )
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
     body = await read_object(request)
-    params = _params(body, messages=chat_messages(body))
+    CHAT_KEYS.check(body)
+    params = _params(body, messages=chat_messages(body, MESSAGE_KEYS))
     return await _answer(request, params, stream=optional_bool(body, "stream") is not False, chat=True)
 
 
 async def generate(request: web.Request) -> web.StreamResponse:
     body = await read_object(request)
+    GENERATE_KEYS.check(body)
     params = _params(body, prompt=optional_str(body, "prompt") or "")
     if not params.prompt:
         # Ollama's "load the model" call: nothing to generate, but the model must exist for this

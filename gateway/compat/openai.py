@@ -1,11 +1,13 @@
-"""OpenAI compatibility: `/v1/models`, `/v1/models/{model}`, `/v1/chat/completions` (JSON or SSE).
+"""OpenAI compatibility: `/v1/models`, `/v1/models/{model}`, `/v1/chat/completions` and `/v1/completions`
+(JSON or SSE).
 
-Good enough for the official `openai` client and tools built on it: chat completions whole or streamed
-(`stream_options.include_usage` adds the usage chunk). Every error is OpenAI's
-`{"error": {message, type, param, code}}` with the HTTP status of the gateway's table, which the client
-maps to its exception types (400 BadRequestError, 401 AuthenticationError, 404 NotFoundError, 429
-RateLimitError, 5xx InternalServerError…); a failure mid-stream is a `data: {"error": …}` event, which
-the client raises. Parameters we don't serve (tools, logprobs…) are ignored; `n` other than 1 is refused.
+Good enough for the official `openai` client and tools built on it: completions whole or streamed
+(`stream_options.include_usage` adds the usage chunk); ids are `chatcmpl-…` and `cmpl-…` as OpenAI's.
+Every error is OpenAI's `{"error": {message, type, param, code}}` with the HTTP status of the gateway's
+table, which the client maps to its exception types (400 BadRequestError, 401 AuthenticationError, 404
+NotFoundError, 429 RateLimitError, 5xx InternalServerError…); a failure mid-stream is a
+`data: {"error": …}` event, which the client raises. No parameter is dropped: one we don't serve (tools,
+response_format, logprobs, n > 1…) or don't know is a 400 naming it (`param`), see `CHAT_KEYS`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from gateway.calls import cancel_on_exit
 from gateway.compat.core import (
     INT64,
     ChatParams,
+    Keys,
     chat_messages,
     create_completion,
     get_model,
@@ -79,46 +82,185 @@ async def model(request: web.Request) -> web.StreamResponse:
     return web.json_response(_model(await get_model(request, request.match_info["model"])))
 
 
+_LATER = "not implemented yet"
+_SAMPLING = frozenset(
+    {
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "stop",
+        "seed",
+        "frequency_penalty",
+        "presence_penalty",
+        # Not OpenAI's: vLLM's and llama.cpp's server's extensions, carried to the providers that take them.
+        "top_k",
+        "repeat_penalty",
+    }
+)
+#: Keys of both /v1/chat/completions and /v1/completions. `user` and `safety_identifier` name the
+#: caller's end user for OpenAI's abuse monitoring: nothing to carry, and no answer changes with them.
+_COMMON = Keys(
+    honoured=_SAMPLING | {"model", "stream", "stream_options", "user", "safety_identifier"},
+    defaults={
+        "n": (1,),
+        "logprobs": (False,),
+        "logit_bias": ({},),
+        "store": (False,),
+        "metadata": ({},),
+        "service_tier": ("auto", "default"),
+    },
+    unsupported={
+        "top_logprobs": f"logprobs are {_LATER}",
+        "prediction": f"predicted outputs are {_LATER}",
+        "reasoning_effort": "no model here takes a reasoning effort",
+        "verbosity": "no model here takes a verbosity",
+    },
+)
+CHAT_KEYS = Keys(
+    honoured=_COMMON.honoured | {"messages", "max_completion_tokens"},
+    defaults={
+        **_COMMON.defaults,
+        "tools": ([],),
+        "tool_choice": ("none",),
+        "functions": ([],),
+        "function_call": ("none",),
+        # Only about tools, which are refused: with none it changes nothing, as at OpenAI.
+        "parallel_tool_calls": (True, False),
+        "response_format": ({"type": "text"},),
+        "modalities": (["text"],),
+    },
+    unsupported={
+        **_COMMON.unsupported,
+        "tools": f"tool calling is {_LATER}",
+        "tool_choice": f"tool calling is {_LATER}",
+        "functions": f"function calling is {_LATER}",
+        "function_call": f"function calling is {_LATER}",
+        "response_format": f"structured output (JSON mode, JSON schema) is {_LATER}",
+        "audio": "audio output is not supported",
+        "web_search_options": "web search is not supported",
+    },
+)
+MESSAGE_KEYS = Keys(
+    honoured=frozenset({"role", "content"}),
+    defaults={"tool_calls": ([],)},
+    unsupported={
+        "name": "participant names are not carried to the models",
+        "tool_calls": f"tool calling is {_LATER}",
+        "tool_call_id": f"tool calling is {_LATER}",
+        "function_call": f"function calling is {_LATER}",
+        "audio": "audio is not supported",
+    },
+)
+COMPLETION_KEYS = Keys(
+    honoured=_COMMON.honoured | {"prompt"},
+    # logprobs is a count here, not a flag: any value asks for them.
+    defaults={
+        **{k: v for k, v in _COMMON.defaults.items() if k != "logprobs"},
+        "echo": (False,),
+        "best_of": (1,),
+    },
+    unsupported={
+        **_COMMON.unsupported,
+        "logprobs": f"logprobs are {_LATER}",
+        "echo": "echoing the prompt is not supported",
+        "best_of": "only best_of=1 is supported",
+        "suffix": "fill-in-the-middle is not supported",
+    },
+)
+#: OpenAI's default for /v1/completions (chat completions default to the model's own).
+COMPLETION_MAX_TOKENS = 16
+STREAM_OPTION_KEYS = Keys(honoured=frozenset({"include_usage"}))
+#: OpenAI's newer name for the system role; the models here know it as system.
+_ROLES = {"developer": "system"}
+
+
 def chat_params(body: dict[str, Any]) -> ChatParams:
+    CHAT_KEYS.check(body)
     model_id = required_model(body)
-    if optional_int(body, "n") not in (None, 1):
-        raise invalid_argument("only n=1 is supported", reason="INVALID_FIELD_VALUE", field="n")
     max_tokens = optional_int(body, "max_completion_tokens")
     return ChatParams(
         model=model_id,
-        messages=chat_messages(body),
+        messages=chat_messages(body, MESSAGE_KEYS, roles=_ROLES),
         max_tokens=max_tokens if max_tokens is not None else optional_int(body, "max_tokens"),
-        temperature=optional_number(body, "temperature"),
-        top_p=optional_number(body, "top_p"),
-        stop=stop_list(body, "stop"),
-        seed=optional_int(body, "seed", bounds=INT64),
+        **sampling(body),
     )
+
+
+def sampling(body: dict[str, Any]) -> dict[str, Any]:
+    """The sampling parameters both OpenAI endpoints take, as ChatParams fields."""
+    return {
+        "temperature": optional_number(body, "temperature"),
+        "top_p": optional_number(body, "top_p"),
+        "stop": stop_list(body, "stop"),
+        "seed": optional_int(body, "seed", bounds=INT64),
+        "top_k": optional_int(body, "top_k"),
+        "repeat_penalty": optional_number(body, "repeat_penalty"),
+        "frequency_penalty": optional_number(body, "frequency_penalty"),
+        "presence_penalty": optional_number(body, "presence_penalty"),
+    }
+
+
+def chat_id(completion_id: str) -> str:
+    """OpenAI's `chatcmpl-…` id for our `cmpl-…` one (the same suffix, so logs still match)."""
+    return "chatcmpl-" + completion_id.removeprefix("cmpl-")
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = await read_object(request)
-    params = chat_params(body)
+    return await _answer(request, body, chat_params(body), chat=True)
+
+
+def completion_params(body: dict[str, Any]) -> ChatParams:
+    """/v1/completions: the prompt goes to the model as one user turn (every model here is a chat model)."""
+    COMPLETION_KEYS.check(body)
+    model_id = required_model(body)
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]  # a batch of one
+    if not isinstance(prompt, str) or not prompt:
+        raise invalid_argument(
+            "'prompt' must be a non-empty string (one prompt per request; token arrays are not supported)",
+            reason="INVALID_FIELD_VALUE",
+            field="prompt",
+        )
+    max_tokens = optional_int(body, "max_tokens")
+    return ChatParams(
+        model=model_id,
+        prompt=prompt,
+        max_tokens=COMPLETION_MAX_TOKENS if max_tokens is None else max_tokens,
+        **sampling(body),
+    )
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    body = await read_object(request)
+    return await _answer(request, body, completion_params(body), chat=False)
+
+
+async def _answer(
+    request: web.Request, body: dict[str, Any], params: ChatParams, *, chat: bool
+) -> web.StreamResponse:
+    """The completion whole, or streamed as SSE chunks: chat.completion(.chunk) or text_completion."""
     if optional_bool(body, "stream"):
         options = optional_object(body, "stream_options")
+        STREAM_OPTION_KEYS.check(options, where="stream_options.")
         include_usage = bool(optional_bool(options, "include_usage", where="stream_options."))
         call = stream_completion(request, params)
         with cancel_on_exit(call):
-            return await stream_http(request, call, ChunkFraming(include_usage), dialect=DIALECT)
+            return await stream_http(request, call, ChunkFraming(include_usage, chat=chat), dialect=DIALECT)
     response = await create_completion(request, params)
+    finish = FinishReason.from_proto(response.finish_reason).value
+    if chat:
+        choice = {"index": 0, "message": {"role": "assistant", "content": response.content}}
+    else:
+        choice = {"index": 0, "text": response.content}
     return web.json_response(
         {
-            "id": response.id,
-            "object": "chat.completion",
+            "id": chat_id(response.id) if chat else response.id,
+            "object": "chat.completion" if chat else "text_completion",
             "created": response.created_at.seconds or int(time.time()),
             "model": response.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": response.content},
-                    "logprobs": None,
-                    "finish_reason": FinishReason.from_proto(response.finish_reason).value,
-                }
-            ],
+            "choices": [{**choice, "logprobs": None, "finish_reason": finish}],
             "usage": _usage(response.usage),
         }
     )
@@ -133,28 +275,34 @@ def _usage(usage: Any) -> dict[str, int]:
 
 
 class ChunkFraming:
-    """`chat.completion.chunk` events; the role in the first delta, the usage chunk when asked."""
+    """`chat.completion.chunk` events (the role in the first delta) or `text_completion` ones; the usage
+    chunk when asked."""
 
     content_type = SSE
 
-    def __init__(self, include_usage: bool) -> None:
+    def __init__(self, include_usage: bool, *, chat: bool = True) -> None:
         self._include_usage = include_usage
+        self._chat = chat
         self._role_sent = False
         self._created = int(time.time())
 
     def message(self, message: Message) -> bytes:
         chunk: Any = message
-        delta: dict[str, Any] = {} if self._role_sent else {"role": "assistant"}
-        self._role_sent = True
-        if chunk.content:
-            delta["content"] = chunk.content
         finish = FinishReason.from_proto(chunk.finish_reason).value if chunk.is_final else None
+        if self._chat:
+            delta: dict[str, Any] = {} if self._role_sent else {"role": "assistant"}
+            self._role_sent = True
+            if chunk.content:
+                delta["content"] = chunk.content
+            choice: dict[str, Any] = {"index": 0, "delta": delta}
+        else:
+            choice = {"index": 0, "text": chunk.content}
         frame: dict[str, Any] = {
-            "id": chunk.id,
-            "object": "chat.completion.chunk",
+            "id": chat_id(chunk.id) if self._chat else chunk.id,
+            "object": "chat.completion.chunk" if self._chat else "text_completion",
             "created": self._created,
             "model": chunk.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            "choices": [{**choice, "logprobs": None, "finish_reason": finish}],
         }
         if not self._include_usage:
             return sse_event(dumps(frame))
@@ -182,4 +330,5 @@ ROUTES = (
     ("GET", "/v1/models", models),
     ("GET", "/v1/models/{model}", model),
     ("POST", "/v1/chat/completions", chat_completions),
+    ("POST", "/v1/completions", completions),
 )

@@ -116,12 +116,8 @@ async def test_openai_client_gets_bad_request_error_for_huge_max_tokens(api: Any
 @pytest.mark.parametrize("path", ["/api/generate", "/api/chat"])
 @pytest.mark.parametrize(("option", "value"), [("num_predict", 2**40), ("seed", 2**70), ("seed", -(2**64))])
 async def test_ollama_out_of_range_options_are_400(api: Any, path: str, option: str, value: int) -> None:
-    body = {
-        "model": "scripted-echo",
-        "prompt": "Hi",
-        "messages": CHAT["messages"],
-        "options": {option: value},
-    }
+    turn = {"prompt": "Hi"} if path == "/api/generate" else {"messages": CHAT["messages"]}
+    body = {"model": "scripted-echo", **turn, "options": {option: value}}
     resp = await api.post(path, data=json.dumps(body))
     assert resp.status == 400
     assert f"options.{option}" in assert_ollama_error(await resp.json())
