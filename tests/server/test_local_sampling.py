@@ -59,3 +59,14 @@ async def test_presence_and_frequency_penalties_and_top_k_reach_the_sampler(loca
     assert await haiku(local, 1, temperature=0.0, frequency_penalty=1.5) != plain
     # top_k=1 is greedy whatever the temperature.
     assert await haiku(local, 1, temperature=1.5, top_k=1) == plain
+
+
+async def test_the_default_is_configurable() -> None:
+    """[providers.local].repeat_penalty = 1.0 (none) is what the model did before it had a default."""
+    provider = LocalProvider(LocalProviderConfig(repeat_penalty=1.0))
+    await provider.start()
+    try:
+        looping = [await haiku(provider, seed) for seed in SEEDS]
+    finally:
+        await provider.close()
+    assert max(most_repeated_line(text) for text in looping) >= 4, looping
