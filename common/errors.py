@@ -18,6 +18,38 @@ from google.rpc import error_details_pb2, status_pb2
 
 DOMAIN = "aibattle.dev"
 
+ECHO_LIMIT = 64
+"""Characters of a client's value an error repeats: enough to recognise it, and a 10,000-character id
+cannot make the error itself too large to deliver."""
+MAX_MESSAGE_BYTES = 1024
+"""A status message's UTF-8 bytes at most; it travels twice (grpc-message, percent-encoded, and in the
+rich status)."""
+MAX_STATUS_BYTES = 3072
+"""The serialized google.rpc.Status at most. It goes out base64-encoded in grpc-status-details-bin,
+beside grpc-message; together they stay under gRPC's 8 KiB soft limit for metadata (16 KiB hard). A
+status past it is refused by the client as RESOURCE_EXHAUSTED, which clients retry: the wrong answer."""
+
+
+def clip(text: str, limit: int = ECHO_LIMIT) -> str:
+    """`text` cut to `limit` characters, an ellipsis marking the cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def shown(value: object, limit: int = ECHO_LIMIT) -> str:
+    """A client's value as an error message quotes it: repr-quoted and cut short, with its length
+    when cut. Every message that repeats what a client sent quotes it through here."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}… ({len(text)} characters)"
+
+
+def _cut_utf8(text: str, limit: int) -> str:
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    return data[: limit - len("…".encode())].decode("utf-8", "ignore") + "…"
+
 
 class ApiError(Exception):
     """An error meant for the client: a status code, a machine-readable reason, a message for people.
@@ -60,14 +92,32 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
     def to_status(self) -> status_pb2.Status:
-        """The rich status sent to clients, over gRPC and HTTP alike."""
-        status = status_pb2.Status(code=self.code.value[0], message=self.message)
+        """The rich status sent to clients, over gRPC and HTTP alike, within MAX_STATUS_BYTES.
+
+        The last guard against an echoed value that outgrows the metadata limit: a status too large
+        is built again with its texts and metadata values cut (the code and reason never change).
+        """
+        status = self._status(self.message, self.metadata, self.field, self.field_description)
+        if status.ByteSize() <= MAX_STATUS_BYTES:
+            return status
+        metadata = {clip(k): clip(v) for k, v in list(self.metadata.items())[:8]}
+        field = None if self.field is None else clip(self.field, 256)
+        status = self._status(self.message, metadata, field, clip(self.field_description, 256))
+        if status.ByteSize() <= MAX_STATUS_BYTES:
+            return status
+        return self._status(self.message, {}, field, None)
+
+    def _status(
+        self, message: str, metadata: Mapping[str, str], field: str | None, description: str | None
+    ) -> status_pb2.Status:
+        message = _cut_utf8(message, MAX_MESSAGE_BYTES)
+        status = status_pb2.Status(code=self.code.value[0], message=message)
         status.details.add().Pack(
-            error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=self.metadata)
+            error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=metadata)
         )
-        if self.field is not None:
+        if field is not None:
             violation = error_details_pb2.BadRequest.FieldViolation(
-                field=self.field, description=self.field_description, reason=self.reason
+                field=field, description=_cut_utf8(description or "", MAX_MESSAGE_BYTES), reason=self.reason
             )
             status.details.add().Pack(error_details_pb2.BadRequest(field_violations=[violation]))
         if self.retry_after is not None:
@@ -101,7 +151,7 @@ class NotFound(ApiError):
     def __init__(self, kind: str, name: str) -> None:
         reason = f"{kind.upper().replace(' ', '_')}_NOT_FOUND"
         super().__init__(
-            grpc.StatusCode.NOT_FOUND, reason, f"{kind} {name!r} not found", metadata={kind: name}
+            grpc.StatusCode.NOT_FOUND, reason, f"{kind} {shown(name)} not found", metadata={kind: clip(name)}
         )
 
 

@@ -14,7 +14,7 @@ import inspect
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -23,7 +23,7 @@ from grpc_interceptor.server import AsyncServerInterceptor
 from grpc_status import rpc_status
 
 from common import bounds
-from common.errors import ApiError, internal_error
+from common.errors import ApiError, InvalidArgument, internal_error
 from server import logs
 
 log = logging.getLogger("aibattle.access")
@@ -71,7 +71,10 @@ class RequestContextInterceptor(AsyncServerInterceptor):
         started: float,
         rid: str,
     ) -> AsyncIterator[Any]:
-        token = logs.request_id.set(rid)
+        # Set, never reset: grpc runs each call in a task (and context) of its own, and a generator
+        # abandoned mid-stream is finalized later in some other context, where a reset raises
+        # ValueError. Set again before the access line for the same reason.
+        logs.request_id.set(rid)
         interrupted = False
         try:
             async for response in responses:
@@ -82,8 +85,8 @@ class RequestContextInterceptor(AsyncServerInterceptor):
             interrupted = True
             raise
         finally:
+            logs.request_id.set(rid)
             self._log(context, method_name, started, interrupted=interrupted)
-            logs.request_id.reset(token)
 
     @staticmethod
     def _log(
@@ -127,6 +130,61 @@ class ErrorInterceptor(AsyncServerInterceptor):
             await _abort(context, exc, method_name)
 
 
+class Malformed:
+    """A single request message whose bytes do not parse, as its handler chain receives it.
+
+    grpc deserializes a unary request before any interceptor runs, and a deserializer that raises
+    there makes grpc answer UNKNOWN and log a traceback. So the deserializer hands this on instead,
+    and BoundsInterceptor (after authentication) refuses it as INVALID_ARGUMENT.
+    """
+
+    def __init__(self, type_name: str) -> None:
+        self.type_name = type_name
+
+    def error(self) -> InvalidArgument:
+        return malformed(self.type_name)
+
+
+def malformed(type_name: str) -> InvalidArgument:
+    return InvalidArgument(
+        None, f"the request is not a valid {type_name} message (protobuf)", reason="MALFORMED_REQUEST"
+    )
+
+
+def _tolerant(deserializer: Callable[[bytes], Any], *, streaming: bool) -> Callable[[bytes], Any]:
+    cls = getattr(deserializer, "__self__", None)
+    descriptor = getattr(cls, "DESCRIPTOR", None)
+    type_name = getattr(descriptor, "full_name", "request")
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:
+            if streaming:
+                # A request stream is read by its handler: the error surfaces there, in the handler
+                # chain, and becomes a status like any other.
+                raise malformed(type_name) from None
+            return Malformed(type_name)
+
+    return deserialize
+
+
+class RequestParsingInterceptor(grpc.aio.ServerInterceptor):
+    """Every method's request deserializer, made to report bytes that do not parse (see Malformed)."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        tolerant = _tolerant(handler.request_deserializer, streaming=handler.request_streaming)
+        replaced: grpc.RpcMethodHandler = handler._replace(request_deserializer=tolerant)  # type: ignore[attr-defined]
+        return replaced
+
+
 class BoundsInterceptor(AsyncServerInterceptor):
     """A single request message against its `(aibattle.v1.bounds)`, before the handler sees it.
 
@@ -137,6 +195,8 @@ class BoundsInterceptor(AsyncServerInterceptor):
     async def intercept(
         self, method: Callable[..., Any], request: Any, context: grpc.aio.ServicerContext, method_name: str
     ) -> Any:
+        if isinstance(request, Malformed):
+            raise request.error()
         if isinstance(request, Message):
             bounds.check(request)
         response = method(request, context)
