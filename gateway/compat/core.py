@@ -57,12 +57,13 @@ class Keys:
             if any(type(value) is type(ok) and value == ok for ok in self.defaults.get(key, ())):
                 continue
             name = where + key
-            if key in self.unsupported or key in self.defaults:
-                why = self.unsupported.get(key) or f"only {_shown(self.defaults[key])} is supported"
-                raise invalid_argument(
-                    f"{name!r} is not supported: {why}", reason="UNSUPPORTED_PARAMETER", field=name
-                )
-            raise invalid_argument(f"unknown parameter {name!r}", reason="UNKNOWN_PARAMETER", field=name)
+            if key in self.unsupported:
+                message = f"{name!r} is not supported: {self.unsupported[key]}"
+            elif key in self.defaults:
+                message = f"{name!r}: only {_shown(self.defaults[key])} is supported"
+            else:
+                raise invalid_argument(f"unknown parameter {name!r}", reason="UNKNOWN_PARAMETER", field=name)
+            raise invalid_argument(message, reason="UNSUPPORTED_PARAMETER", field=name)
 
 
 def _shown(values: tuple[Any, ...]) -> str:
