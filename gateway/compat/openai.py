@@ -241,13 +241,20 @@ async def _answer(
     request: web.Request, body: dict[str, Any], params: ChatParams, *, chat: bool
 ) -> web.StreamResponse:
     """The completion whole, or streamed as SSE chunks: chat.completion(.chunk) or text_completion."""
+    options = optional_object(body, "stream_options")
+    STREAM_OPTION_KEYS.check(options, where="stream_options.")
     if optional_bool(body, "stream"):
-        options = optional_object(body, "stream_options")
-        STREAM_OPTION_KEYS.check(options, where="stream_options.")
         include_usage = bool(optional_bool(options, "include_usage", where="stream_options."))
         call = stream_completion(request, params)
         with cancel_on_exit(call):
             return await stream_http(request, call, ChunkFraming(include_usage, chat=chat), dialect=DIALECT)
+    if options:
+        # As OpenAI: options of a stream that is not asked for would do nothing.
+        raise invalid_argument(
+            "'stream_options' is only allowed with \"stream\": true",
+            reason="UNSUPPORTED_PARAMETER",
+            field="stream_options",
+        )
     response = await create_completion(request, params)
     finish = FinishReason.from_proto(response.finish_reason).value
     if chat:

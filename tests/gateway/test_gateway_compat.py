@@ -215,6 +215,7 @@ def ollama_error(body: dict[str, Any]) -> str:
         ({"reasoning_effort": "high"}, "reasoning_effort", "unsupported_parameter"),
         ({"modalities": ["text", "audio"]}, "modalities", "unsupported_parameter"),
         ({"best_of": 2}, "best_of", "unknown_parameter"),
+        ({"stream_options": {"include_usage": True}}, "stream_options", "unsupported_parameter"),
         ({"frequency_penalties": 1}, "frequency_penalties", "unknown_parameter"),
         (
             {"stream": True, "stream_options": {"include_obfuscation": True}},
