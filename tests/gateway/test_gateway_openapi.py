@@ -22,7 +22,6 @@ from gateway.openapi.schema import decimal_pattern
 from gateway.path_template import parse_template
 from gateway.routes import Kind
 from gateway.source_info import Comments
-from gateway.web_errors import NATIVE
 from gateway.web_meta import DOCS_ASSETS
 from gateway.web_state import STATE
 from tests.gateway.gateway_testlib import ProtoApi, RunningLibrary, dummy_options
@@ -55,9 +54,10 @@ async def test_openapi_validates_and_covers_every_route(api_client: Any) -> None
         (method, parse_template(f.template.source).openapi_path())
         for f in api_client.server.app[STATE].fixed_routes
         for method in f.methods
-        if not f.template.source.startswith(DOCS_ASSETS) and f.dialect is NATIVE
+        if not f.template.source.startswith(DOCS_ASSETS)
     }
     assert {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/livez"), ("GET", "/openapi.json")} <= fixed
+    assert {("POST", "/v1/chat/completions"), ("POST", "/api/chat"), ("GET", "/api/tags")} <= fixed
     assert operations(doc) == expected | fixed
     ids = [op["operationId"] for item in doc["paths"].values() for op in item.values()]
     assert len(ids) == len(set(ids)) == len(routes) + len(fixed)
@@ -414,3 +414,40 @@ async def test_health_operations_are_documented(api_client: Any) -> None:
     assert set(healthz["responses"]) == {"200", "400", "404", "503"}
     assert healthz["security"] == [{}]
     assert doc["paths"]["/livez"]["get"]["responses"]["200"]
+
+
+_CHAT = {"model": "scripted-echo", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "valid"),
+    [
+        ("/v1/chat/completions", _CHAT, True),
+        ("/v1/chat/completions", {**_CHAT, "tools": [], "n": 1, "temperature": None}, True),
+        (
+            "/v1/chat/completions",
+            {**_CHAT, "tools": [{"type": "function", "function": {"name": "f"}}]},
+            False,
+        ),
+        ("/v1/chat/completions", {**_CHAT, "n": 2}, False),
+        ("/v1/chat/completions", {**_CHAT, "no_such_key": 1}, False),
+        ("/v1/chat/completions", {**_CHAT, "messages": []}, False),
+        ("/v1/chat/completions", {**_CHAT, "max_tokens": 0}, False),
+        ("/v1/completions", {"model": "scripted-echo", "prompt": ["one prompt"]}, True),
+        ("/v1/completions", {"model": "scripted-echo", "prompt": ["two", "prompts"]}, False),
+        ("/api/chat", {**_CHAT, "stream": False, "options": {"temperature": 0.5, "num_predict": -1}}, True),
+        ("/api/chat", {**_CHAT, "stream": False, "options": {"num_ctx": 4096}}, False),
+        ("/api/generate", {"model": "scripted-echo", "prompt": "hi", "stream": False, "raw": False}, True),
+        ("/api/generate", {"model": "scripted-echo", "prompt": "hi", "stream": False, "raw": True}, False),
+    ],
+)
+async def test_compat_request_schemas_agree_with_the_endpoints(
+    api: Any, path: str, body: dict[str, Any], valid: bool
+) -> None:
+    """The document's compat request schemas (read from the endpoints' own key lists) and the endpoints
+    take and refuse the same bodies."""
+    doc = await (await api.get("/openapi.json")).json()
+    schema = doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert Draft202012Validator(schema).is_valid(body) is valid
+    resp = await api.post(path, json=body)
+    assert (resp.status == 200) is valid, await resp.text()
