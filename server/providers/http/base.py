@@ -19,7 +19,9 @@ import json
 import logging
 import os
 import time
+import traceback
 from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -33,6 +35,7 @@ from server.providers.http.errors import (
     from_status,
     parse_retry_after,
     protocol_error,
+    redact_error,
     timed_out,
     truncate,
     unreachable,
@@ -47,18 +50,6 @@ POOL_LIMIT = 256
 POOL_LIMIT_PER_HOST = 64
 _ERROR_BODY_LIMIT = 64 * 1024
 _READ_SIZE = 64 * 1024
-
-
-def redact(text: str, secret: str) -> str:
-    """`text` without `secret`, nor any 8+ character piece of it (upstreams echo keys partly masked)."""
-    if len(secret) < 8:
-        return text.replace(secret, "[redacted]") if secret else text
-    for size in range(len(secret), 7, -1):
-        for start in range(0, len(secret) - size + 1):
-            piece = secret[start : start + size]
-            if piece in text:
-                text = text.replace(piece, "[redacted]")
-    return text
 
 
 UNREPORTED = -1
@@ -226,42 +217,60 @@ class HttpProvider:
             raise clock.expired(model, by_deadline) from None
         except aiohttp.ClientError as exc:
             raise unreachable(provider, model.id, type(exc).__name__) from None
+        failure: ApiError | None = None
         try:
-            if response.status >= 300:
-                body = await response.content.read(_ERROR_BODY_LIMIT)
-                raise from_status(
-                    provider,
-                    model.id,
-                    response.status,
-                    self.error_message(body),
-                    retry_after=self.retry_after(body, response.headers.get("Retry-After")),
-                )
-            if request.stream:
-                items = self.parse_stream(model, self._chunks(model, response, clock))
-            else:
-                items = _each(self.parse_whole(model, await self._whole_json(model, response, clock)))
-            generated: list[str] = []
-            async for item in items:
-                if isinstance(item, Delta) and (item.content or item.thinking):
-                    clock.first_token = True
-                    generated.append(item.content + item.thinking)
-                elif isinstance(item, Finish):
-                    item = _estimated(item, request, "".join(generated))
-                yield item
-        except FrameError as exc:
-            raise protocol_error(provider, model.id, str(exc)) from None
+            async with aclosing(self._items(model, request, response, clock)) as items:
+                async for item in items:
+                    yield item
         except ApiError as exc:
-            # Upstreams quote the key they refused ("Incorrect API key provided: sk-…"): never pass it on.
-            if key:
-                exc.message = exc.field_description = redact(exc.message, key)
-            raise
+            failure = exc
+        except FrameError as exc:
+            failure = protocol_error(provider, model.id, str(exc))
         except aiohttp.ClientPayloadError as exc:
-            raise UpstreamError(
+            failure = UpstreamError(
                 provider, model.id, "UPSTREAM_UNREACHABLE", f"the answer was cut off ({truncate(str(exc))})"
-            ) from None
+            )
+        except (ValueError, TypeError, LookupError, AttributeError) as exc:
+            # An adapter tripped over an answer of a shape it did not expect: an unreadable answer.
+            # Its message may quote the upstream's bytes, so only the place is logged, not the text.
+            log.warning(
+                "unreadable upstream answer",
+                extra={"model": model.id, "error": type(exc).__name__, "at": _where(exc)},
+            )
+            failure = protocol_error(provider, model.id, f"{type(exc).__name__}: {exc}")
         finally:
             # Not release(): an abandoned stream must close its connection, so the upstream stops.
             response.close()
+        if failure is not None:
+            # Raised here, outside the handlers, so no unredacted exception rides along as __context__.
+            # Upstreams quote the key they refused ("Incorrect API key provided: sk-…") or echo the
+            # headers they were sent: every error text passes the one redactor.
+            raise redact_error(failure, key)
+
+    async def _items(
+        self, model: ModelConfig, request: ChatRequest, response: aiohttp.ClientResponse, clock: _Clock
+    ) -> AsyncGenerator[StreamItem, None]:
+        if response.status >= 300:
+            body = await response.content.read(_ERROR_BODY_LIMIT)
+            raise from_status(
+                _provider_of(model),
+                model.id,
+                response.status,
+                self.error_message(body),
+                retry_after=self.retry_after(body, response.headers.get("Retry-After")),
+            )
+        if request.stream:
+            items = self.parse_stream(model, self._chunks(model, response, clock))
+        else:
+            items = _each(self.parse_whole(model, await self._whole_json(model, response, clock)))
+        generated: list[str] = []
+        async for item in items:
+            if isinstance(item, Delta) and (item.content or item.thinking):
+                clock.first_token = True
+                generated.append(item.content + item.thinking)
+            elif isinstance(item, Finish):
+                item = _estimated(item, request, "".join(generated))
+            yield item
 
     async def _chunks(
         self, model: ModelConfig, response: aiohttp.ClientResponse, clock: _Clock
@@ -286,6 +295,12 @@ class HttpProvider:
             raise protocol_error(
                 _provider_of(model), model.id, f"the answer is not JSON: {body[:200]!r}"
             ) from None
+
+
+def _where(exc: BaseException) -> str:
+    """file:line of where an exception was raised (code locations only, none of its values)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return " < ".join(f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno}" for f in reversed(frames[-3:]))
 
 
 async def _each(items: list[StreamItem]) -> AsyncIterator[StreamItem]:

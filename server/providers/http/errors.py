@@ -15,7 +15,8 @@
 A 4xx from the upstream is FAILED_PRECONDITION, not INVALID_ARGUMENT: our request was already
 validated, so the fault is the server's configuration (a wrong upstream_model, a bad key), not the
 client's. Messages name the provider and model, quote the upstream's own message (truncated), and
-never carry a key or a header.
+never carry a key or a header: whatever an upstream echoes (some echo the Authorization header they
+were sent) passes `redact_error` before it leaves the provider.
 """
 
 from __future__ import annotations
@@ -57,6 +58,37 @@ class UpstreamError(ApiError):
         self.model = model
         self.retryable = retryable
         self.upstream_status = http_status
+
+
+REDACTED = "[redacted]"
+
+
+def redact(text: str, secret: str | None) -> str:
+    """`text` without `secret`, nor any 8+ character piece of it (upstreams echo keys partly masked,
+    and a message cut short may end inside one)."""
+    if not secret:
+        return text
+    if len(secret) < 8:
+        return text.replace(secret, REDACTED)
+    for size in range(len(secret), 7, -1):
+        for start in range(0, len(secret) - size + 1):
+            piece = secret[start : start + size]
+            if piece in text:
+                text = text.replace(piece, REDACTED)
+    return text
+
+
+def redact_error(error: ApiError, secret: str | None) -> ApiError:
+    """`error` with every text a client, a log or a stored event could see passed through `redact`:
+    its message (also what str() gives), the field violation and the metadata. The one redactor of
+    upstream failures: `HttpProvider.stream` sends every error it raises through here."""
+    if not secret:
+        return error
+    error.message = redact(error.message, secret)
+    error.args = (error.message,)
+    error.field_description = redact(error.field_description, secret)
+    error.metadata = {k: redact(v, secret) for k, v in error.metadata.items()}
+    return error
 
 
 def truncate(text: str) -> str:
