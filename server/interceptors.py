@@ -181,7 +181,7 @@ class RequestParsingInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or handler.request_deserializer is None:
             return handler
         tolerant = _tolerant(handler.request_deserializer, streaming=handler.request_streaming)
-        replaced: grpc.RpcMethodHandler = handler._replace(request_deserializer=tolerant)  # type: ignore[attr-defined]
+        replaced: grpc.RpcMethodHandler = handler._replace(request_deserializer=tolerant)
         return replaced
 
 

@@ -12,7 +12,7 @@ import contextvars
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from common.errors import PermissionDenied
+from common.errors import PermissionDenied, clip, shown
 from server.security.keys import check_usable
 
 if TYPE_CHECKING:
@@ -75,8 +75,8 @@ def check_model(model_id: str) -> None:
     if not may_use(model_id):
         raise PermissionDenied(
             "MODEL_NOT_ALLOWED",
-            f"this API key may not use model {model_id!r}",
-            metadata={"model": model_id},
+            f"this API key may not use model {shown(model_id)}",
+            metadata={"model": clip(model_id)},
         )
 
 

@@ -16,6 +16,7 @@ The caller is set in a context variable for the handler (and any task it starts)
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -79,23 +80,33 @@ class AuthInterceptor(AsyncServerInterceptor):
         try:
             response = method(request, context)
             if inspect.isasyncgen(response):
-                return self._stream(response, caller)
+                return self._stream(response, caller, context)
             return await response
         finally:
             caller_context.reset_caller(token)
 
-    async def _stream(self, responses: AsyncIterator[Any], caller: Caller) -> AsyncIterator[Any]:
-        # Taken here, where the stream is consumed, so that every slot taken is given back.
+    async def _stream(
+        self, responses: AsyncIterator[Any], caller: Caller, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        slot: StreamSlot | None = None
         if caller.limited:
+            # Taken here, where the stream is consumed, and given back however the call ends: when the
+            # client goes away while grpc is blocked writing, grpc cancels the call's task and abandons
+            # this generator suspended at its yield; its finally then runs only when the garbage
+            # collector finalizes it (in another task, maybe never soon). The call's done callback
+            # does not wait for that.
             await self._limiter.open_stream(caller)
-        token = caller_context.set_caller(caller)
+            slot = StreamSlot(self._limiter, caller)
+            context.add_done_callback(slot.on_done)
+        # Set and never reset: grpc runs each call in a task (and context) of its own, and a finalized
+        # generator resumes in some other context, where resetting raises ValueError.
+        caller_context.set_caller(caller)
         try:
             async for response in responses:
                 yield response
         finally:
-            caller_context.reset_caller(token)
-            if caller.limited:
-                await self._limiter.close_stream(caller)
+            if slot is not None:
+                await slot.release()
 
     async def _authenticate(self, service: str, context: grpc.aio.ServicerContext) -> Caller | None:
         if service == health.SERVICE_NAME or (service in REFLECTION_SERVICES and self._reflection_open):
@@ -141,3 +152,28 @@ def caller_of(row: KeyRow, limiter: Limiter, keystore: KeyStore) -> Caller:
         limiter=limiter,
         keys=keystore,
     )
+
+
+class StreamSlot:
+    """One of a key's max_concurrent_streams, held by one call; released exactly once, by whichever
+    comes first: the stream's own end, or the call's done callback."""
+
+    def __init__(self, limiter: Limiter, caller: Caller) -> None:
+        self._limiter = limiter
+        self._caller = caller
+        self._released = False
+
+    async def release(self) -> None:
+        if not self._released:
+            self._released = True
+            await self._limiter.close_stream(self._caller)
+
+    def on_done(self, _context: object = None) -> None:
+        if not self._released:
+            task = asyncio.get_running_loop().create_task(self.release())
+            _releasing.add(task)
+            task.add_done_callback(_releasing.discard)
+
+
+# Releases under way; a task nobody references may be garbage-collected before it runs.
+_releasing: set[asyncio.Task[None]] = set()
