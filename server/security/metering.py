@@ -4,11 +4,15 @@
 conversation's turn, a reasoning step, each fallback) passes here, in the task of the call (or of the
 background run it started), where the caller is known.
 
+A prompt estimated longer than the model's context_length is refused for every provider
+(CONTEXT_LENGTH_EXCEEDED), before anything is reserved or sent.
+
 Budget and token rate (exact under concurrency): before the call, its worst case is reserved: prompt
 tokens bounded by the prompt's UTF-8 bytes (a token covers at least one byte) plus an allowance for what
-a chat template adds (role markers, a default system prompt such as SmolLM2's) and by the model's
-context_length, plus max_tokens; tokens from the tpm bucket, dollars at the model's pricing. A call that
-the budget cannot cover with every call in flight counted at its worst case is refused before it starts,
+a chat template adds (role markers, a default system prompt such as SmolLM2's), and by the model's
+context_length only where the provider enforces it on the real count (the local model), plus
+max_tokens; tokens from the tpm bucket, dollars at the model's pricing. A call that the budget cannot
+cover with every call in flight counted at its worst case is refused before it starts,
 so N simultaneous first requests never spend more than the budget. After the call the reservation is
 settled at the cost of its reported usage (and the tokens it did not use go back to the bucket); a
 provider that reports more than the bound allows is logged, and charged what it reports. A call that
@@ -25,6 +29,7 @@ from contextlib import aclosing
 from common.errors import InvalidArgument
 from server.config import ModelConfig
 from server.providers.base import ChatRequest, Finish, Provider, StreamItem, Usage
+from server.providers.text import estimate_prompt_tokens
 from server.security import context
 
 log = logging.getLogger(__name__)
@@ -35,16 +40,24 @@ TEMPLATE_TOKENS_PER_MESSAGE = 8
 TEMPLATE_TOKENS = 128
 
 
+#: Providers that count a prompt's real tokens against the model's context before anything is spent
+#: (llama.cpp in-process): only their prompts are bounded by context_length. A remote upstream's own
+#: context may be larger than the one configured, and it bills whatever it was sent.
+COUNTS_CONTEXT_ITSELF = frozenset({"local"})
+
+
 def prompt_bound(model: ModelConfig, request: ChatRequest) -> int:
     """An upper bound of the prompt's tokens (see the module docstring)."""
     if any(m.attachments for m in request.messages):
         return model.context_length  # images and audio are not bounded by their bytes
     size = sum(len(m.content.encode()) + TEMPLATE_TOKENS_PER_MESSAGE for m in request.messages)
-    return min(model.context_length, size + TEMPLATE_TOKENS)
+    if model.provider in COUNTS_CONTEXT_ITSELF:
+        return min(model.context_length, size + TEMPLATE_TOKENS)
+    return size + TEMPLATE_TOKENS
 
 
 def check_request(model: ModelConfig, request: ChatRequest, *, max_prompt_chars: int) -> None:
-    """Hard limits that hold for every caller."""
+    """Hard limits that hold for every caller and every provider."""
     if request.max_tokens > model.context_length:
         raise InvalidArgument(
             "max_tokens",
@@ -56,6 +69,16 @@ def check_request(model: ModelConfig, request: ChatRequest, *, max_prompt_chars:
             "prompt",
             f"the prompt has {chars} characters; at most {max_prompt_chars} are accepted",
             reason="PROMPT_TOO_LONG",
+        )
+    # Refused here rather than left to the upstream: one that accepts a longer prompt than configured
+    # bills all of it (the local model also refuses by its real count, with the same reason).
+    estimate = estimate_prompt_tokens(request.messages)
+    if estimate > model.context_length:
+        raise InvalidArgument(
+            None,
+            f"the prompt is about {estimate} tokens; model {model.id!r}'s context holds"
+            f" {model.context_length}",
+            reason="CONTEXT_LENGTH_EXCEEDED",
         )
 
 
