@@ -33,6 +33,9 @@ from aibattle.v1 import (
 from gateway import start_gateway
 from server.app import AIBattleServer
 from server.config import Config
+from server.providers.http.base import HttpClient
+from server.providers.http.errors import UpstreamError
+from server.providers.http.ollama import discover_models
 from tests.conftest import RECORDER, error_info, make_config
 from tests.security_testlib import ADMIN_KEY, SECRETS, bearer, new_key
 
@@ -252,6 +255,28 @@ async def test_an_upstream_echoing_its_key_leaks_it_nowhere(
     for path in db.parent.glob("db.sqlite*"):  # the database, its WAL and shared memory
         assert not leaks(path.read_bytes()), path.name
     assert not leaks("\n".join(RECORDER.lines[start:]))
+
+
+@pytest.mark.parametrize("refuses", [True, False])
+async def test_ollama_discovery_echoing_its_key_leaks_it_nowhere(aiohttp_server: Any, refuses: bool) -> None:
+    async def tags(request: web.Request) -> web.Response:
+        auth = request.headers.get("Authorization", "")
+        if refuses:
+            return web.json_response({"error": f"bad token {auth}"}, status=403)
+        return web.Response(text=f"not JSON: {auth}")  # a 200 that is no list of models
+
+    app = web.Application()
+    app.router.add_get("/api/tags", tags)
+    upstream = await aiohttp_server(app)
+    client = HttpClient()
+    try:
+        with pytest.raises(UpstreamError) as caught:
+            await discover_models(client, f"http://127.0.0.1:{upstream.port}", key=UPSTREAM_KEY)
+    finally:
+        await client.close()
+    error = caught.value
+    assert "[redacted]" in error.message
+    assert not leaks(f"{error} {error.message} {error.to_status()}")
 
 
 # --- stream slots -------------------------------------------------------------------------------

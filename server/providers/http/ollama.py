@@ -29,6 +29,7 @@ from server.providers.http.errors import (
     from_status,
     parse_retry_after,
     protocol_error,
+    redact_error,
     stream_error,
     unreachable,
 )
@@ -144,12 +145,15 @@ async def discover_models(client: HttpClient, base_url: str, *, key: str | None 
             async with client.session.get(f"{base_url.rstrip('/')}/api/tags", headers=headers) as response:
                 body = await response.read()
                 if response.status >= 300:
-                    raise from_status(
-                        PROVIDER,
-                        "*",
-                        response.status,
-                        OllamaProvider(client).error_message(body),
-                        retry_after=parse_retry_after(response.headers.get("Retry-After")),
+                    raise redact_error(
+                        from_status(
+                            PROVIDER,
+                            "*",
+                            response.status,
+                            OllamaProvider(client).error_message(body),
+                            retry_after=parse_retry_after(response.headers.get("Retry-After")),
+                        ),
+                        key,
                     )
     except TimeoutError:
         raise unreachable(
@@ -161,4 +165,4 @@ async def discover_models(client: HttpClient, base_url: str, *, key: str | None 
         listed = json.loads(body)["models"]
         return [str(entry["name"]) for entry in listed]
     except (ValueError, KeyError, TypeError):
-        raise protocol_error(PROVIDER, "*", f"/api/tags answered {body[:200]!r}") from None
+        raise redact_error(protocol_error(PROVIDER, "*", f"/api/tags answered {body[:200]!r}"), key) from None
