@@ -13,6 +13,7 @@ import pytest
 from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor
 from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2
 
 from aibattle.v1 import (
     completions_pb2,
@@ -186,7 +187,12 @@ async def test_long_values_over_rest_are_400_or_404_never_429(server: AIBattleSe
 
 
 def _methods() -> list[MethodDescriptor]:
-    return [m for s in (*SERVICES, health_pb2.DESCRIPTOR.services_by_name["Health"]) for m in s.methods]
+    services = (
+        *SERVICES,
+        health_pb2.DESCRIPTOR.services_by_name["Health"],
+        reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
+    )
+    return [m for s in services for m in s.methods]
 
 
 def _garbage(method: MethodDescriptor, rnd: random.Random, count: int) -> list[bytes]:
@@ -253,8 +259,11 @@ async def test_garbage_protobuf_with_keys_answers_after_authentication() -> None
                 assert with_key.code() == grpc.StatusCode.INVALID_ARGUMENT, method.full_name
                 # A stranger learns nothing of the request's shape: no key, no parsing verdict.
                 stranger = await _call_raw(channel, method, data, None)
-                health = method.containing_service.full_name == "grpc.health.v1.Health"
-                expected = grpc.StatusCode.INVALID_ARGUMENT if health else grpc.StatusCode.UNAUTHENTICATED
+                # Health and (by default) reflection are open to all.
+                open_service = method.containing_service.name in ("Health", "ServerReflection")
+                expected = (
+                    grpc.StatusCode.INVALID_ARGUMENT if open_service else grpc.StatusCode.UNAUTHENTICATED
+                )
                 assert stranger.code() == expected, method.full_name
     finally:
         await srv.stop(grace=0.5)
