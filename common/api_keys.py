@@ -21,7 +21,7 @@ def key_id_of(secret: str) -> str | None:
     return match.group(1) if match else None
 
 
-def presented_secret(pairs: Iterable[tuple[str, Any]]) -> str | None:
+def presented_secret(pairs: Iterable[tuple[str, Any]] | None) -> str | None:
     """The secret in `authorization` (Bearer, or bare) or `x-api-key`, from gRPC metadata or HTTP headers."""
     given: dict[str, str] = {}
     for key, value in pairs or ():

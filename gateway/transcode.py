@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 from google.protobuf import json_format
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from google.protobuf.message import Message
 from google.rpc import status_pb2
 from multidict import MultiMapping
@@ -251,7 +251,7 @@ def _set_param(
 def _scalar(leaf: FieldDescriptor, raw: str, *, key: str, source: str) -> Any:
     """A URL string as the JSON value protobuf's parser wants (it reads numbers, enums, WKTs from strings)."""
     if leaf.enum_type is not None:
-        return _enum_value(leaf, raw, key=key, source=source)
+        return _enum_value(leaf.enum_type, raw, key=key, source=source)
     leaf_message = message_type(leaf)
     is_bool = leaf.type == FieldDescriptor.TYPE_BOOL or (
         leaf_message is not None and leaf_message.full_name == "google.protobuf.BoolValue"
@@ -265,11 +265,10 @@ def _scalar(leaf: FieldDescriptor, raw: str, *, key: str, source: str) -> Any:
     return raw
 
 
-def _enum_value(leaf: FieldDescriptor, raw: str, *, key: str, source: str) -> str | int:
+def _enum_value(enum: EnumDescriptor, raw: str, *, key: str, source: str) -> str | int:
     """An enum in a URL: a value's name, or the number of a declared value, as grpc-gateway reads query
     parameters. protobuf's parser alone would take any number for an open enum, a value no client can
     mean and the OpenAPI document does not offer."""
-    enum = leaf.enum_type
     if raw in enum.values_by_name:
         return raw
     if _DECIMAL.fullmatch(raw) and int(raw) in enum.values_by_number:

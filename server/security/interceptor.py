@@ -25,6 +25,7 @@ import grpc
 from grpc_health.v1 import health
 from grpc_interceptor.server import AsyncServerInterceptor
 
+from common.api_keys import presented_secret
 from common.errors import PermissionDenied, Unauthenticated
 from server import logs
 from server.config import SecurityConfig
@@ -40,18 +41,6 @@ REFLECTION_SERVICES = frozenset(
 )
 ADMIN_ID = "admin"
 _HOW = "send 'authorization: Bearer <key>' (or 'x-api-key: <key>')"
-
-
-def presented_secret(metadata: Any) -> str | None:
-    """The secret in `authorization` (Bearer, or bare) or `x-api-key` metadata, if any."""
-    given: dict[str, str] = {}
-    for key, value in metadata or ():
-        if key in ("authorization", "x-api-key") and isinstance(value, str):
-            given.setdefault(key, value)
-    if "authorization" in given:
-        scheme, _, rest = given["authorization"].strip().partition(" ")
-        return rest.strip() if scheme.lower() == "bearer" else given["authorization"].strip()
-    return given["x-api-key"].strip() if "x-api-key" in given else None
 
 
 class AuthInterceptor(AsyncServerInterceptor):
