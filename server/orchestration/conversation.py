@@ -70,6 +70,8 @@ KIND = "conversation"
 DEFAULT_MODE = "human-ai"
 MAX_NAME = 64
 MAX_QUEUED = 8
+LABEL_ALLOWANCE = MAX_NAME + 4
+"""Characters a message may gain in a model's prompt: its speaker's label, ": ", a blank line."""
 _ROLE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")
 
 
@@ -248,21 +250,25 @@ class Conversations:
     def _check_size(
         self, conv: Conversation, content: str, files: Sequence[common_pb2.FileData], field: str
     ) -> None:
-        """A message too long for a prompt, or that would take the conversation past its bound (so
-        that it could no longer be read in one response), is refused on arrival."""
+        """A message too long for a prompt, or that would take the conversation past what its models
+        can be sent (`max_prompt_chars`, the whole transcript with its speakers' labels) or past what
+        one response can carry, is refused on arrival: otherwise every later turn would fail."""
         if len(content) > self._max_prompt_chars:
             raise InvalidArgument(
                 field,
                 f"{len(content)} characters; at most {self._max_prompt_chars} are accepted",
                 reason="PROMPT_TOO_LONG",
             )
+        said = [m.content for m in (*conv.messages, *conv.queued_messages)] + [content]
+        chars = sum(len(text) + LABEL_ALLOWANCE for text in said)
         size = conv.ByteSize() + len(content.encode()) + sum(len(f.content) for f in files)
-        if size > self._max_bytes:
+        if chars > self._max_prompt_chars or size > self._max_bytes:
             raise ApiError(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 "CONVERSATION_TOO_LONG",
-                f"this message would take the conversation to {size} bytes, past its bound of"
-                f" {self._max_bytes}; start a new conversation",
+                "this message would take the conversation past what its models can be sent"
+                f" ({self._max_prompt_chars} characters) or one response can carry ({self._max_bytes}"
+                " bytes); start a new conversation",
             )
 
     async def list_page(self, *, status: int, size: int, token: str) -> tuple[list[Conversation], str]:

@@ -725,3 +725,67 @@ async def test_two_round_ai_ai_with_the_local_model() -> None:
     replies = [m for m in conv.messages if m.role != "system"][1:]
     assert len(replies) == 3 and all(m.content.strip() and m.usage.completion_tokens > 0 for m in replies)
     assert got[-1].type == E.CONVERSATION_EVENT_TYPE_COMPLETION
+
+
+# ---- input checked on arrival
+
+
+async def test_what_a_conversation_could_never_use_is_refused_on_arrival() -> None:
+    """A prompt past max_prompt_chars, a text attachment that is not UTF-8, a message past the
+    conversation's size bound: each refused when it arrives, and the conversation stays usable."""
+    srv = await started(make_config(MODELS, max_prompt_chars=2000))
+    try:
+        async with grpc.aio.insecure_channel(srv.grpc_target) as chan:
+            stub = conversations_pb2_grpc.ConversationServiceStub(chan)
+            people = [seat("alice", "human"), seat("bob", "assistant")]
+
+            async def refused(call: Any) -> grpc.aio.AioRpcError:
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await call
+                return caught.value
+
+            too_long = await refused(
+                stub.CreateConversation(
+                    pb.CreateConversationRequest(models=people, initial_prompt="x" * 2001)
+                )
+            )
+            assert too_long.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert error_info(too_long).reason == "PROMPT_TOO_LONG"
+            latin1 = common_pb2.FileData(
+                type="text", mime_type="text/plain", content="café".encode("latin-1")
+            )
+            undecodable = await refused(
+                stub.CreateConversation(
+                    pb.CreateConversationRequest(models=people, initial_prompt="Read it", file_data=latin1)
+                )
+            )
+            assert undecodable.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "file_data" in field_of(undecodable)
+
+            conv = await create(stub, models=people, rounds=50)  # waiting for alice
+            cid = conv.conversation_id
+            for request in (
+                pb.AddMessageRequest(conversation_id=cid, content="y" * 2001),
+                pb.AddMessageRequest(conversation_id=cid, content="Read it", file_data=latin1),
+            ):
+                error = await refused(stub.AddMessage(request))
+                assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+            # The conversation grows to what its models can be sent, then refuses clearly.
+            reasons = []
+            for _ in range(40):
+                try:
+                    await stub.AddMessage(
+                        pb.AddMessageRequest(conversation_id=cid, content="z" * 190), timeout=HANG
+                    )
+                except grpc.aio.AioRpcError as exc:
+                    reasons.append((exc.code(), error_info(exc).reason))
+                    if error_info(exc).reason == "CONVERSATION_TOO_LONG":
+                        break
+                await wait_for(stub, cid)
+            assert reasons[-1] == (grpc.StatusCode.FAILED_PRECONDITION, "CONVERSATION_TOO_LONG")
+            # Nothing was half-written, and it can still be read whole.
+            after = (await stub.GetConversation(pb.GetConversationRequest(conversation_id=cid))).conversation
+            assert after.status == S.RUN_STATUS_WAITING_FOR_INPUT and not after.HasField("error")
+            assert 1000 < sum(len(m.content) for m in after.messages) <= 2000
+    finally:
+        await srv.stop(grace=0.1)
