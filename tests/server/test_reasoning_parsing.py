@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from aibattle.v1 import reasoning_pb2
-from server.orchestration.reasoning import parsing
 from server.orchestration.lifecycle import THINKING, TOKEN, Deltas
+from server.orchestration.reasoning import parsing
 
 T = reasoning_pb2.ReasoningEventType
 
