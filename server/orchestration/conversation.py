@@ -34,7 +34,7 @@ import grpc
 from google.rpc import status_pb2
 
 from aibattle.v1 import common_pb2, conversations_pb2
-from common.errors import ApiError, InvalidArgument, NotFound
+from common.errors import ApiError, InvalidArgument, NotFound, shown
 from server.orchestration.lifecycle import TOKEN, DeltaEvent, Lifecycle, stream_model
 from server.orchestration.runs import Run
 from server.orchestration.turns import (
@@ -188,7 +188,7 @@ class Conversations:
     def _validate(self, request: conversations_pb2.CreateConversationRequest) -> Conversation:
         mode = request.mode or DEFAULT_MODE
         if mode not in MODES:
-            raise InvalidArgument("mode", f"{request.mode!r} is not one of {', '.join(MODES)}")
+            raise InvalidArgument("mode", f"{shown(request.mode)} is not one of {', '.join(MODES)}")
         seats = list(request.models)  # 2 to 8: the schema's bounds, checked before the call reaches us
         for i, seat in enumerate(seats):
             if not seat.id:
@@ -197,7 +197,7 @@ class Conversations:
             if not _ROLE.fullmatch(seat.role):
                 raise InvalidArgument(
                     f"models[{i}].role",
-                    f"{seat.role!r}: 1 to 32 letters, digits, '-' or '_', starting with a letter",
+                    f"{shown(seat.role)}: 1 to 32 letters, digits, '-' or '_', starting with a letter",
                 )
             if seat.role == "system":
                 raise InvalidArgument(

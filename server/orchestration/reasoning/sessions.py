@@ -18,7 +18,7 @@ import grpc
 from google.rpc import status_pb2
 
 from aibattle.v1 import common_pb2, reasoning_pb2
-from common.errors import ApiError, InvalidArgument, NotFound
+from common.errors import ApiError, InvalidArgument, NotFound, shown
 from server.orchestration.lifecycle import Lifecycle, Work
 from server.orchestration.reasoning.session import (
     CANCELLED,
@@ -202,7 +202,7 @@ class ReasoningSessions:
         strategy = request.collaboration_strategy or DEFAULT_STRATEGY
         if strategy not in STRATEGIES:
             raise InvalidArgument(
-                "collaboration_strategy", f"{strategy!r} is not one of {', '.join(STRATEGIES)}"
+                "collaboration_strategy", f"{shown(strategy)} is not one of {', '.join(STRATEGIES)}"
             )
         # Ranges (max_iterations, max_tokens, how many additional_models) are the schema's bounds,
         # checked before the call reaches us.
