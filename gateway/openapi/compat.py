@@ -99,6 +99,17 @@ def object_schema(
     return schema
 
 
+def _stream_options_need_stream(schema: Schema) -> Schema:
+    """OpenAI's rule: `stream_options` (but an empty one) only with `"stream": true`."""
+    return {
+        **schema,
+        "if": {"properties": {"stream": {"const": True}}, "required": ["stream"]},
+        "else": {
+            "properties": {"stream_options": {"anyOf": [_NULL, {"type": "object", "maxProperties": 0}]}}
+        },
+    }
+
+
 def _openai_error() -> Schema:
     return {
         "type": "object",
@@ -186,36 +197,40 @@ _SSE = {
 def _openai_operations() -> dict[tuple[str, str], Operation]:
     error = _openai_error()
     tags = ["OpenAI"]
-    chat = object_schema(
-        openai.CHAT_KEYS,
-        required=("model", "messages"),
-        values={
-            "messages": {
-                "type": "array",
-                "minItems": 1,
-                "items": object_schema(openai.MESSAGE_KEYS, required=("role",)),
+    chat = _stream_options_need_stream(
+        object_schema(
+            openai.CHAT_KEYS,
+            required=("model", "messages"),
+            values={
+                "messages": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": object_schema(openai.MESSAGE_KEYS, required=("role",)),
+                },
+                "stream_options": object_schema(openai.STREAM_OPTION_KEYS, values={"include_usage": _BOOL}),
             },
-            "stream_options": object_schema(openai.STREAM_OPTION_KEYS, values={"include_usage": _BOOL}),
-        },
+        )
     )
-    completion = object_schema(
-        openai.COMPLETION_KEYS,
-        required=("model", "prompt"),
-        values={
-            # One prompt per request: a string, or a batch of exactly one.
-            "prompt": {
-                "anyOf": [
-                    {"type": "string", "minLength": 1},
-                    {
-                        "type": "array",
-                        "items": {"type": "string", "minLength": 1},
-                        "minItems": 1,
-                        "maxItems": 1,
-                    },
-                ]
+    completion = _stream_options_need_stream(
+        object_schema(
+            openai.COMPLETION_KEYS,
+            required=("model", "prompt"),
+            values={
+                # One prompt per request: a string, or a batch of exactly one.
+                "prompt": {
+                    "anyOf": [
+                        {"type": "string", "minLength": 1},
+                        {
+                            "type": "array",
+                            "items": {"type": "string", "minLength": 1},
+                            "minItems": 1,
+                            "maxItems": 1,
+                        },
+                    ]
+                },
+                "stream_options": object_schema(openai.STREAM_OPTION_KEYS, values={"include_usage": _BOOL}),
             },
-            "stream_options": object_schema(openai.STREAM_OPTION_KEYS, values={"include_usage": _BOOL}),
-        },
+        )
     )
     message = {
         "type": "object",
