@@ -127,8 +127,8 @@ async def test_cancelling_a_stream_stops_generation(
         assert local.generating
         stream.cancel()
         await asyncio.wait_for(until_idle(local), HANG)
-    ((why, produced),) = stopped(caplog)
-    assert why == "cancelled"
+    # Only this call is cancelled (a stop of an earlier test's call may land in the same capture).
+    ((why, produced),) = [stop for stop in stopped(caplog) if stop[0] == "cancelled"]
     assert produced < 1500  # stopped before the stream could have finished
 
 

@@ -616,6 +616,7 @@ async def test_the_local_model_looping_is_caught() -> None:
                     prompt="List the ingredients of a cake.",
                     max_tokens=300,
                     temperature=0.0,
+                    repeat_penalty=1.0,  # none: the default penalty (1.1) keeps the demos from looping
                 ),
                 timeout=90,
             )
