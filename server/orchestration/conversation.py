@@ -105,12 +105,7 @@ class Conversations:
     # ---- state in the store
 
     async def stored(self, conversation_id: str) -> Stored:
-        if not conversation_id:
-            raise InvalidArgument("conversation_id", "is required")
-        stored = await self._store.get(conversation_id, kind=KIND)
-        if stored is None:
-            raise NotFound("conversation", conversation_id)
-        return stored
+        return await self._lifecycle.stored(self, conversation_id)
 
     async def get(self, conversation_id: str) -> Conversation:
         return read(await self.stored(conversation_id))
@@ -143,10 +138,14 @@ class Conversations:
         return self._locks.setdefault(conversation_id, asyncio.Lock())
 
     async def _settled(self, conversation_id: str) -> Stored:
-        """The conversation once a run here that already committed its resting status has released
-        its lease (so a client answering the MESSAGE it just saw is not refused)."""
+        """The conversation once a run here that is ending has ended: one that committed its resting
+        status is only releasing its lease (a client answering the MESSAGE it just saw must not be
+        refused), and one that decided to rest but has not committed it yet must not be handed a
+        message it would leave in the queue."""
         stored = await self.stored(conversation_id)
-        if self._runs.running(conversation_id) and stored.status != S.RUN_STATUS_IN_PROGRESS:
+        live = self._live.get(conversation_id)
+        ending = live is not None and live.status != S.RUN_STATUS_IN_PROGRESS
+        if self._runs.running(conversation_id) and (stored.status != S.RUN_STATUS_IN_PROGRESS or ending):
             await self._runs.wait(conversation_id)
             stored = await self.stored(conversation_id)
         return stored

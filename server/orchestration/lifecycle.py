@@ -37,7 +37,7 @@ import grpc
 from google.rpc import status_pb2
 
 from aibattle.v1 import common_pb2
-from common.errors import ApiError, internal_error
+from common.errors import ApiError, InvalidArgument, NotFound, internal_error
 from server.config import ModelConfig
 from server.orchestration.runs import Run, Runs
 from server.pagination import keyset_page
@@ -234,6 +234,16 @@ class Lifecycle:
         await self.claim(resource, stored, status=CANCELLED, body=body, events=events, work=None)
 
     # ---- reading
+
+    async def stored(self, resource: Resource, resource_id: str) -> Stored:
+        """The caller's resource as stored; INVALID_ARGUMENT without an id, NOT_FOUND if it has none
+        of that id (another key's is none of its)."""
+        if not resource_id:
+            raise InvalidArgument(f"{resource.kind}_id", "is required")
+        stored = await self.store.get(resource_id, kind=resource.kind)
+        if stored is None:
+            raise NotFound(resource.kind, resource_id)
+        return stored
 
     async def page(
         self, resource: Resource, *, listing: str, status: int, size: int, token: str

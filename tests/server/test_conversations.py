@@ -592,6 +592,32 @@ async def test_converse_cancel_and_resume_from_sequence(stub: Any) -> None:
 # ---- durability
 
 
+async def crashed_conversation(db: str) -> None:
+    """What a crash leaves: a conversation IN_PROGRESS under a lease nobody renews (expired)."""
+    store = SqliteStore(db)
+    await store.open()
+    crashed = pb.Conversation(
+        conversation_id="conv-crashed",
+        status=S.RUN_STATUS_IN_PROGRESS,
+        models=[seat("alice", "a"), seat("bob", "b")],
+        mode="ai-ai",
+        rounds=1,
+        messages=[common_pb2.Message(message_id="msg-1", role="a", model="alice", content="hi")],
+        next_model="bob",
+        next_role="b",
+    )
+    await store.create(
+        KIND,
+        "conv-crashed",
+        owner="",
+        status=crashed.status,
+        body=crashed.SerializeToString(),
+        events=[],
+        lease=Lease("dead-runner", time.time() - 1),
+    )
+    await store.close()
+
+
 async def test_restart_keeps_conversations_and_interrupts_orphans_when_told(tmp_path: Path) -> None:
     db = str(tmp_path / "aibattle.db")
     config = make_config(MODELS, database=db, resume_orphans=False)
@@ -608,24 +634,7 @@ async def test_restart_keeps_conversations_and_interrupts_orphans_when_told(tmp_
         await events(stub, running.conversation_id, limit=5)
     await first.stop(grace=0.1)  # an orderly stop interrupts its runs (a client did not cancel them)
 
-    # A crash leaves a conversation IN_PROGRESS under a lease nobody renews.
-    store = SqliteStore(db)
-    await store.open()
-    crashed = pb.Conversation(
-        conversation_id="conv-crashed",
-        status=S.RUN_STATUS_IN_PROGRESS,
-        models=[seat("alice", "a"), seat("bob", "b")],
-        mode="ai-ai",
-        rounds=1,
-        messages=[common_pb2.Message(message_id="msg-1", role="a", model="alice", content="hi")],
-        next_model="bob",
-        next_role="b",
-    )
-    await store.create(
-        KIND, "conv-crashed", owner="", status=crashed.status, body=crashed.SerializeToString(), events=[]
-    )
-    assert await store.acquire("conv-crashed", Lease("dead-runner", time.time() - 1), now=time.time())
-    await store.close()
+    await crashed_conversation(db)
 
     second = await started(config)
     try:
@@ -657,29 +666,7 @@ async def test_restart_keeps_conversations_and_interrupts_orphans_when_told(tmp_
 async def test_restart_adopts_an_orphan_and_finishes_it(tmp_path: Path) -> None:
     """With resume_orphans (the default), a conversation whose runner died continues by itself."""
     db = str(tmp_path / "aibattle.db")
-    store = SqliteStore(db)
-    await store.open()
-    crashed = pb.Conversation(
-        conversation_id="conv-crashed",
-        status=S.RUN_STATUS_IN_PROGRESS,
-        models=[seat("alice", "a"), seat("bob", "b")],
-        mode="ai-ai",
-        rounds=1,
-        messages=[common_pb2.Message(message_id="msg-1", role="a", model="alice", content="hi")],
-        next_model="bob",
-        next_role="b",
-    )
-    dead = Lease("dead-runner", time.time() - 1)
-    await store.create(
-        KIND,
-        "conv-crashed",
-        owner="",
-        status=crashed.status,
-        body=crashed.SerializeToString(),
-        events=[],
-        lease=dead,
-    )
-    await store.close()
+    await crashed_conversation(db)
     app = await started(make_config(MODELS, database=db))
     try:
         async with grpc.aio.insecure_channel(app.grpc_target) as chan:

@@ -18,7 +18,7 @@ import grpc
 from google.rpc import status_pb2
 
 from aibattle.v1 import common_pb2, reasoning_pb2
-from common.errors import ApiError, InvalidArgument, NotFound, shown
+from common.errors import ApiError, InvalidArgument, shown
 from server.orchestration.lifecycle import Lifecycle, Work
 from server.orchestration.reasoning.session import (
     CANCELLED,
@@ -61,12 +61,7 @@ class ReasoningSessions:
     # ---- reading
 
     async def stored(self, reasoning_id: str) -> Stored:
-        if not reasoning_id:
-            raise InvalidArgument("reasoning_id", "is required")
-        stored = await self._store.get(reasoning_id, kind=KIND)
-        if stored is None:
-            raise NotFound("reasoning", reasoning_id)
-        return stored
+        return await self._lifecycle.stored(self, reasoning_id)
 
     async def get(self, reasoning_id: str) -> reasoning_pb2.Reasoning:
         return read(await self.stored(reasoning_id))
