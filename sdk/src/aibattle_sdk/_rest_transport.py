@@ -18,7 +18,7 @@ import socket
 import threading
 import typing
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +28,7 @@ import grpc
 from aibattle_sdk._config import ClientConfig, RetryPolicy, remaining
 from aibattle_sdk._gen.aibattle import v1
 from aibattle_sdk._rpcs import Rpc
-from aibattle_sdk._sync_transport import ConverseSession, Stream, retrying
+from aibattle_sdk._sync_transport import ConverseSession, Streaming, retrying
 from aibattle_sdk.errors import (
     DeadlineExceededError,
     UnavailableError,
@@ -53,7 +53,7 @@ class _Route:
     `response_body`) or "aibattle.v1.CreateConversationResponse" (the whole response)."""
 
 
-class RestTransport:
+class RestTransport(Streaming):  # server streams read as NDJSON
     """Runs Rpcs against an AI Battle HTTP gateway, with the client's policy (see the module doc)."""
 
     def __init__(self, config: ClientConfig) -> None:
@@ -84,22 +84,6 @@ class RestTransport:
                 connection.close()
 
         return retrying(self.config.retry if safe else RetryPolicy(max_attempts=1), deadline, once)
-
-    def stream(
-        self,
-        rpc: Rpc,
-        request: Any,
-        *,
-        timeout: float | None,
-        safe: bool,
-        resume: Callable[[int], Any] | None = None,
-        sequence: Callable[[Any], int] | None = None,
-        unwrap: Callable[[Any], Any] | None = None,
-    ) -> Stream[Any]:
-        """A server stream read as NDJSON; resumption and retries are `Stream`'s."""
-        return Stream(
-            self, rpc, request, timeout=timeout, safe=safe, resume=resume, sequence=sequence, unwrap=unwrap
-        )
 
     def open_stream(self, rpc: Rpc, request: Any, timeout: float | None) -> _Call:
         return _Call(self, rpc, request, timeout)

@@ -65,7 +65,35 @@ def retrying(policy: RetryPolicy, deadline: float | None, attempt_once: Callable
         attempt += 1
 
 
-class Transport:
+class Streaming:
+    """What every sync transport's server streams share: resumption and retries are `Stream`'s,
+    over whatever `open_stream` the transport has."""
+
+    def stream(
+        self,
+        rpc: Rpc,
+        request: Any,
+        *,
+        timeout: float | None,
+        safe: bool,
+        resume: Callable[[int], Any] | None = None,
+        sequence: Callable[[Any], int] | None = None,
+        unwrap: Callable[[Any], Any] | None = None,
+    ) -> Stream[Any]:
+        """A server stream; see `Stream`."""
+        return Stream(
+            self,  # type: ignore[arg-type]
+            rpc,
+            request,
+            timeout=timeout,
+            safe=safe,
+            resume=resume,
+            sequence=sequence,
+            unwrap=unwrap,
+        )
+
+
+class Transport(Streaming):
     """Runs Rpcs on one channel with the client's policy; the only place that catches grpc.RpcError."""
 
     def __init__(self, channel: grpc.Channel, config: ClientConfig) -> None:
@@ -95,22 +123,6 @@ class Transport:
 
     def converse(self, rpc: Rpc, first: Any, *, timeout: float | None) -> ConverseSession:
         return ConverseSession(self, rpc, first, timeout=timeout)
-
-    def stream(
-        self,
-        rpc: Rpc,
-        request: Any,
-        *,
-        timeout: float | None,
-        safe: bool,
-        resume: Callable[[int], Any] | None = None,
-        sequence: Callable[[Any], int] | None = None,
-        unwrap: Callable[[Any], Any] | None = None,
-    ) -> Stream[Any]:
-        """A server stream; see `Stream`."""
-        return Stream(
-            self, rpc, request, timeout=timeout, safe=safe, resume=resume, sequence=sequence, unwrap=unwrap
-        )
 
 
 class Stream(Generic[T]):
