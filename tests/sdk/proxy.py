@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 import threading
+from collections.abc import Callable
+from typing import Any
 
 
 class Proxy:
@@ -76,3 +78,29 @@ class Proxy:
     def close(self) -> None:
         self._listener.close()
         self.drop()
+
+
+def resumes_across_a_drop(proxy: Proxy, client_through: Callable[[Proxy], Any], direct: Any) -> None:
+    """A reasoning session followed through `proxy`, whose connections are cut after 5 events, gets
+    exactly the events a direct client gets: nothing lost, nothing twice."""
+    from aibattle_sdk.v1 import ReasoningEventType
+
+    try:
+        with client_through(proxy) as client:
+            reasoning = client.reasoning.create(
+                primary_model="slow", secondary_model="critic", prompt="Count.", max_iterations=1
+            )
+            events = client.reasoning.events(reasoning.reasoning_id)
+            seen = []
+            for event in events:
+                seen.append(event)
+                if len(seen) == 5:
+                    assert proxy.drop() > 0
+            assert events.reconnects >= 1
+        with direct as plain:
+            full = list(plain.reasoning.events(reasoning.reasoning_id))
+    finally:
+        proxy.close()
+    assert [e.sequence for e in seen] == list(range(1, len(full) + 1))
+    assert seen == full
+    assert seen[-1].type == ReasoningEventType.COMPLETION

@@ -22,7 +22,7 @@ from aibattle_sdk import (
 )
 from aibattle_sdk.v1 import ConversationEventType, ReasoningEventType, RunStatus
 from tests.e2e.process import server_process
-from tests.sdk.proxy import Proxy
+from tests.sdk.proxy import Proxy, resumes_across_a_drop
 
 FAST_RECONNECT = {"grpc.initial_reconnect_backoff_ms": 50, "grpc.max_reconnect_backoff_ms": 100}
 QUICK_RETRY = RetryPolicy(max_attempts=8, initial_backoff=0.05, max_backoff=0.2)
@@ -146,26 +146,11 @@ def test_cancelling_from_another_thread(client: Client) -> None:
 
 
 def test_an_event_stream_resumes_across_a_dropped_connection(target: str) -> None:
-    proxy = Proxy(target)
-    try:
-        with Client(proxy.target, retry=QUICK_RETRY, channel_options=FAST_RECONNECT) as client:
-            reasoning = client.reasoning.create(
-                primary_model="slow", secondary_model="critic", prompt="Count.", max_iterations=1
-            )
-            events = client.reasoning.events(reasoning.reasoning_id)
-            seen = []
-            for event in events:
-                seen.append(event)
-                if len(seen) == 5:
-                    assert proxy.drop() > 0
-            assert events.reconnects >= 1
-        with Client(target) as direct:
-            full = list(direct.reasoning.events(reasoning.reasoning_id))
-    finally:
-        proxy.close()
-    assert [e.sequence for e in seen] == list(range(1, len(full) + 1))
-    assert seen == full
-    assert seen[-1].type == ReasoningEventType.COMPLETION
+    resumes_across_a_drop(
+        Proxy(target),
+        lambda proxy: Client(proxy.target, retry=QUICK_RETRY, channel_options=FAST_RECONNECT),
+        Client(target),
+    )
 
 
 def test_conversation_lifecycle(client: Client) -> None:

@@ -23,10 +23,10 @@ from aibattle_sdk import (
     UnavailableError,
     UnimplementedError,
 )
-from aibattle_sdk.v1 import ReasoningEventType, RunStatus
+from aibattle_sdk.v1 import RunStatus
 from tests.e2e.process import server_process
 from tests.sdk.conftest import SCRIPTED
-from tests.sdk.proxy import Proxy
+from tests.sdk.proxy import Proxy, resumes_across_a_drop
 
 QUICK_RETRY = RetryPolicy(max_attempts=8, initial_backoff=0.05, max_backoff=0.2)
 REPLY = "Hello there, friend. This is a scripted reply."
@@ -103,26 +103,11 @@ def test_converse_has_no_rest_route_and_says_so(rest: Client) -> None:
 
 
 def test_an_event_stream_resumes_across_a_dropped_connection(gateway_url: str, target: str) -> None:
-    proxy = Proxy(urlsplit(gateway_url).netloc)
-    try:
-        with Client(f"http://{proxy.target}", retry=QUICK_RETRY) as client:
-            reasoning = client.reasoning.create(
-                primary_model="slow", secondary_model="critic", prompt="Count.", max_iterations=1
-            )
-            events = client.reasoning.events(reasoning.reasoning_id)
-            seen = []
-            for event in events:
-                seen.append(event)
-                if len(seen) == 5:
-                    assert proxy.drop() > 0
-            assert events.reconnects >= 1
-        with Client(target) as direct:
-            full = list(direct.reasoning.events(reasoning.reasoning_id))
-    finally:
-        proxy.close()
-    assert [e.sequence for e in seen] == list(range(1, len(full) + 1))
-    assert seen == full
-    assert seen[-1].type == ReasoningEventType.COMPLETION
+    resumes_across_a_drop(
+        Proxy(urlsplit(gateway_url).netloc),
+        lambda proxy: Client(f"http://{proxy.target}", retry=QUICK_RETRY),
+        Client(target),
+    )
 
 
 def test_cancelling_a_stream_from_another_thread(rest: Client) -> None:
