@@ -198,21 +198,14 @@ def test_version_is_the_installed_distributions() -> None:
         assert shown.stdout == f"aibattle {metadata.version('aibattle-sdk')}\n"
 
 
+#: A three-round human-ai conversation typed at the terminal, the human's turns read from stdin.
+CONVERSE_INTERACTIVE = ("converse", "-i", "-m", "echo:human", "-m", "echo:assistant", "--rounds", "3", "Hi")
+
+
 def test_converse_interactive_reads_piped_turns(target: str) -> None:
     """`converse -i` fed by a pipe: each non-empty line is the human's next turn, in order."""
     env = {**os.environ, "AIBATTLE_TARGET": target}
-    args = [
-        str(AIBATTLE),
-        "converse",
-        "-i",
-        "-m",
-        "echo:human",
-        "-m",
-        "echo:assistant",
-        "--rounds",
-        "3",
-        "Hi",
-    ]
+    args = [str(AIBATTLE), *CONVERSE_INTERACTIVE]
     done = subprocess.run(
         args, input="second thing\n\nthird thing\n", capture_output=True, text=True, timeout=60, env=env
     )
@@ -231,18 +224,7 @@ def test_converse_interactive_reads_piped_turns(target: str) -> None:
 
 def test_converse_interactive_stops_at_the_end_of_the_pipe(target: str, client: Client) -> None:
     env = {**os.environ, "AIBATTLE_TARGET": target}
-    args = [
-        str(AIBATTLE),
-        "converse",
-        "-i",
-        "-m",
-        "echo:human",
-        "-m",
-        "echo:assistant",
-        "--rounds",
-        "3",
-        "Hi",
-    ]
+    args = [str(AIBATTLE), *CONVERSE_INTERACTIVE]
     short = subprocess.run(args, input="only one\n", capture_output=True, text=True, timeout=60, env=env)
     assert short.returncode == 0, short.stderr
     conversation_id = short.stdout.splitlines()[0].removeprefix("conversation ")
