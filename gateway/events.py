@@ -16,6 +16,7 @@ from typing import Any
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
+from common.errors import shown
 from gateway.descriptors import Rpc, message_type
 from gateway.errors import invalid_argument
 
@@ -65,16 +66,18 @@ class EventStream:
         if last_event_id is None or self.resume_field is None:
             return
         value = last_event_id.strip()
-        if not value.isascii() or not value.isdigit():
+        # 19 digits hold every int64; longer is out of range, and int() of 4,300 digits raises.
+        if not value.isascii() or not value.isdigit() or len(value) > 19:
             raise invalid_argument(
-                f"{LAST_EVENT_ID} {last_event_id!r} is not an event sequence number (a non-negative integer)",
+                f"{LAST_EVENT_ID} {shown(last_event_id)} is not an event sequence number"
+                " (a non-negative integer below 2^63)",
                 reason="INVALID_HEADER",
                 field=LAST_EVENT_ID,
             )
         number = int(value)
         if number >= 2**63:
             raise invalid_argument(
-                f"{LAST_EVENT_ID} {last_event_id!r} is out of range",
+                f"{LAST_EVENT_ID} {shown(last_event_id)} is out of range",
                 reason="INVALID_HEADER",
                 field=LAST_EVENT_ID,
             )

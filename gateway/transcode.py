@@ -271,7 +271,8 @@ def _enum_value(enum: EnumDescriptor, raw: str, *, key: str, source: str) -> str
     mean and the OpenAPI document does not offer."""
     if raw in enum.values_by_name:
         return raw
-    if _DECIMAL.fullmatch(raw) and int(raw) in enum.values_by_number:
+    # An enum number is an int32 (at most 11 characters): never int() a 4,300-digit string.
+    if len(raw) <= 11 and _DECIMAL.fullmatch(raw) and int(raw) in enum.values_by_number:
         return int(raw)
     raise invalid_argument(
         f"invalid {source} {key!r}: {raw[:64]!r} is not a value of {enum.full_name}; use a name "

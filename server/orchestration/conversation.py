@@ -133,6 +133,8 @@ class Conversations:
             events=serialized,
             work=self._work if running else None,
         )
+        if running:
+            self._hand_over(conv)
 
     def _lock(self, conversation_id: str) -> asyncio.Lock:
         return self._locks.setdefault(conversation_id, asyncio.Lock())
@@ -179,6 +181,8 @@ class Conversations:
             events=serialized,
             work=self._work if running else None,
         )
+        if running:
+            self._hand_over(conv)
         if running and request.wait:
             await self._runs.wait(conv.conversation_id)
             return await self.get(conv.conversation_id)
@@ -320,35 +324,41 @@ class Conversations:
             if request.HasField("file_data"):
                 self._check_attachment(conv, request.content, request.file_data, "file_data")
             seat = conv.models[seat_index]
-            speaks_now = seat_index in named and (
-                bool(request.role or request.model) or is_person(conv, seat)
-            )
-            if speaks_now and conv.status == S.RUN_STATUS_IN_PROGRESS:
-                raise ApiError(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    "CONVERSATION_RUNNING",
-                    f"conversation {cid!r} is running ({conv.next_role} {conv.next_model!r} speaks"
-                    " next); wait for it or cancel it",
-                )
-            if not speaks_now:
-                # Queued only while models speak: a resting conversation is the caller's to run.
-                queue_for = self._queue_seat(conv, named) if conv.status == S.RUN_STATUS_IN_PROGRESS else None
+            auto_run = not request.HasField("auto_run") or request.auto_run
+            running = conv.status == S.RUN_STATUS_IN_PROGRESS
+            if running or conv.queued_messages:
+                # While models speak, or while others' words wait, a person's words join the queue:
+                # spoken in the order they came, each on its seat's turn.
+                queue_for = self._queue_seat(conv, named)
                 if queue_for is None:
                     raise ApiError(
                         grpc.StatusCode.FAILED_PRECONDITION,
-                        "NOT_YOUR_TURN",
-                        f"it is models[{seat_index}]'s turn ({seat.role} {seat.id!r})"
-                        + ("" if is_person(conv, seat) else "; RunConversation runs it"),
-                        metadata={"next_role": seat.role, "next_model": seat.id},
+                        "CONVERSATION_RUNNING" if running else "NOT_YOUR_TURN",
+                        f"conversation {cid!r} is running ({conv.next_role} {conv.next_model!r} speaks"
+                        " next); wait for it or cancel it"
+                        if running
+                        else "messages wait for their turn; only a person's may join them",
                     )
-                return await self._queue(stored, conv, conv.models[queue_for], request.content, files)
+                return await self._queue(
+                    stored, conv, conv.models[queue_for], request.content, files, auto_run=auto_run
+                )
+            speaks_now = seat_index in named and (
+                bool(request.role or request.model) or is_person(conv, seat)
+            )
+            if not speaks_now:
+                raise ApiError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    "NOT_YOUR_TURN",
+                    f"it is models[{seat_index}]'s turn ({seat.role} {seat.id!r})"
+                    + ("" if is_person(conv, seat) else "; RunConversation runs it"),
+                    metadata={"next_role": seat.role, "next_model": seat.id},
+                )
             spoken = message(seat.role, seat.id, request.content, files)
             conv.messages.append(spoken)
             before = conv.status
             refresh(conv)
             conv.ClearField("error")
             conv.status = resting_status(conv)
-            auto_run = not request.HasField("auto_run") or request.auto_run
             if conv.status == S.RUN_STATUS_PENDING and auto_run:
                 conv.status = S.RUN_STATUS_IN_PROGRESS
             events = [
@@ -371,6 +381,8 @@ class Conversations:
         seat: conversations_pb2.Participant,
         content: str,
         files: list[common_pb2.FileData],
+        *,
+        auto_run: bool,
     ) -> common_pb2.Message:
         if len(conv.queued_messages) >= MAX_QUEUED:
             raise ApiError(
@@ -380,16 +392,22 @@ class Conversations:
             )
         queued = message(seat.role, seat.id, content, files)
         queued.queued = True
-        event = Event(type=E.CONVERSATION_EVENT_TYPE_MESSAGE, message=queued)
+        events = [Event(type=E.CONVERSATION_EVENT_TYPE_MESSAGE, message=queued)]
         live = self._live.get(conv.conversation_id)
         run = self._runs.get(conv.conversation_id)
         if live is not None and run is not None:
-            # The run here works on `live`: the message joins it, and is committed in the run's name.
+            # The run here works on `live` (still taking turns: `_settled` let an ending run end);
+            # the message joins it there, committed in the run's name.
             live.queued_messages.append(queued)
-            await self._commit(run, live, [event])
-        else:
-            conv.queued_messages.append(queued)
-            await self._change(stored, conv, [event])
+            await self._commit(run, live, events)
+            return queued
+        conv.queued_messages.append(queued)
+        if conv.status != S.RUN_STATUS_IN_PROGRESS and auto_run and take_queued_first(conv):
+            before = conv.status  # resting with words waiting for the next seat: run to speak them
+            conv.status = S.RUN_STATUS_IN_PROGRESS
+            conv.ClearField("error")
+            events += settle_events(conv, before)
+        await self._change(stored, conv, events)
         return queued
 
     async def run(self, conversation_id: str, *, additional_rounds: int, wait: bool) -> Conversation:
@@ -486,9 +504,18 @@ class Conversations:
 
     # ---- the run
 
+    def _hand_over(self, conv: Conversation) -> None:
+        """The state a run just started here works on, registered before any other request can come
+        in (no await since the run's start), so a message posted at once joins it."""
+        live = Conversation()
+        live.CopyFrom(conv)
+        self._live[conv.conversation_id] = live
+
     async def _work(self, run: Run) -> None:
-        conv = await self.get(run.resource_id)
-        self._live[run.resource_id] = conv
+        conv = self._live.get(run.resource_id)
+        if conv is None:  # adopted: nobody here handed it over
+            conv = await self.get(run.resource_id)
+            self._live[run.resource_id] = conv
         try:
             while conv.status == S.RUN_STATUS_IN_PROGRESS:
                 seat = next_seat(conv)

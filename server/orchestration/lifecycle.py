@@ -225,10 +225,11 @@ class Lifecycle:
     async def cancel(self, resource: Resource, resource_id: str) -> None:
         """A client's cancel: the run here stops and records CANCELLED; a run nobody holds (an
         orphan) is marked CANCELLED; a run another server holds is refused (RUNNING_ELSEWHERE)."""
+        await self.stored(resource, resource_id)  # the caller's, or NOT_FOUND before anything stops
         if self.runs.cancel(resource_id):
             await self.runs.wait(resource_id)
-        stored = await self.store.get(resource_id, kind=resource.kind)
-        if stored is None or stored.status != IN_PROGRESS:
+        stored = await self.stored(resource, resource_id)
+        if stored.status != IN_PROGRESS:
             return
         body, events = resource.ended(stored.body, CANCELLED, None)
         await self.claim(resource, stored, status=CANCELLED, body=body, events=events, work=None)

@@ -102,8 +102,9 @@ class Runs:
         run = self.get(resource_id)
         if run is None or run.task is None:
             return False
-        run.cancel_requested = True
-        run.task.cancel()
+        if not run.cancel_requested:  # once: a second cancel would cut short the first one's cleanup
+            run.cancel_requested = True
+            run.task.cancel()
         return True
 
     async def wait(self, resource_id: str) -> None:

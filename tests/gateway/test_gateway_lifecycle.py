@@ -183,3 +183,19 @@ async def _frames(ws: Any) -> AsyncIterator[dict[str, Any]]:
 
     for frame in await asyncio.wait_for(read(), 5):
         yield frame
+
+
+async def test_numbers_too_long_to_be_numbers_are_400s(gw: Any) -> None:
+    """Python refuses int() of more than 4,300 digits: such a value is a 400, never a 500."""
+    digits = "1" * 5000
+    conv = await (await gw.post("/api/v1/conversations", data=SEED_3_1_3)).json()
+    events = f"/api/v1/conversations/{conv['conversation_id']}/events"
+    for resp in (
+        await gw.get(events, headers={"Accept": "text/event-stream", "Last-Event-ID": digits}),
+        await gw.get(events, headers={"Accept": "text/event-stream", "Last-Event-ID": "9" * 20}),
+        await gw.get(f"/api/v1/conversations?status={digits}"),
+        await gw.get(f"/api/v1/collaborative-reasoning?status={digits}"),
+        await gw.get(f"{events}?after_sequence={digits}"),
+    ):
+        assert resp.status == 400, await resp.text()
+        assert digits not in await resp.text()

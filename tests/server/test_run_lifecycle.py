@@ -271,3 +271,147 @@ async def test_a_stream_with_nothing_left_to_send_ends_at_once() -> None:
             assert [r async for r in call] == []
     finally:
         await server.stop(grace=0.1)
+
+
+SLOW = {**DRAFTER, "id": "slow", "script": [" ".join(f"s{i}" for i in range(60))], "chunk_delay_ms": 20}
+
+
+async def test_another_keys_cancel_stops_nothing() -> None:
+    config = secure_config()
+    config = config.model_copy(update={"models": [*config.models, *make_config([SLOW, CRITIC]).models]})
+    server = AIBattleServer(config)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(server.grpc_target) as channel:
+            _, alice = await new_key(channel, name="alice")
+            _, bob = await new_key(channel, name="bob")
+            conversations = conversations_pb2_grpc.ConversationServiceStub(channel)
+            sessions = reasoning_pb2_grpc.ReasoningServiceStub(channel)
+            conv = (
+                await conversations.CreateConversation(
+                    conversations_pb2.CreateConversationRequest(
+                        models=[
+                            conversations_pb2.Participant(id="critic", role="human"),
+                            conversations_pb2.Participant(id="slow", role="assistant"),
+                        ],
+                        initial_prompt="Go",
+                    ),
+                    metadata=bearer(alice),
+                )
+            ).conversation
+            session = (
+                await sessions.CreateReasoning(
+                    reasoning_pb2.CreateReasoningRequest(
+                        primary_model="slow", prompt="Why?", max_iterations=1
+                    ),
+                    metadata=bearer(alice),
+                )
+            ).reasoning
+            for call in (
+                conversations.CancelConversation(
+                    conversations_pb2.CancelConversationRequest(conversation_id=conv.conversation_id),
+                    metadata=bearer(bob),
+                ),
+                sessions.CancelReasoning(
+                    reasoning_pb2.CancelReasoningRequest(reasoning_id=session.reasoning_id),
+                    metadata=bearer(bob),
+                ),
+            ):
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await call
+                assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+            # Still running for alice, and they finish as if bob had never asked.
+            assert server.runs.running(conv.conversation_id) and server.runs.running(session.reasoning_id)
+            log = await reasoning_log(sessions, session.reasoning_id, bearer(alice))
+            ran = await asyncio.wait_for(_rested(conversations, conv.conversation_id, bearer(alice)), HANG)
+    finally:
+        await server.stop(grace=0.1)
+    assert log[-1].type == T.REASONING_EVENT_TYPE_COMPLETION
+    assert ran.status == S.RUN_STATUS_COMPLETED and ran.messages[-1].model == "slow"
+
+
+async def test_concurrent_cancels_of_a_running_session_all_answer_cancelled() -> None:
+    server = AIBattleServer(make_config([SLOW, CRITIC]))
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(server.grpc_target) as channel:
+            stub = reasoning_pb2_grpc.ReasoningServiceStub(channel)
+            session = (
+                await stub.CreateReasoning(
+                    reasoning_pb2.CreateReasoningRequest(
+                        primary_model="slow", prompt="Why?", max_iterations=2
+                    )
+                )
+            ).reasoning
+            await asyncio.sleep(0.2)  # mid-step
+            cancels = await asyncio.gather(
+                *(
+                    stub.CancelReasoning(
+                        reasoning_pb2.CancelReasoningRequest(reasoning_id=session.reasoning_id)
+                    )
+                    for _ in range(4)
+                )
+            )
+            log = await reasoning_log(stub, session.reasoning_id)
+    finally:
+        await server.stop(grace=0.1)
+    assert [c.reasoning.status for c in cancels] == [S.RUN_STATUS_CANCELLED] * 4
+    ends = [
+        e
+        for e in log
+        if e.type == T.REASONING_EVENT_TYPE_STATUS_CHANGED and e.status == S.RUN_STATUS_CANCELLED
+    ]
+    assert len(ends) == 1 and log[-1] == ends[0]
+
+
+async def test_messages_posted_while_models_speak_are_spoken_in_order() -> None:
+    """A person posting one message after another while the model answers: each accepted message is
+    spoken, in the order posted, and none is left waiting in the queue once the run rests."""
+    quick = {**CRITIC, "id": "quick", "script": ["Noted."], "chunk_delay_ms": 1}
+    server = AIBattleServer(make_config([quick, CRITIC]))
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(server.grpc_target) as channel:
+            stub = conversations_pb2_grpc.ConversationServiceStub(channel)
+            for attempt in range(6):
+                conv = (
+                    await stub.CreateConversation(
+                        conversations_pb2.CreateConversationRequest(
+                            models=[
+                                conversations_pb2.Participant(id="critic", role="human"),
+                                conversations_pb2.Participant(id="quick", role="assistant"),
+                            ],
+                            initial_prompt="m-start",
+                            rounds=50,
+                        )
+                    )
+                ).conversation
+                cid = conv.conversation_id
+                posted = []
+                for k in range(30):
+                    try:
+                        await stub.AddMessage(
+                            conversations_pb2.AddMessageRequest(
+                                conversation_id=cid, content=f"m{attempt}-{k}"
+                            )
+                        )
+                        posted.append(f"m{attempt}-{k}")
+                    except grpc.aio.AioRpcError as exc:
+                        assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION, exc
+                    await asyncio.sleep(0.003 * (k % 4))
+                final = await asyncio.wait_for(_rested(stub, cid), HANG)
+                spoken = [m.content for m in final.messages if m.role == "human"][1:]
+                assert not final.queued_messages, attempt
+                assert spoken == posted, attempt
+    finally:
+        await server.stop(grace=0.1)
+
+
+async def _rested(stub: Any, cid: str, metadata: Any = ()) -> Any:
+    """The conversation once no run takes its turns."""
+    while True:
+        request = conversations_pb2.GetConversationRequest(conversation_id=cid)
+        conv = (await stub.GetConversation(request, metadata=metadata)).conversation
+        if conv.status != S.RUN_STATUS_IN_PROGRESS:
+            return conv
+        await asyncio.sleep(0.02)
