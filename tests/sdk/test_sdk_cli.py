@@ -234,3 +234,32 @@ def test_converse_interactive_stops_at_the_end_of_the_pipe(target: str, client: 
     conversation = client.conversations.get(conversation_id)
     assert conversation.status == RunStatus.WAITING_FOR_INPUT
     assert [m.content for m in conversation.messages if m.role == "human"] == ["Hi", "only one"]
+
+
+def test_converse_joined_by_id_reads_input_only_once_caught_up(target: str, client: Client) -> None:
+    """`converse --id X -i` replays the history first: its past waits take no input; the first line
+    goes to the live wait at the end (the third and last round here)."""
+    env = {**os.environ, "AIBATTLE_TARGET": target}
+    first = subprocess.run(
+        [str(AIBATTLE), *CONVERSE_INTERACTIVE],
+        input="one\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    conversation_id = first.stdout.splitlines()[0].removeprefix("conversation ")
+    joined = subprocess.run(
+        [str(AIBATTLE), "converse", "--id", conversation_id, "-i"],
+        input="two\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert joined.returncode == 0, joined.stderr
+    lines = [line for line in joined.stdout.splitlines() if line]
+    hint = f"[waiting for input; go on with: aibattle converse --id {conversation_id} -i]"
+    assert lines[-1] == "[conversation completed]" and hint not in lines
+    spoken = [m.content for m in client.conversations.get(conversation_id).messages if m.role == "human"]
+    assert spoken == ["Hi", "one", "two"]

@@ -97,6 +97,9 @@ def cmd_converse(client: Client, args: argparse.Namespace, out: Output) -> int:
         conversation_id = created.conversation_id
         out.text(f"conversation {conversation_id}\n")
     interactive = args.interactive
+    # Joining replays the conversation's history first: only what comes from its last event on is
+    # live, and only a live "waiting for input" asks for your next line.
+    history = client.conversations.get(conversation_id).last_sequence if args.id else 0
     with client.conversations.converse(conversation_id, timeout=args.timeout) as session:
         if args.id and not args.prompt:
             session.run()
@@ -113,7 +116,11 @@ def cmd_converse(client: Client, args: argparse.Namespace, out: Output) -> int:
                 continue
             out.record(event)
             _show_conversation_event(event, out)
-            if interactive and event.type == v1.ConversationEventType.STATUS_CHANGED:
+            if (
+                interactive
+                and event.sequence >= history
+                and event.type == v1.ConversationEventType.STATUS_CHANGED
+            ):
                 if event.status == v1.RunStatus.WAITING_FOR_INPUT:
                     line = _next_turn(out)
                     if line is not None:
