@@ -76,7 +76,7 @@ def check_request(model: ModelConfig, request: ChatRequest, *, max_prompt_chars:
     if estimate > model.context_length:
         raise InvalidArgument(
             None,
-            f"the prompt is about {estimate} tokens; model {model.id!r}'s context holds"
+            f"the prompt is about {estimate} tokens; the context of model {model.id!r} holds"
             f" {model.context_length}",
             reason="CONTEXT_LENGTH_EXCEEDED",
         )
