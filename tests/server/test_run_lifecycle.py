@@ -6,8 +6,10 @@ Real grpc.aio servers, scripted models, SQLite; the crash test kills a real serv
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from aibattle.v1 import (
     reasoning_pb2_grpc,
 )
 from server.app import AIBattleServer
+from server.config import Config
 from tests.conftest import error_info, make_config
 from tests.e2e.process import server_process
 from tests.security_testlib import ADMIN, bearer, new_key, secure_config
@@ -51,6 +54,26 @@ CRITIC = {
 }
 
 
+@contextlib.asynccontextmanager
+async def serving(config: Config) -> AsyncIterator[tuple[AIBattleServer, grpc.aio.Channel]]:
+    """A server on this config and a channel to it; stopped at once afterwards."""
+    server = AIBattleServer(config)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(server.grpc_target) as channel:
+            yield server, channel
+    finally:
+        await server.stop(grace=0.1)
+
+
+def human_ai(human: str, assistant: str, **fields: Any) -> conversations_pb2.CreateConversationRequest:
+    seats = [
+        conversations_pb2.Participant(id=human, role="human"),
+        conversations_pb2.Participant(id=assistant, role="assistant"),
+    ]
+    return conversations_pb2.CreateConversationRequest(models=seats, **fields)
+
+
 async def reasoning_log(stub: Any, reasoning_id: str, metadata: Any = ()) -> list[Any]:
     """The whole event log of a session, waiting for its end."""
     call = stub.StreamReasoningEvents(
@@ -69,58 +92,51 @@ async def spent(channel: grpc.aio.Channel, key_id: str) -> float:
 async def test_parallel_resumes_run_a_session_once_and_bill_it_once() -> None:
     config = secure_config()
     config = config.model_copy(update={"models": [*config.models, *make_config([DRAFTER, CRITIC]).models]})
-    server = AIBattleServer(config)
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(server.grpc_target) as channel:
-            key, secret = await new_key(channel, budget_usd=100.0)
-            auth = bearer(secret)
-            stub = reasoning_pb2_grpc.ReasoningServiceStub(channel)
-            created = (
-                await stub.CreateReasoning(
-                    reasoning_pb2.CreateReasoningRequest(
-                        primary_model="drafter", secondary_model="critic", prompt="Why?", max_iterations=4
-                    ),
-                    metadata=auth,
-                )
-            ).reasoning
-            rid = created.reasoning_id
-            call = stub.StreamReasoningEvents(
-                reasoning_pb2.StreamReasoningEventsRequest(reasoning_id=rid), metadata=auth, timeout=HANG
-            )
-            async for response in call:
-                if response.event.type == T.REASONING_EVENT_TYPE_NEW_ITERATION:
-                    break
-            call.cancel()
-            await stub.CancelReasoning(reasoning_pb2.CancelReasoningRequest(reasoning_id=rid), metadata=auth)
-            before = (
-                await stub.GetReasoning(reasoning_pb2.GetReasoningRequest(reasoning_id=rid), metadata=auth)
-            ).reasoning
-            assert before.status == S.RUN_STATUS_CANCELLED
-            spent_before = await spent(channel, key.key_id)
-
-            resumes = await asyncio.gather(
-                *(
-                    stub.ResumeReasoning(
-                        reasoning_pb2.ResumeReasoningRequest(reasoning_id=rid), metadata=auth
-                    )
-                    for _ in range(6)
+    async with serving(config) as (_, channel):
+        key, secret = await new_key(channel, budget_usd=100.0)
+        auth = bearer(secret)
+        stub = reasoning_pb2_grpc.ReasoningServiceStub(channel)
+        created = (
+            await stub.CreateReasoning(
+                reasoning_pb2.CreateReasoningRequest(
+                    primary_model="drafter", secondary_model="critic", prompt="Why?", max_iterations=4
                 ),
-                return_exceptions=True,
+                metadata=auth,
             )
-            won = [r for r in resumes if not isinstance(r, BaseException)]
-            lost = [r for r in resumes if isinstance(r, grpc.aio.AioRpcError)]
-            assert len(won) == 1 and len(lost) == 5
-            assert {e.code() for e in lost} == {grpc.StatusCode.FAILED_PRECONDITION}
-            assert all(error_info(e).reason in ("RUNNING_ELSEWHERE", "NOT_RESUMABLE") for e in lost)
+        ).reasoning
+        rid = created.reasoning_id
+        call = stub.StreamReasoningEvents(
+            reasoning_pb2.StreamReasoningEventsRequest(reasoning_id=rid), metadata=auth, timeout=HANG
+        )
+        async for response in call:
+            if response.event.type == T.REASONING_EVENT_TYPE_NEW_ITERATION:
+                break
+        call.cancel()
+        await stub.CancelReasoning(reasoning_pb2.CancelReasoningRequest(reasoning_id=rid), metadata=auth)
+        before = (
+            await stub.GetReasoning(reasoning_pb2.GetReasoningRequest(reasoning_id=rid), metadata=auth)
+        ).reasoning
+        assert before.status == S.RUN_STATUS_CANCELLED
+        spent_before = await spent(channel, key.key_id)
 
-            log = await reasoning_log(stub, rid, auth)
-            done = (
-                await stub.GetReasoning(reasoning_pb2.GetReasoningRequest(reasoning_id=rid), metadata=auth)
-            ).reasoning
-            spent_after = await spent(channel, key.key_id)
-    finally:
-        await server.stop(grace=0.5)
+        resumes = await asyncio.gather(
+            *(
+                stub.ResumeReasoning(reasoning_pb2.ResumeReasoningRequest(reasoning_id=rid), metadata=auth)
+                for _ in range(6)
+            ),
+            return_exceptions=True,
+        )
+        won = [r for r in resumes if not isinstance(r, BaseException)]
+        lost = [r for r in resumes if isinstance(r, grpc.aio.AioRpcError)]
+        assert len(won) == 1 and len(lost) == 5
+        assert {e.code() for e in lost} == {grpc.StatusCode.FAILED_PRECONDITION}
+        assert all(error_info(e).reason in ("RUNNING_ELSEWHERE", "NOT_RESUMABLE") for e in lost)
+
+        log = await reasoning_log(stub, rid, auth)
+        done = (
+            await stub.GetReasoning(reasoning_pb2.GetReasoningRequest(reasoning_id=rid), metadata=auth)
+        ).reasoning
+        spent_after = await spent(channel, key.key_id)
     assert done.status == S.RUN_STATUS_COMPLETED
     indexes = [e.iteration.index for e in log if e.type == T.REASONING_EVENT_TYPE_NEW_ITERATION]
     assert indexes == list(range(1, len(done.iterations) + 1))  # each iteration once, in order
@@ -135,26 +151,21 @@ async def test_sessions_created_without_pause_survive_the_sweep() -> None:
     quick = {**DRAFTER, "chunk_delay_ms": 0}
     # resume_orphans off: a session the sweep mistook for an orphan would show as INTERRUPTED.
     config = make_config([quick, CRITIC], orphan_sweep_seconds=0.01, resume_orphans=False)
-    server = AIBattleServer(config)
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(server.grpc_target) as channel:
-            stub = reasoning_pb2_grpc.ReasoningServiceStub(channel)
-            request = reasoning_pb2.CreateReasoningRequest(
-                primary_model="drafter", prompt="Why?", max_iterations=1
-            )
-            ids: list[str] = []
-            deadline = time.monotonic() + 1.5  # a hundred sweeps or more
-            while time.monotonic() < deadline:
-                batch = await asyncio.gather(*(stub.CreateReasoning(request) for _ in range(10)))
-                ids += [r.reasoning.reasoning_id for r in batch]
-            await asyncio.sleep(0.1)
-            statuses = [
-                (await stub.GetReasoning(reasoning_pb2.GetReasoningRequest(reasoning_id=i))).reasoning.status
-                for i in ids
-            ]
-    finally:
-        await server.stop(grace=0.1)
+    async with serving(config) as (_, channel):
+        stub = reasoning_pb2_grpc.ReasoningServiceStub(channel)
+        request = reasoning_pb2.CreateReasoningRequest(
+            primary_model="drafter", prompt="Why?", max_iterations=1
+        )
+        ids: list[str] = []
+        deadline = time.monotonic() + 1.5  # a hundred sweeps or more
+        while time.monotonic() < deadline:
+            batch = await asyncio.gather(*(stub.CreateReasoning(request) for _ in range(10)))
+            ids += [r.reasoning.reasoning_id for r in batch]
+        await asyncio.sleep(0.1)
+        statuses = [
+            (await stub.GetReasoning(reasoning_pb2.GetReasoningRequest(reasoning_id=i))).reasoning.status
+            for i in ids
+        ]
     assert len(ids) >= 100
     assert S.RUN_STATUS_INTERRUPTED not in statuses
     assert set(statuses) <= {S.RUN_STATUS_IN_PROGRESS, S.RUN_STATUS_COMPLETED}
@@ -228,49 +239,35 @@ async def _conversation_log(stub: Any, cid: str) -> list[Any]:
 
 
 async def test_a_stream_with_nothing_left_to_send_ends_at_once() -> None:
-    server = AIBattleServer(make_config([DRAFTER, CRITIC]))
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(server.grpc_target) as channel:
-            stub = reasoning_pb2_grpc.ReasoningServiceStub(channel)
-            done = (
-                await stub.CreateReasoning(
-                    reasoning_pb2.CreateReasoningRequest(
-                        primary_model="drafter", prompt="Why?", max_iterations=1, wait=True
-                    )
+    async with serving(make_config([DRAFTER, CRITIC])) as (_, channel):
+        stub = reasoning_pb2_grpc.ReasoningServiceStub(channel)
+        done = (
+            await stub.CreateReasoning(
+                reasoning_pb2.CreateReasoningRequest(
+                    primary_model="drafter", prompt="Why?", max_iterations=1, wait=True
                 )
-            ).reasoning
-            assert done.status == S.RUN_STATUS_COMPLETED
-            for after in (done.last_sequence, done.last_sequence + 1, 10**12):
-                call = stub.StreamReasoningEvents(
-                    reasoning_pb2.StreamReasoningEventsRequest(
-                        reasoning_id=done.reasoning_id, after_sequence=after
-                    ),
-                    timeout=5,
-                )
-                assert [r async for r in call] == []
-            # A conversation waiting for a person, followed from beyond its log: ends at once too.
-            conversations = conversations_pb2_grpc.ConversationServiceStub(channel)
-            waiting = (
-                await conversations.CreateConversation(
-                    conversations_pb2.CreateConversationRequest(
-                        models=[
-                            conversations_pb2.Participant(id="drafter", role="human"),
-                            conversations_pb2.Participant(id="critic", role="assistant"),
-                        ],
-                    )
-                )
-            ).conversation
-            assert waiting.status == S.RUN_STATUS_WAITING_FOR_INPUT
-            call = conversations.StreamConversationEvents(
-                conversations_pb2.StreamConversationEventsRequest(
-                    conversation_id=waiting.conversation_id, after_sequence=10**12
+            )
+        ).reasoning
+        assert done.status == S.RUN_STATUS_COMPLETED
+        for after in (done.last_sequence, done.last_sequence + 1, 10**12):
+            call = stub.StreamReasoningEvents(
+                reasoning_pb2.StreamReasoningEventsRequest(
+                    reasoning_id=done.reasoning_id, after_sequence=after
                 ),
                 timeout=5,
             )
             assert [r async for r in call] == []
-    finally:
-        await server.stop(grace=0.1)
+        # A conversation waiting for a person, followed from beyond its log: ends at once too.
+        conversations = conversations_pb2_grpc.ConversationServiceStub(channel)
+        waiting = (await conversations.CreateConversation(human_ai("drafter", "critic"))).conversation
+        assert waiting.status == S.RUN_STATUS_WAITING_FOR_INPUT
+        call = conversations.StreamConversationEvents(
+            conversations_pb2.StreamConversationEventsRequest(
+                conversation_id=waiting.conversation_id, after_sequence=10**12
+            ),
+            timeout=5,
+        )
+        assert [r async for r in call] == []
 
 
 SLOW = {**DRAFTER, "id": "slow", "script": [" ".join(f"s{i}" for i in range(60))], "chunk_delay_ms": 20}
@@ -279,82 +276,60 @@ SLOW = {**DRAFTER, "id": "slow", "script": [" ".join(f"s{i}" for i in range(60))
 async def test_another_keys_cancel_stops_nothing() -> None:
     config = secure_config()
     config = config.model_copy(update={"models": [*config.models, *make_config([SLOW, CRITIC]).models]})
-    server = AIBattleServer(config)
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(server.grpc_target) as channel:
-            _, alice = await new_key(channel, name="alice")
-            _, bob = await new_key(channel, name="bob")
-            conversations = conversations_pb2_grpc.ConversationServiceStub(channel)
-            sessions = reasoning_pb2_grpc.ReasoningServiceStub(channel)
-            conv = (
-                await conversations.CreateConversation(
-                    conversations_pb2.CreateConversationRequest(
-                        models=[
-                            conversations_pb2.Participant(id="critic", role="human"),
-                            conversations_pb2.Participant(id="slow", role="assistant"),
-                        ],
-                        initial_prompt="Go",
-                    ),
-                    metadata=bearer(alice),
-                )
-            ).conversation
-            session = (
-                await sessions.CreateReasoning(
-                    reasoning_pb2.CreateReasoningRequest(
-                        primary_model="slow", prompt="Why?", max_iterations=1
-                    ),
-                    metadata=bearer(alice),
-                )
-            ).reasoning
-            for call in (
-                conversations.CancelConversation(
-                    conversations_pb2.CancelConversationRequest(conversation_id=conv.conversation_id),
-                    metadata=bearer(bob),
-                ),
-                sessions.CancelReasoning(
-                    reasoning_pb2.CancelReasoningRequest(reasoning_id=session.reasoning_id),
-                    metadata=bearer(bob),
-                ),
-            ):
-                with pytest.raises(grpc.aio.AioRpcError) as caught:
-                    await call
-                assert caught.value.code() == grpc.StatusCode.NOT_FOUND
-            # Still running for alice, and they finish as if bob had never asked.
-            assert server.runs.running(conv.conversation_id) and server.runs.running(session.reasoning_id)
-            log = await reasoning_log(sessions, session.reasoning_id, bearer(alice))
-            ran = await asyncio.wait_for(_rested(conversations, conv.conversation_id, bearer(alice)), HANG)
-    finally:
-        await server.stop(grace=0.1)
+    async with serving(config) as (server, channel):
+        _, alice = await new_key(channel, name="alice")
+        _, bob = await new_key(channel, name="bob")
+        conversations = conversations_pb2_grpc.ConversationServiceStub(channel)
+        sessions = reasoning_pb2_grpc.ReasoningServiceStub(channel)
+        conv = (
+            await conversations.CreateConversation(
+                human_ai("critic", "slow", initial_prompt="Go"),
+                metadata=bearer(alice),
+            )
+        ).conversation
+        session = (
+            await sessions.CreateReasoning(
+                reasoning_pb2.CreateReasoningRequest(primary_model="slow", prompt="Why?", max_iterations=1),
+                metadata=bearer(alice),
+            )
+        ).reasoning
+        for call in (
+            conversations.CancelConversation(
+                conversations_pb2.CancelConversationRequest(conversation_id=conv.conversation_id),
+                metadata=bearer(bob),
+            ),
+            sessions.CancelReasoning(
+                reasoning_pb2.CancelReasoningRequest(reasoning_id=session.reasoning_id),
+                metadata=bearer(bob),
+            ),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await call
+            assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        # Still running for alice, and they finish as if bob had never asked.
+        assert server.runs.running(conv.conversation_id) and server.runs.running(session.reasoning_id)
+        log = await reasoning_log(sessions, session.reasoning_id, bearer(alice))
+        ran = await asyncio.wait_for(_rested(conversations, conv.conversation_id, bearer(alice)), HANG)
     assert log[-1].type == T.REASONING_EVENT_TYPE_COMPLETION
     assert ran.status == S.RUN_STATUS_COMPLETED and ran.messages[-1].model == "slow"
 
 
 async def test_concurrent_cancels_of_a_running_session_all_answer_cancelled() -> None:
-    server = AIBattleServer(make_config([SLOW, CRITIC]))
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(server.grpc_target) as channel:
-            stub = reasoning_pb2_grpc.ReasoningServiceStub(channel)
-            session = (
-                await stub.CreateReasoning(
-                    reasoning_pb2.CreateReasoningRequest(
-                        primary_model="slow", prompt="Why?", max_iterations=2
-                    )
-                )
-            ).reasoning
-            await asyncio.sleep(0.2)  # mid-step
-            cancels = await asyncio.gather(
-                *(
-                    stub.CancelReasoning(
-                        reasoning_pb2.CancelReasoningRequest(reasoning_id=session.reasoning_id)
-                    )
-                    for _ in range(4)
-                )
+    async with serving(make_config([SLOW, CRITIC])) as (_, channel):
+        stub = reasoning_pb2_grpc.ReasoningServiceStub(channel)
+        session = (
+            await stub.CreateReasoning(
+                reasoning_pb2.CreateReasoningRequest(primary_model="slow", prompt="Why?", max_iterations=2)
             )
-            log = await reasoning_log(stub, session.reasoning_id)
-    finally:
-        await server.stop(grace=0.1)
+        ).reasoning
+        await asyncio.sleep(0.2)  # mid-step
+        cancels = await asyncio.gather(
+            *(
+                stub.CancelReasoning(reasoning_pb2.CancelReasoningRequest(reasoning_id=session.reasoning_id))
+                for _ in range(4)
+            )
+        )
+        log = await reasoning_log(stub, session.reasoning_id)
     assert [c.reasoning.status for c in cancels] == [S.RUN_STATUS_CANCELLED] * 4
     ends = [
         e
@@ -368,43 +343,29 @@ async def test_messages_posted_while_models_speak_are_spoken_in_order() -> None:
     """A person posting one message after another while the model answers: each accepted message is
     spoken, in the order posted, and none is left waiting in the queue once the run rests."""
     quick = {**CRITIC, "id": "quick", "script": ["Noted."], "chunk_delay_ms": 1}
-    server = AIBattleServer(make_config([quick, CRITIC]))
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(server.grpc_target) as channel:
-            stub = conversations_pb2_grpc.ConversationServiceStub(channel)
-            for attempt in range(6):
-                conv = (
-                    await stub.CreateConversation(
-                        conversations_pb2.CreateConversationRequest(
-                            models=[
-                                conversations_pb2.Participant(id="critic", role="human"),
-                                conversations_pb2.Participant(id="quick", role="assistant"),
-                            ],
-                            initial_prompt="m-start",
-                            rounds=50,
-                        )
+    async with serving(make_config([quick, CRITIC])) as (_, channel):
+        stub = conversations_pb2_grpc.ConversationServiceStub(channel)
+        for attempt in range(6):
+            conv = (
+                await stub.CreateConversation(
+                    human_ai("critic", "quick", initial_prompt="m-start", rounds=50)
+                )
+            ).conversation
+            cid = conv.conversation_id
+            posted = []
+            for k in range(30):
+                try:
+                    await stub.AddMessage(
+                        conversations_pb2.AddMessageRequest(conversation_id=cid, content=f"m{attempt}-{k}")
                     )
-                ).conversation
-                cid = conv.conversation_id
-                posted = []
-                for k in range(30):
-                    try:
-                        await stub.AddMessage(
-                            conversations_pb2.AddMessageRequest(
-                                conversation_id=cid, content=f"m{attempt}-{k}"
-                            )
-                        )
-                        posted.append(f"m{attempt}-{k}")
-                    except grpc.aio.AioRpcError as exc:
-                        assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION, exc
-                    await asyncio.sleep(0.003 * (k % 4))
-                final = await asyncio.wait_for(_rested(stub, cid), HANG)
-                spoken = [m.content for m in final.messages if m.role == "human"][1:]
-                assert not final.queued_messages, attempt
-                assert spoken == posted, attempt
-    finally:
-        await server.stop(grace=0.1)
+                    posted.append(f"m{attempt}-{k}")
+                except grpc.aio.AioRpcError as exc:
+                    assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION, exc
+                await asyncio.sleep(0.003 * (k % 4))
+            final = await asyncio.wait_for(_rested(stub, cid), HANG)
+            spoken = [m.content for m in final.messages if m.role == "human"][1:]
+            assert not final.queued_messages, attempt
+            assert spoken == posted, attempt
 
 
 async def _rested(stub: Any, cid: str, metadata: Any = ()) -> Any:
