@@ -8,7 +8,6 @@ adds what is not configuration (the API to serve). The plumbing every configurat
 from __future__ import annotations
 
 import importlib
-import pkgutil
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,25 +25,16 @@ from pydantic import (
     StringConstraints,
 )
 
+from common.api import API_PACKAGE, api_files
 from common.config import LAX, ConfigModel, Strings, config_error
 from gateway.metadata import HeaderMatcher, header_matcher, owned_by_grpc
 
-API_PACKAGE = "aibattle.v1"
 DESCRIPTOR_SET_NAME = "aibattle_descriptors.binpb"
 
 
 def default_api_files() -> tuple[FileDescriptor, ...]:
     """Every generated `aibattle.v1` module that declares a service: a new proto file needs no edit here."""
-    package = importlib.import_module(API_PACKAGE)
-    files: list[FileDescriptor] = []
-    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
-        if not info.name.endswith("_pb2"):
-            continue
-        module = importlib.import_module(f"{API_PACKAGE}.{info.name}")
-        descriptor: FileDescriptor = module.DESCRIPTOR
-        if descriptor.services_by_name:
-            files.append(descriptor)
-    return tuple(files)
+    return api_files()
 
 
 def default_descriptor_set() -> Path | None:

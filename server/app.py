@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from aibattle.v1 import (
-    completions_pb2,
-    completions_pb2_grpc,
-    conversations_pb2,
-    conversations_pb2_grpc,
-    keys_pb2,
-    keys_pb2_grpc,
-    models_pb2,
-    models_pb2_grpc,
-    reasoning_pb2,
-    reasoning_pb2_grpc,
-)
 from common.addresses import join_host_port, parse_host_port
+from common.api import api_services, grpc_module
 from server import reflection
 from server.config import Config
 from server.interceptors import (
@@ -34,30 +22,21 @@ from server.orchestration.lifecycle import Lifecycle
 from server.orchestration.reasoning.sessions import ReasoningSessions
 from server.orchestration.runs import Runs
 from server.providers.registry import ModelRegistry
-from server.security import context as caller_context
+from server.security.context import Caller
 from server.security.interceptor import AuthInterceptor, caller_of
 from server.security.limits import Limiter, MemoryLimiter
-from server.security.scoped import OwnerScopedStore
-from server.security.service import KeyServicer
+from server.security.metering import Metering
 from server.services.completions import CompletionServicer
 from server.services.conversations import ConversationServicer
+from server.services.keys import KeyServicer
 from server.services.models import ModelServicer
 from server.services.reasoning import ReasoningServicer
-from server.services.unimplemented import unimplemented_service
 from server.storage import EventHub, SqliteStore
 
 log = logging.getLogger(__name__)
 
-# The services of the schema, in the order reflection lists them.
-SERVICES = (
-    models_pb2.DESCRIPTOR.services_by_name["ModelService"],
-    completions_pb2.DESCRIPTOR.services_by_name["CompletionService"],
-    conversations_pb2.DESCRIPTOR.services_by_name["ConversationService"],
-    reasoning_pb2.DESCRIPTOR.services_by_name["ReasoningService"],
-    keys_pb2.DESCRIPTOR.services_by_name["KeyService"],
-)
-# Declared in the schema, served by a later version.
-NOT_YET_IMPLEMENTED: tuple[Any, ...] = ()
+#: The services of the schema (common.api), in the order reflection lists them.
+SERVICES = api_services()
 
 
 class AIBattleServer:
@@ -65,21 +44,21 @@ class AIBattleServer:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.registry = ModelRegistry(config)
-        self.store = SqliteStore(config.server.database)
-        # What services see: each caller's own conversations and sessions (server.security.scoped).
-        self.scoped_store = OwnerScopedStore(self.store)
+        server = config.server
+        # Every model call a caller makes passes the metering, bound to that caller by the registry.
+        self.metering = Metering(max_prompt_chars=server.max_prompt_chars)
+        self.registry = ModelRegistry(config.models, config.local, meter=self.metering.bind)
+        self.store = SqliteStore(server.database)
         self.limiter: Limiter = MemoryLimiter()
         self.hub = EventHub()
-        server = config.server
         self.runs = Runs(self.store, lease_seconds=server.lease_seconds)
         self.lifecycle = Lifecycle(
-            store=self.scoped_store,
+            store=self.store,
             hub=self.hub,
             runs=self.runs,
             resume_orphans=server.resume_orphans,
             sweep_seconds=server.orphan_sweep_seconds,
-            act_for=self._act_for,
+            caller_for=self._caller_for,
         )
         self.conversations = Conversations(
             lifecycle=self.lifecycle,
@@ -116,18 +95,16 @@ class AIBattleServer:
                 ("grpc.so_reuseport", 0),
             ),
         )
-        models_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.registry), server)
-        completions_pb2_grpc.add_CompletionServiceServicer_to_server(
-            CompletionServicer(self.registry), server
+        _add_servicers(
+            server,
+            [
+                ModelServicer(self.registry),
+                CompletionServicer(self.registry),
+                ConversationServicer(self.conversations),
+                ReasoningServicer(self.reasoning),
+                KeyServicer(self.store, model_ids=frozenset(m.id for m in self.config.models)),
+            ],
         )
-        reasoning_pb2_grpc.add_ReasoningServiceServicer_to_server(ReasoningServicer(self.reasoning), server)
-        conversations_pb2_grpc.add_ConversationServiceServicer_to_server(
-            ConversationServicer(self.conversations), server
-        )
-        keys_pb2_grpc.add_KeyServiceServicer_to_server(
-            KeyServicer(self.store, model_ids=frozenset(m.id for m in self.config.models)), server
-        )
-        server.add_generic_rpc_handlers(tuple(unimplemented_service(s) for s in NOT_YET_IMPLEMENTED))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names = [s.full_name for s in SERVICES]
         reflection.enable(server, [*names, health.SERVICE_NAME])
@@ -165,15 +142,30 @@ class AIBattleServer:
         await self.store.close()
         log.info("grpc stopped")
 
-    async def _act_for(self, owner: str) -> None:
-        """An adopted run acts for the key that owns it, as the run it continues did (its models,
-        limits and budget); a key since revoked fails the run at its next model call."""
+    async def _caller_for(self, owner: str) -> Caller | None:
+        """Who an adopted run acts for: the key that owns it, as the run it continues did (its models,
+        limits and budget); a key since revoked fails the run at its next model call. None (the server
+        itself) when the server runs open or the key is gone."""
         if not owner or not self.config.security.enabled:
-            return
+            return None
         row = await self.store.get_key(owner)
-        if row is not None:
-            caller_context.set_caller(caller_of(row, self.limiter, self.store))
+        return None if row is None else caller_of(row, self.limiter, self.store)
 
     async def wait_for_termination(self) -> None:
         if self._server is not None:
             await self._server.wait_for_termination()
+
+
+def _add_servicers(server: grpc.aio.Server, servicers: list[object]) -> None:
+    """Each service of the schema, served by the servicer that implements its generated base class; a
+    service declared with none, or a servicer of no declared service, is a bug caught at start-up."""
+    for service in SERVICES:
+        module = grpc_module(service)
+        base = getattr(module, f"{service.name}Servicer")
+        implementations = [s for s in servicers if isinstance(s, base)]
+        if len(implementations) != 1:
+            raise RuntimeError(f"{service.full_name} needs exactly one servicer, not {len(implementations)}")
+        getattr(module, f"add_{service.name}Servicer_to_server")(implementations[0], server)
+        servicers.remove(implementations[0])
+    if servicers:
+        raise RuntimeError(f"servicers of no declared service: {servicers}")

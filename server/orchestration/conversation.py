@@ -35,7 +35,7 @@ from google.rpc import status_pb2
 
 from aibattle.v1 import common_pb2, conversations_pb2
 from common.errors import ApiError, InvalidArgument, NotFound, shown
-from server.orchestration.lifecycle import TOKEN, DeltaEvent, Lifecycle, stream_model
+from server.orchestration.lifecycle import TOKEN, DeltaEvent, Lifecycle, owner_of, stream_model
 from server.orchestration.runs import Run
 from server.orchestration.turns import (
     ENDS_STREAM,
@@ -60,8 +60,9 @@ from server.orchestration.turns import (
 from server.orchestration.turns import ended as turns_ended
 from server.providers.attachments import chat_message
 from server.providers.base import ChatRequest, Role
+from server.providers.convert import attachment_for, usage_proto
 from server.providers.registry import ModelRegistry
-from server.services.completions import attachment_for, usage_proto
+from server.security.context import Caller
 from server.storage import Stored
 
 log = logging.getLogger(__name__)
@@ -104,11 +105,11 @@ class Conversations:
 
     # ---- state in the store
 
-    async def stored(self, conversation_id: str) -> Stored:
-        return await self._lifecycle.stored(self, conversation_id)
+    async def stored(self, conversation_id: str, caller: Caller | None) -> Stored:
+        return await self._lifecycle.stored(self, conversation_id, caller)
 
-    async def get(self, conversation_id: str) -> Conversation:
-        return read(await self.stored(conversation_id))
+    async def get(self, conversation_id: str, caller: Caller | None) -> Conversation:
+        return read(await self.stored(conversation_id, caller))
 
     async def _commit(
         self, run: Run | None, conv: Conversation, events: Sequence[Event], *, state: bool = True
@@ -120,14 +121,17 @@ class Conversations:
             run, conv.conversation_id, status=conv.status, body=body, events=serialized
         )
 
-    async def _change(self, stored: Stored, conv: Conversation, events: Sequence[Event]) -> None:
-        """A change decided from `stored` by an RPC, recorded by a conditional write; the run starts
-        when models speak next (IN_PROGRESS)."""
+    async def _change(
+        self, stored: Stored, conv: Conversation, events: Sequence[Event], caller: Caller | None
+    ) -> None:
+        """A change decided from `stored` by an RPC of `caller`, recorded by a conditional write; the run
+        starts, in the caller's name, when models speak next (IN_PROGRESS)."""
         body, serialized = _stamped(conv, events)
         running = conv.status == S.RUN_STATUS_IN_PROGRESS
         conv.last_sequence = await self._lifecycle.claim(
             self,
             stored,
+            caller,
             status=conv.status,
             body=body,
             events=serialized,
@@ -139,23 +143,25 @@ class Conversations:
     def _lock(self, conversation_id: str) -> asyncio.Lock:
         return self._locks.setdefault(conversation_id, asyncio.Lock())
 
-    async def _settled(self, conversation_id: str) -> Stored:
+    async def _settled(self, conversation_id: str, caller: Caller | None) -> Stored:
         """The conversation once a run here that is ending has ended: one that committed its resting
         status is only releasing its lease (a client answering the MESSAGE it just saw must not be
         refused), and one that decided to rest but has not committed it yet must not be handed a
         message it would leave in the queue."""
-        stored = await self.stored(conversation_id)
+        stored = await self.stored(conversation_id, caller)
         live = self._live.get(conversation_id)
         ending = live is not None and live.status != S.RUN_STATUS_IN_PROGRESS
         if self._runs.running(conversation_id) and (stored.status != S.RUN_STATUS_IN_PROGRESS or ending):
             await self._runs.wait(conversation_id)
-            stored = await self.stored(conversation_id)
+            stored = await self.stored(conversation_id, caller)
         return stored
 
     # ---- RPCs
 
-    async def create(self, request: conversations_pb2.CreateConversationRequest) -> Conversation:
-        conv = self._validate(request)
+    async def create(
+        self, request: conversations_pb2.CreateConversationRequest, caller: Caller | None
+    ) -> Conversation:
+        conv = self._validate(request, caller)
         conv.conversation_id = f"conv-{uuid.uuid4().hex[:16]}"
         conv.created_at.CopyFrom(now())
         if request.system_instruction:
@@ -176,6 +182,7 @@ class Conversations:
         conv.last_sequence = await self._lifecycle.create(
             self,
             conv.conversation_id,
+            caller,
             status=conv.status,
             body=body,
             events=serialized,
@@ -185,10 +192,12 @@ class Conversations:
             self._hand_over(conv)
         if running and request.wait:
             await self._runs.wait(conv.conversation_id)
-            return await self.get(conv.conversation_id)
+            return await self.get(conv.conversation_id, caller)
         return conv
 
-    def _validate(self, request: conversations_pb2.CreateConversationRequest) -> Conversation:
+    def _validate(
+        self, request: conversations_pb2.CreateConversationRequest, caller: Caller | None
+    ) -> Conversation:
         mode = request.mode or DEFAULT_MODE
         if mode not in MODES:
             raise InvalidArgument("mode", f"{shown(request.mode)} is not one of {', '.join(MODES)}")
@@ -196,7 +205,7 @@ class Conversations:
         for i, seat in enumerate(seats):
             if not seat.id:
                 raise InvalidArgument(f"models[{i}].id", "is required")
-            self._registry.get(seat.id)  # NotFound names the model
+            self._registry.get(seat.id, caller)  # NotFound names the model
             if not _ROLE.fullmatch(seat.role):
                 raise InvalidArgument(
                     f"models[{i}].role",
@@ -235,18 +244,18 @@ class Conversations:
                 reason="PROMPT_TOO_LONG",
             )
         if request.HasField("file_data"):
-            self._check_attachment(conv, request.initial_prompt, request.file_data, "file_data")
+            self._check_attachment(conv, request.initial_prompt, request.file_data, "file_data", caller)
         return conv
 
     def _check_attachment(
-        self, conv: Conversation, content: str, data: common_pb2.FileData, field: str
+        self, conv: Conversation, content: str, data: common_pb2.FileData, field: str, caller: Caller | None
     ) -> None:
         """Every model seat will read it: each must have the capability it needs, and a text
         attachment must decode (refused now, not by every later turn)."""
         attachment = None
         for seat in conv.models:
             if not is_person(conv, seat):
-                attachment = attachment_for(data, field, self._registry.get(seat.id)[0])
+                attachment = attachment_for(data, field, self._registry.get(seat.id, caller)[0])
         if attachment is not None:
             chat_message(Role.USER, content, [attachment])
 
@@ -274,9 +283,11 @@ class Conversations:
                 " bytes); start a new conversation",
             )
 
-    async def list_page(self, *, status: int, size: int, token: str) -> tuple[list[Conversation], str]:
+    async def list_page(
+        self, caller: Caller | None, *, status: int, size: int, token: str
+    ) -> tuple[list[Conversation], str]:
         rows, next_token = await self._lifecycle.page(
-            self, listing="ListConversations", status=status, size=size, token=token
+            self, caller, listing="ListConversations", status=status, size=size, token=token
         )
         page = []
         for stored in rows:
@@ -285,21 +296,23 @@ class Conversations:
             page.append(conv)
         return page, next_token
 
-    async def delete(self, conversation_id: str) -> None:
-        await self.stored(conversation_id)
+    async def delete(self, conversation_id: str, caller: Caller | None) -> None:
+        await self.stored(conversation_id, caller)
         async with self._lock(conversation_id):
             if self._runs.cancel(conversation_id):
                 await self._runs.wait(conversation_id)
-            if not await self._store.delete(conversation_id, kind=KIND):
+            if not await self._store.delete(conversation_id, kind=KIND, owner=owner_of(caller)):
                 raise NotFound("conversation", conversation_id)
         gone = self._deleted.pop(conversation_id, None)
         if gone is not None:
             gone.set()
 
-    async def add_message(self, request: conversations_pb2.AddMessageRequest) -> common_pb2.Message:
+    async def add_message(
+        self, request: conversations_pb2.AddMessageRequest, caller: Caller | None
+    ) -> common_pb2.Message:
         cid = request.conversation_id
         async with self._lock(cid):
-            stored = await self._settled(cid)
+            stored = await self._settled(cid, caller)
             conv = read(stored)
             seat_index = next_seat(conv)
             if seat_index is None:
@@ -322,7 +335,7 @@ class Conversations:
             files = [request.file_data] if request.HasField("file_data") else []
             self._check_size(conv, request.content, files, "content")
             if request.HasField("file_data"):
-                self._check_attachment(conv, request.content, request.file_data, "file_data")
+                self._check_attachment(conv, request.content, request.file_data, "file_data", caller)
             seat = conv.models[seat_index]
             auto_run = not request.HasField("auto_run") or request.auto_run
             running = conv.status == S.RUN_STATUS_IN_PROGRESS
@@ -340,7 +353,7 @@ class Conversations:
                         else "messages wait for their turn; only a person's may join them",
                     )
                 return await self._queue(
-                    stored, conv, conv.models[queue_for], request.content, files, auto_run=auto_run
+                    stored, conv, conv.models[queue_for], request.content, files, caller, auto_run=auto_run
                 )
             speaks_now = seat_index in named and (
                 bool(request.role or request.model) or is_person(conv, seat)
@@ -365,7 +378,7 @@ class Conversations:
                 Event(type=E.CONVERSATION_EVENT_TYPE_MESSAGE, message=spoken),
                 *settle_events(conv, before),
             ]
-            await self._change(stored, conv, events)
+            await self._change(stored, conv, events, caller)
             return spoken
 
     def _queue_seat(self, conv: Conversation, named: list[int]) -> int | None:
@@ -381,6 +394,7 @@ class Conversations:
         seat: conversations_pb2.Participant,
         content: str,
         files: list[common_pb2.FileData],
+        caller: Caller | None,
         *,
         auto_run: bool,
     ) -> common_pb2.Message:
@@ -407,12 +421,14 @@ class Conversations:
             conv.status = S.RUN_STATUS_IN_PROGRESS
             conv.ClearField("error")
             events += settle_events(conv, before)
-        await self._change(stored, conv, events)
+        await self._change(stored, conv, events, caller)
         return queued
 
-    async def run(self, conversation_id: str, *, additional_rounds: int, wait: bool) -> Conversation:
+    async def run(
+        self, conversation_id: str, caller: Caller | None, *, additional_rounds: int, wait: bool
+    ) -> Conversation:
         async with self._lock(conversation_id):
-            stored = await self._settled(conversation_id)
+            stored = await self._settled(conversation_id, caller)
             conv = read(stored)
             if conv.status == S.RUN_STATUS_IN_PROGRESS and self._runs.running(conversation_id):
                 if additional_rounds:
@@ -431,30 +447,32 @@ class Conversations:
                 conv.status = resting_status(conv)
                 if conv.status == S.RUN_STATUS_PENDING or take_queued_first(conv):
                     conv.status = S.RUN_STATUS_IN_PROGRESS
-                await self._change(stored, conv, settle_events(conv, before) if conv.status != before else [])
+                events = settle_events(conv, before) if conv.status != before else []
+                await self._change(stored, conv, events, caller)
         if wait:
             await self._runs.wait(conversation_id)
-            conv = await self.get(conversation_id)
+            conv = await self.get(conversation_id, caller)
         return conv
 
-    async def cancel(self, conversation_id: str) -> Conversation:
+    async def cancel(self, conversation_id: str, caller: Caller | None) -> Conversation:
         async with self._lock(conversation_id):
-            await self._lifecycle.cancel(self, conversation_id)  # a run: stopped, CANCELLED recorded
-            stored = await self._settled(conversation_id)
+            # A run: stopped, CANCELLED recorded.
+            await self._lifecycle.cancel(self, conversation_id, caller)
+            stored = await self._settled(conversation_id, caller)
             conv = read(stored)
             if conv.status not in (S.RUN_STATUS_COMPLETED, S.RUN_STATUS_FAILED, S.RUN_STATUS_CANCELLED):
                 conv.status = S.RUN_STATUS_CANCELLED  # resting (waiting, pending, interrupted)
-                await self._change(stored, conv, [status_event(conv.status)])
-            return await self.get(conversation_id)
+                await self._change(stored, conv, [status_event(conv.status)], caller)
+            return await self.get(conversation_id, caller)
 
     async def events(
-        self, conversation_id: str, *, after: int, session: bool = False
+        self, conversation_id: str, caller: Caller | None, *, after: int, session: bool = False
     ) -> AsyncIterator[Event]:
         """Events after `after`, then live ones; see the module docstring for when it ends.
 
         `session` (Converse) never ends at a terminal event: the client may run the conversation again.
         """
-        stored = await self.stored(conversation_id)
+        stored = await self.stored(conversation_id, caller)
         gone = self._deleted.setdefault(conversation_id, asyncio.Event())
         logged = self._lifecycle.follow(
             stored,
@@ -485,10 +503,10 @@ class Conversations:
                 event.sequence = sequence
                 yield event
 
-    async def settled(self, conversation_id: str) -> int:
+    async def settled(self, conversation_id: str, caller: Caller | None) -> int:
         """Wait until no run here takes turns; the last sequence then."""
         await self._runs.wait(conversation_id)
-        return (await self.get(conversation_id)).last_sequence
+        return (await self.get(conversation_id, caller)).last_sequence
 
     # ---- the lifecycle's
 
@@ -514,7 +532,7 @@ class Conversations:
     async def _work(self, run: Run) -> None:
         conv = self._live.get(run.resource_id)
         if conv is None:  # adopted: nobody here handed it over
-            conv = await self.get(run.resource_id)
+            conv = await self.get(run.resource_id, run.caller)
             self._live[run.resource_id] = conv
         try:
             while conv.status == S.RUN_STATUS_IN_PROGRESS:
@@ -548,7 +566,7 @@ class Conversations:
 
     async def _turn(self, run: Run, conv: Conversation, seat_index: int) -> None:
         seat = conv.models[seat_index]
-        model, _ = self._registry.get(seat.id)
+        model, _ = self._registry.get(seat.id, run.caller)
         await self._commit(
             run, conv, [Event(type=E.CONVERSATION_EVENT_TYPE_TURN_STARTED, model=seat.id, role=seat.role)]
         )
@@ -562,7 +580,7 @@ class Conversations:
             ]
             await self._commit(run, conv, events, state=False)
 
-        reply = await stream_model(self._registry, model, chat, flush)
+        reply = await stream_model(self._registry, model, chat, flush, run.caller)
         spoken = message(seat.role, reply.model.id, reply.text)
         spoken.thinking = reply.thinking
         spoken.usage.CopyFrom(usage_proto(reply.model, reply.usage))

@@ -20,6 +20,11 @@ This module owns everything about runs that does not depend on what is being run
 * **recovery**: at start-up and every `sweep_seconds`, a resource left IN_PROGRESS whose lease expired
   (its runner died) is adopted and continued from its last committed step (`Resource.adopt`), acting
   for the key that owns it; with `resume_orphans` off it is marked INTERRUPTED instead.
+
+Every entry point names its caller (`server.security.context.Caller`): a resource is created owned by
+the caller's key, and only that key finds it again (another key's resource answers NOT_FOUND, exactly
+as a missing one); a run acts for its caller (`Run.caller`: models, limits, budget). `None` is the
+server's own work, which sees every resource.
 """
 
 from __future__ import annotations
@@ -38,12 +43,13 @@ from google.rpc import status_pb2
 
 from aibattle.v1 import common_pb2
 from common.errors import ApiError, InvalidArgument, NotFound, internal_error
-from server.config import ModelConfig
 from server.orchestration.runs import Run, Runs
 from server.pagination import keyset_page
 from server.providers.base import ChatRequest, Delta, Finish, StreamItem, Usage
 from server.providers.registry import ModelRegistry
 from server.providers.resilience import Answering, resilient_stream
+from server.security.context import Caller
+from server.settings import ModelConfig
 from server.storage import EventHub, Store, Stored, follow
 from server.storage.base import LeaseLost
 
@@ -56,6 +62,11 @@ INTERRUPTED = common_pb2.RUN_STATUS_INTERRUPTED
 SWEEP_SECONDS = 10.0
 
 Work = Callable[[Run], Awaitable[None]]
+
+
+def owner_of(caller: Caller | None) -> str | None:
+    """The owner whose resources a caller sees: its key's id; None (every owner's) for the server."""
+    return None if caller is None else caller.key_id
 
 
 class Resource(Protocol):
@@ -102,16 +113,17 @@ class Lifecycle:
         runs: Runs,
         resume_orphans: bool = True,
         sweep_seconds: float = SWEEP_SECONDS,
-        act_for: Callable[[str], Awaitable[None]] | None = None,
+        caller_for: Callable[[str], Awaitable[Caller | None]] | None = None,
     ) -> None:
-        """`act_for(owner)` makes the current task act for the key that owns a resource (its limits,
-        models and budget apply to an adopted run as to the run it continues)."""
+        """`caller_for(owner)` is the caller an adopted run acts for: the key that owns the resource (its
+        limits, models and budget apply as to the run it continues); None, or no `caller_for`: the
+        server itself."""
         self.store = store
         self.hub = hub
         self.runs = runs
         self.resume_orphans = resume_orphans
         self.sweep_seconds = sweep_seconds
-        self._act_for = act_for
+        self._caller_for = caller_for
         self._resources: list[Resource] = []
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -124,34 +136,39 @@ class Lifecycle:
         self,
         resource: Resource,
         resource_id: str,
+        caller: Caller | None,
         *,
         status: int,
         body: bytes,
         events: Sequence[bytes],
         work: Work | None,
     ) -> int:
-        """Store a new resource with its first events; with `work`, leased to it and started."""
+        """Store a new resource, owned by `caller`, with its first events; with `work`, leased to it and
+        started in the caller's name."""
         lease = self.runs.lease() if work is not None else None
+        owner = owner_of(caller) or ""
         last = await self.store.create(
-            resource.kind, resource_id, owner="", status=status, body=body, events=events, lease=lease
+            resource.kind, resource_id, owner=owner, status=status, body=body, events=events, lease=lease
         )
         self.hub.notify(resource_id, last)
         if work is not None and lease is not None:
-            self.runs.start(resource_id, lease, self._supervised(resource, work))
+            self.runs.start(resource_id, lease, self._supervised(resource, work), caller)
         return last
 
     async def claim(
         self,
         resource: Resource,
         stored: Stored,
+        caller: Caller | None,
         *,
         status: int,
         body: bytes,
         events: Sequence[bytes],
         work: Work | None,
     ) -> int:
-        """Record a new state decided from `stored`, and take the run if `work` is given: exactly one
-        of concurrent callers wins; the others get FAILED_PRECONDITION (RUNNING_ELSEWHERE)."""
+        """Record a new state decided from `stored` (which `caller` found), and take the run if `work`
+        is given, in the caller's name: exactly one of concurrent callers wins; the others get
+        FAILED_PRECONDITION (RUNNING_ELSEWHERE)."""
         lease = self.runs.lease()
         last = await self.store.claim(
             stored.resource_id,
@@ -168,7 +185,7 @@ class Lifecycle:
         if work is None:
             await self.store.release(stored.resource_id, lease.runner_id)
         else:
-            self.runs.start(stored.resource_id, lease, self._supervised(resource, work))
+            self.runs.start(stored.resource_id, lease, self._supervised(resource, work), caller)
         return last
 
     async def commit(
@@ -222,37 +239,38 @@ class Lifecycle:
         with contextlib.suppress(LeaseLost):
             await self.commit(run, run.resource_id, status=status, body=body, events=events)
 
-    async def cancel(self, resource: Resource, resource_id: str) -> None:
+    async def cancel(self, resource: Resource, resource_id: str, caller: Caller | None) -> None:
         """A client's cancel: the run here stops and records CANCELLED; a run nobody holds (an
         orphan) is marked CANCELLED; a run another server holds is refused (RUNNING_ELSEWHERE)."""
-        await self.stored(resource, resource_id)  # the caller's, or NOT_FOUND before anything stops
+        await self.stored(resource, resource_id, caller)  # the caller's, or NOT_FOUND before anything stops
         if self.runs.cancel(resource_id):
             await self.runs.wait(resource_id)
-        stored = await self.stored(resource, resource_id)
+        stored = await self.stored(resource, resource_id, caller)
         if stored.status != IN_PROGRESS:
             return
         body, events = resource.ended(stored.body, CANCELLED, None)
-        await self.claim(resource, stored, status=CANCELLED, body=body, events=events, work=None)
+        await self.claim(resource, stored, caller, status=CANCELLED, body=body, events=events, work=None)
 
     # ---- reading
 
-    async def stored(self, resource: Resource, resource_id: str) -> Stored:
+    async def stored(self, resource: Resource, resource_id: str, caller: Caller | None) -> Stored:
         """The caller's resource as stored; INVALID_ARGUMENT without an id, NOT_FOUND if it has none
         of that id (another key's is none of its)."""
         if not resource_id:
             raise InvalidArgument(f"{resource.kind}_id", "is required")
-        stored = await self.store.get(resource_id, kind=resource.kind)
+        stored = await self.store.get(resource_id, kind=resource.kind, owner=owner_of(caller))
         if stored is None:
             raise NotFound(resource.kind, resource_id)
         return stored
 
     async def page(
-        self, resource: Resource, *, listing: str, status: int, size: int, token: str
+        self, resource: Resource, caller: Caller | None, *, listing: str, status: int, size: int, token: str
     ) -> tuple[Sequence[Stored], str]:
-        """One page of a kind's resources (the caller's), newest first, by key (`keyset_page`)."""
+        """One page of the caller's resources of a kind, newest first, by key (`keyset_page`)."""
+        owner = owner_of(caller)
         return await keyset_page(
             lambda after, limit: self.store.list(
-                resource.kind, owner="", status=status or None, after=after, limit=limit
+                resource.kind, owner=owner, status=status or None, after=after, limit=limit
             ),
             lambda stored: (stored.created_at, stored.resource_id),
             size=size,
@@ -295,11 +313,18 @@ class Lifecycle:
         try:
             if self.resume_orphans:
                 work = self._adoption(resource, stored)
-                await self.claim(resource, stored, status=IN_PROGRESS, body=stored.body, events=[], work=work)
+                # The run acts for the key that owns it, as the run it continues did; a key since
+                # revoked fails the run at its next model call.
+                caller = None if self._caller_for is None else await self._caller_for(stored.owner)
+                await self.claim(
+                    resource, stored, caller, status=IN_PROGRESS, body=stored.body, events=[], work=work
+                )
                 log.info("orphaned run adopted", extra={"resource_id": stored.resource_id})
             else:
                 body, events = resource.ended(stored.body, INTERRUPTED, None)
-                await self.claim(resource, stored, status=INTERRUPTED, body=body, events=events, work=None)
+                await self.claim(
+                    resource, stored, None, status=INTERRUPTED, body=body, events=events, work=None
+                )
                 log.info("orphaned run interrupted", extra={"resource_id": stored.resource_id})
         except ApiError:
             return 0  # another replica (or a client) got to it first
@@ -307,8 +332,6 @@ class Lifecycle:
 
     def _adoption(self, resource: Resource, stored: Stored) -> Work:
         async def adopt(run: Run) -> None:
-            if self._act_for is not None:
-                await self._act_for(stored.owner)
             current = await self.store.get(stored.resource_id, kind=resource.kind)
             if current is not None:
                 await resource.adopt(run, current)
@@ -416,8 +439,10 @@ async def stream_model(
     model: ModelConfig,
     request: ChatRequest,
     flush: Callable[[list[DeltaEvent]], Awaitable[None]],
+    caller: Caller | None,
 ) -> ModelReply:
-    """Call a model (along its fallback chain), handing its deltas to `flush` in batches (`Deltas`).
+    """Call a model (along its fallback chain) for `caller`, handing its deltas to `flush` in batches
+    (`Deltas`).
 
     Closing the provider's stream on the way out (`aclosing`) stops the model when the run is
     cancelled; the next item is awaited in a task so that a batch goes out on time while it pauses.
@@ -427,7 +452,7 @@ async def stream_model(
     finish = Finish(Usage())
     answering = model
     batch = Deltas()
-    stream = resilient_stream(registry.chain(model), request, registry.circuits)
+    stream = resilient_stream(registry.chain(model, caller), request, registry.circuits)
     async with aclosing(stream) as items:
         pending: asyncio.Future[Answering | StreamItem] | None = None
         try:

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from server.security.context import Caller
 from server.storage import Lease, Store
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,8 @@ class Run:
 
     resource_id: str
     runner_id: str
+    caller: Caller | None = None
+    """Who the run acts for: the key that started it (or owns it, when adopted); None: the server."""
     cancel_requested: bool = False
     """A client asked to stop it (CANCELLED), as opposed to the server stopping (INTERRUPTED)."""
     lease_lost: bool = False
@@ -62,9 +65,11 @@ class Runs:
     def running(self, resource_id: str) -> bool:
         return self.get(resource_id) is not None
 
-    def start(self, resource_id: str, lease: Lease, work: Callable[[Run], Awaitable[None]]) -> Run:
-        """Run `work` in the background under `lease`, which the caller already holds."""
-        run = Run(resource_id, lease.runner_id)
+    def start(
+        self, resource_id: str, lease: Lease, work: Callable[[Run], Awaitable[None]], caller: Caller | None
+    ) -> Run:
+        """Run `work` in the background under `lease`, which the caller already holds, for `caller`."""
+        run = Run(resource_id, lease.runner_id, caller)
         run.task = asyncio.create_task(self._supervise(run, work), name=f"run {resource_id}")
         self._runs[resource_id] = run
         return run

@@ -5,15 +5,15 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
-from common.errors import NotFound
-from server.config import Config, ModelConfig
+from common.errors import NotFound, PermissionDenied, clip, shown
 from server.providers.base import Provider
 from server.providers.http.base import HttpClient
 from server.providers.resilience import Circuits
 from server.providers.scripted import ScriptedProvider
-from server.security import context
-from server.security.metering import MeteredProvider
+from server.settings import LocalProviderConfig, ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -22,44 +22,69 @@ class ProviderStartError(RuntimeError):
     """A configured provider could not start (missing package, unreadable weights, bad endpoint)."""
 
 
-class ModelRegistry:
-    """Looks models up by id and owns one provider instance per provider kind in use."""
+class Access(Protocol):
+    """What the registry asks of a caller (server.security.context.Caller): the models it may use."""
 
-    def __init__(self, config: Config) -> None:
-        self._models = {m.id: m for m in sorted(config.models, key=lambda m: m.id)}
+    def may_use(self, model_id: str) -> bool: ...
+
+
+#: Wraps a provider for one caller's model calls, given the caller a lookup named (the server composes
+#: it: server.security.metering.Metering.bind).
+Meter = Callable[[Provider, Any], Provider]
+
+
+def unmetered(provider: Provider, caller: object) -> Provider:
+    return provider
+
+
+class ModelRegistry:
+    """Looks models up by id and owns one provider instance per provider kind in use.
+
+    Every lookup names its caller: None is the server's own work (every model), else the caller's key
+    decides which models it sees and may use. Model calls go through `meter`, bound to the caller.
+    """
+
+    def __init__(
+        self, models: Sequence[ModelConfig], local: LocalProviderConfig, *, meter: Meter = unmetered
+    ) -> None:
+        self._models = {m.id: m for m in sorted(models, key=lambda m: m.id)}
         self._http = HttpClient()
         self._providers: dict[str, Provider] = {}
-        for kind in sorted({m.provider for m in config.models}):
-            self._providers[kind] = _make_provider(kind, config, self._http)
-        # What model calls go through: hard limits, then the caller's token rate and budget.
-        self._metered = {
-            kind: MeteredProvider(provider, max_prompt_chars=config.server.max_prompt_chars)
-            for kind, provider in self._providers.items()
-        }
+        for kind in sorted({m.provider for m in models}):
+            self._providers[kind] = _make_provider(kind, local, self._http)
+        self._meter = meter
         self.circuits = Circuits()
 
     @property
     def providers(self) -> dict[str, Provider]:
         return dict(self._providers)
 
-    def models(self) -> list[ModelConfig]:
-        """The models the caller may use, ordered by id."""
-        return [m for m in self._models.values() if context.may_use(m.id)]
+    def models(self, caller: Access | None = None) -> list[ModelConfig]:
+        """The models the caller may use (every one for the server itself), ordered by id."""
+        return [m for m in self._models.values() if may_use(caller, m.id)]
 
-    def get(self, model_id: str) -> tuple[ModelConfig, Provider]:
+    def get(self, model_id: str, caller: Access | None) -> tuple[ModelConfig, Provider]:
         """The model and its provider; NotFound names the id, PermissionDenied a model the caller's key
         may not use (whether or not it exists: a restricted key learns nothing of other models)."""
-        context.check_model(model_id)
+        if not may_use(caller, model_id):
+            raise PermissionDenied(
+                "MODEL_NOT_ALLOWED",
+                f"this API key may not use model {shown(model_id)}",
+                metadata={"model": clip(model_id)},
+            )
         model = self._models.get(model_id)
         if model is None:
             raise NotFound("model", model_id)
         return model, self._providers[model.provider]
 
-    def chain(self, model: ModelConfig) -> list[tuple[ModelConfig, Provider]]:
+    def chain(self, model: ModelConfig, caller: Access | None) -> list[tuple[ModelConfig, Provider]]:
         """The model, then those of its fallbacks the caller may use, in order, each behind the metering
-        of every model call (configuration guarantees they exist)."""
-        ids = [model.id, *(f for f in model.fallbacks if context.may_use(f))]
-        return [(m, self._metered[m.provider]) for m in (self.get(i)[0] for i in ids)]
+        of the caller's model calls (configuration guarantees they exist)."""
+        ids = [model.id, *(f for f in model.fallbacks if may_use(caller, f))]
+        return [
+            (m, self._meter(self._providers[m.provider], caller))
+            for m in (self.get(i, caller)[0] for i in ids)
+        ]
 
     async def start(self) -> None:
         missing = [
@@ -97,14 +122,19 @@ HTTP_ADAPTERS = {
 }
 
 
-def _make_provider(kind: str, config: Config, http: HttpClient) -> Provider:
+def may_use(caller: Access | None, model_id: str) -> bool:
+    """Whether a caller may use a model (the server's own work may use any)."""
+    return caller is None or caller.may_use(model_id)
+
+
+def _make_provider(kind: str, local: LocalProviderConfig, http: HttpClient) -> Provider:
     if kind == "scripted":
         return ScriptedProvider()
     if kind == "local":
         # Imported here so a deployment without the local model never loads llama.cpp.
         from server.providers.local import LocalProvider
 
-        return LocalProvider(config.local)
+        return LocalProvider(local)
     module, cls = HTTP_ADAPTERS[kind]
     adapter: Provider = getattr(importlib.import_module(f"server.providers.http.{module}"), cls)(http)
     return adapter

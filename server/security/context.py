@@ -1,9 +1,11 @@
-"""The caller of the call being served: set by the auth interceptor, read wherever policy applies.
+"""Who calls: the `Caller` a key (or the open server) acts as, and how it reaches the code that serves it.
 
-A context variable, so the model registry, the store and the metering around provider calls see the
-caller without it being passed through every layer, and a background run started by a call (a
-conversation's turns, a reasoning session) keeps acting for the key that started it. Work started by
-the server itself (recovery at start-up) has no caller and no limits.
+The auth interceptor authenticates each RPC and hands its caller to the handler in a context variable
+(grpc.aio has no other per-call slot to put it in); each handler reads it once, with `current()`, and
+from there the caller is an argument: to orchestration (which owns what, which run acts for whom), to
+the registry (which models it may use) and so to the metering of its model calls. A background run
+keeps its caller in its `Run`. `None` is the server's own work (recovery of orphaned runs whose owner
+is unknown): every resource, every model, no limits.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import contextvars
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from common.errors import PermissionDenied, clip, shown
 from server.security.keys import check_usable
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ _caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("caller"
 
 
 def current() -> Caller | None:
-    """The caller of the call being served, None for the server's own work."""
+    """The caller the auth interceptor authenticated for the call being served (handlers only)."""
     return _caller.get()
 
 
@@ -65,21 +66,6 @@ def reset_caller(token: contextvars.Token[Caller | None]) -> None:
     _caller.reset(token)
 
 
-def may_use(model_id: str) -> bool:
-    caller = current()
-    return caller is None or caller.may_use(model_id)
-
-
-def check_model(model_id: str) -> None:
-    """PERMISSION_DENIED naming the model when the caller's key may not use it."""
-    if not may_use(model_id):
-        raise PermissionDenied(
-            "MODEL_NOT_ALLOWED",
-            f"this API key may not use model {shown(model_id)}",
-            metadata={"model": clip(model_id)},
-        )
-
-
 async def check_still_usable(caller: Caller) -> None:
     """A long-lived call (a Converse socket, a conversation's or session's background run) outlives the
     check made when it began: its key may have been revoked or have expired since. Checked again before
@@ -89,10 +75,9 @@ async def check_still_usable(caller: Caller) -> None:
     check_usable(await caller.keys.get_key(caller.key_id), caller.key_id)
 
 
-async def admit_request() -> None:
+async def admit_request(caller: Caller | None) -> None:
     """One more request carried by a call that carries many (a Converse frame): the key is checked
     again and the request counts against its rpm, as a separate call's would."""
-    caller = current()
     if caller is None:
         return
     await check_still_usable(caller)

@@ -1,8 +1,9 @@
 """Around every model call: hard limits, then the caller's token rate and budget.
 
-`MeteredProvider` wraps each provider in the registry's chains, so every model call (a completion, a
-conversation's turn, a reasoning step, each fallback) passes here, in the task of the call (or of the
-background run it started), where the caller is known.
+The server composes the registry with `Metering.bind` (server/app.py): each chain the registry hands
+out has its providers wrapped in a `MeteredProvider` bound to the caller it was asked for, so every
+model call (a completion, a conversation's turn, a reasoning step, each fallback) passes here, charged
+to that caller.
 
 A prompt estimated longer than the model's context_length is refused for every provider
 (CONTEXT_LENGTH_EXCEEDED), before anything is reserved or sent.
@@ -27,10 +28,11 @@ from collections.abc import AsyncGenerator
 from contextlib import aclosing
 
 from common.errors import InvalidArgument
-from server.config import ModelConfig
 from server.providers.base import ChatRequest, Finish, Provider, StreamItem, Usage
 from server.providers.text import estimate_prompt_tokens
 from server.security import context
+from server.security.context import Caller
+from server.settings import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +84,25 @@ def check_request(model: ModelConfig, request: ChatRequest, *, max_prompt_chars:
         )
 
 
-class MeteredProvider:
-    """A provider whose calls pass the checks and accounting of the module docstring."""
+class Metering:
+    """The metering of every model call, as the server composes it into the registry."""
 
-    def __init__(self, inner: Provider, *, max_prompt_chars: int) -> None:
+    def __init__(self, *, max_prompt_chars: int) -> None:
+        self.max_prompt_chars = max_prompt_chars
+
+    def bind(self, provider: Provider, caller: Caller | None) -> Provider:
+        """`provider` as `caller`'s model calls see it (None: the server's own work, unlimited)."""
+        return MeteredProvider(provider, caller, max_prompt_chars=self.max_prompt_chars)
+
+
+class MeteredProvider:
+    """A provider whose calls, in the name of one caller, pass the checks and accounting of the module
+    docstring."""
+
+    def __init__(self, inner: Provider, caller: Caller | None, *, max_prompt_chars: int) -> None:
         self.inner = inner
         self.name = inner.name
+        self.caller = caller
         self._max_prompt_chars = max_prompt_chars
 
     async def start(self) -> None:
@@ -98,7 +113,7 @@ class MeteredProvider:
 
     async def stream(self, model: ModelConfig, request: ChatRequest) -> AsyncGenerator[StreamItem, None]:
         check_request(model, request, max_prompt_chars=self._max_prompt_chars)
-        caller = context.current()
+        caller = self.caller
         if caller is not None:
             await context.check_still_usable(caller)  # a background run outlives its key's revocation
         if caller is None or caller.limiter is None or caller.admin:

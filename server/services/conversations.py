@@ -14,6 +14,7 @@ from common import bounds
 from common.errors import ApiError, InvalidArgument, Unauthenticated
 from server.orchestration.conversation import Conversations
 from server.security import context as caller_context
+from server.security.context import Caller
 
 
 class ConversationServicer(conversations_pb2_grpc.ConversationServiceServicer):
@@ -23,37 +24,45 @@ class ConversationServicer(conversations_pb2_grpc.ConversationServiceServicer):
     async def CreateConversation(
         self, request: pb.CreateConversationRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateConversationResponse:
-        return pb.CreateConversationResponse(conversation=await self._conversations.create(request))
+        return pb.CreateConversationResponse(
+            conversation=await self._conversations.create(request, caller_context.current())
+        )
 
     async def GetConversation(
         self, request: pb.GetConversationRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetConversationResponse:
-        return pb.GetConversationResponse(conversation=await self._conversations.get(request.conversation_id))
+        conversation = await self._conversations.get(request.conversation_id, caller_context.current())
+        return pb.GetConversationResponse(conversation=conversation)
 
     async def ListConversations(
         self, request: pb.ListConversationsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListConversationsResponse:
         page, token = await self._conversations.list_page(
-            status=request.status, size=request.page_size, token=request.page_token
+            caller_context.current(), status=request.status, size=request.page_size, token=request.page_token
         )
         return pb.ListConversationsResponse(conversations=page, next_page_token=token)
 
     async def DeleteConversation(
         self, request: pb.DeleteConversationRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteConversationResponse:
-        await self._conversations.delete(request.conversation_id)
+        await self._conversations.delete(request.conversation_id, caller_context.current())
         return pb.DeleteConversationResponse()
 
     async def AddMessage(
         self, request: pb.AddMessageRequest, context: grpc.aio.ServicerContext
     ) -> pb.AddMessageResponse:
-        return pb.AddMessageResponse(message=await self._conversations.add_message(request))
+        return pb.AddMessageResponse(
+            message=await self._conversations.add_message(request, caller_context.current())
+        )
 
     async def RunConversation(
         self, request: pb.RunConversationRequest, context: grpc.aio.ServicerContext
     ) -> pb.RunConversationResponse:
         conv = await self._conversations.run(
-            request.conversation_id, additional_rounds=request.additional_rounds, wait=request.wait
+            request.conversation_id,
+            caller_context.current(),
+            additional_rounds=request.additional_rounds,
+            wait=request.wait,
         )
         return pb.RunConversationResponse(conversation=conv)
 
@@ -61,13 +70,15 @@ class ConversationServicer(conversations_pb2_grpc.ConversationServiceServicer):
         self, request: pb.CancelConversationRequest, context: grpc.aio.ServicerContext
     ) -> pb.CancelConversationResponse:
         return pb.CancelConversationResponse(
-            conversation=await self._conversations.cancel(request.conversation_id)
+            conversation=await self._conversations.cancel(request.conversation_id, caller_context.current())
         )
 
     async def StreamConversationEvents(
         self, request: pb.StreamConversationEventsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamConversationEventsResponse]:
-        events = self._conversations.events(request.conversation_id, after=request.after_sequence)
+        events = self._conversations.events(
+            request.conversation_id, caller_context.current(), after=request.after_sequence
+        )
         async for event in events:
             yield pb.StreamConversationEventsResponse(event=event)
 
@@ -87,14 +98,15 @@ class ConversationServicer(conversations_pb2_grpc.ConversationServiceServicer):
             return
         bounds.check(first)
         cid = first.conversation_id
-        await self._conversations.get(cid)  # NOT_FOUND (or INVALID_ARGUMENT) before anything else
+        caller = caller_context.current()
+        await self._conversations.get(cid, caller)  # NOT_FOUND (or INVALID_ARGUMENT) before anything else
         out: asyncio.Queue[pb.ConverseResponse | int] = asyncio.Queue()
 
         async def act(frame: pb.ConverseRequest, *, later: bool = True) -> None:
             try:
                 if later:  # the call itself was admitted with its first frame
-                    await caller_context.admit_request()
-                await self._act(cid, frame)
+                    await caller_context.admit_request(caller)
+                await self._act(cid, frame, caller)
             except Unauthenticated:
                 raise  # the key was revoked or expired meanwhile: the call ends
             except ApiError as exc:
@@ -104,10 +116,12 @@ class ConversationServicer(conversations_pb2_grpc.ConversationServiceServicer):
             await act(first, later=False)
             async for frame in request_iterator:
                 await act(frame)
-            await out.put(await self._conversations.settled(cid))  # the last sequence to send
+            await out.put(await self._conversations.settled(cid, caller))  # the last sequence to send
 
         async def relay() -> None:
-            async for event in self._conversations.events(cid, after=first.after_sequence, session=True):
+            async for event in self._conversations.events(
+                cid, caller, after=first.after_sequence, session=True
+            ):
                 await out.put(pb.ConverseResponse(event=event))
 
         reader = asyncio.create_task(read())
@@ -138,7 +152,7 @@ class ConversationServicer(conversations_pb2_grpc.ConversationServiceServicer):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
 
-    async def _act(self, cid: str, frame: pb.ConverseRequest) -> None:
+    async def _act(self, cid: str, frame: pb.ConverseRequest, caller: Caller | None) -> None:
         bounds.check(frame)
         action = frame.WhichOneof("action")
         if action == "message":
@@ -146,12 +160,14 @@ class ConversationServicer(conversations_pb2_grpc.ConversationServiceServicer):
             request = pb.AddMessageRequest(conversation_id=cid, content=m.content, role=m.role, model=m.model)
             if m.HasField("file_data"):
                 request.file_data.CopyFrom(m.file_data)
-            await self._conversations.add_message(request)
+            await self._conversations.add_message(request, caller)
         elif action == "run":
             if frame.run.conversation_id not in ("", cid):
                 raise InvalidArgument("run.conversation_id", "must be empty or this call's conversation")
-            await self._conversations.run(cid, additional_rounds=frame.run.additional_rounds, wait=False)
+            await self._conversations.run(
+                cid, caller, additional_rounds=frame.run.additional_rounds, wait=False
+            )
         elif action == "cancel":
             if frame.cancel.conversation_id not in ("", cid):
                 raise InvalidArgument("cancel.conversation_id", "must be empty or this call's conversation")
-            await self._conversations.cancel(cid)
+            await self._conversations.cancel(cid, caller)

@@ -6,13 +6,14 @@ import grpc
 
 from aibattle.v1 import models_pb2, models_pb2_grpc
 from common.errors import InvalidArgument
-from server.config import ModelConfig
 from server.pagination import paginate
-from server.providers.registry import ModelRegistry
+from server.providers.registry import ModelRegistry, may_use
 from server.security import context as caller_context
+from server.security.context import Caller
+from server.settings import ModelConfig
 
 
-def model_proto(model: ModelConfig) -> models_pb2.Model:
+def model_proto(model: ModelConfig, caller: Caller | None) -> models_pb2.Model:
     return models_pb2.Model(
         id=model.id,
         provider=model.provider,
@@ -22,7 +23,7 @@ def model_proto(model: ModelConfig) -> models_pb2.Model:
         upstream_model=model.upstream_model or model.id,
         display_name=model.display_name or model.id,
         # A restricted key learns nothing of the models it may not use, fallbacks included.
-        fallbacks=[f for f in model.fallbacks if caller_context.may_use(f)],
+        fallbacks=[f for f in model.fallbacks if may_use(caller, f)],
     )
 
 
@@ -33,9 +34,10 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
     async def ListModels(
         self, request: models_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> models_pb2.ListModelsResponse:
+        caller = caller_context.current()
         matching = [
             m
-            for m in self._registry.models()
+            for m in self._registry.models(caller)
             if (not request.provider or m.provider == request.provider)
             and (not request.capability or request.capability in m.capabilities)
         ]
@@ -49,7 +51,9 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
             maximum=1000,
         )
         return models_pb2.ListModelsResponse(
-            models=[model_proto(m) for m in page], next_page_token=next_token, total_size=len(matching)
+            models=[model_proto(m, caller) for m in page],
+            next_page_token=next_token,
+            total_size=len(matching),
         )
 
     async def GetModel(
@@ -57,5 +61,6 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
     ) -> models_pb2.GetModelResponse:
         if not request.model_id:
             raise InvalidArgument("model_id", "is required")
-        model, _ = self._registry.get(request.model_id)
-        return models_pb2.GetModelResponse(model=model_proto(model))
+        caller = caller_context.current()
+        model, _ = self._registry.get(request.model_id, caller)
+        return models_pb2.GetModelResponse(model=model_proto(model, caller))

@@ -8,6 +8,7 @@ import grpc
 
 from aibattle.v1 import reasoning_pb2, reasoning_pb2_grpc
 from server.orchestration.reasoning.sessions import ReasoningSessions
+from server.security import context as caller_context
 
 
 class ReasoningServicer(reasoning_pb2_grpc.ReasoningServiceServicer):
@@ -17,18 +18,22 @@ class ReasoningServicer(reasoning_pb2_grpc.ReasoningServiceServicer):
     async def CreateReasoning(
         self, request: reasoning_pb2.CreateReasoningRequest, context: grpc.aio.ServicerContext
     ) -> reasoning_pb2.CreateReasoningResponse:
-        return reasoning_pb2.CreateReasoningResponse(reasoning=await self._sessions.create(request))
+        return reasoning_pb2.CreateReasoningResponse(
+            reasoning=await self._sessions.create(request, caller_context.current())
+        )
 
     async def GetReasoning(
         self, request: reasoning_pb2.GetReasoningRequest, context: grpc.aio.ServicerContext
     ) -> reasoning_pb2.GetReasoningResponse:
-        return reasoning_pb2.GetReasoningResponse(reasoning=await self._sessions.get(request.reasoning_id))
+        return reasoning_pb2.GetReasoningResponse(
+            reasoning=await self._sessions.get(request.reasoning_id, caller_context.current())
+        )
 
     async def ListReasonings(
         self, request: reasoning_pb2.ListReasoningsRequest, context: grpc.aio.ServicerContext
     ) -> reasoning_pb2.ListReasoningsResponse:
         page, token = await self._sessions.list_page(
-            status=request.status, size=request.page_size, token=request.page_token
+            caller_context.current(), status=request.status, size=request.page_size, token=request.page_token
         )
         return reasoning_pb2.ListReasoningsResponse(reasonings=page, next_page_token=token)
 
@@ -36,18 +41,23 @@ class ReasoningServicer(reasoning_pb2_grpc.ReasoningServiceServicer):
         self, request: reasoning_pb2.CancelReasoningRequest, context: grpc.aio.ServicerContext
     ) -> reasoning_pb2.CancelReasoningResponse:
         return reasoning_pb2.CancelReasoningResponse(
-            reasoning=await self._sessions.cancel(request.reasoning_id)
+            reasoning=await self._sessions.cancel(request.reasoning_id, caller_context.current())
         )
 
     async def ResumeReasoning(
         self, request: reasoning_pb2.ResumeReasoningRequest, context: grpc.aio.ServicerContext
     ) -> reasoning_pb2.ResumeReasoningResponse:
         return reasoning_pb2.ResumeReasoningResponse(
-            reasoning=await self._sessions.resume(request.reasoning_id, wait=request.wait)
+            reasoning=await self._sessions.resume(
+                request.reasoning_id, caller_context.current(), wait=request.wait
+            )
         )
 
     async def StreamReasoningEvents(
         self, request: reasoning_pb2.StreamReasoningEventsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[reasoning_pb2.StreamReasoningEventsResponse]:
-        async for event in self._sessions.events(request.reasoning_id, after=request.after_sequence):
+        events = self._sessions.events(
+            request.reasoning_id, caller_context.current(), after=request.after_sequence
+        )
+        async for event in events:
             yield reasoning_pb2.StreamReasoningEventsResponse(event=event)

@@ -96,12 +96,22 @@ class Store(Protocol):
         """
         ...
 
-    async def get(self, resource_id: str, *, kind: str) -> Stored | None: ...
+    async def get(self, resource_id: str, *, kind: str, owner: str | None = None) -> Stored | None:
+        """A resource, or None if there is none of that kind (and of that owner, if given: another
+        owner's resource is none of the caller's)."""
+        ...
 
     async def list(
-        self, kind: str, *, owner: str, status: int | None, after: tuple[float, str] | None, limit: int
+        self,
+        kind: str,
+        *,
+        owner: str | None,
+        status: int | None,
+        after: tuple[float, str] | None,
+        limit: int,
     ) -> builtins.list[Stored]:
-        """Resources of a kind and owner, newest first: by (created_at, resource_id) descending.
+        """Resources of a kind and owner (None: every owner's), newest first: by (created_at,
+        resource_id) descending.
 
         With `after`, only those strictly below that key (the last row of the previous page): keyset
         pagination, which rows created or deleted meanwhile cannot shift.

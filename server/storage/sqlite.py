@@ -244,19 +244,33 @@ class SqliteStore:
         return last
 
     @_serialized
-    async def get(self, resource_id: str, *, kind: str) -> Stored | None:
-        async with self.db.execute(
-            f"SELECT {_COLUMNS} FROM resources WHERE resource_id = ? AND kind = ?", (resource_id, kind)
-        ) as cursor:
+    async def get(self, resource_id: str, *, kind: str, owner: str | None = None) -> Stored | None:
+        query, args = (
+            f"SELECT {_COLUMNS} FROM resources WHERE resource_id = ? AND kind = ?",
+            [resource_id, kind],
+        )
+        if owner is not None:
+            query += " AND owner = ?"
+            args.append(owner)
+        async with self.db.execute(query, args) as cursor:
             row = await cursor.fetchone()
         return None if row is None else Stored(*row)
 
     @_serialized
     async def list(
-        self, kind: str, *, owner: str, status: int | None, after: tuple[float, str] | None, limit: int
+        self,
+        kind: str,
+        *,
+        owner: str | None,
+        status: int | None,
+        after: tuple[float, str] | None,
+        limit: int,
     ) -> builtins.list[Stored]:
-        query = f"SELECT {_COLUMNS} FROM resources WHERE kind = ? AND owner = ?"
-        args: list[object] = [kind, owner]
+        query = f"SELECT {_COLUMNS} FROM resources WHERE kind = ?"
+        args: list[object] = [kind]
+        if owner is not None:
+            query += " AND owner = ?"
+            args.append(owner)
         if status is not None:
             query += " AND status = ?"
             args.append(status)

@@ -39,8 +39,10 @@ from server.orchestration.lifecycle import THINKING, DeltaEvent, Lifecycle, stre
 from server.orchestration.runs import Run
 from server.providers.attachments import chat_message
 from server.providers.base import Attachment, ChatMessage, ChatRequest, Role
+from server.providers.convert import usage_proto
 from server.providers.registry import ModelRegistry
-from server.services.completions import usage_proto
+from server.security.context import Caller
+from server.settings import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +121,15 @@ class Session:
         return self.reasoning.reasoning_id
 
     @property
+    def caller(self) -> Caller | None:
+        """Who the session's model calls are for: its run's caller."""
+        return None if self.run is None else self.run.caller
+
+    def model(self, model_id: str) -> ModelConfig:
+        """A model this session's caller may use (PERMISSION_DENIED once its key no longer may)."""
+        return self.registry.get(model_id, self.caller)[0]
+
+    @property
     def problem(self) -> str:
         return self.reasoning.prompt
 
@@ -156,7 +167,7 @@ class Session:
         )
 
     def _request(self, seat: Seat, prompt: str, max_tokens: int | None) -> ChatRequest:
-        model, _ = self.registry.get(seat.model)
+        model = self.model(seat.model)
         messages: list[ChatMessage] = []
         if self.reasoning.system_instruction:
             messages.append(ChatMessage(Role.SYSTEM, self.reasoning.system_instruction))
@@ -171,7 +182,7 @@ class Session:
         if self.journal:
             step = self.journal[0]
             return Reply(step.content, step.model, step.usage)
-        model, _ = self.registry.get(seat.model)
+        model = self.model(seat.model)
         index = len(self.reasoning.iterations) + 1
 
         async def flush(deltas: list[DeltaEvent]) -> None:
@@ -190,7 +201,8 @@ class Session:
                 state=False,
             )
 
-        reply = await stream_model(self.registry, model, self._request(seat, prompt, max_tokens), flush)
+        request = self._request(seat, prompt, max_tokens)
+        reply = await stream_model(self.registry, model, request, flush, self.caller)
         return Reply(reply.text.strip(), reply.model.id, usage_proto(reply.model, reply.usage))
 
     def check(self, seat: Seat, draft: str) -> list[str]:

@@ -38,8 +38,9 @@ from server.orchestration.reasoning.strategies import MULTI_MODEL, STRATEGIES
 from server.orchestration.runs import Run
 from server.providers.attachments import chat_message
 from server.providers.base import Attachment, Role
+from server.providers.convert import attachment_for
 from server.providers.registry import ModelRegistry
-from server.services.completions import attachment_for
+from server.security.context import Caller
 from server.storage import Stored
 
 DEFAULT_STRATEGY = "iterative_refinement"
@@ -60,17 +61,17 @@ class ReasoningSessions:
 
     # ---- reading
 
-    async def stored(self, reasoning_id: str) -> Stored:
-        return await self._lifecycle.stored(self, reasoning_id)
+    async def stored(self, reasoning_id: str, caller: Caller | None) -> Stored:
+        return await self._lifecycle.stored(self, reasoning_id, caller)
 
-    async def get(self, reasoning_id: str) -> reasoning_pb2.Reasoning:
-        return read(await self.stored(reasoning_id))
+    async def get(self, reasoning_id: str, caller: Caller | None) -> reasoning_pb2.Reasoning:
+        return read(await self.stored(reasoning_id, caller))
 
     async def list_page(
-        self, *, status: int, size: int, token: str
+        self, caller: Caller | None, *, status: int, size: int, token: str
     ) -> tuple[list[reasoning_pb2.Reasoning], str]:
         rows, next_token = await self._lifecycle.page(
-            self, listing="ListReasonings", status=status, size=size, token=token
+            self, caller, listing="ListReasonings", status=status, size=size, token=token
         )
         page = []
         for stored in rows:
@@ -79,9 +80,9 @@ class ReasoningSessions:
             page.append(reasoning)
         return page, next_token
 
-    async def events(self, reasoning_id: str, *, after: int) -> AsyncIterator[Event]:
+    async def events(self, reasoning_id: str, caller: Caller | None, *, after: int) -> AsyncIterator[Event]:
         """Every event after `after`, then live ones, until the session ends (`Lifecycle.follow`)."""
-        stored = await self.stored(reasoning_id)  # NOT_FOUND before the stream starts
+        stored = await self.stored(reasoning_id, caller)  # NOT_FOUND before the stream starts
         followed = self._lifecycle.follow(
             stored, after=after, finished=stored.status in FINISHED, is_terminal=is_terminal
         )
@@ -93,8 +94,10 @@ class ReasoningSessions:
 
     # ---- changing
 
-    async def create(self, request: reasoning_pb2.CreateReasoningRequest) -> reasoning_pb2.Reasoning:
-        reasoning, attachments = self._validate(request)
+    async def create(
+        self, request: reasoning_pb2.CreateReasoningRequest, caller: Caller | None
+    ) -> reasoning_pb2.Reasoning:
+        reasoning, attachments = self._validate(request, caller)
         reasoning.reasoning_id = f"reas-{uuid.uuid4().hex[:24]}"
         reasoning.status = IN_PROGRESS
         reasoning.created_at.CopyFrom(now())
@@ -109,6 +112,7 @@ class ReasoningSessions:
         await self._lifecycle.create(
             self,
             reasoning.reasoning_id,
+            caller,
             status=IN_PROGRESS,
             body=reasoning.SerializeToString(),
             events=[started.SerializeToString()],
@@ -116,10 +120,12 @@ class ReasoningSessions:
         )
         if request.wait:
             await self._lifecycle.runs.wait(reasoning.reasoning_id)
-        return await self.get(reasoning.reasoning_id)
+        return await self.get(reasoning.reasoning_id, caller)
 
-    async def resume(self, reasoning_id: str, *, wait: bool) -> reasoning_pb2.Reasoning:
-        stored = await self.stored(reasoning_id)
+    async def resume(
+        self, reasoning_id: str, caller: Caller | None, *, wait: bool
+    ) -> reasoning_pb2.Reasoning:
+        stored = await self.stored(reasoning_id, caller)
         reasoning = read(stored)
         if reasoning.status not in RESUMABLE:
             state = "running" if reasoning.status == IN_PROGRESS else "completed"
@@ -129,7 +135,7 @@ class ReasoningSessions:
                 f"reasoning {reasoning_id!r} is {state}; only an interrupted, failed or cancelled"
                 " session can be resumed",
             )
-        session = self._session(reasoning, self._attachments(reasoning))
+        session = self._session(reasoning, self._attachments(reasoning, caller))
         reasoning.status = IN_PROGRESS
         reasoning.ClearField("last_sequence")  # the log's, stamped when read
         reasoning.updated_at.CopyFrom(now())
@@ -140,6 +146,7 @@ class ReasoningSessions:
         await self._lifecycle.claim(
             self,
             stored,
+            caller,
             status=IN_PROGRESS,
             body=body,
             events=[event.SerializeToString()],
@@ -147,14 +154,14 @@ class ReasoningSessions:
         )
         if wait:
             await self._lifecycle.runs.wait(reasoning_id)
-        return await self.get(reasoning_id)
+        return await self.get(reasoning_id, caller)
 
-    async def cancel(self, reasoning_id: str) -> reasoning_pb2.Reasoning:
-        current = await self.get(reasoning_id)
+    async def cancel(self, reasoning_id: str, caller: Caller | None) -> reasoning_pb2.Reasoning:
+        current = await self.get(reasoning_id, caller)
         if current.status not in FINISHED:
-            await self._lifecycle.cancel(self, reasoning_id)
+            await self._lifecycle.cancel(self, reasoning_id, caller)
         # Cancelling finished work changes nothing and is not an error (a retried cancel).
-        return await self.get(reasoning_id)
+        return await self.get(reasoning_id, caller)
 
     # ---- the lifecycle's
 
@@ -166,7 +173,7 @@ class ReasoningSessions:
     async def adopt(self, run: Run, stored: Stored) -> None:
         """An orphan, continued from its last committed step by replaying its journal."""
         reasoning = read(stored)
-        session = self._session(reasoning, self._attachments(reasoning))
+        session = self._session(reasoning, self._attachments(reasoning, run.caller))
         session.rewind()
         await session_work(session)(run)
 
@@ -179,15 +186,17 @@ class ReasoningSessions:
             lifecycle=self._lifecycle, registry=self._registry, reasoning=reasoning, attachments=attachments
         )
 
-    def _attachments(self, reasoning: reasoning_pb2.Reasoning) -> list[tuple[str, Attachment]]:
+    def _attachments(
+        self, reasoning: reasoning_pb2.Reasoning, caller: Caller | None
+    ) -> list[tuple[str, Attachment]]:
         """The stored attachment as the primary model reads it (every model was checked at create)."""
         if not reasoning.HasField("file_data"):
             return []
-        model, _ = self._registry.get(reasoning.primary_model)
+        model, _ = self._registry.get(reasoning.primary_model, caller)
         return [attachment_for(reasoning.file_data, "file_data", model)]
 
     def _validate(
-        self, request: reasoning_pb2.CreateReasoningRequest
+        self, request: reasoning_pb2.CreateReasoningRequest, caller: Caller | None
     ) -> tuple[reasoning_pb2.Reasoning, list[tuple[str, Attachment]]]:
         """The session a valid request describes, and its attachment; errors name the field."""
         if not request.primary_model:
@@ -214,7 +223,7 @@ class ReasoningSessions:
         ]
         attachments: list[tuple[str, Attachment]] = []
         for i, (_, model_id) in enumerate(fields):
-            model, _ = self._registry.get(model_id)  # NotFound names the model
+            model, _ = self._registry.get(model_id, caller)  # NotFound names the model
             if request.HasField("file_data"):
                 # Every model reads the problem, so every model must be able to read its attachment.
                 attachment = attachment_for(request.file_data, "file_data", model)

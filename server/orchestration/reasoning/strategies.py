@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable
 from server.orchestration.reasoning import parsing, prompts
 from server.orchestration.reasoning.session import Reply, Seat, Session
 from server.providers.base import Usage
-from server.services.completions import usage_proto
+from server.providers.convert import usage_proto
 
 Strategy = Callable[[Session], Awaitable[str]]
 
@@ -251,7 +251,7 @@ async def cascade(s: Session) -> str:
 
 def _secondary_estimate(s: Session, reply: Reply) -> float:
     """What the secondary would have charged for the primary's answer: its prices, the same tokens."""
-    model, _ = s.registry.get(s.reasoning.secondary_model)
+    model = s.model(s.reasoning.secondary_model)
     tokens = Usage(prompt_tokens=reply.usage.prompt_tokens, completion_tokens=reply.usage.completion_tokens)
     return usage_proto(model, tokens).cost_usd
 

