@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import Message
 
-from common.errors import ApiError, internal_error
+from common.errors import CANCELLED, ApiError, internal_error
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class RequestPump:
             return self.error
         if isinstance(error, grpc.aio.AioRpcError):
             return error
-        return ApiError(grpc.StatusCode.CANCELLED, "CANCELLED", "the request stream was abandoned")
+        return CANCELLED.error("the request stream was abandoned")
 
     def raise_own_error(self) -> None:
         """Raise the pump's ApiError, if a bad request message caused the call to fail."""

@@ -62,17 +62,6 @@ def ws_close_code(code: int) -> int:
     return WS_CLOSE_OK if code == code_pb2.OK else WS_CLOSE_BASE + code
 
 
-def invalid_argument(message: str, *, reason: str, field: str | None = None) -> ApiError:
-    """A 400 whose message names what is wrong; `field` adds a BadRequest field violation."""
-    return ApiError(
-        grpc.StatusCode.INVALID_ARGUMENT,
-        reason,
-        message,
-        field=field,
-        metadata={"field": field} if field else None,
-    )
-
-
 def status_of(error: BaseException) -> tuple[status_pb2.Status, int | None, dict[str, str]]:
     """Status, HTTP status override and extra headers for any failure of a request.
 

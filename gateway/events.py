@@ -16,9 +16,8 @@ from typing import Any
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
-from common.errors import shown
+from common.errors import INVALID_HEADER, InvalidArgument, shown
 from gateway.descriptors import Rpc, message_type
-from gateway.errors import invalid_argument
 
 SEQUENCE_FIELD = "sequence"
 RESUME_FIELD = "after_sequence"
@@ -68,18 +67,20 @@ class EventStream:
         value = last_event_id.strip()
         # 19 digits hold every int64; longer is out of range, and int() of 4,300 digits raises.
         if not value.isascii() or not value.isdigit() or len(value) > 19:
-            raise invalid_argument(
+            raise InvalidArgument(
+                LAST_EVENT_ID,
                 f"{LAST_EVENT_ID} {shown(last_event_id)} is not an event sequence number"
                 " (a non-negative integer below 2^63)",
-                reason="INVALID_HEADER",
-                field=LAST_EVENT_ID,
+                reason=INVALID_HEADER,
+                prefix=False,
             )
         number = int(value)
         if number >= 2**63:
-            raise invalid_argument(
+            raise InvalidArgument(
+                LAST_EVENT_ID,
                 f"{LAST_EVENT_ID} {shown(last_event_id)} is out of range",
-                reason="INVALID_HEADER",
-                field=LAST_EVENT_ID,
+                reason=INVALID_HEADER,
+                prefix=False,
             )
         setattr(request, self.resume_field.name, number)
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import grpc
 
-from gateway.errors import STATUS_DETAILS_KEY, invalid_argument
+from common.errors import INVALID_HEADER, InvalidArgument
+from gateway.errors import STATUS_DETAILS_KEY
 
 HeaderMatcher = Callable[[str], "str | None"]
 
@@ -82,18 +83,18 @@ def outgoing_metadata(
         if key is None or key == "x-request-id" or key in _RESERVED or key.startswith("grpc-"):
             continue
         if not _METADATA_KEY.fullmatch(key):
-            raise invalid_argument(f"header {name!r} is not a valid metadata key", reason="INVALID_HEADER")
+            raise InvalidArgument(None, f"header {name!r} is not a valid metadata key", reason=INVALID_HEADER)
         if key.endswith("-bin"):
             try:
                 metadata.append((key, base64.b64decode(value, validate=True)))
             except (binascii.Error, ValueError) as exc:
-                raise invalid_argument(
-                    f"header {name!r} carries binary metadata and must be base64", reason="INVALID_HEADER"
+                raise InvalidArgument(
+                    None, f"header {name!r} carries binary metadata and must be base64", reason=INVALID_HEADER
                 ) from exc
         elif value.isascii() and value.isprintable():
             metadata.append((key, value))
         else:
-            raise invalid_argument(f"header {name!r} must be printable ASCII", reason="INVALID_HEADER")
+            raise InvalidArgument(None, f"header {name!r} must be printable ASCII", reason=INVALID_HEADER)
     metadata.append(("x-request-id", request_id))
     return metadata
 
@@ -104,8 +105,8 @@ def parse_grpc_timeout(value: str | None) -> float | None:
         return None
     match = _TIMEOUT.fullmatch(value.strip())
     if match is None:
-        raise invalid_argument(
-            f"Grpc-Timeout {value!r} is not <1-8 digits><H|M|S|m|u|n>", reason="INVALID_HEADER"
+        raise InvalidArgument(
+            None, f"Grpc-Timeout {value!r} is not <1-8 digits><H|M|S|m|u|n>", reason=INVALID_HEADER
         )
     # The header allows 99999999 hours; grpc-core overflows far below that and expires the call at
     # once, so a deadline that far away is no deadline worth keeping.

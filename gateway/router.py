@@ -5,9 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import grpc
-
-from common.errors import ApiError
+from common.errors import (
+    METHOD_NOT_ALLOWED,
+    ROUTE_NOT_FOUND,
+    WEBSOCKET_UPGRADE_REQUIRED,
+    ApiError,
+    FailedPrecondition,
+)
 from gateway.routes import Kind, Route
 
 
@@ -47,11 +51,9 @@ class Router:
         if not matches:
             raise route_not_found(f"{method} {raw_path}")
         if method == "GET" and any(r.kind is Kind.WEBSOCKET for r, _ in matches):
-            raise ApiError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                "WEBSOCKET_UPGRADE_REQUIRED",
+            raise FailedPrecondition(
+                WEBSOCKET_UPGRADE_REQUIRED,
                 f"{raw_path} is a WebSocket endpoint: connect with an Upgrade: websocket request",
-                http_status=426,
                 headers={"Upgrade": "websocket"},
             )
         raise method_not_allowed(method, raw_path, sorted({r.http_method for r, _ in matches}))
@@ -73,15 +75,11 @@ def _most_specific(matches: list[tuple[Route, dict[str, str]]]) -> list[tuple[Ro
 def method_not_allowed(method: str, raw_path: str, allowed: Sequence[str]) -> ApiError:
     """The 405 for a path served with other methods (derived routes and the gateway's own endpoints)."""
     allow = ", ".join(allowed)
-    return ApiError(
-        grpc.StatusCode.UNIMPLEMENTED,
-        "METHOD_NOT_ALLOWED",
-        f"method {method} not allowed on {raw_path}; allowed: {allow}",
-        http_status=405,
-        headers={"Allow": allow},
+    return METHOD_NOT_ALLOWED.error(
+        f"method {method} not allowed on {raw_path}; allowed: {allow}", headers={"Allow": allow}
     )
 
 
 def route_not_found(what: str) -> ApiError:
     """The 404 for a path no route serves (REST, WebSocket or CORS preflight)."""
-    return ApiError(grpc.StatusCode.NOT_FOUND, "ROUTE_NOT_FOUND", f"no route for {what}", http_status=404)
+    return ROUTE_NOT_FOUND.error(f"no route for {what}")

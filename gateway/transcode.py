@@ -20,8 +20,18 @@ from google.protobuf.message import Message
 from google.rpc import status_pb2
 from multidict import MultiMapping
 
+from common.errors import (
+    INVALID_BODY,
+    INVALID_FIELD_VALUE,
+    INVALID_QUERY_PARAMETER,
+    MALFORMED_JSON,
+    UNEXPECTED_BODY,
+    UNKNOWN_FIELD,
+    UNKNOWN_QUERY_PARAMETER,
+    InvalidArgument,
+)
 from gateway.descriptors import SCALAR_LIKE_MESSAGES, RouteError, message_type, resolve_field_path
-from gateway.errors import invalid_argument, status_to_json
+from gateway.errors import status_to_json
 from gateway.routes import Kind, Route
 
 _UNKNOWN_FIELD = re.compile(r'Message type "([^"]+)" has no field named "([^"]+)" at "([^"]+)"')
@@ -48,12 +58,12 @@ def parse_json(raw: bytes | str, *, what: str = "request body") -> Any:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
         return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
     except UnicodeDecodeError as exc:
-        raise invalid_argument(f"{what} is not UTF-8: {exc}", reason="MALFORMED_JSON") from exc
+        raise InvalidArgument(None, f"{what} is not UTF-8: {exc}", reason=MALFORMED_JSON) from exc
     except RecursionError:
         # The C scanner recurses per nesting level; protobuf's parser would refuse past 100 anyway.
-        raise invalid_argument(f"{what} is nested too deeply", reason="MALFORMED_JSON") from None
+        raise InvalidArgument(None, f"{what} is nested too deeply", reason=MALFORMED_JSON) from None
     except ValueError as exc:  # json.JSONDecodeError is a ValueError
-        raise invalid_argument(f"malformed JSON in {what}: {exc}", reason="MALFORMED_JSON") from exc
+        raise InvalidArgument(None, f"malformed JSON in {what}: {exc}", reason=MALFORMED_JSON) from exc
 
 
 def decode_request(
@@ -73,13 +83,14 @@ def decode_request(
     if has_body:
         if not route.body:
             if strict:
-                raise invalid_argument(
+                raise InvalidArgument(
+                    None,
                     f"{route.http_method} {route.template.source} takes no request body",
-                    reason="UNEXPECTED_BODY",
+                    reason=UNEXPECTED_BODY,
                 )
         elif route.body == "*":
             if not isinstance(body, dict):
-                raise invalid_argument("request body must be a JSON object", reason="INVALID_BODY")
+                raise InvalidArgument(None, "request body must be a JSON object", reason=INVALID_BODY)
             _parse_into(message, body, strict=strict, where="request body")
         else:
             _parse_into(message, {route.body: body}, strict=strict, where="request body")
@@ -91,10 +102,11 @@ def decode_request(
     for key in dict.fromkeys(query.keys()):
         if not query_allowed:
             if strict:
-                raise invalid_argument(
+                raise InvalidArgument(
+                    key,
                     f"unknown query parameter {key!r}: the whole request is the body of this route",
-                    reason="UNKNOWN_QUERY_PARAMETER",
-                    field=key,
+                    reason=UNKNOWN_QUERY_PARAMETER,
+                    prefix=False,
                 )
             continue
         _set_param(url, route, key, query.getall(key), source="query parameter", strict=strict)
@@ -111,14 +123,15 @@ def _parse_into(message: Message, obj: dict[str, Any], *, strict: bool, where: s
         text = str(exc).split("\n")[0]
         unknown = _UNKNOWN_FIELD.search(text)
         if unknown is None:
-            raise invalid_argument(f"invalid {where}: {text}", reason="INVALID_FIELD_VALUE") from exc
+            raise InvalidArgument(None, f"invalid {where}: {text}", reason=INVALID_FIELD_VALUE) from exc
         # 'no field named "x" at "Req.messages[0]"' → the field path "messages[0].x".
         scope = unknown.group(3).partition(".")[2]
         field = f"{scope}.{unknown.group(2)}" if scope else unknown.group(2)
-        raise invalid_argument(
+        raise InvalidArgument(
+            field,
             f"invalid {where}: unknown field {field!r} (not a field of {unknown.group(1)})",
-            reason="UNKNOWN_FIELD",
-            field=field,
+            reason=UNKNOWN_FIELD,
+            prefix=False,
         ) from exc
 
 
@@ -143,10 +156,11 @@ def _check_objects(descriptor: Descriptor, obj: dict[str, Any], *, where: str, p
             name = f"{path}{field.name}" + (f"[{i}]" if field.is_repeated else "")
             if not isinstance(element, dict):
                 kind = _JSON_TYPE_NAMES.get(type(element), type(element).__name__)
-                raise invalid_argument(
+                raise InvalidArgument(
+                    name,
                     f"invalid {where}: field {name} must be a JSON object ({sub.full_name}), not {kind}",
-                    reason="INVALID_FIELD_VALUE",
-                    field=name,
+                    reason=INVALID_FIELD_VALUE,
+                    prefix=False,
                 )
             _check_objects(sub, element, where=where, path=f"{name}.")
 
@@ -182,8 +196,8 @@ def _check_scalars(field: FieldDescriptor, value: Any, *, where: str, name: str)
             problem = "must be an integer (a JSON number, or a string of decimal digits)"
         else:
             continue
-        raise invalid_argument(
-            f"invalid {where}: field {name} {problem}", reason="INVALID_FIELD_VALUE", field=name
+        raise InvalidArgument(
+            name, f"invalid {where}: field {name} {problem}", reason=INVALID_FIELD_VALUE, prefix=False
         )
 
 
@@ -196,41 +210,45 @@ def _set_param(
     except RouteError as exc:
         if not strict:
             return
-        raise invalid_argument(
-            f"unknown {source} {key!r} ({exc})", reason="UNKNOWN_QUERY_PARAMETER", field=key
+        raise InvalidArgument(
+            key, f"unknown {source} {key!r} ({exc})", reason=UNKNOWN_QUERY_PARAMETER, prefix=False
         ) from exc
     top, leaf = fields[0], fields[-1]
     if source == "query parameter":
         if top.name in route.path_fields:
-            raise invalid_argument(
+            raise InvalidArgument(
+                key,
                 f"query parameter {key!r} is already set by the path",
-                reason="INVALID_QUERY_PARAMETER",
-                field=key,
+                reason=INVALID_QUERY_PARAMETER,
+                prefix=False,
             )
         if route.body not in ("", "*") and top.name == route.body:
-            raise invalid_argument(
+            raise InvalidArgument(
+                key,
                 f"query parameter {key!r} is part of the request body",
-                reason="INVALID_QUERY_PARAMETER",
-                field=key,
+                reason=INVALID_QUERY_PARAMETER,
+                prefix=False,
             )
     leaf_message = message_type(leaf)
     if leaf_message is not None and (
         leaf_message.GetOptions().map_entry or leaf_message.full_name not in SCALAR_LIKE_MESSAGES
     ):
-        raise invalid_argument(
+        raise InvalidArgument(
+            key,
             f"{source} {key!r} names a message field ({leaf_message.full_name}); set its fields instead",
-            reason="INVALID_QUERY_PARAMETER",
-            field=key,
+            reason=INVALID_QUERY_PARAMETER,
+            prefix=False,
         )
     converted = [_scalar(leaf, v, key=key, source=source) for v in values]
     value: Any
     if leaf.is_repeated:
         value = converted
     elif len(converted) > 1:
-        raise invalid_argument(
+        raise InvalidArgument(
+            key,
             f"{source} {key!r} is not repeated but was given {len(converted)} times",
-            reason="INVALID_QUERY_PARAMETER",
-            field=key,
+            reason=INVALID_QUERY_PARAMETER,
+            prefix=False,
         )
     else:
         value = converted[0]
@@ -242,8 +260,8 @@ def _set_param(
         json_format.ParseDict(tree, scratch)
     except json_format.ParseError as exc:
         text = str(exc).split("\n")[0]
-        raise invalid_argument(
-            f"invalid {source} {key!r}: {text}", reason="INVALID_QUERY_PARAMETER", field=key
+        raise InvalidArgument(
+            key, f"invalid {source} {key!r}: {text}", reason=INVALID_QUERY_PARAMETER, prefix=False
         ) from exc
     target.MergeFrom(scratch)
 
@@ -274,11 +292,12 @@ def _enum_value(enum: EnumDescriptor, raw: str, *, key: str, source: str) -> str
     # An enum number is an int32 (at most 11 characters): never int() a 4,300-digit string.
     if len(raw) <= 11 and _DECIMAL.fullmatch(raw) and int(raw) in enum.values_by_number:
         return int(raw)
-    raise invalid_argument(
+    raise InvalidArgument(
+        key,
         f"invalid {source} {key!r}: {raw[:64]!r} is not a value of {enum.full_name}; use a name "
         f"({', '.join(enum.values_by_name)}) or its number",
-        reason="INVALID_QUERY_PARAMETER",
-        field=key,
+        reason=INVALID_QUERY_PARAMETER,
+        prefix=False,
     )
 
 

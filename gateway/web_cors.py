@@ -17,12 +17,11 @@ import ipaddress
 import re
 from collections.abc import Sequence
 
-import grpc
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from yarl import URL
 
-from common.errors import ApiError
+from common.errors import HOST_NOT_ALLOWED, ORIGIN_NOT_ALLOWED, PermissionDenied
 from gateway.metadata import REQUEST_ID_HEADER
 from gateway.router import route_not_found
 from gateway.web_state import STATE
@@ -74,17 +73,13 @@ def host_allowed(request: web.Request) -> bool:
         return False
 
 
-def _forbidden(reason: str, message: str) -> ApiError:
-    return ApiError(grpc.StatusCode.PERMISSION_DENIED, reason, message, http_status=403)
-
-
 @web.middleware
 async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Refuse foreign Hosts on loopback and state-changing requests from foreign origins; answer CORS
     preflights for allowed origins."""
     if not host_allowed(request):
-        raise _forbidden(
-            "HOST_NOT_ALLOWED",
+        raise PermissionDenied(
+            HOST_NOT_ALLOWED,
             f"host {request.host!r} is not a loopback name; this gateway listens on loopback only",
         )
     origin = request.headers.get("Origin")
@@ -94,12 +89,12 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
         and request.method not in _SAFE_METHODS
         and not same_or_allowed_origin(request, state.options.cors_origins)
     ):
-        raise _forbidden("ORIGIN_NOT_ALLOWED", f"origin {origin!r} is not allowed")
+        raise PermissionDenied(ORIGIN_NOT_ALLOWED, f"origin {origin!r} is not allowed")
     requested = request.headers.get("Access-Control-Request-Method")
     if request.method != "OPTIONS" or origin is None or requested is None:
         return await handler(request)
     if not origin_allowed(origin, state.options.cors_origins):
-        raise _forbidden("ORIGIN_NOT_ALLOWED", f"origin {origin!r} is not allowed")
+        raise PermissionDenied(ORIGIN_NOT_ALLOWED, f"origin {origin!r} is not allowed")
     methods = state.allowed_methods(request.rel_url.raw_path)
     if not methods:
         raise route_not_found(request.rel_url.raw_path)

@@ -32,10 +32,18 @@ from aiohttp import WSMsgType, web
 from google.protobuf.message import Message
 from google.rpc import code_pb2, status_pb2
 
-from common.errors import ApiError
+from common.errors import (
+    BINARY_FRAME,
+    CONFLICTING_CREDENTIALS,
+    ORIGIN_NOT_ALLOWED,
+    UNEXPECTED_FRAME,
+    ApiError,
+    InvalidArgument,
+    PermissionDenied,
+)
 from gateway import access
 from gateway.calls import ClientGone, RequestPump, cancel_on_exit
-from gateway.errors import invalid_argument, ws_close_code
+from gateway.errors import ws_close_code
 from gateway.relay import relay
 from gateway.router import Match
 from gateway.routes import Route
@@ -71,10 +79,8 @@ async def handle_websocket(request: web.Request, match: Match) -> web.StreamResp
     state = request.app[STATE]
     options = state.options
     if not same_or_allowed_origin(request, options.cors_origins):
-        raise ApiError(
-            grpc.StatusCode.PERMISSION_DENIED,
-            "ORIGIN_NOT_ALLOWED",
-            f"origin {request.headers.get('Origin')!r} may not open WebSockets here",
+        raise PermissionDenied(
+            ORIGIN_NOT_ALLOWED, f"origin {request.headers.get('Origin')!r} may not open WebSockets here"
         )
     route = match.route
     # URL and header errors are plain HTTP 400s, before the upgrade.
@@ -304,9 +310,10 @@ class _Credentials:
         access.note_credential(token)
         current = self._token if self._token is not None else _bearer(self._header)
         if current is not None and current != token:
-            raise invalid_argument(
+            raise InvalidArgument(
+                None,
                 f"the {where} carries a different token than the connection already has",
-                reason="CONFLICTING_CREDENTIALS",
+                reason=CONFLICTING_CREDENTIALS,
             )
         if self._header is None:
             self._token = token
@@ -365,9 +372,10 @@ def _translator(
                 credentials.add(token, where="auth frame")
             # The call's metadata is fixed once it started: the same token again is fine, another is not.
             elif not credentials.matches(token):
-                raise invalid_argument(
+                raise InvalidArgument(
+                    None,
                     "the call already runs with other credentials; reconnect to change them",
-                    reason="CONFLICTING_CREDENTIALS",
+                    reason=CONFLICTING_CREDENTIALS,
                 )
             await ws.send_str(AUTH_OK)
             return None
@@ -406,9 +414,10 @@ async def _requests(
         if message is None and text:
             continue
         if taken or message is None:
-            raise invalid_argument(
+            raise InvalidArgument(
+                None,
                 "this WebSocket route takes a single request; no further frames are allowed",
-                reason="UNEXPECTED_FRAME",
+                reason=UNEXPECTED_FRAME,
             )
         yield message
 
@@ -438,8 +447,8 @@ class _Frames:
             if frame.type == WSMsgType.TEXT:
                 return str(frame.data)
             if frame.type == WSMsgType.BINARY:
-                raise invalid_argument(
-                    "binary frames are not supported: send JSON text frames", reason="BINARY_FRAME"
+                raise InvalidArgument(
+                    None, "binary frames are not supported: send JSON text frames", reason=BINARY_FRAME
                 )
 
     async def next_within(self, seconds: float | None) -> str | None:

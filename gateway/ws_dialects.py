@@ -47,8 +47,9 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from google.rpc import status_pb2
 
+from common.errors import INVALID_FRAME, INVALID_HEADER, InvalidArgument
 from gateway.descriptors import message_type
-from gateway.errors import invalid_argument, status_to_json
+from gateway.errors import status_to_json
 from gateway.events import SEQUENCE_FIELD, enum_short_name
 from gateway.routes import Route
 from gateway.transcode import dumps, message_to_json, parse_json
@@ -86,14 +87,18 @@ def negotiate(header: str | None) -> Negotiation:
         if protocol is None:
             # The server must echo one offered protocol or browsers drop the connection, and echoing a
             # credential into response headers (and proxy logs) is not something to do by default.
-            raise invalid_argument(
+            raise InvalidArgument(
+                PROTOCOL_HEADER,
                 f"offer {FLAT_PROTOCOL} or {NATIVE_PROTOCOL} beside {BEARER_PREFIX}<token>",
-                reason="INVALID_HEADER",
-                field=PROTOCOL_HEADER,
+                reason=INVALID_HEADER,
+                prefix=False,
             )
         if len(tokens) > 1 or not tokens[0]:
-            raise invalid_argument(
-                f"offer one non-empty {BEARER_PREFIX}<token>", reason="INVALID_HEADER", field=PROTOCOL_HEADER
+            raise InvalidArgument(
+                PROTOCOL_HEADER,
+                f"offer one non-empty {BEARER_PREFIX}<token>",
+                reason=INVALID_HEADER,
+                prefix=False,
             )
     return Negotiation(
         dialect=WsDialect(protocol) if protocol else None,
@@ -117,10 +122,11 @@ def flat_frame(text: str) -> dict[str, Any]:
     """A flat client frame as an object with its `type`; INVALID_ARGUMENT otherwise."""
     obj = parse_json(text, what="WebSocket frame")
     if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
-        raise invalid_argument(
+        raise InvalidArgument(
+            "type",
             'a frame of the flat dialect is a JSON object with a string "type"',
-            reason="INVALID_FRAME",
-            field="type",
+            reason=INVALID_FRAME,
+            prefix=False,
         )
     return obj
 
@@ -129,8 +135,8 @@ def auth_token(frame: dict[str, Any]) -> str:
     """The token of an auth frame: a string that can travel as metadata."""
     token = frame.get("token", "")
     if not isinstance(token, str) or not (token.isascii() and (token.isprintable() or not token)):
-        raise invalid_argument(
-            "auth frame's token must be a printable ASCII string", reason="INVALID_FRAME", field="token"
+        raise InvalidArgument(
+            "token", "auth frame's token must be a printable ASCII string", reason=INVALID_FRAME, prefix=False
         )
     return token
 
@@ -147,10 +153,11 @@ def flat_request_body(route: Route, frame: dict[str, Any]) -> dict[str, Any]:
             for f in request.fields
             if message_type(f) is not None and not f.is_repeated and f.name not in route.path_fields
         )
-        raise invalid_argument(
+        raise InvalidArgument(
+            "type",
             f"unknown frame type {kind!r}: expected {AUTH!r} or one of {choices}",
-            reason="INVALID_FRAME",
-            field="type",
+            reason=INVALID_FRAME,
+            prefix=False,
         )
     body = {k: v for k, v in frame.items() if k != "type"}
     role = sub.fields_by_name.get("role")

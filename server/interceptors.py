@@ -23,7 +23,7 @@ from grpc_interceptor.server import AsyncServerInterceptor
 from grpc_status import rpc_status
 
 from common import bounds
-from common.errors import ApiError, InvalidArgument, internal_error
+from common.errors import MALFORMED_REQUEST, ApiError, InvalidArgument, internal_error
 from server import logs
 
 log = logging.getLogger("aibattle.access")
@@ -147,7 +147,7 @@ class Malformed:
 
 def malformed(type_name: str) -> InvalidArgument:
     return InvalidArgument(
-        None, f"the request is not a valid {type_name} message (protobuf)", reason="MALFORMED_REQUEST"
+        None, f"the request is not a valid {type_name} message (protobuf)", reason=MALFORMED_REQUEST
     )
 
 

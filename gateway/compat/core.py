@@ -17,9 +17,16 @@ from typing import Any
 from aiohttp import web
 
 from aibattle.v1 import common_pb2, completions_pb2, models_pb2
-from common.errors import RequestTooLarge
+from common.errors import (
+    INVALID_BODY,
+    INVALID_FIELD_VALUE,
+    UNKNOWN_PARAMETER,
+    UNSUPPORTED_CONTENT,
+    UNSUPPORTED_PARAMETER,
+    InvalidArgument,
+    RequestTooLarge,
+)
 from gateway.descriptors import Rpc
-from gateway.errors import invalid_argument
 from gateway.transcode import parse_json
 from gateway.web_state import STATE, call_context
 
@@ -62,8 +69,10 @@ class Keys:
             elif key in self.defaults:
                 message = f"{name!r}: only {_shown(self.defaults[key])} is supported"
             else:
-                raise invalid_argument(f"unknown parameter {name!r}", reason="UNKNOWN_PARAMETER", field=name)
-            raise invalid_argument(message, reason="UNSUPPORTED_PARAMETER", field=name)
+                raise InvalidArgument(
+                    name, f"unknown parameter {name!r}", reason=UNKNOWN_PARAMETER, prefix=False
+                )
+            raise InvalidArgument(name, message, reason=UNSUPPORTED_PARAMETER, prefix=False)
 
 
 def _shown(values: tuple[Any, ...]) -> str:
@@ -124,12 +133,12 @@ async def read_object(request: web.Request) -> dict[str, Any]:
         raise RequestTooLarge(request.app[STATE].options.max_body_bytes) from exc
     body = parse_json(raw) if raw.strip() else {}
     if not isinstance(body, dict):
-        raise invalid_argument("request body must be a JSON object", reason="INVALID_BODY")
+        raise InvalidArgument(None, "request body must be a JSON object", reason=INVALID_BODY)
     return body
 
 
 def _wrong_type(key: str, expected: str) -> Exception:
-    return invalid_argument(f"{key!r} must be {expected}", reason="INVALID_FIELD_VALUE", field=key)
+    return InvalidArgument(key, f"{key!r} must be {expected}", reason=INVALID_FIELD_VALUE, prefix=False)
 
 
 def optional_str(body: Mapping[str, Any], key: str, *, where: str = "") -> str | None:
@@ -168,10 +177,11 @@ def optional_int(
         raise _wrong_type(where + key, "an integer")
     low, high = bounds
     if not low <= value <= high:
-        raise invalid_argument(
+        raise InvalidArgument(
+            where + key,
             f"{where + key!r} must be between {low} and {high}, got {value}",
-            reason="INVALID_FIELD_VALUE",
-            field=where + key,
+            reason=INVALID_FIELD_VALUE,
+            prefix=False,
         )
     return value
 
@@ -206,7 +216,7 @@ def stop_list(body: Mapping[str, Any], key: str, *, where: str = "") -> list[str
 def required_model(body: Mapping[str, Any]) -> str:
     model = optional_str(body, "model")
     if not model:
-        raise invalid_argument("'model' is required", reason="INVALID_FIELD_VALUE", field="model")
+        raise InvalidArgument("model", "'model' is required", reason=INVALID_FIELD_VALUE, prefix=False)
     return model
 
 
@@ -222,10 +232,11 @@ def text_of(content: Any, where: str) -> str:
             if not (
                 isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
             ):
-                raise invalid_argument(
+                raise InvalidArgument(
+                    where,
                     f"{where}: only text content parts are supported",
-                    reason="UNSUPPORTED_CONTENT",
-                    field=where,
+                    reason=UNSUPPORTED_CONTENT,
+                    prefix=False,
                 )
             texts.append(part["text"])
         return "".join(texts)

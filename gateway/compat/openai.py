@@ -20,6 +20,7 @@ from google.protobuf.message import Message
 from google.rpc import status_pb2
 
 from common.enums import FinishReason
+from common.errors import INVALID_FIELD_VALUE, UNSUPPORTED_PARAMETER, InvalidArgument
 from gateway.calls import cancel_on_exit
 from gateway.compat.core import (
     INT64,
@@ -38,7 +39,7 @@ from gateway.compat.core import (
     stop_list,
     stream_completion,
 )
-from gateway.errors import error_reason, field_at_fault, http_status, invalid_argument
+from gateway.errors import error_reason, field_at_fault, http_status
 from gateway.transcode import dumps
 from gateway.web_errors import Dialect
 from gateway.web_stream import SSE, SSE_KEEPALIVE, sse_event, stream_http
@@ -218,10 +219,11 @@ def completion_params(body: dict[str, Any]) -> ChatParams:
     if isinstance(prompt, list) and len(prompt) == 1:
         prompt = prompt[0]  # a batch of one
     if not isinstance(prompt, str) or not prompt:
-        raise invalid_argument(
+        raise InvalidArgument(
+            "prompt",
             "'prompt' must be a non-empty string (one prompt per request; token arrays are not supported)",
-            reason="INVALID_FIELD_VALUE",
-            field="prompt",
+            reason=INVALID_FIELD_VALUE,
+            prefix=False,
         )
     max_tokens = optional_int(body, "max_tokens")
     return ChatParams(
@@ -250,10 +252,11 @@ async def _answer(
             return await stream_http(request, call, ChunkFraming(include_usage, chat=chat), dialect=DIALECT)
     if options:
         # As OpenAI: options of a stream that is not asked for would do nothing.
-        raise invalid_argument(
+        raise InvalidArgument(
+            "stream_options",
             "'stream_options' is only allowed with \"stream\": true",
-            reason="UNSUPPORTED_PARAMETER",
-            field="stream_options",
+            reason=UNSUPPORTED_PARAMETER,
+            prefix=False,
         )
     response = await create_completion(request, params)
     finish = FinishReason.from_proto(response.finish_reason).value

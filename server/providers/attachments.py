@@ -20,7 +20,7 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 
-from common.errors import InvalidArgument
+from common.errors import CAPABILITY_MISSING, InvalidArgument
 from server.config import ModelConfig
 from server.providers.base import Attachment, ChatMessage, Role
 
@@ -66,5 +66,5 @@ def cannot_take(
         "file_data",
         f"model {model.id!r} ({model.provider}) cannot take a {kind}{' ' + where if where else ''};"
         f" it takes {takes}",
-        reason="CAPABILITY_MISSING",
+        reason=CAPABILITY_MISSING,
     )

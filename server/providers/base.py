@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from common.enums import FinishReason
-from common.errors import InvalidArgument
+from common.errors import UNSUPPORTED_PARAMETER, InvalidArgument
 from server.config import ModelConfig
 
 PENALTIES = ("top_k", "repeat_penalty", "frequency_penalty", "presence_penalty")
@@ -88,7 +88,7 @@ class ChatRequest:
                 raise InvalidArgument(
                     field,
                     f"model {model.id!r} (provider {model.provider}) does not take {field}",
-                    reason="UNSUPPORTED_PARAMETER",
+                    reason=UNSUPPORTED_PARAMETER,
                 )
             options[names[field]] = value
         return options

@@ -26,10 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 from common.enums import FinishReason
-from common.errors import ApiError, DeadlineExceeded, ProviderError
+from common.errors import (
+    CONTEXT_LENGTH_EXCEEDED,
+    PROVIDER_ERROR,
+    DeadlineExceeded,
+    InvalidArgument,
+    UpstreamError,
+)
 from server.config import LocalProviderConfig, ModelConfig
 from server.providers.attachments import cannot_take
 from server.providers.base import ChatRequest, Delta, Finish, StreamItem, Usage
@@ -111,7 +115,7 @@ class LocalProvider:
 
     async def stream(self, model: ModelConfig, request: ChatRequest) -> AsyncGenerator[StreamItem, None]:
         if self._model is None:
-            raise ProviderError(model.id, "the local model is not loaded")
+            raise UpstreamError(None, model.id, PROVIDER_ERROR, "the local model is not loaded")
         _refuse_attachments(model, request)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[StreamItem | BaseException] = asyncio.Queue()
@@ -167,10 +171,10 @@ class LocalProvider:
             tokens = llm.tokenize(prompt.encode(), add_bos=False, special=True)
             room = llm.n_ctx() - len(tokens)
             if room <= 0:
-                raise ApiError(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    "CONTEXT_LENGTH_EXCEEDED",
+                raise InvalidArgument(
+                    None,
                     f"the prompt is {len(tokens)} tokens; the model's context holds {llm.n_ctx()}",
+                    reason=CONTEXT_LENGTH_EXCEEDED,
                 )
             budget = min(request.max_tokens, room)
             llm.set_seed(request.seed if request.seed is not None else RANDOM_SEED)

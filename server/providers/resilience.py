@@ -23,17 +23,11 @@ from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 
-import grpc
-
-from common.errors import ApiError
+from common.errors import INTERNAL, UPSTREAM_COOLDOWN, ApiError, UpstreamError
 from server.config import ModelConfig
 from server.providers.base import ChatRequest, Provider, StreamItem
-from server.providers.http.errors import UpstreamError
 
 log = logging.getLogger(__name__)
-
-#: Failures of a provider rather than of the request: worth another model.
-_PROVIDER_FAILURE_REASONS = frozenset({"PROVIDER_ERROR"})
 
 
 @dataclass(frozen=True)
@@ -78,15 +72,6 @@ class Circuits:
             )
 
 
-def provider_failure(exc: ApiError) -> bool:
-    """Whether a failure is the provider's (another model may do better), not the request's."""
-    return isinstance(exc, UpstreamError) or exc.reason in _PROVIDER_FAILURE_REASONS
-
-
-def _retryable(exc: ApiError) -> bool:
-    return isinstance(exc, UpstreamError) and exc.retryable
-
-
 def backoff(model: ModelConfig, attempt: int, retry_after: float | None) -> float:
     """Exponential with full jitter around it (0.5x-1.5x), at least the upstream's Retry-After."""
     base = model.upstream.backoff_seconds * (2**attempt)
@@ -103,7 +88,7 @@ async def resilient_stream(
             last = UpstreamError(
                 str(model.provider),
                 model.id,
-                "UPSTREAM_COOLDOWN",
+                UPSTREAM_COOLDOWN,
                 f"upstream skipped for {cooling:.0f} s after repeated failures",
                 retry_after=cooling,
             )
@@ -123,12 +108,13 @@ async def resilient_stream(
             except ApiError as exc:
                 if started:
                     raise  # never splice two answers
-                if isinstance(exc, UpstreamError):
-                    circuits.failed(model)
-                last = exc
-                if not provider_failure(exc):
+                # The catalog says which failures are the provider's (another model may do better)
+                # rather than the request's, and which another attempt may cure.
+                if not exc.fallback:
                     raise
-                if not _retryable(exc) or attempt + 1 == attempts or circuits.cooling(model) > 0:
+                circuits.failed(model)
+                last = exc
+                if not exc.retryable or attempt + 1 == attempts or circuits.cooling(model) > 0:
                     break
                 pause = backoff(model, attempt, exc.retry_after)
                 left = request.time_left()
@@ -142,5 +128,5 @@ async def resilient_stream(
         if last is not None and len(chain) > 1:
             log.info("model failed before its first token", extra={"model": model.id, "reason": last.reason})
     if last is None:  # an empty chain; the registry never builds one
-        raise ApiError(grpc.StatusCode.INTERNAL, "INTERNAL", "no model to try")
+        raise INTERNAL.error("no model to try")
     raise last

@@ -18,7 +18,7 @@ import re
 from collections.abc import AsyncGenerator, Iterator
 
 from common.enums import FinishReason
-from common.errors import DeadlineExceeded, ProviderError
+from common.errors import PROVIDER_ERROR, DeadlineExceeded, UpstreamError
 from server.config import ModelConfig
 from server.providers.base import ChatRequest, Delta, Finish, StreamItem, Usage
 from server.providers.text import StopMatcher
@@ -64,7 +64,7 @@ class ScriptedProvider:
         reason = FinishReason.STOP
         for index, word in enumerate(_WORDS.findall(reply)):
             if index == model.error_after_chunks:
-                raise ProviderError(model.id, f"scripted failure after {index} chunks")
+                raise UpstreamError(None, model.id, PROVIDER_ERROR, f"scripted failure after {index} chunks")
             if produced >= request.max_tokens:
                 reason = FinishReason.LENGTH
                 break

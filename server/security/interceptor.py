@@ -26,7 +26,14 @@ from grpc_health.v1 import health
 from grpc_interceptor.server import AsyncServerInterceptor
 
 from common.api_keys import presented_secret
-from common.errors import PermissionDenied, Unauthenticated
+from common.errors import (
+    ADMIN_KEY_NOT_CONFIGURED,
+    ADMIN_KEY_REQUIRED,
+    API_KEY_INVALID,
+    API_KEY_MISSING,
+    PermissionDenied,
+    Unauthenticated,
+)
 from server import logs
 from server.config import SecurityConfig
 from server.security import context as caller_context
@@ -104,19 +111,19 @@ class AuthInterceptor(AsyncServerInterceptor):
             if service == KEY_SERVICE:
                 # Nobody can hold the admin key this service needs, so nobody may call it.
                 raise PermissionDenied(
-                    "ADMIN_KEY_NOT_CONFIGURED",
+                    ADMIN_KEY_NOT_CONFIGURED,
                     "managing API keys needs the admin key, and none is configured: this server runs "
                     "open (loopback only); set AIBATTLE_ADMIN_KEY (or [security].admin_key) to use keys",
                 )
             return ANONYMOUS
         secret = presented_secret(context.invocation_metadata())
         if not secret:
-            raise Unauthenticated("API_KEY_MISSING", f"this server needs an API key: {_HOW}")
+            raise Unauthenticated(API_KEY_MISSING, f"this server needs an API key: {_HOW}")
         if keys.is_admin(secret, self._admin_key):
             return Caller(key_id=ADMIN_ID, admin=True)
         caller = await self._key_caller(secret)
         if service == KEY_SERVICE:
-            raise PermissionDenied("ADMIN_KEY_REQUIRED", "managing API keys needs the admin key")
+            raise PermissionDenied(ADMIN_KEY_REQUIRED, "managing API keys needs the admin key")
         return caller
 
     async def _key_caller(self, secret: str) -> Caller:
@@ -124,7 +131,7 @@ class AuthInterceptor(AsyncServerInterceptor):
         row = await self._keys.get_key(key_id) if key_id else None
         # One answer for "no such key" and "wrong secret": the difference would help a guesser.
         if row is None or not keys.same_secret(secret, row.secret_hash):
-            raise Unauthenticated("API_KEY_INVALID", f"the API key is not valid: {_HOW}")
+            raise Unauthenticated(API_KEY_INVALID, f"the API key is not valid: {_HOW}")
         keys.check_usable(row, row.key_id)
         return caller_of(row, self._limiter, self._keys)
 

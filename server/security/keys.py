@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from common.api_keys import PREFIX as PREFIX  # the secret's shape is shared with the gateway
 from common.api_keys import key_id_of as key_id_of
-from common.errors import Unauthenticated
+from common.errors import API_KEY_EXPIRED, API_KEY_REVOKED, Unauthenticated
 
 if TYPE_CHECKING:
     from server.storage import KeyRow
@@ -46,6 +46,6 @@ def is_admin(presented: str, admin_key: str) -> bool:
 def check_usable(row: KeyRow | None, key_id: str) -> None:
     """UNAUTHENTICATED unless the key still exists, is not revoked and has not expired."""
     if row is None or row.revoked_at is not None:
-        raise Unauthenticated("API_KEY_REVOKED", f"API key {key_id} was revoked")
+        raise Unauthenticated(API_KEY_REVOKED, f"API key {key_id} was revoked")
     if row.expire_time is not None and row.expire_time <= time.time():
-        raise Unauthenticated("API_KEY_EXPIRED", f"API key {key_id} has expired")
+        raise Unauthenticated(API_KEY_EXPIRED, f"API key {key_id} has expired")

@@ -16,7 +16,7 @@ import math
 import time
 from typing import Protocol
 
-from common.errors import LimitExceeded
+from common.errors import BUDGET_EXCEEDED, RATE_LIMITED, TOKEN_RATE_LIMITED, TOO_MANY_STREAMS, LimitExceeded
 from server.security.context import Caller
 
 BURST = 2.0
@@ -96,7 +96,7 @@ class MemoryLimiter:
         bucket = self._bucket(caller, "rpm", caller.rpm)
         if bucket.level < 1:
             raise LimitExceeded(
-                "RATE_LIMITED",
+                RATE_LIMITED,
                 f"this API key's limit of {caller.rpm} requests per minute is reached",
                 limit="rpm",
                 retry_after=_seconds(bucket.wait_for(1)),
@@ -110,7 +110,7 @@ class MemoryLimiter:
         needed = min(float(tokens), bucket.capacity)
         if bucket.level < needed:
             raise LimitExceeded(
-                "TOKEN_RATE_LIMITED",
+                TOKEN_RATE_LIMITED,
                 f"this API key's limit of {caller.tpm} tokens per minute is reached: this call may use"
                 f" up to {tokens} tokens, {max(0, math.floor(bucket.level))} are available now",
                 limit="tpm",
@@ -130,7 +130,7 @@ class MemoryLimiter:
         open_now = self._streams.get(caller.key_id, 0)
         if open_now >= caller.max_concurrent_streams:
             raise LimitExceeded(
-                "TOO_MANY_STREAMS",
+                TOO_MANY_STREAMS,
                 f"this API key may hold {caller.max_concurrent_streams} streams at once; close one first",
                 limit="max_concurrent_streams",
                 retry_after=STREAM_RETRY_SECONDS,
@@ -151,7 +151,7 @@ class MemoryLimiter:
         reserved = self._reserved.get(caller.key_id, 0.0)
         if spent + reserved + usd > caller.budget_usd + _EPSILON:
             raise LimitExceeded(
-                "BUDGET_EXCEEDED",
+                BUDGET_EXCEEDED,
                 f"this API key's budget of ${caller.budget_usd:.6g} cannot cover this call: "
                 f"${spent:.6g} spent, ${reserved:.6g} held by calls in flight, and this one may cost up to "
                 f"${usd:.6g} (its max_tokens at the model's price)",

@@ -27,7 +27,7 @@ from typing import Any
 
 import aiohttp
 
-from common.errors import ApiError, DeadlineExceeded
+from common.errors import UPSTREAM_KEY_MISSING, UPSTREAM_UNREACHABLE, ApiError, DeadlineExceeded
 from server.config import ModelConfig
 from server.providers.base import ChatRequest, Delta, Finish, StreamItem, Usage
 from server.providers.http.errors import (
@@ -198,7 +198,7 @@ class HttpProvider:
             raise UpstreamError(
                 _provider_of(model),
                 model.id,
-                "UPSTREAM_KEY_MISSING",
+                UPSTREAM_KEY_MISSING,
                 f"environment variable {name} (api_key_env) is not set",
             )
         return key
@@ -227,8 +227,13 @@ class HttpProvider:
         except FrameError as exc:
             failure = protocol_error(provider, model.id, str(exc))
         except aiohttp.ClientPayloadError as exc:
+            # Unlike a connection that failed, an answer cut off midway is not tried again.
             failure = UpstreamError(
-                provider, model.id, "UPSTREAM_UNREACHABLE", f"the answer was cut off ({truncate(str(exc))})"
+                provider,
+                model.id,
+                UPSTREAM_UNREACHABLE,
+                f"the answer was cut off ({truncate(str(exc))})",
+                retryable=False,
             )
         except (ValueError, TypeError, LookupError, AttributeError) as exc:
             # An adapter tripped over an answer of a shape it did not expect: an unreadable answer.

@@ -4,12 +4,13 @@
 |---|---|---|---|
 | connection refused / reset, DNS failure | UNAVAILABLE | UPSTREAM_UNREACHABLE | yes |
 | 429 | RESOURCE_EXHAUSTED (RetryInfo from Retry-After) | UPSTREAM_RATE_LIMITED | yes |
-| 500, 502, 503, 504, 529 | UNAVAILABLE | UPSTREAM_UNAVAILABLE | yes |
+| 408, 500, 502, 503, 504, 529 | UNAVAILABLE | UPSTREAM_UNAVAILABLE | yes |
 | no first token, or a silent stream, past its timeout | UNAVAILABLE | UPSTREAM_TIMEOUT | before a token |
 | 400, 404 (bad model name), 413, 422 | FAILED_PRECONDITION | UPSTREAM_REJECTED | no |
 | 401, 403 | FAILED_PRECONDITION | UPSTREAM_AUTH_FAILED | no |
 | a frame that does not parse | UNAVAILABLE | UPSTREAM_PROTOCOL_ERROR | no |
 | an error event or object in the stream | UNAVAILABLE | UPSTREAM_ERROR | no |
+| the model's api_key_env is not set | UNAVAILABLE | UPSTREAM_KEY_MISSING | no |
 | the caller's deadline | DEADLINE_EXCEEDED | DEADLINE_EXCEEDED | no |
 
 A 4xx from the upstream is FAILED_PRECONDITION, not INVALID_ARGUMENT: our request was already
@@ -17,47 +18,28 @@ validated, so the fault is the server's configuration (a wrong upstream_model, a
 client's. Messages name the provider and model, quote the upstream's own message (truncated), and
 never carry a key or a header: whatever an upstream echoes (some echo the Authorization header they
 were sent) passes `redact_error` before it leaves the provider.
+
+The codes, and whether each reason is retried or falls back, are the catalog's (`common.errors`);
+`UpstreamError` lives there too, one class for every provider's failure.
 """
 
 from __future__ import annotations
 
-import grpc
-
-from common.errors import ApiError
+from common.errors import (
+    UPSTREAM_AUTH_FAILED,
+    UPSTREAM_ERROR,
+    UPSTREAM_PROTOCOL_ERROR,
+    UPSTREAM_RATE_LIMITED,
+    UPSTREAM_REJECTED,
+    UPSTREAM_TIMEOUT,
+    UPSTREAM_UNAVAILABLE,
+    UPSTREAM_UNREACHABLE,
+    ApiError,
+    UpstreamError,
+)
 
 _MESSAGE_LIMIT = 300
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504, 529})
-
-
-class UpstreamError(ApiError):
-    """A provider's upstream failed; `retryable` says whether another attempt may succeed."""
-
-    def __init__(
-        self,
-        provider: str,
-        model: str,
-        reason: str,
-        message: str,
-        *,
-        code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE,
-        retryable: bool = False,
-        retry_after: float | None = None,
-        http_status: int | None = None,
-    ) -> None:
-        metadata = {"provider": provider, "model": model}
-        if http_status is not None:
-            metadata["upstream_status"] = str(http_status)
-        super().__init__(
-            code,
-            reason,
-            f"model {model!r} ({provider}): {message}",
-            metadata=metadata,
-            retry_after=retry_after,
-        )
-        self.provider = provider
-        self.model = model
-        self.retryable = retryable
-        self.upstream_status = http_status
 
 
 REDACTED = "[redacted]"
@@ -105,47 +87,37 @@ def from_status(
     )
     if status == 429:
         return UpstreamError(
-            provider,
-            model,
-            "UPSTREAM_RATE_LIMITED",
-            said,
-            code=grpc.StatusCode.RESOURCE_EXHAUSTED,
-            retryable=True,
-            retry_after=retry_after,
-            http_status=status,
+            provider, model, UPSTREAM_RATE_LIMITED, said, retry_after=retry_after, upstream_status=status
         )
     if status in RETRYABLE_STATUS or status >= 500:
+        # 501, 505…: the upstream will not change its mind on a second attempt.
         return UpstreamError(
             provider,
             model,
-            "UPSTREAM_UNAVAILABLE",
+            UPSTREAM_UNAVAILABLE,
             said,
             retryable=status in RETRYABLE_STATUS,
-            http_status=status,
+            upstream_status=status,
         )
-    reason = "UPSTREAM_AUTH_FAILED" if status in (401, 403) else "UPSTREAM_REJECTED"
-    return UpstreamError(
-        provider, model, reason, said, code=grpc.StatusCode.FAILED_PRECONDITION, http_status=status
-    )
+    reason = UPSTREAM_AUTH_FAILED if status in (401, 403) else UPSTREAM_REJECTED
+    return UpstreamError(provider, model, reason, said, upstream_status=status)
 
 
 def unreachable(provider: str, model: str, what: str) -> UpstreamError:
-    return UpstreamError(
-        provider, model, "UPSTREAM_UNREACHABLE", f"upstream unreachable ({what})", retryable=True
-    )
+    return UpstreamError(provider, model, UPSTREAM_UNREACHABLE, f"upstream unreachable ({what})")
 
 
 def timed_out(provider: str, model: str, what: str) -> UpstreamError:
-    return UpstreamError(provider, model, "UPSTREAM_TIMEOUT", what, retryable=True)
+    return UpstreamError(provider, model, UPSTREAM_TIMEOUT, what)
 
 
 def protocol_error(provider: str, model: str, what: str) -> UpstreamError:
-    return UpstreamError(provider, model, "UPSTREAM_PROTOCOL_ERROR", f"unreadable answer: {truncate(what)}")
+    return UpstreamError(provider, model, UPSTREAM_PROTOCOL_ERROR, f"unreadable answer: {truncate(what)}")
 
 
 def stream_error(provider: str, model: str, upstream_message: str) -> UpstreamError:
     """An error the upstream reported inside its stream (an error event or object)."""
-    return UpstreamError(provider, model, "UPSTREAM_ERROR", f"upstream error: {truncate(upstream_message)}")
+    return UpstreamError(provider, model, UPSTREAM_ERROR, f"upstream error: {truncate(upstream_message)}")
 
 
 def parse_retry_after(value: str | None) -> float | None:
