@@ -9,7 +9,7 @@ from typing import Any, Generic, TypeVar
 import grpc
 import grpc.aio
 
-from aibattle_sdk._config import ClientConfig, RetryPolicy, remaining
+from aibattle_sdk._config import NO_RETRY, ClientConfig, remaining
 from aibattle_sdk._gen.aibattle import v1
 from aibattle_sdk._rpcs import Rpc
 from aibattle_sdk.errors import APIError, from_rpc_error
@@ -34,13 +34,13 @@ class AsyncTransport:
     def channel(self) -> grpc.aio.Channel:
         return self._channel()
 
-    async def unary(self, rpc: Rpc, request: Any, *, timeout: float | None, safe: bool) -> Any:
-        """One unary call; retried on UNAVAILABLE when `safe`."""
+    async def unary(self, rpc: Rpc, request: Any, *, timeout: float | None) -> Any:
+        """One unary call; retried on UNAVAILABLE when `rpc.safe`."""
         deadline = self.config.deadline(timeout)
         call = self.channel.unary_unary(
             rpc.route, rpc.request_type.SerializeToString, rpc.response_type.FromString
         )
-        policy = self.config.retry if safe else RetryPolicy(max_attempts=1)
+        policy = self.config.retry if rpc.safe else NO_RETRY
         attempt = 1
         while True:
             try:
@@ -59,14 +59,13 @@ class AsyncTransport:
         request: Any,
         *,
         timeout: float | None,
-        safe: bool,
         resume: Callable[[int], Any] | None = None,
         sequence: Callable[[Any], int] | None = None,
         unwrap: Callable[[Any], Any] | None = None,
     ) -> AsyncStream[Any]:
         """A server stream; see `AsyncStream`."""
         return AsyncStream(
-            self, rpc, request, timeout=timeout, safe=safe, resume=resume, sequence=sequence, unwrap=unwrap
+            self, rpc, request, timeout=timeout, resume=resume, sequence=sequence, unwrap=unwrap
         )
 
 
@@ -84,7 +83,6 @@ class AsyncStream(Generic[T]):
         request: Any,
         *,
         timeout: float | None,
-        safe: bool,
         resume: Callable[[int], Any] | None,
         sequence: Callable[[Any], int] | None,
         unwrap: Callable[[Any], Any] | None,
@@ -93,7 +91,6 @@ class AsyncStream(Generic[T]):
         self._rpc = rpc
         self._request = request
         self._deadline = transport.config.deadline(timeout, default=False)
-        self._safe = safe
         self._resume = resume
         self._sequence = sequence
         self._unwrap = unwrap or (lambda response: response)
@@ -162,7 +159,7 @@ class AsyncStream(Generic[T]):
             self.cancel()
 
     async def _retry(self, error: APIError, received: bool, attempt: int) -> bool:
-        if not self._safe or (received and self._resume is None):
+        if not self._rpc.safe or (received and self._resume is None):
             return False
         wait = self._transport.config.retry.should_retry(attempt, error, self._deadline)
         if wait is None:

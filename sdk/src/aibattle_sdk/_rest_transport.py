@@ -25,7 +25,7 @@ from typing import Any
 import betterproto2
 import grpc
 
-from aibattle_sdk._config import ClientConfig, RetryPolicy, remaining
+from aibattle_sdk._config import NO_RETRY, ClientConfig, remaining
 from aibattle_sdk._gen.aibattle import v1
 from aibattle_sdk._rpcs import Rpc
 from aibattle_sdk._sync_transport import ConverseSession, Streaming, retrying
@@ -70,8 +70,8 @@ class RestTransport(Streaming):  # server streams read as NDJSON
 
     # --- the transport interface
 
-    def unary(self, rpc: Rpc, request: Any, *, timeout: float | None, safe: bool) -> Any:
-        """One call; retried on UNAVAILABLE when `safe`, as over gRPC."""
+    def unary(self, rpc: Rpc, request: Any, *, timeout: float | None) -> Any:
+        """One call; retried on UNAVAILABLE when `rpc.safe`, as over gRPC."""
         deadline = self.config.deadline(timeout)
 
         def once() -> Any:
@@ -83,7 +83,7 @@ class RestTransport(Streaming):  # server streams read as NDJSON
             finally:
                 connection.close()
 
-        return retrying(self.config.retry if safe else RetryPolicy(max_attempts=1), deadline, once)
+        return retrying(self.config.retry if rpc.safe else NO_RETRY, deadline, once)
 
     def open_stream(self, rpc: Rpc, request: Any, timeout: float | None) -> _Call:
         return _Call(self, rpc, request, timeout)

@@ -1,4 +1,5 @@
-"""Every RPC of the protos as data (route, message types, shape), read from the generated stubs.
+"""Every RPC of the protos as data (route, message types, shape), read from the generated stubs, and
+whether a call may be repeated (RETRY_SAFE, the one table written here).
 
 The hand-written clients never spell a route or pair a request with its response themselves: they
 take an `Rpc` from here, which betterproto2's generated stub produced. A stub method is called once
@@ -18,6 +19,34 @@ from aibattle_sdk._gen.aibattle import v1
 
 Shape = Literal["unary_unary", "unary_stream", "stream_unary", "stream_stream"]
 
+RETRY_SAFE: dict[str, bool] = {
+    "ModelService/ListModels": True,
+    "ModelService/GetModel": True,
+    "CompletionService/CreateCompletion": True,  # nothing is stored
+    "CompletionService/StreamCompletion": True,  # until its first chunk (see Stream)
+    "ConversationService/CreateConversation": False,
+    "ConversationService/GetConversation": True,
+    "ConversationService/ListConversations": True,
+    "ConversationService/DeleteConversation": False,
+    "ConversationService/AddMessage": False,
+    "ConversationService/RunConversation": False,
+    "ConversationService/CancelConversation": True,
+    "ConversationService/StreamConversationEvents": True,  # resumed from the last event yielded
+    "ConversationService/Converse": False,  # its actions are not idempotent
+    "ReasoningService/CreateReasoning": False,
+    "ReasoningService/GetReasoning": True,
+    "ReasoningService/ListReasonings": True,
+    "ReasoningService/CancelReasoning": True,
+    "ReasoningService/StreamReasoningEvents": True,  # resumed from the last event yielded
+    "ReasoningService/ResumeReasoning": False,
+    "KeyService/CreateKey": False,
+    "KeyService/ListKeys": True,
+    "KeyService/RevokeKey": True,
+}
+"""Whether each RPC (`Service/Method` of aibattle.v1) may be repeated after UNAVAILABLE (see
+`RetryPolicy`): the transports read `Rpc.safe`, call sites never say. An RPC missing here is never
+retried; tests/sdk/test_sdk_rpc_table.py wants every RPC listed."""
+
 
 @dataclass(frozen=True)
 class Rpc:
@@ -27,6 +56,8 @@ class Rpc:
     request_type: type[betterproto2.Message]
     response_type: type[betterproto2.Message]
     shape: Shape
+    safe: bool = False
+    """Whether a call may be repeated after UNAVAILABLE (RETRY_SAFE)."""
 
     @property
     def service(self) -> str:
@@ -69,7 +100,8 @@ def describe(stub_class: type, name: str) -> Rpc:
         list(result)
     assert recorder.seen is not None, f"{stub_class.__name__}.{name} made no call"
     shape, route = recorder.seen
-    return Rpc(route=route, request_type=request, response_type=response, shape=shape)
+    safe = RETRY_SAFE.get(route.removeprefix("/aibattle.v1."), False)
+    return Rpc(route=route, request_type=request, response_type=response, shape=shape, safe=safe)
 
 
 def all_rpcs() -> dict[str, Rpc]:

@@ -10,7 +10,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 
-from aibattle_sdk._config import ClientConfig, RetryPolicy, remaining
+from aibattle_sdk._config import NO_RETRY, ClientConfig, RetryPolicy, remaining
 from aibattle_sdk._gen.aibattle import v1
 from aibattle_sdk._rpcs import Rpc
 from aibattle_sdk.errors import APIError, from_rpc_error
@@ -29,7 +29,7 @@ class SyncTransport(Protocol):
 
     config: ClientConfig
 
-    def unary(self, rpc: Rpc, request: Any, *, timeout: float | None, safe: bool) -> Any: ...
+    def unary(self, rpc: Rpc, request: Any, *, timeout: float | None) -> Any: ...
 
     def stream(
         self,
@@ -37,7 +37,6 @@ class SyncTransport(Protocol):
         request: Any,
         *,
         timeout: float | None,
-        safe: bool,
         resume: Callable[[int], Any] | None = None,
         sequence: Callable[[Any], int] | None = None,
         unwrap: Callable[[Any], Any] | None = None,
@@ -75,7 +74,6 @@ class Streaming:
         request: Any,
         *,
         timeout: float | None,
-        safe: bool,
         resume: Callable[[int], Any] | None = None,
         sequence: Callable[[Any], int] | None = None,
         unwrap: Callable[[Any], Any] | None = None,
@@ -86,7 +84,6 @@ class Streaming:
             rpc,
             request,
             timeout=timeout,
-            safe=safe,
             resume=resume,
             sequence=sequence,
             unwrap=unwrap,
@@ -100,8 +97,8 @@ class Transport(Streaming):
         self.channel = channel
         self.config = config
 
-    def unary(self, rpc: Rpc, request: Any, *, timeout: float | None, safe: bool) -> Any:
-        """One unary call; retried on UNAVAILABLE when `safe`."""
+    def unary(self, rpc: Rpc, request: Any, *, timeout: float | None) -> Any:
+        """One unary call; retried on UNAVAILABLE when `rpc.safe`."""
         deadline = self.config.deadline(timeout)
         call = self.channel.unary_unary(
             rpc.route, rpc.request_type.SerializeToString, rpc.response_type.FromString
@@ -113,7 +110,7 @@ class Transport(Streaming):
             except grpc.RpcError as exc:
                 raise from_rpc_error(exc) from None
 
-        return retrying(self.config.retry if safe else RetryPolicy(max_attempts=1), deadline, once)
+        return retrying(self.config.retry if rpc.safe else NO_RETRY, deadline, once)
 
     def open_stream(self, rpc: Rpc, request: Any, timeout: float | None) -> Any:
         multicallable = self.channel.unary_stream(
@@ -141,7 +138,6 @@ class Stream(Generic[T]):
         request: Any,
         *,
         timeout: float | None,
-        safe: bool,
         resume: Callable[[int], Any] | None,
         sequence: Callable[[Any], int] | None,
         unwrap: Callable[[Any], Any] | None = None,
@@ -151,7 +147,6 @@ class Stream(Generic[T]):
         self._rpc = rpc
         self._request = request
         self._deadline = transport.config.deadline(timeout, default=False)
-        self._safe = safe
         self._resume = resume
         self._sequence = sequence
         self._call: Any = None
@@ -220,7 +215,7 @@ class Stream(Generic[T]):
             self.cancel()
 
     def _retry(self, error: APIError, received: bool, attempt: int) -> bool:
-        if not self._safe or (received and self._resume is None):
+        if not self._rpc.safe or (received and self._resume is None):
             return False
         wait = self._transport.config.retry.should_retry(attempt, error, self._deadline)
         if wait is None:

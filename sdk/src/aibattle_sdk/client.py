@@ -36,13 +36,11 @@ class Models:
         request = v1.ListModelsRequest(
             provider=provider, capability=capability, page_size=page_size, page_token=page_token
         )
-        return self._t.unary(R.LIST_MODELS, request, timeout=timeout, safe=True)
+        return self._t.unary(R.LIST_MODELS, request, timeout=timeout)
 
     def get(self, model_id: str, *, timeout: float | None = None) -> v1.Model:
         """One model by id; NotFoundError if the server has no such model."""
-        response = self._t.unary(
-            R.GET_MODEL, v1.GetModelRequest(model_id=model_id), timeout=timeout, safe=True
-        )
+        response = self._t.unary(R.GET_MODEL, v1.GetModelRequest(model_id=model_id), timeout=timeout)
         return response.model
 
 
@@ -125,8 +123,8 @@ class Completions:
             seed=seed,
         )
         if stream:
-            return self._t.stream(rpc, request, timeout=timeout, safe=True)
-        return self._t.unary(rpc, request, timeout=timeout, safe=True)
+            return self._t.stream(rpc, request, timeout=timeout)
+        return self._t.unary(rpc, request, timeout=timeout)
 
 
 class Conversations:
@@ -162,12 +160,12 @@ class Conversations:
             auto_run=auto_run,
             wait=wait,
         )
-        return self._t.unary(R.CREATE_CONVERSATION, request, timeout=timeout, safe=False).conversation
+        return self._t.unary(R.CREATE_CONVERSATION, request, timeout=timeout).conversation
 
     def get(self, conversation_id: str, *, timeout: float | None = None) -> v1.Conversation:
         """A conversation with its transcript."""
         request = v1.GetConversationRequest(conversation_id=conversation_id)
-        return self._t.unary(R.GET_CONVERSATION, request, timeout=timeout, safe=True).conversation
+        return self._t.unary(R.GET_CONVERSATION, request, timeout=timeout).conversation
 
     def list(
         self,
@@ -179,7 +177,7 @@ class Conversations:
     ) -> v1.ListConversationsResponse:
         """One page of this key's conversations, newest first (transcripts left out)."""
         request = v1.ListConversationsRequest(page_size=page_size, page_token=page_token, status=status)
-        return self._t.unary(R.LIST_CONVERSATIONS, request, timeout=timeout, safe=True)
+        return self._t.unary(R.LIST_CONVERSATIONS, request, timeout=timeout)
 
     def add_message(
         self,
@@ -201,7 +199,7 @@ class Conversations:
             file_data=file_data,
             auto_run=auto_run,
         )
-        return self._t.unary(R.ADD_MESSAGE, request, timeout=timeout, safe=False).message
+        return self._t.unary(R.ADD_MESSAGE, request, timeout=timeout).message
 
     def run(
         self,
@@ -215,17 +213,17 @@ class Conversations:
         request = v1.RunConversationRequest(
             conversation_id=conversation_id, additional_rounds=additional_rounds, wait=wait
         )
-        return self._t.unary(R.RUN_CONVERSATION, request, timeout=timeout, safe=False).conversation
+        return self._t.unary(R.RUN_CONVERSATION, request, timeout=timeout).conversation
 
     def cancel(self, conversation_id: str, *, timeout: float | None = None) -> v1.Conversation:
         """Cancel the running turn; recorded messages stay."""
         request = v1.CancelConversationRequest(conversation_id=conversation_id)
-        return self._t.unary(R.CANCEL_CONVERSATION, request, timeout=timeout, safe=True).conversation
+        return self._t.unary(R.CANCEL_CONVERSATION, request, timeout=timeout).conversation
 
     def delete(self, conversation_id: str, *, timeout: float | None = None) -> None:
         """Delete a conversation and its transcript (cancelling it first if it runs)."""
         request = v1.DeleteConversationRequest(conversation_id=conversation_id)
-        self._t.unary(R.DELETE_CONVERSATION, request, timeout=timeout, safe=False)
+        self._t.unary(R.DELETE_CONVERSATION, request, timeout=timeout)
 
     def events(
         self, conversation_id: str, *, after_sequence: int = 0, timeout: float | None = None
@@ -243,7 +241,6 @@ class Conversations:
             R.STREAM_CONVERSATION_EVENTS,
             request(after_sequence),
             timeout=timeout,
-            safe=True,
             resume=request,
             sequence=R.event_sequence,
             unwrap=R.event_of,
@@ -291,12 +288,12 @@ class Reasoning:
             wait=wait,
             max_tokens=max_tokens,
         )
-        return self._t.unary(R.CREATE_REASONING, request, timeout=timeout, safe=False).reasoning
+        return self._t.unary(R.CREATE_REASONING, request, timeout=timeout).reasoning
 
     def get(self, reasoning_id: str, *, timeout: float | None = None) -> v1.Reasoning:
         """A session with its iterations."""
         request = v1.GetReasoningRequest(reasoning_id=reasoning_id)
-        return self._t.unary(R.GET_REASONING, request, timeout=timeout, safe=True).reasoning
+        return self._t.unary(R.GET_REASONING, request, timeout=timeout).reasoning
 
     def list(
         self,
@@ -308,19 +305,19 @@ class Reasoning:
     ) -> v1.ListReasoningsResponse:
         """One page of this key's sessions, newest first (iterations left out)."""
         request = v1.ListReasoningsRequest(page_size=page_size, page_token=page_token, status=status)
-        return self._t.unary(R.LIST_REASONINGS, request, timeout=timeout, safe=True)
+        return self._t.unary(R.LIST_REASONINGS, request, timeout=timeout)
 
     def cancel(self, reasoning_id: str, *, timeout: float | None = None) -> v1.Reasoning:
         """Cancel a running session; recorded iterations stay."""
         request = v1.CancelReasoningRequest(reasoning_id=reasoning_id)
-        return self._t.unary(R.CANCEL_REASONING, request, timeout=timeout, safe=True).reasoning
+        return self._t.unary(R.CANCEL_REASONING, request, timeout=timeout).reasoning
 
     def resume(self, reasoning_id: str, *, wait: bool = False, timeout: float | None = None) -> v1.Reasoning:
         """Run an interrupted, failed or cancelled session again from its last committed step; the
         recorded iterations are kept and not paid for again. FailedPreconditionError if it is running
         or completed."""
         request = v1.ResumeReasoningRequest(reasoning_id=reasoning_id, wait=wait)
-        return self._t.unary(R.RESUME_REASONING, request, timeout=timeout, safe=False).reasoning
+        return self._t.unary(R.RESUME_REASONING, request, timeout=timeout).reasoning
 
     def events(
         self, reasoning_id: str, *, after_sequence: int = 0, timeout: float | None = None
@@ -338,7 +335,6 @@ class Reasoning:
             R.STREAM_REASONING_EVENTS,
             request(after_sequence),
             timeout=timeout,
-            safe=True,
             resume=request,
             sequence=R.event_sequence,
             unwrap=R.event_of,
@@ -373,7 +369,7 @@ class Keys:
             budget_usd=budget_usd,
             expire_time=expire_time,
         )
-        return self._t.unary(R.CREATE_KEY, request, timeout=timeout, safe=False)
+        return self._t.unary(R.CREATE_KEY, request, timeout=timeout)
 
     def list(
         self,
@@ -385,12 +381,12 @@ class Keys:
     ) -> v1.ListKeysResponse:
         """One page of keys (never their secrets), with what each has spent."""
         request = v1.ListKeysRequest(page_size=page_size, page_token=page_token, show_revoked=show_revoked)
-        return self._t.unary(R.LIST_KEYS, request, timeout=timeout, safe=True)
+        return self._t.unary(R.LIST_KEYS, request, timeout=timeout)
 
     def revoke(self, key_id: str, *, timeout: float | None = None) -> v1.ApiKey:
         """Revoke a key: its next call, and the next model call of work it left running, fail."""
         request = v1.RevokeKeyRequest(key_id=key_id)
-        return self._t.unary(R.REVOKE_KEY, request, timeout=timeout, safe=True).key
+        return self._t.unary(R.REVOKE_KEY, request, timeout=timeout).key
 
 
 class Client:
