@@ -57,10 +57,10 @@ $(NPMSTAMP): package.json package-lock.json
 run: $(STAMP)  ## serve gRPC on 127.0.0.1:50051 and HTTP on 127.0.0.1:8080 with the local model
 	$(PY) -m server
 
-gen: install  ## regenerate everything in gen/ and sdk/src/aibattle_sdk/_gen/ from proto/
+gen: install  ## regenerate gen/ and the SDK's _gen/ from proto/, and its sync client from the async one
 	$(PY) tools/codegen.py
 
-check-gen: install  ## fail if gen/ or the SDK's _gen/ differs from what the protos give
+check-gen: install  ## fail if gen/, the SDK's _gen/ or its sync client differs from what it is generated from
 	$(PY) tools/codegen.py --check
 
 # buf takes google/api and google/rpc from the installed googleapis-common-protos (no BSR at run time).

@@ -13,8 +13,11 @@ sdk/src/aibattle_sdk/_gen/ (see sdk/README.md): its imports are relative, so the
 `aibattle_sdk` and never collide with the server's `aibattle` package. google/rpc/error_details.proto is
 generated too, for the SDK's typed errors (ErrorInfo, RetryInfo).
 
-    python tools/codegen.py            # rewrite gen/ and the SDK's _gen/
-    python tools/codegen.py --check    # exit 1 if either differs from a fresh run
+The SDK's sync client and transport are generated too, from their asyncio twins (tools/unasync.py), on a
+run that writes the SDK's own _gen/ (the default).
+
+    python tools/codegen.py            # rewrite gen/, the SDK's _gen/ and its sync modules
+    python tools/codegen.py --check    # exit 1 if any differs from a fresh run
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import sys
 import tempfile
 from importlib import resources
 from pathlib import Path
+
+import unasync  # tools/unasync.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOTS = [ROOT / "proto"]
@@ -180,11 +185,14 @@ def main() -> int:
             targets.append((Path(tmp) / "sdk", sdk_out, generate_sdk))
         for fresh, _, run in targets:
             run(roots, fresh)
+        sync_modules = sdk_out is not None and sdk_out.resolve() == SDK_GEN.resolve()
         if args.check:
             changed = []
             for fresh, target, _ in targets:
                 found = diff(fresh, target) if target.exists() else ["(missing)"]
                 changed.extend(f"{target.name}/{p}" for p in found)
+            if sync_modules:
+                changed.extend(str(p.relative_to(ROOT)) for p in unasync.stale())
             if changed:
                 print("generated code is out of date; run `make gen`. Differs:", file=sys.stderr)
                 print("\n".join(f"  {p}" for p in changed), file=sys.stderr)
@@ -195,6 +203,8 @@ def main() -> int:
             if target.exists():
                 shutil.rmtree(target)
             shutil.copytree(fresh, target)
+        if sync_modules:
+            unasync.write()
     return 0
 
 

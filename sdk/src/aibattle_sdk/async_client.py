@@ -1,4 +1,7 @@
-"""`AsyncClient`: the asyncio SDK, one namespace per resource (the twin of `Client`)."""
+"""`AsyncClient`: the SDK, one namespace per resource.
+
+The asyncio module is the source: `make gen` (tools/unasync.py) generates the sync one from it.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +13,18 @@ import grpc
 import grpc.aio
 
 from aibattle_sdk import _requests as R
-from aibattle_sdk._async_transport import AsyncConverseSession, AsyncStream, AsyncTransport, open_channel
+from aibattle_sdk._async_transport import (
+    AsyncConverseSession,
+    AsyncGrpcTransport,
+    AsyncStream,
+    AsyncTransport,
+)
 from aibattle_sdk._config import DEFAULT_TIMEOUT, ClientConfig, RetryPolicy, is_url
 from aibattle_sdk._gen.aibattle import v1
+
+# unasync: sync-only
+# from aibattle_sdk._rest_transport import RestTransport
+# unasync: end
 
 Seat = v1.Participant | dict[str, str] | tuple[str, str]
 
@@ -160,12 +172,14 @@ class AsyncConversations:
             auto_run=auto_run,
             wait=wait,
         )
-        return (await self._t.unary(R.CREATE_CONVERSATION, request, timeout=timeout)).conversation
+        response = await self._t.unary(R.CREATE_CONVERSATION, request, timeout=timeout)
+        return response.conversation
 
     async def get(self, conversation_id: str, *, timeout: float | None = None) -> v1.Conversation:
         """A conversation with its transcript."""
         request = v1.GetConversationRequest(conversation_id=conversation_id)
-        return (await self._t.unary(R.GET_CONVERSATION, request, timeout=timeout)).conversation
+        response = await self._t.unary(R.GET_CONVERSATION, request, timeout=timeout)
+        return response.conversation
 
     async def list(
         self,
@@ -199,7 +213,8 @@ class AsyncConversations:
             file_data=file_data,
             auto_run=auto_run,
         )
-        return (await self._t.unary(R.ADD_MESSAGE, request, timeout=timeout)).message
+        response = await self._t.unary(R.ADD_MESSAGE, request, timeout=timeout)
+        return response.message
 
     async def run(
         self,
@@ -213,12 +228,14 @@ class AsyncConversations:
         request = v1.RunConversationRequest(
             conversation_id=conversation_id, additional_rounds=additional_rounds, wait=wait
         )
-        return (await self._t.unary(R.RUN_CONVERSATION, request, timeout=timeout)).conversation
+        response = await self._t.unary(R.RUN_CONVERSATION, request, timeout=timeout)
+        return response.conversation
 
     async def cancel(self, conversation_id: str, *, timeout: float | None = None) -> v1.Conversation:
         """Cancel the running turn; recorded messages stay."""
         request = v1.CancelConversationRequest(conversation_id=conversation_id)
-        return (await self._t.unary(R.CANCEL_CONVERSATION, request, timeout=timeout)).conversation
+        response = await self._t.unary(R.CANCEL_CONVERSATION, request, timeout=timeout)
+        return response.conversation
 
     async def delete(self, conversation_id: str, *, timeout: float | None = None) -> None:
         """Delete a conversation and its transcript (cancelling it first if it runs)."""
@@ -251,7 +268,7 @@ class AsyncConversations:
     ) -> AsyncConverseSession:
         """Join a conversation both ways (the Converse RPC): `send`, `run`, `cancel_turn`, iterate events."""
         first = v1.ConverseRequest(conversation_id=conversation_id, after_sequence=after_sequence)
-        return AsyncConverseSession(self._t, R.CONVERSE, first, timeout=timeout)
+        return self._t.converse(R.CONVERSE, first, timeout=timeout)
 
 
 class AsyncReasoning:
@@ -288,12 +305,14 @@ class AsyncReasoning:
             wait=wait,
             max_tokens=max_tokens,
         )
-        return (await self._t.unary(R.CREATE_REASONING, request, timeout=timeout)).reasoning
+        response = await self._t.unary(R.CREATE_REASONING, request, timeout=timeout)
+        return response.reasoning
 
     async def get(self, reasoning_id: str, *, timeout: float | None = None) -> v1.Reasoning:
         """A session with its iterations."""
         request = v1.GetReasoningRequest(reasoning_id=reasoning_id)
-        return (await self._t.unary(R.GET_REASONING, request, timeout=timeout)).reasoning
+        response = await self._t.unary(R.GET_REASONING, request, timeout=timeout)
+        return response.reasoning
 
     async def list(
         self,
@@ -310,7 +329,8 @@ class AsyncReasoning:
     async def cancel(self, reasoning_id: str, *, timeout: float | None = None) -> v1.Reasoning:
         """Cancel a running session; recorded iterations stay."""
         request = v1.CancelReasoningRequest(reasoning_id=reasoning_id)
-        return (await self._t.unary(R.CANCEL_REASONING, request, timeout=timeout)).reasoning
+        response = await self._t.unary(R.CANCEL_REASONING, request, timeout=timeout)
+        return response.reasoning
 
     async def resume(
         self, reasoning_id: str, *, wait: bool = False, timeout: float | None = None
@@ -319,7 +339,8 @@ class AsyncReasoning:
         recorded iterations are kept and not paid for again. FailedPreconditionError if it is running
         or completed."""
         request = v1.ResumeReasoningRequest(reasoning_id=reasoning_id, wait=wait)
-        return (await self._t.unary(R.RESUME_REASONING, request, timeout=timeout)).reasoning
+        response = await self._t.unary(R.RESUME_REASONING, request, timeout=timeout)
+        return response.reasoning
 
     def events(
         self, reasoning_id: str, *, after_sequence: int = 0, timeout: float | None = None
@@ -388,15 +409,35 @@ class AsyncKeys:
     async def revoke(self, key_id: str, *, timeout: float | None = None) -> v1.ApiKey:
         """Revoke a key: its next call, and the next model call of work it left running, fail."""
         request = v1.RevokeKeyRequest(key_id=key_id)
-        return (await self._t.unary(R.REVOKE_KEY, request, timeout=timeout)).key
+        response = await self._t.unary(R.REVOKE_KEY, request, timeout=timeout)
+        return response.key
 
 
 class AsyncClient:
+    # unasync: async-only
     """The asyncio AI Battle client; the same options and namespaces as `Client`, awaited.
 
     The channel opens on first use, in the running event loop. Use `async with`, or `await close()`.
     It speaks gRPC only: a gateway URL as `target` (which `Client` takes) is refused with ValueError.
     """
+
+    # unasync: sync-only
+    # """The synchronous AI Battle client.
+    #
+    # Args:
+    #     target: host:port of the gRPC server; default `$AIBATTLE_TARGET`, else 127.0.0.1:50051. Or the
+    #         http(s):// URL of its HTTP gateway (`make run`: http://127.0.0.1:8080): the same calls over
+    #         REST and NDJSON streams, all but `conversations.converse` (no HTTP route: WebSocket only).
+    #     api_key: sent as `authorization: Bearer <key>`; default `$AIBATTLE_API_KEY`, else none.
+    #     tls: True for TLS with the system's roots, or a `grpc.ChannelCredentials`; False for plaintext.
+    #     timeout: default deadline of unary calls, in seconds (None: none). Streams have none by default.
+    #     retry: when to retry on UNAVAILABLE (see `RetryPolicy`); safe calls only.
+    #     channel_options: extra grpc channel options.
+    #     channel: use this channel instead of opening one (tests, custom interceptors); not closed by us.
+    #
+    # Use as a context manager, or call `close()`.
+    # """
+    # unasync: end
 
     def __init__(
         self,
@@ -412,26 +453,26 @@ class AsyncClient:
         self.config = ClientConfig.resolve(
             target, api_key=api_key, tls=tls, timeout=timeout, retry=retry, channel_options=channel_options
         )
+        self._owns_channel = channel is None
+        self._grpc: AsyncGrpcTransport | None = None
+        transport: AsyncTransport
         if channel is None and is_url(self.config.target):
+            # unasync: async-only
             # said at once: grpc would report the URL later as "Misformatted domain name"
             raise ValueError(
                 "AsyncClient speaks gRPC: give the server's host:port (e.g. 127.0.0.1:50051); "
                 "an http(s):// gateway URL works with Client"
             )
-        self._owns_channel = channel is None
-        self._channel = channel
-        transport = AsyncTransport(self._get_channel, self.config)
+            # unasync: sync-only
+            # transport = RestTransport(self.config)
+            # unasync: end
+        else:
+            transport = self._grpc = AsyncGrpcTransport(self.config, channel)
         self.models = AsyncModels(transport)
         self.completions = AsyncCompletions(transport)
         self.conversations = AsyncConversations(transport)
         self.reasoning = AsyncReasoning(transport)
         self.keys = AsyncKeys(transport)
-
-    def _get_channel(self) -> grpc.aio.Channel:
-        # grpc.aio binds a channel to the loop it is created in: create it in the caller's.
-        if self._channel is None:
-            self._channel = open_channel(self.config)
-        return self._channel
 
     @property
     def target(self) -> str:
@@ -440,9 +481,8 @@ class AsyncClient:
 
     async def close(self) -> None:
         """Close the channel (open streams end)."""
-        if self._owns_channel and self._channel is not None:
-            await self._channel.close()
-            self._channel = None
+        if self._owns_channel and self._grpc is not None:
+            await self._grpc.close()
 
     async def __aenter__(self) -> AsyncClient:
         return self
