@@ -10,6 +10,7 @@ SDK stands alone. And no package has an import cycle, counting every import that
 from __future__ import annotations
 
 import ast
+import itertools
 from pathlib import Path
 
 import pytest
@@ -146,12 +147,17 @@ def test_imports_go_down_the_layers() -> None:
             elif top == "server":
                 mine, theirs = _layer(module), _layer(target)
                 if mine is not None and theirs is not None and theirs < mine:
-                    upward.append(f"{where} (layer {SERVER_LAYERS[theirs][0]} is above {SERVER_LAYERS[mine][0]})")
+                    upward.append(
+                        f"{where} (layer {SERVER_LAYERS[theirs][0]} is above {SERVER_LAYERS[mine][0]})"
+                    )
     assert not upward, "imports that go up the layers:\n" + "\n".join(upward)
 
 
 def test_no_import_cycles() -> None:
-    edges = {m: sorted({t for t, _, typing_only in imports if not typing_only and t != m}) for m, imports in GRAPH.items()}
+    edges = {
+        m: sorted({t for t, _, typing_only in imports if not typing_only and t != m})
+        for m, imports in GRAPH.items()
+    }
     cycles = []
     state: dict[str, int] = {}  # 1: on the current path, 2: done
     path: list[str] = []
@@ -162,8 +168,8 @@ def test_no_import_cycles() -> None:
         for target in edges.get(module, []):
             if state.get(target) == 1:
                 # A package importing its own submodules is how packages work, not a cycle.
-                loop = path[path.index(target) :] + [target]
-                if not all(b.startswith(a + ".") for a, b in zip(loop, loop[1:])):
+                loop = [*path[path.index(target) :], target]
+                if not all(b.startswith(a + ".") for a, b in itertools.pairwise(loop)):
                     cycles.append(" -> ".join(loop))
             elif target not in state:
                 walk(target)
