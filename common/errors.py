@@ -311,10 +311,7 @@ REQUEST_TOO_LARGE = _declare(
     http_status=413,
 )
 
-# --- not served by this version (UNIMPLEMENTED, HTTP 501) ----------------------------------------------
-NOT_IMPLEMENTED = _declare(
-    "NOT_IMPLEMENTED", _C.UNIMPLEMENTED, "an RPC the API declares that this server version does not serve yet"
-)
+# --- not served (UNIMPLEMENTED, HTTP 501) ---------------------------------------------------------------
 METHOD_NOT_ALLOWED = _declare(
     "METHOD_NOT_ALLOWED", _C.UNIMPLEMENTED, "an HTTP method the path is not served with", http_status=405
 )
@@ -577,18 +574,6 @@ class Conflict(ApiError):
         _checked(reason, grpc.StatusCode.ABORTED, grpc.StatusCode.ALREADY_EXISTS)
         entry = reason if isinstance(reason, Reason) else REASONS.get(reason)
         super().__init__(entry.code if entry else grpc.StatusCode.ABORTED, reason, message, metadata=metadata)
-
-
-class Unimplemented(ApiError):
-    """An RPC that the schema declares but this server version does not serve yet."""
-
-    def __init__(self, method: str) -> None:
-        super().__init__(
-            grpc.StatusCode.UNIMPLEMENTED,
-            NOT_IMPLEMENTED,
-            f"{method} is declared in the API but not implemented by this server version yet",
-            metadata={"method": method},
-        )
 
 
 class UpstreamError(ApiError):

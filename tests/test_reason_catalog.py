@@ -28,21 +28,6 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 PACKAGES = ("server", "gateway", "common")
 
-#: TODO(issue 15): files whose raise sites still spell reasons as string literals; they are being
-#: restructured, and switch to the catalog's constants afterwards. Their literals must still be
-#: declared reasons. Remove a file once it is converted (the test says when), until the list is empty.
-NOT_YET_CONVERTED: frozenset[str] = frozenset(
-    {
-        "server/orchestration/conversation.py",
-        "server/orchestration/lifecycle.py",
-        "server/orchestration/reasoning/session.py",
-        "server/orchestration/reasoning/sessions.py",
-        "server/providers/convert.py",
-        "server/providers/registry.py",
-        "server/security/metering.py",
-    }
-)
-
 _CODES = {code.name: code for code in grpc.StatusCode}
 _REASON_SHAPE = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)*")
 _TICKED = re.compile(r"`([^`]*)`")
@@ -298,13 +283,6 @@ def test_raise_sites_name_reasons_through_the_catalog() -> None:
     problems = [
         f"{path}:{line}: {value!r}: use common.errors.{value} (or a typed error)"
         for path, found in literals.items()
-        if path not in NOT_YET_CONVERTED
         for line, value in found
     ]
     assert not problems, "\n".join(problems)
-
-
-def test_the_list_of_files_not_yet_converted_is_current() -> None:
-    literals = _literals()
-    stale = sorted(path for path in NOT_YET_CONVERTED if (ROOT / path).exists() and path not in literals)
-    assert not stale, f"converted: remove from NOT_YET_CONVERTED: {stale}"

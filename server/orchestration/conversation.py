@@ -30,11 +30,22 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 from typing import Any
 
-import grpc
 from google.rpc import status_pb2
 
 from aibattle.v1 import common_pb2, conversations_pb2
-from common.errors import ApiError, InvalidArgument, NotFound, shown
+from common.errors import (
+    CONVERSATION_COMPLETED,
+    CONVERSATION_RUNNING,
+    CONVERSATION_TOO_LONG,
+    NOT_YOUR_TURN,
+    PROMPT_TOO_LONG,
+    QUEUE_FULL,
+    ApiError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    shown,
+)
 from server.orchestration.lifecycle import TOKEN, DeltaEvent, Lifecycle, owner_of, stream_model
 from server.orchestration.runs import Run
 from server.orchestration.turns import (
@@ -241,7 +252,7 @@ class Conversations:
                 "initial_prompt",
                 f"with the system instruction it has {chars} characters; at most"
                 f" {self._max_prompt_chars} are accepted",
-                reason="PROMPT_TOO_LONG",
+                reason=PROMPT_TOO_LONG,
             )
         if request.HasField("file_data"):
             self._check_attachment(conv, request.initial_prompt, request.file_data, "file_data", caller)
@@ -269,15 +280,14 @@ class Conversations:
             raise InvalidArgument(
                 field,
                 f"{len(content)} characters; at most {self._max_prompt_chars} are accepted",
-                reason="PROMPT_TOO_LONG",
+                reason=PROMPT_TOO_LONG,
             )
         said = [m.content for m in (*conv.messages, *conv.queued_messages)] + [content]
         chars = sum(len(text) + LABEL_ALLOWANCE for text in said)
         size = conv.ByteSize() + len(content.encode()) + sum(len(f.content) for f in files)
         if chars > self._max_prompt_chars or size > self._max_bytes:
-            raise ApiError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                "CONVERSATION_TOO_LONG",
+            raise FailedPrecondition(
+                CONVERSATION_TOO_LONG,
                 "this message would take the conversation past what its models can be sent"
                 f" ({self._max_prompt_chars} characters) or one response can carry ({self._max_bytes}"
                 " bytes); start a new conversation",
@@ -344,9 +354,8 @@ class Conversations:
                 # spoken in the order they came, each on its seat's turn.
                 queue_for = self._queue_seat(conv, named)
                 if queue_for is None:
-                    raise ApiError(
-                        grpc.StatusCode.FAILED_PRECONDITION,
-                        "CONVERSATION_RUNNING" if running else "NOT_YOUR_TURN",
+                    raise FailedPrecondition(
+                        CONVERSATION_RUNNING if running else NOT_YOUR_TURN,
                         f"conversation {cid!r} is running ({conv.next_role} {conv.next_model!r} speaks"
                         " next); wait for it or cancel it"
                         if running
@@ -359,9 +368,8 @@ class Conversations:
                 bool(request.role or request.model) or is_person(conv, seat)
             )
             if not speaks_now:
-                raise ApiError(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    "NOT_YOUR_TURN",
+                raise FailedPrecondition(
+                    NOT_YOUR_TURN,
                     f"it is models[{seat_index}]'s turn ({seat.role} {seat.id!r})"
                     + ("" if is_person(conv, seat) else "; RunConversation runs it"),
                     metadata={"next_role": seat.role, "next_model": seat.id},
@@ -399,9 +407,8 @@ class Conversations:
         auto_run: bool,
     ) -> common_pb2.Message:
         if len(conv.queued_messages) >= MAX_QUEUED:
-            raise ApiError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                "QUEUE_FULL",
+            raise FailedPrecondition(
+                QUEUE_FULL,
                 f"{MAX_QUEUED} messages already wait for their turn; wait for the models to answer",
             )
         queued = message(seat.role, seat.id, content, files)
@@ -432,9 +439,8 @@ class Conversations:
             conv = read(stored)
             if conv.status == S.RUN_STATUS_IN_PROGRESS and self._runs.running(conversation_id):
                 if additional_rounds:
-                    raise ApiError(
-                        grpc.StatusCode.FAILED_PRECONDITION,
-                        "CONVERSATION_RUNNING",
+                    raise FailedPrecondition(
+                        CONVERSATION_RUNNING,
                         "additional_rounds cannot change a running conversation; wait for it or cancel it",
                     )
             else:
@@ -586,9 +592,8 @@ class Conversations:
         spoken.usage.CopyFrom(usage_proto(reply.model, reply.usage))
         size = conv.ByteSize() + spoken.ByteSize()
         if size > self._max_bytes:
-            raise ApiError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                "CONVERSATION_TOO_LONG",
+            raise FailedPrecondition(
+                CONVERSATION_TOO_LONG,
                 f"the next reply would take the conversation to {size} bytes, past its bound of"
                 f" {self._max_bytes}; start a new conversation",
             )
@@ -633,9 +638,8 @@ def _stamped_events(conv: Conversation, events: Sequence[Event]) -> list[bytes]:
 
 
 def _completed(conv: Conversation) -> ApiError:
-    return ApiError(
-        grpc.StatusCode.FAILED_PRECONDITION,
-        "CONVERSATION_COMPLETED",
+    return FailedPrecondition(
+        CONVERSATION_COMPLETED,
         f"conversation {conv.conversation_id!r} completed its {conv.rounds} round(s);"
         " RunConversation with additional_rounds continues it",
     )

@@ -38,11 +38,17 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Protocol
 
-import grpc
 from google.rpc import status_pb2
 
 from aibattle.v1 import common_pb2
-from common.errors import ApiError, InvalidArgument, NotFound, internal_error
+from common.errors import (
+    RUNNING_ELSEWHERE,
+    ApiError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    internal_error,
+)
 from server.orchestration.runs import Run, Runs
 from server.pagination import keyset_page
 from server.providers.base import ChatRequest, Delta, Finish, StreamItem, Usage
@@ -87,9 +93,8 @@ class Resource(Protocol):
 
 def running_elsewhere(kind: str, resource_id: str) -> ApiError:
     """The one answer for "someone else runs it", whatever the resource and the verb."""
-    return ApiError(
-        grpc.StatusCode.FAILED_PRECONDITION,
-        "RUNNING_ELSEWHERE",
+    return FailedPrecondition(
+        RUNNING_ELSEWHERE,
         f"{kind} {resource_id!r} is being run by another request or server; wait for it, or cancel it",
     )
 

@@ -66,9 +66,14 @@ class Runs:
         return self.get(resource_id) is not None
 
     def start(
-        self, resource_id: str, lease: Lease, work: Callable[[Run], Awaitable[None]], caller: Caller | None
+        self,
+        resource_id: str,
+        lease: Lease,
+        work: Callable[[Run], Awaitable[None]],
+        caller: Caller | None = None,
     ) -> Run:
-        """Run `work` in the background under `lease`, which the caller already holds, for `caller`."""
+        """Run `work` in the background under `lease`, which the caller already holds, for `caller`
+        (None: the server's own work)."""
         run = Run(resource_id, lease.runner_id, caller)
         run.task = asyncio.create_task(self._supervise(run, work), name=f"run {resource_id}")
         self._runs[resource_id] = run

@@ -12,7 +12,7 @@ Blocks come first, in the order attached, then a blank line and the message's ow
 "here is a file, now my question" layout instruction-tuned models follow. Attribute values are
 HTML-escaped; the file itself is not, so the model reads exactly what was sent. Every other
 attachment stays an `Attachment` and reaches only providers that consume it (the capability
-check in services/completions.py, and each provider's own refusal as defence in depth).
+check in providers/convert.py, and each provider's own refusal as defence in depth).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import html
 from collections.abc import Sequence
 
 from common.errors import CAPABILITY_MISSING, InvalidArgument
-from server.config import ModelConfig
 from server.providers.base import Attachment, ChatMessage, Role
+from server.settings import ModelConfig
 
 
 def is_text(type_: str, mime_type: str) -> bool:

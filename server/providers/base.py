@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from common.enums import FinishReason
 from common.errors import UNSUPPORTED_PARAMETER, InvalidArgument
-from server.config import ModelConfig
+from server.settings import ModelConfig
 
 PENALTIES = ("top_k", "repeat_penalty", "frequency_penalty", "presence_penalty")
 """The sampling fields not every provider takes (see `ChatRequest.penalties`)."""

@@ -7,7 +7,7 @@ import math
 import time
 
 from aibattle.v1 import common_pb2, completions_pb2
-from common.errors import InvalidArgument
+from common.errors import CAPABILITY_MISSING, InvalidArgument
 from server.providers.attachments import chat_message, is_text
 from server.providers.base import Attachment, ChatMessage, ChatRequest, Role, Usage
 from server.settings import ModelConfig
@@ -38,7 +38,7 @@ def attachment_for(data: common_pb2.FileData, field: str, model: ModelConfig) ->
         raise InvalidArgument(
             field,
             f"model {model.id!r} lacks the {needed!r} capability this attachment needs",
-            reason="CAPABILITY_MISSING",
+            reason=CAPABILITY_MISSING,
         )
     return field, Attachment(type=data.type, mime_type=data.mime_type, content=data.content, path=data.path)
 

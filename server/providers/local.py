@@ -34,10 +34,10 @@ from common.errors import (
     InvalidArgument,
     UpstreamError,
 )
-from server.config import LocalProviderConfig, ModelConfig
 from server.providers.attachments import cannot_take
 from server.providers.base import ChatRequest, Delta, Finish, StreamItem, Usage
 from server.providers.text import StopMatcher
+from server.settings import LocalProviderConfig, ModelConfig
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from common.errors import NotFound, PermissionDenied, clip, shown
+from common.errors import MODEL_NOT_ALLOWED, NotFound, PermissionDenied, clip, shown
 from server.providers.base import Provider
 from server.providers.http.base import HttpClient
 from server.providers.resilience import Circuits
@@ -68,7 +68,7 @@ class ModelRegistry:
         may not use (whether or not it exists: a restricted key learns nothing of other models)."""
         if not may_use(caller, model_id):
             raise PermissionDenied(
-                "MODEL_NOT_ALLOWED",
+                MODEL_NOT_ALLOWED,
                 f"this API key may not use model {shown(model_id)}",
                 metadata={"model": clip(model_id)},
             )

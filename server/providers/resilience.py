@@ -24,8 +24,8 @@ from contextlib import aclosing
 from dataclasses import dataclass
 
 from common.errors import INTERNAL, UPSTREAM_COOLDOWN, ApiError, UpstreamError
-from server.config import ModelConfig
 from server.providers.base import ChatRequest, Provider, StreamItem
+from server.settings import ModelConfig
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ from collections.abc import AsyncGenerator, Iterator
 
 from common.enums import FinishReason
 from common.errors import PROVIDER_ERROR, DeadlineExceeded, UpstreamError
-from server.config import ModelConfig
 from server.providers.base import ChatRequest, Delta, Finish, StreamItem, Usage
 from server.providers.text import StopMatcher
+from server.settings import ModelConfig
 
 _WORDS = re.compile(r"\S+\s*|\s+")
 

@@ -35,11 +35,11 @@ from common.errors import (
     Unauthenticated,
 )
 from server import logs
-from server.config import SecurityConfig
 from server.security import context as caller_context
 from server.security import keys
 from server.security.context import ANONYMOUS, Caller
 from server.security.limits import Limiter
+from server.settings import SecurityConfig
 from server.storage import KeyRow, KeyStore
 
 KEY_SERVICE = "aibattle.v1.KeyService"

@@ -27,7 +27,7 @@ import logging
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 
-from common.errors import InvalidArgument
+from common.errors import CONTEXT_LENGTH_EXCEEDED, PROMPT_TOO_LONG, InvalidArgument
 from server.providers.base import ChatRequest, Finish, Provider, StreamItem, Usage
 from server.providers.text import estimate_prompt_tokens
 from server.security import context
@@ -70,7 +70,7 @@ def check_request(model: ModelConfig, request: ChatRequest, *, max_prompt_chars:
         raise InvalidArgument(
             "prompt",
             f"the prompt has {chars} characters; at most {max_prompt_chars} are accepted",
-            reason="PROMPT_TOO_LONG",
+            reason=PROMPT_TOO_LONG,
         )
     # Refused here rather than left to the upstream: one that accepts a longer prompt than configured
     # bills all of it (the local model also refuses by its real count, with the same reason).
@@ -80,7 +80,7 @@ def check_request(model: ModelConfig, request: ChatRequest, *, max_prompt_chars:
             None,
             f"the prompt is about {estimate} tokens; the context of model {model.id!r} holds"
             f" {model.context_length}",
-            reason="CONTEXT_LENGTH_EXCEEDED",
+            reason=CONTEXT_LENGTH_EXCEEDED,
         )
 
 

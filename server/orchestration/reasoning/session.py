@@ -28,12 +28,11 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-import grpc
 from google.protobuf import timestamp_pb2
 from google.rpc import status_pb2
 
 from aibattle.v1 import common_pb2, reasoning_pb2
-from common.errors import ApiError
+from common.errors import NOT_RESUMABLE, FailedPrecondition
 from server.orchestration import stuck
 from server.orchestration.lifecycle import THINKING, DeltaEvent, Lifecycle, stream_model
 from server.orchestration.runs import Run
@@ -267,9 +266,8 @@ class Session:
         step = self.journal.pop(0)
         if step.kind != kind:
             # Only a change of strategy code between runs can get here: say so rather than guess.
-            raise ApiError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                "NOT_RESUMABLE",
+            raise FailedPrecondition(
+                NOT_RESUMABLE,
                 f"reasoning {self.id!r} cannot be resumed: step {step.index} was a {step.kind!r}, the"
                 f" strategy now asks for a {kind!r}",
             )

@@ -14,11 +14,10 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
-import grpc
 from google.rpc import status_pb2
 
 from aibattle.v1 import common_pb2, reasoning_pb2
-from common.errors import ApiError, InvalidArgument, shown
+from common.errors import NOT_RESUMABLE, FailedPrecondition, InvalidArgument, shown
 from server.orchestration.lifecycle import Lifecycle, Work
 from server.orchestration.reasoning.session import (
     CANCELLED,
@@ -129,9 +128,8 @@ class ReasoningSessions:
         reasoning = read(stored)
         if reasoning.status not in RESUMABLE:
             state = "running" if reasoning.status == IN_PROGRESS else "completed"
-            raise ApiError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                "NOT_RESUMABLE",
+            raise FailedPrecondition(
+                NOT_RESUMABLE,
                 f"reasoning {reasoning_id!r} is {state}; only an interrupted, failed or cancelled"
                 " session can be resumed",
             )

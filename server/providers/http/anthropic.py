@@ -21,12 +21,12 @@ from typing import Any
 
 from common.enums import FinishReason
 from common.errors import InvalidArgument
-from server.config import ModelConfig
 from server.providers.attachments import cannot_take
 from server.providers.base import Attachment, ChatMessage, ChatRequest, Delta, Finish, Role, StreamItem, Usage
 from server.providers.http.base import UNREPORTED, HttpProvider, HttpRequest, sampling
 from server.providers.http.errors import UpstreamError, stream_error
 from server.providers.http.wire import FrameError, SseEvent, SseParser
+from server.settings import ModelConfig
 
 API_VERSION = "2023-06-01"
 #: Anthropic's sampling temperature range is [0, 1]; ours (OpenAI's) is [0, 2].

@@ -28,7 +28,6 @@ from typing import Any
 import aiohttp
 
 from common.errors import UPSTREAM_KEY_MISSING, UPSTREAM_UNREACHABLE, ApiError, DeadlineExceeded
-from server.config import ModelConfig
 from server.providers.base import ChatRequest, Delta, Finish, StreamItem, Usage
 from server.providers.http.errors import (
     UpstreamError,
@@ -42,6 +41,7 @@ from server.providers.http.errors import (
 )
 from server.providers.http.wire import FrameError
 from server.providers.text import estimate_prompt_tokens, estimate_tokens
+from server.settings import ModelConfig
 
 log = logging.getLogger(__name__)
 

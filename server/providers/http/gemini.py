@@ -28,7 +28,6 @@ from typing import Any
 from urllib.parse import quote
 
 from common.enums import FinishReason
-from server.config import ModelConfig
 from server.providers.attachments import cannot_take
 from server.providers.base import (
     Attachment,
@@ -43,6 +42,7 @@ from server.providers.base import (
 from server.providers.http.base import UNREPORTED, HttpProvider, HttpRequest, sampling
 from server.providers.http.errors import stream_error
 from server.providers.http.wire import FrameError, SseParser
+from server.settings import ModelConfig
 
 API_VERSION = "v1beta"
 _CONTENT_FILTER = frozenset(

@@ -21,7 +21,6 @@ from typing import Any
 import aiohttp
 
 from common.enums import FinishReason
-from server.config import ModelConfig
 from server.providers.attachments import cannot_take
 from server.providers.base import PENALTIES, ChatMessage, ChatRequest, Delta, Finish, StreamItem, Usage
 from server.providers.http.base import UNREPORTED, HttpClient, HttpProvider, HttpRequest, sampling
@@ -34,6 +33,7 @@ from server.providers.http.errors import (
     unreachable,
 )
 from server.providers.http.wire import FrameError, NdjsonParser
+from server.settings import ModelConfig
 
 PROVIDER = "ollama"
 #: done_reason → ours. "load"/"unload" answer a request without messages (which we never send);

@@ -25,12 +25,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from common.enums import FinishReason
-from server.config import ModelConfig
 from server.providers.attachments import cannot_take
 from server.providers.base import ChatMessage, ChatRequest, Delta, Finish, StreamItem, Usage
 from server.providers.http.base import UNREPORTED, HttpProvider, HttpRequest, sampling
 from server.providers.http.errors import stream_error
 from server.providers.http.wire import FrameError, SseParser
+from server.settings import ModelConfig
 
 _FINISH = {"length": FinishReason.LENGTH, "content_filter": FinishReason.CONTENT_FILTER}
 _DONE = "[DONE]"
