@@ -564,18 +564,6 @@ class FailedPrecondition(ApiError):
         )
 
 
-class Conflict(ApiError):
-    """The request lost to another change (ABORTED: read again and retry) or would create what already
-    exists (ALREADY_EXISTS); HTTP 409 either way. The code is the reason's, ABORTED for one not declared."""
-
-    def __init__(
-        self, reason: Reason | str, message: str, *, metadata: Mapping[str, str] | None = None
-    ) -> None:
-        _checked(reason, grpc.StatusCode.ABORTED, grpc.StatusCode.ALREADY_EXISTS)
-        entry = reason if isinstance(reason, Reason) else REASONS.get(reason)
-        super().__init__(entry.code if entry else grpc.StatusCode.ABORTED, reason, message, metadata=metadata)
-
-
 class UpstreamError(ApiError):
     """A model's provider failed: an upstream unreachable, refusing or failing, or an in-process model
     that cannot answer. Its reason is one with `fallback` (the next model of a chain may do better);

@@ -17,7 +17,6 @@ import time
 from typing import Protocol
 
 from common.errors import BUDGET_EXCEEDED, RATE_LIMITED, TOKEN_RATE_LIMITED, TOO_MANY_STREAMS, LimitExceeded
-from server.security.context import Caller
 
 BURST = 2.0
 """Buckets hold twice the per-minute rate (seed 003's 2x burst)."""
@@ -26,35 +25,55 @@ STREAM_RETRY_SECONDS = 1.0
 _EPSILON = 1e-9
 
 
+class KeyLimits(Protocol):
+    """What the counters read of a caller (server.security.context.Caller): its key, and the limits
+    set on it (0: none)."""
+
+    @property
+    def key_id(self) -> str: ...
+    @property
+    def rpm(self) -> int: ...
+    @property
+    def tpm(self) -> int: ...
+    @property
+    def max_concurrent_streams(self) -> int: ...
+    @property
+    def budget_usd(self) -> float: ...
+    @property
+    def spent_usd(self) -> float:
+        """Spent before this process first saw the key (its budget's count starts from it)."""
+        ...
+
+
 class Limiter(Protocol):
     """The counters of every key; each method raises LimitExceeded when the key is over."""
 
-    async def take_request(self, caller: Caller) -> None:
+    async def take_request(self, caller: KeyLimits) -> None:
         """One request against the key's rpm."""
         ...
 
-    async def reserve_tokens(self, caller: Caller, tokens: int) -> int:
+    async def reserve_tokens(self, caller: KeyLimits, tokens: int) -> int:
         """Take a call's worst-case tokens from the tpm bucket before it starts, or refuse; returns
         what was taken (at most the bucket's capacity: a call bigger than the burst needs it full)."""
         ...
 
-    async def settle_tokens(self, caller: Caller, reserved: int, used: int) -> None:
+    async def settle_tokens(self, caller: KeyLimits, reserved: int, used: int) -> None:
         """Give back what a finished call reserved and did not use (or take what it used beyond)."""
         ...
 
-    async def open_stream(self, caller: Caller) -> None: ...
+    async def open_stream(self, caller: KeyLimits) -> None: ...
 
-    async def close_stream(self, caller: Caller) -> None: ...
+    async def close_stream(self, caller: KeyLimits) -> None: ...
 
-    async def reserve(self, caller: Caller, usd: float) -> None:
+    async def reserve(self, caller: KeyLimits, usd: float) -> None:
         """Set aside a call's worst-case cost, or refuse if the budget cannot cover it."""
         ...
 
-    async def settle(self, caller: Caller, reserved: float, cost: float) -> None:
+    async def settle(self, caller: KeyLimits, reserved: float, cost: float) -> None:
         """Replace a reservation by what the call actually cost."""
         ...
 
-    def spent(self, caller: Caller) -> float: ...
+    def spent(self, caller: KeyLimits) -> float: ...
 
 
 class _Bucket:
@@ -83,14 +102,14 @@ class MemoryLimiter:
         self._spent: dict[str, float] = {}
         self._reserved: dict[str, float] = {}
 
-    def _bucket(self, caller: Caller, kind: str, per_minute: int) -> _Bucket:
+    def _bucket(self, caller: KeyLimits, kind: str, per_minute: int) -> _Bucket:
         bucket = self._buckets.get((caller.key_id, kind))
         if bucket is None:
             bucket = self._buckets[caller.key_id, kind] = _Bucket(per_minute)
         bucket.refill()
         return bucket
 
-    async def take_request(self, caller: Caller) -> None:
+    async def take_request(self, caller: KeyLimits) -> None:
         if not caller.rpm:
             return
         bucket = self._bucket(caller, "rpm", caller.rpm)
@@ -103,7 +122,7 @@ class MemoryLimiter:
             )
         bucket.level -= 1
 
-    async def reserve_tokens(self, caller: Caller, tokens: int) -> int:
+    async def reserve_tokens(self, caller: KeyLimits, tokens: int) -> int:
         if not caller.tpm:
             return 0
         bucket = self._bucket(caller, "tpm", caller.tpm)
@@ -119,12 +138,12 @@ class MemoryLimiter:
         bucket.level -= needed
         return math.ceil(needed)
 
-    async def settle_tokens(self, caller: Caller, reserved: int, used: int) -> None:
+    async def settle_tokens(self, caller: KeyLimits, reserved: int, used: int) -> None:
         if caller.tpm:
             # Below zero is a debt: a call larger than the burst is paid back before the next one.
             self._bucket(caller, "tpm", caller.tpm).level += reserved - used
 
-    async def open_stream(self, caller: Caller) -> None:
+    async def open_stream(self, caller: KeyLimits) -> None:
         if not caller.max_concurrent_streams:
             return
         open_now = self._streams.get(caller.key_id, 0)
@@ -137,14 +156,14 @@ class MemoryLimiter:
             )
         self._streams[caller.key_id] = open_now + 1
 
-    async def close_stream(self, caller: Caller) -> None:
+    async def close_stream(self, caller: KeyLimits) -> None:
         if caller.max_concurrent_streams:
             self._streams[caller.key_id] = max(0, self._streams.get(caller.key_id, 0) - 1)
 
-    def spent(self, caller: Caller) -> float:
+    def spent(self, caller: KeyLimits) -> float:
         return self._spent.setdefault(caller.key_id, caller.spent_usd)
 
-    async def reserve(self, caller: Caller, usd: float) -> None:
+    async def reserve(self, caller: KeyLimits, usd: float) -> None:
         if not caller.budget_usd:
             return
         spent = self.spent(caller)
@@ -159,7 +178,7 @@ class MemoryLimiter:
             )
         self._reserved[caller.key_id] = reserved + usd
 
-    async def settle(self, caller: Caller, reserved: float, cost: float) -> None:
+    async def settle(self, caller: KeyLimits, reserved: float, cost: float) -> None:
         self._spent[caller.key_id] = self.spent(caller) + cost
         if caller.budget_usd:
             self._reserved[caller.key_id] = max(0.0, self._reserved.get(caller.key_id, 0.0) - reserved)
