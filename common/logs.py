@@ -1,4 +1,5 @@
-"""Structured logs: one JSON object per line, tagged with the request id and the caller's key id.
+"""Structured logs: one JSON object per line, tagged with the request id and the caller's key id, and
+with the trace and span ids when a span is active (so a line leads to its trace, and back).
 
 The server and the gateway (in-process or standalone) write the same lines. The request id and key id
 live in context variables, set where a request starts (the server's request interceptor, the gateway's
@@ -12,6 +13,8 @@ import json
 import logging
 import sys
 import time
+
+from common.observability import tracing
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 #: The API key id of the call (never its secret), set once it is authenticated: who did what.
@@ -34,6 +37,8 @@ class JsonFormatter(logging.Formatter):
             entry["request_id"] = rid
         if kid := key_id.get():
             entry["key_id"] = kid
+        if ids := tracing.current_ids():
+            entry["trace_id"], entry["span_id"] = ids
         entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)

@@ -1,0 +1,152 @@
+"""OpenTelemetry: traces and the GenAI metrics, configured only by the standard environment variables.
+
+`configure()` installs the SDK when an OTLP endpoint is set (`OTEL_EXPORTER_OTLP_ENDPOINT`, or
+`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `..._METRICS_ENDPOINT`) and `OTEL_SDK_DISABLED` is not true;
+the exporters read the rest themselves (`OTEL_EXPORTER_OTLP_PROTOCOL` is http/protobuf, the only one
+shipped here; `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`,
+`OTEL_TRACES_SAMPLER`, ...). Unset, nothing is installed: `enabled()` is False, and instrumented code
+skips its spans altogether (`span()` is a shared null context), so tracing costs nothing.
+
+Spans are exported in batches from a background thread (BatchSpanProcessor), never on the event loop.
+Context crosses every boundary as W3C `traceparent`/`tracestate`: `extract()` from HTTP headers or gRPC
+metadata, `inject()` into them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import metrics, propagate, trace
+from opentelemetry.trace import Span, SpanKind
+
+from common.observability import conventions
+
+log = logging.getLogger(__name__)
+
+_ENDPOINT_VARIABLES = (
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+)
+_enabled = False
+_content = False
+_shutdown: list[Any] = []
+
+TRACER = trace.get_tracer("aibattle")
+_meter = metrics.get_meter("aibattle")
+TOKEN_USAGE = _meter.create_histogram(
+    conventions.METRIC_TOKEN_USAGE, unit="{token}", description="Tokens used by model calls."
+)
+OPERATION_DURATION = _meter.create_histogram(
+    conventions.METRIC_OPERATION_DURATION, unit="s", description="Duration of model calls."
+)
+
+
+def configure(environ: Mapping[str, str] | None = None, *, service_name: str = "aibattle") -> bool:
+    """Install the SDK and its OTLP exporters if the environment asks for them; whether it did."""
+    global _enabled, _content
+    env = os.environ if environ is None else environ
+    _content = env.get(conventions.CAPTURE_CONTENT_ENV, "").strip().lower() in ("true", "1")
+    if _enabled:
+        return True
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    if not any(env.get(name) for name in _ENDPOINT_VARIABLES):
+        return False
+    # Imported only when used: a deployment without OTLP never loads the SDK.
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+    from opentelemetry.sdk.resources import OTELResourceDetector, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME") or service_name}).merge(
+        OTELResourceDetector().detect()
+    )
+    tracer_provider = TracerProvider(resource=resource)
+    tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    meter_provider = MeterProvider(
+        resource=resource, metric_readers=[PeriodicExportingMetricReader(OTLPMetricExporter())]
+    )
+    trace.set_tracer_provider(tracer_provider)
+    metrics.set_meter_provider(meter_provider)
+    _shutdown[:] = [tracer_provider, meter_provider]
+    _enabled = True
+    log.info("opentelemetry exporting", extra={"service": resource.attributes.get("service.name")})
+    return True
+
+
+def shutdown() -> None:
+    """Flush what is pending (at the process' end); blocking, so call it off the event loop or last."""
+    for provider in _shutdown:
+        with contextlib.suppress(Exception):
+            provider.shutdown()
+
+
+def enabled() -> bool:
+    return _enabled
+
+
+def capture_content() -> bool:
+    """Whether prompts and completions may go into spans (off by default, as the conventions say)."""
+    return _enabled and _content
+
+
+def span(
+    name: str,
+    *,
+    kind: SpanKind = SpanKind.INTERNAL,
+    attributes: Mapping[str, Any] | None = None,
+    parent: otel_context.Context | None = None,
+    links: Iterable[trace.Link] = (),
+) -> contextlib.AbstractContextManager[Span | None]:
+    """A current span for the block, or (tracing off) a shared null context yielding None."""
+    if not _enabled:
+        return _NULL
+    return TRACER.start_as_current_span(
+        name, context=parent, kind=kind, attributes=attributes, links=list(links)
+    )
+
+
+_NULL: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+
+
+def extract(carrier: Mapping[str, str] | Iterable[tuple[str, str]]) -> otel_context.Context | None:
+    """The remote parent carried by HTTP headers or gRPC metadata (None when tracing is off)."""
+    if not _enabled:
+        return None
+    pairs = carrier.items() if isinstance(carrier, Mapping) else carrier
+    headers = {k.lower(): v for k, v in pairs if isinstance(v, str)}
+    return propagate.extract(headers)
+
+
+def inject(carrier: MutableMapping[str, str]) -> None:
+    """Add the current context's `traceparent` (and `tracestate`) to outgoing headers or metadata."""
+    if _enabled:
+        propagate.inject(carrier)
+
+
+def current_ids() -> tuple[str, str] | None:
+    """The active span's (trace_id, span_id) in hex, for log lines; None without one."""
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return None
+    return format(context.trace_id, "032x"), format(context.span_id, "016x")
+
+
+@contextlib.contextmanager
+def detached() -> Iterator[None]:
+    """Run a block outside the current trace (work that outlives the request, e.g. a background run,
+    starts its own and links back)."""
+    token = otel_context.attach(otel_context.Context())
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
