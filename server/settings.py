@@ -93,6 +93,8 @@ class ServerConfig(ConfigModel):
     lease_seconds: Annotated[float, Field(ge=1.0)] = 30.0
     """How long a run's lease holds unless renewed (it is renewed every third of it): how soon after
     its server dies an orphaned run is adopted by another."""
+    metrics: StrictBool = True
+    """Record Prometheus metrics and serve them (see metrics_addr); false records nothing."""
     metrics_addr: Annotated[StrictStr, AfterValidator(_host_port)] = ""
     """Prometheus metrics: empty serves `/metrics` on the HTTP gateway's port (http_addr); a host:port
     serves it there instead, on a listener of its own (and not on the gateway's)."""

@@ -23,6 +23,18 @@ from common import errors
 REGISTRY = CollectorRegistry(auto_describe=True)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
+enabled = True
+"""Whether anything is recorded ([server].metrics): instrumented code checks it before it records, so
+metrics switched off cost a branch."""
+key_label = False
+"""Whether the `aibattle_key_*` series are kept ([server].metrics_key_label)."""
+
+
+def configure(*, on: bool, by_key: bool = False) -> None:
+    global enabled, key_label
+    enabled, key_label = on, by_key
+
+
 SURFACES = ("grpc", "rest", "openai", "ollama", "websocket")
 """Where a request came in: gRPC, the native REST/SSE/NDJSON routes, the OpenAI and Ollama
 compatible endpoints, a WebSocket."""
