@@ -18,12 +18,19 @@ help:  ## list the targets
 
 install: $(STAMP) $(NPMSTAMP) system-deps  ## .venv with the server, gateway and test tools; npm tools; chromium
 
-# Debian's chromium renders /docs in the gateway's tests (headless, offline). Installed only if missing.
+# Debian's chromium renders /docs in the gateway's tests (headless, offline); Debian's prometheus
+# scrapes the server in tests/observability (a throwaway process on a free port each time). Each is
+# installed only if missing. The prometheus package enables a system service of its own (port 9090,
+# /var/lib/prometheus) that nothing here uses: it is stopped and disabled right after the install.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: system-deps
 system-deps:
 	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
+	@command -v prometheus >/dev/null || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus && \
+		{ $(SUDO) systemctl disable --now prometheus 2>/dev/null || \
+		  $(SUDO) service prometheus stop 2>/dev/null || true; }; }
 
 # llama-cpp-python compiles from source the first time (about 6 minutes on 2 cores); pip caches the wheel.
 # A portable AVX2 build: the native one enables AMX/AVX-512 kernels that crash (general protection
