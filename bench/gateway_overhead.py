@@ -12,20 +12,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from harness import SCRIPTED_MODEL, CompletionCalls, measure, percentile
+
 ROOT = Path(__file__).resolve().parent.parent
-REPLY = " ".join(f"word{i}" for i in range(32))  # a 32-chunk stream
-CONFIG = {
-    "server": {"grpc_addr": "127.0.0.1:0", "http_addr": ""},
-    "models": [{"id": "bench", "provider": "scripted", "capabilities": ["text"], "script": [REPLY]}],
-}
-BODY = {"model": "bench", "prompt": "benchmark"}
+CONFIG = {"server": {"grpc_addr": "127.0.0.1:0", "http_addr": ""}, "models": [SCRIPTED_MODEL]}
 
 
 async def serve() -> None:
@@ -44,36 +38,7 @@ async def serve() -> None:
     await server.stop(grace=0.5)
 
 
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-async def measure(call: Callable[[], Awaitable[None]], *, requests: int, concurrency: int) -> list[float]:
-    """Latencies in ms of `requests` calls, `concurrency` at a time (after a short warm-up)."""
-    for _ in range(min(20, requests)):
-        await call()
-    latencies: list[float] = []
-    remaining = requests
-
-    async def worker() -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
-            start = time.perf_counter()
-            await call()
-            latencies.append((time.perf_counter() - start) * 1000)
-
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies
-
-
 async def bench(args: argparse.Namespace) -> None:
-    import aiohttp
-    import grpc
-
-    from aibattle.v1 import completions_pb2, completions_pb2_grpc
-
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         __file__,
@@ -88,36 +53,19 @@ async def bench(args: argparse.Namespace) -> None:
     if not line or line[0] != "READY":
         raise SystemExit("the benchmark server did not start")
     grpc_target, http_port = line[1], int(line[2])
-    base = f"http://127.0.0.1:{http_port}"
-
-    channel = grpc.aio.insecure_channel(grpc_target)
-    stub = completions_pb2_grpc.CompletionServiceStub(channel)
-    connector = aiohttp.TCPConnector(limit=max(args.concurrency) * 2)
-    session = aiohttp.ClientSession(connector=connector)
-
-    async def grpc_unary() -> None:
-        await stub.CreateCompletion(completions_pb2.CreateCompletionRequest(**BODY))
-
-    async def grpc_stream() -> None:
-        async for _ in stub.StreamCompletion(completions_pb2.StreamCompletionRequest(**BODY)):
-            pass
-
-    async def http_unary() -> None:
-        async with session.post(f"{base}/api/v1/completions", json=BODY) as resp:
-            assert resp.status == 200
-            await resp.read()
-
-    async def http_stream() -> None:
-        async with session.post(f"{base}/api/v1/completions:stream", json=BODY) as resp:
-            assert resp.status == 200
-            async for raw in resp.content:
-                json.loads(raw)
+    calls = CompletionCalls(
+        grpc_target, f"http://127.0.0.1:{http_port}", connections=max(args.concurrency) * 2
+    )
 
     print(f"gateway overhead over direct gRPC, {args.requests} calls per cell, 127.0.0.1, scripted model")
     heads = ("gRPC p50", "p99", "HTTP p50", "p99")
     print(f"{'call':<9}{'conc':>5} " + "".join(f"{h:>10}" for h in heads) + f" {'+p50':>10}{'+p99':>10}")
     try:
-        for name, direct, via in (("unary", grpc_unary, http_unary), ("stream32", grpc_stream, http_stream)):
+        shapes = (
+            ("unary", calls.grpc_unary, calls.http_unary),
+            ("stream32", calls.grpc_stream, calls.http_stream),
+        )
+        for name, direct, via in shapes:
             for concurrency in args.concurrency:
                 a = await measure(direct, requests=args.requests, concurrency=concurrency)
                 b = await measure(via, requests=args.requests, concurrency=concurrency)
@@ -127,8 +75,7 @@ async def bench(args: argparse.Namespace) -> None:
                 print(f"{name:<9}{concurrency:>5} {cells} {extra}")
         print("stream32 = the whole 32-chunk stream of one completion; client and server share this machine")
     finally:
-        await session.close()
-        await channel.close()
+        await calls.close()
         proc.stdin.close()
         await asyncio.wait_for(proc.wait(), 15)
 

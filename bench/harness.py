@@ -1,0 +1,98 @@
+"""What the transport benchmarks share: a scripted completion, the four ways to call it, and latencies.
+
+`gateway_overhead.py` and `observability_overhead.py` import it (they run as scripts, so this folder is
+on their path). Everything here stays on 127.0.0.1 and makes a bounded number of calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any
+
+MODEL = "bench"
+REPLY = " ".join(f"word{i}" for i in range(32))  # a 32-chunk stream
+SCRIPTED_MODEL: dict[str, Any] = {
+    "id": MODEL,
+    "provider": "scripted",
+    "capabilities": ["text"],
+    "script": [REPLY],
+}
+"""A model with no model time: what is measured is our own."""
+BODY = {"model": MODEL, "prompt": "benchmark"}
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
+
+
+async def measure(
+    call: Callable[[], Awaitable[None]], *, requests: int, concurrency: int, warmup: int = 20
+) -> list[float]:
+    """Latencies in ms of `requests` calls, `concurrency` at a time (after a short warm-up)."""
+    for _ in range(min(warmup, requests)):
+        await call()
+    latencies: list[float] = []
+    remaining = requests
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            start = time.perf_counter()
+            await call()
+            latencies.append((time.perf_counter() - start) * 1000)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies
+
+
+class CompletionCalls:
+    """The same scripted completion four ways: unary and streamed, directly over gRPC and through the
+    HTTP gateway (JSON for unary, NDJSON for the stream). Each call reads the whole answer."""
+
+    def __init__(self, grpc_target: str, http_base: str, *, connections: int = 64) -> None:
+        import aiohttp
+        import grpc
+
+        from aibattle.v1 import completions_pb2, completions_pb2_grpc
+
+        self._pb = completions_pb2
+        self._channel = grpc.aio.insecure_channel(grpc_target)
+        self._stub = completions_pb2_grpc.CompletionServiceStub(self._channel)
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections))
+        self._base = http_base
+
+    async def grpc_unary(self) -> None:
+        await self._stub.CreateCompletion(self._pb.CreateCompletionRequest(**BODY))
+
+    async def grpc_stream(self) -> None:
+        async for _ in self._stub.StreamCompletion(self._pb.StreamCompletionRequest(**BODY)):
+            pass
+
+    async def http_unary(self) -> None:
+        async with self._session.post(f"{self._base}/api/v1/completions", json=BODY) as resp:
+            assert resp.status == 200, resp.status
+            await resp.read()
+
+    async def http_stream(self) -> None:
+        async with self._session.post(f"{self._base}/api/v1/completions:stream", json=BODY) as resp:
+            assert resp.status == 200, resp.status
+            async for raw in resp.content:
+                json.loads(raw)
+
+    async def close(self) -> None:
+        await self._session.close()
+        await self._channel.close()
+
+    async def __aenter__(self) -> CompletionCalls:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
