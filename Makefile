@@ -100,6 +100,7 @@ test-fast: install  ## pytest without the tests that drive the real model
 bench: install  ## benchmarks: print figures, assert nothing
 	$(PY) bench/local_model.py
 	$(PY) bench/gateway_overhead.py
+	$(PY) bench/observability_overhead.py
 	$(PY) bench/vs_litellm.py
 
 clean:  ## remove build outputs and caches (keeps .venv and node_modules)
