@@ -10,12 +10,15 @@ from __future__ import annotations
 from gateway.options import GatewayOptions
 from gateway.routes import Route, derive_routes
 from gateway.web_app import GatewayHandle, create_app, start_gateway
+from gateway.web_metrics import MetricsHandle, start_metrics
 
 __all__ = [
     "GatewayHandle",
     "GatewayOptions",
+    "MetricsHandle",
     "Route",
     "create_app",
     "derive_routes",
     "start_gateway",
+    "start_metrics",
 ]

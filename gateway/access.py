@@ -1,10 +1,10 @@
-"""What the access log line of an HTTP request says beyond the status: its route, key and model.
+"""What the access log line of an HTTP request says beyond its status and route: its key and model.
 
 web_middlewares.access_log_middleware opens an `AccessRecord` per request and writes the line when the
 request ends; the code that learns each fact notes it here, in the request's context (the record is
-shared with the tasks the request starts, such as a WebSocket's request pump):
+shared with the tasks the request starts, such as a WebSocket's request pump). The route template is the
+request's observation's (gateway.observe), which its metrics and span name share.
 
-* the route template, by the dispatcher (a derived route) or from aiohttp's resource (a fixed one);
 * the credential, from the headers, a WebSocket's `bearer.` subprotocol or flat auth frame. Only the
   key id it names is logged (`aib_<key_id>_…`), never the secret; the server's own access line says
   whether the key was accepted;
@@ -25,7 +25,6 @@ _MODEL_FIELDS = ("model", "primary_model")
 
 @dataclass
 class AccessRecord:
-    route: str | None = None
     _credential: str | None = None
     model: str = ""
 
@@ -41,7 +40,7 @@ class AccessRecord:
         return "key" if self.key_id else "other"
 
     def __repr__(self) -> str:  # never the secret
-        return f"AccessRecord(route={self.route!r}, credential={self.credential!r}, model={self.model!r})"
+        return f"AccessRecord(credential={self.credential!r}, model={self.model!r})"
 
 
 _current: contextvars.ContextVar[AccessRecord | None] = contextvars.ContextVar("access_record", default=None)
@@ -54,11 +53,6 @@ def open_record() -> tuple[AccessRecord, contextvars.Token[AccessRecord | None]]
 
 def close_record(token: contextvars.Token[AccessRecord | None]) -> None:
     _current.reset(token)
-
-
-def note_route(template: str) -> None:
-    if (record := _current.get()) is not None:
-        record.route = template
 
 
 def note_credential(secret: str) -> None:

@@ -47,6 +47,23 @@ _HTTP_STATUS: dict[int, int] = {
     code_pb2.DATA_LOSS: 500,
 }
 
+#: HTTP statuses that no Status produced (aiohttp's own errors: a bad request line, a static file's 404…;
+#: a health answer) as gRPC codes; 499 is the client that left first.
+_CODE_FOR_HTTP: dict[int, int] = {
+    400: code_pb2.INVALID_ARGUMENT,
+    401: code_pb2.UNAUTHENTICATED,
+    403: code_pb2.PERMISSION_DENIED,
+    404: code_pb2.NOT_FOUND,
+    405: code_pb2.UNIMPLEMENTED,
+    409: code_pb2.ABORTED,
+    413: code_pb2.RESOURCE_EXHAUSTED,
+    429: code_pb2.RESOURCE_EXHAUSTED,
+    499: code_pb2.CANCELLED,
+    501: code_pb2.UNIMPLEMENTED,
+    503: code_pb2.UNAVAILABLE,
+    504: code_pb2.DEADLINE_EXCEEDED,
+}
+
 #: WebSocket close codes: 1000 for OK, otherwise the application range 4000 + gRPC code.
 WS_CLOSE_OK = 1000
 WS_CLOSE_BASE = 4000
@@ -55,6 +72,11 @@ WS_CLOSE_BASE = 4000
 def http_status(code: int) -> int:
     """HTTP status for a gRPC code (grpc-gateway's table; unknown codes are 500)."""
     return _HTTP_STATUS.get(code, 500)
+
+
+def code_for_http(status: int) -> int:
+    """The gRPC code of an HTTP error status that no Status produced (UNKNOWN for one of no meaning)."""
+    return _CODE_FOR_HTTP.get(status, code_pb2.UNKNOWN)
 
 
 def ws_close_code(code: int) -> int:

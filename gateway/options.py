@@ -136,6 +136,10 @@ class GatewayOptions(GatewaySettings):
     files: Annotated[tuple[FileDescriptor, ...], LAX] = Field(default_factory=default_api_files)
     """Proto files whose services are served: their HTTP and WebSocket rules become the routes."""
 
+    metrics_route: bool = True
+    """Serve `/metrics` on the gateway's port, when metrics are recorded (`common.observability.metrics`).
+    Off when they have a listener of their own ([server].metrics_addr, `--metrics-addr`)."""
+
     _header_matcher: HeaderMatcher = PrivateAttr()
 
     def model_post_init(self, context: Any, /) -> None:

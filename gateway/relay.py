@@ -23,6 +23,7 @@ from google.protobuf.message import Message
 from google.rpc import status_pb2
 
 from common.errors import ApiError
+from gateway import observe
 from gateway.calls import RequestPump
 from gateway.errors import status_of
 
@@ -60,13 +61,17 @@ async def relay(call: Any, sink: Sink, *, streaming: bool, pump: RequestPump | N
         relayed = False
         async for message in _responses(call, streaming=streaming):
             if not sink.started:
-                await sink.start(await call.initial_metadata())
+                initial = await call.initial_metadata()
+                observe.note_upstream(initial)  # its wait on providers, before the headers go out
+                await sink.start(initial)
             await sink.message(message)
             relayed = True
         if relayed:
             await sink.end()
         else:
-            await sink.end_empty(await call.initial_metadata())
+            initial = await call.initial_metadata()
+            observe.note_upstream(initial)
+            await sink.end_empty(initial)
         return
     except ConnectionError:
         log.debug("client went away during a stream")
@@ -78,6 +83,8 @@ async def relay(call: Any, sink: Sink, *, streaming: bool, pump: RequestPump | N
             raise
         failure: BaseException = pump.failure(None)
     except grpc.aio.AioRpcError as exc:
+        if not sink.started:  # its error answer's headers are still to go out
+            observe.note_failed_call(exc)
         failure = pump.failure(exc) if pump is not None else exc
     except Exception as exc:
         if not isinstance(exc, ApiError):
@@ -85,8 +92,10 @@ async def relay(call: Any, sink: Sink, *, streaming: bool, pump: RequestPump | N
         failure = exc
     if pump is not None and pump.client_gone:
         return
+    status, http, headers = status_of(failure)
+    observe.note_status(status)
     try:
-        await sink.fail(*status_of(failure))
+        await sink.fail(status, http, headers)
     except ConnectionError:
         log.debug("client went away before the stream's error frame")
 

@@ -1,4 +1,7 @@
-"""The upstream gRPC channel: generic calls per route (no generated stubs needed) and health checks."""
+"""The upstream gRPC channel: generic calls per route (no generated stubs needed) and health checks.
+
+Every call goes out here, so here it gets the request's trace context (W3C `traceparent`), when tracing is
+on."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2
 
+from common.observability import tracing
 from gateway import access
 from gateway.descriptors import Rpc, Shape
 
@@ -16,6 +20,18 @@ _HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 SERVICE_UNKNOWN = "SERVICE_UNKNOWN"
 
 Metadata = Sequence[tuple[str, str | bytes]]
+
+
+#: W3C trace context keys: the gateway's own context replaces any a client had forwarded.
+_TRACE_CONTEXT = frozenset({"traceparent", "tracestate"})
+
+
+def traced(metadata: Metadata) -> Metadata:
+    """The call's metadata carrying the current trace context (the request's span), so the server's RPC
+    span is its child."""
+    carrier: dict[str, str] = {}
+    tracing.inject(carrier)
+    return [*(item for item in metadata if item[0] not in _TRACE_CONTEXT), *carrier.items()]
 
 
 class Upstream:
@@ -35,6 +51,8 @@ class Upstream:
         Returns the grpc.aio call object of the RPC's shape.
         """
         access.note_request(request)  # the access log names the model the request is for
+        if tracing.enabled():
+            metadata = traced(metadata)
         multi = self._callables.get(rpc.grpc_path)
         if multi is None:
             factory = {

@@ -17,7 +17,8 @@ from aiohttp.typedefs import Handler
 
 from aibattle.v1 import completions_pb2
 from common.addresses import join_host_port
-from gateway import access, compat
+from common.observability import metrics
+from gateway import compat, observe
 from gateway.descriptors import RouteError
 from gateway.options import GatewayOptions
 from gateway.path_template import parse_template
@@ -28,6 +29,7 @@ from gateway.upstream import Upstream
 from gateway.web_cors import add_cors_headers, cors_middleware
 from gateway.web_errors import NATIVE, Dialect
 from gateway.web_meta import DOCS_ASSETS, docs_assets_path, meta_routes
+from gateway.web_metrics import METRICS_PATH, metrics_endpoint
 from gateway.web_middlewares import (
     access_log_middleware,
     add_request_id,
@@ -60,6 +62,7 @@ def create_app(grpc_target: str, options: GatewayOptions | None = None) -> web.A
     app[STATE] = state
     app.on_response_prepare.append(add_request_id)
     app.on_response_prepare.append(add_cors_headers)
+    app.on_response_prepare.append(observe.add_overhead)
     app.on_shutdown.append(_on_shutdown)
 
     async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -69,10 +72,14 @@ def create_app(grpc_target: str, options: GatewayOptions | None = None) -> web.A
 
     app.cleanup_ctx.append(upstream_ctx)
     _add_fixed(app, NATIVE, meta_routes())
+    if options.metrics_route and metrics.enabled:
+        _add_fixed(app, NATIVE, [("GET", METRICS_PATH, metrics_endpoint)], counted=False)
     assets = docs_assets_path()
     if assets is not None:
-        app.router.add_static(DOCS_ASSETS, assets)
-        state.fixed_routes.append(FixedRoute(parse_template(f"{DOCS_ASSETS}/{{path=**}}"), ("GET",), NATIVE))
+        static = app.router.add_static(DOCS_ASSETS, assets)
+        fixed = FixedRoute(parse_template(f"{DOCS_ASSETS}/{{path=**}}"), ("GET",), NATIVE)
+        state.fixed_routes.append(fixed)
+        state.fixed_resources[static] = fixed
     if options.compat_endpoints and completions_pb2.DESCRIPTOR in options.files:
         for dialect, routes in compat.ENDPOINTS:
             _add_fixed(app, dialect, routes)
@@ -87,12 +94,21 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     match = request.app[STATE].router.match(
         request.method, request.rel_url.raw_path, websocket=is_websocket_upgrade(request)
     )
-    access.note_route(match.route.template.source)
+    observe.note_route(match.route.template.source, websocket=match.route.kind is Kind.WEBSOCKET)
     return await _HANDLERS[match.route.kind](request, match)
 
 
-def _add_fixed(app: web.Application, dialect: Dialect, routes: Sequence[tuple[str, str, Handler]]) -> None:
-    """Register hand-written endpoints; any other method on their paths is a 405 in their dialect."""
+def _add_fixed(
+    app: web.Application,
+    dialect: Dialect,
+    routes: Sequence[tuple[str, str, Handler]],
+    *,
+    counted: bool = True,
+) -> None:
+    """Register hand-written endpoints; any other method on their paths is a 405 in their dialect.
+
+    `counted`: whether their requests count in the request series (gateway.observe).
+    """
     by_path: dict[str, list[tuple[str, Handler]]] = {}
     for method, path, handler in routes:
         by_path.setdefault(path, []).append((method, handler))
@@ -102,7 +118,9 @@ def _add_fixed(app: web.Application, dialect: Dialect, routes: Sequence[tuple[st
         for method, handler in handlers:
             resource.add_route(method, handler)
         resource.add_route("*", _method_not_allowed(methods))
-        app[STATE].fixed_routes.append(FixedRoute(parse_template(path), methods, dialect))
+        fixed = FixedRoute(parse_template(path), methods, dialect, counted)
+        app[STATE].fixed_routes.append(fixed)
+        app[STATE].fixed_resources[resource] = fixed
 
 
 def _method_not_allowed(methods: tuple[str, ...]) -> Handler:

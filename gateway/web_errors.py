@@ -19,9 +19,11 @@ class Dialect:
 
     name: str
     error_body: Callable[[status_pb2.Status, int], Any]
+    surface: str
+    """The `surface` label of its requests in the metrics (`common.observability.metrics.SURFACES`)."""
 
 
-NATIVE = Dialect("native", lambda status, _http: status_to_json(status))
+NATIVE = Dialect("native", lambda status, _http: status_to_json(status), "rest")
 
 
 def error_response(

@@ -1,4 +1,5 @@
-"""Middlewares: the request id, the access log, and the one place errors become HTTP responses.
+"""Middlewares: the request id, the access log (and the request's metrics and span: gateway.observe), and
+the one place errors become HTTP responses.
 
 The access log is one JSON line per request (logger `gateway.access`, message "http"), written when
 the request ends — a stream when it ends, a WebSocket when it closes (status 101): `method`, `route`
@@ -9,25 +10,25 @@ key the credential names, never the secret; see gateway.access), `credential` an
 Every error response — the gateway's own, the upstream's, aiohttp's — has the status code of the
 gRPC → HTTP table and the body of the endpoint's dialect: a JSON `google.rpc.Status` on the native
 API, the OpenAI or Ollama error object on their compat endpoints (`Dialect`). Unexpected exceptions
-are logged with their traceback and answered with a generic INTERNAL, never the traceback.
+are logged with their traceback and answered with a generic INTERNAL, never the traceback. The status
+each answer carries is noted for the metrics' `error_type` (`observe.note_status`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 import grpc
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from google.rpc import code_pb2, status_pb2
+from google.rpc import status_pb2
 
 from common import logs
 from common.api_keys import presented_secret
 from common.errors import ApiError, RequestTooLarge
-from gateway import access
-from gateway.errors import status_of
+from gateway import access, observe
+from gateway.errors import code_for_http, status_of
 from gateway.metadata import REQUEST_ID_HEADER, request_id_from
 from gateway.web_errors import Dialect, error_response
 from gateway.web_state import REQUEST_ID, STATE
@@ -37,21 +38,6 @@ access_log = logging.getLogger("gateway.access")
 
 #: nginx's code for "the client closed the connection before the answer".
 CLIENT_CLOSED = 499
-
-#: aiohttp's own HTTP errors (bad request line, static file 404…) as gRPC codes.
-_CODE_FOR_HTTP = {
-    400: code_pb2.INVALID_ARGUMENT,
-    401: code_pb2.UNAUTHENTICATED,
-    403: code_pb2.PERMISSION_DENIED,
-    404: code_pb2.NOT_FOUND,
-    405: code_pb2.UNIMPLEMENTED,
-    409: code_pb2.ABORTED,
-    413: code_pb2.RESOURCE_EXHAUSTED,
-    429: code_pb2.RESOURCE_EXHAUSTED,
-    501: code_pb2.UNIMPLEMENTED,
-    503: code_pb2.UNAVAILABLE,
-    504: code_pb2.DEADLINE_EXCEEDED,
-}
 
 
 @web.middleware
@@ -67,44 +53,38 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
 
 @web.middleware
 async def access_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """One access log line per request, with its final status (see the module docstring)."""
+    """One access log line per request, with its final status (see the module docstring); the request's
+    metrics and trace span (gateway.observe), the line written while the span is current."""
     record, token = access.open_record()
     access.note_credential(presented_secret(request.headers.items()) or "")
-    started = time.perf_counter()
+    observed, tokens = observe.begin(request)
     status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as exc:  # redirects; errors are responses by now (error_middleware)
-        status = exc.status
-        raise
-    except (asyncio.CancelledError, ConnectionError):
-        status = CLIENT_CLOSED
-        raise
-    finally:
-        access.close_record(token)
-        access_log.info(
-            "http",
-            extra={
-                "method": request.method,
-                "route": record.route or _fixed_route(request),
-                "status": status,
-                "ms": round((time.perf_counter() - started) * 1000, 1),
-                "key_id": record.key_id,
-                "credential": record.credential,
-                "model": record.model or None,
-            },
-        )
-
-
-def _fixed_route(request: web.Request) -> str | None:
-    """The template of the hand-registered endpoint a request is for (derived routes note theirs)."""
-    raw_path = request.rel_url.raw_path
-    for fixed in request.app[STATE].fixed_routes:
-        if fixed.template.match(raw_path) is not None:
-            return fixed.template.source
-    return None
+    with observe.server_span(request) as span:
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:  # redirects; errors are responses by now (error_middleware)
+            status = exc.status
+            raise
+        except (asyncio.CancelledError, ConnectionError):
+            status = CLIENT_CLOSED
+            raise
+        finally:
+            access.close_record(token)
+            access_log.info(
+                "http",
+                extra={
+                    "method": request.method,
+                    "route": observed.route,
+                    "status": status,
+                    "ms": round(observed.observation.elapsed() * 1000, 1),
+                    "key_id": record.key_id,
+                    "credential": record.credential,
+                    "model": record.model or None,
+                },
+            )
+            observe.end(observed, status, tokens, span)
 
 
 async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
@@ -124,16 +104,21 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = _CODE_FOR_HTTP.get(exc.status, code_pb2.UNKNOWN)
+        code = code_for_http(exc.status)
         status = status_pb2.Status(code=code, message=exc.reason)
+        observe.note_status(status)
         return error_response(status, dialect=dialect_of(request), http=exc.status)
     except ConnectionError:
         raise
+    except grpc.aio.AioRpcError as exc:
+        observe.note_failed_call(exc)
+        failure = exc
     except Exception as exc:
-        if not isinstance(exc, ApiError | grpc.aio.AioRpcError):
+        if not isinstance(exc, ApiError):
             log.exception("unhandled error on %s %s", request.method, request.rel_url.raw_path)
         failure = exc
     status, http, headers = status_of(failure)
+    observe.note_status(status)
     return error_response(status, dialect=dialect_of(request), http=http, headers=headers)
 
 

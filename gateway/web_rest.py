@@ -17,6 +17,7 @@ from aiohttp import web
 from google.protobuf.message import Message
 
 from common.errors import RequestTooLarge
+from gateway import observe
 from gateway.calls import RequestPump, cancel_on_exit
 from gateway.events import LAST_EVENT_ID
 from gateway.metadata import response_headers
@@ -75,7 +76,9 @@ async def _unary_response(
         if pump is not None and pump.caused_failure():
             pump.raise_own_error()
         raise
-    headers = response_headers(await call.initial_metadata(), await call.trailing_metadata())
+    initial = await call.initial_metadata()
+    observe.note_upstream(initial)
+    headers = response_headers(initial, await call.trailing_metadata())
     payload = response_json(match.route, message, emit_unpopulated=emit)
     return web.Response(text=dumps(payload), content_type="application/json", headers=headers)
 

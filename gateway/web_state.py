@@ -25,6 +25,8 @@ class FixedRoute:
     template: PathTemplate
     methods: tuple[str, ...]
     dialect: Dialect
+    counted: bool = True
+    """Whether its requests count in the request series (not /metrics itself)."""
 
 
 @dataclass(eq=False)
@@ -39,6 +41,9 @@ class GatewayState:
     websockets: set[web.WebSocketResponse] = field(default_factory=set)
     openapi: dict[str, Any] | None = None
     fixed_routes: list[FixedRoute] = field(default_factory=list)
+    fixed_resources: dict[web.AbstractResource, FixedRoute] = field(default_factory=dict)
+    """The fixed route of each aiohttp resource registered for one (what a request is for, without
+    matching its path again)."""
     path_dialects: list[tuple[Callable[[str], bool], Dialect]] = field(default_factory=list)
     """The dialect of paths no fixed route serves (a compat API's unknown routes answer its 404)."""
 
@@ -47,6 +52,10 @@ class GatewayState:
         for fixed in self.fixed_routes:
             if fixed.template.match(raw_path) is not None:
                 return fixed.dialect
+        return self.path_dialect(raw_path)
+
+    def path_dialect(self, raw_path: str) -> Dialect:
+        """The dialect of a path no fixed route serves: `path_dialects`', else native."""
         for owns, dialect in self.path_dialects:
             if owns(raw_path):
                 return dialect

@@ -27,6 +27,7 @@ from aiohttp import web
 from google.protobuf.message import Message
 from google.rpc import status_pb2
 
+from gateway import observe
 from gateway.calls import RequestPump
 from gateway.metadata import response_headers
 from gateway.relay import relay
@@ -143,6 +144,8 @@ class HttpStreamSink:
         self._lock = asyncio.Lock()
         self._last_write = time.monotonic()
         self._keepalive: asyncio.Task[None] | None = None
+        #: aibattle_open_streams, from the response's headers until the stream ends.
+        self.open_stream = observe.OpenStream("sse" if framing.content_type == SSE else "ndjson")
         if keepalive_seconds > 0 and framing.keepalive():
             self._keepalive = asyncio.ensure_future(self._keep_alive(keepalive_seconds))
 
@@ -164,6 +167,8 @@ class HttpStreamSink:
             response.content_type = self._framing.content_type
         self.response = response
         await response.prepare(self._request)
+        if status != 204:
+            self.open_stream.open()
 
     async def message(self, message: Message) -> None:
         if data := self._framing.message(message):
@@ -239,5 +244,6 @@ async def stream_http(
         await relay(call, sink, streaming=True, pump=pump)
     finally:
         await sink.stop_keepalive()
+        sink.open_stream.close()
     # No response only when the client left before anything was sent; nobody reads this one.
     return sink.response or web.Response(status=499)

@@ -41,7 +41,7 @@ from common.errors import (
     InvalidArgument,
     PermissionDenied,
 )
-from gateway import access
+from gateway import access, observe
 from gateway.calls import ClientGone, RequestPump, cancel_on_exit
 from gateway.errors import ws_close_code
 from gateway.relay import relay
@@ -102,14 +102,15 @@ async def handle_websocket(request: web.Request, match: Match) -> web.StreamResp
     await ws.prepare(request)
     state.websockets.add(ws)
     idle = _IdleWatch(ws, options.ws_idle_timeout)
-    try:
-        await _serve(ws, request, match, url_request, offer, credentials, idle)
-    except ConnectionError:
-        log.debug("websocket client disconnected on %s", route.describe())
-    finally:
-        await idle.stop()
-        state.websockets.discard(ws)
-        await ws.close()
+    with observe.websocket_open():
+        try:
+            await _serve(ws, request, match, url_request, offer, credentials, idle)
+        except ConnectionError:
+            log.debug("websocket client disconnected on %s", route.describe())
+        finally:
+            await idle.stop()
+            state.websockets.discard(ws)
+            await ws.close()
     return ws
 
 
@@ -514,6 +515,7 @@ async def _finish(ws: web.WebSocketResponse, status: status_pb2.Status, dialect:
     """Last frame (on error) and the close code for the call's status."""
     if ws.closed:
         return
+    observe.note_status(status)
     with contextlib.suppress(ConnectionError):
         if status.code != code_pb2.OK:
             await ws.send_str(flat_error(status) if dialect is WsDialect.FLAT else error_frame(status))

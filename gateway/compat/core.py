@@ -26,6 +26,7 @@ from common.errors import (
     InvalidArgument,
     RequestTooLarge,
 )
+from gateway import observe
 from gateway.descriptors import Rpc
 from gateway.transcode import parse_json
 from gateway.web_state import STATE, call_context
@@ -264,9 +265,12 @@ def chat_messages(
 async def create_completion(request: web.Request, params: ChatParams) -> Any:
     context = call_context(request)
     message = params.to_request(CREATE_COMPLETION.request_cls)
-    return await request.app[STATE].upstream.start(
+    call = request.app[STATE].upstream.start(
         CREATE_COMPLETION, message, metadata=context.metadata, timeout=context.timeout
     )
+    response = await call
+    observe.note_upstream(await call.initial_metadata())  # the answer's wait on its model
+    return response
 
 
 def stream_completion(request: web.Request, params: ChatParams) -> Any:

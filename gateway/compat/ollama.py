@@ -45,7 +45,7 @@ from gateway.web_stream import NDJSON, stream_http
 
 _EPOCH = "1970-01-01T00:00:00Z"
 
-DIALECT = Dialect("ollama", lambda status, _http: {"error": status.message})
+DIALECT = Dialect("ollama", lambda status, _http: {"error": status.message}, "ollama")
 
 
 def _now() -> str:

@@ -68,7 +68,7 @@ def error_body(status: status_pb2.Status, http: int) -> dict[str, Any]:
     }
 
 
-DIALECT = Dialect("openai", error_body)
+DIALECT = Dialect("openai", error_body, "openai")
 
 
 def _model(model: Any) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""OpenAPI operations of the gateway's hand-registered endpoints: health, the document itself, /docs.
+"""OpenAPI operations of the gateway's hand-registered endpoints: health, the document itself, /docs,
+/metrics.
 
 The derived routes document themselves from the protos; these endpoints are written by hand
 (gateway.web_meta, gateway.compat), so their operations are too, beside them in this package. The
@@ -84,6 +85,22 @@ def meta_operations() -> dict[tuple[str, str], Operation]:
             "summary": "This document (OpenAPI 3.1)",
             "security": [{}],
             "responses": {"200": _json("The document.", {"type": "object"}), "400": PLAIN_400},
+        },
+        ("GET", "/metrics"): {
+            "operationId": "metrics",
+            "tags": ["Meta"],
+            "summary": "Prometheus metrics of this process (text exposition format)",
+            "description": "Served here unless metrics are off or have a listener of their own "
+            "(`[server].metrics_addr`). Labels carry route templates and model ids, never a raw path or "
+            "a secret; this endpoint is not counted in the series it reports.",
+            "security": [{}],
+            "responses": {
+                "200": {
+                    "description": "Every series.",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                },
+                "400": PLAIN_400,
+            },
         },
         ("GET", "/docs"): {
             "operationId": "docs",
