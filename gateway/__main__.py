@@ -2,27 +2,33 @@
 
 The knobs are GatewaySettings' fields: `--config FILE` reads them from the file's `[gateway]` table (and
 the listen address from `[server].http_addr`), and each field is also a flag, derived here from the model,
-so a new knob needs no edit in this file. Flags override the file. Bad input: a message and exit 2.
+so a new knob needs no edit in this file. The metrics keys are the server's, MetricsSettings: the file's
+`[server].metrics` and `metrics_addr`, and their flags. Flags override the file. Bad
+input: a message and exit 2. OpenTelemetry is configured from the `OTEL_*` environment alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import signal
 import sys
 import typing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from common.addresses import AddressError, parse_host_port
 from common.config import ConfigError, read_toml, validate
 from common.logs import configure_json
-from gateway.options import GatewayOptions, GatewaySettings
+from common.observability import metrics, tracing
+from gateway.options import GatewayOptions, GatewaySettings, MetricsSettings
 from gateway.web_app import start_gateway
+from gateway.web_metrics import start_metrics
 
 DEFAULT_HTTP_ADDR = "127.0.0.1:8080"
 
@@ -35,6 +41,7 @@ class Launch:
     host: str
     port: int
     options: GatewayOptions
+    metrics: MetricsSettings = dataclasses.field(default_factory=MetricsSettings)
 
 
 def _flag(name: str, field: FieldInfo) -> str:
@@ -62,8 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--http-addr", help=f"listen on HOST:PORT (default: the file's, else {DEFAULT_HTTP_ADDR})"
     )
-    knobs = parser.add_argument_group("gateway settings (override the file's [gateway] table)")
-    for name, field in GatewaySettings.model_fields.items():
+    _add_knobs(
+        parser.add_argument_group("gateway settings (override the file's [gateway] table)"), GatewaySettings
+    )
+    _add_knobs(parser.add_argument_group("metrics (override the file's [server] keys)"), MetricsSettings)
+    return parser
+
+
+def _add_knobs(knobs: argparse._ArgumentGroup, model: type[BaseModel]) -> None:
+    """A flag per field of `model`."""
+    for name, field in model.model_fields.items():
         doc = (field.description or "").replace("%", "%%")
         if field.default_factory is None:  # a factory's default is described by the docstring
             doc += f" (default: {field.default!r})"
@@ -89,7 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
             knobs.add_argument(
                 _flag(name, field), dest=name, default=argparse.SUPPRESS, help=doc, metavar="VALUE"
             )
-    return parser
 
 
 def parse_args(argv: list[str] | None = None) -> Launch:
@@ -97,55 +111,85 @@ def parse_args(argv: list[str] | None = None) -> Launch:
     parser = build_parser()
     args = vars(parser.parse_args(argv))
     flags = {name: args[name] for name in GatewaySettings.model_fields if name in args}
+    metrics_flags = {name: args[name] for name in MetricsSettings.model_fields if name in args}
     errors: list[str] = []
     settings, file_addr = GatewaySettings(), None
+    metrics_table: dict[str, Any] = {}
     if args["config"]:
+        source = f"config file {args['config']}"
         try:
-            table, file_addr = _read_file(args["config"])
-            settings = validate(
-                GatewaySettings, table, source=f"config file {args['config']}", prefix=("gateway",)
-            )
+            table, file_addr, metrics_table = _read_file(args["config"])
+            settings = validate(GatewaySettings, table, source=source, prefix=("gateway",))
         except ConfigError as exc:
             errors += exc.lines
-    options = None
-    try:
-        # A command line has only strings: validate flags laxly ("1024" is 1024); the file's values are
-        # already checked (strictly) and typed.
-        names: dict[tuple[str | int, ...], str] = {
-            (name,): _flag(name, GatewaySettings.model_fields[name]) for name in flags
-        }
-        options = validate(
-            GatewayOptions, {**dict(settings), **flags}, source="command line", names=names, strict=False
-        )
-    except ConfigError as exc:
-        errors += exc.lines
+        try:
+            metrics_table = dict(validate(MetricsSettings, metrics_table, source=source, prefix=("server",)))
+        except ConfigError as exc:
+            errors += exc.lines
+    # A command line has only strings: validate flags laxly ("1024" is 1024); the file's values are
+    # already checked (strictly) and typed.
+    options = _from_flags(GatewayOptions, {**dict(settings), **flags}, flags, errors)
+    metrics = _from_flags(MetricsSettings, {**metrics_table, **metrics_flags}, metrics_flags, errors)
     address = None
     try:
         address = parse_host_port(args["http_addr"] or file_addr or DEFAULT_HTTP_ADDR)
     except AddressError as exc:
         where = "--http-addr" if args["http_addr"] else f"config file {args['config']}: server.http_addr"
         errors.append(f"{where}: {exc}")
-    if errors or options is None or address is None:
+    if errors or options is None or metrics is None or address is None:
         parser.print_usage(sys.stderr)
         parser.exit(2, "".join(f"{parser.prog}: error: {line}\n" for line in errors))
-    return Launch(grpc_target=args["grpc_target"], host=address[0], port=address[1], options=options)
+    # /metrics on the gateway's port, unless --metrics-addr gives it a listener of its own.
+    options = options.model_copy(update={"metrics_route": not metrics.metrics_addr})
+    return Launch(
+        grpc_target=args["grpc_target"], host=address[0], port=address[1], options=options, metrics=metrics
+    )
 
 
-def _read_file(path: str) -> tuple[dict[str, Any], str | None]:
-    """The file's [gateway] table and [server].http_addr; its other tables are the server's business."""
+M = TypeVar("M", bound=BaseModel)
+
+
+def _from_flags(model: type[M], data: dict[str, Any], flags: dict[str, Any], errors: list[str]) -> M | None:
+    """`model` from the file's values and the flags over them; problems are added to `errors`."""
+    names: dict[tuple[str | int, ...], str] = {
+        (name,): _flag(name, model.model_fields[name]) for name in flags
+    }
+    try:
+        return validate(model, data, source="command line", names=names, strict=False)
+    except ConfigError as exc:
+        errors += exc.lines
+        return None
+
+
+def _read_file(path: str) -> tuple[dict[str, Any], str | None, dict[str, Any]]:
+    """The file's [gateway] table, [server].http_addr and the [server] metrics keys (MetricsSettings);
+    its other tables and keys are the server's business."""
     data = read_toml(path)
     table, server = data.get("gateway", {}), data.get("server", {})
-    http_addr = server.get("http_addr") if isinstance(server, dict) else None
+    if not isinstance(server, dict):
+        server = {}
+    http_addr = server.get("http_addr")
     if http_addr is not None and not isinstance(http_addr, str):
         raise ConfigError([f"config file {path}: server.http_addr: should be a string, got {http_addr!r}"])
-    return table, http_addr or None
+    metrics = {key: server[key] for key in MetricsSettings.model_fields if key in server}
+    return table, http_addr or None, metrics
 
 
 async def serve(launch: Launch) -> None:
     handle = await start_gateway(
         grpc_target=launch.grpc_target, host=launch.host, port=launch.port, options=launch.options
     )
-    logging.getLogger("gateway").info("gateway on %s → gRPC %s", handle.url, launch.grpc_target)
+    log = logging.getLogger("gateway")
+    log.info("gateway on %s → gRPC %s", handle.url, launch.grpc_target)
+    listener = None
+    if launch.metrics.metrics and launch.metrics.metrics_addr:
+        host, port = parse_host_port(launch.metrics.metrics_addr)
+        try:
+            listener = await start_metrics(host=host, port=port)
+        except BaseException:
+            await handle.close()
+            raise
+        log.info("metrics on %s", listener.url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -154,13 +198,20 @@ async def serve(launch: Launch) -> None:
         await stop.wait()
     finally:
         await handle.close()
+        if listener is not None:
+            await listener.close()
 
 
 def main(argv: list[str] | None = None) -> None:
     launch = parse_args(argv)
     # JSON lines, as the server writes them: one format for whatever collects the logs of either.
     configure_json("INFO")
-    asyncio.run(serve(launch))
+    metrics.configure(on=launch.metrics.metrics)
+    tracing.configure(service_name="aibattle-gateway")  # OTEL_* only; nothing installed without them
+    try:
+        asyncio.run(serve(launch))
+    finally:
+        tracing.shutdown()  # flush pending spans, the event loop gone
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from pydantic import (
     StringConstraints,
 )
 
+from common.addresses import AddressError, parse_host_port
 from common.api import API_PACKAGE, api_files
 from common.config import LAX, ConfigModel, Strings, config_error
 from gateway.metadata import HeaderMatcher, header_matcher, owned_by_grpc
@@ -120,6 +121,28 @@ class GatewaySettings(ConfigModel):
     )
     """FileDescriptorSet with source info (relative to the working directory): proto comments become OpenAPI
     descriptions. Default: the one `make gen` writes; "" (None): no comments."""
+
+
+def _address_or_empty(addr: str) -> str:
+    if addr:
+        try:
+            parse_host_port(addr)
+        except AddressError as exc:
+            raise config_error("address", str(exc)) from None
+    return addr
+
+
+class MetricsSettings(ConfigModel):
+    """Prometheus metrics of the standalone gateway (`python -m gateway`): the `[server]` keys of the same
+    names, as the server reads them for the in-process gateway, and their flags. (`metrics_key_label` is
+    not one: the server counts calls by key, in its own process.)"""
+
+    metrics: bool = True
+    """Record Prometheus metrics and serve them (see metrics_addr); false records nothing."""
+
+    metrics_addr: Annotated[str, AfterValidator(_address_or_empty)] = ""
+    """Empty serves `/metrics` on the gateway's port; a host:port serves it there instead, on a listener of
+    its own (and not on the gateway's)."""
 
 
 class GatewayOptions(GatewaySettings):

@@ -17,6 +17,7 @@ import sys
 import time
 
 from common.addresses import parse_host_port
+from common.observability import metrics, tracing
 from server import logs
 from server.app import AIBattleServer
 from server.config import Config, ConfigError, load_config
@@ -62,15 +63,24 @@ async def serve(config: Config) -> int:
     server = AIBattleServer(config)
     await server.start()
     gateway = None
-    if config.server.http_addr:
+    metrics_listener = None
+    settings = config.server
+    if settings.http_addr:
         from gateway import GatewayOptions, start_gateway
 
-        host, port = parse_host_port(config.server.http_addr)
-        options = GatewayOptions.from_settings(config.gateway)
+        host, port = parse_host_port(settings.http_addr)
+        # /metrics on the gateway's port, unless metrics_addr gives it a listener of its own.
+        options = GatewayOptions.from_settings(config.gateway, metrics_route=not settings.metrics_addr)
         gateway = await start_gateway(grpc_target=server.grpc_target, host=host, port=port, options=options)
+    if settings.metrics and settings.metrics_addr:
+        from gateway import start_metrics
+
+        host, port = parse_host_port(settings.metrics_addr)
+        metrics_listener = await start_metrics(host=host, port=port)
     print(
         f"AI Battle serving gRPC on {server.grpc_target}"
         + (f", HTTP on {gateway.url}" if gateway else "")
+        + (f", metrics on {metrics_listener.url}" if metrics_listener else "")
         + f"; models: {', '.join(m.id for m in config.models)}",
         flush=True,
     )
@@ -88,6 +98,8 @@ async def serve(config: Config) -> int:
     stops = [server.stop(grace)]
     if gateway is not None:
         stops.append(gateway.close())
+    if metrics_listener is not None:
+        stops.append(metrics_listener.close())
     await asyncio.gather(*stops)
     log.info("stopped")
     return 0
@@ -104,12 +116,22 @@ def main() -> None:
             print(f"aibattle: configuration error: {line}", file=sys.stderr)
         sys.exit(2)
     logs.configure(config.server.log_level)
+    observe(config)
     try:
         sys.exit(asyncio.run(serve(config)))
     except (ProviderStartError, ConfigError, OSError) as exc:
         log.error("cannot start: %s", exc)
         print(f"aibattle: cannot start: {exc}", file=sys.stderr)
         sys.exit(1)
+    finally:
+        tracing.shutdown()  # flush the spans still pending, off the event loop (it has ended)
+
+
+def observe(config: Config) -> None:
+    """Prometheus metrics as `[server]` says (on, and by key id); OpenTelemetry as the `OTEL_*`
+    environment says (nothing installed without an endpoint)."""
+    metrics.configure(on=config.server.metrics, by_key=config.server.metrics_key_label)
+    tracing.configure()
 
 
 if __name__ == "__main__":
