@@ -37,6 +37,16 @@ WORKFLOW_ITERATIONS = "aibattle.reasoning.iterations"
 EVENT_STUCK = "aibattle.stuck"  # a span event per stuck signal
 EVENT_HANDOFF = "aibattle.handoff"  # a span event per handoff between models
 STUCK_SIGNAL = "aibattle.stuck.signal"
+WORKFLOW_ID = "aibattle.run.id"  # the resource's id (a conversation's is also gen_ai.conversation.id)
+WORKFLOW_STATUS = "aibattle.run.status"  # how the run ended: completed, failed, cancelled, ...
+EVENT_ESCALATION = "aibattle.escalation"  # a cascade escalating to its secondary model
+HANDOFF_FROM = "aibattle.handoff.from_model"
+HANDOFF_TO = "aibattle.handoff.to_model"
+EVENT_MODEL = "aibattle.model"  # the model a stuck signal was found in
+MODEL_ID = "aibattle.model.id"  # our configured model id (gen_ai.request.model is the provider's name)
+
+# gen_ai.provider.name where the conventions' well-known value differs from our provider's name.
+PROVIDER_NAMES = {"gemini": "gcp.gemini"}
 
 # --- GenAI metrics (OTLP) ---------------------------------------------------------------------------
 METRIC_TOKEN_USAGE = "gen_ai.client.token.usage"

@@ -150,3 +150,109 @@ def detached() -> Iterator[None]:
         yield
     finally:
         otel_context.detach(token)
+
+
+# --- spans managed by hand ----------------------------------------------------------------------------
+# An async generator must not attach a context at one `yield` and detach it at another: its steps may
+# run in different tasks (a consumer awaiting each item in a task of its own), and a context token
+# detached in another context than it was attached in fails. So streams start their spans explicitly
+# (`start_span`), make them current only around the awaits that need it (`use`), and end them
+# themselves.
+
+
+def start_span(
+    name: str,
+    *,
+    kind: SpanKind = SpanKind.INTERNAL,
+    attributes: Mapping[str, Any] | None = None,
+    parent: otel_context.Context | None = None,
+    links: Iterable[trace.Link] = (),
+) -> Span | None:
+    """A started span that is not made current (None when tracing is off); the caller ends it.
+
+    `parent` None: the current span's child; an empty `Context()`: a new trace (see `detached`)."""
+    if not _enabled:
+        return None
+    return TRACER.start_span(
+        name,
+        context=parent,
+        kind=kind,
+        attributes=attributes,
+        links=list(links),
+        record_exception=False,
+        set_status_on_exception=False,
+    )
+
+
+@contextlib.contextmanager
+def use(span: Span | None, *, detach_from_current: bool = False) -> Iterator[None]:
+    """`span` current for the block (nothing when None); `detach_from_current`: in a context of its own,
+    so the block no longer sees the current trace (a background run started by a request)."""
+    if span is None:
+        yield
+        return
+    base = otel_context.Context() if detach_from_current else None
+    token = otel_context.attach(trace.set_span_in_context(span, base))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
+def fail(span: Span | None, error_type: str) -> None:
+    """Mark a span failed with a low-cardinality `error.type` (a reason or a class name, never a
+    message: messages may quote what a secret-bearing upstream said)."""
+    if span is not None:
+        span.set_attribute(conventions.ERROR_TYPE, error_type)
+        span.set_status(trace.Status(trace.StatusCode.ERROR, error_type))
+
+
+def traceparent(span: Span | None) -> str | None:
+    """The W3C `traceparent` of a span (to store with what outlives it), or None."""
+    if span is None:
+        return None
+    context = span.get_span_context()
+    if not context.is_valid:
+        return None
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+
+
+def links(*traceparents: str | None, current: bool = False) -> list[trace.Link]:
+    """Links to the spans these `traceparent`s name (invalid or None ones skipped), and with `current`
+    to the current span: a run's trace points back at the request that started it, and at its earlier
+    run's trace."""
+    found: list[trace.Link] = []
+    if not _enabled:
+        return found
+    if current:
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            found.append(trace.Link(context))
+    for value in traceparents:
+        if value:
+            context = trace.get_current_span(propagate.extract({"traceparent": value})).get_span_context()
+            if context.is_valid:
+                found.append(trace.Link(context))
+    return found
+
+
+def inject_span(carrier: MutableMapping[str, str], span: Span | None) -> None:
+    """Add `span`'s `traceparent` (and the current `tracestate`) to outgoing headers."""
+    if span is not None:
+        propagate.inject(carrier, context=trace.set_span_in_context(span))
+
+
+def add_event(name: str, attributes: Mapping[str, Any] | None = None) -> None:
+    """An event on the current span (nothing when tracing is off or no span is current)."""
+    if _enabled:
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.add_event(name, attributes=attributes)
+
+
+def set_attributes(attributes: Mapping[str, Any]) -> None:
+    """Attributes on the current span (nothing when tracing is off or no span is current)."""
+    if _enabled:
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.set_attributes(attributes)
