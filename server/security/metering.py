@@ -26,12 +26,15 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
+from dataclasses import dataclass
 
 from common.errors import CONTEXT_LENGTH_EXCEEDED, PROMPT_TOO_LONG, InvalidArgument
 from server.providers.base import ChatRequest, Finish, Provider, StreamItem, Usage
 from server.providers.text import estimate_prompt_tokens
 from server.security import context
 from server.security.context import Caller
+from server.security.limits import Limiter
+from server.security.observed import ModelCall
 from server.settings import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -112,16 +115,44 @@ class MeteredProvider:
         await self.inner.close()
 
     async def stream(self, model: ModelConfig, request: ChatRequest) -> AsyncGenerator[StreamItem, None]:
-        check_request(model, request, max_prompt_chars=self._max_prompt_chars)
         caller = self.caller
-        if caller is not None:
-            await context.check_still_usable(caller)  # a background run outlives its key's revocation
-        if caller is None or caller.limiter is None or caller.admin:
-            async with aclosing(self.inner.stream(model, request)) as items:
-                async for item in items:
-                    yield item
-            return
-        limiter = caller.limiter
+        call = ModelCall(model, request, "" if caller is None else caller.key_id)
+        try:
+            check_request(model, request, max_prompt_chars=self._max_prompt_chars)
+            if caller is not None:
+                await context.check_still_usable(caller)  # a background run outlives its key's revocation
+            held = None
+            if caller is not None and caller.limiter is not None and not caller.admin:
+                held = await _Reservation.take(caller, caller.limiter, model, request)
+            try:
+                async with aclosing(self.inner.stream(model, request)) as items:
+                    while (item := await call.next(items)) is not None:
+                        yield item
+            finally:
+                if held is not None:
+                    await held.settle(call.finish, started=call.started)
+        except BaseException as exc:
+            call.failed(exc)
+            raise
+        finally:
+            call.end()
+
+
+@dataclass
+class _Reservation:
+    """A call's worst case, held from a key's budget and token rate until the call settles it."""
+
+    caller: Caller
+    limiter: Limiter
+    model: ModelConfig
+    worst: Usage
+    reserved: float
+    tokens: int
+
+    @classmethod
+    async def take(
+        cls, caller: Caller, limiter: Limiter, model: ModelConfig, request: ChatRequest
+    ) -> _Reservation:
         worst = Usage(prompt_tokens=prompt_bound(model, request), completion_tokens=request.max_tokens)
         reserved = model.cost_usd(worst.prompt_tokens, worst.completion_tokens)
         await limiter.reserve(caller, reserved)
@@ -130,34 +161,27 @@ class MeteredProvider:
         except BaseException:
             await limiter.settle(caller, reserved, 0.0)
             raise
-        started = False
-        charged: Usage | None = None
-        try:
-            async with aclosing(self.inner.stream(model, request)) as items:
-                async for item in items:
-                    started = True
-                    if isinstance(item, Finish):
-                        charged = item.usage
-                    yield item
-        finally:
-            if charged is None and started:
-                charged = worst
-            cost = (
-                0.0 if charged is None else model.cost_usd(charged.prompt_tokens, charged.completion_tokens)
+        return cls(caller, limiter, model, worst, reserved, tokens)
+
+    async def settle(self, finish: Finish | None, *, started: bool) -> None:
+        """At the cost of the call's reported usage; cut short after its first token (usage unknown),
+        at its reservation; failed before it, nothing."""
+        caller, model, worst = self.caller, self.model, self.worst
+        charged = finish.usage if finish is not None else worst if started else None
+        cost = 0.0 if charged is None else model.cost_usd(charged.prompt_tokens, charged.completion_tokens)
+        if charged is not None and charged.prompt_tokens > worst.prompt_tokens:
+            log.warning(
+                "usage above the reserved bound",
+                extra={
+                    "model": model.id,
+                    "prompt_tokens": charged.prompt_tokens,
+                    "bound": worst.prompt_tokens,
+                },
             )
-            if charged is not None and charged.prompt_tokens > worst.prompt_tokens:
-                log.warning(
-                    "usage above the reserved bound",
-                    extra={
-                        "model": model.id,
-                        "prompt_tokens": charged.prompt_tokens,
-                        "bound": worst.prompt_tokens,
-                    },
-                )
-            await limiter.settle(caller, reserved, cost)
-            await limiter.settle_tokens(caller, tokens, 0 if charged is None else charged.total_tokens)
-            if cost and caller.keys is not None:
-                try:
-                    await caller.keys.add_key_spend(caller.key_id, cost)
-                except Exception:  # the in-memory count holds; the record catches up on the next call
-                    log.exception("could not record spend", extra={"key_id": caller.key_id})
+        await self.limiter.settle(caller, self.reserved, cost)
+        await self.limiter.settle_tokens(caller, self.tokens, 0 if charged is None else charged.total_tokens)
+        if cost and caller.keys is not None:
+            try:
+                await caller.keys.add_key_spend(caller.key_id, cost)
+            except Exception:  # the in-memory count holds; the record catches up on the next call
+                log.exception("could not record spend", extra={"key_id": caller.key_id})
