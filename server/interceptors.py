@@ -10,9 +10,10 @@ before any handler runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import inspect
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -21,10 +22,15 @@ import grpc
 from google.protobuf.message import Message
 from grpc_interceptor.server import AsyncServerInterceptor
 from grpc_status import rpc_status
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind
 
 from common import bounds
-from common.errors import MALFORMED_REQUEST, ApiError, InvalidArgument, internal_error
+from common.errors import INTERNAL, MALFORMED_REQUEST, ApiError, InvalidArgument, internal_error
+from common.observability import UPSTREAM_MS_METADATA, conventions, metrics, requests, tracing
 from server import logs
+from server.security.observed import series
 
 log = logging.getLogger("aibattle.access")
 errlog = logging.getLogger("aibattle.errors")
@@ -41,44 +47,57 @@ def _incoming_request_id(context: grpc.aio.ServicerContext) -> str:
 
 
 class RequestContextInterceptor(AsyncServerInterceptor):
-    """Takes or makes the request id, echoes it as initial metadata, writes one access-log line."""
+    """Takes or makes the request id; observes each call (`_Rpc`): its metrics, its SERVER span (when
+    tracing is on), its access-log line; echoes the request id as initial metadata (see `_Rpc.echo`)."""
 
     async def intercept(
         self, method: Callable[..., Any], request: Any, context: grpc.aio.ServicerContext, method_name: str
     ) -> Any:
         rid = _incoming_request_id(context)
         token = logs.request_id.set(rid)
-        await context.send_initial_metadata(((REQUEST_ID_HEADER, rid),))
-        started = time.perf_counter()
         try:
             response = method(request, context)
             if inspect.isasyncgen(response):
-                return self._stream(response, context, method_name, started, rid)
-            result = await response
-            self._log(context, method_name, started)
-            return result
-        except BaseException:
-            self._log(context, method_name, started)
-            raise
+                return self._stream(response, context, method_name, rid)
+            rpc = _Rpc(context, method_name, rid, streaming=False)
+            rpc_token = _current.set(rpc)
+            try:
+                with tracing.use(rpc.span):
+                    try:
+                        result = await response
+                        await rpc.echo()
+                    finally:
+                        rpc.finish()
+                return result
+            finally:
+                _current.reset(rpc_token)
+                requests.end(rpc.observation_token)
         finally:
             logs.request_id.reset(token)
 
     async def _stream(
-        self,
-        responses: AsyncIterator[Any],
-        context: grpc.aio.ServicerContext,
-        method_name: str,
-        started: float,
-        rid: str,
+        self, responses: AsyncIterator[Any], context: grpc.aio.ServicerContext, method_name: str, rid: str
     ) -> AsyncIterator[Any]:
-        # Set, never reset: grpc runs each call in a task (and context) of its own, and a generator
-        # abandoned mid-stream is finalized later in some other context, where a reset raises
-        # ValueError. Set again before the access line for the same reason.
+        # Set, never reset (the request id, the observation, the span made current): grpc runs each call
+        # in a task (and context) of its own, and a generator abandoned mid-stream is finalized later in
+        # some other context, where a reset raises ValueError. Set again before the access line for the
+        # same reason.
         logs.request_id.set(rid)
+        rpc = _Rpc(context, method_name, rid, streaming=True)
+        _current.set(rpc)
+        if rpc.span is not None:
+            otel_context.attach(trace.set_span_in_context(rpc.span))
+        # A client gone while grpc is blocked writing abandons this generator at its yield, and its
+        # finally runs only when it is garbage-collected: the call's end closes the books instead.
+        ended = contextvars.copy_context()
+        context.add_done_callback(lambda _: ended.run(rpc.finish, interrupted=True))
         interrupted = False
         try:
             async for response in responses:
+                if not rpc.echoed:
+                    await rpc.echo()
                 yield response
+            await rpc.echo()  # a stream with no message: at its end
         except (asyncio.CancelledError, GeneratorExit):
             # The client went away (or its deadline passed) mid-stream: grpc cancels our task or
             # closes the generator, and context.code() stays unset.
@@ -86,24 +105,138 @@ class RequestContextInterceptor(AsyncServerInterceptor):
             raise
         finally:
             logs.request_id.set(rid)
-            self._log(context, method_name, started, interrupted=interrupted)
+            rpc.finish(interrupted=interrupted)
 
-    @staticmethod
-    def _log(
-        context: grpc.aio.ServicerContext, method_name: str, started: float, *, interrupted: bool = False
-    ) -> None:
+
+_current: contextvars.ContextVar[_Rpc | None] = contextvars.ContextVar("rpc", default=None)
+_IN_FLIGHT = metrics.IN_FLIGHT.labels("grpc")
+_OPEN_STREAMS = metrics.OPEN_STREAMS.labels("grpc")
+#: Codes a gRPC SERVER span is an error for (the RPC conventions): the server's faults, not the caller's.
+_SERVER_FAULTS = frozenset(
+    {
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+
+
+class _Rpc:
+    """One call as the service sees it: its `Observation` (model, tokens, wait on providers), the
+    metrics and span it records when it ends (`finish`, once however it ends), and the request id it
+    echoes as initial metadata with the milliseconds it waited on model providers (`echo`).
+
+    The metadata goes out when the answer does: right before a stream's first message (or at its end,
+    if it has none), after a unary handler returns, and before a failure's status (ErrorInterceptor), so
+    a failed call still carries its request id and the upstream wait is known when it is sent.
+    """
+
+    __slots__ = (
+        "_context",
+        "echoed",
+        "finished",
+        "method",
+        "observation",
+        "observation_token",
+        "overhead",
+        "rid",
+        "span",
+        "streaming",
+    )
+
+    def __init__(self, context: grpc.aio.ServicerContext, method: str, rid: str, *, streaming: bool) -> None:
+        self._context = context
+        self.method = method
+        self.rid = rid
+        self.streaming = streaming
+        self.echoed = False
+        self.finished = False
+        self.overhead: float | None = None
+        self.observation, self.observation_token = requests.begin("grpc", method)
+        self.span = _server_span(context, method) if tracing.enabled() else None
+        if metrics.enabled:
+            _IN_FLIGHT.inc()
+            if streaming:
+                _OPEN_STREAMS.inc()
+
+    async def echo(self) -> None:
+        """The initial metadata, once: request id and upstream milliseconds so far."""
+        if self.echoed:
+            return
+        self.echoed = True
+        self.overhead = self.observation.overhead_seconds()
+        upstream_ms = f"{self.observation.upstream_seconds * 1000:.3f}"
+        await self._context.send_initial_metadata(
+            ((REQUEST_ID_HEADER, self.rid), (UPSTREAM_MS_METADATA, upstream_ms))
+        )
+
+    def finish(self, *, interrupted: bool = False) -> None:
+        """Metrics, span and access line, once (a stream's end, or its call's done callback)."""
+        if self.finished:
+            return
+        self.finished = True
+        context = self._context
         code = context.code() or grpc.StatusCode.OK
         if (interrupted or context.cancelled()) and code == grpc.StatusCode.OK:
             code = grpc.StatusCode.CANCELLED
-        name = code.name if isinstance(code, grpc.StatusCode) else str(code)
-        log.info(
-            "rpc",
-            extra={
-                "method": method_name,
-                "code": name,
-                "ms": round((time.perf_counter() - started) * 1000, 1),
-            },
-        )
+        if not isinstance(code, grpc.StatusCode):  # an int set by a handler; never ours
+            code = next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.UNKNOWN)
+        observation = self.observation
+        elapsed = observation.elapsed()
+        overhead = observation.overhead_seconds() if self.overhead is None else self.overhead
+        if metrics.enabled:
+            _record(self, code, elapsed, overhead)
+        if self.span is not None:
+            self.span.set_attribute(conventions.RPC_GRPC_STATUS_CODE, code.value[0])
+            if code in _SERVER_FAULTS:
+                tracing.fail(self.span, code.name)
+            self.span.end()
+        line: dict[str, object] = {
+            "method": self.method,
+            "code": code.name,
+            "ms": round(elapsed * 1000, 1),
+            "overhead_ms": round(overhead * 1000, 3),
+        }
+        if observation.model:
+            line.update(
+                model=observation.model,
+                input_tokens=observation.input_tokens,
+                output_tokens=observation.output_tokens,
+                cost_usd=round(observation.cost_usd, 10),
+            )
+        log.info("rpc", extra=line)
+
+
+def _record(rpc: _Rpc, code: grpc.StatusCode, elapsed: float, overhead: float) -> None:
+    route = rpc.method
+    kind = metrics.error_type(code, rpc.observation.reason)
+    series(metrics.REQUESTS, "grpc", route, code.name, kind).inc()
+    series(metrics.REQUEST_DURATION, "grpc", route).observe(elapsed)
+    series(metrics.REQUEST_OVERHEAD, "grpc", route).observe(overhead)
+    _IN_FLIGHT.dec()
+    if rpc.streaming:
+        _OPEN_STREAMS.dec()
+    if metrics.key_label and (key := logs.key_id.get()):
+        metrics.KEY_REQUESTS.labels(key).inc()
+
+
+def _server_span(context: grpc.aio.ServicerContext, method: str) -> Span | None:
+    """The call's SERVER span, child of the trace context its caller sent (the gateway's, a client's)."""
+    name = method.lstrip("/")
+    service, _, rpc_method = name.partition("/")
+    return tracing.start_span(
+        name,
+        kind=SpanKind.SERVER,
+        parent=tracing.extract(context.invocation_metadata() or ()),
+        attributes={
+            conventions.RPC_SYSTEM: "grpc",
+            conventions.RPC_SERVICE: service,
+            conventions.RPC_METHOD: rpc_method,
+        },
+    )
 
 
 class ErrorInterceptor(AsyncServerInterceptor):
@@ -208,8 +341,15 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method_name:
         raise exc  # already a status (health, reflection, or context.abort in a handler)
     if isinstance(exc, ApiError):
         status = exc.to_status()
+        requests.note_reason(exc.reason)
     else:
         errlog.exception("unhandled error", extra={"method": method_name})
         status = internal_error(logs.request_id.get()).to_status()
+        requests.note_reason(INTERNAL.name)
+    rpc = _current.get()
+    if rpc is not None and not rpc.echoed:
+        # Before the status, so a failed call still carries its request id (after it, too late).
+        with contextlib.suppress(Exception):
+            await rpc.echo()
     grpc_status = rpc_status.to_status(status)
     await context.abort(grpc_status.code, grpc_status.details, grpc_status.trailing_metadata)
