@@ -22,8 +22,11 @@ import time
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
+from common.addresses import join_host_port
 from common.errors import INTERNAL, UPSTREAM_COOLDOWN, ApiError, UpstreamError
+from common.observability import metrics
 from server.providers.base import ChatRequest, Provider, StreamItem
 from server.settings import ModelConfig
 
@@ -64,12 +67,27 @@ class Circuits:
         failures = self._failures.get(key, 0) + 1
         self._failures[key] = failures
         if failures >= model.upstream.cooldown_after_failures:
-            self._open_until[key] = time.monotonic() + model.upstream.cooldown_seconds
+            seconds = model.upstream.cooldown_seconds
+            self._open_until[key] = time.monotonic() + seconds
             self._failures[key] = 0
             log.warning(
-                "upstream in cooldown",
-                extra={"provider": key[0], "model": model.id, "seconds": model.upstream.cooldown_seconds},
+                "upstream in cooldown", extra={"provider": key[0], "model": model.id, "seconds": seconds}
             )
+            if metrics.enabled:
+                metrics.COOLDOWN.labels(key[0], upstream_label(key[1])).set(1)
+                asyncio.get_running_loop().call_later(seconds, self._cooled, key)
+
+    def _cooled(self, key: tuple[str, str]) -> None:
+        """The cooldown gauge back to 0 once the upstream is usable again (unless it went back in)."""
+        if self._open_until.get(key, 0.0) <= time.monotonic():
+            metrics.COOLDOWN.labels(key[0], upstream_label(key[1])).set(0)
+
+
+def upstream_label(base_url: str) -> str:
+    """An upstream as the metrics name it: host:port of its base URL, never its path or credentials."""
+    parts = urlsplit(base_url)
+    host = parts.hostname or ""
+    return join_host_port(host, parts.port or (443 if parts.scheme == "https" else 80))
 
 
 def backoff(model: ModelConfig, attempt: int, retry_after: float | None) -> float:
@@ -83,7 +101,11 @@ async def resilient_stream(
 ) -> AsyncGenerator[Answering | StreamItem, None]:
     """The first model of `chain` that answers; see the module docstring."""
     last: ApiError | None = None
+    failed: ModelConfig | None = None  # the model before this one: it failed before its first token
     for model, provider in chain:
+        if failed is not None and metrics.enabled:
+            metrics.FALLBACKS.labels(failed.id, model.id).inc()
+        failed = model  # until it answers
         if (cooling := circuits.cooling(model)) > 0:
             last = UpstreamError(
                 str(model.provider),
@@ -124,6 +146,8 @@ async def resilient_stream(
                     "retrying upstream",
                     extra={"model": model.id, "attempt": attempt + 1, "reason": exc.reason, "pause": pause},
                 )
+                if metrics.enabled:
+                    metrics.RETRIES.labels(model.id, str(model.provider)).inc()
                 await asyncio.sleep(pause)
         if last is not None and len(chain) > 1:
             log.info("model failed before its first token", extra={"model": model.id, "reason": last.reason})

@@ -17,6 +17,7 @@ import time
 from typing import Protocol
 
 from common.errors import BUDGET_EXCEEDED, RATE_LIMITED, TOKEN_RATE_LIMITED, TOO_MANY_STREAMS, LimitExceeded
+from common.observability import metrics
 
 BURST = 2.0
 """Buckets hold twice the per-minute rate (seed 003's 2x burst)."""
@@ -114,11 +115,13 @@ class MemoryLimiter:
             return
         bucket = self._bucket(caller, "rpm", caller.rpm)
         if bucket.level < 1:
-            raise LimitExceeded(
-                RATE_LIMITED,
-                f"this API key's limit of {caller.rpm} requests per minute is reached",
-                limit="rpm",
-                retry_after=_seconds(bucket.wait_for(1)),
+            raise refused(
+                LimitExceeded(
+                    RATE_LIMITED,
+                    f"this API key's limit of {caller.rpm} requests per minute is reached",
+                    limit="rpm",
+                    retry_after=_seconds(bucket.wait_for(1)),
+                )
             )
         bucket.level -= 1
 
@@ -128,12 +131,14 @@ class MemoryLimiter:
         bucket = self._bucket(caller, "tpm", caller.tpm)
         needed = min(float(tokens), bucket.capacity)
         if bucket.level < needed:
-            raise LimitExceeded(
-                TOKEN_RATE_LIMITED,
-                f"this API key's limit of {caller.tpm} tokens per minute is reached: this call may use"
-                f" up to {tokens} tokens, {max(0, math.floor(bucket.level))} are available now",
-                limit="tpm",
-                retry_after=_seconds(bucket.wait_for(needed)),
+            raise refused(
+                LimitExceeded(
+                    TOKEN_RATE_LIMITED,
+                    f"this API key's limit of {caller.tpm} tokens per minute is reached: this call may use"
+                    f" up to {tokens} tokens, {max(0, math.floor(bucket.level))} are available now",
+                    limit="tpm",
+                    retry_after=_seconds(bucket.wait_for(needed)),
+                )
             )
         bucket.level -= needed
         return math.ceil(needed)
@@ -148,11 +153,13 @@ class MemoryLimiter:
             return
         open_now = self._streams.get(caller.key_id, 0)
         if open_now >= caller.max_concurrent_streams:
-            raise LimitExceeded(
-                TOO_MANY_STREAMS,
-                f"this API key may hold {caller.max_concurrent_streams} streams at once; close one first",
-                limit="max_concurrent_streams",
-                retry_after=STREAM_RETRY_SECONDS,
+            raise refused(
+                LimitExceeded(
+                    TOO_MANY_STREAMS,
+                    f"this API key may hold {caller.max_concurrent_streams} streams at once; close one first",
+                    limit="max_concurrent_streams",
+                    retry_after=STREAM_RETRY_SECONDS,
+                )
             )
         self._streams[caller.key_id] = open_now + 1
 
@@ -169,12 +176,14 @@ class MemoryLimiter:
         spent = self.spent(caller)
         reserved = self._reserved.get(caller.key_id, 0.0)
         if spent + reserved + usd > caller.budget_usd + _EPSILON:
-            raise LimitExceeded(
-                BUDGET_EXCEEDED,
-                f"this API key's budget of ${caller.budget_usd:.6g} cannot cover this call: "
-                f"${spent:.6g} spent, ${reserved:.6g} held by calls in flight, and this one may cost up to "
-                f"${usd:.6g} (its max_tokens at the model's price)",
-                limit="budget_usd",
+            raise refused(
+                LimitExceeded(
+                    BUDGET_EXCEEDED,
+                    f"this API key's budget of ${caller.budget_usd:.6g} cannot cover this call: "
+                    f"${spent:.6g} spent, ${reserved:.6g} held by calls in flight, and this one may cost"
+                    f" up to ${usd:.6g} (its max_tokens at the model's price)",
+                    limit="budget_usd",
+                )
             )
         self._reserved[caller.key_id] = reserved + usd
 
@@ -182,6 +191,13 @@ class MemoryLimiter:
         self._spent[caller.key_id] = self.spent(caller) + cost
         if caller.budget_usd:
             self._reserved[caller.key_id] = max(0.0, self._reserved.get(caller.key_id, 0.0) - reserved)
+
+
+def refused(error: LimitExceeded) -> LimitExceeded:
+    """A refusal, counted by the limit it hit (`aibattle_limit_refusals_total`); raise what it returns."""
+    if metrics.enabled:
+        metrics.LIMIT_REFUSALS.labels(error.metadata.get("limit", "")).inc()
+    return error
 
 
 def _seconds(wait: float) -> float:

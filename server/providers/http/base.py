@@ -24,10 +24,14 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
+from opentelemetry.trace import Span, SpanKind
 
+from common.addresses import join_host_port
 from common.errors import UPSTREAM_KEY_MISSING, UPSTREAM_UNREACHABLE, ApiError, DeadlineExceeded
+from common.observability import conventions, tracing
 from server.providers.base import ChatRequest, Delta, Finish, StreamItem, Usage
 from server.providers.http.errors import (
     UpstreamError,
@@ -207,45 +211,64 @@ class HttpProvider:
         provider = _provider_of(model)
         key = self.api_key(model)
         spec = self.build(model, request, key)
-        clock = _Clock(model, request)
-        timeout, by_deadline = clock.next_timeout()
-        try:
-            response = await asyncio.wait_for(
-                self._client.session.post(spec.url, json=spec.json, headers=spec.headers), timeout
-            )
-        except TimeoutError:
-            raise clock.expired(model, by_deadline) from None
-        except aiohttp.ClientError as exc:
-            raise unreachable(provider, model.id, type(exc).__name__) from None
+        headers = spec.headers
+        span = _client_span(spec.url) if tracing.enabled() else None
+        if span is not None:
+            headers = dict(headers)
+            tracing.inject_span(headers, span)  # the upstream's own traces join ours
         failure: ApiError | None = None
         try:
-            async with aclosing(self._items(model, request, response, clock)) as items:
-                async for item in items:
-                    yield item
-        except ApiError as exc:
-            failure = exc
-        except FrameError as exc:
-            failure = protocol_error(provider, model.id, str(exc))
-        except aiohttp.ClientPayloadError as exc:
-            # Unlike a connection that failed, an answer cut off midway is not tried again.
-            failure = UpstreamError(
-                provider,
-                model.id,
-                UPSTREAM_UNREACHABLE,
-                f"the answer was cut off ({truncate(str(exc))})",
-                retryable=False,
-            )
-        except (ValueError, TypeError, LookupError, AttributeError) as exc:
-            # An adapter tripped over an answer of a shape it did not expect: an unreadable answer.
-            # Its message may quote the upstream's bytes, so only the place is logged, not the text.
-            log.warning(
-                "unreadable upstream answer",
-                extra={"model": model.id, "error": type(exc).__name__, "at": _where(exc)},
-            )
-            failure = protocol_error(provider, model.id, f"{type(exc).__name__}: {exc}")
+            clock = _Clock(model, request)
+            timeout, by_deadline = clock.next_timeout()
+            try:
+                response = await asyncio.wait_for(
+                    self._client.session.post(spec.url, json=spec.json, headers=headers), timeout
+                )
+            except TimeoutError:
+                raise clock.expired(model, by_deadline) from None
+            except aiohttp.ClientError as exc:
+                raise unreachable(provider, model.id, type(exc).__name__) from None
+            if span is not None:
+                span.set_attribute(conventions.HTTP_RESPONSE_STATUS_CODE, response.status)
+                if response.status >= 400:
+                    tracing.fail(span, str(response.status))
+            try:
+                async with aclosing(self._items(model, request, response, clock)) as items:
+                    async for item in items:
+                        yield item
+            except ApiError as exc:
+                failure = exc
+            except FrameError as exc:
+                failure = protocol_error(provider, model.id, str(exc))
+            except aiohttp.ClientPayloadError as exc:
+                # Unlike a connection that failed, an answer cut off midway is not tried again.
+                failure = UpstreamError(
+                    provider,
+                    model.id,
+                    UPSTREAM_UNREACHABLE,
+                    f"the answer was cut off ({truncate(str(exc))})",
+                    retryable=False,
+                )
+            except (ValueError, TypeError, LookupError, AttributeError) as exc:
+                # An adapter tripped over an answer of a shape it did not expect: an unreadable answer.
+                # Its message may quote the upstream's bytes, so only the place is logged, not the text.
+                log.warning(
+                    "unreadable upstream answer",
+                    extra={"model": model.id, "error": type(exc).__name__, "at": _where(exc)},
+                )
+                failure = protocol_error(provider, model.id, f"{type(exc).__name__}: {exc}")
+            finally:
+                # Not release(): an abandoned stream must close its connection, so the upstream stops.
+                response.close()
+        except Exception as exc:
+            if span is not None:
+                tracing.fail(span, exc.reason if isinstance(exc, ApiError) else type(exc).__name__)
+            raise
         finally:
-            # Not release(): an abandoned stream must close its connection, so the upstream stops.
-            response.close()
+            if span is not None:
+                if failure is not None:
+                    tracing.fail(span, failure.reason)
+                span.end()
         if failure is not None:
             # Raised here, outside the handlers, so no unredacted exception rides along as __context__.
             # Upstreams quote the key they refused ("Incorrect API key provided: sk-…") or echo the
@@ -300,6 +323,26 @@ class HttpProvider:
             raise protocol_error(
                 _provider_of(model), model.id, f"the answer is not JSON: {body[:200]!r}"
             ) from None
+
+
+def _client_span(url: str) -> Span | None:
+    """The CLIENT span of one upstream request. Its URL without query or credentials: neither belongs
+    in a trace (a key in a query string, a user:password in a base_url)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    netloc = join_host_port(host, parts.port) if parts.port else f"[{host}]" if ":" in host else host
+    shown = f"{parts.scheme}://{netloc}{parts.path}"
+    return tracing.start_span(
+        "POST",
+        kind=SpanKind.CLIENT,
+        attributes={
+            conventions.HTTP_REQUEST_METHOD: "POST",
+            conventions.URL_FULL: shown,
+            conventions.SERVER_ADDRESS: host,
+            conventions.SERVER_PORT: port,
+        },
+    )
 
 
 def _where(exc: BaseException) -> str:
