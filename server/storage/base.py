@@ -22,6 +22,9 @@ class Stored:
     updated_at: float
     runner_id: str | None
     lease_until: float | None
+    traceparent: str | None = None
+    """The W3C trace context of the resource's latest run (its workflow span), so a run adopted after
+    a restart links back to the trace of the one it continues; None when tracing was off."""
 
 
 @dataclass(frozen=True)
@@ -50,11 +53,13 @@ class Store(Protocol):
         body: bytes,
         events: Sequence[bytes],
         lease: Lease | None = None,
+        traceparent: str | None = None,
     ) -> int:
         """Insert a new resource with its first events (sequences 1..n); returns the last sequence.
 
         With `lease`, the resource is created already leased to that runner, in the same transaction:
-        nobody (an orphan sweep) ever sees it IN_PROGRESS without a live lease.
+        nobody (an orphan sweep) ever sees it IN_PROGRESS without a live lease. `traceparent`: its
+        run's trace context (`Stored.traceparent`).
         """
         ...
 
@@ -68,12 +73,14 @@ class Store(Protocol):
         body: bytes,
         events: Sequence[bytes],
         now: float,
+        traceparent: str | None = None,
     ) -> int | None:
         """Take the run of a resource and record it, atomically, or do nothing and return None.
 
         A conditional write: it succeeds only if nobody holds a live lease and the resource's log still
         ends at `expected_sequence` (the state the caller decided from is still the current one). Of
         several callers claiming the same state at once exactly one wins. Returns the last sequence.
+        `traceparent`, when given, replaces the stored one (the new run's trace context).
         """
         ...
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, Callable
 
+from common.observability import metrics
 from server.storage.base import Store
 
 
@@ -22,6 +23,10 @@ class EventHub:
     def __init__(self) -> None:
         self._latest: dict[str, int] = {}
         self._changed: dict[str, asyncio.Event] = {}
+
+    def latest(self, resource_id: str) -> int:
+        """The last sequence committed in this process (0: none seen)."""
+        return self._latest.get(resource_id, 0)
 
     def notify(self, resource_id: str, last_sequence: int) -> None:
         """Called after a commit (never before: a follower woken early would read nothing new)."""
@@ -59,6 +64,9 @@ async def follow(
     sent = after
     while True:
         batch = await store.events(resource_id, after=sent)
+        if batch and metrics.enabled:
+            # What it had yet to read: this batch, or more when the log ran ahead beyond one batch.
+            metrics.FOLLOWER_LAG.observe(max(len(batch), hub.latest(resource_id) - sent))
         for i, (sequence, body) in enumerate(batch):
             yield sequence, body
             sent = sequence

@@ -19,10 +19,12 @@ import json
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from time import perf_counter  # bound here: a test replaces this module's `time` with its clock
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import aiosqlite
 
+from common.observability import metrics
 from server.storage.base import KeyRow, Lease, LeaseLost, Stored
 
 _SCHEMA = """
@@ -36,7 +38,8 @@ CREATE TABLE IF NOT EXISTS resources (
     created_at    REAL NOT NULL,
     updated_at    REAL NOT NULL,
     runner_id     TEXT,
-    lease_until   REAL
+    lease_until   REAL,
+    traceparent   TEXT
 );
 -- Serves list(): its filter, its order and its keyset bound, (created_at, resource_id) < (?, ?).
 DROP INDEX IF EXISTS resources_by_owner;
@@ -65,6 +68,8 @@ CREATE TABLE IF NOT EXISTS api_keys (
 DROP INDEX IF EXISTS api_keys_by_age;
 CREATE INDEX IF NOT EXISTS api_keys_by_age_id ON api_keys (created_at DESC, key_id DESC);
 """
+#: Columns added since the first schema, added to an older database when it opens: (table, column, type).
+_ADDED_COLUMNS = (("resources", "traceparent", "TEXT"),)
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -80,22 +85,30 @@ def _serialized(
     connection inside a transaction for the next caller.
     """
 
+    operation = method.__name__
+
     @functools.wraps(method)
     async def wrapper(self: SqliteStore, *args: P.args, **kwargs: P.kwargs) -> R:
-        async with self._lock:
-            work = asyncio.ensure_future(method(self, *args, **kwargs))
-            try:
-                return await asyncio.shield(work)
-            except asyncio.CancelledError:
-                with contextlib.suppress(Exception):
-                    await work
-                raise
+        started = perf_counter()
+        try:
+            async with self._lock:
+                work = asyncio.ensure_future(method(self, *args, **kwargs))
+                try:
+                    return await asyncio.shield(work)
+                except asyncio.CancelledError:
+                    with contextlib.suppress(Exception):
+                        await work
+                    raise
+        finally:
+            if metrics.enabled:  # waiting for the lock included: what the caller waited
+                metrics.STORE_DURATION.labels(operation).observe(perf_counter() - started)
 
     return wrapper
 
 
 _COLUMNS = (
-    "resource_id, kind, owner, status, body, last_sequence, created_at, updated_at, runner_id, lease_until"
+    "resource_id, kind, owner, status, body, last_sequence, created_at, updated_at, runner_id, lease_until,"
+    " traceparent"
 )
 
 
@@ -122,6 +135,15 @@ class SqliteStore:
         await self._db.execute("PRAGMA foreign_keys=ON")
         await self._db.execute("PRAGMA busy_timeout=5000")
         await self._db.executescript(_SCHEMA)
+        await self._migrate()
+
+    async def _migrate(self) -> None:
+        """Columns a database created by an earlier version lacks (`_ADDED_COLUMNS`)."""
+        for table, column, kind in _ADDED_COLUMNS:
+            async with self.db.execute(f"PRAGMA table_info({table})") as cursor:
+                present = {row[1] async for row in cursor}
+            if column not in present:
+                await self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     async def close(self) -> None:
         if self._db is not None:
@@ -139,14 +161,14 @@ class SqliteStore:
         body: bytes,
         events: Sequence[bytes],
         lease: Lease | None = None,
+        traceparent: str | None = None,
     ) -> int:
         now = time.time()
         db = self.db
         await db.execute("BEGIN IMMEDIATE")
         try:
             await db.execute(
-                "INSERT INTO resources (resource_id, kind, owner, status, body, last_sequence, created_at,"
-                " updated_at, runner_id, lease_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO resources ({_COLUMNS}) VALUES ({', '.join('?' * 11)})",
                 (
                     resource_id,
                     kind,
@@ -158,6 +180,7 @@ class SqliteStore:
                     now,
                     None if lease is None else lease.runner_id,
                     None if lease is None else lease.until,
+                    traceparent,
                 ),
             )
             await db.executemany(
@@ -219,6 +242,7 @@ class SqliteStore:
         body: bytes,
         events: Sequence[bytes],
         now: float,
+        traceparent: str | None = None,
     ) -> int | None:
         db = self.db
         last = expected_sequence + len(events)
@@ -226,9 +250,21 @@ class SqliteStore:
         try:
             cursor = await db.execute(
                 "UPDATE resources SET runner_id = ?, lease_until = ?, status = ?, body = ?,"
-                " last_sequence = ?, updated_at = ? WHERE resource_id = ? AND last_sequence = ?"
+                " last_sequence = ?, updated_at = ?, traceparent = coalesce(?, traceparent)"
+                " WHERE resource_id = ? AND last_sequence = ?"
                 " AND (runner_id IS NULL OR lease_until IS NULL OR lease_until < ?)",
-                (lease.runner_id, lease.until, status, body, last, now, resource_id, expected_sequence, now),
+                (
+                    lease.runner_id,
+                    lease.until,
+                    status,
+                    body,
+                    last,
+                    now,
+                    traceparent,
+                    resource_id,
+                    expected_sequence,
+                    now,
+                ),
             )
             if cursor.rowcount == 0:
                 await db.execute("ROLLBACK")
