@@ -521,6 +521,9 @@ class Conversations:
     ) -> tuple[bytes, list[bytes]]:
         return turns_ended(body, status, error)
 
+    def strategy(self, body: bytes) -> str:
+        return Conversation.FromString(body).mode or DEFAULT_MODE
+
     async def adopt(self, run: Run, stored: Stored) -> None:
         """An orphan continues from its transcript: the turn in progress when its runner died is
         taken again."""

@@ -49,7 +49,9 @@ from common.errors import (
     NotFound,
     internal_error,
 )
+from common.observability import metrics, tracing
 from server.orchestration.runs import Run, Runs
+from server.orchestration.telemetry import LEASE_LOST, RunWatch, status_name
 from server.pagination import keyset_page
 from server.providers.base import ChatRequest, Delta, Finish, StreamItem, Usage
 from server.providers.registry import ModelRegistry
@@ -88,6 +90,11 @@ class Resource(Protocol):
 
     async def adopt(self, run: Run, stored: Stored) -> None:
         """Continue an orphaned run (already claimed for `run`) from its last committed step."""
+        ...
+
+    def strategy(self, body: bytes) -> str:
+        """How a run of this stored body works, for its metrics and span: a reasoning session's
+        collaboration strategy, a conversation's mode."""
         ...
 
 
@@ -151,13 +158,26 @@ class Lifecycle:
         """Store a new resource, owned by `caller`, with its first events; with `work`, leased to it and
         started in the caller's name."""
         lease = self.runs.lease() if work is not None else None
+        watch = self._watch(resource, resource_id, body) if work is not None else None
         owner = owner_of(caller) or ""
-        last = await self.store.create(
-            resource.kind, resource_id, owner=owner, status=status, body=body, events=events, lease=lease
-        )
+        try:
+            last = await self.store.create(
+                resource.kind,
+                resource_id,
+                owner=owner,
+                status=status,
+                body=body,
+                events=events,
+                lease=lease,
+                traceparent=None if watch is None else watch.traceparent,
+            )
+        except BaseException:
+            if watch is not None:
+                watch.abandon()
+            raise
         self.hub.notify(resource_id, last)
-        if work is not None and lease is not None:
-            self.runs.start(resource_id, lease, self._supervised(resource, work), caller)
+        if work is not None and lease is not None and watch is not None:
+            self.runs.start(resource_id, lease, self._supervised(resource, work, watch), caller)
         return last
 
     async def claim(
@@ -175,22 +195,33 @@ class Lifecycle:
         is given, in the caller's name: exactly one of concurrent callers wins; the others get
         FAILED_PRECONDITION (RUNNING_ELSEWHERE)."""
         lease = self.runs.lease()
-        last = await self.store.claim(
-            stored.resource_id,
-            lease,
-            expected_sequence=stored.last_sequence,
-            status=status,
-            body=body,
-            events=events,
-            now=time.time(),
-        )
+        # A new run links back to the trace of the one before it (a resume, an adoption, a conversation
+        # run again).
+        watch = None if work is None else self._watch(resource, stored.resource_id, body, stored.traceparent)
+        try:
+            last = await self.store.claim(
+                stored.resource_id,
+                lease,
+                expected_sequence=stored.last_sequence,
+                status=status,
+                body=body,
+                events=events,
+                now=time.time(),
+                traceparent=None if watch is None else watch.traceparent,
+            )
+        except BaseException:
+            if watch is not None:
+                watch.abandon()
+            raise
         if last is None:
+            if watch is not None:
+                watch.abandon()
             raise running_elsewhere(resource.kind, stored.resource_id)
         self.hub.notify(stored.resource_id, last)
-        if work is None:
+        if work is None or watch is None:
             await self.store.release(stored.resource_id, lease.runner_id)
         else:
-            self.runs.start(stored.resource_id, lease, self._supervised(resource, work), caller)
+            self.runs.start(stored.resource_id, lease, self._supervised(resource, work, watch), caller)
         return last
 
     async def commit(
@@ -210,23 +241,43 @@ class Lifecycle:
             )
         )
         self.hub.notify(resource_id, last)
+        if run is not None:
+            run.last_status = status
         return last
 
     # ---- ending runs
 
-    def _supervised(self, resource: Resource, work: Work) -> Work:
+    def _watch(
+        self, resource: Resource, resource_id: str, body: bytes, earlier: str | None = None
+    ) -> RunWatch:
+        strategy = resource.strategy(body) if metrics.enabled or tracing.enabled() else ""
+        return RunWatch(resource.kind, resource_id, strategy, earlier_traceparent=earlier)
+
+    def _supervised(self, resource: Resource, work: Work, watch: RunWatch) -> Work:
         async def supervised(run: Run) -> None:
+            outcome = LEASE_LOST
             try:
-                await work(run)
-            except asyncio.CancelledError:
-                if not run.lease_lost:
-                    await self._end(resource, run, CANCELLED if run.cancel_requested else INTERRUPTED)
-                raise
-            except LeaseLost:
-                log.warning("lease lost; another runner continues", extra={"resource_id": run.resource_id})
-            except Exception as exc:
-                error = error_status(exc, resource_id=run.resource_id)
-                await self._end(resource, run, FAILED, error)
+                with watch.working():
+                    try:
+                        await work(run)
+                        outcome = status_name(run.last_status)
+                    except asyncio.CancelledError:
+                        if not run.lease_lost:
+                            ending = CANCELLED if run.cancel_requested else INTERRUPTED
+                            outcome = status_name(ending)
+                            await self._end(resource, run, ending)
+                        raise
+                    except LeaseLost:
+                        log.warning(
+                            "lease lost; another runner continues", extra={"resource_id": run.resource_id}
+                        )
+                    except Exception as exc:
+                        outcome = status_name(FAILED)
+                        watch.failed(exc)
+                        error = error_status(exc, resource_id=run.resource_id)
+                        await self._end(resource, run, FAILED, error)
+            finally:
+                watch.ended(outcome)
 
         return supervised
 

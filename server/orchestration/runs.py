@@ -40,6 +40,8 @@ class Run:
     """A client asked to stop it (CANCELLED), as opposed to the server stopping (INTERRUPTED)."""
     lease_lost: bool = False
     """Another runner took the resource over: this attempt ends without writing anything."""
+    last_status: int | None = None
+    """The status of the attempt's latest commit: where it left the resource when it ends."""
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
 

@@ -33,7 +33,8 @@ from google.rpc import status_pb2
 
 from aibattle.v1 import common_pb2, reasoning_pb2
 from common.errors import NOT_RESUMABLE, FailedPrecondition
-from server.orchestration import stuck
+from common.observability import conventions, metrics, tracing
+from server.orchestration import stuck, telemetry
 from server.orchestration.lifecycle import THINKING, DeltaEvent, Lifecycle, stream_model
 from server.orchestration.runs import Run
 from server.providers.attachments import chat_message
@@ -176,11 +177,16 @@ class Session:
             limit = min(limit, max_tokens)
         return ChatRequest(messages=tuple(messages), max_tokens=limit, stream=True)
 
-    async def generate(self, seat: Seat, prompt: str, *, max_tokens: int | None = None) -> Reply:
-        """One call of the seat's model, its deltas committed as TOKEN/THINKING events in batches."""
+    async def generate(
+        self, seat: Seat, prompt: str, *, max_tokens: int | None = None, reads: Sequence[Seat] = ()
+    ) -> Reply:
+        """One call of the seat's model, its deltas committed as TOKEN/THINKING events in batches.
+
+        `reads`: the seats whose output the prompt carries (counted as handoffs to this seat)."""
         if self.journal:
             step = self.journal[0]
             return Reply(step.content, step.model, step.usage)
+        self._handed(reads, seat)
         model = self.model(seat.model)
         index = len(self.reasoning.iterations) + 1
 
@@ -203,6 +209,27 @@ class Session:
         request = self._request(seat, prompt, max_tokens)
         reply = await stream_model(self.registry, model, request, flush, self.caller)
         return Reply(reply.text.strip(), reply.model.id, usage_proto(reply.model, reply.usage))
+
+    def _handed(self, sources: Sequence[Seat], seat: Seat) -> None:
+        """Another seat's output handed to this one as input: a handoff, for the metrics and the span."""
+        strategy = self.reasoning.collaboration_strategy
+        for source in sources:
+            if source.name == seat.name:
+                continue
+            if metrics.enabled:
+                metrics.HANDOFFS.labels(strategy).inc()
+            telemetry.event(
+                conventions.EVENT_HANDOFF,
+                {conventions.HANDOFF_FROM: source.model, conventions.HANDOFF_TO: seat.model},
+            )
+
+    def escalated(self, to: Seat) -> None:
+        """A cascade escalating to `to` (counted once: not again when a resumed run replays it)."""
+        if self.journal:
+            return
+        if metrics.enabled:
+            metrics.ESCALATIONS.labels(self.reasoning.collaboration_strategy).inc()
+        telemetry.event(conventions.EVENT_ESCALATION, {conventions.HANDOFF_TO: to.model})
 
     def check(self, seat: Seat, draft: str) -> list[str]:
         """Stuck signals of a draft, against this seat's earlier drafts and every critique so far."""
@@ -242,6 +269,13 @@ class Session:
         events = [
             self.event(EventType.REASONING_EVENT_TYPE_NEW_ITERATION, iteration=iteration, model=reply.model)
         ]
+        for signal in stuck_indicators:
+            if metrics.enabled:
+                metrics.STUCK_SIGNALS.labels(signal).inc()
+            telemetry.event(
+                conventions.EVENT_STUCK,
+                {conventions.STUCK_SIGNAL: signal, conventions.EVENT_MODEL: reply.model},
+            )
         if stuck_indicators:
             events.append(
                 self.event(
@@ -296,7 +330,10 @@ class Session:
 
     async def run_strategy(self, strategy: Callable[[Session], Awaitable[str]]) -> None:
         """The strategy to its end, and COMPLETION committed; the lifecycle records any other end."""
-        final = await strategy(self)
+        try:
+            final = await strategy(self)
+        finally:
+            tracing.set_attributes({conventions.WORKFLOW_ITERATIONS: len(self.reasoning.iterations)})
         self.reasoning.final_result = final
         self.reasoning.status = COMPLETED
         await self.commit(

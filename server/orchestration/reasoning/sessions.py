@@ -168,6 +168,9 @@ class ReasoningSessions:
     ) -> tuple[bytes, list[bytes]]:
         return ended(body, status, error)
 
+    def strategy(self, body: bytes) -> str:
+        return reasoning_pb2.Reasoning.FromString(body).collaboration_strategy
+
     async def adopt(self, run: Run, stored: Stored) -> None:
         """An orphan, continued from its last committed step by replaying its journal."""
         reasoning = read(stored)

@@ -28,7 +28,7 @@ The cascade records the comparison FrugalGPT is about: `usage.secondary_only_cos
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from server.orchestration.reasoning import parsing, prompts
 from server.orchestration.reasoning.session import Reply, Seat, Session
@@ -38,17 +38,21 @@ from server.providers.convert import usage_proto
 Strategy = Callable[[Session], Awaitable[str]]
 
 
-async def _draft(s: Session, drafter: Seat, critic: Seat, kind: str, prompt: str) -> tuple[str, Seat, Seat]:
-    """A draft or revision by `drafter`; if it stalls, the critic takes over drafting (roles swap).
-    Returns the draft to work on and the (drafter, critic) from now on."""
-    reply = await s.generate(drafter, prompt)
+async def _draft(
+    s: Session, drafter: Seat, critic: Seat, kind: str, prompt: str, reads: Sequence[Seat] = ()
+) -> tuple[str, Seat, Seat]:
+    """A draft or revision by `drafter` (reading `reads`' output); if it stalls, the critic takes over
+    drafting (roles swap). Returns the draft to work on and the (drafter, critic) from now on."""
+    reply = await s.generate(drafter, prompt, reads=reads)
     signals = s.check(drafter, reply.text)
     if not signals:
         await s.record(drafter, kind, reply)
         return reply.text, drafter, critic
     await s.record(drafter, kind, reply, stuck_indicators=signals, handoff_to=critic)
     takeover = await s.generate(
-        critic, prompts.TAKE_OVER.format(problem=s.problem, draft=reply.text, indicators=", ".join(signals))
+        critic,
+        prompts.TAKE_OVER.format(problem=s.problem, draft=reply.text, indicators=", ".join(signals)),
+        reads=[drafter],
     )
     # One handoff per step: a takeover that stalls too is recorded as such, and the critique that
     # follows is what moves the session on.
@@ -62,7 +66,9 @@ async def iterative_refinement(s: Session) -> str:
         s, drafter, critic, "draft", prompts.DRAFT.format(problem=s.problem)
     )
     for _ in range(s.reasoning.max_iterations):
-        reply = await s.generate(critic, prompts.CRITIQUE.format(problem=s.problem, draft=draft))
+        reply = await s.generate(
+            critic, prompts.CRITIQUE.format(problem=s.problem, draft=draft), reads=[drafter]
+        )
         approved = parsing.approves(reply.text)
         critique = parsing.without_tail(reply.text) or reply.text
         s.critiques.append(critique)
@@ -81,6 +87,7 @@ async def iterative_refinement(s: Session) -> str:
             critic,
             "revision",
             prompts.REVISE.format(problem=s.problem, draft=draft, critique=critique),
+            reads=[critic],
         )
     return draft
 
@@ -92,14 +99,16 @@ async def debate(s: Session) -> str:
         stalled: list[Seat] = []
         previous = dict(positions)
         for seat in active:
+            reads: list[Seat] = []
             if round_ == 0:
                 prompt = prompts.DEBATE_OPENING.format(problem=s.problem)
             else:
-                others = [previous[o.name] for o in active if o.name != seat.name]
+                reads = [o for o in active if o.name != seat.name]
+                others = [previous[o.name] for o in reads]
                 prompt = prompts.DEBATE_UPDATE.format(
                     problem=s.problem, own=previous[seat.name], others=prompts.labelled(others)
                 )
-            reply = await s.generate(seat, prompt)
+            reply = await s.generate(seat, prompt, reads=reads)
             positions[seat.name] = reply.text
             signals = s.check(seat, reply.text)
             successor = None
@@ -124,7 +133,9 @@ async def _judge(s: Session, debaters: list[Seat], positions: dict[str, str]) ->
     (the session's own answerer) stands."""
     texts = [positions[seat.name] for seat in debaters]
     reply = await s.generate(
-        s.secondary, prompts.JUDGE.format(problem=s.problem, positions=prompts.labelled(texts))
+        s.secondary,
+        prompts.JUDGE.format(problem=s.problem, positions=prompts.labelled(texts)),
+        reads=debaters,
     )
     picked = parsing.winner(reply.text, len(texts))
     index = 0 if picked is None else picked
@@ -137,8 +148,10 @@ async def mixture(s: Session) -> str:
     proposers = s.seats
     aggregator = s.primary
     proposals: list[str] = []
+    authors: list[Seat] = []  # whose proposals `proposals` are
     for layer in range(s.reasoning.max_iterations):
         kept: list[str] = []
+        kept_by: list[Seat] = []
         for seat in proposers:
             if layer == 0:
                 prompt = prompts.PROPOSE.format(problem=s.problem)
@@ -146,7 +159,7 @@ async def mixture(s: Session) -> str:
                 prompt = prompts.PROPOSE_AGAIN.format(
                     problem=s.problem, proposals=prompts.labelled(proposals)
                 )
-            reply = await s.generate(seat, prompt)
+            reply = await s.generate(seat, prompt, reads=authors)
             signals = s.check(seat, reply.text)
             handoff = None
             if signals:
@@ -156,13 +169,17 @@ async def mixture(s: Session) -> str:
                     aggregator = handoff = s.secondary  # a stalled primary does not aggregate
             else:
                 kept.append(reply.text)
+                kept_by.append(seat)
             await s.record(seat, "proposal", reply, stuck_indicators=signals, handoff_to=handoff)
         # Everyone stalled: aggregate what there is rather than nothing.
         proposals = kept or [
             it.content for it in s.reasoning.iterations[-len(proposers) :] if it.kind == "proposal"
         ]
+        authors = kept_by if kept else list(proposers)
     reply = await s.generate(
-        aggregator, prompts.AGGREGATE.format(problem=s.problem, proposals=prompts.labelled(proposals))
+        aggregator,
+        prompts.AGGREGATE.format(problem=s.problem, proposals=prompts.labelled(proposals)),
+        reads=authors,
     )
     await s.record(aggregator, "aggregation", reply)
     return reply.text
@@ -178,13 +195,16 @@ async def critique(s: Session) -> str:
         reply = await s.generate(
             answerer,
             prompts.TAKE_OVER.format(problem=s.problem, draft=reply.text, indicators=", ".join(signals)),
+            reads=[verifier],
         )
         await s.record(answerer, "draft", reply, stuck_indicators=s.check(answerer, reply.text))
     else:
         await s.record(answerer, "draft", reply)
     answer = reply.text
     for _ in range(s.reasoning.max_iterations):
-        check = await s.generate(verifier, prompts.VERIFY.format(problem=s.problem, answer=answer))
+        check = await s.generate(
+            verifier, prompts.VERIFY.format(problem=s.problem, answer=answer), reads=[answerer]
+        )
         # No verdict and no corrected answer is an acceptance: there is nothing to replace it with.
         corrected = None if parsing.verdict(check.text) == "accept" else parsing.correction(check.text)
         s.critiques.append(parsing.without_tail(check.text) or check.text)
@@ -222,6 +242,7 @@ async def cascade(s: Session) -> str:
             secondary,
             prompts.CHECK.format(problem=s.problem, answer=reply.text),
             max_tokens=prompts.CHECK_MAX_TOKENS,
+            reads=[primary],
         )
         # An unreadable check counts as a failed one: the cascade trades cost for quality only when
         # it has a reason to trust the cheap answer.
@@ -242,6 +263,7 @@ async def cascade(s: Session) -> str:
         return reply.text
     # The escalation answers the very prompt the primary had, so its cost is exactly what using the
     # secondary alone would have cost.
+    s.escalated(secondary)
     answer = await s.generate(secondary, prompts.ANSWER.format(problem=s.problem))
     await s.record(secondary, "escalation", answer, stuck_indicators=s.check(secondary, answer.text))
     usage.escalated = True
