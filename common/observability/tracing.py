@@ -28,11 +28,6 @@ from common.observability import conventions
 
 log = logging.getLogger(__name__)
 
-_ENDPOINT_VARIABLES = (
-    "OTEL_EXPORTER_OTLP_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-    "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
-)
 _enabled = False
 _content = False
 _shutdown: list[Any] = []
@@ -56,7 +51,12 @@ def configure(environ: Mapping[str, str] | None = None, *, service_name: str = "
         return True
     if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return False
-    if not any(env.get(name) for name in _ENDPOINT_VARIABLES):
+    # Each signal exports where an endpoint names it (the shared one, or its own) unless its
+    # OTEL_<SIGNAL>_EXPORTER says "none": a traces endpoint alone sends no metrics to a default port.
+    shared = bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+    traces = _wanted(env, "TRACES", shared)
+    exported_metrics = _wanted(env, "METRICS", shared)
+    if not traces and not exported_metrics:
         return False
     # Imported only when used: a deployment without OTLP never loads the SDK.
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
@@ -71,16 +71,22 @@ def configure(environ: Mapping[str, str] | None = None, *, service_name: str = "
         OTELResourceDetector().detect()
     )
     tracer_provider = TracerProvider(resource=resource)
-    tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    meter_provider = MeterProvider(
-        resource=resource, metric_readers=[PeriodicExportingMetricReader(OTLPMetricExporter())]
-    )
+    if traces:
+        tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    readers = [PeriodicExportingMetricReader(OTLPMetricExporter())] if exported_metrics else []
+    meter_provider = MeterProvider(resource=resource, metric_readers=readers)
     trace.set_tracer_provider(tracer_provider)
     metrics.set_meter_provider(meter_provider)
     _shutdown[:] = [tracer_provider, meter_provider]
     _enabled = True
     log.info("opentelemetry exporting", extra={"service": resource.attributes.get("service.name")})
     return True
+
+
+def _wanted(env: Mapping[str, str], signal: str, shared: bool) -> bool:
+    if env.get(f"OTEL_{signal}_EXPORTER", "otlp").strip().lower() == "none":
+        return False
+    return shared or bool(env.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"))
 
 
 def shutdown() -> None:

@@ -16,7 +16,7 @@ from typing import IO, NamedTuple
 
 ROOT = Path(__file__).resolve().parents[2]
 BANNER = re.compile(r"serving gRPC on (\S+?)[,;]")
-HTTP_BANNER = re.compile(r"HTTP on (http://\S+?);")
+HTTP_BANNER = re.compile(r"HTTP on (http://\S+?)[,;]")
 STARTUP_DEADLINE = 60.0
 """Seconds the server may take to print its banner (loading the local model included)."""
 
