@@ -70,6 +70,8 @@ class Observed:
     """The surface it counts under in `aibattle_requests_in_flight`, while it does."""
     code: int | None = None
     """The gRPC code of the status rendered for it, if one was."""
+    overhead_ms: float | None = None
+    """`x-aibattle-overhead-ms` as its response headers said it (the access line repeats it)."""
 
     @property
     def route(self) -> str | None:
@@ -208,9 +210,10 @@ def note_failed_call(error: grpc.aio.AioRpcError) -> None:
 async def add_overhead(request: web.Request, response: web.StreamResponse) -> None:
     """on_response_prepare: `x-aibattle-overhead-ms` on every response (see the module docstring)."""
     observed = request.get(OBSERVED)
-    if observed is None:
-        return
+    if observed is None or observed.overhead_ms is not None:
+        return  # a whole answer's was set as its handler returned (access_log_middleware)
     seconds = observed.observation.overhead_seconds()
+    observed.overhead_ms = round(seconds * 1000, 3)
     response.headers[OVERHEAD_HEADER] = f"{seconds * 1000:.3f}"
     if observed.counted and metrics.enabled:
         metrics.REQUEST_OVERHEAD.labels(observed.surface, observed.route_label).observe(seconds)

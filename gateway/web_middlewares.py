@@ -63,6 +63,8 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
         try:
             response = await handler(request)
             status = response.status
+            if not response.prepared:  # a whole answer: its overhead now, the same on its line
+                await observe.add_overhead(request, response)
             return response
         except web.HTTPException as exc:  # redirects; errors are responses by now (error_middleware)
             status = exc.status
@@ -79,6 +81,7 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
                     "route": observed.route,
                     "status": status,
                     "ms": round(observed.observation.elapsed() * 1000, 1),
+                    "overhead_ms": observed.overhead_ms,
                     "key_id": record.key_id,
                     "credential": record.credential,
                     "model": record.model or None,

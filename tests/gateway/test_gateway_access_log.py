@@ -87,6 +87,8 @@ async def test_one_line_per_request_with_route_status_ms_request_id_key_and_mode
     assert line["request_id"] == "req-access-1" == resp.headers["X-Request-Id"]
     assert (line["key_id"], line["credential"], line["model"]) == (key_id, "key", "scripted-echo")
     assert isinstance(line["ms"], float) and line["ms"] >= 0
+    # The overhead the response's header told the client, on the line that joins the server's.
+    assert line["overhead_ms"] == float(resp.headers["x-aibattle-overhead-ms"])
     assert not any(secret in raw for raw in access.raw)
 
 
