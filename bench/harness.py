@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import subprocess
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -96,3 +100,37 @@ class CompletionCalls:
         self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+
+@dataclass
+class Child:
+    """A process a benchmark started: its name, its log file, and how to stop it."""
+
+    name: str
+    proc: subprocess.Popen[Any]
+    log: Path
+
+    def tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def failed(self) -> RuntimeError:
+        """Why it did not start: its last line, then the end of its log."""
+        tail = self.tail()
+        last = tail.splitlines()[-1] if tail else "(no output)"
+        return RuntimeError(
+            f"{self.name} did not start (exit code {self.proc.poll()}): {last}\n{self.log}:\n{tail}"
+        )
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)

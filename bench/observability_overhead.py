@@ -25,16 +25,14 @@ import datetime
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-from harness import SCRIPTED_MODEL, CompletionCalls, measure, percentile
+from harness import SCRIPTED_MODEL, Child, CompletionCalls, measure, percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "build" / "observability-bench"
@@ -74,28 +72,6 @@ async def sink() -> None:
 
 
 # --- children --------------------------------------------------------------------------------------
-
-
-@dataclass
-class Child:
-    name: str
-    proc: subprocess.Popen[str]
-    log: Path
-
-    def tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
 
 
 def clean_env() -> dict[str, str]:

@@ -28,7 +28,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -36,6 +35,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from harness import Child
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "build" / "vs-litellm"
@@ -172,38 +173,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-@dataclass
-class Child:
-    name: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def tail(self, lines: int = 15) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def failed(self) -> RuntimeError:
-        """Why it did not start: its last line, then the end of its log."""
-        tail = self.tail()
-        last = tail.splitlines()[-1] if tail else "(no output)"
-        return RuntimeError(
-            f"{self.name} did not start (exit code {self.proc.poll()}): {last}\n{self.log}:\n{tail}"
-        )
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            if self.proc.stdin is not None:
-                self.proc.stdin.close()
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
 
 
 def spawn(name: str, argv: list[str], env: dict[str, str], stdin: bool = False) -> Child:

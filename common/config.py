@@ -18,6 +18,8 @@ from typing import Annotated, Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, ValidatorFunctionWrapHandler
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
+from common.addresses import AddressError, parse_host_port
+
 
 class ConfigError(ValueError):
     """A configuration is invalid: one line per problem, each naming where it came from and its key."""
@@ -45,6 +47,16 @@ Strings = Annotated[tuple[StrictStr, ...], LAX]
 def config_error(kind: str, message: str) -> PydanticCustomError:
     """A validation error whose message already names the bad value (no ", got ..." appended)."""
     return PydanticCustomError(f"config_{kind}", message)
+
+
+def address_or_empty(addr: str) -> str:
+    """A validator: `addr` is a host:port (IPv6 as [::1]:port), or empty (the listener is off)."""
+    if addr:
+        try:
+            parse_host_port(addr)
+        except AddressError as exc:
+            raise config_error("address", str(exc)) from None
+    return addr
 
 
 Loc = tuple[str | int, ...]

@@ -25,9 +25,8 @@ from pydantic import (
     StringConstraints,
 )
 
-from common.addresses import AddressError, parse_host_port
 from common.api import API_PACKAGE, api_files
-from common.config import LAX, ConfigModel, Strings, config_error
+from common.config import LAX, ConfigModel, Strings, address_or_empty, config_error
 from gateway.metadata import HeaderMatcher, header_matcher, owned_by_grpc
 
 DESCRIPTOR_SET_NAME = "aibattle_descriptors.binpb"
@@ -123,15 +122,6 @@ class GatewaySettings(ConfigModel):
     descriptions. Default: the one `make gen` writes; "" (None): no comments."""
 
 
-def _address_or_empty(addr: str) -> str:
-    if addr:
-        try:
-            parse_host_port(addr)
-        except AddressError as exc:
-            raise config_error("address", str(exc)) from None
-    return addr
-
-
 class MetricsSettings(ConfigModel):
     """Prometheus metrics of the standalone gateway (`python -m gateway`): the `[server]` keys of the same
     names, as the server reads them for the in-process gateway, and their flags. (`metrics_key_label` is
@@ -140,7 +130,7 @@ class MetricsSettings(ConfigModel):
     metrics: bool = True
     """Record Prometheus metrics and serve them (see metrics_addr); false records nothing."""
 
-    metrics_addr: Annotated[str, AfterValidator(_address_or_empty)] = ""
+    metrics_addr: Annotated[str, AfterValidator(address_or_empty)] = ""
     """Empty serves `/metrics` on the gateway's port; a host:port serves it there instead, on a listener of
     its own (and not on the gateway's)."""
 

@@ -25,13 +25,13 @@ from pydantic import (
     model_validator,
 )
 
-from common.addresses import AddressError, parse_host_port
 from common.config import (
     LAX,
     ConfigModel,
     Loc,
     Problem,
     Strings,
+    address_or_empty,
     config_error,
     given,
     validate_with,
@@ -51,16 +51,7 @@ HTTP_PROVIDERS: dict[str, str] = {
 Capability = Literal["text", "conversation", "image", "audio", "video", "document"]
 
 
-def _host_port(addr: str) -> str:
-    if addr:
-        try:
-            parse_host_port(addr)
-        except AddressError as exc:
-            raise config_error("address", str(exc)) from None
-    return addr
-
-
-Address = Annotated[StrictStr, Field(min_length=1), AfterValidator(_host_port)]
+Address = Annotated[StrictStr, Field(min_length=1), AfterValidator(address_or_empty)]
 NonEmpty = Annotated[StrictStr, Field(min_length=1)]
 
 
@@ -69,7 +60,7 @@ class ServerConfig(ConfigModel):
 
     grpc_addr: Address = "127.0.0.1:50051"
     """host:port the gRPC server listens on (IPv6 as [::1]:port); port 0 picks a free port."""
-    http_addr: Annotated[StrictStr, AfterValidator(_host_port)] = "127.0.0.1:8080"
+    http_addr: Annotated[StrictStr, AfterValidator(address_or_empty)] = "127.0.0.1:8080"
     """host:port of the in-process HTTP gateway; empty disables it."""
     database: NonEmpty = "aibattle.db"
     """SQLite file for conversations and reasoning sessions."""
@@ -95,7 +86,7 @@ class ServerConfig(ConfigModel):
     its server dies an orphaned run is adopted by another."""
     metrics: StrictBool = True
     """Record Prometheus metrics and serve them (see metrics_addr); false records nothing."""
-    metrics_addr: Annotated[StrictStr, AfterValidator(_host_port)] = ""
+    metrics_addr: Annotated[StrictStr, AfterValidator(address_or_empty)] = ""
     """Prometheus metrics: empty serves `/metrics` on the HTTP gateway's port (http_addr); a host:port
     serves it there instead, on a listener of its own (and not on the gateway's)."""
     metrics_key_label: StrictBool = False
