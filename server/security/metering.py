@@ -130,7 +130,8 @@ class MeteredProvider:
                         yield item
             finally:
                 if held is not None:
-                    await held.settle(call.finish, started=call.started)
+                    # What the key is charged is what the metrics count, a call cut short included.
+                    call.charged_usd = await held.settle(call.finish, started=call.started)
         except BaseException as exc:
             call.failed(exc)
             raise
@@ -163,9 +164,9 @@ class _Reservation:
             raise
         return cls(caller, limiter, model, worst, reserved, tokens)
 
-    async def settle(self, finish: Finish | None, *, started: bool) -> None:
+    async def settle(self, finish: Finish | None, *, started: bool) -> float:
         """At the cost of the call's reported usage; cut short after its first token (usage unknown),
-        at its reservation; failed before it, nothing."""
+        at its reservation; failed before it, nothing. Returns what was charged."""
         caller, model, worst = self.caller, self.model, self.worst
         charged = finish.usage if finish is not None else worst if started else None
         cost = 0.0 if charged is None else model.cost_usd(charged.prompt_tokens, charged.completion_tokens)
@@ -185,3 +186,4 @@ class _Reservation:
                 await caller.keys.add_key_spend(caller.key_id, cost)
             except Exception:  # the in-memory count holds; the record catches up on the next call
                 log.exception("could not record spend", extra={"key_id": caller.key_id})
+        return cost

@@ -53,6 +53,7 @@ class ModelCall:
         "_last",
         "_reported",
         "_started",
+        "charged_usd",
         "finish",
         "key_id",
         "model",
@@ -75,6 +76,8 @@ class ModelCall:
         self._reported = 0.0
         """How much of it the request's observation has been told."""
         self.finish: Finish | None = None
+        self.charged_usd: float | None = None
+        """What a limited key was charged for it, once settled (None: no key's budget was held)."""
         self._error: tuple[str, str] | None = None
         """How it failed: (error.type for the span, error_type for the metrics)."""
         self._completion: list[str] | None = None
@@ -162,7 +165,8 @@ class ModelCall:
             error = _CANCELLED  # closed before its end without an exception reaching us
         prompt = 0 if finish is None else finish.usage.prompt_tokens
         completion = 0 if finish is None else finish.usage.completion_tokens
-        cost = self.model.cost_usd(prompt, completion)
+        # What a limited key was charged (a call cut short: its reservation), else the reported usage's.
+        cost = self.charged_usd if self.charged_usd is not None else self.model.cost_usd(prompt, completion)
         now = time.perf_counter()
         requests.add_upstream(self.upstream - self._reported)
         if finish is not None:

@@ -331,3 +331,29 @@ async def test_an_older_database_gains_the_traceparent_column(tmp_path: Path) ->
         await store.close()
     await store.open()  # opening again finds the column there
     await store.close()
+
+
+async def test_a_call_cut_short_counts_the_cost_its_key_was_charged(secure: AIBattleServer) -> None:
+    # scripted-priced: $0.001 per output token, nothing for input. Cut short after its first chunk
+    # (usage unknown), a call is charged its reservation: max_tokens=6 → $0.006. The cost series must
+    # say what the key was charged, not nothing.
+    async with grpc.aio.insecure_channel(secure.grpc_target) as channel:
+        key, secret = await new_key(channel, budget_usd=1.0)
+        stub = completions_pb2_grpc.CompletionServiceStub(channel)
+        delta = Delta()
+        call = stub.StreamCompletion(
+            completions_pb2.StreamCompletionRequest(model="scripted-priced", prompt="hi", max_tokens=6),
+            metadata=bearer(secret),
+        )
+        await call.read()
+        call.cancel()
+        spent = 0.0
+        for _ in range(100):  # the server settles once it sees the cancellation
+            row = await secure.store.get_key(key.key_id)
+            spent = 0.0 if row is None else row.spent_usd
+            if spent:
+                break
+            await asyncio.sleep(0.05)
+        assert spent == pytest.approx(0.006)
+        cost = delta("aibattle_cost_usd_total", model="scripted-priced", provider="scripted")
+        assert cost == pytest.approx(spent)
