@@ -31,6 +31,11 @@ system-deps:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus && \
 		{ $(SUDO) systemctl disable --now prometheus 2>/dev/null || \
 		  $(SUDO) service prometheus stop 2>/dev/null || true; }; }
+	@# Debian's redis-server: a throwaway one per test for the shared limits (tests/redis_testlib.py).
+	@command -v redis-server >/dev/null || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends redis-server && \
+		{ $(SUDO) systemctl disable --now redis-server 2>/dev/null || \
+		  $(SUDO) service redis-server stop 2>/dev/null || true; }; }
 
 # llama-cpp-python compiles from source the first time (about 6 minutes on 2 cores); pip caches the wheel.
 # A portable AVX2 build: the native one enables AMX/AVX-512 kernels that crash (general protection

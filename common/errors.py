@@ -386,6 +386,11 @@ UPSTREAM_KEY_MISSING = _declare(
 DEADLINE_EXCEEDED = _declare(
     "DEADLINE_EXCEEDED", _C.DEADLINE_EXCEEDED, "the caller's deadline passed before the work was done"
 )
+LIMITS_UNAVAILABLE = _declare(
+    "LIMITS_UNAVAILABLE",
+    _C.UNAVAILABLE,
+    "a limited key's counters cannot be checked: [server].redis_url's Redis is unreachable (fails closed)",
+)
 INTERNAL = _declare("INTERNAL", _C.INTERNAL, "anything unexpected (its traceback is logged, never sent)")
 CANCELLED = _declare("CANCELLED", _C.CANCELLED, "the client abandoned its request stream", visible=False)
 

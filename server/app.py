@@ -24,8 +24,9 @@ from server.orchestration.runs import Runs
 from server.providers.registry import ModelRegistry
 from server.security.context import Caller
 from server.security.interceptor import AuthInterceptor, caller_of
-from server.security.limits import Limiter, MemoryLimiter
+from server.security.limits import Limiter
 from server.security.metering import Metering
+from server.security.redis_limits import make_limiter
 from server.services.completions import CompletionServicer
 from server.services.conversations import ConversationServicer
 from server.services.keys import KeyServicer
@@ -49,7 +50,7 @@ class AIBattleServer:
         self.metering = Metering(max_prompt_chars=server.max_prompt_chars)
         self.registry = ModelRegistry(config.models, config.local, meter=self.metering.bind)
         self.store = SqliteStore(server.database)
-        self.limiter: Limiter = MemoryLimiter()
+        self.limiter: Limiter = make_limiter(server.redis_url)
         self.hub = EventHub()
         self.runs = Runs(self.store, lease_seconds=server.lease_seconds)
         self.lifecycle = Lifecycle(
@@ -140,6 +141,7 @@ class AIBattleServer:
         await self.lifecycle.close()
         await self.registry.close()
         await self.store.close()
+        await self.limiter.aclose()
         log.info("grpc stopped")
 
     async def _caller_for(self, owner: str) -> Caller | None:

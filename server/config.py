@@ -198,6 +198,7 @@ ENV_OVERRIDES = {
     "AIBATTLE_HTTP_ADDR": "http_addr",
     "AIBATTLE_DB": "database",
     "AIBATTLE_LOG_LEVEL": "log_level",
+    "AIBATTLE_REDIS_URL": "redis_url",
 }
 
 

@@ -91,6 +91,16 @@ class ServerConfig(ConfigModel):
     serves it there instead, on a listener of its own (and not on the gateway's)."""
     metrics_key_label: StrictBool = False
     """Also count requests and cost by API key id (`aibattle_key_*`): one series per key, so opt-in."""
+    redis_url: StrictStr = ""
+    """Where the per-key limits live: empty, in this process (exact for one replica); a `redis://` (or
+    `rediss://`, `unix://`) URL, in that Redis, shared by every replica that names it."""
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, url: str) -> str:
+        if url and not url.lower().startswith(("redis://", "rediss://", "unix://")):
+            raise config_error("redis_url", "a redis:// (or rediss://, unix://) URL, or empty")
+        return url
 
 
 class SecurityConfig(ConfigModel):

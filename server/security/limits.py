@@ -1,13 +1,14 @@
 """Per-key counters: request and token rates (token buckets, 2x burst), open streams, budget.
 
-`Limiter` is the interface; `MemoryLimiter` keeps the counters in this process, which is exact for one
-replica. Several replicas must share them, or each would grant the whole limit (LiteLLM's rate limits
-"multiply with the replica count"): a Redis limiter implements the same methods with one Lua script per
-method (read, refill, test and update a hash in one atomic step), e.g. `HINCRBYFLOAT` of `reserved`
-guarded by `spent + reserved + amount <= budget`. See the README's Security section.
+`Limiter` is the interface; `server.security.redis_limits.make_limiter` picks its implementation
+from `[server].redis_url`:
 
-Every method of a check-and-take is one synchronous step here (no await between the test and the
-update), so concurrent calls on the event loop cannot both pass a limit that only one fits.
+* empty: `MemoryLimiter` keeps the counters in this process, which is exact for one replica. Every
+  method of a check-and-take is one synchronous step (no await between the test and the update), so
+  concurrent calls on the event loop cannot both pass a limit that only one fits.
+* a `redis://` URL: `server.security.redis_limits.RedisLimiter` keeps them in Redis, shared by every
+  replica (else each would grant the whole limit: LiteLLM's rate limits "multiply with the replica
+  count"), one Lua script per check-and-take; see its docstring and the README's Security section.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ BURST = 2.0
 """Buckets hold twice the per-minute rate (seed 003's 2x burst)."""
 STREAM_RETRY_SECONDS = 1.0
 # Float sums of prices (0.1 + 0.2) must not refuse a call that fits the budget exactly.
-_EPSILON = 1e-9
+EPSILON = 1e-9
 
 
 class KeyLimits(Protocol):
@@ -76,6 +77,10 @@ class Limiter(Protocol):
 
     def spent(self, caller: KeyLimits) -> float: ...
 
+    async def aclose(self) -> None:
+        """Release what the limiter holds (connections, tasks); the server calls it as it stops."""
+        ...
+
 
 class _Bucket:
     def __init__(self, per_minute: int) -> None:
@@ -120,7 +125,7 @@ class MemoryLimiter:
                     RATE_LIMITED,
                     f"this API key's limit of {caller.rpm} requests per minute is reached",
                     limit="rpm",
-                    retry_after=_seconds(bucket.wait_for(1)),
+                    retry_after=seconds(bucket.wait_for(1)),
                 )
             )
         bucket.level -= 1
@@ -137,7 +142,7 @@ class MemoryLimiter:
                     f"this API key's limit of {caller.tpm} tokens per minute is reached: this call may use"
                     f" up to {tokens} tokens, {max(0, math.floor(bucket.level))} are available now",
                     limit="tpm",
-                    retry_after=_seconds(bucket.wait_for(needed)),
+                    retry_after=seconds(bucket.wait_for(needed)),
                 )
             )
         bucket.level -= needed
@@ -175,7 +180,7 @@ class MemoryLimiter:
             return
         spent = self.spent(caller)
         reserved = self._reserved.get(caller.key_id, 0.0)
-        if spent + reserved + usd > caller.budget_usd + _EPSILON:
+        if spent + reserved + usd > caller.budget_usd + EPSILON:
             raise refused(
                 LimitExceeded(
                     BUDGET_EXCEEDED,
@@ -192,6 +197,9 @@ class MemoryLimiter:
         if caller.budget_usd:
             self._reserved[caller.key_id] = max(0.0, self._reserved.get(caller.key_id, 0.0) - reserved)
 
+    async def aclose(self) -> None:
+        return None
+
 
 def refused(error: LimitExceeded) -> LimitExceeded:
     """A refusal, counted by the limit it hit (`aibattle_limit_refusals_total`); raise what it returns."""
@@ -200,6 +208,6 @@ def refused(error: LimitExceeded) -> LimitExceeded:
     return error
 
 
-def _seconds(wait: float) -> float:
+def seconds(wait: float) -> float:
     """Whole seconds, at least one: what Retry-After can say, and never 'now'."""
     return float(max(1, math.ceil(wait)))
