@@ -19,9 +19,12 @@ help:  ## list the targets
 install: $(STAMP) $(NPMSTAMP) system-deps  ## .venv with the server, gateway and test tools; npm tools; chromium
 
 # Debian's chromium renders /docs in the gateway's tests (headless, offline); Debian's prometheus
-# scrapes the server in tests/observability (a throwaway process on a free port each time). Each is
-# installed only if missing. The prometheus package enables a system service of its own (port 9090,
-# /var/lib/prometheus) that nothing here uses: it is stopped and disabled right after the install.
+# scrapes the server in tests/observability (a throwaway process on a free port each time); Debian's
+# postgresql serves the storage tests on PostgreSQL (tests/postgres_testlib.py: initdb into a temporary
+# directory, a server on a free port). Each is installed only if missing. The prometheus and postgresql
+# packages enable a system service of their own that nothing here uses: each is stopped and disabled
+# right after the install. Debian keeps initdb out of PATH (/usr/lib/postgresql/<version>/bin): it is
+# linked into /usr/local/bin, where the tests look for it.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: system-deps
 system-deps:
@@ -36,6 +39,13 @@ system-deps:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends redis-server && \
 		{ $(SUDO) systemctl disable --now redis-server 2>/dev/null || \
 		  $(SUDO) service redis-server stop 2>/dev/null || true; }; }
+	@command -v initdb >/dev/null || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends postgresql && \
+		{ $(SUDO) systemctl disable --now postgresql 2>/dev/null || \
+		  $(SUDO) service postgresql stop 2>/dev/null || true; } && \
+		for tool in initdb postgres pg_ctl; do \
+		  $(SUDO) ln -sf "$$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)/$$tool" /usr/local/bin/$$tool; \
+		done; }
 
 # llama-cpp-python compiles from source the first time (about 6 minutes on 2 cores); pip caches the wheel.
 # A portable AVX2 build: the native one enables AMX/AVX-512 kernels that crash (general protection

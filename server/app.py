@@ -32,7 +32,7 @@ from server.services.conversations import ConversationServicer
 from server.services.keys import KeyServicer
 from server.services.models import ModelServicer
 from server.services.reasoning import ReasoningServicer
-from server.storage import EventHub, SqliteStore
+from server.storage import EventHub, open_store
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class AIBattleServer:
         # Every model call a caller makes passes the metering, bound to that caller by the registry.
         self.metering = Metering(max_prompt_chars=server.max_prompt_chars)
         self.registry = ModelRegistry(config.models, config.local, meter=self.metering.bind)
-        self.store = SqliteStore(server.database)
+        self.store = open_store(server.database)
         self.limiter: Limiter = make_limiter(server.redis_url)
         self.hub = EventHub()
         self.runs = Runs(self.store, lease_seconds=server.lease_seconds)

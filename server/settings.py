@@ -7,6 +7,7 @@ docstring below.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal, Self, get_args
 
 from pydantic import (
@@ -55,6 +56,30 @@ Address = Annotated[StrictStr, Field(min_length=1), AfterValidator(address_or_em
 NonEmpty = Annotated[StrictStr, Field(min_length=1)]
 
 
+#: The URL schemes `database` takes for PostgreSQL; anything else with a scheme is refused.
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def is_postgres_url(database: str) -> bool:
+    """Whether `database` names a PostgreSQL database (a URL) rather than an SQLite file (a path)."""
+    found = _SCHEME.match(database)
+    return found is not None and found.group(1).lower() in POSTGRES_SCHEMES
+
+
+def database_url(database: str) -> str:
+    """A validator: a path (SQLite) or a postgresql:// URL; any other `scheme://` is refused rather than
+    taken for a path (which would create a directory named after the scheme)."""
+    found = _SCHEME.match(database)
+    if found is not None and found.group(1).lower() not in POSTGRES_SCHEMES:
+        raise config_error(
+            "database",
+            f"{found.group(1)}:// is not a database this server knows: a postgresql:// (or postgres://)"
+            " URL, or a path to an SQLite file",
+        )
+    return database
+
+
 class ServerConfig(ConfigModel):
     """The `[server]` table."""
 
@@ -62,8 +87,9 @@ class ServerConfig(ConfigModel):
     """host:port the gRPC server listens on (IPv6 as [::1]:port); port 0 picks a free port."""
     http_addr: Annotated[StrictStr, AfterValidator(address_or_empty)] = "127.0.0.1:8080"
     """host:port of the in-process HTTP gateway; empty disables it."""
-    database: NonEmpty = "aibattle.db"
-    """SQLite file for conversations and reasoning sessions."""
+    database: Annotated[StrictStr, Field(min_length=1), AfterValidator(database_url)] = "aibattle.db"
+    """Where conversations, reasoning sessions and keys live: a path is an SQLite file; a
+    `postgresql://` (or `postgres://`) URL is a PostgreSQL database."""
     shutdown_grace_seconds: NonNegativeFloat = 10.0
     """How long in-flight calls may run after SIGTERM before they are cancelled."""
     # Any case: AIBATTLE_LOG_LEVEL=DEBUG means debug.

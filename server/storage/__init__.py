@@ -6,12 +6,45 @@ unique; live followers are woken only after the commit (`EventHub`), and a follo
 it sends from the store: subscribe first, replay after the last sequence it saw, then wait for the next
 commit — nothing is lost between replay and live, nothing is sent twice.
 
-`Store` is the interface; `SqliteStore` (WAL, aiosqlite) the default. A PostgreSQL store for several
-replicas would implement the same methods, with the hub's wake-ups carried by LISTEN/NOTIFY.
+`Store` is the interface; `SqliteStore` (WAL, aiosqlite) the default, `PostgresStore` (asyncpg,
+`server/storage/postgres.py`) for replicas sharing one database; `open_store` picks one from the
+configured `database`. The hub's wake-ups are still in-process (LISTEN/NOTIFY would carry them across
+replicas).
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from server.settings import is_postgres_url
 from server.storage.base import KeyRow, KeyStore, Lease, Store, Stored
 from server.storage.events import EventHub, follow
 from server.storage.sqlite import SqliteStore
 
-__all__ = ["EventHub", "KeyRow", "KeyStore", "Lease", "SqliteStore", "Store", "Stored", "follow"]
+if TYPE_CHECKING:
+    from server.storage.postgres import PostgresStore
+
+
+def open_store(database: str) -> SqliteStore | PostgresStore:
+    """The store `database` names (`[server] database`): a postgresql:// URL, or an SQLite path.
+
+    Not yet opened (`await store.open()`). asyncpg is imported only for a PostgreSQL database.
+    """
+    if is_postgres_url(database):
+        from server.storage.postgres import PostgresStore
+
+        return PostgresStore(database)
+    return SqliteStore(database)
+
+
+__all__ = [
+    "EventHub",
+    "KeyRow",
+    "KeyStore",
+    "Lease",
+    "SqliteStore",
+    "Store",
+    "Stored",
+    "follow",
+    "open_store",
+]

@@ -4,27 +4,41 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
 from server.orchestration.runs import Run, Runs
-from server.storage import EventHub, Lease, SqliteStore, follow
+from server.storage import EventHub, Lease, SqliteStore, Store, follow
 from server.storage.base import LeaseLost
+from server.storage.postgres import PostgresStore
+from tests.postgres_testlib import postgres_server, postgres_url
+
+__all__ = ["postgres_server", "postgres_url"]  # fixtures, for the tests on PostgreSQL
 
 TERMINAL = b"end"
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], SqliteStore | PostgresStore]:
+    """Makes a store (not yet opened) on this test's database: each call, the same database."""
+    if request.param == "postgres":
+        url: str = request.getfixturevalue("postgres_url")
+        return lambda: PostgresStore(url)
+    path = str(tmp_path / "state.db")
+    return lambda: SqliteStore(path)
+
+
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    db = SqliteStore(str(tmp_path / "state.db"))
+async def store(new_store: Callable[[], Store]) -> AsyncIterator[Store]:
+    db = new_store()
     await db.open()
     yield db
     await db.close()
 
 
-async def test_sequences_start_at_one_and_have_no_gaps(store: SqliteStore) -> None:
+async def test_sequences_start_at_one_and_have_no_gaps(store: Store) -> None:
     assert await store.create("thing", "t1", owner="", status=1, body=b"v0", events=[b"a", b"b"]) == 2
     assert await store.commit("t1", status=2, body=b"v1", events=[b"c"]) == 3
     assert await store.commit("t1", status=2, body=b"v2", events=[]) == 3
@@ -35,7 +49,7 @@ async def test_sequences_start_at_one_and_have_no_gaps(store: SqliteStore) -> No
     assert await store.get("t1", kind="other") is None
 
 
-async def test_a_failed_step_writes_nothing(store: SqliteStore) -> None:
+async def test_a_failed_step_writes_nothing(store: Store) -> None:
     await store.create("thing", "t1", owner="", status=1, body=b"v0", events=[b"a"])
     await store.acquire("t1", Lease("runner-a", time.time() + 60), now=time.time())
     with pytest.raises(LeaseLost):
@@ -45,14 +59,13 @@ async def test_a_failed_step_writes_nothing(store: SqliteStore) -> None:
     assert await store.events("t1", after=0) == [(1, b"a")]
 
 
-async def test_state_and_events_survive_reopening(tmp_path: Path) -> None:
-    path = str(tmp_path / "state.db")
-    first = SqliteStore(path)
+async def test_state_and_events_survive_reopening(new_store: Callable[[], Store]) -> None:
+    first = new_store()
     await first.open()
     await first.create("thing", "t1", owner="k", status=1, body=b"v0", events=[b"a"])
     await first.commit("t1", status=4, body=b"done", events=[b"b"])
     await first.close()
-    again = SqliteStore(path)
+    again = new_store()
     await again.open()
     stored = await again.get("t1", kind="thing")
     assert stored is not None and stored.body == b"done" and stored.owner == "k"
@@ -60,7 +73,7 @@ async def test_state_and_events_survive_reopening(tmp_path: Path) -> None:
     await again.close()
 
 
-async def test_list_is_per_owner_newest_first_with_status_filter(store: SqliteStore) -> None:
+async def test_list_is_per_owner_newest_first_with_status_filter(store: Store) -> None:
     for i, (owner, status) in enumerate([("a", 1), ("a", 4), ("b", 4), ("a", 4)]):
         await store.create("thing", f"t{i}", owner=owner, status=status, body=b"", events=[])
         await asyncio.sleep(0.01)  # distinct creation times
@@ -74,7 +87,7 @@ async def test_list_is_per_owner_newest_first_with_status_filter(store: SqliteSt
     assert await store.events("t3", after=0) == []
 
 
-async def test_leases_exclude_other_runners_until_they_expire(store: SqliteStore) -> None:
+async def test_leases_exclude_other_runners_until_they_expire(store: Store) -> None:
     await store.create("thing", "t1", owner="", status=2, body=b"", events=[])
     now = time.time()
     assert await store.acquire("t1", Lease("a", now + 60), now=now)
@@ -86,7 +99,7 @@ async def test_leases_exclude_other_runners_until_they_expire(store: SqliteStore
     assert not await store.renew("t1", Lease("a", later + 60))
 
 
-async def test_a_follower_gets_every_event_once_across_replay_and_live(store: SqliteStore) -> None:
+async def test_a_follower_gets_every_event_once_across_replay_and_live(store: Store) -> None:
     """The classic gap: events committed while the follower replays must be sent once, in order."""
     hub = EventHub()
     await store.create("thing", "t1", owner="", status=2, body=b"", events=[b"e1", b"e2"])
@@ -110,7 +123,7 @@ async def test_a_follower_gets_every_event_once_across_replay_and_live(store: Sq
     assert await reader(39) == [40, 41]
 
 
-async def test_runs_hold_a_lease_and_cancel(store: SqliteStore) -> None:
+async def test_runs_hold_a_lease_and_cancel(store: Store) -> None:
     runs = Runs(store, lease_seconds=0.3)
     lease = runs.lease()
     await store.create("thing", "t1", owner="", status=2, body=b"", events=[], lease=lease)
@@ -134,7 +147,7 @@ async def test_runs_hold_a_lease_and_cancel(store: SqliteStore) -> None:
     await runs.close()
 
 
-async def test_a_lost_lease_stops_the_run(store: SqliteStore) -> None:
+async def test_a_lost_lease_stops_the_run(store: Store) -> None:
     runs = Runs(store, lease_seconds=0.3)
     lease = runs.lease()
     await store.create("thing", "t1", owner="", status=2, body=b"", events=[], lease=lease)
@@ -152,7 +165,7 @@ async def test_a_lost_lease_stops_the_run(store: SqliteStore) -> None:
     assert stored is not None and stored.runner_id == "other"  # the new holder's lease is left alone
 
 
-async def test_claim_is_a_conditional_write_exactly_one_wins(store: SqliteStore) -> None:
+async def test_claim_is_a_conditional_write_exactly_one_wins(store: Store) -> None:
     await store.create("thing", "t1", owner="", status=5, body=b"v1", events=[b"e1"])
     now = time.time()
     results = await asyncio.gather(
@@ -189,7 +202,7 @@ async def test_claim_is_a_conditional_write_exactly_one_wins(store: SqliteStore)
     assert (await store.get("t1", kind="thing")).last_sequence == 2  # type: ignore[union-attr]
 
 
-async def test_create_with_a_lease_is_never_an_orphan(store: SqliteStore) -> None:
+async def test_create_with_a_lease_is_never_an_orphan(store: Store) -> None:
     now = time.time()
     await store.create("thing", "t1", owner="", status=2, body=b"", events=[], lease=Lease("r", now + 60))
     await store.create("thing", "t2", owner="", status=2, body=b"", events=[])

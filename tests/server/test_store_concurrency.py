@@ -1,21 +1,35 @@
-"""SqliteStore under the load reasoning puts on it: many runs committing at once, runs cancelled
-mid-commit. (The store's own behaviour is tested in test_storage.py.)"""
+"""The store (SQLite and PostgreSQL) under the load reasoning puts on it: many runs committing at
+once, runs cancelled mid-commit. (The store's own behaviour is tested in test_storage.py.)"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 
-from server.storage import SqliteStore
+import pytest
+
+from server.storage import SqliteStore, Store
+from server.storage.postgres import PostgresStore
+from tests.postgres_testlib import postgres_server, postgres_url
+
+__all__ = ["postgres_server", "postgres_url"]  # fixtures, for the tests on PostgreSQL
 
 
-async def opened() -> SqliteStore:
-    store = SqliteStore(":memory:")
-    await store.open()
-    return store
+@pytest.fixture(params=["sqlite", "postgres"])
+def opened(request: pytest.FixtureRequest) -> Callable[[], Awaitable[Store]]:
+    """Opens a store of this test's backend (the test closes it)."""
+    url: str = request.getfixturevalue("postgres_url") if request.param == "postgres" else ""
+
+    async def open_one() -> Store:
+        store: Store = PostgresStore(url) if url else SqliteStore(":memory:")
+        await store.open()
+        return store
+
+    return open_one
 
 
-async def consistent(store: SqliteStore, resource_id: str) -> int:
+async def consistent(store: Store, resource_id: str) -> int:
     """The resource's events are gapless and end at its last_sequence; returns that."""
     stored = await store.get(resource_id, kind="k")
     assert stored is not None
@@ -24,7 +38,9 @@ async def consistent(store: SqliteStore, resource_id: str) -> int:
     return stored.last_sequence
 
 
-async def test_concurrent_commits_each_get_their_own_transaction() -> None:
+async def test_concurrent_commits_each_get_their_own_transaction(
+    opened: Callable[[], Awaitable[Store]],
+) -> None:
     store = await opened()
     try:
         for i in range(8):
@@ -36,7 +52,9 @@ async def test_concurrent_commits_each_get_their_own_transaction() -> None:
         await store.close()
 
 
-async def test_a_commit_cancelled_midway_is_whole_or_absent_and_the_store_stays_usable() -> None:
+async def test_a_commit_cancelled_midway_is_whole_or_absent_and_the_store_stays_usable(
+    opened: Callable[[], Awaitable[Store]],
+) -> None:
     store = await opened()
     try:
         await store.create("k", "r", owner="", status=1, body=b"", events=[])
