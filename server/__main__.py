@@ -22,6 +22,7 @@ from server import logs
 from server.app import AIBattleServer
 from server.config import Config, ConfigError, load_config
 from server.providers.registry import ProviderStartError
+from server.storage.base import SchemaTooNew
 
 log = logging.getLogger("aibattle")
 
@@ -119,7 +120,7 @@ def main() -> None:
     observe(config)
     try:
         sys.exit(asyncio.run(serve(config)))
-    except (ProviderStartError, ConfigError, OSError) as exc:
+    except (ProviderStartError, ConfigError, SchemaTooNew, OSError) as exc:
         log.error("cannot start: %s", exc)
         print(f"aibattle: cannot start: {exc}", file=sys.stderr)
         sys.exit(1)

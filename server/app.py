@@ -32,6 +32,7 @@ from server.services.conversations import ConversationServicer
 from server.services.keys import KeyServicer
 from server.services.models import ModelServicer
 from server.services.reasoning import ReasoningServicer
+from server.settings import is_postgres_url
 from server.storage import EventHub, open_store
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,11 @@ class AIBattleServer:
         self.registry = ModelRegistry(config.models, config.local, meter=self.metering.bind)
         self.store = open_store(server.database)
         self.limiter: Limiter = make_limiter(server.redis_url)
+        if is_postgres_url(server.database) and not server.redis_url:
+            log.warning(
+                "limits are per process: a database replicas share, but no [server].redis_url to share"
+                " each key's rpm, tpm, streams and budget; every replica grants them in full"
+            )
         self.hub = EventHub()
         self.runs = Runs(self.store, lease_seconds=server.lease_seconds)
         self.lifecycle = Lifecycle(

@@ -4,7 +4,8 @@
 * `context`: the `Caller` (who calls, its models and limits), handed from the interceptor to each
   handler, and passed explicitly from there.
 * `interceptor`: authentication, request rate and stream limits, for every RPC.
-* `limits`: the counters behind an interface (in memory here; Redis for several replicas).
+* `limits`: the counters behind an interface, in this process (`MemoryLimiter`) or shared by
+  replicas in Redis (`redis_limits`).
 * `metering`: around every model call of a caller: prompt size, token rate, budget reserve/settle;
   composed into the registry by server/app.py.
 

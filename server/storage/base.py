@@ -27,6 +27,10 @@ class Stored:
     a restart links back to the trace of the one it continues; None when tracing was off."""
 
 
+class SchemaTooNew(RuntimeError):
+    """The database was migrated by a newer version of the server: this one refuses to use it."""
+
+
 @dataclass(frozen=True)
 class Lease:
     """Who runs a resource, and until when that claim holds unless renewed."""

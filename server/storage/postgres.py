@@ -26,7 +26,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import asyncpg  # type: ignore[import-untyped]
 
 from common.observability import metrics
-from server.storage.base import KeyRow, Lease, LeaseLost, Stored
+from server.storage.base import KeyRow, Lease, LeaseLost, SchemaTooNew, Stored
 
 #: The schema, one migration per version: a database at version n runs those after it, in order.
 _MIGRATIONS: tuple[str, ...] = (
@@ -76,10 +76,6 @@ _MIGRATION_LOCK = 0x6169626174746C65
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-class SchemaTooNew(RuntimeError):
-    """The database was migrated by a newer version of the server: this one refuses to use it."""
 
 
 def _observed(
