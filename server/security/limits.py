@@ -120,14 +120,7 @@ class MemoryLimiter:
             return
         bucket = self._bucket(caller, "rpm", caller.rpm)
         if bucket.level < 1:
-            raise refused(
-                LimitExceeded(
-                    RATE_LIMITED,
-                    f"this API key's limit of {caller.rpm} requests per minute is reached",
-                    limit="rpm",
-                    retry_after=seconds(bucket.wait_for(1)),
-                )
-            )
+            raise rate_limited(caller, bucket.wait_for(1))
         bucket.level -= 1
 
     async def reserve_tokens(self, caller: KeyLimits, tokens: int) -> int:
@@ -136,15 +129,7 @@ class MemoryLimiter:
         bucket = self._bucket(caller, "tpm", caller.tpm)
         needed = min(float(tokens), bucket.capacity)
         if bucket.level < needed:
-            raise refused(
-                LimitExceeded(
-                    TOKEN_RATE_LIMITED,
-                    f"this API key's limit of {caller.tpm} tokens per minute is reached: this call may use"
-                    f" up to {tokens} tokens, {max(0, math.floor(bucket.level))} are available now",
-                    limit="tpm",
-                    retry_after=seconds(bucket.wait_for(needed)),
-                )
-            )
+            raise token_rate_limited(caller, tokens, bucket.level, bucket.wait_for(needed))
         bucket.level -= needed
         return math.ceil(needed)
 
@@ -158,14 +143,7 @@ class MemoryLimiter:
             return
         open_now = self._streams.get(caller.key_id, 0)
         if open_now >= caller.max_concurrent_streams:
-            raise refused(
-                LimitExceeded(
-                    TOO_MANY_STREAMS,
-                    f"this API key may hold {caller.max_concurrent_streams} streams at once; close one first",
-                    limit="max_concurrent_streams",
-                    retry_after=STREAM_RETRY_SECONDS,
-                )
-            )
+            raise too_many_streams(caller)
         self._streams[caller.key_id] = open_now + 1
 
     async def close_stream(self, caller: KeyLimits) -> None:
@@ -181,15 +159,7 @@ class MemoryLimiter:
         spent = self.spent(caller)
         reserved = self._reserved.get(caller.key_id, 0.0)
         if spent + reserved + usd > caller.budget_usd + EPSILON:
-            raise refused(
-                LimitExceeded(
-                    BUDGET_EXCEEDED,
-                    f"this API key's budget of ${caller.budget_usd:.6g} cannot cover this call: "
-                    f"${spent:.6g} spent, ${reserved:.6g} held by calls in flight, and this one may cost"
-                    f" up to ${usd:.6g} (its max_tokens at the model's price)",
-                    limit="budget_usd",
-                )
-            )
+            raise budget_exceeded(caller, spent, reserved, usd)
         self._reserved[caller.key_id] = reserved + usd
 
     async def settle(self, caller: KeyLimits, reserved: float, cost: float) -> None:
@@ -199,6 +169,56 @@ class MemoryLimiter:
 
     async def aclose(self) -> None:
         return None
+
+
+# ---- the refusals, the same from every limiter
+
+
+def rate_limited(caller: KeyLimits, wait: float) -> LimitExceeded:
+    return refused(
+        LimitExceeded(
+            RATE_LIMITED,
+            f"this API key's limit of {caller.rpm} requests per minute is reached",
+            limit="rpm",
+            retry_after=seconds(wait),
+        )
+    )
+
+
+def token_rate_limited(caller: KeyLimits, tokens: int, available: float, wait: float) -> LimitExceeded:
+    return refused(
+        LimitExceeded(
+            TOKEN_RATE_LIMITED,
+            f"this API key's limit of {caller.tpm} tokens per minute is reached: this call may use"
+            f" up to {tokens} tokens, {max(0, math.floor(available))} are available now",
+            limit="tpm",
+            retry_after=seconds(wait),
+        )
+    )
+
+
+def too_many_streams(caller: KeyLimits) -> LimitExceeded:
+    return refused(
+        LimitExceeded(
+            TOO_MANY_STREAMS,
+            f"this API key may hold {caller.max_concurrent_streams} streams at once; close one first",
+            limit="max_concurrent_streams",
+            retry_after=STREAM_RETRY_SECONDS,
+        )
+    )
+
+
+def budget_exceeded(caller: KeyLimits, spent: float, reserved: float, usd: float) -> LimitExceeded:
+    """No RetryInfo: waiting refills no budget."""
+    return refused(
+        LimitExceeded(
+            BUDGET_EXCEEDED,
+            f"this API key's budget of ${caller.budget_usd:.6g} cannot cover this call: "
+            f"${spent:.6g} spent, ${reserved:.6g} held by calls in flight, and this one may cost"
+            f" up to ${usd:.6g} (its max_tokens at the model's price)",
+            limit="budget_usd",
+        )
+    )
 
 
 def refused(error: LimitExceeded) -> LimitExceeded:

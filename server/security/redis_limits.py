@@ -36,23 +36,19 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from common.errors import (
-    BUDGET_EXCEEDED,
     LIMITS_UNAVAILABLE,
-    RATE_LIMITED,
-    TOKEN_RATE_LIMITED,
-    TOO_MANY_STREAMS,
     ApiError,
-    LimitExceeded,
 )
 from server.security.limits import (
     BURST,
     EPSILON,
-    STREAM_RETRY_SECONDS,
     KeyLimits,
     Limiter,
     MemoryLimiter,
-    refused,
-    seconds,
+    budget_exceeded,
+    rate_limited,
+    token_rate_limited,
+    too_many_streams,
 )
 
 log = logging.getLogger(__name__)
@@ -220,14 +216,7 @@ class RedisLimiter:
             return
         granted, _, wait = await self._take(self._key(caller.key_id, "rpm"), caller.rpm, 1.0)
         if not granted:
-            raise refused(
-                LimitExceeded(
-                    RATE_LIMITED,
-                    f"this API key's limit of {caller.rpm} requests per minute is reached",
-                    limit="rpm",
-                    retry_after=seconds(wait),
-                )
-            )
+            raise rate_limited(caller, wait)
 
     async def reserve_tokens(self, caller: KeyLimits, tokens: int) -> int:
         if not caller.tpm:
@@ -235,15 +224,7 @@ class RedisLimiter:
         needed = min(float(tokens), BURST * caller.tpm)
         granted, level, wait = await self._take(self._key(caller.key_id, "tpm"), caller.tpm, needed)
         if not granted:
-            raise refused(
-                LimitExceeded(
-                    TOKEN_RATE_LIMITED,
-                    f"this API key's limit of {caller.tpm} tokens per minute is reached: this call may use"
-                    f" up to {tokens} tokens, {max(0, math.floor(level))} are available now",
-                    limit="tpm",
-                    retry_after=seconds(wait),
-                )
-            )
+            raise token_rate_limited(caller, tokens, level, wait)
         return math.ceil(needed)
 
     async def settle_tokens(self, caller: KeyLimits, reserved: int, used: int) -> None:
@@ -262,14 +243,7 @@ class RedisLimiter:
         slot = uuid.uuid4().hex
         args = [caller.max_concurrent_streams, slot, self._lease_ms]
         if not await self._call(self._open_stream, [self._key(caller.key_id, "streams")], args):
-            raise refused(
-                LimitExceeded(
-                    TOO_MANY_STREAMS,
-                    f"this API key may hold {caller.max_concurrent_streams} streams at once; close one first",
-                    limit="max_concurrent_streams",
-                    retry_after=STREAM_RETRY_SECONDS,
-                )
-            )
+            raise too_many_streams(caller)
         self._slots.setdefault(caller.key_id, []).append(slot)
         self._renew_soon()
 
@@ -306,15 +280,7 @@ class RedisLimiter:
         spent, reserved = float(spent_s), float(reserved_s)
         self._spent[caller.key_id] = spent
         if not granted:
-            raise refused(
-                LimitExceeded(
-                    BUDGET_EXCEEDED,
-                    f"this API key's budget of ${caller.budget_usd:.6g} cannot cover this call: "
-                    f"${spent:.6g} spent, ${reserved:.6g} held by calls in flight, and this one may cost"
-                    f" up to ${usd:.6g} (its max_tokens at the model's price)",
-                    limit="budget_usd",
-                )
-            )
+            raise budget_exceeded(caller, spent, reserved, usd)
         self._reservations.setdefault(caller.key_id, []).append((held, usd))
         self._renew_soon()
 
