@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from typing import Any
 
@@ -70,11 +71,12 @@ def configure(environ: Mapping[str, str] | None = None, *, service_name: str = "
     resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME") or service_name}).merge(
         OTELResourceDetector().detect()
     )
-    tracer_provider = TracerProvider(resource=resource)
+    # Not shut down at exit by the SDK (unbounded with a collector that is down): shutdown() does it.
+    tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
     if traces:
         tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     readers = [PeriodicExportingMetricReader(OTLPMetricExporter())] if exported_metrics else []
-    meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+    meter_provider = MeterProvider(resource=resource, metric_readers=readers, shutdown_on_exit=False)
     trace.set_tracer_provider(tracer_provider)
     metrics.set_meter_provider(meter_provider)
     _shutdown[:] = [tracer_provider, meter_provider]
@@ -89,11 +91,25 @@ def _wanted(env: Mapping[str, str], signal: str, shared: bool) -> bool:
     return shared or bool(env.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"))
 
 
-def shutdown() -> None:
-    """Flush what is pending (at the process' end); blocking, so call it off the event loop or last."""
-    for provider in _shutdown:
-        with contextlib.suppress(Exception):
-            provider.shutdown()
+SHUTDOWN_SECONDS = 3.0
+"""How long the process' end waits for pending spans and metrics to leave. The exporters retry an
+unreachable collector with backoff for far longer; a Ctrl-C must not wait for that."""
+
+
+def shutdown(timeout: float = SHUTDOWN_SECONDS) -> None:
+    """Flush what is pending (at the process' end), for at most `timeout` seconds; blocking, so call it
+    off the event loop or last. What has not left by then is dropped."""
+
+    def flush() -> None:
+        for provider in _shutdown:
+            with contextlib.suppress(Exception):
+                provider.shutdown()
+
+    if _shutdown:
+        # A daemon thread: when the collector does not answer in time, the process ends without it.
+        worker = threading.Thread(target=flush, name="otel shutdown", daemon=True)
+        worker.start()
+        worker.join(timeout)
 
 
 def enabled() -> bool:

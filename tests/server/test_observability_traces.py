@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import signal
 import sqlite3
 import threading
 import time
@@ -44,6 +45,7 @@ from aibattle.v1 import (
     reasoning_pb2,
     reasoning_pb2_grpc,
 )
+from common.observability import tracing
 from tests.e2e.process import Output, Running, server_process
 
 DEADLINE = 30.0
@@ -602,3 +604,22 @@ def test_a_run_adopted_after_a_restart_links_to_its_earlier_trace(tmp_path: Path
         assert chat_spans(loopback, run.trace_id.hex())  # it went on calling the model, in its own trace
     finally:
         loopback.close()
+
+
+def test_a_collector_that_is_down_does_not_hold_up_the_servers_stop(tmp_path: Path) -> None:
+    """The exporters retry an unreachable collector for many seconds; SIGINT must not wait for them (the
+    SDK's own exit hook did, about 15 s): the flush at exit is bounded (tracing.SHUTDOWN_SECONDS)."""
+    config = '[[models]]\nid = "echo"\nprovider = "scripted"\nscript = ["hello there"]\n'
+    with server_process(
+        config, tmp_path, OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:1", OTEL_SERVICE_NAME="down"
+    ) as running:
+        with grpc.insecure_channel(running.grpc_target) as channel:
+            stub = completions_pb2_grpc.CompletionServiceStub(channel)
+            stub.CreateCompletion(completions_pb2.CreateCompletionRequest(model="echo", prompt="hi"))
+        started = time.monotonic()
+        running.proc.send_signal(signal.SIGINT)
+        code = running.proc.wait(timeout=60)
+        took = time.monotonic() - started
+    assert code == 0
+    # Well inside the exporters' retry horizon, whatever the machine's load: the bound holds.
+    assert took < tracing.SHUTDOWN_SECONDS + 4
