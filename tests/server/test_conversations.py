@@ -18,7 +18,7 @@ from server.app import AIBattleServer
 from server.config import Config
 from server.orchestration.conversation import KIND
 from server.providers.base import ChatRequest, Role
-from server.storage import Lease, SqliteStore
+from server.storage import Lease, open_store
 from tests.conftest import error_info, make_config, rich_status
 
 pb = conversations_pb2
@@ -593,8 +593,9 @@ async def test_converse_cancel_and_resume_from_sequence(stub: Any) -> None:
 
 
 async def crashed_conversation(db: str) -> None:
-    """What a crash leaves: a conversation IN_PROGRESS under a lease nobody renews (expired)."""
-    store = SqliteStore(db)
+    """What a crash leaves in the database `db` (a SQLite path or a postgresql:// URL): a conversation
+    IN_PROGRESS under a lease nobody renews (expired)."""
+    store = open_store(db)
     await store.open()
     crashed = pb.Conversation(
         conversation_id="conv-crashed",

@@ -16,11 +16,11 @@ import pytest
 from aibattle.v1 import common_pb2, conversations_pb2, conversations_pb2_grpc
 from server.app import AIBattleServer
 from server.config import ConfigError, load_config
-from server.orchestration.conversation import KIND
 from server.storage import Lease, SqliteStore, open_store
 from server.storage.postgres import _MIGRATION_LOCK, SCHEMA_VERSION, PostgresStore, SchemaTooNew, migrate
 from tests.conftest import make_config
 from tests.postgres_testlib import postgres_server, postgres_url
+from tests.server.test_conversations import crashed_conversation
 
 __all__ = ["postgres_server", "postgres_url"]  # fixtures
 
@@ -238,28 +238,7 @@ async def test_a_server_on_postgresql_serves_a_conversation_to_completion_and_ad
     assert log[-1].type == pb.ConversationEventType.CONVERSATION_EVENT_TYPE_COMPLETION
 
     # A run whose server died (its lease expired) is adopted by the next server on the database.
-    store = PostgresStore(postgres_url)
-    await store.open()
-    crashed = pb.Conversation(
-        conversation_id="conv-crashed",
-        status=S.RUN_STATUS_IN_PROGRESS,
-        models=[pb.Participant(id="alice", role="a"), pb.Participant(id="bob", role="b")],
-        mode="ai-ai",
-        rounds=1,
-        messages=[common_pb2.Message(message_id="msg-1", role="a", model="alice", content="hi")],
-        next_model="bob",
-        next_role="b",
-    )
-    await store.create(
-        KIND,
-        "conv-crashed",
-        owner="",
-        status=crashed.status,
-        body=crashed.SerializeToString(),
-        events=[],
-        lease=Lease("dead-runner", time.time() - 1),
-    )
-    await store.close()
+    await crashed_conversation(postgres_url)
     again = AIBattleServer(make_config(MODELS, database=postgres_url))
     await again.start()
     try:
