@@ -44,8 +44,11 @@ SERVICES = api_services()
 class AIBattleServer:
     """One gRPC server process: `await start()`, serve, `await stop(grace)`."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, reuse_port: bool = False) -> None:
+        """`reuse_port`: share the gRPC port with the other workers of `--workers N` (SO_REUSEPORT);
+        off, a port already taken is an error at start-up rather than a silent second listener."""
         self.config = config
+        self._reuse_port = reuse_port
         server = config.server
         # Every model call a caller makes passes the metering, bound to that caller by the registry.
         self.metering = Metering(max_prompt_chars=server.max_prompt_chars)
@@ -99,7 +102,7 @@ class AIBattleServer:
             options=(
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", int(self._reuse_port)),
             ),
         )
         _add_servicers(
