@@ -391,6 +391,11 @@ LIMITS_UNAVAILABLE = _declare(
     _C.UNAVAILABLE,
     "a limited key's counters cannot be checked: [server].redis_url's Redis is unreachable (fails closed)",
 )
+STORE_UNAVAILABLE = _declare(
+    "STORE_UNAVAILABLE",
+    _C.UNAVAILABLE,
+    "the database ([server].database) cannot be reached; what was committed is kept (retry shortly)",
+)
 INTERNAL = _declare("INTERNAL", _C.INTERNAL, "anything unexpected (its traceback is logged, never sent)")
 CANCELLED = _declare("CANCELLED", _C.CANCELLED, "the client abandoned its request stream", visible=False)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
 import grpc
@@ -39,6 +41,8 @@ log = logging.getLogger(__name__)
 
 #: The services of the schema (common.api), in the order reflection lists them.
 SERVICES = api_services()
+#: How often readiness checks what the server depends on (the database, a configured Redis).
+READINESS_SECONDS = 1.0
 
 
 class AIBattleServer:
@@ -79,6 +83,8 @@ class AIBattleServer:
         )
         self.reasoning = ReasoningSessions(lifecycle=self.lifecycle, registry=self.registry)
         self.health = health.aio.HealthServicer()
+        self.ready = False
+        self._readiness: asyncio.Task[None] | None = None
         self._server: grpc.aio.Server | None = None
         self.grpc_port = 0
 
@@ -90,6 +96,8 @@ class AIBattleServer:
     async def start(self) -> None:
         await self.registry.start()
         await self.store.open()
+        # Commits made by other replicas wake this process's followers too.
+        await self.store.watch(self.hub.notify, self.hub.wake_all)
         limit = self.config.server.max_message_bytes
         server = grpc.aio.server(
             interceptors=(
@@ -131,10 +139,36 @@ class AIBattleServer:
         await self.lifecycle.recover()
         await server.start()
         self.lifecycle.start()
-        for name in ("", *names):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._server = server
+        await self._set_ready(True)
+        self._readiness = asyncio.create_task(self._follow_dependencies(), name="readiness")
         log.info("grpc serving", extra={"addr": self.grpc_target})
+
+    async def _follow_dependencies(self) -> None:
+        """Health (and so the gateway's /readyz) NOT_SERVING while the database or a configured Redis
+        cannot be reached, SERVING again once they answer: a load balancer sends the calls elsewhere
+        meanwhile. Checked every READINESS_SECONDS; the checks never raise."""
+        while True:
+            await asyncio.sleep(READINESS_SECONDS)
+            store_up, limits_up = await asyncio.gather(self.store.ping(), self.limiter.ping())
+            if store_up and limits_up:
+                if not self.ready:
+                    log.info("ready again: the database and the limits' store answer")
+                    await self._set_ready(True)
+            elif self.ready:
+                missing = [
+                    n for n, up in (("the database", store_up), ("the limits' Redis", limits_up)) if not up
+                ]
+                log.warning("not ready: %s cannot be reached", " and ".join(missing))
+                await self._set_ready(False)
+
+    async def _set_ready(self, ready: bool) -> None:
+        self.ready = ready
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *(s.full_name for s in SERVICES)):
+            await self.health.set(name, status)  # ignored once draining: NOT_SERVING stays
 
     async def drain(self) -> None:
         """Tell load balancers to go elsewhere before we stop (health NOT_SERVING everywhere)."""
@@ -145,6 +179,11 @@ class AIBattleServer:
         if self._server is None:
             return
         await self.drain()
+        if self._readiness is not None:
+            self._readiness.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._readiness
+            self._readiness = None
         await self._server.stop(grace)
         self._server = None
         await self.lifecycle.close()

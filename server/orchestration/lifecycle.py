@@ -17,6 +17,9 @@ This module owns everything about runs that does not depend on what is being run
 * **the end**: a client's cancel is CANCELLED, the server stopping is INTERRUPTED, an error is FAILED
   with its status (`error_status`: an ApiError as it is, anything else a generic INTERNAL and a
   logged traceback); the resource says how each is recorded (`Resource.ended`).
+* **the database going away** (`StoreUnavailable`): the attempt stops without writing anything more, its
+  resource left IN_PROGRESS as last committed; once its lease expires, a live process adopts it (this
+  one too), so nothing stays "in progress" with nobody running it, and nothing committed is redone.
 * **recovery**: at start-up and every `sweep_seconds`, a resource left IN_PROGRESS whose lease expired
   (its runner died) is adopted and continued from its last committed step (`Resource.adopt`), acting
   for the key that owns it; with `resume_orphans` off it is marked INTERRUPTED instead.
@@ -59,7 +62,7 @@ from server.providers.resilience import Answering, resilient_stream
 from server.security.context import Caller
 from server.settings import ModelConfig
 from server.storage import EventHub, Store, Stored, follow
-from server.storage.base import LeaseLost
+from server.storage.base import LeaseLost, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -271,6 +274,13 @@ class Lifecycle:
                         log.warning(
                             "lease lost; another runner continues", extra={"resource_id": run.resource_id}
                         )
+                    except StoreUnavailable:
+                        outcome = status_name(INTERRUPTED)
+                        log.warning(
+                            "the database went away; the run stops and is adopted once it is back and the"
+                            " lease has expired",
+                            extra={"resource_id": run.resource_id},
+                        )
                     except Exception as exc:
                         outcome = status_name(FAILED)
                         watch.failed(exc)
@@ -288,12 +298,20 @@ class Lifecycle:
         status: common_pb2.RunStatus.ValueType,
         error: status_pb2.Status | None = None,
     ) -> None:
-        stored = await self.store.get(run.resource_id, kind=resource.kind)
-        if stored is None or stored.status != IN_PROGRESS:
-            return  # deleted, or the run already recorded where it rests
-        body, events = resource.ended(stored.body, status, error)
-        with contextlib.suppress(LeaseLost):
+        try:
+            stored = await self.store.get(run.resource_id, kind=resource.kind)
+            if stored is None or stored.status != IN_PROGRESS:
+                return  # deleted, or the run already recorded where it rests
+            body, events = resource.ended(stored.body, status, error)
             await self.commit(run, run.resource_id, status=status, body=body, events=events)
+        except LeaseLost:
+            pass  # another runner holds it: its end is that runner's to record
+        except StoreUnavailable:
+            # Left IN_PROGRESS as last committed: adopted once the database is back (module docstring).
+            log.warning(
+                "the database went away; the run's end is not recorded",
+                extra={"resource_id": run.resource_id},
+            )
 
     async def cancel(self, resource: Resource, resource_id: str, caller: Caller | None) -> None:
         """A client's cancel: the run here stops and records CANCELLED; a run nobody holds (an
@@ -404,6 +422,8 @@ class Lifecycle:
             await asyncio.sleep(self.sweep_seconds)
             try:
                 await self.recover()
+            except StoreUnavailable:
+                pass  # readiness says so (server/app.py); the next sweep tries again
             except Exception:
                 log.exception("orphan sweep failed")
 

@@ -77,6 +77,10 @@ class Limiter(Protocol):
 
     def spent(self, caller: KeyLimits) -> float: ...
 
+    async def ping(self) -> bool:
+        """Whether the counters can be reached now (readiness); never raises."""
+        ...
+
     async def aclose(self) -> None:
         """Release what the limiter holds (connections, tasks); the server calls it as it stops."""
         ...
@@ -166,6 +170,9 @@ class MemoryLimiter:
         self._spent[caller.key_id] = self.spent(caller) + cost
         if caller.budget_usd:
             self._reserved[caller.key_id] = max(0.0, self._reserved.get(caller.key_id, 0.0) - reserved)
+
+    async def ping(self) -> bool:
+        return True  # this process's memory
 
     async def aclose(self) -> None:
         return None

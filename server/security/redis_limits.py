@@ -326,6 +326,12 @@ class RedisLimiter:
         except (RedisError, OSError) as exc:
             log.warning("leases not renewed", extra={"error": repr(exc)})
 
+    async def ping(self) -> bool:
+        try:
+            return bool(await asyncio.wait_for(self._redis.ping(), TIMEOUT_SECONDS))
+        except Exception:
+            return False
+
     async def aclose(self) -> None:
         """Stop renewing (what is still held expires) and close the connections."""
         if self._renewer is not None:

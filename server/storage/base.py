@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import builtins
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+from common.errors import STORE_UNAVAILABLE, ApiError
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,27 @@ class Stored:
     a restart links back to the trace of the one it continues; None when tracing was off."""
 
 
+class StoreUnavailable(ApiError):
+    """The database cannot be reached (down, restarting, a dropped connection): the operation did not
+    happen, or its outcome is unknown. Nothing committed is lost; a run that meets this stops without
+    writing and is adopted once its lease expires (server/orchestration/lifecycle.py)."""
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(
+            STORE_UNAVAILABLE.code,
+            STORE_UNAVAILABLE,
+            "the database cannot be reached now; nothing committed is lost: retry shortly",
+            retry_after=1.0,
+        )
+        self.detail = detail
+
+
+#: Told the (resource id, last sequence) of a commit made anywhere: `EventHub.notify`.
+OnCommit = Callable[[str, int], None]
+#: Told that commits may have been missed (a dropped listener reconnected): `EventHub.wake_all`.
+OnGap = Callable[[], None]
+
+
 class SchemaTooNew(RuntimeError):
     """The database was migrated by a newer version of the server: this one refuses to use it."""
 
@@ -46,6 +69,16 @@ class Store(Protocol):
         """Create or upgrade the schema; called once before use."""
 
     async def close(self) -> None: ...
+
+    async def ping(self) -> bool:
+        """Whether the database answers now (readiness); never raises."""
+        ...
+
+    async def watch(self, on_commit: OnCommit, on_gap: OnGap) -> None:
+        """Be told of the commits other processes make (replicas sharing the database), until close:
+        PostgreSQL's LISTEN/NOTIFY. `on_gap` when some may have been missed. A store only one process
+        uses has nothing to tell (its own commits reach the hub directly) and does nothing."""
+        ...
 
     async def create(
         self,

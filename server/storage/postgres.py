@@ -7,6 +7,18 @@ locks its resource's row (`SELECT ... FOR UPDATE`) before it reads the last sequ
 it, so sequences stay dense per resource; a claim is one `UPDATE ... WHERE <the state it decided from>
 RETURNING`, which a concurrent claim waits on and then finds no longer true: exactly one wins.
 
+Replicas learn of each other's commits through LISTEN/NOTIFY: every write that appends events notifies
+`aibattle_events` in its own transaction (`RETURNING pg_notify(...)`, so PostgreSQL delivers it at commit
+and never for a rollback), with the resource id and its last sequence as the payload; each process
+holds one listener connection (`watch`) and hands them to its EventHub, whose followers then read from
+their own last sequence. A notification carries no event, only where the log now ends: a lost one
+costs a follower its poll interval (the hub's), never an event; a listener that reconnects tells the
+hub to wake everyone (`on_gap`), and they re-read.
+
+The database going away (a restart, a dropped connection) raises `StoreUnavailable`: the operation
+did not happen, or may have; the caller never guesses (a run stops and is adopted once its lease
+expires, which re-reads what was committed).
+
 The schema is versioned (`schema_version`) and migrated at `open`, under a transaction-scoped advisory
 lock, so replicas starting together migrate once; a database whose schema is newer than this code knows
 is refused (`SchemaTooNew`) rather than written with assumptions that no longer hold.
@@ -18,6 +30,8 @@ import asyncio
 import builtins
 import contextlib
 import functools
+import logging
+import re
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from time import perf_counter  # bound here, as in sqlite.py: a test may replace this module's `time`
@@ -26,7 +40,38 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import asyncpg  # type: ignore[import-untyped]
 
 from common.observability import metrics
-from server.storage.base import KeyRow, Lease, LeaseLost, SchemaTooNew, Stored
+from server.storage.base import (
+    KeyRow,
+    Lease,
+    LeaseLost,
+    OnCommit,
+    OnGap,
+    SchemaTooNew,
+    Stored,
+    StoreUnavailable,
+)
+
+log = logging.getLogger(__name__)
+
+#: The channel commits are announced on; the payload is "<resource id> <last sequence>".
+CHANNEL = "aibattle_events"
+_NOTIFY = f"pg_notify('{CHANNEL}', resource_id || ' ' || last_sequence)"
+#: The listener connection's application_name (pg_stat_activity shows who it is).
+LISTENER_NAME = "aibattle listener"
+#: Seconds to wait for a connection (PostgreSQL's TCP port may be silent, not refusing).
+CONNECT_TIMEOUT = 5.0
+#: How often the listener checks its connection is alive when nothing arrives (a silent network
+#: drop does not close a socket).
+LISTENER_CHECK_SECONDS = 10.0
+#: What "the database cannot be reached" looks like from asyncpg: a socket error, a refused or dropped
+#: connection, the server shutting down or starting up, a connection attempt that timed out.
+_UNREACHABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+)
 
 #: The schema, one migration per version: a database at version n runs those after it, in order.
 _MIGRATIONS: tuple[str, ...] = (
@@ -99,6 +144,8 @@ def _observed(
                 with contextlib.suppress(Exception):
                     await work
                 raise
+            except _UNREACHABLE as exc:
+                raise StoreUnavailable(f"{operation}: {exc!r}") from exc
         finally:
             if metrics.enabled:
                 metrics.STORE_DURATION.labels(operation).observe(perf_counter() - started)
@@ -123,6 +170,7 @@ class PostgresStore:
         self._url = url
         self._max_connections = max_connections
         self._pool: asyncpg.Pool | None = None
+        self._listener: asyncio.Task[None] | None = None
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -131,7 +179,14 @@ class PostgresStore:
         return self._pool
 
     async def open(self) -> None:
-        pool = await asyncpg.create_pool(self._url, min_size=1, max_size=self._max_connections)
+        try:
+            pool = await asyncpg.create_pool(
+                self._url, min_size=1, max_size=self._max_connections, timeout=CONNECT_TIMEOUT
+            )
+        except (*_UNREACHABLE, asyncpg.PostgresError) as exc:
+            # OSError: a start-up error of one line (server/__main__.py), naming the database without
+            # its password.
+            raise OSError(f"cannot open the database {without_password(self._url)}: {exc}") from exc
         try:
             async with pool.acquire() as conn:
                 await migrate(conn)
@@ -141,9 +196,68 @@ class PostgresStore:
         self._pool = pool
 
     async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
         if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+            pool, self._pool = self._pool, None
+            try:  # gracefully: connections finish what they do; not forever, when the database is gone
+                await asyncio.wait_for(pool.close(), CONNECT_TIMEOUT)
+            except TimeoutError:
+                pool.terminate()
+
+    async def ping(self) -> bool:
+        try:
+            async with self.pool.acquire(timeout=CONNECT_TIMEOUT) as conn:
+                await conn.fetchval("SELECT 1", timeout=CONNECT_TIMEOUT)
+        except Exception:
+            return False
+        return True
+
+    async def watch(self, on_commit: OnCommit, on_gap: OnGap) -> None:
+        """One listener connection for this process (module docstring), kept until `close`."""
+        if self._listener is None:
+            self._listener = asyncio.create_task(self._listen(on_commit, on_gap), name="database listener")
+
+    async def _listen(self, on_commit: OnCommit, on_gap: OnGap) -> None:
+        def notified(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+            resource_id, _, sequence = payload.rpartition(" ")
+            with contextlib.suppress(ValueError):  # not ours (someone's NOTIFY on our channel)
+                on_commit(resource_id, int(sequence))
+
+        connected_before = False
+        delay = 0.25
+        while True:
+            lost = asyncio.Event()
+            try:
+                conn = await asyncpg.connect(
+                    self._url, timeout=CONNECT_TIMEOUT, server_settings={"application_name": LISTENER_NAME}
+                )
+            except (*_UNREACHABLE, asyncpg.PostgresError) as exc:
+                if delay == 0.25:  # once per outage
+                    log.warning("database listener cannot connect; retrying", extra={"error": repr(exc)})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            try:
+                conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
+                await conn.add_listener(CHANNEL, notified)
+                if connected_before:
+                    # Commits made while we were not listening were never told: everyone re-reads.
+                    log.info("database listener reconnected")
+                    on_gap()
+                connected_before, delay = True, 0.25
+                while not lost.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(lost.wait(), LISTENER_CHECK_SECONDS)
+                        break
+                    await conn.fetchval("SELECT 1", timeout=CONNECT_TIMEOUT)
+            except Exception as exc:  # whatever broke the connection: a new one
+                log.warning("database listener lost its connection", extra={"error": repr(exc)})
+            finally:
+                conn.terminate()
 
     @_observed
     async def create(
@@ -161,7 +275,7 @@ class PostgresStore:
         now = time.time()
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(
-                f"INSERT INTO resources ({_COLUMNS}) VALUES ({_marks(11)})",
+                f"INSERT INTO resources ({_COLUMNS}) VALUES ({_marks(11)}) RETURNING {_NOTIFY}",
                 resource_id,
                 kind,
                 owner,
@@ -202,7 +316,7 @@ class PostgresStore:
             last += len(events)
             await conn.execute(
                 "UPDATE resources SET status = $1, body = coalesce($2, body), last_sequence = $3,"
-                " updated_at = $4 WHERE resource_id = $5",
+                f" updated_at = $4 WHERE resource_id = $5 RETURNING {_NOTIFY}",
                 status,
                 body,
                 last,
@@ -233,7 +347,7 @@ class PostgresStore:
                 " last_sequence = $5, updated_at = $6, traceparent = coalesce($7, traceparent)"
                 " WHERE resource_id = $8 AND last_sequence = $9"
                 " AND (runner_id IS NULL OR lease_until IS NULL OR lease_until < $10)"
-                " RETURNING last_sequence",
+                f" RETURNING last_sequence, {_NOTIFY}",
                 lease.runner_id,
                 lease.until,
                 status,
@@ -441,6 +555,11 @@ async def _append(conn: asyncpg.Connection, resource_id: str, last: int, events:
         )
 
 
+def without_password(url: str) -> str:
+    """The URL as it may be shown (logs, errors): its password replaced by ***."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
 def _marks(n: int) -> str:
     return ", ".join(f"${i}" for i in range(1, n + 1))
 
@@ -458,4 +577,12 @@ def _key_row(row: asyncpg.Record) -> KeyRow:
     return KeyRow(*values)
 
 
-__all__ = ["SCHEMA_VERSION", "PostgresStore", "SchemaTooNew", "migrate"]
+__all__ = [
+    "CHANNEL",
+    "LISTENER_NAME",
+    "SCHEMA_VERSION",
+    "PostgresStore",
+    "SchemaTooNew",
+    "migrate",
+    "without_password",
+]

@@ -25,7 +25,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import aiosqlite
 
 from common.observability import metrics
-from server.storage.base import KeyRow, Lease, LeaseLost, Stored
+from server.storage.base import KeyRow, Lease, LeaseLost, OnCommit, OnGap, Stored
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS resources (
@@ -149,6 +149,12 @@ class SqliteStore:
         if self._db is not None:
             await self._db.close()
             self._db = None
+
+    async def ping(self) -> bool:
+        return self._db is not None  # a file of this process's: there while it is open
+
+    async def watch(self, on_commit: OnCommit, on_gap: OnGap) -> None:
+        """Nothing to watch: one process uses the file, and its commits reach its hub directly."""
 
     @_serialized
     async def create(
