@@ -11,7 +11,7 @@ NPMSTAMP := node_modules/.installed-stamp
 PROTODEPS := build/protodeps
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast gen check-gen lint buf-lint buf-breaking fmt bench clean
+.PHONY: help install run run-cluster test test-fast gen check-gen lint buf-lint buf-breaking fmt bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -78,6 +78,16 @@ $(NPMSTAMP): package.json package-lock.json
 # (RELAY_WINDOW_SECONDS in server/__main__.py).
 run: $(STAMP)  ## serve gRPC on 127.0.0.1:50051 and HTTP on 127.0.0.1:8080 with the local model
 	$(PY) -m server
+
+# Scale-out on one machine (README.md, Deployment): a local PostgreSQL (its data kept in CLUSTER_DIR, so a
+# restart keeps conversations and keys; `rm -rf build/cluster` or `make clean` forgets them) and Redis on
+# free loopback ports, then `python -m server --workers WORKERS` in front of them, with the user's other
+# AIBATTLE_* settings. Ctrl-C stops the server (it drains), then Redis and PostgreSQL. `make run` stays
+# one process on SQLite: scale-out is something a deployment opts into.
+CLUSTER_DIR ?= build/cluster
+WORKERS     ?= 2
+run-cluster: $(STAMP) system-deps  ## local PostgreSQL + Redis and 2 server workers on them (Ctrl-C stops it all)
+	$(PY) tools/run_cluster.py --dir $(CLUSTER_DIR) --workers $(WORKERS)
 
 gen: install  ## regenerate gen/ and the SDK's _gen/ from proto/, and its sync client from the async one
 	$(PY) tools/codegen.py

@@ -15,6 +15,7 @@ foreground process group) does not reach it: whoever started it stops it, after 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -81,8 +82,13 @@ class PostgresServer:
     def stop(self) -> None:
         """SIGTERM (a "smart" shutdown: it waits for its clients), SIGKILL after 10 s; a kept
         server gets SIGINT (a "fast" one: its clients are disconnected, its data checkpointed)."""
-        if self.process is not None:
-            _stop(self.process, signal.SIGINT if self.keep else signal.SIGTERM, 10)
+        if self.process is not None and self.process.poll() is None:
+            sig = signal.SIGINT if self.keep else signal.SIGTERM
+            # To the postmaster itself: `runuser` (when we are root) would pass on only a SIGTERM, and
+            # kill it 2 s later.
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                os.kill(int((self.directory / "data" / "postmaster.pid").read_text().split()[0]), sig)
+            _stop(self.process, sig, 10)
         self.process = None
         if not self.keep:
             shutil.rmtree(self.directory, ignore_errors=True)
