@@ -105,8 +105,9 @@ class ServerConfig(ConfigModel):
     resume_orphans: StrictBool = True
     """At start-up and in the periodic sweep, a conversation or reasoning run whose server died (its
     lease expired) is adopted and continued from its last committed step; false marks it INTERRUPTED."""
-    orphan_sweep_seconds: PositiveFloat = 10.0
-    """How often to look for such orphaned runs."""
+    orphan_sweep_seconds: PositiveFloat = 5.0
+    """How often to look for such orphaned runs: with the default lease, a dead server's runs are
+    adopted 20 to 35 s after it died (its last renewal, plus the lease, plus up to one sweep)."""
     lease_seconds: Annotated[float, Field(ge=1.0)] = 30.0
     """How long a run's lease holds unless renewed (it is renewed every third of it): how soon after
     its server dies an orphaned run is adopted by another."""

@@ -113,6 +113,11 @@ _MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX api_keys_by_age_id ON api_keys (created_at DESC, key_id DESC);
     """,
+    # 2: serves orphans(), which every replica's sweep runs every few seconds: the few runs in progress,
+    # without reading every resource ever stored.
+    """
+    CREATE INDEX resources_by_status ON resources (status, kind);
+    """,
 )
 #: The schema version this code writes and reads.
 SCHEMA_VERSION = len(_MIGRATIONS)

@@ -41,6 +41,8 @@ CREATE TABLE IF NOT EXISTS resources (
     lease_until   REAL,
     traceparent   TEXT
 );
+-- Serves orphans(), which the sweep runs every few seconds: the few runs in progress, not every row.
+CREATE INDEX IF NOT EXISTS resources_by_status ON resources (status, kind);
 -- Serves list(): its filter, its order and its keyset bound, (created_at, resource_id) < (?, ?).
 DROP INDEX IF EXISTS resources_by_owner;
 CREATE INDEX IF NOT EXISTS resources_by_owner_age
