@@ -287,7 +287,7 @@ def test_orphaned_runs_settings(tmp_path: Path) -> None:
     defaults = load_config(env={}).server
     assert (defaults.resume_orphans, defaults.orphan_sweep_seconds, defaults.lease_seconds) == (
         True,
-        10.0,
+        5.0,
         30.0,
     )
     path = write(
