@@ -6,6 +6,11 @@ replicas, so a conditional write in the store lets exactly one of them hold the 
 taken before the run starts (`Lifecycle` does it in the same transaction that records the run) and
 renewed while it works; every step it commits names its runner, so an attempt that lost its lease
 cannot write over the one that took over, and a lost lease cancels the attempt at once.
+
+The runner id is the lease's fencing token: unique to one attempt and never reused, and checked by
+every commit in the commit's own transaction (`Store.commit(runner_id=)`), so a stalled attempt that
+wakes up after another took over writes nothing. (A counting epoch would fence the same way here: the
+store keeps the holder, and a commit compares with it for equality.)
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from dataclasses import dataclass, field
 
 from server.security.context import Caller
 from server.storage import Lease, Store
+from server.storage.base import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +105,15 @@ class Runs:
             await asyncio.sleep(self.lease_seconds / 3)
             try:
                 held = await self._store.renew(run.resource_id, self.lease(run.runner_id))
+            except StoreUnavailable:
+                # The lease may still hold; the next renewal tells (a commit meanwhile stops the run).
+                log.warning(
+                    "lease not renewed: the database went away", extra={"resource_id": run.resource_id}
+                )
+                continue
             except Exception:
                 log.exception("lease renewal failed", extra={"resource_id": run.resource_id})
-                continue  # the lease may still hold; the next renewal tells
+                continue
             if not held:
                 log.warning("lease lost; the run stops", extra={"resource_id": run.resource_id})
                 run.lease_lost = True
