@@ -169,9 +169,17 @@ class GatewayHandle:
 
 
 async def start_gateway(
-    *, grpc_target: str, host: str, port: int, options: GatewayOptions | None = None
+    *,
+    grpc_target: str,
+    host: str,
+    port: int,
+    options: GatewayOptions | None = None,
+    reuse_port: bool = False,
 ) -> GatewayHandle:
-    """Serve the gateway on host:port (0 picks a free port) in front of the gRPC server at grpc_target."""
+    """Serve the gateway on host:port (0 picks a free port) in front of the gRPC server at grpc_target.
+
+    `reuse_port`: share the port with the other workers of `python -m server --workers N` (SO_REUSEPORT);
+    off, a port already taken is an error at start-up."""
     options = options or GatewayOptions()
     app = create_app(grpc_target, options)
     # handler_cancellation: a client that disconnects cancels its handler, hence its upstream call.
@@ -179,7 +187,7 @@ async def start_gateway(
         app, handler_cancellation=True, access_log=None, shutdown_timeout=options.shutdown_timeout
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
     try:
         await site.start()
     except BaseException:

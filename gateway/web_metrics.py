@@ -8,6 +8,7 @@ route templates and model ids, never a raw path or a secret.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from aiohttp import hdrs, web
@@ -20,7 +21,9 @@ METRICS_PATH = "/metrics"
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
     """Every series, in Prometheus' text format."""
-    return web.Response(body=metrics.exposition(), headers={hdrs.CONTENT_TYPE: metrics.CONTENT_TYPE})
+    # Several workers' series are read from their files: off the event loop.
+    body = await asyncio.to_thread(metrics.exposition) if metrics.MULTIPROCESS else metrics.exposition()
+    return web.Response(body=body, headers={hdrs.CONTENT_TYPE: metrics.CONTENT_TYPE})
 
 
 @dataclass(eq=False)
@@ -39,13 +42,14 @@ class MetricsHandle:
         await self.runner.cleanup()
 
 
-async def start_metrics(*, host: str, port: int) -> MetricsHandle:
-    """Serve `/metrics` alone on host:port (0 picks a free port); any other path is a 404."""
+async def start_metrics(*, host: str, port: int, reuse_port: bool = False) -> MetricsHandle:
+    """Serve `/metrics` alone on host:port (0 picks a free port); any other path is a 404. `reuse_port`:
+    share the port with the other workers of `--workers N` (each answers with every worker's series)."""
     app = web.Application()
     app.router.add_get(METRICS_PATH, metrics_endpoint)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
     try:
         await site.start()
     except BaseException:

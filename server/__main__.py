@@ -4,6 +4,9 @@ Shutdown: the first signal turns health NOT_SERVING, stops accepting calls and g
 in-flight ones `shutdown_grace_seconds` to finish before cancelling them, then exits 0.
 A second signal exits at once (1), except the same signal again within RELAY_WINDOW_SECONDS: that is
 the first one relayed, not a second request.
+
+`--workers N` (or `[server] workers`) runs N such processes on the same ports, under a supervisor that
+serves nothing itself (server/workers.py).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 
 from common.addresses import parse_host_port
 from common.observability import metrics, tracing
@@ -23,6 +27,7 @@ from server.app import AIBattleServer
 from server.config import Config, ConfigError, load_config
 from server.providers.registry import ProviderStartError
 from server.storage.base import SchemaTooNew
+from server.workers import as_worker, die_with_supervisor, supervise, worker_index
 
 log = logging.getLogger("aibattle")
 
@@ -35,10 +40,12 @@ RELAY_WINDOW_SECONDS = 1.0
 
 
 class ShutdownSignals:
-    """Counts shutdown signals: the first sets `stopping`, a second one exits at once."""
+    """Counts shutdown signals: the first sets `stopping`, a second one exits at once (`exit_now`: the
+    workers' supervisor kills its workers first)."""
 
-    def __init__(self, stopping: asyncio.Event) -> None:
+    def __init__(self, stopping: asyncio.Event, exit_now: Callable[[], None] | None = None) -> None:
         self._stopping = stopping
+        self._exit_now = exit_now
         self._first: tuple[int, float] | None = None
 
     def __call__(self, signum: int) -> None:
@@ -57,11 +64,14 @@ class ShutdownSignals:
             )
             return
         log.warning("second signal: exiting now", extra={"signal": name})
+        if self._exit_now is not None:
+            self._exit_now()
         os._exit(1)
 
 
-async def serve(config: Config) -> int:
-    server = AIBattleServer(config)
+async def serve(config: Config, *, reuse_port: bool = False) -> int:
+    """`reuse_port`: one of several workers sharing the ports (server/workers.py)."""
+    server = AIBattleServer(config, reuse_port=reuse_port)
     await server.start()
     gateway = None
     metrics_listener = None
@@ -72,12 +82,14 @@ async def serve(config: Config) -> int:
         host, port = parse_host_port(settings.http_addr)
         # /metrics on the gateway's port, unless metrics_addr gives it a listener of its own.
         options = GatewayOptions.from_settings(config.gateway, metrics_route=not settings.metrics_addr)
-        gateway = await start_gateway(grpc_target=server.grpc_target, host=host, port=port, options=options)
+        gateway = await start_gateway(
+            grpc_target=server.grpc_target, host=host, port=port, options=options, reuse_port=reuse_port
+        )
     if settings.metrics and settings.metrics_addr:
         from gateway import start_metrics
 
         host, port = parse_host_port(settings.metrics_addr)
-        metrics_listener = await start_metrics(host=host, port=port)
+        metrics_listener = await start_metrics(host=host, port=port, reuse_port=reuse_port)
     print(
         f"AI Battle serving gRPC on {server.grpc_target}"
         + (f", HTTP on {gateway.url}" if gateway else "")
@@ -109,17 +121,33 @@ async def serve(config: Config) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="aibattle-server", description="AI Battle gRPC server")
     parser.add_argument("--config", help="TOML configuration file (default: $AIBATTLE_CONFIG)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="processes serving the same ports and database (default: [server] workers, 1); 0: one per"
+        " core; more than one needs a postgresql:// database",
+    )
     args = parser.parse_args()
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, workers=args.workers)
     except ConfigError as exc:
         for line in exc.lines:
             print(f"aibattle: configuration error: {line}", file=sys.stderr)
         sys.exit(2)
     logs.configure(config.server.log_level)
+    worker = worker_index()
+    if worker is None and config.server.worker_count > 1:
+        # The supervisor serves nothing itself: its workers do, each a `python -m server` of its own.
+        sys.exit(
+            supervise(config, argv=["--config", args.config] if args.config else [], signals=ShutdownSignals)
+        )
+    if worker is not None:
+        die_with_supervisor()
+        config = as_worker(config)
     observe(config)
     try:
-        sys.exit(asyncio.run(serve(config)))
+        sys.exit(asyncio.run(serve(config, reuse_port=worker is not None)))
     except (ProviderStartError, ConfigError, SchemaTooNew, OSError) as exc:
         log.error("cannot start: %s", exc)
         print(f"aibattle: cannot start: {exc}", file=sys.stderr)

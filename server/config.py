@@ -1,9 +1,10 @@
 """Configuration: a TOML file (AIBATTLE_CONFIG) overlaid by environment variables, checked by one schema.
 
 Precedence, lowest first: built-in defaults, the TOML file, the environment (AIBATTLE_GRPC_ADDR,
-AIBATTLE_HTTP_ADDR, AIBATTLE_DB, AIBATTLE_LOG_LEVEL, AIBATTLE_ADMIN_KEY). With no `[[models]]` in the
-file, the embedded local model is configured, so `make run` serves real text on a fresh machine. Every
-problem is reported at once, one line each, naming the file (or variable) and the key path.
+AIBATTLE_HTTP_ADDR, AIBATTLE_DB, AIBATTLE_LOG_LEVEL, AIBATTLE_REDIS_URL, AIBATTLE_WORKERS,
+AIBATTLE_ADMIN_KEY), the command line (`--workers`). With no `[[models]]` in the file, the embedded
+local model is configured, so `make run` serves real text on a fresh machine. Every problem is reported
+at once, one line each, naming the file (or variable, or flag) and the key path.
 
 The top of the server: this composes the server's own tables (server/settings.py, where each key is
 documented) with the in-process gateway's (`[gateway]`, gateway/options.py), so neither imports the
@@ -199,11 +200,27 @@ ENV_OVERRIDES = {
     "AIBATTLE_DB": "database",
     "AIBATTLE_LOG_LEVEL": "log_level",
     "AIBATTLE_REDIS_URL": "redis_url",
+    "AIBATTLE_WORKERS": "workers",
 }
+#: The overrides of a key that is not a string: the variable's text as that key's type. Text that is not
+#: one stays text, so the schema reports it against the variable.
+ENV_INTEGERS = frozenset({"workers"})
 
 
-def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
-    """Read the TOML file (path, else AIBATTLE_CONFIG, else none) and apply environment overrides."""
+def _from_env(key: str, text: str) -> str | int:
+    if key in ENV_INTEGERS and text.strip().lstrip("+-").isdigit():
+        return int(text)
+    return text
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    workers: int | None = None,
+) -> Config:
+    """Read the TOML file (path, else AIBATTLE_CONFIG, else none) and apply environment overrides, then
+    the command line's (`workers`: `--workers N`)."""
     env = os.environ if env is None else env
     path = path or env.get("AIBATTLE_CONFIG") or None
     data: dict[str, Any] = {} if path is None else read_toml(path)
@@ -216,8 +233,11 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
     if isinstance(server, dict):  # else the schema reports `server` itself
         for var, key in ENV_OVERRIDES.items():
             if var in env:
-                server = {**server, key: env[var]}
+                server = {**server, key: _from_env(key, env[var])}
                 names["server", key] = var
+        if workers is not None:
+            server = {**server, "workers": workers}
+            names["server", "workers"] = "--workers"
         data["server"] = server
     source = "config" if path is None else f"config file {path}"
     # The environment reaches the check of api_key_env: a variable it names must be set.

@@ -7,6 +7,7 @@ docstring below.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Annotated, Any, Literal, Self, get_args
 
@@ -118,9 +119,38 @@ class ServerConfig(ConfigModel):
     serves it there instead, on a listener of its own (and not on the gateway's)."""
     metrics_key_label: StrictBool = False
     """Also count requests and cost by API key id (`aibattle_key_*`): one series per key, so opt-in."""
+    workers: NonNegativeInt = 1
+    """How many processes serve, sharing the gRPC and HTTP ports (SO_REUSEPORT) and the database; 0: one
+    per core. More than one needs a `postgresql://` database (`python -m server --workers N` overrides)."""
     redis_url: StrictStr = ""
     """Where the per-key limits live: empty, in this process (exact for one replica); a `redis://` (or
     `rediss://`, `unix://`) URL, in that Redis, shared by every replica that names it."""
+
+    @property
+    def worker_count(self) -> int:
+        """How many processes serve: `workers`, 0 being one per core."""
+        return self.workers or os.cpu_count() or 1
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _workers_share_a_database(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Self:
+        """Several workers need PostgreSQL: checked on the table as given, with its other problems."""
+        problems: list[Problem] = []
+        workers = value_of(data, "workers", 1)
+        database = value_of(data, "database", "aibattle.db")
+        count = (workers or os.cpu_count() or 1) if isinstance(workers, int) else 1
+        if count > 1 and isinstance(database, str) and not is_postgres_url(database):
+            problems.append(
+                (
+                    ("workers",),
+                    "workers",
+                    f"{count} workers need a postgresql:// database, not an SQLite file: processes sharing"
+                    " SQLite could not wake a conversation's followers in another process nor share the"
+                    " per-key limits (or run 1 worker)",
+                )
+            )
+        config: Self = validate_with(handler, data, problems)
+        return config
 
     @field_validator("redis_url")
     @classmethod

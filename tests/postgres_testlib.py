@@ -12,6 +12,7 @@ take `postgres_url` (a new, empty database's URL) as an argument; `postgres_serv
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import uuid
@@ -68,3 +69,19 @@ async def postgres_url(postgres_server: PostgresServer) -> AsyncIterator[str]:
     """A new, empty database for this test (dropped after it)."""
     async with fresh_database(postgres_server) as url:
         yield url
+
+
+@contextlib.contextmanager
+def database_of(server: PostgresServer) -> Iterator[str]:
+    """`fresh_database` for a synchronous fixture of any scope (a server process's, say): its own event
+    loop, kept for the drop."""
+    loop = asyncio.new_event_loop()
+    database = fresh_database(server)
+    try:
+        url = loop.run_until_complete(database.__aenter__())
+        try:
+            yield url
+        finally:
+            loop.run_until_complete(database.__aexit__(None, None, None))
+    finally:
+        loop.close()

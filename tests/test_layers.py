@@ -19,7 +19,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: Top to bottom. A module belongs to the first layer one of whose prefixes it starts with.
 SERVER_LAYERS: tuple[tuple[str, ...], ...] = (
-    ("server.__main__", "server.app", "server.config"),  # composition: the process, the config file
+    (
+        "server.__main__",
+        "server.app",
+        "server.config",
+        "server.workers",
+    ),  # composition: the process, the config file
     ("server.services", "server.interceptors", "server.reflection"),  # the gRPC API's edge
     ("server.orchestration",),  # conversations and reasoning sessions: durable runs of model calls
     ("server.security",),  # callers, keys, limits, metering around model calls

@@ -4,6 +4,12 @@ Labels are bounded: a route is its template (`/v1/conversations/{conversation_id
 a model is a configured id; a key's id appears only in the opt-in `aibattle_key_*` series (never its
 secret). Scraped at `/metrics` (`exposition`).
 
+Several workers (`python -m server --workers N`) share one scrape: their supervisor gives each the same
+PROMETHEUS_MULTIPROC_DIR, which prometheus_client reads when a metric is created (at this module's
+import), so each worker's values live in files there and any worker's `/metrics` adds them all up
+(`MULTIPROCESS`). A gauge says how it adds up (`multiprocess_mode`): the live workers' sum (their most,
+for a cooldown). Without that variable, one process: its own `REGISTRY`.
+
 `error_type` is a closed vocabulary, by fault:
 
 * `caller_*`: the request was wrong or not allowed (invalid, not found, unauthenticated, ...);
@@ -14,14 +20,18 @@ secret). Scraped at `/metrics` (`exposition`).
 
 from __future__ import annotations
 
+import os
+
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from common import errors
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+"""Whether this process is one of several workers whose series `exposition` adds up."""
 
 enabled = True
 """Whether anything is recorded ([server].metrics): instrumented code checks it before it records, so
@@ -69,15 +79,25 @@ REQUEST_OVERHEAD = Histogram(
     registry=REGISTRY,
 )
 IN_FLIGHT = Gauge(
-    "aibattle_requests_in_flight", "Requests being served, by surface.", ["surface"], registry=REGISTRY
+    "aibattle_requests_in_flight",
+    "Requests being served, by surface.",
+    ["surface"],
+    multiprocess_mode="livesum",
+    registry=REGISTRY,
 )
 OPEN_STREAMS = Gauge(
     "aibattle_open_streams",
     "Response streams open, by transport (grpc, sse, ndjson, websocket).",
     ["transport"],
+    multiprocess_mode="livesum",
     registry=REGISTRY,
 )
-WEBSOCKETS = Gauge("aibattle_websocket_connections", "WebSocket connections open.", registry=REGISTRY)
+WEBSOCKETS = Gauge(
+    "aibattle_websocket_connections",
+    "WebSocket connections open.",
+    multiprocess_mode="livesum",
+    registry=REGISTRY,
+)
 
 # --- model calls -----------------------------------------------------------------------------------
 MODEL_CALLS = Counter(
@@ -136,6 +156,7 @@ COOLDOWN = Gauge(
     "aibattle_upstream_cooldown",
     "1 while an upstream (provider and host) is skipped after failures in a row, else 0.",
     ["provider", "upstream"],
+    multiprocess_mode="livemax",
     registry=REGISTRY,
 )
 LIMIT_REFUSALS = Counter(
@@ -150,6 +171,7 @@ RUNS_IN_PROGRESS = Gauge(
     "aibattle_runs_in_progress",
     "Runs going on in this process, by kind (conversation, reasoning).",
     ["kind"],
+    multiprocess_mode="livesum",
     registry=REGISTRY,
 )
 RUNS = Counter(
@@ -206,7 +228,12 @@ KEY_COST = Counter(
 
 
 def exposition() -> bytes:
-    """The registry in Prometheus' text format (`CONTENT_TYPE`)."""
+    """The registry in Prometheus' text format (`CONTENT_TYPE`); with several workers, every worker's
+    series added up (read from their files: call it off the event loop)."""
+    if MULTIPROCESS:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
     return generate_latest(REGISTRY)
 
 

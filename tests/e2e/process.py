@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -62,16 +64,26 @@ class Output:
 
 @contextmanager
 def started(
-    argv: list[str], env: dict[str, str] | None = None
+    argv: list[str], env: dict[str, str] | None = None, *, group: bool = False
 ) -> Iterator[tuple[subprocess.Popen[str], Output]]:
-    """A child process with its output read in the background; killed and reaped on exit."""
+    """A child process with its output read in the background; killed and reaped on exit. `group`: in a
+    process group of its own (its pid), all of which is killed on exit (a supervisor and its workers)."""
     proc = subprocess.Popen(
-        argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        argv,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=group,
     )
     output = Output(proc)
     try:
         yield proc, output
     finally:
+        if group:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
         if proc.poll() is None:
             proc.kill()
         proc.wait(timeout=10)
@@ -114,12 +126,14 @@ def server_process(
     *,
     startup_deadline: float = STARTUP_DEADLINE,
     outputs: list[Output] | None = None,
+    workers: int | None = None,
     **env: str,
 ) -> Iterator[Running]:
     """Start the server with this config (gRPC on a free port; no HTTP unless env sets
     AIBATTLE_HTTP_ADDR); yield it once it prints its banner, or fail after `startup_deadline`
     seconds with its output; kill it on exit if still running. `outputs` receives its Output (to read
-    its logs on stderr)."""
+    its logs on stderr). `workers`: `--workers N` (the database must then be PostgreSQL: AIBATTLE_DB), in
+    a process group of its own, all killed on exit."""
     config = tmp_path / "aibattle.toml"
     config.write_text(config_toml)
     environment = {
@@ -130,7 +144,8 @@ def server_process(
         "AIBATTLE_DB": str(tmp_path / "aibattle.db"),
         **env,
     }
-    with started([sys.executable, "-m", "server"], environment) as (proc, output):
+    argv = [sys.executable, "-m", "server", *(["--workers", str(workers)] if workers is not None else [])]
+    with started(argv, environment, group=workers is not None) as (proc, output):
         if outputs is not None:
             outputs.append(output)
         banner = wait_for_line(proc, output, BANNER, startup_deadline)
