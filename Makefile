@@ -127,6 +127,7 @@ bench: install  ## benchmarks: print figures, assert nothing
 	$(PY) bench/gateway_overhead.py
 	$(PY) bench/observability_overhead.py
 	$(PY) bench/vs_litellm.py
+	$(PY) bench/scale_out.py
 
 clean:  ## remove build outputs and caches (keeps .venv and node_modules)
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache
