@@ -14,7 +14,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, NamedTuple
+from typing import IO, Any, NamedTuple
+
+import pytest
+
+from tests.postgres_testlib import database_of
 
 ROOT = Path(__file__).resolve().parents[2]
 BANNER = re.compile(r"serving gRPC on (\S+?)[,;]")
@@ -151,3 +155,26 @@ def server_process(
         banner = wait_for_line(proc, output, BANNER, startup_deadline)
         http = HTTP_BANNER.search(banner.string)
         yield Running(proc, banner.group(1), http.group(1) if http else "")
+
+
+SETUPS = ("one process", "2 workers")
+"""The ways `served` runs the server: the e2e tests that take them pass against either."""
+
+
+@contextmanager
+def served(
+    setup: str, request: pytest.FixtureRequest, config_toml: str, tmp_path: Path, **kwargs: Any
+) -> Iterator[Running]:
+    """`server_process(config_toml, tmp_path, **kwargs)` as one process, or as `--workers 2` on a fresh
+    PostgreSQL database of the session's server (the test module imports the `postgres_server` fixture)."""
+    if setup == "one process":
+        with server_process(config_toml, tmp_path, **kwargs) as running:
+            yield running
+        return
+    assert setup == "2 workers", setup
+    postgres = request.getfixturevalue("postgres_server")
+    with (
+        database_of(postgres) as url,
+        server_process(config_toml, tmp_path, workers=2, AIBATTLE_DB=url, **kwargs) as running,
+    ):
+        yield running

@@ -8,17 +8,22 @@ import subprocess
 from pathlib import Path
 
 import google.api.annotations_pb2
+import pytest
 from google.rpc import error_details_pb2, status_pb2
 
-from tests.e2e.process import ROOT, server_process
+from tests.e2e.process import ROOT, SETUPS, served
+from tests.postgres_testlib import postgres_server
+
+__all__ = ["postgres_server"]  # a fixture: `served` runs 2 workers on it
 
 CONFIG = '[[models]]\nid = "echo"\nprovider = "scripted"\nscript = ["Hello from Python."]\n'
 CLIENT = Path(__file__).with_name("grpc_js_client.mjs")
 
 
-def test_grpc_js_client(tmp_path: Path) -> None:
+@pytest.mark.parametrize("setup", SETUPS)
+def test_grpc_js_client(setup: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
     googleapis_root = Path(google.api.annotations_pb2.__file__).parents[2]
-    with server_process(CONFIG, tmp_path) as (_, target, _):
+    with served(setup, request, CONFIG, tmp_path) as (_, target, _):
         result = subprocess.run(
             ["node", str(CLIENT), target, str(ROOT / "proto"), str(googleapis_root)],
             cwd=ROOT,

@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.process import server_process
+from tests.e2e.process import SETUPS, served
+from tests.postgres_testlib import postgres_server
+
+__all__ = ["postgres_server"]  # a fixture: `served` runs 2 workers on it
 
 GRPCURL = Path(sys.executable).parent / "grpcurl"
 CONFIG = """
@@ -22,9 +25,9 @@ script = ["Hello from a scripted model."]
 """
 
 
-@pytest.fixture(scope="module")
-def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with server_process(CONFIG, tmp_path_factory.mktemp("grpcurl")) as (_, grpc_target, _):
+@pytest.fixture(scope="module", params=SETUPS)
+def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with served(request.param, request, CONFIG, tmp_path_factory.mktemp("grpcurl")) as (_, grpc_target, _):
         yield grpc_target
 
 

@@ -14,11 +14,14 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.process import ROOT, Output, server_process
+from tests.e2e.process import ROOT, SETUPS, Output, served
+from tests.postgres_testlib import postgres_server
 from tests.security_testlib import SECRETS
 
 SCRIPTED = '[[models]]\nid = "echo"\nprovider = "scripted"\nscript = ["hi there"]\n'
 ADMIN = "e2e-admin-key-fedcba9876543210"
+
+__all__ = ["postgres_server"]  # a fixture: `served` runs 2 workers on it
 
 
 @pytest.mark.parametrize(
@@ -67,10 +70,15 @@ def _http(method: str, url: str, body: Any = None, key: str | None = None) -> tu
         return error.code, json.loads(error.read() or b"{}")
 
 
-def test_with_an_admin_key_it_listens_anywhere_requires_keys_and_logs_no_secret(tmp_path: Path) -> None:
+@pytest.mark.parametrize("setup", SETUPS)
+def test_with_an_admin_key_it_listens_anywhere_requires_keys_and_logs_no_secret(
+    setup: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
     SECRETS.add(ADMIN)
     outputs: list[Output] = []
-    with server_process(
+    with served(
+        setup,
+        request,
         SCRIPTED,
         tmp_path,
         AIBATTLE_ADMIN_KEY=ADMIN,
