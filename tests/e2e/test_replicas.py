@@ -324,36 +324,77 @@ Event = tuple[int, str]
 """(sequence, type name) of one event."""
 
 
-async def grpc_log(client: Client, rid: str, secret: str, after: int = 0) -> list[Event]:
-    """A session's events over gRPC, until the stream ends by itself (after the terminal event)."""
-    call = client.reasoning.StreamReasoningEvents(
-        reasoning_pb2.StreamReasoningEventsRequest(reasoning_id=rid, after_sequence=after),
-        metadata=bearer(secret),
-        timeout=HANG,
-    )
-    return [(r.event.sequence, T.Name(r.event.type)) async for r in call]
+class StreamBroken(Exception):
+    """An event stream that ended in an error (UNAVAILABLE, an SSE `event: error` frame, a 503)."""
 
 
-async def sse_log(client: Client, rid: str, secret: str) -> list[Event]:
-    """A session's events over SSE, until the stream ends by itself; each event's id is its sequence."""
-    headers = {"Accept": "text/event-stream", **http_bearer(secret)}
-    url = client.url(f"/api/v1/collaborative-reasoning/{rid}/events")
+async def grpc_log(client: Client, rid: str, secret: str, *, reconnect: bool = False) -> list[Event]:
+    """A session's events over gRPC, until the stream ends by itself (after the terminal event).
+    `reconnect`: after an UNAVAILABLE, follow again from the last sequence seen, as a client would."""
     seen: list[Event] = []
+    deadline = time.monotonic() + HANG
+    while True:
+        call = client.reasoning.StreamReasoningEvents(
+            reasoning_pb2.StreamReasoningEventsRequest(
+                reasoning_id=rid, after_sequence=seen[-1][0] if seen else 0
+            ),
+            metadata=bearer(secret),
+            timeout=HANG,
+        )
+        try:
+            async for response in call:
+                seen.append((response.event.sequence, T.Name(response.event.type)))
+            return seen
+        except grpc.aio.AioRpcError as exc:
+            if not reconnect or exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.2)
+
+
+async def sse_log(client: Client, rid: str, secret: str, *, reconnect: bool = False) -> list[Event]:
+    """A session's events over SSE, until the stream ends by itself; each event's id is its sequence.
+    `reconnect`: after an error, follow again with the last id seen as Last-Event-ID (an EventSource's
+    way)."""
+    seen: list[Event] = []
+    deadline = time.monotonic() + HANG
+    while True:
+        try:
+            await _sse_into(seen, client, rid, secret)
+            return seen
+        except (StreamBroken, aiohttp.ClientError):
+            if not reconnect or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.2)
+
+
+async def _sse_into(seen: list[Event], client: Client, rid: str, secret: str) -> None:
+    headers = {"Accept": "text/event-stream", **http_bearer(secret)}
+    if seen:
+        headers["Last-Event-ID"] = str(seen[-1][0])
+    url = client.url(f"/api/v1/collaborative-reasoning/{rid}/events")
     async with client.http.get(url, headers=headers) as response:
+        if response.status == 204:  # nothing left to send: the stream had reached the end
+            return
+        if response.status == 503:
+            raise StreamBroken(await response.text())
         assert response.status == 200, await response.text()
-        ident, data = "", []
+        ident, name, data = "", "", []
         async for raw in response.content:
             line = raw.decode().rstrip("\r\n")
             if line.startswith("id:"):
                 ident = line[3:].strip()
+            elif line.startswith("event:"):
+                name = line[6:].strip()
             elif line.startswith("data:"):
                 data.append(line[5:].strip())
             elif not line and data:
-                event = json.loads("\n".join(data))["result"]["event"]
+                frame = json.loads("\n".join(data))
+                if name == "error":
+                    raise StreamBroken(frame)
+                event = frame["result"]["event"]
                 assert ident == event["sequence"], (ident, event)
                 seen.append((int(event["sequence"]), event["type"]))
-                ident, data = "", []
-    return seen
+                ident, name, data = "", "", []
 
 
 async def prefix_of_log(
@@ -657,6 +698,12 @@ async def test_a_postgresql_restart_mid_run_loses_nothing(cluster: Cluster, clie
         metadata=bearer(secret),
     )
     rid = created.reasoning.reasoning_id
+    # Watchers that reconnect from where they were when their stream fails, as clients do.
+    watchers = asyncio.gather(
+        sse_log(b, rid, secret, reconnect=True),
+        grpc_log(c, rid, secret, reconnect=True),
+        return_exceptions=True,
+    )
 
     async def two_iterations() -> bool:
         return len((await get_session(b, rid, secret)).iterations) >= 2
@@ -676,6 +723,19 @@ async def test_a_postgresql_restart_mid_run_loses_nothing(cluster: Cluster, clie
                     f"{client.replica.name}: with PostgreSQL down, /readyz and health stayed"
                     f" {await _readiness(client)} for 10 s (expected 503 and NOT_SERVING)"
                 )
+        # What a call that needs the database answers meanwhile (README, Errors): retry shortly.
+        try:
+            await get_session(b, rid, secret)
+            problems.append("B answered GetReasoning with PostgreSQL down")
+        except grpc.aio.AioRpcError as exc:
+            got = (exc.code(), error_info(exc).reason, _retry_delay(exc))
+            if got != (grpc.StatusCode.UNAVAILABLE, "STORE_UNAVAILABLE", 1.0):
+                problems.append(f"B's GetReasoning with PostgreSQL down: {got} {exc.details()}")
+        url = c.url(f"/api/v1/collaborative-reasoning/{rid}")
+        async with c.http.get(url, headers=http_bearer(secret)) as response:
+            body = await response.text()
+            if response.status != 503 or '"STORE_UNAVAILABLE"' not in body:
+                problems.append(f"C's GET of the session with PostgreSQL down: {response.status} {body}")
         # Down for longer than a lease: the runner cannot renew it, a sweep may find it expired.
         await asyncio.sleep(LEASE_SECONDS + SWEEP_SECONDS)
     finally:
@@ -694,6 +754,7 @@ async def test_a_postgresql_restart_mid_run_loses_nothing(cluster: Cluster, clie
 
     done = await _until_or_none(rested, 30)
     if done is None:
+        watchers.cancel()
         last = await get_session(c, rid, secret)
         problems.append(
             f"the session is still IN_PROGRESS 30 s after PostgreSQL came back"
@@ -710,6 +771,11 @@ async def test_a_postgresql_restart_mid_run_loses_nothing(cluster: Cluster, clie
             problems.append("iterations committed before PostgreSQL stopped changed or were lost")
         if not dense(stored):
             problems.append(f"the log is not dense: {[s for s, _ in stored]}")
+        for surface, seen in zip(
+            ("SSE on B", "gRPC on C"), await asyncio.wait_for(watchers, HANG), strict=True
+        ):
+            if seen != stored:
+                problems.append(f"the watcher over {surface} saw {seen!r}, the log is {stored!r}")
     assert not problems, "\n".join(problems) + "\n" + cluster.logs()
 
 
@@ -736,22 +802,29 @@ async def test_redis_down_fails_limited_keys_closed_and_the_service_recovers(
     cluster: Cluster, clients: list[Client]
 ) -> None:
     _, limited = await make_key(clients[0], name="limited", rpm=1000)
+    _, budgeted = await make_key(clients[0], name="budgeted", budget_usd=1.0)  # a model call needs Redis
     _, unlimited = await make_key(clients[0], name="unlimited")
+    completion = completions_pb2.CreateCompletionRequest(model="priced", prompt="go", max_tokens=4)
     for client in clients:
         await client.models.ListModels(models_pb2.ListModelsRequest(), metadata=bearer(limited))
+        await client.completions.CreateCompletion(completion, metadata=bearer(budgeted))
     cluster.redis.stop()
     try:
         for client in clients:
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await client.models.ListModels(
+            for call in (
+                client.models.ListModels(
                     models_pb2.ListModelsRequest(), metadata=bearer(limited), timeout=HANG
-                )
-            error = caught.value
-            assert (error.code(), error_info(error).reason, _retry_delay(error)) == (
-                grpc.StatusCode.UNAVAILABLE,
-                "LIMITS_UNAVAILABLE",
-                1.0,
-            ), client.replica.name
+                ),
+                client.completions.CreateCompletion(completion, metadata=bearer(budgeted), timeout=HANG),
+            ):
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await call
+                error = caught.value
+                assert (error.code(), error_info(error).reason, _retry_delay(error)) == (
+                    grpc.StatusCode.UNAVAILABLE,
+                    "LIMITS_UNAVAILABLE",
+                    1.0,
+                ), client.replica.name
             async with client.http.get(
                 client.url("/api/v1/models"), headers=http_bearer(limited)
             ) as response:
@@ -760,7 +833,13 @@ async def test_redis_down_fails_limited_keys_closed_and_the_service_recovers(
                 assert response.headers.get("Retry-After") == "1"
             # Keys without limits and the admin key do not need Redis.
             await client.models.ListModels(models_pb2.ListModelsRequest(), metadata=bearer(unlimited))
+            await client.completions.CreateCompletion(completion, metadata=bearer(unlimited))
             await client.models.ListModels(models_pb2.ListModelsRequest(), metadata=ADMIN)
+        # Readiness follows the limits' Redis too (server/app.py): NOT_SERVING while it is away.
+        for client in clients:
+            await until(
+                functools.partial(_not_ready, client), 10, f"{client.replica.name} not ready", cluster.logs
+            )
     finally:
         cluster.redis = start_redis(port=cluster.redis.port)  # a new, empty Redis on the same port
 
@@ -773,8 +852,10 @@ async def test_redis_down_fails_limited_keys_closed_and_the_service_recovers(
             return True
 
         await until(served, 10, f"{client.replica.name} serving the limited key again", cluster.logs)
+        await client.completions.CreateCompletion(completion, metadata=bearer(budgeted))
         async with client.http.get(client.url("/api/v1/models"), headers=http_bearer(limited)) as response:
             assert response.status == 200
+        await until(functools.partial(_ready, client), 20, f"{client.replica.name} ready again", cluster.logs)
 
 
 # ---- last: the replicas' own logs
