@@ -27,7 +27,7 @@ from server.app import AIBattleServer
 from server.config import Config, ConfigError, load_config
 from server.providers.registry import ProviderStartError
 from server.storage.base import SchemaTooNew
-from server.workers import as_worker, die_with_supervisor, supervise, worker_index
+from server.workers import as_worker, die_with_supervisor, supervise, tag_logs, worker_index
 
 log = logging.getLogger("aibattle")
 
@@ -143,6 +143,7 @@ def main() -> None:
             supervise(config, argv=["--config", args.config] if args.config else [], signals=ShutdownSignals)
         )
     if worker is not None:
+        tag_logs(worker)
         die_with_supervisor()
         config = as_worker(config)
     observe(config)

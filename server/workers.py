@@ -78,6 +78,17 @@ def as_worker(config: Config) -> Config:
     return config.model_copy(update={"server": config.server.model_copy(update={"metrics_addr": addr})})
 
 
+def tag_logs(index: int) -> None:
+    """Every log line of this worker names it (`worker`): the workers share one stderr."""
+
+    def tag(record: logging.LogRecord) -> bool:
+        record.worker = index
+        return True
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(tag)
+
+
 def die_with_supervisor() -> None:
     """SIGTERM (a drain) for this worker when its supervisor dies, however it dies: prctl on Linux,
     elsewhere a thread that watches the parent pid."""
@@ -103,6 +114,9 @@ def supervise(config: Config, *, argv: list[str], signals: SignalsFactory) -> in
     the exit code."""
     settings = config.server
     count = settings.worker_count
+    if not hasattr(socket, "SO_REUSEPORT"):
+        print("aibattle: cannot start: several workers need SO_REUSEPORT (Linux, BSD)", file=sys.stderr)
+        return 1
     reserved: list[socket.socket] = []
     env = {**os.environ, SUPERVISOR_PID: str(os.getpid())}
     own_metrics_dir: str | None = None
@@ -205,6 +219,7 @@ class _Supervisor:
     async def _keep(self, index: int, banner: asyncio.Future[str]) -> int:
         """Worker `index`, started again whenever it dies, until the supervisor stops; its last exit code."""
         backoff = BACKOFF_SECONDS[0]
+        first = True
         while True:
             began = time.monotonic()
             proc = await asyncio.create_subprocess_exec(
@@ -219,17 +234,20 @@ class _Supervisor:
             if self.stopping.is_set():  # a signal came while it was being started
                 proc.send_signal(signal.SIGTERM)
             line = await self._banner_of(proc)
-            if line is not None and not banner.done():
-                banner.set_result(line)
+            if line is not None and first:
+                if not banner.done():  # else cancelled: a signal came during start-up
+                    banner.set_result(line)
             elif line is not None:
                 log.info("worker restarted", extra={"worker": index, "pid": proc.pid})
             await self._relay(proc)
             code = await proc.wait()
             self._dead(proc.pid)
-            if not banner.done():
-                banner.set_exception(_StartFailed(f"worker {index} exited with {code} before serving"))
-                banner.exception()  # retrieved: the gather reports it, or it is moot after a signal
+            if first and line is None:
+                if not banner.done():
+                    banner.set_exception(_StartFailed(f"worker {index} exited with {code} before serving"))
+                    banner.exception()  # retrieved: the gather reports it, or it is moot after a signal
                 return code
+            first = False
             if self.stopping.is_set():
                 return code
             if time.monotonic() - began > HEALTHY_SECONDS:

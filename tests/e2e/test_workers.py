@@ -41,7 +41,7 @@ from aibattle.v1 import (
     models_pb2,
     models_pb2_grpc,
 )
-from tests.e2e.process import BANNER, HTTP_BANNER, STARTUP_DEADLINE, Running, started, wait_for_line
+from tests.e2e.process import BANNER, HTTP_BANNER, STARTUP_DEADLINE, Output, Running, started, wait_for_line
 from tests.postgres_testlib import PostgresServer, database_of, postgres_server
 
 __all__ = ["postgres_server"]  # a fixture, imported for the tests below
@@ -68,6 +68,7 @@ class Cluster(NamedTuple):
     server: Running
     metrics_dir: Path
     banner: str
+    output: Output
 
 
 def fresh_channel(target: str) -> grpc.Channel:
@@ -148,7 +149,9 @@ def workers_server(
             banner = wait_for_line(proc, output, BANNER, STARTUP_DEADLINE)
             http = HTTP_BANNER.search(banner.string)
             assert http is not None
-            yield Cluster(Running(proc, banner.group(1), http.group(1)), metrics_dir, banner.string.strip())
+            yield Cluster(
+                Running(proc, banner.group(1), http.group(1)), metrics_dir, banner.string.strip(), output
+            )
 
 
 @pytest.fixture(scope="module")
@@ -352,6 +355,12 @@ def test_a_killed_worker_is_replaced_and_the_port_keeps_serving(
             return requests_by_worker(running.metrics_dir, LIST_MODELS).get(replacement, 0) > 0
 
         assert eventually(the_replacement_serves)
+        logged = [json.loads(line) for line in running.output.stderr().splitlines() if line.startswith("{")]
+        died = [e for e in logged if e["msg"] == "worker died: starting it again"]
+        assert [(e["level"], e["pid"], e["exit_code"]) for e in died] == [("warning", victim, -9)]
+        # Each worker's lines name it: the two share one stderr.
+        serving = [e.get("worker") for e in logged if e["msg"] == "grpc serving"]
+        assert sorted(serving) == sorted([0, 1, died[0]["worker"]])
 
 
 def test_no_worker_outlives_a_sigkilled_supervisor(postgres_server: PostgresServer, tmp_path: Path) -> None:
