@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -401,3 +402,20 @@ def test_a_worker_that_cannot_start_stops_them_all(postgres_server: PostgresServ
     assert result.returncode == 1
     assert "aibattle: cannot start:" in result.stderr
     assert "serving gRPC" not in result.stdout
+
+
+def test_a_metrics_listener_of_port_0_is_one_port_for_every_worker(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    config = '[server]\nmetrics_addr = "127.0.0.1:0"\n' + CONFIG
+    with workers_server(postgres_server, tmp_path, config=config) as running:
+        found = re.search(r"metrics on (http://\S+?/metrics)[,;]", running.banner)
+        assert found is not None, running.banner
+        for _ in range(20):
+            list_models(running.server.grpc_target)
+        by_worker = requests_by_worker(running.metrics_dir, LIST_MODELS)
+        assert sum(n > 0 for n in by_worker.values()) == 2, by_worker
+        for _ in range(4):  # each scrape on a connection of its own, whichever worker answers it
+            with urllib.request.urlopen(found.group(1), timeout=10) as resp:
+                text = resp.read().decode()
+            assert f'route="{LIST_MODELS}",status="OK",surface="grpc"}} 20.0' in text
