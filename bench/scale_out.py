@@ -173,6 +173,20 @@ class Caller:
         await self._channel.close()
 
 
+def cpu_seconds(server: Server) -> float:
+    """CPU time (user + system) used so far by a server's processes: it, and its workers if any."""
+    assert server.proc is not None
+    stats: dict[int, list[str]] = {}
+    for path in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            stats[int(path.parent.name)] = path.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+    tree = {server.proc.pid} | {pid for pid, fields in stats.items() if int(fields[1]) == server.proc.pid}
+    ticks = sum(int(stats[pid][11]) + int(stats[pid][12]) for pid in tree if pid in stats)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def redis_scripts(url: str) -> int:
     """Lua scripts Redis has run so far (EVAL, EVALSHA): one round-trip each. The commands a script
     runs inside are counted by Redis too, so the total of commands would overstate the round-trips."""
@@ -216,28 +230,43 @@ async def bench(args: argparse.Namespace) -> None:
             f"(a) POST /api/v1/completions, {args.requests} calls at concurrency {args.concurrency}, "
             f"a limited key (rpm+tpm in Redis), {args.rounds} rounds taking turns"
         )
-        results: dict[str, list[tuple[float, float, float]]] = {"1 process": [], "--workers 2": []}
+        results: dict[str, list[tuple[float, float, float, float, float]]] = {
+            "1 process": [],
+            "--workers 2": [],
+        }
         secrets: dict[str, str] = {}
         for _ in range(args.rounds):
             for name, workers in (("1 process", 1), ("--workers 2", 2)):
                 async with Server(name, shared, workers, log) as server:
                     if not secrets:
                         secrets = await create_keys(server.grpc_target)
-                    results[name].append(
-                        await throughput(
-                            server.http_url,
-                            secrets["limited"],
-                            requests=args.requests,
-                            concurrency=args.concurrency,
-                        )
+                    cpu_before = cpu_seconds(server), os.times()
+                    rps, p50, p99 = await throughput(
+                        server.http_url,
+                        secrets["limited"],
+                        requests=args.requests,
+                        concurrency=args.concurrency,
                     )
-        say(f"{'':<14}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}   (best round; every round's req/s)")
+                    cpu_after = cpu_seconds(server), os.times()
+                    calls = args.requests + args.concurrency * 4
+                    server_ms = (cpu_after[0] - cpu_before[0]) / calls * 1000
+                    client_ms = (
+                        (cpu_after[1].user + cpu_after[1].system - cpu_before[1].user - cpu_before[1].system)
+                        / calls
+                        * 1000
+                    )
+                    results[name].append((rps, p50, p99, server_ms, client_ms))
+        say(
+            f"{'':<14}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'server CPU':>12}{'client CPU':>12}"
+            "   (best round; every round's req/s)"
+        )
         best: dict[str, float] = {}
         for name, rounds in results.items():
-            rps, p50, p99 = max(rounds)
+            rps, p50, p99, server_ms, client_ms = max(rounds)
             best[name] = rps
             each = ", ".join(f"{r[0]:.0f}" for r in rounds)
-            say(f"{name:<14}{rps:>9.0f}{p50:>9.2f}{p99:>9.2f}   ({each})")
+            cpu = f"{server_ms:>7.2f} ms{client_ms:>9.2f} ms"
+            say(f"{name:<14}{rps:>9.0f}{p50:>9.2f}{p99:>9.2f}{cpu:>24}   ({each})")
         say(f"--workers 2 / 1 process: x{best['--workers 2'] / best['1 process']:.2f}")
 
         say(

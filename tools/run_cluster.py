@@ -79,8 +79,9 @@ def main() -> int:
             return 0
         env = {**os.environ, "AIBATTLE_DB": postgres.url(DATABASE), "AIBATTLE_REDIS_URL": redis.url}
         # The server stays in this process group: a Ctrl-C at the terminal reaches it directly.
-        workers = ["--workers", str(args.workers)] if (ROOT / "server" / "workers.py").exists() else []
-        server = subprocess.Popen([sys.executable, "-m", "server", *workers], cwd=ROOT, env=env)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "server", "--workers", str(args.workers)], cwd=ROOT, env=env
+        )
         status = server.wait()
         print(
             f"server exited ({status}); stopping Redis and PostgreSQL (its data stays in {data})", flush=True
