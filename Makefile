@@ -26,14 +26,18 @@ install: $(STAMP) $(NPMSTAMP) system-deps  ## .venv with the server, gateway and
 # right after the install. Debian keeps initdb out of PATH (/usr/lib/postgresql/<version>/bin): it is
 # linked into /usr/local/bin, where the tests look for it.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-.PHONY: system-deps
-system-deps:
+.PHONY: system-deps cluster-deps
+system-deps: cluster-deps
 	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
 	@command -v prometheus >/dev/null || { $(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus && \
 		{ $(SUDO) systemctl disable --now prometheus 2>/dev/null || \
 		  $(SUDO) service prometheus stop 2>/dev/null || true; }; }
+
+# What make run-cluster needs beside the venv (and the tests of the shared limits and the PostgreSQL store):
+# redis-server and PostgreSQL's programs.
+cluster-deps:
 	@# Debian's redis-server: a throwaway one per test for the shared limits (tests/redis_testlib.py).
 	@command -v redis-server >/dev/null || { $(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends redis-server && \
@@ -86,7 +90,7 @@ run: $(STAMP)  ## serve gRPC on 127.0.0.1:50051 and HTTP on 127.0.0.1:8080 with 
 # one process on SQLite: scale-out is something a deployment opts into.
 CLUSTER_DIR ?= build/cluster
 WORKERS     ?= 2
-run-cluster: $(STAMP) system-deps  ## local PostgreSQL + Redis and 2 server workers on them (Ctrl-C stops it all)
+run-cluster: $(STAMP) cluster-deps  ## local PostgreSQL + Redis and 2 server workers on them (Ctrl-C stops it all)
 	$(PY) tools/run_cluster.py --dir $(CLUSTER_DIR) --workers $(WORKERS)
 
 gen: install  ## regenerate gen/ and the SDK's _gen/ from proto/, and its sync client from the async one
