@@ -322,13 +322,17 @@ def http_bearer(secret: str) -> dict[str, str]:
 
 Event = tuple[int, str]
 """(sequence, type name) of one event."""
+OnEvent = Callable[[Event], Awaitable[None]] | None
+"""Called as each event arrives, before the next one is read."""
 
 
 class StreamBroken(Exception):
     """An event stream that ended in an error (UNAVAILABLE, an SSE `event: error` frame, a 503)."""
 
 
-async def grpc_log(client: Client, rid: str, secret: str, *, reconnect: bool = False) -> list[Event]:
+async def grpc_log(
+    client: Client, rid: str, secret: str, *, reconnect: bool = False, on_event: OnEvent = None
+) -> list[Event]:
     """A session's events over gRPC, until the stream ends by itself (after the terminal event).
     `reconnect`: after an UNAVAILABLE, follow again from the last sequence seen, as a client would."""
     seen: list[Event] = []
@@ -344,6 +348,8 @@ async def grpc_log(client: Client, rid: str, secret: str, *, reconnect: bool = F
         try:
             async for response in call:
                 seen.append((response.event.sequence, T.Name(response.event.type)))
+                if on_event is not None:
+                    await on_event(seen[-1])
             return seen
         except grpc.aio.AioRpcError as exc:
             if not reconnect or exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
@@ -351,7 +357,9 @@ async def grpc_log(client: Client, rid: str, secret: str, *, reconnect: bool = F
         await asyncio.sleep(0.2)
 
 
-async def sse_log(client: Client, rid: str, secret: str, *, reconnect: bool = False) -> list[Event]:
+async def sse_log(
+    client: Client, rid: str, secret: str, *, reconnect: bool = False, on_event: OnEvent = None
+) -> list[Event]:
     """A session's events over SSE, until the stream ends by itself; each event's id is its sequence.
     `reconnect`: after an error, follow again with the last id seen as Last-Event-ID (an EventSource's
     way)."""
@@ -359,7 +367,7 @@ async def sse_log(client: Client, rid: str, secret: str, *, reconnect: bool = Fa
     deadline = time.monotonic() + HANG
     while True:
         try:
-            await _sse_into(seen, client, rid, secret)
+            await _sse_into(seen, client, rid, secret, on_event)
             return seen
         except (StreamBroken, aiohttp.ClientError):
             if not reconnect or time.monotonic() > deadline:
@@ -367,7 +375,7 @@ async def sse_log(client: Client, rid: str, secret: str, *, reconnect: bool = Fa
         await asyncio.sleep(0.2)
 
 
-async def _sse_into(seen: list[Event], client: Client, rid: str, secret: str) -> None:
+async def _sse_into(seen: list[Event], client: Client, rid: str, secret: str, on_event: OnEvent) -> None:
     headers = {"Accept": "text/event-stream", **http_bearer(secret)}
     if seen:
         headers["Last-Event-ID"] = str(seen[-1][0])
@@ -394,6 +402,8 @@ async def _sse_into(seen: list[Event], client: Client, rid: str, secret: str) ->
                 event = frame["result"]["event"]
                 assert ident == event["sequence"], (ident, event)
                 seen.append((int(event["sequence"]), event["type"]))
+                if on_event is not None:
+                    await on_event(seen[-1])
                 ident, name, data = "", "", []
 
 
@@ -457,14 +467,34 @@ async def test_a_session_started_on_a_is_followed_on_b_over_sse_and_on_c_over_gr
         "primary_model": "drafter",
         "secondary_model": "critic",
         "prompt": "Why is the sky blue?",
-        "max_iterations": 2,
+        "max_iterations": 3,
     }
     async with a.http.post(
         a.url("/api/v1/collaborative-reasoning"), json=body, headers=http_bearer(secret)
     ) as response:
         assert response.status == 200, await response.text()
         rid = (await response.json())["reasoning_id"]
-    on_b, on_c = await asyncio.gather(sse_log(b, rid, secret), grpc_log(c, rid, secret))
+    # Where the session stood when each watcher got its second iteration (well after the replay it
+    # started with): a follower on another replica hears of commits as they happen, while A still runs
+    # the session, not at its next poll of the database.
+    live: dict[str, str] = {}
+
+    def second_iteration(surface: str) -> OnEvent:
+        iterations = 0
+
+        async def seen(event: Event) -> None:
+            nonlocal iterations
+            if event[1] == "REASONING_EVENT_TYPE_NEW_ITERATION":
+                iterations += 1
+                if iterations == 2:
+                    live[surface] = S.Name((await get_session(a, rid, secret)).status)
+
+        return seen
+
+    on_b, on_c = await asyncio.gather(
+        sse_log(b, rid, secret, on_event=second_iteration("SSE on B")),
+        grpc_log(c, rid, secret, on_event=second_iteration("gRPC on C")),
+    )
     done = await get_session(a, rid, secret)
     stored = await grpc_log(a, rid, secret)  # the whole log, replayed
     assert done.status == S.RUN_STATUS_COMPLETED, cluster.logs()
@@ -472,7 +502,8 @@ async def test_a_session_started_on_a_is_followed_on_b_over_sse_and_on_c_over_gr
     assert len(stored) == done.last_sequence
     assert on_b == stored  # over SSE on B: 1..N, each once, ending at the terminal event
     assert on_c == stored  # over gRPC on C: the same
-    assert len(done.iterations) >= 3  # draft, critique, revision at least: several commits followed
+    assert len(done.iterations) >= 5  # draft, then critiques and revisions: several commits followed
+    assert live == {"SSE on B": "RUN_STATUS_IN_PROGRESS", "gRPC on C": "RUN_STATUS_IN_PROGRESS"}
 
 
 # ---- 2. the replica running a session dies; another adopts it
