@@ -173,6 +173,10 @@ def served(
         return
     assert setup == "2 workers", setup
     postgres = request.getfixturevalue("postgres_server")
+    # The workers' metrics here, not in a directory of /tmp that a killed supervisor would leave behind.
+    metrics = tmp_path / "metrics"
+    metrics.mkdir(exist_ok=True)
+    kwargs.setdefault("PROMETHEUS_MULTIPROC_DIR", str(metrics))
     with (
         database_of(postgres) as url,
         server_process(config_toml, tmp_path, workers=2, AIBATTLE_DB=url, **kwargs) as running,
