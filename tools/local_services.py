@@ -11,11 +11,14 @@ saves nothing, ready when it answers PING.
 
 `new_session=True` starts a server in a session of its own, so a Ctrl-C at the terminal (SIGINT to the
 foreground process group) does not reach it: whoever started it stops it, after what depends on it.
+`die_with_parent=True` has the kernel send it SIGTERM if the process that started it dies without
+stopping it (a SIGKILL), so it never outlives its owner.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -27,6 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
+
+#: prctl(2): the signal a process receives when its parent dies.
+PR_SET_PDEATHSIG = 1
 
 BIN = Path(os.environ.get("AIBATTLE_PG_BIN", "/usr/local/bin"))
 
@@ -45,6 +51,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def die_with_parent_hook() -> None:
+    """In a child before it runs its program (`preexec_fn`): SIGTERM when its parent dies (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def as_postgres() -> list[str]:
@@ -82,13 +94,8 @@ class PostgresServer:
     def stop(self) -> None:
         """SIGTERM (a "smart" shutdown: it waits for its clients), SIGKILL after 10 s; a kept
         server gets SIGINT (a "fast" one: its clients are disconnected, its data checkpointed)."""
-        if self.process is not None and self.process.poll() is None:
-            sig = signal.SIGINT if self.keep else signal.SIGTERM
-            # To the postmaster itself: `runuser` (when we are root) would pass on only a SIGTERM, and
-            # kill it 2 s later.
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                os.kill(int((self.directory / "data" / "postmaster.pid").read_text().split()[0]), sig)
-            _stop(self.process, sig, 10)
+        if self.process is not None:
+            _stop(self.process, signal.SIGINT if self.keep else signal.SIGTERM, 10)
         self.process = None
         if not self.keep:
             shutil.rmtree(self.directory, ignore_errors=True)
@@ -101,6 +108,7 @@ def start_postgres(
     port: int = 0,
     durable: bool = False,
     new_session: bool = False,
+    die_with_parent: bool = False,
 ) -> PostgresServer:
     """initdb (unless `directory` already holds a cluster), start, and wait until it accepts
     connections; on any failure, stop it (and remove a throwaway directory).
@@ -130,10 +138,12 @@ def start_postgres(
         settings = ["listen_addresses=127.0.0.1", "max_connections=200"]
         if not durable:
             settings += ["fsync=off", "synchronous_commit=off", "full_page_writes=off"]
+        # As the `postgres` user when we are root, but our own child (not runuser's, which would pass
+        # on only a SIGTERM): signals, and the parent-death signal, reach the postmaster itself.
+        root = os.geteuid() == 0
         with server.log.open("wb") as log:
             server.process = subprocess.Popen(
                 [
-                    *as_postgres(),
                     tool("postgres"),
                     "-D",
                     str(data),
@@ -146,6 +156,10 @@ def start_postgres(
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=new_session,
+                preexec_fn=die_with_parent_hook if die_with_parent else None,
+                user="postgres" if root else None,
+                group="postgres" if root else None,
+                extra_groups=[] if root else None,
             )
         deadline = time.monotonic() + timeout
         # Its own words, not a connection attempt: a caller may not want an event loop of its own here.
@@ -180,7 +194,9 @@ class RedisMissing(RuntimeError):
     """redis-server is not installed."""
 
 
-def start_redis(timeout: float = 20.0, *, port: int = 0, new_session: bool = False) -> RedisServer:
+def start_redis(
+    timeout: float = 20.0, *, port: int = 0, new_session: bool = False, die_with_parent: bool = False
+) -> RedisServer:
     """Start `redis-server` (saving nothing) and wait for its PING; on any failure, stop it."""
     binary = shutil.which("redis-server")
     if binary is None:
@@ -192,6 +208,7 @@ def start_redis(timeout: float = 20.0, *, port: int = 0, new_session: bool = Fal
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=new_session,
+            preexec_fn=die_with_parent_hook if die_with_parent else None,
         )
         deadline = time.monotonic() + timeout
         while True:

@@ -13,7 +13,8 @@ Stopping: Ctrl-C (SIGINT to the foreground process group) or SIGTERM reaches the
 (this script also passes the signal on, for a SIGTERM sent to it alone; the server takes a repeat within
 a second as the same request). When the server has exited, Redis and then PostgreSQL are stopped: they
 run in sessions of their own, so the terminal's Ctrl-C does not stop them under a draining server. The
-exit status is the server's.
+exit status is the server's. Should this script be killed outright (SIGKILL), the kernel sends each of
+its three children SIGTERM (PR_SET_PDEATHSIG): none of them outlives it.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 from types import FrameType
 
 import asyncpg  # type: ignore[import-untyped]
-from local_services import PostgresServer, RedisServer, start_postgres, start_redis
+from local_services import PostgresServer, RedisServer, die_with_parent_hook, start_postgres, start_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 DATABASE = "aibattle"
@@ -70,9 +71,9 @@ def main() -> int:
     postgres: PostgresServer | None = None
     redis: RedisServer | None = None
     try:
-        postgres = start_postgres(directory=data, durable=True, new_session=True)
+        postgres = start_postgres(directory=data, durable=True, new_session=True, die_with_parent=True)
         asyncio.run(create_database(postgres, DATABASE))
-        redis = start_redis(new_session=True)
+        redis = start_redis(new_session=True, die_with_parent=True)
         print(f"PostgreSQL on {postgres.url(DATABASE)} (data in {data}, log {postgres.log})", flush=True)
         print(f"Redis on {redis.url} (saves nothing)", flush=True)
         if signals:
@@ -80,7 +81,10 @@ def main() -> int:
         env = {**os.environ, "AIBATTLE_DB": postgres.url(DATABASE), "AIBATTLE_REDIS_URL": redis.url}
         # The server stays in this process group: a Ctrl-C at the terminal reaches it directly.
         server = subprocess.Popen(
-            [sys.executable, "-m", "server", "--workers", str(args.workers)], cwd=ROOT, env=env
+            [sys.executable, "-m", "server", "--workers", str(args.workers)],
+            cwd=ROOT,
+            env=env,
+            preexec_fn=die_with_parent_hook,  # drains should this script be killed outright
         )
         status = server.wait()
         print(

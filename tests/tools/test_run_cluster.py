@@ -237,3 +237,24 @@ def test_a_second_start_finds_the_first_ones_conversation(cluster_dir: Path, tmp
         assert again["messages"][-1]["content"] == "Hello from the cluster."
     finally:
         assert not ctrl_c(cluster)
+
+
+def test_a_sigkill_to_its_process_group_leaves_nothing_behind(cluster_dir: Path, tmp_path: Path) -> None:
+    """PostgreSQL and Redis run in sessions of their own (out of Ctrl-C's reach), yet die with the
+    cluster script: the kernel tells them when it dies."""
+    config = tmp_path / "aibattle.toml"
+    config.write_text(CONFIG)
+    cluster = start(cluster_dir, config)
+    processes = cluster.descendants()
+    os.killpg(cluster.proc.pid, signal.SIGKILL)
+    cluster.proc.wait(10)
+    deadline = time.monotonic() + 20
+    while (left := {p: c for p, c in processes.items() if _alive(p, c)}) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in left:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    cluster.reader.join(10)
+    assert cluster.proc.stdout is not None
+    cluster.proc.stdout.close()
+    assert not left, left
