@@ -9,6 +9,7 @@ socket offers only `aibattle.flat.v1` and sends nothing: it must receive the ses
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import shutil
 from pathlib import Path
@@ -18,6 +19,8 @@ import pytest
 
 from aibattle.v1 import conversations_pb2, conversations_pb2_grpc, reasoning_pb2, reasoning_pb2_grpc
 from gateway import GatewayOptions, start_gateway
+from tests.e2e.process import served
+from tests.postgres_testlib import postgres_server
 from tests.server.providers.fake_upstream import serving
 
 README = Path(__file__).parents[2] / "README.md"
@@ -32,6 +35,8 @@ MODELS = [
         "script": [AI_REPLY],
     }
 ]
+
+__all__ = ["postgres_server"]  # a fixture: `served` runs 2 workers on it
 
 pytestmark = pytest.mark.skipif(shutil.which("node") is None, reason="needs Node 20+")
 
@@ -106,6 +111,51 @@ async def test_readme_websocket_snippet_as_written(tmp_path: Path) -> None:
             )
         finally:
             await handle.close()
+    check_output(out)
+
+
+def test_readme_websocket_snippet_against_two_workers(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """The same against `--workers 2` on PostgreSQL: the session and the conversation made over one gRPC
+    connection, the snippet's sockets on connections of their own, to either worker."""
+    # MODELS, as TOML
+    config = (
+        '[[models]]\nid = "scripted-echo"\nprovider = "scripted"\ncapabilities = ["text", "conversation"]\n'
+        f"script = [{json.dumps(AI_REPLY)}]\n"
+    )
+    with served("2 workers", request, config, tmp_path, AIBATTLE_HTTP_ADDR="127.0.0.1:0") as running:
+        # A synchronous test: the throwaway database has an event loop of its own.
+        out = asyncio.run(create_and_run_snippet(tmp_path, running.grpc_target, running.http_url))
+    check_output(out)
+
+
+async def create_and_run_snippet(tmp_path: Path, grpc_target: str, http_url: str) -> str:
+    """A reasoning session and a conversation made over gRPC, then the snippet run on them."""
+    async with grpc.aio.insecure_channel(grpc_target) as channel:
+        reasoning = await reasoning_pb2_grpc.ReasoningServiceStub(channel).CreateReasoning(
+            reasoning_pb2.CreateReasoningRequest(
+                primary_model="scripted-echo", prompt="Is P = NP?", max_iterations=1, wait=True
+            )
+        )
+        conversation = await conversations_pb2_grpc.ConversationServiceStub(channel).CreateConversation(
+            conversations_pb2.CreateConversationRequest(
+                models=[
+                    conversations_pb2.Participant(id="scripted-echo", role="human"),
+                    conversations_pb2.Participant(id="scripted-echo", role="assistant"),
+                ],
+                mode="human-ai",
+                rounds=1,
+            )
+        )
+    return await run_snippet(
+        tmp_path,
+        int(http_url.rsplit(":", 1)[1]),
+        reasoningId=reasoning.reasoning.reasoning_id,
+        conversationId=conversation.conversation.conversation_id,
+        apiKey="sk-unused-on-an-open-server",
+    )
+
+
+def check_output(out: str) -> None:
     lines = out.splitlines()
     # The reasoning socket: `sequence type model content` per event, from 1, ending with the completion.
     events = [line for line in lines if re.match(r"^\d+ ", line)]
@@ -114,6 +164,7 @@ async def test_readme_websocket_snippet_as_written(tmp_path: Path) -> None:
     assert any(line.startswith(f"{i} new_iteration scripted-echo ") for i, line in enumerate(events, 1))
     assert events[-1].split(" ")[1] == "completion"
     assert "closed 1000" in lines
-    # The conversation: the human turn, then the model's reply.
-    assert "scripted-echo: Go on." in lines
-    assert lines[-1] == f"scripted-echo: {AI_REPLY}"
+    # The conversation: the human turn, then the model's reply (before or after the other socket's close:
+    # the two sockets may be served by two workers).
+    talk = [line for line in lines if line.startswith("scripted-echo: ")]
+    assert talk == ["scripted-echo: Go on.", f"scripted-echo: {AI_REPLY}"]
