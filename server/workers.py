@@ -52,6 +52,8 @@ SUPERVISOR_PID = "AIBATTLE_SUPERVISOR_PID"
 METRICS_ADDR = "AIBATTLE_WORKER_METRICS_ADDR"
 """The resolved `[server] metrics_addr`, in a worker's environment (no public variable sets that key)."""
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
+#: The supervisor's own metrics directory, in the temporary directory: this, its pid, a dash, a suffix.
+METRICS_PREFIX = "aibattle-metrics-"
 BANNER = "AI Battle serving gRPC on "
 #: A worker restarted after a crash waits this long first, doubled at each crash in a row up to the last.
 BACKOFF_SECONDS = (0.5, 30.0)
@@ -131,7 +133,10 @@ def supervise(config: Config, *, argv: list[str], signals: SignalsFactory) -> in
                 for stale in Path(env[MULTIPROC_DIR]).glob("*.db"):
                     stale.unlink()
             else:
-                env[MULTIPROC_DIR] = own_metrics_dir = tempfile.mkdtemp(prefix="aibattle-metrics-")
+                _remove_orphaned_metrics()
+                env[MULTIPROC_DIR] = own_metrics_dir = tempfile.mkdtemp(
+                    prefix=f"{METRICS_PREFIX}{os.getpid()}-"
+                )
         supervisor = _Supervisor(count, argv, env, signals, own_metrics_dir)
         return asyncio.run(supervisor.run())
     except OSError as exc:
@@ -143,6 +148,20 @@ def supervise(config: Config, *, argv: list[str], signals: SignalsFactory) -> in
             sock.close()
         if own_metrics_dir:
             shutil.rmtree(own_metrics_dir, ignore_errors=True)
+
+
+def _remove_orphaned_metrics() -> None:
+    """The metrics directories of supervisors that died without removing theirs (SIGKILLed)."""
+    for directory in Path(tempfile.gettempdir()).glob(f"{METRICS_PREFIX}*-*"):
+        pid = directory.name.removeprefix(METRICS_PREFIX).split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:  # dead: its directory is nobody's (a live pid, even reused, is left)
+            shutil.rmtree(directory, ignore_errors=True)
+        except PermissionError:  # alive, someone else's
+            continue
 
 
 def _resolve(addr: str, reserved: list[socket.socket]) -> str:
