@@ -86,11 +86,21 @@ def main() -> int:
             env=env,
             preexec_fn=die_with_parent_hook,  # drains should this script be killed outright
         )
+        if signals:  # came while it was being started: it never got it
+            server.send_signal(signals[0])
         status = server.wait()
         print(
             f"server exited ({status}); stopping Redis and PostgreSQL (its data stays in {data})", flush=True
         )
         return status if status >= 0 else 128 - status
+    except (OSError, RuntimeError, subprocess.CalledProcessError) as exc:
+        detail = (
+            exc.stderr.decode(errors="replace").strip()
+            if isinstance(exc, subprocess.CalledProcessError)
+            else ""
+        )
+        print(f"run-cluster: cannot start: {exc}" + (f"\n{detail}" if detail else ""), file=sys.stderr)
+        return 1
     finally:
         if server is not None and server.poll() is None:  # an error here, not a signal: stop it
             server.terminate()
