@@ -64,12 +64,15 @@ CONNECT_TIMEOUT = 5.0
 #: drop does not close a socket).
 LISTENER_CHECK_SECONDS = 10.0
 #: What "the database cannot be reached" looks like from asyncpg: a socket error, a refused or dropped
-#: connection, the server shutting down or starting up, a connection attempt that timed out.
+#: connection, the server shutting down or starting up, a connection attempt that timed out, and a
+#: connection left mid-operation by its backend's death ("cannot switch to state ...": the pool then
+#: discards it).
 _UNREACHABLE: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
     asyncpg.exceptions.OperatorInterventionError,
 )
 
