@@ -57,7 +57,7 @@ from aibattle.v1 import (
 from tests.conftest import error_info, rich_status
 from tests.e2e.process import BANNER, HTTP_BANNER, STARTUP_DEADLINE, Output, started, wait_for_line
 from tests.security_testlib import ADMIN, ADMIN_KEY, SECRETS, bearer, new_key
-from tools.local_services import PostgresServer, RedisServer, as_postgres, start_postgres, start_redis, tool
+from tools.local_services import RedisServer, as_postgres, free_port, start_redis, tool
 
 S = common_pb2.RunStatus
 T = reasoning_pb2.ReasoningEventType
@@ -66,6 +66,7 @@ HANG = 60.0
 SERVING = health_pb2.HealthCheckResponse.SERVING
 LEASE_SECONDS = 2
 SWEEP_SECONDS = 1
+DATABASE = "aibattle"
 MODELS: list[dict[str, Any]] = [
     {
         "id": "drafter",
@@ -119,6 +120,74 @@ CONFIG = "\n".join(
 
 
 @dataclass
+class Postgres:
+    """A throwaway PostgreSQL driven by `pg_ctl`, so that a test can stop it and start it again on
+    the same data directory and port. `pg_ctl` runs it detached, as the `postgres` user when we are
+    root, and signals the postmaster itself; no fork of this process runs as another user (a fork,
+    rather than vfork, of a process with gRPC's threads may crash before it runs its program)."""
+
+    directory: Path
+    port: int = field(default_factory=free_port)
+    running: bool = False
+
+    @property
+    def data(self) -> Path:
+        return self.directory / "data"
+
+    @property
+    def log(self) -> Path:
+        return self.directory / "postgres.log"
+
+    def url(self, database: str) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def _run(self, *argv: str) -> None:
+        done = subprocess.run(
+            [*as_postgres(), *argv],
+            capture_output=True,
+            text=True,
+            check=False,
+            env={**os.environ, "LC_ALL": "C"},
+        )
+        log = self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+        assert done.returncode == 0, f"{argv[0]} {argv[1]}: {done.stdout}{done.stderr}\n{log}"
+
+    def create(self, database: str) -> None:
+        self.directory.mkdir()
+        if os.geteuid() == 0:
+            shutil.chown(self.directory, "postgres", "postgres")
+        self.directory.chmod(0o700)
+        self._run(tool("initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync")
+        self.start()
+        self._run(tool("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", database)
+
+    def start(self) -> None:
+        """Start it (again), on its data directory and port; return once it accepts connections."""
+        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        self._run(
+            tool("pg_ctl"),
+            "start",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.log),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            options,
+        )
+        self.running = True
+
+    def stop(self) -> None:
+        """A "fast" shutdown: its sessions are ended, what they committed is kept."""
+        if self.running:
+            self.running = False
+            self._run(tool("pg_ctl"), "stop", "-D", str(self.data), "-m", "fast", "-w", "-t", "30")
+
+
+@dataclass
 class Replica:
     name: str
     proc: subprocess.Popen[str]
@@ -135,17 +204,16 @@ class Cluster:
     """One PostgreSQL, one Redis, three replicas; what a test disrupts it puts back."""
 
     directory: Path
-    postgres: PostgresServer
+    postgres: Postgres
     redis: RedisServer
     stack: ExitStack
     replicas: list[Replica] = field(default_factory=list)
-    database: str = "aibattle"
     started: int = 0
     retired: list[Replica] = field(default_factory=list)
 
     @property
     def db_url(self) -> str:
-        return self.postgres.url(self.database)
+        return self.postgres.url(DATABASE)
 
     def start_replicas(self, names: list[str]) -> list[Replica]:
         """Start these replicas at once, then wait for each one's banner."""
@@ -179,61 +247,20 @@ class Cluster:
                 self.retired.append(replica)
                 (self.replicas[i],) = self.start_replicas([replica.name])
 
-    def stop_postgres(self) -> None:
-        """A "fast" shutdown (its sessions ended, what they committed kept); the data stays. Through
-        `pg_ctl`, which signals the postmaster itself: a signal to the `runuser` that wraps it when we
-        are root is not always passed on (PostgresServer.stop's SIGINT, here, left it running)."""
-        process = self.postgres.process
-        if process is None:
-            return
-        data = self.postgres.directory / "data"
-        stop = [*as_postgres(), tool("pg_ctl"), "stop", "-D", str(data), "-m", "fast", "-w", "-t", "30"]
-        done = subprocess.run(stop, capture_output=True, text=True, check=False)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        self.postgres.process = None
-        assert done.returncode == 0, (
-            f"pg_ctl stop failed: {done.stdout}{done.stderr}\n"
-            + self.postgres.log.read_text(errors="replace")[-3000:]
-        )
-
-    def start_postgres(self) -> None:
-        """PostgreSQL again, on the same data directory and port."""
-        self.postgres = start_postgres(directory=self.postgres.directory, port=self.postgres.port)
-
     def logs(self) -> str:
-        """What every replica logged but its access lines, for a failure's message."""
+        """What every replica logged lately but its access lines (and its latest errors), for a
+        failure's message."""
 
         def notable(output: Output) -> str:
             lines = [line for line in output.stderr().splitlines() if '.access", "msg"' not in line]
-            return "\n".join(line[:600] for line in lines[-20:])
+            errors = [line[:3000] for line in lines[:-20] if '"level": "error"' in line][-5:]
+            return "\n".join([*errors, *(line[:600] for line in lines[-20:])])
 
         return "\n".join(
             f"--- {r.name} (pid {r.proc.pid}, {'alive' if r.alive() else f'exit {r.proc.returncode}'})\n"
             + notable(r.output)
             for r in [*self.retired, *self.replicas]
         )
-
-
-def _create_database(postgres: PostgresServer, name: str) -> None:
-    subprocess.run(
-        [
-            *as_postgres(),
-            tool("createdb"),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(postgres.port),
-            "-U",
-            "postgres",
-            name,
-        ],
-        check=True,
-        capture_output=True,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -243,15 +270,12 @@ def cluster_once() -> Iterator[Cluster]:
     directory.chmod(0o711)  # the `postgres` user passes through to its own directory
     with ExitStack() as stack:
         stack.callback(shutil.rmtree, directory, True)
-        postgres = start_postgres(directory=directory / "pg")
-        stack.callback(postgres.stop)  # if what follows fails
+        postgres = Postgres(directory / "pg")
+        stack.callback(postgres.stop)
+        postgres.create(DATABASE)
         redis = start_redis()
-        stack.callback(redis.stop)
         cluster = Cluster(directory, postgres, redis, stack)
-        # The ones running at the end: a test that stopped them started new ones.
-        stack.callback(cluster.stop_postgres)
-        stack.callback(lambda: cluster.redis.stop())
-        _create_database(postgres, cluster.database)
+        stack.callback(lambda: cluster.redis.stop())  # the one running at the end (a test replaces it)
         cluster.replicas = cluster.start_replicas(["A", "B", "C"])
         try:
             yield cluster
@@ -268,8 +292,8 @@ def cluster_once() -> Iterator[Cluster]:
 
 @pytest.fixture
 def cluster(cluster_once: Cluster) -> Cluster:
-    if cluster_once.postgres.process is None:
-        cluster_once.start_postgres()
+    if not cluster_once.postgres.running:
+        cluster_once.postgres.start()
     if cluster_once.redis.process is None:
         cluster_once.redis = start_redis(port=cluster_once.redis.port)
     cluster_once.ensure_three()
@@ -743,7 +767,7 @@ async def test_a_postgresql_restart_mid_run_loses_nothing(cluster: Cluster, clie
     before = await get_session(b, rid, secret)
     before_events = await prefix_of_log(b, rid, secret, before.last_sequence)
     problems: list[str] = []
-    await asyncio.to_thread(cluster.stop_postgres)
+    await asyncio.to_thread(cluster.postgres.stop)
     try:
         down = await asyncio.gather(
             *(_until_or_none(functools.partial(_not_ready, client), 10) for client in clients)
@@ -770,7 +794,7 @@ async def test_a_postgresql_restart_mid_run_loses_nothing(cluster: Cluster, clie
         # Down for longer than a lease: the runner cannot renew it, a sweep may find it expired.
         await asyncio.sleep(LEASE_SECONDS + SWEEP_SECONDS)
     finally:
-        await asyncio.to_thread(cluster.start_postgres)
+        await asyncio.to_thread(cluster.postgres.start)
     up = await asyncio.gather(*(_until_or_none(functools.partial(_ready, client), 20) for client in clients))
     for client, seen in zip(clients, up, strict=True):
         if seen is None:
