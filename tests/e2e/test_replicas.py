@@ -7,16 +7,18 @@ that stop PostgreSQL and Redis come last, and each starts them again); a test th
 leaves the fixture to start a new one before the next test.
 
 What is checked, one test each:
-1. a session started on A is followed over SSE on B and over gRPC on C: both see 1..N exactly once;
+1. a session started on A is followed over SSE on B and over gRPC on C: both see 1..N exactly once,
+   and hear of its iterations while A still runs it (not at a later poll of the database);
 2. A killed (SIGKILL) mid-session: another replica adopts it, the iterations and events committed before
    the kill are unchanged, and the watchers on B and C still see 1..N exactly once;
 3. a key's rpm across the replicas: 40 simultaneous requests admit exactly its burst (2 x rpm);
 4. a key revoked on B is refused by C within one second;
 5. a budget across the replicas: no overspend, refusals BUDGET_EXCEEDED;
-6. PostgreSQL restarted mid-run: nothing committed is lost, the log stays dense, the run ends; /readyz
-   and gRPC health follow the database down and back up;
-7. Redis stopped: limited keys fail closed (UNAVAILABLE / 503, LIMITS_UNAVAILABLE), the rest work; and
-   the service recovers when Redis returns.
+6. PostgreSQL restarted mid-run: nothing committed is lost, the log stays dense, the run ends COMPLETED,
+   watchers (reconnecting as clients do) see 1..N once; meanwhile calls answer UNAVAILABLE
+   STORE_UNAVAILABLE, and /readyz and gRPC health follow the database down and back up;
+7. Redis stopped: limited keys fail closed (UNAVAILABLE / 503, LIMITS_UNAVAILABLE), the rest work,
+   readiness follows Redis out; and the service recovers when Redis returns.
 """
 
 from __future__ import annotations
