@@ -91,11 +91,24 @@ class PostgresServer:
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
+    def postmaster_pid(self) -> int | None:
+        """The running postmaster's pid (the first line of its postmaster.pid), if it runs."""
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            return int((self.directory / "data" / "postmaster.pid").read_text().split()[0])
+        return None
+
     def stop(self) -> None:
         """SIGTERM (a "smart" shutdown: it waits for its clients), SIGKILL after 10 s; a kept
         server gets SIGINT (a "fast" one: its clients are disconnected, its data checkpointed)."""
         if self.process is not None:
-            _stop(self.process, signal.SIGINT if self.keep else signal.SIGTERM, 10)
+            sig = signal.SIGINT if self.keep else signal.SIGTERM
+            # Signalled at the postmaster itself: as root it runs under runuser, which passes on
+            # only a SIGTERM (and exits when the postmaster does).
+            postmaster = self.postmaster_pid()
+            if postmaster is not None and self.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(postmaster, sig)
+            _stop(self.process, sig, 10)
         self.process = None
         if not self.keep:
             shutil.rmtree(self.directory, ignore_errors=True)
@@ -138,12 +151,13 @@ def start_postgres(
         settings = ["listen_addresses=127.0.0.1", "max_connections=200"]
         if not durable:
             settings += ["fsync=off", "synchronous_commit=off", "full_page_writes=off"]
-        # As the `postgres` user when we are root, but our own child (not runuser's, which would pass
-        # on only a SIGTERM): signals, and the parent-death signal, reach the postmaster itself.
-        root = os.geteuid() == 0
+        # As the `postgres` user when we are root, through runuser rather than Popen(user=...): that
+        # would fork (not vfork) this process, and a fork of a process running gRPC's threads (a test
+        # session) can crash before it execs. `stop` signals the postmaster itself.
         with server.log.open("wb") as log:
             server.process = subprocess.Popen(
                 [
+                    *as_postgres(),
                     tool("postgres"),
                     "-D",
                     str(data),
@@ -157,9 +171,6 @@ def start_postgres(
                 stderr=subprocess.STDOUT,
                 start_new_session=new_session,
                 preexec_fn=die_with_parent_hook if die_with_parent else None,
-                user="postgres" if root else None,
-                group="postgres" if root else None,
-                extra_groups=[] if root else None,
             )
         deadline = time.monotonic() + timeout
         # Its own words, not a connection attempt: a caller may not want an event loop of its own here.
