@@ -150,6 +150,7 @@ class Postgres:
             text=True,
             check=False,
             env={**os.environ, "LC_ALL": "C"},
+            cwd=self.directory,  # one the `postgres` user may enter
         )
         log = self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
         assert done.returncode == 0, f"{argv[0]} {argv[1]}: {done.stdout}{done.stderr}\n{log}"
