@@ -11,7 +11,7 @@ NPMSTAMP := node_modules/.installed-stamp
 PROTODEPS := build/protodeps
 
 .DEFAULT_GOAL := help
-.PHONY: help install run run-cluster test test-fast gen check-gen lint buf-lint buf-breaking fmt bench clean
+.PHONY: help install run run-cluster test test-fast gen check-gen lint buf-lint buf-breaking fmt bench bench-quick clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -24,7 +24,8 @@ install: $(STAMP) $(NPMSTAMP) system-deps  ## .venv with the server, gateway and
 # directory, a server on a free port). Each is installed only if missing. The prometheus and postgresql
 # packages enable a system service of their own that nothing here uses: each is stopped and disabled
 # right after the install. Debian keeps initdb out of PATH (/usr/lib/postgresql/<version>/bin): it is
-# linked into /usr/local/bin, where the tests look for it.
+# linked into /usr/local/bin, where the tests look for it. Debian's wrk is `make bench-quick`'s load generator
+# (without it the benchmark falls back to an aiohttp client, which saturates first).
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: system-deps cluster-deps
 system-deps: cluster-deps
@@ -34,6 +35,8 @@ system-deps: cluster-deps
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus && \
 		{ $(SUDO) systemctl disable --now prometheus 2>/dev/null || \
 		  $(SUDO) service prometheus stop 2>/dev/null || true; }; }
+	@command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends wrk; }
 
 # What make run-cluster needs beside the venv (and the tests of the shared limits and the PostgreSQL store):
 # redis-server and PostgreSQL's programs.
@@ -132,6 +135,11 @@ bench: install  ## benchmarks: print figures, assert nothing
 	$(PY) bench/observability_overhead.py
 	$(PY) bench/vs_litellm.py
 	$(PY) bench/scale_out.py
+
+# Under 90 s: a fake OpenAI upstream, a bare aiohttp relay in front of it (the floor) and ours, p50 at c=1 and
+# req/s at c=32, each as a ratio to the floor. Run it before and after any change to the hot path.
+bench-quick: install  ## the hot path against the Python floor, as ratios (< 90 s; before and after hot-path changes)
+	$(PY) bench/quick.py
 
 clean:  ## remove build outputs and caches (keeps .venv and node_modules)
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache
