@@ -301,6 +301,11 @@ TOKEN_RATE_LIMITED = _declare(
 TOO_MANY_STREAMS = _declare(
     "TOO_MANY_STREAMS", _C.RESOURCE_EXHAUSTED, "the key holds its max_concurrent_streams already"
 )
+SERVER_BUSY = _declare(
+    "SERVER_BUSY",
+    _C.RESOURCE_EXHAUSTED,
+    "the server holds its [server].max_concurrent_streams response streams already (every key together)",
+)
 BUDGET_EXCEEDED = _declare(
     "BUDGET_EXCEEDED", _C.RESOURCE_EXHAUSTED, "the key's budget_usd cannot cover this call's worst case"
 )

@@ -12,6 +12,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from common.addresses import join_host_port, parse_host_port
 from common.api import api_services, grpc_module
 from server import reflection
+from server.admission import AdmissionInterceptor, core_options
 from server.config import Config
 from server.interceptors import (
     BoundsInterceptor,
@@ -65,6 +66,8 @@ class AIBattleServer:
                 " each key's rpm, tpm, streams and budget; every replica grants them in full"
             )
         self.hub = EventHub()
+        #: The server's open response streams, against [server].max_concurrent_streams.
+        self.admission = AdmissionInterceptor(server.max_concurrent_streams)
         self.runs = Runs(self.store, lease_seconds=server.lease_seconds)
         self.lifecycle = Lifecycle(
             store=self.store,
@@ -104,6 +107,7 @@ class AIBattleServer:
                 RequestParsingInterceptor(),  # replaces deserializers only; runs nothing per call
                 RequestContextInterceptor(),
                 ErrorInterceptor(),
+                self.admission,  # wraps streams only; before auth: a full server looks up no key
                 AuthInterceptor(self.config.security, self.store, self.limiter),
                 BoundsInterceptor(),  # after auth: a stranger learns nothing, not even our limits
             ),
@@ -111,6 +115,7 @@ class AIBattleServer:
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", int(self._reuse_port)),
+                *core_options(self.config.server.max_concurrent_streams),
             ),
         )
         _add_servicers(

@@ -25,7 +25,12 @@ SERVER_LAYERS: tuple[tuple[str, ...], ...] = (
         "server.config",
         "server.workers",
     ),  # composition: the process, the config file
-    ("server.services", "server.interceptors", "server.reflection"),  # the gRPC API's edge
+    (
+        "server.services",
+        "server.interceptors",
+        "server.admission",
+        "server.reflection",
+    ),  # the gRPC API's edge
     ("server.orchestration",),  # conversations and reasoning sessions: durable runs of model calls
     ("server.security",),  # callers, keys, limits, metering around model calls
     ("server.providers",),  # models and the providers that run them

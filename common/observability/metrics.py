@@ -161,7 +161,8 @@ COOLDOWN = Gauge(
 )
 LIMIT_REFUSALS = Counter(
     "aibattle_limit_refusals",
-    "Calls a per-key limit refused, by limit (rpm, tpm, max_concurrent_streams, budget_usd).",
+    "Calls a limit refused, by limit (a key's rpm, tpm, max_concurrent_streams, budget_usd; the server's"
+    " server_max_concurrent_streams).",
     ["limit"],
     registry=REGISTRY,
 )

@@ -17,8 +17,9 @@ The caller is set in a context variable for the handler (and any task it starts)
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -92,7 +93,7 @@ class AuthInterceptor(AsyncServerInterceptor):
             # collector finalizes it (in another task, maybe never soon). The call's done callback
             # does not wait for that.
             await self._limiter.open_stream(caller)
-            slot = StreamSlot(self._limiter, caller)
+            slot = StreamSlot(functools.partial(self._limiter.close_stream, caller))
             context.add_done_callback(slot.on_done)
         # Set and never reset: grpc runs each call in a task (and context) of its own, and a finalized
         # generator resumes in some other context, where resetting raises ValueError.
@@ -151,21 +152,22 @@ def caller_of(row: KeyRow, limiter: Limiter, keystore: KeyStore) -> Caller:
 
 
 class StreamSlot:
-    """One of a key's max_concurrent_streams, held by one call; released exactly once, by whichever
-    comes first: the stream's own end, or the call's done callback."""
+    """A stream's hold on a count (one of a key's max_concurrent_streams here, one of the server's in
+    server.admission), held by one call; `give_back` runs exactly once, on whichever comes first: the
+    stream's own end (`release`), or the call's done callback (`on_done`)."""
 
-    def __init__(self, limiter: Limiter, caller: Caller) -> None:
-        self._limiter = limiter
-        self._caller = caller
-        self._released = False
+    __slots__ = ("_give_back",)
+
+    def __init__(self, give_back: Callable[[], Awaitable[None]]) -> None:
+        self._give_back: Callable[[], Awaitable[None]] | None = give_back
 
     async def release(self) -> None:
-        if not self._released:
-            self._released = True
-            await self._limiter.close_stream(self._caller)
+        give_back, self._give_back = self._give_back, None
+        if give_back is not None:
+            await give_back()
 
     def on_done(self, _context: object = None) -> None:
-        if not self._released:
+        if self._give_back is not None:
             task = asyncio.get_running_loop().create_task(self.release())
             _releasing.add(task)
             task.add_done_callback(_releasing.discard)

@@ -1,0 +1,279 @@
+"""Capacity under a burst: N simultaneous streams, counted by how each one ended, and the server's memory.
+
+    python bench/burst.py [--grpc 3000] [--sse 3000] [--words 10] [--delay-ms 300]
+                          [--max-concurrent-streams N] [--clients 1] [--server-option KEY=VALUE ...]
+
+A child process serves the AI Battle server and its HTTP gateway (in-process, as `python -m server` runs
+them) on 127.0.0.1, with one scripted model answering `--words` words `--delay-ms` apart. This process then
+opens `--grpc` StreamCompletion calls at once, all on ONE gRPC channel, and afterwards `--sse` SSE
+streams at once (`POST /api/v1/completions:stream`, one HTTP connection each, spread over `--clients`
+client processes so the client is not what limits), and counts the outcomes: gRPC status codes, HTTP
+statuses, and streams that started but did not end with the whole reply. It prints the server process's
+peak resident memory (VmHWM) and the wall time. It prints figures and asserts nothing; each run is
+bounded (`--timeout` seconds per burst).
+
+`--server-option grpc.some_arg=1` adds a gRPC core channel argument to the server (several may be given),
+`--max-concurrent-streams` sets `[server] max_concurrent_streams` (0: none) — to compare configurations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = "burst"
+
+
+def config(args: argparse.Namespace) -> dict[str, Any]:
+    server: dict[str, Any] = {"grpc_addr": "127.0.0.1:0", "http_addr": "", "database": ":memory:"}
+    if args.max_concurrent_streams is not None:
+        server["max_concurrent_streams"] = args.max_concurrent_streams
+    return {
+        "server": server,
+        "models": [
+            {
+                "id": MODEL,
+                "provider": "scripted",
+                "capabilities": ["text"],
+                "script": [" ".join(f"word{i}" for i in range(args.words))],
+                "chunk_delay_ms": args.delay_ms,
+            }
+        ],
+    }
+
+
+async def serve(args: argparse.Namespace) -> None:
+    """Child process: server + gateway until stdin closes."""
+    import logging
+
+    from gateway import start_gateway
+    from server.app import AIBattleServer
+    from server.config import Config
+
+    logging.disable(logging.INFO)  # 10,000 access lines would measure the logger
+    if args.server_option:  # gRPC core arguments to compare, added to those the server sets
+        import grpc
+
+        extra = tuple(_option(o) for o in args.server_option)
+        original = grpc.aio.server
+
+        def with_options(*a: Any, options: Any = (), **kw: Any) -> Any:
+            return original(*a, options=(*options, *extra), **kw)
+
+        grpc.aio.server = with_options
+    server = AIBattleServer(Config.from_dict(config(args)))
+    await server.start()
+    gateway = await start_gateway(grpc_target=server.grpc_target, host="127.0.0.1", port=0)
+    print(f"READY {server.grpc_target} {gateway.port} {os.getpid()}", flush=True)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, sys.stdin.read)  # parent closes stdin to stop us
+    await gateway.close()
+    await server.stop(grace=0.5)
+
+
+def _option(text: str) -> tuple[str, int | str]:
+    key, _, value = text.partition("=")
+    return key, int(value) if value.lstrip("-").isdigit() else value
+
+
+def rss_mib(pid: int) -> tuple[float, float]:
+    """(current, peak) resident memory of `pid` in MiB."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value.strip()
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+async def grpc_burst(target: str, n: int, words: int, seconds: float) -> collections.Counter[str]:
+    import grpc
+
+    from aibattle.v1 import completions_pb2, completions_pb2_grpc
+
+    outcomes: collections.Counter[str] = collections.Counter()
+    details: collections.Counter[str] = collections.Counter()
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = completions_pb2_grpc.CompletionServiceStub(channel)
+        request = completions_pb2.StreamCompletionRequest(model=MODEL, prompt="burst")
+
+        async def one() -> None:
+            chunks = 0
+            try:
+                async for _ in stub.StreamCompletion(request, timeout=seconds):
+                    chunks += 1
+            except grpc.aio.AioRpcError as exc:
+                outcomes[exc.code().name] += 1
+                details[f"{exc.code().name}: {exc.details()}"[:160]] += 1
+                return
+            outcomes["OK" if chunks >= words else "OK_SHORT"] += 1
+
+        await asyncio.gather(*(one() for _ in range(n)))
+    for text, count in details.most_common(5):
+        print(f"    {count:>6} × {text}")
+    return outcomes
+
+
+async def sse_burst(base: str, n: int, words: int, seconds: float) -> collections.Counter[str]:
+    import aiohttp
+
+    outcomes: collections.Counter[str] = collections.Counter()
+    body = {"model": MODEL, "prompt": "burst"}
+    headers = {"Accept": "text/event-stream"}
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    client_timeout = aiohttp.ClientTimeout(total=seconds)
+    async with aiohttp.ClientSession(connector=connector, timeout=client_timeout) as session:
+
+        async def one() -> None:
+            try:
+                async with session.post(f"{base}/api/v1/completions:stream", json=body, headers=headers) as r:
+                    if r.status != 200:
+                        await r.read()
+                        retry = " +Retry-After" if "Retry-After" in r.headers else ""
+                        outcomes[f"{r.status}{retry}"] += 1
+                        return
+                    results = 0
+                    error = b""
+                    async for line in r.content:
+                        if error == b"?":
+                            error = line
+                        elif line.startswith(b"event: error"):
+                            error = b"?"
+                        elif line.startswith(b"data: "):
+                            results += 1
+                    if error:
+                        try:
+                            status = json.loads(error.removeprefix(b"data: "))["error"]
+                            code = f"{status['code']} {status.get('message', '')[:60]}"
+                        except (ValueError, KeyError, TypeError):
+                            code = error[:60].decode(errors="replace")
+                        outcomes[f"200 then error {code}"] += 1
+                    else:
+                        outcomes["200" if results >= words else "200 cut short"] += 1
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                outcomes[type(exc).__name__] += 1
+
+        await asyncio.gather(*(one() for _ in range(n)))
+    return outcomes
+
+
+def sse_client(base: str, n: int, words: int, timeout: float) -> None:
+    """A client process's share of an SSE burst: its outcomes as one JSON line."""
+    outcomes = asyncio.run(sse_burst(base, n, words, timeout))
+    print(json.dumps(dict(outcomes)), flush=True)
+
+
+async def sse_clients(base: str, args: argparse.Namespace) -> collections.Counter[str]:
+    shares = [args.sse // args.clients + (i < args.sse % args.clients) for i in range(args.clients)]
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            __file__,
+            "--sse-client",
+            base,
+            str(share),
+            str(args.words),
+            str(args.timeout),
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        for share in shares
+    ]
+    total: collections.Counter[str] = collections.Counter()
+    for proc in procs:
+        out, _ = await proc.communicate()
+        lines = out.decode().strip().splitlines()
+        total.update(json.loads(lines[-1]) if lines else {"client failed": 1})
+    return total
+
+
+async def watch_rss(pid: int, peak: list[float], stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        peak[0] = max(peak[0], rss_mib(pid)[0])
+        await asyncio.sleep(0.2)
+
+
+async def timed(name: str, pid: int, n: int, run: Any) -> None:
+    peak = [0.0]
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(watch_rss(pid, peak, stop))
+    before = rss_mib(pid)[0]
+    start = time.perf_counter()
+    outcomes = await run
+    elapsed = time.perf_counter() - start
+    stop.set()
+    await watcher
+    counts = ", ".join(f"{k}: {v}" for k, v in sorted(outcomes.items()))
+    print(f"{name}: {n} at once, {elapsed:.1f} s: {counts}")
+    print(f"    server RSS {before:.0f} MiB before, {peak[0]:.0f} MiB peak during the burst")
+
+
+async def bench(args: argparse.Namespace) -> None:
+    argv = [sys.executable, __file__, "--serve", "--words", str(args.words), "--delay-ms", str(args.delay_ms)]
+    if args.max_concurrent_streams is not None:
+        argv += ["--max-concurrent-streams", str(args.max_concurrent_streams)]
+    for option in args.server_option:
+        argv += ["--server-option", option]
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        cwd=ROOT,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.stdout is not None and proc.stdin is not None
+    line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode().split()
+    if not line or line[0] != "READY":
+        raise SystemExit("the benchmark server did not start")
+    grpc_target, http_port, pid = line[1], int(line[2]), int(line[3])
+    print(
+        f"burst: scripted model, {args.words} words {args.delay_ms} ms apart; server pid {pid},"
+        f" max_concurrent_streams={args.max_concurrent_streams}, options={args.server_option or 'none'};"
+        f" {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}"
+    )
+    try:
+        if args.grpc:
+            await timed(
+                "gRPC, one channel",
+                pid,
+                args.grpc,
+                grpc_burst(grpc_target, args.grpc, args.words, args.timeout),
+            )
+        if args.sse:
+            base = f"http://127.0.0.1:{http_port}"
+            await timed(f"SSE, {args.clients} client process(es)", pid, args.sse, sse_clients(base, args))
+        now, peak = rss_mib(pid)
+        print(f"server RSS at the end {now:.0f} MiB, peak over the run (VmHWM) {peak:.0f} MiB")
+    finally:
+        proc.stdin.close()
+        await asyncio.wait_for(proc.wait(), 30)
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--sse-client"]:
+        base, n, words, timeout = sys.argv[2:6]
+        sse_client(base, int(n), int(words), float(timeout))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--grpc", type=int, default=3000, help="simultaneous gRPC streams (0: none)")
+    parser.add_argument("--sse", type=int, default=3000, help="simultaneous SSE streams (0: none)")
+    parser.add_argument("--words", type=int, default=10)
+    parser.add_argument("--delay-ms", type=int, default=300)
+    parser.add_argument("--max-concurrent-streams", type=int, default=None)
+    parser.add_argument("--server-option", action="append", default=[])
+    parser.add_argument("--clients", type=int, default=1, help="client processes for the SSE burst")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds each stream may take")
+    args = parser.parse_args()
+    asyncio.run(serve(args) if args.serve else bench(args))
+
+
+if __name__ == "__main__":
+    main()
