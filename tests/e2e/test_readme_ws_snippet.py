@@ -79,22 +79,6 @@ async def run_snippet(tmp_path: Path, port: int, **bindings: str) -> str:
 
 async def test_readme_websocket_snippet_as_written(tmp_path: Path) -> None:
     async with serving(MODELS) as server:
-        async with grpc.aio.insecure_channel(server.grpc_target) as channel:
-            reasoning = await reasoning_pb2_grpc.ReasoningServiceStub(channel).CreateReasoning(
-                reasoning_pb2.CreateReasoningRequest(
-                    primary_model="scripted-echo", prompt="Is P = NP?", max_iterations=1, wait=True
-                )
-            )
-            conversation = await conversations_pb2_grpc.ConversationServiceStub(channel).CreateConversation(
-                conversations_pb2.CreateConversationRequest(
-                    models=[
-                        conversations_pb2.Participant(id="scripted-echo", role="human"),
-                        conversations_pb2.Participant(id="scripted-echo", role="assistant"),
-                    ],
-                    mode="human-ai",
-                    rounds=1,
-                )
-            )
         handle = await start_gateway(
             grpc_target=server.grpc_target,
             host="127.0.0.1",
@@ -102,13 +86,7 @@ async def test_readme_websocket_snippet_as_written(tmp_path: Path) -> None:
             options=GatewayOptions(descriptor_set=None),
         )
         try:
-            out = await run_snippet(
-                tmp_path,
-                handle.port,
-                reasoningId=reasoning.reasoning.reasoning_id,
-                conversationId=conversation.conversation.conversation_id,
-                apiKey="sk-unused-on-an-open-server",
-            )
+            out = await create_and_run_snippet(tmp_path, server.grpc_target, handle.url)
         finally:
             await handle.close()
     check_output(out)
