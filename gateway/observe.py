@@ -194,14 +194,19 @@ def note_upstream(metadata: Iterable[tuple[str, Any]] | None) -> None:
             return
 
 
+def note_upstream_of(initial: grpc.aio.Metadata | None, trailing: grpc.aio.Metadata | None) -> None:
+    """A unary answer's wait: in its initial metadata, or in its trailers (where the gateway asks the
+    server to put it, `ECHO_METADATA`)."""
+    if any(key == UPSTREAM_MS_METADATA for key, _ in initial or ()):
+        note_upstream(initial)
+    else:
+        note_upstream(trailing)
+
+
 def note_failed_call(error: grpc.aio.AioRpcError) -> None:
     """A call that failed before any message: its wait, from its initial metadata (or, for an answer of
     trailers only, its trailing metadata)."""
-    initial = error.initial_metadata() or ()
-    if any(key == UPSTREAM_MS_METADATA for key, _ in initial):
-        note_upstream(initial)
-    else:
-        note_upstream(error.trailing_metadata())
+    note_upstream_of(error.initial_metadata(), error.trailing_metadata())
 
 
 # --- the response's headers ---------------------------------------------------------------------------

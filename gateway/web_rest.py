@@ -77,8 +77,9 @@ async def _unary_response(
             pump.raise_own_error()
         raise
     initial = await call.initial_metadata()
-    observe.note_upstream(initial)
-    headers = response_headers(initial, await call.trailing_metadata())
+    trailing = await call.trailing_metadata()
+    observe.note_upstream_of(initial, trailing)
+    headers = response_headers(initial, trailing)
     payload = response_json(match.route, message, emit_unpopulated=emit)
     return web.Response(text=dumps(payload), content_type="application/json", headers=headers)
 

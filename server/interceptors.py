@@ -28,7 +28,15 @@ from opentelemetry.trace import Span, SpanKind
 
 from common import bounds
 from common.errors import INTERNAL, MALFORMED_REQUEST, ApiError, InvalidArgument, internal_error
-from common.observability import UPSTREAM_MS_METADATA, conventions, metrics, requests, tracing
+from common.observability import (
+    ECHO_IN_TRAILERS,
+    ECHO_METADATA,
+    UPSTREAM_MS_METADATA,
+    conventions,
+    metrics,
+    requests,
+    tracing,
+)
 from server import logs
 from server.security.observed import series
 
@@ -39,27 +47,33 @@ REQUEST_ID_HEADER = "x-request-id"
 _MAX_REQUEST_ID = 128
 
 
-def _incoming_request_id(context: grpc.aio.ServicerContext) -> str:
+def _incoming(context: grpc.aio.ServicerContext) -> tuple[str, bool]:
+    """The caller's request id (or a new one), and whether it asks for the echo in trailers."""
+    rid = ""
+    trailers = False
     for key, value in context.invocation_metadata() or ():
         if key == REQUEST_ID_HEADER and isinstance(value, str) and 0 < len(value) <= _MAX_REQUEST_ID:
-            return value
-    return uuid.uuid4().hex
+            rid = rid or value
+        elif key == ECHO_METADATA and value == ECHO_IN_TRAILERS:
+            trailers = True
+    return rid or uuid.uuid4().hex, trailers
 
 
 class RequestContextInterceptor(AsyncServerInterceptor):
     """Takes or makes the request id; observes each call (`_Rpc`): its metrics, its SERVER span (when
-    tracing is on), its access-log line; echoes the request id as initial metadata (see `_Rpc.echo`)."""
+    tracing is on), its access-log line; echoes the request id as initial metadata, or with a unary
+    answer's status when the caller asks (see `_Rpc.echo`)."""
 
     async def intercept(
         self, method: Callable[..., Any], request: Any, context: grpc.aio.ServicerContext, method_name: str
     ) -> Any:
-        rid = _incoming_request_id(context)
+        rid, trailers = _incoming(context)
         token = logs.request_id.set(rid)
         try:
             response = method(request, context)
             if inspect.isasyncgen(response):
                 return self._stream(response, context, method_name, rid)
-            rpc = _Rpc(context, method_name, rid, streaming=False)
+            rpc = _Rpc(context, method_name, rid, streaming=False, trailers=trailers)
             rpc_token = _current.set(rpc)
             try:
                 with tracing.use(rpc.span):
@@ -127,11 +141,13 @@ _SERVER_FAULTS = frozenset(
 class _Rpc:
     """One call as the service sees it: its `Observation` (model, tokens, wait on providers), the
     metrics and span it records when it ends (`finish`, once however it ends), and the request id it
-    echoes as initial metadata with the milliseconds it waited on model providers (`echo`).
+    echoes with the milliseconds it waited on model providers (`echo`).
 
     The metadata goes out when the answer does: right before a stream's first message (or at its end,
     if it has none), after a unary handler returns, and before a failure's status (ErrorInterceptor), so
-    a failed call still carries its request id and the upstream wait is known when it is sent.
+    a failed call still carries its request id and the upstream wait is known when it is sent. It is
+    initial metadata, except for a unary call whose caller asked for it in trailers (`ECHO_METADATA`,
+    as the gateway does): then it goes with the status, and grpc.aio makes no write for it alone.
     """
 
     __slots__ = (
@@ -145,13 +161,23 @@ class _Rpc:
         "rid",
         "span",
         "streaming",
+        "trailers",
     )
 
-    def __init__(self, context: grpc.aio.ServicerContext, method: str, rid: str, *, streaming: bool) -> None:
+    def __init__(
+        self,
+        context: grpc.aio.ServicerContext,
+        method: str,
+        rid: str,
+        *,
+        streaming: bool,
+        trailers: bool = False,
+    ) -> None:
         self._context = context
         self.method = method
         self.rid = rid
         self.streaming = streaming
+        self.trailers = trailers and not streaming
         self.echoed = False
         self.finished = False
         self.overhead: float | None = None
@@ -163,15 +189,25 @@ class _Rpc:
                 _OPEN_STREAMS.inc()
 
     async def echo(self) -> None:
-        """The initial metadata, once: request id and upstream milliseconds so far."""
+        """The initial metadata, once: request id and upstream milliseconds so far (or, asked for in
+        trailers, the same added to the trailing metadata)."""
         if self.echoed:
             return
+        if self.trailers:
+            self._context.set_trailing_metadata(
+                (*(self._context.trailing_metadata() or ()), *self.echo_pairs())
+            )
+            return
+        await self._context.send_initial_metadata(self.echo_pairs())
+
+    def echo_pairs(self) -> tuple[tuple[str, str], ...]:
+        """What `echo` sends, once (afterwards nothing): the request id, the upstream milliseconds so far."""
+        if self.echoed:
+            return ()
         self.echoed = True
         self.overhead = self.observation.overhead_seconds()
         upstream_ms = f"{self.observation.upstream_seconds * 1000:.3f}"
-        await self._context.send_initial_metadata(
-            ((REQUEST_ID_HEADER, self.rid), (UPSTREAM_MS_METADATA, upstream_ms))
-        )
+        return ((REQUEST_ID_HEADER, self.rid), (UPSTREAM_MS_METADATA, upstream_ms))
 
     def finish(self, *, interrupted: bool = False) -> None:
         """Metrics, span and access line, once (a stream's end, or its call's done callback)."""
@@ -347,9 +383,14 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method_name:
         status = internal_error(logs.request_id.get()).to_status()
         requests.note_reason(INTERNAL.name)
     rpc = _current.get()
-    if rpc is not None and not rpc.echoed:
-        # Before the status, so a failed call still carries its request id (after it, too late).
-        with contextlib.suppress(Exception):
-            await rpc.echo()
     grpc_status = rpc_status.to_status(status)
-    await context.abort(grpc_status.code, grpc_status.details, grpc_status.trailing_metadata)
+    trailing = tuple(grpc_status.trailing_metadata)
+    if rpc is not None and not rpc.echoed:
+        # Before the status, so a failed call still carries its request id (after it, too late); or
+        # with it, in the trailers the caller asked for (abort replaces any set before).
+        if rpc.trailers:
+            trailing += rpc.echo_pairs()
+        else:
+            with contextlib.suppress(Exception):
+                await rpc.echo()
+    await context.abort(grpc_status.code, grpc_status.details, trailing)

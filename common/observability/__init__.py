@@ -15,7 +15,9 @@ One package for the server and the gateway, so both count and trace the same way
 
 Between the gateway and the server, the server reports the time its answer waited on model providers
 in the gRPC initial metadata (`UPSTREAM_MS_METADATA`), so the gateway can tell its clients the
-overhead of the whole path (`OVERHEAD_HEADER`).
+overhead of the whole path (`OVERHEAD_HEADER`). The gateway asks for it in the trailing metadata of a
+unary answer instead (`ECHO_METADATA`): there it rides with the status, where initial metadata sent
+after the handler costs a write of its own.
 """
 
 from __future__ import annotations
@@ -26,3 +28,10 @@ providers), as LiteLLM's `x-litellm-overhead-duration-ms`; on a stream, up to it
 UPSTREAM_MS_METADATA = "x-aibattle-upstream-ms"
 """gRPC initial metadata from the server: milliseconds the answer has waited on model providers so far
 (the whole wait for a unary answer; up to the first message for a stream)."""
+ECHO_METADATA = "x-aibattle-echo"
+"""gRPC request metadata: `trailers` asks the server to put the request id and `UPSTREAM_MS_METADATA` of
+a unary answer in its trailing metadata, sent with the status at no cost, instead of initial metadata,
+which grpc.aio can only send as a write of its own once the handler has returned (a stream's must go
+before its first message, so it keeps initial metadata). The gateway asks for it on every call; other
+clients get initial metadata."""
+ECHO_IN_TRAILERS = "trailers"

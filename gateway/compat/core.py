@@ -269,7 +269,8 @@ async def create_completion(request: web.Request, params: ChatParams) -> Any:
         CREATE_COMPLETION, message, metadata=context.metadata, timeout=context.timeout
     )
     response = await call
-    observe.note_upstream(await call.initial_metadata())  # the answer's wait on its model
+    # The answer's wait on its model (in the trailers the gateway asks for: gateway.web_state.call_context).
+    observe.note_upstream_of(await call.initial_metadata(), await call.trailing_metadata())
     return response
 
 
