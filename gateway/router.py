@@ -24,10 +24,23 @@ class Match:
 
 
 class Router:
-    """Matches (method, raw path, upgrade?) against derived routes."""
+    """Matches (method, raw path, upgrade?) against derived routes.
+
+    A path that a template without variables spells out (`/api/v1/completions`, `…/completions:stream`)
+    is found in a dict, its answer computed at start-up by the same scan; any other path is matched
+    against every template, most specific first.
+    """
 
     def __init__(self, routes: Sequence[Route]) -> None:
         self.routes = tuple(routes)
+        self._literal: dict[str, list[tuple[Route, dict[str, str]]]] = {}
+        for route in self.routes:
+            if not route.template.variables and not any(s in ("*", "**") for s in route.template.segments):
+                path = route.template.example()
+                self._literal[path] = self._scan(path)
+
+    def _scan(self, raw_path: str) -> list[tuple[Route, dict[str, str]]]:
+        return _most_specific([(r, p) for r in self.routes if (p := r.template.match(raw_path)) is not None])
 
     def match(self, method: str, raw_path: str, *, websocket: bool) -> Match:
         """The route for a request; raises ApiError for 404, 405 (with Allow) and 426.
@@ -38,16 +51,16 @@ class Router:
         out of reach; grpc-gateway would fall back to it.) An upgrade request prefers a WebSocket
         route; without one it is served as plain HTTP.
         """
-        matches = _most_specific(
-            [(r, p) for r in self.routes if (p := r.template.match(raw_path)) is not None]
-        )
+        matches = self._literal.get(raw_path)
+        if matches is None:
+            matches = self._scan(raw_path)
         if websocket and method == "GET":
             for route, params in matches:
                 if route.kind is Kind.WEBSOCKET:
-                    return Match(route, params)
+                    return Match(route, dict(params))
         for route, params in matches:
             if route.kind is Kind.REST and route.http_method == method:
-                return Match(route, params)
+                return Match(route, dict(params))
         if not matches:
             raise route_not_found(f"{method} {raw_path}")
         if method == "GET" and any(r.kind is Kind.WEBSOCKET for r, _ in matches):
@@ -60,8 +73,10 @@ class Router:
 
     def allowed_methods(self, raw_path: str) -> list[str]:
         """The methods of the resource this path names (for CORS preflight). WebSocket routes are GET."""
-        matches = [(r, p) for r in self.routes if (p := r.template.match(raw_path)) is not None]
-        return sorted({r.http_method for r, _ in _most_specific(matches)})
+        matches = self._literal.get(raw_path)
+        if matches is None:
+            matches = self._scan(raw_path)
+        return sorted({r.http_method for r, _ in matches})
 
 
 def _most_specific(matches: list[tuple[Route, dict[str, str]]]) -> list[tuple[Route, dict[str, str]]]:
