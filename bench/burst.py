@@ -12,7 +12,8 @@ statuses, and streams that started but did not end with the whole reply. It prin
 peak resident memory (VmHWM) and the wall time. It prints figures and asserts nothing; each run is
 bounded (`--timeout` seconds per burst).
 
-`--server-option grpc.some_arg=1` adds a gRPC core channel argument to the server (several may be given),
+`--server-option grpc.some_arg=1` adds a gRPC core argument to the server, `--gateway-option` one to the
+gateway's channel (each may be given several times),
 `--max-concurrent-streams` sets `[server] max_concurrent_streams` (0: none) — to compare configurations.
 """
 
@@ -69,6 +70,16 @@ async def serve(args: argparse.Namespace) -> None:
             return original(*a, options=(*options, *extra), **kw)
 
         grpc.aio.server = with_options
+    if args.gateway_option:  # gRPC arguments to compare, added to those of the gateway's channel
+        import grpc
+
+        channel_extra = tuple(_option(o) for o in args.gateway_option)
+        original_channel = grpc.aio.insecure_channel
+
+        def channel_with_options(*a: Any, options: Any = (), **kw: Any) -> Any:
+            return original_channel(*a, options=(*options, *channel_extra), **kw)
+
+        grpc.aio.insecure_channel = channel_with_options
     server = AIBattleServer(Config.from_dict(config(args)))
     await server.start()
     gateway = await start_gateway(grpc_target=server.grpc_target, host="127.0.0.1", port=0)
@@ -221,6 +232,8 @@ async def bench(args: argparse.Namespace) -> None:
         argv += ["--max-concurrent-streams", str(args.max_concurrent_streams)]
     for option in args.server_option:
         argv += ["--server-option", option]
+    for option in args.gateway_option:
+        argv += ["--gateway-option", option]
     proc = await asyncio.create_subprocess_exec(
         *argv,
         cwd=ROOT,
@@ -233,10 +246,14 @@ async def bench(args: argparse.Namespace) -> None:
     if not line or line[0] != "READY":
         raise SystemExit("the benchmark server did not start")
     grpc_target, http_port, pid = line[1], int(line[2]), int(line[3])
+    limit = "default" if args.max_concurrent_streams is None else args.max_concurrent_streams
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     print(
         f"burst: scripted model, {args.words} words {args.delay_ms} ms apart; server pid {pid},"
-        f" max_concurrent_streams={args.max_concurrent_streams}, options={args.server_option or 'none'};"
-        f" {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}"
+        f" max_concurrent_streams={limit},"
+        f" server options={args.server_option or 'none'},"
+        f" gateway options={args.gateway_option or 'none'};"
+        f" {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}, {when}"
     )
     try:
         if args.grpc:
@@ -269,6 +286,7 @@ def main() -> None:
     parser.add_argument("--delay-ms", type=int, default=300)
     parser.add_argument("--max-concurrent-streams", type=int, default=None)
     parser.add_argument("--server-option", action="append", default=[])
+    parser.add_argument("--gateway-option", action="append", default=[])
     parser.add_argument("--clients", type=int, default=1, help="client processes for the SSE burst")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds each stream may take")
     args = parser.parse_args()
