@@ -124,9 +124,9 @@ class ServerConfig(ConfigModel):
     per core. More than one needs a `postgresql://` database (`python -m server --workers N` overrides)."""
     max_concurrent_streams: NonNegativeInt = 10_000
     """Response streams (server streams and Converse, so every SSE, NDJSON and WebSocket stream of the
-    gateway too) the whole server holds open at once; one more is refused at once with
-    RESOURCE_EXHAUSTED `SERVER_BUSY` and a RetryInfo (HTTP 429 + Retry-After). 0: no limit. The default
-    fits in about 1 GiB of memory (bench/burst.py)."""
+    gateway too) the whole server holds open at once, each process of `workers` its own; one more is
+    refused at once with RESOURCE_EXHAUSTED `SERVER_BUSY` and a RetryInfo (HTTP 429 + Retry-After).
+    0: no limit. The default fits in about 1 GiB of memory (bench/burst.py)."""
     redis_url: StrictStr = ""
     """Where the per-key limits live: empty, in this process (exact for one replica); a `redis://` (or
     `rediss://`, `unix://`) URL, in that Redis, shared by every replica that names it."""
