@@ -1,7 +1,8 @@
 """Capacity under a burst: N simultaneous streams, counted by how each one ended, and the server's memory.
 
-    python bench/burst.py [--grpc 3000] [--sse 3000] [--words 10] [--delay-ms 300]
+    python bench/burst.py [--grpc 3000] [--sse 3000] [--words 10] [--delay-ms 300] [--slow 0]
                           [--max-concurrent-streams N] [--clients 1] [--server-option KEY=VALUE ...]
+                          [--gateway-option KEY=VALUE ...]
 
 A child process serves the AI Battle server and its HTTP gateway (in-process, as `python -m server` runs
 them) on 127.0.0.1, with one scripted model answering `--words` words `--delay-ms` apart. This process then
@@ -12,7 +13,10 @@ statuses, and streams that started but did not end with the whole reply. It prin
 peak resident memory (VmHWM) and the wall time. It prints figures and asserts nothing; each run is
 bounded (`--timeout` seconds per burst).
 
-`--server-option grpc.some_arg=1` adds a gRPC core argument to the server, `--gateway-option` one to the
+`--slow N` first opens N SSE streams whose clients never read (an endless model of 200 KB chunks) and
+prints what they cost the server in memory; they stay open during the bursts, which must not notice them.
+
+`--server-option grpc.some_arg=1` sets a gRPC core argument of the server, `--gateway-option` one of the
 gateway's channel (each may be given several times),
 `--max-concurrent-streams` sets `[server] max_concurrent_streams` (0: none) — to compare configurations.
 """
@@ -31,6 +35,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "burst"
+#: For `--slow`: 200 KB chunks, the same string each time, up to SLOW_CHUNKS of them.
+ENDLESS = "burst-endless"
+SLOW_CHUNKS = 2000
 
 
 def config(args: argparse.Namespace) -> dict[str, Any]:
@@ -46,7 +53,8 @@ def config(args: argparse.Namespace) -> dict[str, Any]:
                 "capabilities": ["text"],
                 "script": [" ".join(f"word{i}" for i in range(args.words))],
                 "chunk_delay_ms": args.delay_ms,
-            }
+            },
+            {"id": ENDLESS, "provider": "scripted", "capabilities": ["text"], "script": ["(see serve)"]},
         ],
     }
 
@@ -67,7 +75,7 @@ async def serve(args: argparse.Namespace) -> None:
         original = grpc.aio.server
 
         def with_options(*a: Any, options: Any = (), **kw: Any) -> Any:
-            return original(*a, options=(*options, *extra), **kw)
+            return original(*a, options=(*extra, *options), **kw)  # the first of a key wins
 
         grpc.aio.server = with_options
     if args.gateway_option:  # gRPC arguments to compare, added to those of the gateway's channel
@@ -77,9 +85,10 @@ async def serve(args: argparse.Namespace) -> None:
         original_channel = grpc.aio.insecure_channel
 
         def channel_with_options(*a: Any, options: Any = (), **kw: Any) -> Any:
-            return original_channel(*a, options=(*options, *channel_extra), **kw)
+            return original_channel(*a, options=(*channel_extra, *options), **kw)
 
         grpc.aio.insecure_channel = channel_with_options
+    _endless_model()
     server = AIBattleServer(Config.from_dict(config(args)))
     await server.start()
     gateway = await start_gateway(grpc_target=server.grpc_target, host="127.0.0.1", port=0)
@@ -88,6 +97,28 @@ async def serve(args: argparse.Namespace) -> None:
     await loop.run_in_executor(None, sys.stdin.read)  # parent closes stdin to stop us
     await gateway.close()
     await server.stop(grace=0.5)
+
+
+def _endless_model() -> None:
+    """The scripted provider, answering ENDLESS with the same 200 KB chunk SLOW_CHUNKS times (a script
+    that long would be copied into every stream, and the copies would be what RSS measures)."""
+    from common.enums import FinishReason
+    from server.providers.base import Delta, Finish, Usage
+    from server.providers.scripted import ScriptedProvider
+
+    chunk = Delta(content="x" * 200_000 + " ")
+    original = ScriptedProvider.stream
+
+    async def stream(self: ScriptedProvider, model: Any, request: Any) -> Any:
+        if model.id != ENDLESS:
+            async for item in original(self, model, request):
+                yield item
+            return
+        for _ in range(SLOW_CHUNKS):
+            yield chunk
+        yield Finish(Usage(prompt_tokens=1, completion_tokens=SLOW_CHUNKS), FinishReason.STOP)
+
+    ScriptedProvider.stream = stream  # type: ignore[method-assign]
 
 
 def _option(text: str) -> tuple[str, int | str]:
@@ -205,6 +236,34 @@ async def sse_clients(base: str, args: argparse.Namespace) -> collections.Counte
     return total
 
 
+async def open_slow_readers(port: int, n: int) -> list[asyncio.StreamWriter]:
+    """`n` SSE streams of the endless model whose clients read their headers, then nothing."""
+    body = json.dumps({"model": ENDLESS, "prompt": "slow", "max_tokens": SLOW_CHUNKS}).encode()
+    head = (
+        "POST /api/v1/completions:stream HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    writers = []
+    for _ in range(n):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(head + body)
+        await reader.readuntil(b"\r\n\r\n")
+        writers.append(writer)
+    return writers
+
+
+async def steady_rss(pid: int) -> float:
+    """The process's RSS once it has not moved by 1 MiB for a second (at most 30 s)."""
+    last = rss_mib(pid)[0]
+    for _ in range(30):
+        await asyncio.sleep(1)
+        now = rss_mib(pid)[0]
+        if abs(now - last) < 1:
+            return now
+        last = now
+    return last
+
+
 async def watch_rss(pid: int, peak: list[float], stop: asyncio.Event) -> None:
     while not stop.is_set():
         peak[0] = max(peak[0], rss_mib(pid)[0])
@@ -255,7 +314,16 @@ async def bench(args: argparse.Namespace) -> None:
         f" gateway options={args.gateway_option or 'none'};"
         f" {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}, {when}"
     )
+    slow: list[asyncio.StreamWriter] = []
     try:
+        if args.slow:
+            before = await steady_rss(pid)
+            slow = await open_slow_readers(http_port, args.slow)
+            held = await steady_rss(pid) - before
+            print(
+                f"{args.slow} slow readers (SSE of 200 KB chunks, never read): server RSS +{held:.0f} MiB,"
+                f" {held / args.slow:.1f} MiB each; they stay open during what follows"
+            )
         if args.grpc:
             await timed(
                 "gRPC, one channel",
@@ -269,6 +337,8 @@ async def bench(args: argparse.Namespace) -> None:
         now, peak = rss_mib(pid)
         print(f"server RSS at the end {now:.0f} MiB, peak over the run (VmHWM) {peak:.0f} MiB")
     finally:
+        for writer in slow:
+            writer.close()
         proc.stdin.close()
         await asyncio.wait_for(proc.wait(), 30)
 
@@ -287,6 +357,7 @@ def main() -> None:
     parser.add_argument("--max-concurrent-streams", type=int, default=None)
     parser.add_argument("--server-option", action="append", default=[])
     parser.add_argument("--gateway-option", action="append", default=[])
+    parser.add_argument("--slow", type=int, default=0, help="slow readers held open during the bursts")
     parser.add_argument("--clients", type=int, default=1, help="client processes for the SSE burst")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds each stream may take")
     args = parser.parse_args()

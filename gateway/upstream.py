@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2
 
+from common.addresses import AddressError, is_loopback, parse_host_port
 from common.observability import tracing
 from gateway import access
 from gateway.descriptors import Rpc, Shape
@@ -34,15 +35,31 @@ def traced(metadata: Metadata) -> Metadata:
     return [*(item for item in metadata if item[0] not in _TRACE_CONTEXT), *carrier.items()]
 
 
+def channel_options(target: str) -> list[tuple[str, int]]:
+    """The upstream channel's gRPC arguments.
+
+    Size limits are enforced on the HTTP side; the upstream is trusted with what it sends back. A
+    loopback upstream (the in-process gateway's) keeps HTTP/2's 64 KiB stream window rather than one grown
+    by BDP probing: on loopback that buys no throughput, and every response stream whose HTTP client
+    stops reading holds its window in this process (about 6.5 MiB each with probing, 2 MiB without, in
+    bench/burst.py's terms). A remote upstream keeps probing, which a long round trip needs.
+    """
+    options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+    try:
+        loopback = is_loopback(parse_host_port(target)[0])
+    except AddressError:  # a resolver target (dns:///…, unix:…): not known to be loopback
+        loopback = False
+    if loopback:
+        options.append(("grpc.http2.bdp_probe", 0))
+    return options
+
+
 class Upstream:
     """One channel to the gRPC target, shared by every request."""
 
     def __init__(self, target: str) -> None:
         self.target = target
-        # Size limits are enforced on the HTTP side; the upstream is trusted with what it sends back.
-        self.channel = grpc.aio.insecure_channel(
-            target, options=[("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
-        )
+        self.channel = grpc.aio.insecure_channel(target, options=channel_options(target))
         self._callables: dict[str, Any] = {}
 
     def start(self, rpc: Rpc, request: Any, *, metadata: Metadata, timeout: float | None) -> Any:

@@ -15,6 +15,7 @@ import pytest
 
 from common.errors import SERVER_BUSY
 from gateway import start_gateway
+from gateway.upstream import channel_options
 from server.app import AIBattleServer
 from server.config import ModelConfig
 from server.providers.base import ChatRequest, StreamItem
@@ -151,3 +152,12 @@ async def settled(counter: list[int]) -> None:
             await asyncio.sleep(0.01)
             still = still + 1 if counter[0] == last else 0
             last = counter[0]
+
+
+@pytest.mark.parametrize(
+    ("target", "probing"),
+    [("127.0.0.1:50051", False), ("[::1]:50051", False), ("localhost:1", False), ("aibattle:50051", True)],
+)
+def test_a_loopback_upstream_keeps_a_fixed_stream_window(target: str, probing: bool) -> None:
+    """Every unread stream holds its window in the gateway; on loopback, probing would only grow it."""
+    assert (("grpc.http2.bdp_probe", 0) not in channel_options(target)) is probing
