@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+from common import event_loop
 from common.addresses import AddressError, parse_host_port
 from common.config import ConfigError, read_toml, validate
 from common.logs import configure_json
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     metrics.configure(on=launch.metrics.metrics)
     tracing.configure(service_name="aibattle-gateway")  # OTEL_* only; nothing installed without them
     try:
-        asyncio.run(serve(launch))
+        event_loop.run(serve(launch))  # uvloop's, by default
     finally:
         tracing.shutdown()  # flush pending spans, the event loop gone
 

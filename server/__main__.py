@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Callable
 
+from common import event_loop
 from common.addresses import parse_host_port
 from common.observability import metrics, tracing
 from server import logs
@@ -148,7 +149,7 @@ def main() -> None:
         config = as_worker(config)
     observe(config)
     try:
-        sys.exit(asyncio.run(serve(config, reuse_port=worker is not None)))
+        sys.exit(event_loop.run(serve(config, reuse_port=worker is not None)))  # uvloop's, by default
     except (ProviderStartError, ConfigError, SchemaTooNew, OSError) as exc:
         log.error("cannot start: %s", exc)
         print(f"aibattle: cannot start: {exc}", file=sys.stderr)
