@@ -32,7 +32,7 @@ from gateway.calls import RequestPump
 from gateway.metadata import response_headers
 from gateway.relay import relay
 from gateway.routes import Route
-from gateway.transcode import error_frame, response_json, result_frame
+from gateway.transcode import dumps_bytes, error_frame, response_json
 from gateway.web_errors import NATIVE, Dialect, error_response
 from gateway.web_state import STATE
 
@@ -74,10 +74,12 @@ class Framing(Protocol):
 SSE_KEEPALIVE = b": keep-alive\n\n"
 
 
-def sse_event(data: str, *, event: str | None = None, id: int | None = None) -> bytes:
-    """One Server-Sent Event."""
+def sse_event(data: bytes, *, event: str | None = None, id: int | None = None) -> bytes:
+    """One Server-Sent Event around JSON already encoded (`dumps_bytes`): nothing is encoded twice."""
+    if id is None and not event:
+        return b"data: " + data + b"\n\n"
     head = (f"id: {id}\n" if id is not None else "") + (f"event: {event}\n" if event else "")
-    return head.encode() + f"data: {data}\n\n".encode()
+    return head.encode() + b"data: " + data + b"\n\n"
 
 
 @dataclass
@@ -93,16 +95,18 @@ class NativeFraming:
         return SSE if self.sse else NDJSON
 
     def message(self, message: Message) -> bytes:
-        frame = result_frame(response_json(self.route, message, emit_unpopulated=self.emit_unpopulated))
+        frame = dumps_bytes(
+            {"result": response_json(self.route, message, emit_unpopulated=self.emit_unpopulated)}
+        )
         if not self.sse:
-            return f"{frame}\n".encode()
+            return frame + b"\n"
         events = self.route.events
         sequence = events.sequence(message) if events is not None else 0
         return sse_event(frame, id=sequence or None)
 
     def error(self, status: status_pb2.Status) -> bytes:
-        frame = error_frame(status)
-        return sse_event(frame, event="error") if self.sse else f"{frame}\n".encode()
+        frame = error_frame(status).encode()
+        return sse_event(frame, event="error") if self.sse else frame + b"\n"
 
     def end(self) -> bytes:
         return b""

@@ -39,7 +39,7 @@ from gateway.compat.core import (
     stop_list,
     stream_completion,
 )
-from gateway.transcode import dumps
+from gateway.transcode import dumps_bytes
 from gateway.web_errors import Dialect
 from gateway.web_stream import NDJSON, stream_http
 
@@ -250,7 +250,7 @@ def _summary(last: Any, started: int) -> dict[str, Any]:
 
 
 def _line(payload: dict[str, Any]) -> bytes:
-    return (dumps(payload) + "\n").encode()
+    return dumps_bytes(payload) + b"\n"
 
 
 ROUTES = (

@@ -40,7 +40,7 @@ from gateway.compat.core import (
     stream_completion,
 )
 from gateway.errors import error_reason, field_at_fault, http_status
-from gateway.transcode import dumps
+from gateway.transcode import dumps, dumps_bytes
 from gateway.web_errors import Dialect
 from gateway.web_stream import SSE, SSE_KEEPALIVE, sse_event, stream_http
 
@@ -315,17 +315,17 @@ class ChunkFraming:
             "choices": [{**choice, "logprobs": None, "finish_reason": finish}],
         }
         if not self._include_usage:
-            return sse_event(dumps(frame))
+            return sse_event(dumps_bytes(frame))
         frame["usage"] = None
-        data = sse_event(dumps(frame))
+        data = sse_event(dumps_bytes(frame))
         if chunk.is_final:
             # stream_options.include_usage: one more chunk, no choices, the usage.
-            data += sse_event(dumps({**frame, "choices": [], "usage": _usage(chunk.usage)}))
+            data += sse_event(dumps_bytes({**frame, "choices": [], "usage": _usage(chunk.usage)}))
         return data
 
     def error(self, status: status_pb2.Status) -> bytes:
         # The status line is gone: the error is an event, which the client raises as APIError.
-        return sse_event(dumps(error_body(status, http_status(status.code)))) + _DONE
+        return sse_event(dumps(error_body(status, http_status(status.code))).encode()) + _DONE
 
     def end(self) -> bytes:
         return _DONE
