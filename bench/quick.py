@@ -11,10 +11,12 @@ Four targets on 127.0.0.1, each a process of its own:
     the provider's HTTP call → back);
   - ours native: the same server's POST /api/v1/completions on a scripted model (no upstream call: the
     gateway and gRPC alone).
-Each is measured at concurrency 1 (p50) and at --concurrency (requests per second), non-stream, with
-wrk when it is installed (`make install` puts it there) and with an aiohttp client otherwise. Every
-row shows its ratio to the floor: p50 / floor p50 (lower is better) and req/s / floor req/s (higher is
-better). Run it before and after any change to the hot path; it prints figures and asserts nothing.
+Each is measured at concurrency 1 (p50) and at --concurrency (requests per second, and the target
+process's CPU time per request over that cell, from /proc: the figure other load on the machine
+disturbs least), non-stream, with wrk when it is installed (`make install` puts it there) and with an
+aiohttp client otherwise. Every row shows its ratio to the floor: p50 and CPU per request / the
+floor's (lower is better), req/s / the floor's (higher is better). Run it before and after any change to
+the hot path; it prints figures and asserts nothing.
 """
 
 from __future__ import annotations
@@ -133,35 +135,58 @@ class Row:
     name: str
     url: str
     body: str
+    pid: int  # the process serving it
     p50: float = float("nan")  # ms at concurrency 1
     rate: float = float("nan")  # requests per second at --concurrency
+    cpu: float = float("nan")  # ms of the serving process's CPU per request at --concurrency
     errors: int = 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and all its threads (Linux; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
-def wrk(url: str, body: str, connections: int, seconds: float) -> tuple[float, float, int]:
-    """(p50 ms, req/s, errors) from one wrk run; one thread per connection up to the CPUs."""
+def wrk(url: str, body: str, connections: int, seconds: float) -> tuple[float, float, int, int]:
+    """(p50 ms, req/s, errors, requests) from one wrk run; one thread per connection up to the CPUs."""
     script = WORK / "post.lua"
     script.write_text(
         f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\n'
         'wrk.headers["Content-Type"] = "application/json"\n'
     )
     threads = max(1, min(connections, os.cpu_count() or 1))
-    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "-s", str(script), url]
+    argv = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--latency",
+        "-s",
+        str(script),
+        url,
+    ]
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     p50 = re.search(r"^\s+50%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
     rate = re.search(r"^Requests/sec:\s+([\d.]+)", out, re.M)
-    if p50 is None or rate is None:
+    count = re.search(r"^\s*(\d+) requests in ", out, re.M)
+    if p50 is None or rate is None or count is None:
         raise RuntimeError(f"unexpected wrk output:\n{out}")
     errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
     if socket := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out):
         errors += sum(int(n) for n in socket.groups())
-    return float(p50.group(1)) * _UNITS[p50.group(2)], float(rate.group(1)), errors
+    return float(p50.group(1)) * _UNITS[p50.group(2)], float(rate.group(1)), errors, int(count.group(1))
 
 
-async def aiohttp_load(url: str, body: str, connections: int, seconds: float) -> tuple[float, float, int]:
+async def aiohttp_load(
+    url: str, body: str, connections: int, seconds: float
+) -> tuple[float, float, int, int]:
     """The same with an aiohttp client in this process (when wrk is missing): slower, so lower ceilings."""
     import aiohttp
 
@@ -187,10 +212,10 @@ async def aiohttp_load(url: str, body: str, connections: int, seconds: float) ->
         began = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(connections)))
         elapsed = time.perf_counter() - began
-    return percentile(latencies, 0.5), len(latencies) / elapsed, errors
+    return percentile(latencies, 0.5), len(latencies) / elapsed, errors, len(latencies) + errors
 
 
-async def load(url: str, body: str, connections: int, seconds: float) -> tuple[float, float, int]:
+async def load(url: str, body: str, connections: int, seconds: float) -> tuple[float, float, int, int]:
     if shutil.which("wrk"):
         return await asyncio.to_thread(wrk, url, body, connections, seconds)
     return await aiohttp_load(url, body, connections, seconds)
@@ -233,29 +258,33 @@ async def bench(args: argparse.Namespace) -> None:
         ours_base = wait_for(ours, BANNER, 60).group(1)
         upstream_chat = CHAT.replace(f'"{MODEL}"', '"fake-model"')
         rows = [
-            Row("upstream (fake OpenAI)", f"{upstream}/v1/chat/completions", upstream_chat),
-            Row("floor (bare aiohttp relay)", f"{floor_base}/v1/chat/completions", CHAT),
-            Row("ours /v1/chat/completions", f"{ours_base}/v1/chat/completions", CHAT),
-            Row("ours /api/v1/completions", f"{ours_base}/api/v1/completions", NATIVE),
+            Row("upstream (fake OpenAI)", f"{upstream}/v1/chat/completions", upstream_chat, fake.proc.pid),
+            Row("floor (bare aiohttp relay)", f"{floor_base}/v1/chat/completions", CHAT, floor.proc.pid),
+            Row("ours /v1/chat/completions", f"{ours_base}/v1/chat/completions", CHAT, ours.proc.pid),
+            Row("ours /api/v1/completions", f"{ours_base}/api/v1/completions", NATIVE, ours.proc.pid),
         ]
         tool = "wrk" if shutil.which("wrk") else "aiohttp client (no wrk)"
         print(f"bench-quick: {machine()}; load: {tool}, {args.seconds:g} s per cell; non-stream")
         for row in rows:
             await check(row.url, row.body)
             await load(row.url, row.body, args.concurrency, 1.0)  # warm-up: connections, lazy imports
-            row.p50, _, e1 = await load(row.url, row.body, 1, args.seconds)
-            _, row.rate, e2 = await load(row.url, row.body, args.concurrency, args.seconds)
+            row.p50, _, e1, _ = await load(row.url, row.body, 1, args.seconds)
+            cpu = cpu_seconds(row.pid)
+            _, row.rate, e2, count = await load(row.url, row.body, args.concurrency, args.seconds)
+            row.cpu = (cpu_seconds(row.pid) - cpu) * 1000 / max(1, count)
             row.errors = e1 + e2
         base = rows[1]
         c = args.concurrency
-        print(f"{'target':<28}{'p50 c=1':>10}{'x floor':>9}{f'req/s c={c}':>13}{'x floor':>9}{'errors':>8}")
+        heads = f"{'target':<28}{'p50 c=1':>10}{'x floor':>9}{f'req/s c={c}':>13}{'x floor':>9}"
+        print(heads + f"{'CPU/req':>10}{'x floor':>9}{'errors':>8}")
         for row in rows:
             print(
                 f"{row.name:<28}{row.p50:>8.2f}ms{row.p50 / base.p50:>9.2f}{row.rate:>13.0f}"
-                f"{row.rate / base.rate:>9.2f}{row.errors:>8}"
+                f"{row.rate / base.rate:>9.2f}{row.cpu:>8.3f}ms{row.cpu / base.cpu:>9.2f}{row.errors:>8}"
             )
         print(
-            "x floor: p50 / the floor's (lower is better), req/s / the floor's (higher is better); the load "
+            "x floor: p50 and CPU/req (the serving process's CPU time per request at c="
+            f"{c}) / the floor's (lower is better), req/s / the floor's (higher is better); the load "
             f"generator and every target share this machine; {time.monotonic() - began:.0f} s in all"
         )
     finally:
