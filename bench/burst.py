@@ -92,8 +92,9 @@ async def serve(args: argparse.Namespace) -> None:
     server = AIBattleServer(Config.from_dict(config(args)))
     await server.start()
     gateway = await start_gateway(grpc_target=server.grpc_target, host="127.0.0.1", port=0)
-    print(f"READY {server.grpc_target} {gateway.port} {os.getpid()}", flush=True)
     loop = asyncio.get_running_loop()
+    kind = type(loop).__module__.partition(".")[0]  # uvloop or asyncio
+    print(f"READY {server.grpc_target} {gateway.port} {os.getpid()} {kind}", flush=True)
     await loop.run_in_executor(None, sys.stdin.read)  # parent closes stdin to stop us
     await gateway.close()
     await server.stop(grace=0.5)
@@ -200,7 +201,7 @@ async def sse_burst(base: str, n: int, words: int, seconds: float) -> collection
                     else:
                         outcomes["200" if results >= words else "200 cut short"] += 1
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                outcomes[type(exc).__name__] += 1
+                outcomes[f"{type(exc).__name__}: {str(exc)[:70]}"] += 1
 
         await asyncio.gather(*(one() for _ in range(n)))
     return outcomes
@@ -304,11 +305,11 @@ async def bench(args: argparse.Namespace) -> None:
     line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode().split()
     if not line or line[0] != "READY":
         raise SystemExit("the benchmark server did not start")
-    grpc_target, http_port, pid = line[1], int(line[2]), int(line[3])
+    grpc_target, http_port, pid, loop = line[1], int(line[2]), int(line[3]), line[4]
     limit = "default" if args.max_concurrent_streams is None else args.max_concurrent_streams
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     print(
-        f"burst: scripted model, {args.words} words {args.delay_ms} ms apart; server pid {pid},"
+        f"burst: scripted model, {args.words} words {args.delay_ms} ms apart; server pid {pid} ({loop}),"
         f" max_concurrent_streams={limit},"
         f" server options={args.server_option or 'none'},"
         f" gateway options={args.gateway_option or 'none'};"
@@ -361,7 +362,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=1, help="client processes for the SSE burst")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds each stream may take")
     args = parser.parse_args()
-    asyncio.run(serve(args) if args.serve else bench(args))
+    if args.serve:
+        from common import event_loop
+
+        event_loop.run(serve(args))  # the loop python -m server runs on (uvloop's, by default)
+    else:
+        asyncio.run(bench(args))
 
 
 if __name__ == "__main__":
