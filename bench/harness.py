@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -27,6 +29,20 @@ SCRIPTED_MODEL: dict[str, Any] = {
 }
 """A model with no model time: what is measured is our own."""
 BODY = {"model": MODEL, "prompt": "benchmark"}
+
+
+def machine(*, load: bool = False) -> str:
+    """The machine a figure comes from: CPUs and their model, Python, and (`load`) the load average."""
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    described = f"{os.cpu_count()} CPUs ({cpu}), Python {sys.version.split()[0]}"
+    return described + (f", load {os.getloadavg()[0]:.2f}" if load else "")
 
 
 def percentile(samples: list[float], q: float) -> float:

@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import Child, percentile
+from harness import Child, machine, percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "build" / "bench-quick"
@@ -228,18 +228,6 @@ async def check(url: str, body: str) -> None:
     async with aiohttp.ClientSession() as session, session.post(url, data=body.encode()) as resp:
         if resp.status != 200:
             raise SystemExit(f"{url}: HTTP {resp.status}: {(await resp.text())[:300]}")
-
-
-def machine() -> str:
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} CPUs ({cpu}), Python {sys.version.split()[0]}"
 
 
 async def bench(args: argparse.Namespace) -> None:

@@ -35,7 +35,7 @@ import aiohttp
 import asyncpg  # type: ignore[import-untyped]
 import grpc
 import redis
-from harness import MODEL, SCRIPTED_MODEL, percentile
+from harness import MODEL, SCRIPTED_MODEL, measure, percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -129,19 +129,8 @@ async def throughput(
                 await resp.read()
 
         await asyncio.gather(*(call() for _ in range(concurrency * 4)))  # warm every connection
-        latencies: list[float] = []
-        remaining = requests
-
-        async def worker() -> None:
-            nonlocal remaining
-            while remaining > 0:
-                remaining -= 1
-                start = time.perf_counter()
-                await call()
-                latencies.append((time.perf_counter() - start) * 1000)
-
         start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        latencies = await measure(call, requests=requests, concurrency=concurrency, warmup=0)
         elapsed = time.perf_counter() - start
     return requests / elapsed, percentile(latencies, 0.5), percentile(latencies, 0.99)
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness import Child
+from harness import Child, machine
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "build" / "vs-litellm"
@@ -456,18 +456,6 @@ class Target:
     model: str
 
 
-def machine() -> str:
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} CPUs ({cpu}), Python {sys.version.split()[0]}, load {os.getloadavg()[0]:.2f}"
-
-
 async def bench(args: argparse.Namespace) -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     targets: list[Target] = []
@@ -504,8 +492,8 @@ async def bench(args: argparse.Namespace) -> None:
 
         expected = "".join(words(args.chunks))
         print(
-            f"OpenAI chat completions on 127.0.0.1: {machine()}; a fake upstream answering {args.chunks} "
-            f"content chunks, chunk delay {args.chunk_delay_ms} ms"
+            f"OpenAI chat completions on 127.0.0.1: {machine(load=True)}; a fake upstream answering"
+            f" {args.chunks} content chunks, chunk delay {args.chunk_delay_ms} ms"
         )
         print(
             "whole = one JSON chat.completion; stream = SSE until data: [DONE]; ttft = to the first content "
