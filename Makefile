@@ -135,6 +135,8 @@ bench: install  ## benchmarks: print figures, assert nothing
 	$(PY) bench/observability_overhead.py
 	$(PY) bench/vs_litellm.py
 	$(PY) bench/scale_out.py
+	$(PY) bench/quick.py
+	$(PY) bench/burst.py --slow 20 --grpc 3000 --sse 3000
 
 # Under 90 s: a fake OpenAI upstream, a bare aiohttp relay in front of it (the floor) and ours, p50 at c=1 and
 # req/s at c=32, each as a ratio to the floor. Run it before and after any change to the hot path.
