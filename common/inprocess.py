@@ -35,7 +35,6 @@ class Call(Protocol):
     def shut_down(self) -> None:
         """End the call UNAVAILABLE, its handler cancelled (what a stopping grpc.aio server does)."""
 
-
     async def finished(self) -> None: ...
 
 

@@ -164,7 +164,12 @@ class InProcessCall:
     # -- the client's side: grpc.aio.Call -----------------------------------------------------------
 
     def __await__(self) -> Generator[Any, None, Any]:
-        yield from asyncio.shield(self._ended).__await__()
+        if not self._ended.done():
+            try:
+                yield from asyncio.shield(self._ended).__await__()
+            except asyncio.CancelledError:
+                self.cancel()  # as grpc.aio's: the awaiting task cancelled cancels the call
+                raise
         self._raise_unless_ok()
         return self._response
 
@@ -182,7 +187,11 @@ class InProcessCall:
                 self._raise_unless_ok()
                 return grpc.aio.EOF
             self._readable.clear()
-            await self._readable.wait()
+            try:
+                await self._readable.wait()
+            except asyncio.CancelledError:
+                self.cancel()  # as grpc.aio's: the reading task cancelled cancels the call
+                raise
         if self._locally_cancelled:
             raise asyncio.CancelledError
         message = self._responses.popleft()
@@ -216,7 +225,8 @@ class InProcessCall:
         self._request_readable.set()
 
     async def initial_metadata(self) -> grpc.aio.Metadata:
-        await asyncio.wait((self._initial_sent, self._ended), return_when=asyncio.FIRST_COMPLETED)
+        if self._initial is None:
+            await asyncio.wait((self._initial_sent, self._ended), return_when=asyncio.FIRST_COMPLETED)
         return self._initial if self._initial is not None else grpc.aio.Metadata()
 
     async def trailing_metadata(self) -> grpc.aio.Metadata:
@@ -269,7 +279,8 @@ class InProcessCall:
             await asyncio.shield(self._task)
 
     async def _wait_end(self) -> None:
-        await asyncio.shield(self._ended)
+        if not self._ended.done():
+            await asyncio.shield(self._ended)
 
     def _raise_unless_ok(self) -> None:
         if self._locally_cancelled:

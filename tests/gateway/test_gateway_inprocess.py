@@ -221,3 +221,20 @@ async def test_a_stopping_server_lets_calls_finish_then_cancels_and_refuses() ->
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await call(upstream, "Unary", Text(value="late"))
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_cancelling_the_waiting_task_cancels_the_call() -> None:
+    recorder = Recorder()
+    upstream = InProcessUpstream(dispatcher_with(recorder))
+    unary = call(upstream, "Unary", Text(value="sleep"))
+    waiter = asyncio.ensure_future(_wait(unary))
+    assert await wait_for(lambda: bool(recorder.contexts))
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert unary.cancelled()
+    assert await wait_for(lambda: recorder.done == ["unary"])
+
+
+async def _wait(call: InProcessCall) -> Any:
+    return await call
