@@ -16,7 +16,7 @@ from common.observability import tracing
 from gateway import access
 from gateway.descriptors import Rpc, Shape
 
-_HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 #: What health() says of a service the server does not report on (grpc.health's NOT_FOUND).
 SERVICE_UNKNOWN = "SERVICE_UNKNOWN"
 
@@ -91,7 +91,7 @@ class Upstream:
     async def health(self, service: str = "", *, deadline: float = 2.0) -> str:
         """The upstream's grpc.health.v1 status name ("SERVING", "NOT_SERVING", …) or an error code name."""
         check = self.channel.unary_unary(
-            _HEALTH_CHECK,
+            HEALTH_CHECK,
             request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
             response_deserializer=health_pb2.HealthCheckResponse.FromString,
         )

@@ -17,9 +17,11 @@ from aiohttp.typedefs import Handler
 
 from aibattle.v1 import completions_pb2
 from common.addresses import join_host_port
+from common.inprocess import Dispatcher
 from common.observability import metrics
 from gateway import compat, observe
 from gateway.descriptors import RouteError
+from gateway.inprocess import InProcessUpstream
 from gateway.options import GatewayOptions
 from gateway.path_template import parse_template
 from gateway.router import Match, Router, method_not_allowed
@@ -47,8 +49,11 @@ _HANDLERS: dict[Kind, Callable[[web.Request, Match], Awaitable[web.StreamRespons
 }
 
 
-def create_app(grpc_target: str, options: GatewayOptions | None = None) -> web.Application:
-    """The aiohttp application serving the routes of `options.files`, proxied to `grpc_target`.
+def create_app(
+    grpc_target: str, options: GatewayOptions | None = None, *, dispatcher: Dispatcher | None = None
+) -> web.Application:
+    """The aiohttp application serving the routes of `options.files`, proxied to `grpc_target`, or
+    with `dispatcher` (a gateway inside the server's process) to the server's handlers in-process.
 
     Routes are derived here, at start-up, from the descriptors: a bad rule fails now, loudly.
     """
@@ -66,7 +71,7 @@ def create_app(grpc_target: str, options: GatewayOptions | None = None) -> web.A
     app.on_shutdown.append(_on_shutdown)
 
     async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
-        state.upstream = Upstream(grpc_target)
+        state.upstream = Upstream(grpc_target) if dispatcher is None else InProcessUpstream(dispatcher)
         yield
         await state.upstream.close()
 
@@ -175,13 +180,15 @@ async def start_gateway(
     port: int,
     options: GatewayOptions | None = None,
     reuse_port: bool = False,
+    dispatcher: Dispatcher | None = None,
 ) -> GatewayHandle:
-    """Serve the gateway on host:port (0 picks a free port) in front of the gRPC server at grpc_target.
+    """Serve the gateway on host:port (0 picks a free port) in front of the gRPC server at grpc_target
+    (or, given the server's `dispatcher`, calling its handlers in-process: gateway/inprocess.py).
 
     `reuse_port`: share the port with the other workers of `python -m server --workers N` (SO_REUSEPORT);
     off, a port already taken is an error at start-up."""
     options = options or GatewayOptions()
-    app = create_app(grpc_target, options)
+    app = create_app(grpc_target, options, dispatcher=dispatcher)
     # handler_cancellation: a client that disconnects cancels its handler, hence its upstream call.
     runner = web.AppRunner(
         app, handler_cancellation=True, access_log=None, shutdown_timeout=options.shutdown_timeout

@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from common.observability import ECHO_IN_TRAILERS, ECHO_METADATA
+from gateway.inprocess import InProcessUpstream
 from gateway.metadata import outgoing_metadata, parse_grpc_timeout
 from gateway.options import GatewayOptions
 from gateway.path_template import PathTemplate
@@ -38,7 +39,7 @@ class GatewayState:
     router: Router
     comments: Comments
     closing: bool = False
-    _upstream: Upstream | None = None
+    _upstream: Upstream | InProcessUpstream | None = None
     websockets: set[web.WebSocketResponse] = field(default_factory=set)
     openapi: dict[str, Any] | None = None
     fixed_routes: list[FixedRoute] = field(default_factory=list)
@@ -68,14 +69,14 @@ class GatewayState:
         return sorted(fixed | set(self.router.allowed_methods(raw_path)))
 
     @property
-    def upstream(self) -> Upstream:
+    def upstream(self) -> Upstream | InProcessUpstream:
         """The channel, opened when the app starts (cleanup_ctx) and closed when it stops."""
         if self._upstream is None:
             raise RuntimeError("the gateway app has not started")
         return self._upstream
 
     @upstream.setter
-    def upstream(self, value: Upstream) -> None:
+    def upstream(self, value: Upstream | InProcessUpstream) -> None:
         self._upstream = value
 
 

@@ -83,8 +83,15 @@ async def serve(config: Config, *, reuse_port: bool = False) -> int:
         host, port = parse_host_port(settings.http_addr)
         # /metrics on the gateway's port, unless metrics_addr gives it a listener of its own.
         options = GatewayOptions.from_settings(config.gateway, metrics_route=not settings.metrics_addr)
+        # In-process (the default): the gateway calls the servicers through the server's interceptor
+        # chain, without the loopback gRPC hop.
         gateway = await start_gateway(
-            grpc_target=server.grpc_target, host=host, port=port, options=options, reuse_port=reuse_port
+            grpc_target=server.grpc_target,
+            host=host,
+            port=port,
+            options=options,
+            reuse_port=reuse_port,
+            dispatcher=server.dispatcher() if settings.gateway_in_process else None,
         )
     if settings.metrics and settings.metrics_addr:
         from gateway import start_metrics

@@ -11,6 +11,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from common.addresses import join_host_port, parse_host_port
 from common.api import api_services, grpc_module
+from common.inprocess import Dispatcher
 from server import reflection
 from server.admission import AdmissionInterceptor, core_options
 from server.config import Config
@@ -89,6 +90,7 @@ class AIBattleServer:
         self.ready = False
         self._readiness: asyncio.Task[None] | None = None
         self._server: grpc.aio.Server | None = None
+        self._dispatcher: Dispatcher | None = None
         self.grpc_port = 0
 
     @property
@@ -102,15 +104,18 @@ class AIBattleServer:
         # Commits made by other replicas wake this process's followers too.
         await self.store.watch(self.hub.notify, self.hub.wake_all)
         limit = self.config.server.max_message_bytes
-        server = grpc.aio.server(
-            interceptors=(
-                RequestParsingInterceptor(),  # replaces deserializers only; runs nothing per call
-                RequestContextInterceptor(),
-                ErrorInterceptor(),
-                self.admission,  # wraps streams only; before auth: a full server looks up no key
-                AuthInterceptor(self.config.security, self.store, self.limiter),
-                BoundsInterceptor(),  # after auth: a stranger learns nothing, not even our limits
-            ),
+        interceptors = (
+            RequestParsingInterceptor(),  # replaces deserializers only; runs nothing per call
+            RequestContextInterceptor(),
+            ErrorInterceptor(),
+            self.admission,  # wraps streams only; before auth: a full server looks up no key
+            AuthInterceptor(self.config.security, self.store, self.limiter),
+            BoundsInterceptor(),  # after auth: a stranger learns nothing, not even our limits
+        )
+        # The same chain and handlers for calls dispatched in-process (the in-process gateway's).
+        dispatcher = Dispatcher(interceptors, max_message_bytes=limit)
+        grpc_server = grpc.aio.server(
+            interceptors=interceptors,
             options=(
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
@@ -118,6 +123,7 @@ class AIBattleServer:
                 *core_options(self.config.server.max_concurrent_streams),
             ),
         )
+        server = dispatcher.recording(grpc_server)  # what is registered, on both
         _add_servicers(
             server,
             [
@@ -142,12 +148,20 @@ class AIBattleServer:
         # Before serving: what was running when the last process died is adopted (or interrupted),
         # so no client sees a run "in progress" that nobody runs.
         await self.lifecycle.recover()
-        await server.start()
+        await grpc_server.start()
         self.lifecycle.start()
-        self._server = server
+        self._server = grpc_server
+        self._dispatcher = dispatcher
         await self._set_ready(True)
         self._readiness = asyncio.create_task(self._follow_dependencies(), name="readiness")
         log.info("grpc serving", extra={"addr": self.grpc_target})
+
+    def dispatcher(self) -> Dispatcher:
+        """The server's handlers behind its interceptor chain, for calls made in this process without
+        the network (gateway.inprocess.InProcessUpstream); once started."""
+        if self._dispatcher is None:
+            raise RuntimeError("the server has not started")
+        return self._dispatcher
 
     async def _follow_dependencies(self) -> None:
         """Health (and so the gateway's /readyz) NOT_SERVING while the database or a configured Redis
@@ -189,7 +203,10 @@ class AIBattleServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._readiness
             self._readiness = None
-        await self._server.stop(grace)
+        stops = [self._server.stop(grace)]
+        if self._dispatcher is not None:  # the in-process calls, as grpc.aio's stop treats its own
+            stops.append(self._dispatcher.stop(grace))
+        await asyncio.gather(*stops)
         self._server = None
         await self.lifecycle.close()
         await self.registry.close()

@@ -88,6 +88,9 @@ class ServerConfig(ConfigModel):
     """host:port the gRPC server listens on (IPv6 as [::1]:port); port 0 picks a free port."""
     http_addr: Annotated[StrictStr, AfterValidator(address_or_empty)] = "127.0.0.1:8080"
     """host:port of the in-process HTTP gateway; empty disables it."""
+    gateway_in_process: StrictBool = True
+    """The in-process gateway calls the servicers directly, through the server's interceptor chain
+    (gateway/inprocess.py); false: over a loopback gRPC channel, as a standalone gateway does."""
     database: Annotated[StrictStr, Field(min_length=1), AfterValidator(database_url)] = "aibattle.db"
     """Where conversations, reasoning sessions and keys live: a path is an SQLite file; a
     `postgresql://` (or `postgres://`) URL is a PostgreSQL database."""

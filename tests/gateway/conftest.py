@@ -65,11 +65,22 @@ async def aibattle() -> AsyncIterator[AIBattleServer]:
     await server.stop(grace=0.5)
 
 
+@pytest.fixture(params=["in-process", "network"])
+def dispatch(request: pytest.FixtureRequest) -> str:
+    """How the gateway reaches the server (the parity of issue 18): "in-process", its handlers called
+    through its interceptor chain, as `python -m server` runs its gateway; "network", over gRPC, as a
+    standalone gateway in front of a remote server. Every test of the `api` fixture runs both ways."""
+    return str(request.param)
+
+
 @pytest.fixture
-async def api(aiohttp_client: Any, aibattle: AIBattleServer, api_descriptor_set: Path) -> Any:
+async def api(aiohttp_client: Any, aibattle: AIBattleServer, api_descriptor_set: Path, dispatch: str) -> Any:
     # handler_cancellation as start_gateway runs it: a client that leaves cancels its handler.
+    dispatcher = aibattle.dispatcher() if dispatch == "in-process" else None
     return await aiohttp_client(
-        create_app(aibattle.grpc_target, GatewayOptions(descriptor_set=api_descriptor_set)),
+        create_app(
+            aibattle.grpc_target, GatewayOptions(descriptor_set=api_descriptor_set), dispatcher=dispatcher
+        ),
         server_kwargs={"handler_cancellation": True},
     )
 
