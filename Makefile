@@ -129,7 +129,8 @@ test: install check-gen lint  ## the whole suite: generated-code drift, lint, py
 test-fast: install  ## pytest without the tests that drive the real model
 	$(BIN)/pytest -q -m "not slow"
 
-bench: install  ## benchmarks: print figures, assert nothing
+bench: install  ## benchmarks: print figures, assert nothing (first the whole table, bench/table.py)
+	$(PY) bench/table.py
 	$(PY) bench/local_model.py
 	$(PY) bench/gateway_overhead.py
 	$(PY) bench/observability_overhead.py

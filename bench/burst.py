@@ -271,22 +271,25 @@ async def watch_rss(pid: int, peak: list[float], stop: asyncio.Event) -> None:
         await asyncio.sleep(0.2)
 
 
-async def timed(name: str, pid: int, n: int, run: Any) -> None:
+async def timed(name: str, pid: int, n: int, run: Any) -> collections.Counter[str]:
     peak = [0.0]
     stop = asyncio.Event()
     watcher = asyncio.create_task(watch_rss(pid, peak, stop))
     before = rss_mib(pid)[0]
     start = time.perf_counter()
-    outcomes = await run
+    outcomes: collections.Counter[str] = await run
     elapsed = time.perf_counter() - start
     stop.set()
     await watcher
     counts = ", ".join(f"{k}: {v}" for k, v in sorted(outcomes.items()))
     print(f"{name}: {n} at once, {elapsed:.1f} s: {counts}")
     print(f"    server RSS {before:.0f} MiB before, {peak[0]:.0f} MiB peak during the burst")
+    return outcomes
 
 
-async def bench(args: argparse.Namespace) -> None:
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the bursts; return their outcomes ("gRPC", "SSE": Counters) and the server's peak RSS in MiB."""
+    summary: dict[str, Any] = {}
     argv = [sys.executable, __file__, "--serve", "--words", str(args.words), "--delay-ms", str(args.delay_ms)]
     if args.max_concurrent_streams is not None:
         argv += ["--max-concurrent-streams", str(args.max_concurrent_streams)]
@@ -326,7 +329,7 @@ async def bench(args: argparse.Namespace) -> None:
                 f" {held / args.slow:.1f} MiB each; they stay open during what follows"
             )
         if args.grpc:
-            await timed(
+            summary["gRPC"] = await timed(
                 "gRPC, one channel",
                 pid,
                 args.grpc,
@@ -334,14 +337,18 @@ async def bench(args: argparse.Namespace) -> None:
             )
         if args.sse:
             base = f"http://127.0.0.1:{http_port}"
-            await timed(f"SSE, {args.clients} client process(es)", pid, args.sse, sse_clients(base, args))
+            summary["SSE"] = await timed(
+                f"SSE, {args.clients} client process(es)", pid, args.sse, sse_clients(base, args)
+            )
         now, peak = rss_mib(pid)
         print(f"server RSS at the end {now:.0f} MiB, peak over the run (VmHWM) {peak:.0f} MiB")
+        summary["peak_mib"] = peak
     finally:
         for writer in slow:
             writer.close()
         proc.stdin.close()
         await asyncio.wait_for(proc.wait(), 30)
+    return summary
 
 
 def main() -> None:
@@ -349,6 +356,17 @@ def main() -> None:
         base, n, words, timeout = sys.argv[2:6]
         sse_client(base, int(n), int(words), float(timeout))
         return
+    args = parser().parse_args()
+    if args.serve:
+        from common import event_loop
+
+        event_loop.run(serve(args))  # the loop python -m server runs on (uvloop's, by default)
+    else:
+        asyncio.run(bench(args))
+
+
+def parser() -> argparse.ArgumentParser:
+    """The options (bench/table.py parses its own burst's with it)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--grpc", type=int, default=3000, help="simultaneous gRPC streams (0: none)")
@@ -361,13 +379,7 @@ def main() -> None:
     parser.add_argument("--slow", type=int, default=0, help="slow readers held open during the bursts")
     parser.add_argument("--clients", type=int, default=1, help="client processes for the SSE burst")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds each stream may take")
-    args = parser.parse_args()
-    if args.serve:
-        from common import event_loop
-
-        event_loop.run(serve(args))  # the loop python -m server runs on (uvloop's, by default)
-    else:
-        asyncio.run(bench(args))
+    return parser
 
 
 if __name__ == "__main__":

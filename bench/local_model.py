@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import statistics
 import time
+from collections.abc import Callable
 
 import grpc
 
@@ -60,6 +61,29 @@ async def cancel_to_stop(
     return time.perf_counter() - cancelled
 
 
+async def timed_stream(
+    completions: completions_pb2_grpc.CompletionServiceStub,
+    request: completions_pb2.StreamCompletionRequest,
+    on_first: Callable[[], None] | None = None,
+) -> tuple[float, float]:
+    """(seconds to the first chunk, tokens per second after it) of one StreamCompletion, read to its end;
+    `on_first` is called when the first chunk arrives."""
+    started = time.perf_counter()
+    first = None
+    final = None
+    async for chunk in completions.StreamCompletion(request):
+        if first is None:
+            first = time.perf_counter()
+            if on_first is not None:
+                on_first()
+        if chunk.is_final:
+            final = chunk
+    end = time.perf_counter()
+    assert first is not None and final is not None
+    tokens = final.usage.completion_tokens
+    return first - started, tokens / (end - first) if tokens > 1 else 0.0
+
+
 async def main(runs: int, max_tokens: int) -> None:
     server = AIBattleServer(Config.from_dict({"server": {"grpc_addr": "127.0.0.1:0", "http_addr": ""}}))
     await server.start()
@@ -74,24 +98,17 @@ async def main(runs: int, max_tokens: int) -> None:
                 request = completions_pb2.StreamCompletionRequest(
                     model=MODEL, prompt=f"Tell story number {run} about a lighthouse.", max_tokens=max_tokens
                 )
-                started = time.perf_counter()
-                first = None
-                final = None
-                prober = None
-                async for chunk in completions.StreamCompletion(request):
-                    now = time.perf_counter()
-                    if first is None:
-                        first = now
-                        probing = list_models_while_generating(models, local, side_latency)
-                        prober = asyncio.create_task(probing)
-                    if chunk.is_final:
-                        final = chunk
-                if prober is not None:
+                probers: list[asyncio.Task[None]] = []
+
+                def probe() -> None:
+                    probing = list_models_while_generating(models, local, side_latency)
+                    probers.append(asyncio.create_task(probing))  # noqa: B023
+
+                first, rate = await timed_stream(completions, request, on_first=probe)
+                for prober in probers:
                     await prober
-                assert first is not None and final is not None
-                ttft.append(first - started)
-                tokens = final.usage.completion_tokens
-                rates.append(tokens / (time.perf_counter() - first) if tokens > 1 else 0.0)
+                ttft.append(first)
+                rates.append(rate)
             for run in range(runs):
                 stops.append(await cancel_to_stop(completions, local, run))
     finally:

@@ -39,9 +39,10 @@ ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "build" / "bench-quick"
 MODEL = "bench"
 SCRIPTED = "scripted"
+STREAM = "stream"  # bench/table.py's model on a fake upstream that streams many chunks
 CHAT = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "benchmark"}], "max_tokens": 64})
 NATIVE = json.dumps({"model": SCRIPTED, "prompt": "benchmark"})
-BANNER = re.compile(r"HTTP on (http://\S+?);")
+BANNER = re.compile(r"gRPC on (\S+?), HTTP on (http://\S+?);")
 READY = re.compile(r"READY (\d+)")
 
 
@@ -49,17 +50,27 @@ READY = re.compile(r"READY (\d+)")
 
 
 async def relay(upstream: str) -> None:
-    """A bare aiohttp relay of POST /v1/chat/completions to `upstream`; `READY <port>`; until stdin closes."""
+    """A bare aiohttp relay of POST /v1/chat/completions to `upstream` (a `"stream": true` body's answer
+    relayed as its bytes arrive); `READY <port>`; until stdin closes."""
     import aiohttp
     from aiohttp import web
 
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256))
     target = f"{upstream}/v1/chat/completions"
 
-    async def completions(request: web.Request) -> web.Response:
+    async def completions(request: web.Request) -> web.StreamResponse:
         body = await request.read()
         async with session.post(target, data=body, headers={"Content-Type": "application/json"}) as resp:
-            return web.Response(body=await resp.read(), status=resp.status, content_type="application/json")
+            if b'"stream": true' not in body and b'"stream":true' not in body:
+                return web.Response(
+                    body=await resp.read(), status=resp.status, content_type="application/json"
+                )
+            out = web.StreamResponse(status=resp.status, headers={"Content-Type": resp.content_type})
+            await out.prepare(request)
+            async for data in resp.content.iter_any():  # a stream: its bytes as they come
+                await out.write(data)
+            await out.write_eof()
+            return out
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", completions)
@@ -99,7 +110,9 @@ def wait_for(child: Child, pattern: re.Pattern[str], within: float) -> re.Match[
     raise child.failed()
 
 
-def start_ours(upstream: str) -> Child:
+def start_ours(upstream: str, stream_upstream: str = "") -> Child:
+    """`python -m server` with the models above; with `stream_upstream`, also STREAM: an openai model on
+    that upstream."""
     config = WORK / "aibattle.toml"
     for stale in WORK.glob("aibattle.db*"):
         stale.unlink()
@@ -122,6 +135,12 @@ provider = "scripted"
 script = ["{" ".join(f"word{i}" for i in range(16))}"]
 """
     )
+    if stream_upstream:
+        with config.open("a") as out:
+            out.write(
+                f'\n[[models]]\nid = "{STREAM}"\nprovider = "openai"\nbase_url = "{stream_upstream}/v1"\n'
+                'upstream_model = "fake-model"\n'
+            )
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIBATTLE_")}
     env["PYTHONPATH"] = str(ROOT)
     return spawn("ours", [sys.executable, "-m", "server", "--config", str(config)], env)
@@ -230,37 +249,75 @@ async def check(url: str, body: str) -> None:
             raise SystemExit(f"{url}: HTTP {resp.status}: {(await resp.text())[:300]}")
 
 
-async def bench(args: argparse.Namespace) -> None:
+@dataclass
+class Targets:
+    """What `start` started: the fake upstream, the floor and ours (HTTP base and gRPC target), and the
+    four rows of the table; with `stream_chunks`, a second fake streaming that many chunks and a
+    second floor in front of it (ours serves it as the model STREAM)."""
+
+    upstream: str
+    floor: str
+    ours: str
+    ours_grpc: str
+    rows: list[Row]
+    stream_upstream: str = ""
+    stream_floor: str = ""
+
+
+def start(children: list[Child], *, stream_chunks: int = 0) -> Targets:
+    """The processes of the table (appended to `children`, which the caller stops)."""
     WORK.mkdir(parents=True, exist_ok=True)
+    fake_argv = [sys.executable, str(ROOT / "bench" / "vs_litellm.py"), "--fake-upstream"]
+    fake = spawn("upstream", fake_argv)
+    children.append(fake)
+    upstream = f"http://127.0.0.1:{wait_for(fake, READY, 30).group(1)}"
+    stream_upstream = stream_floor = ""
+    if stream_chunks:
+        streamer = spawn("stream-upstream", [*fake_argv, "--chunks", str(stream_chunks)])
+        children.append(streamer)
+        stream_upstream = f"http://127.0.0.1:{wait_for(streamer, READY, 30).group(1)}"
+        stream_relay = spawn("stream-floor", [sys.executable, __file__, "--relay", stream_upstream])
+        children.append(stream_relay)
+        stream_floor = f"http://127.0.0.1:{wait_for(stream_relay, READY, 30).group(1)}"
+    floor = spawn("floor", [sys.executable, __file__, "--relay", upstream])
+    children.append(floor)
+    ours = start_ours(upstream, stream_upstream)
+    children.append(ours)
+    floor_base = f"http://127.0.0.1:{wait_for(floor, READY, 30).group(1)}"
+    ours_grpc, ours_base = wait_for(ours, BANNER, 60).groups()
+    upstream_chat = CHAT.replace(f'"{MODEL}"', '"fake-model"')
+    rows = [
+        Row("upstream (fake OpenAI)", f"{upstream}/v1/chat/completions", upstream_chat, fake.proc.pid),
+        Row("floor (bare aiohttp relay)", f"{floor_base}/v1/chat/completions", CHAT, floor.proc.pid),
+        Row("ours /v1/chat/completions", f"{ours_base}/v1/chat/completions", CHAT, ours.proc.pid),
+        Row("ours /api/v1/completions", f"{ours_base}/api/v1/completions", NATIVE, ours.proc.pid),
+    ]
+    return Targets(upstream, floor_base, ours_base, ours_grpc, rows, stream_upstream, stream_floor)
+
+
+async def measure_row(row: Row, concurrency: int, seconds: float) -> None:
+    """Fill in `row`: p50 at concurrency 1, then req/s and CPU per request at `concurrency`."""
+    await check(row.url, row.body)
+    await load(row.url, row.body, concurrency, 1.0)  # warm-up: connections, lazy imports
+    row.p50, _, e1, _ = await load(row.url, row.body, 1, seconds)
+    cpu = cpu_seconds(row.pid)
+    _, row.rate, e2, count = await load(row.url, row.body, concurrency, seconds)
+    row.cpu = (cpu_seconds(row.pid) - cpu) * 1000 / max(1, count)
+    row.errors = e1 + e2
+
+
+def load_tool() -> str:
+    return "wrk" if shutil.which("wrk") else "aiohttp client (no wrk)"
+
+
+async def bench(args: argparse.Namespace) -> None:
     children: list[Child] = []
     began = time.monotonic()
     try:
-        fake = spawn("upstream", [sys.executable, str(ROOT / "bench" / "vs_litellm.py"), "--fake-upstream"])
-        children.append(fake)
-        upstream = f"http://127.0.0.1:{wait_for(fake, READY, 30).group(1)}"
-        floor = spawn("floor", [sys.executable, __file__, "--relay", upstream])
-        children.append(floor)
-        ours = start_ours(upstream)
-        children.append(ours)
-        floor_base = f"http://127.0.0.1:{wait_for(floor, READY, 30).group(1)}"
-        ours_base = wait_for(ours, BANNER, 60).group(1)
-        upstream_chat = CHAT.replace(f'"{MODEL}"', '"fake-model"')
-        rows = [
-            Row("upstream (fake OpenAI)", f"{upstream}/v1/chat/completions", upstream_chat, fake.proc.pid),
-            Row("floor (bare aiohttp relay)", f"{floor_base}/v1/chat/completions", CHAT, floor.proc.pid),
-            Row("ours /v1/chat/completions", f"{ours_base}/v1/chat/completions", CHAT, ours.proc.pid),
-            Row("ours /api/v1/completions", f"{ours_base}/api/v1/completions", NATIVE, ours.proc.pid),
-        ]
-        tool = "wrk" if shutil.which("wrk") else "aiohttp client (no wrk)"
-        print(f"bench-quick: {machine()}; load: {tool}, {args.seconds:g} s per cell; non-stream")
+        rows = start(children).rows
+        print(f"bench-quick: {machine()}; load: {load_tool()}, {args.seconds:g} s per cell; non-stream")
         for row in rows:
-            await check(row.url, row.body)
-            await load(row.url, row.body, args.concurrency, 1.0)  # warm-up: connections, lazy imports
-            row.p50, _, e1, _ = await load(row.url, row.body, 1, args.seconds)
-            cpu = cpu_seconds(row.pid)
-            _, row.rate, e2, count = await load(row.url, row.body, args.concurrency, args.seconds)
-            row.cpu = (cpu_seconds(row.pid) - cpu) * 1000 / max(1, count)
-            row.errors = e1 + e2
+            await measure_row(row, args.concurrency, args.seconds)
         base = rows[1]
         c = args.concurrency
         heads = f"{'target':<28}{'p50 c=1':>10}{'x floor':>9}{f'req/s c={c}':>13}{'x floor':>9}"

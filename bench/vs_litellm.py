@@ -456,6 +456,32 @@ class Target:
     model: str
 
 
+async def compare(
+    targets: list[Target],
+    upstream: str,
+    stream: bool,
+    requests: int,
+    concurrency: int,
+    rounds: int,
+    expected: str,
+) -> dict[str, Cell]:
+    """One cell for each target: `requests` calls at `concurrency`, split into `rounds` turns in which the
+    targets take turns (so a burst of load elsewhere hits all alike)."""
+    cells = {target.name: Cell() for target in targets}
+    rounds = max(1, min(rounds, requests))
+    for i in range(rounds):
+        share = requests // rounds + (i < requests % rounds)
+        for target in targets:
+            before = await upstream_served(upstream)
+            part = await measure(target.base, target.model, stream, share, concurrency, expected)
+            after = await upstream_served(upstream)
+            cells[target.name].add(part)
+            seen = {kind: after[kind] - before[kind] for kind in after}
+            if seen != {"whole": 0, "stream": 0, ("stream" if stream else "whole"): part.calls}:
+                print(f"  {target.name}: the upstream answered {seen} for {part.calls} calls")
+    return cells
+
+
 async def bench(args: argparse.Namespace) -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     targets: list[Target] = []
@@ -506,18 +532,7 @@ async def bench(args: argparse.Namespace) -> None:
             for concurrency in args.concurrency:
                 requests = args.requests if concurrency == 1 else args.requests_concurrent
                 base50 = base99 = basettft = 0.0
-                cells = {target.name: Cell() for target in targets}
-                rounds = max(1, min(args.rounds, requests))
-                for i in range(rounds):  # targets take turns, so a burst of load elsewhere hits all alike
-                    share = requests // rounds + (i < requests % rounds)
-                    for target in targets:
-                        before = await upstream_served(upstream)
-                        part = await measure(target.base, target.model, stream, share, concurrency, expected)
-                        after = await upstream_served(upstream)
-                        cells[target.name].add(part)
-                        seen = {kind: after[kind] - before[kind] for kind in after}
-                        if seen != {"whole": 0, "stream": 0, ("stream" if stream else "whole"): part.calls}:
-                            print(f"  {target.name}: the upstream answered {seen} for {part.calls} calls")
+                cells = await compare(targets, upstream, stream, requests, concurrency, args.rounds, expected)
                 for target in targets:
                     cell = cells[target.name]
                     p50, p99 = percentile(cell.latencies, 0.5), percentile(cell.latencies, 0.99)
