@@ -39,7 +39,7 @@ from common.inprocess import Dispatcher
 from common.observability import tracing
 from gateway import access
 from gateway.descriptors import Rpc
-from gateway.upstream import HEALTH_CHECK, SERVICE_UNKNOWN, Metadata, traced
+from gateway.upstream import HEALTH_CHECK, Metadata, health_status, traced
 
 log = logging.getLogger(__name__)
 
@@ -88,13 +88,7 @@ class InProcessUpstream:
             (),
             deadline,
         )
-        try:
-            response = await call
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                return SERVICE_UNKNOWN
-            return str(exc.code().name)
-        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+        return await health_status(call)
 
     async def close(self) -> None:
         """Cancel the calls still running, as closing a channel does."""

@@ -5,7 +5,7 @@ on."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import grpc
@@ -25,6 +25,18 @@ Metadata = Sequence[tuple[str, str | bytes]]
 
 #: W3C trace context keys: the gateway's own context replaces any a client had forwarded.
 _TRACE_CONTEXT = frozenset({"traceparent", "tracestate"})
+
+
+async def health_status(check: Awaitable[health_pb2.HealthCheckResponse]) -> str:
+    """A health check's answer as a status name ("SERVING", "NOT_SERVING", …), or its error code's name
+    (SERVICE_UNKNOWN for a service the server does not report on)."""
+    try:
+        response = await check
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.NOT_FOUND:
+            return SERVICE_UNKNOWN
+        return str(exc.code().name)
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
 
 def traced(metadata: Metadata) -> Metadata:
@@ -95,13 +107,7 @@ class Upstream:
             request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
             response_deserializer=health_pb2.HealthCheckResponse.FromString,
         )
-        try:
-            response = await check(health_pb2.HealthCheckRequest(service=service), timeout=deadline)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.NOT_FOUND:
-                return SERVICE_UNKNOWN
-            return str(exc.code().name)
-        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+        return await health_status(check(health_pb2.HealthCheckRequest(service=service), timeout=deadline))
 
     async def close(self) -> None:
         await self.channel.close()
