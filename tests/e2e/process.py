@@ -21,6 +21,14 @@ import pytest
 from tests.postgres_testlib import database_of
 
 ROOT = Path(__file__).resolve().parents[2]
+#: A config of one scripted model, "echo", for a server process whose model does not matter.
+ECHO_CONFIG = """
+[[models]]
+id = "echo"
+provider = "scripted"
+capabilities = ["text", "conversation"]
+script = ["Hello from a scripted model."]
+"""
 BANNER = re.compile(r"serving gRPC on (\S+?)[,;]")
 HTTP_BANNER = re.compile(r"HTTP on (http://\S+?)[,;]")
 STARTUP_DEADLINE = 60.0

@@ -10,19 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.process import SETUPS, served
+from tests.e2e.process import ECHO_CONFIG, SETUPS, served
 from tests.postgres_testlib import postgres_server
 
 __all__ = ["postgres_server"]  # a fixture: `served` runs 2 workers on it
 
 GRPCURL = Path(sys.executable).parent / "grpcurl"
-CONFIG = """
-[[models]]
-id = "echo"
-provider = "scripted"
-capabilities = ["text", "conversation"]
-script = ["Hello from a scripted model."]
-"""
+CONFIG = ECHO_CONFIG
 
 
 @pytest.fixture(scope="module", params=SETUPS)

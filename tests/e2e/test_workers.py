@@ -42,18 +42,23 @@ from aibattle.v1 import (
     models_pb2,
     models_pb2_grpc,
 )
-from tests.e2e.process import BANNER, HTTP_BANNER, STARTUP_DEADLINE, Output, Running, started, wait_for_line
+from tests.e2e.process import (
+    BANNER,
+    ECHO_CONFIG,
+    HTTP_BANNER,
+    STARTUP_DEADLINE,
+    Output,
+    Running,
+    started,
+    wait_for_line,
+)
 from tests.postgres_testlib import PostgresServer, database_of, postgres_server
 
 __all__ = ["postgres_server"]  # a fixture, imported for the tests below
 
-CONFIG = """
-[[models]]
-id = "echo"
-provider = "scripted"
-capabilities = ["text", "conversation"]
-script = ["Hello from a scripted model."]
-
+CONFIG = (
+    ECHO_CONFIG
+    + """
 [[models]]
 id = "slow"
 provider = "scripted"
@@ -61,6 +66,7 @@ capabilities = ["text", "conversation"]
 script = ["one two three four five"]
 chunk_delay_ms = 150
 """
+)
 LIST_MODELS = "/aibattle.v1.ModelService/ListModels"
 FOLLOW = "/aibattle.v1.ConversationService/StreamConversationEvents"
 

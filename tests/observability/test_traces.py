@@ -24,18 +24,12 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from tests.e2e.process import server_process
+from tests.e2e.process import ECHO_CONFIG, server_process
 from tests.observability.prometheus import free_port
 
 DEADLINE = 30.0
 """Seconds the spans may take to reach the sink (batched every 100 ms here)."""
-CONFIG = """
-[[models]]
-id = "echo"
-provider = "scripted"
-capabilities = ["text", "conversation"]
-script = ["Hello from a scripted model."]
-"""
+CONFIG = ECHO_CONFIG
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
