@@ -13,6 +13,7 @@ class FinishReason(enum.Enum):
     STOP = "stop"
     LENGTH = "length"
     CONTENT_FILTER = "content_filter"
+    TOOL_CALLS = "tool_calls"
 
     @property
     def proto(self) -> common_pb2.FinishReason.ValueType:
@@ -29,5 +30,6 @@ _TO_PROTO = {
     FinishReason.STOP: common_pb2.FINISH_REASON_STOP,
     FinishReason.LENGTH: common_pb2.FINISH_REASON_LENGTH,
     FinishReason.CONTENT_FILTER: common_pb2.FINISH_REASON_CONTENT_FILTER,
+    FinishReason.TOOL_CALLS: common_pb2.FINISH_REASON_TOOL_CALLS,
 }
 _FROM_PROTO: dict[int, FinishReason] = {int(v): k for k, v in _TO_PROTO.items()}

@@ -33,6 +33,7 @@ from server.security.metering import Metering
 from server.security.redis_limits import make_limiter
 from server.services.completions import CompletionServicer
 from server.services.conversations import ConversationServicer
+from server.services.embeddings import EmbeddingServicer
 from server.services.keys import KeyServicer
 from server.services.models import ModelServicer
 from server.services.reasoning import ReasoningServicer
@@ -129,6 +130,7 @@ class AIBattleServer:
             [
                 ModelServicer(self.registry),
                 CompletionServicer(self.registry),
+                EmbeddingServicer(self.registry),
                 ConversationServicer(self.conversations),
                 ReasoningServicer(self.reasoning),
                 KeyServicer(self.store, model_ids=frozenset(m.id for m in self.config.models)),

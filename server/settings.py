@@ -50,7 +50,9 @@ HTTP_PROVIDERS: dict[str, str] = {
     "gemini": "https://generativelanguage.googleapis.com",
 }
 # What the server acts on: attachments need image/audio/video/document (providers/convert.py).
-Capability = Literal["text", "conversation", "image", "audio", "video", "document"]
+Capability = Literal[
+    "text", "conversation", "image", "audio", "video", "document", "thinking", "tools", "json", "embedding"
+]
 
 
 Address = Annotated[StrictStr, Field(min_length=1), AfterValidator(address_or_empty)]

@@ -85,7 +85,8 @@ class ChatParams:
     """A chat request in the terms every dialect shares (values already checked)."""
 
     model: str
-    messages: list[tuple[str, str]] = field(default_factory=list)
+    messages: list[common_pb2.Message] = field(default_factory=list)
+    """The history: role and content, and on assistant and tool turns tool_calls / tool_call_id."""
     prompt: str = ""
     system: str = ""
     max_tokens: int | None = None
@@ -97,6 +98,9 @@ class ChatParams:
     repeat_penalty: float | None = None
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
+    tools: list[common_pb2.Tool] = field(default_factory=list)
+    tool_choice: common_pb2.ToolChoice | None = None
+    response_format: common_pb2.ResponseFormat | None = None
 
     def to_request(self, cls: type[Any]) -> Any:
         """The CreateCompletionRequest / StreamCompletionRequest for these parameters."""
@@ -104,8 +108,11 @@ class ChatParams:
             model=self.model,
             prompt=self.prompt,
             system_instruction=self.system,
-            messages=[common_pb2.Message(role=role, content=content) for role, content in self.messages],
+            messages=self.messages,
             stop=self.stop,
+            tools=self.tools,
+            tool_choice=self.tool_choice,
+            response_format=self.response_format,
         )
         for name in _OPTIONAL:
             value = getattr(self, name)
@@ -246,19 +253,23 @@ def text_of(content: Any, where: str) -> str:
 
 def chat_messages(
     body: Mapping[str, Any], keys: Keys, *, roles: Mapping[str, str] | None = None
-) -> list[tuple[str, str]]:
-    """`messages` as (role, text) pairs; `keys` checks each message's keys, `roles` renames roles."""
+) -> list[common_pb2.Message]:
+    """`messages` as role and text; `keys` checks each message's keys, `roles` renames roles."""
     raw = body.get("messages")
     if not isinstance(raw, list) or not raw:
         raise _wrong_type("messages", "a non-empty list")
-    messages: list[tuple[str, str]] = []
+    messages: list[common_pb2.Message] = []
     for i, item in enumerate(raw):
         where = f"messages[{i}]"
         if not isinstance(item, dict) or not isinstance(item.get("role"), str):
             raise _wrong_type(where, "an object with a string role")
         keys.check(item, where=f"{where}.")
         role = item["role"]
-        messages.append(((roles or {}).get(role, role), text_of(item.get("content"), f"{where}.content")))
+        messages.append(
+            common_pb2.Message(
+                role=(roles or {}).get(role, role), content=text_of(item.get("content"), f"{where}.content")
+            )
+        )
     return messages
 
 

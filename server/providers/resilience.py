@@ -34,10 +34,24 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class Switch:
+    """Why and from where an answer moved after it had begun (mid-stream failover)."""
+
+    from_model: str
+    from_deployment: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class Answering:
-    """Yielded once, before the first item: the model whose answer follows."""
+    """Yielded before the first item: the model (and deployment) whose answer follows. With mid-stream
+    failover (opt-in per model) it is yielded again, with `switch` set, when another deployment or model
+    takes over an answer already begun: the items that follow continue it."""
 
     model: ModelConfig
+    deployment: str = ""
+    """The deployment's name, when the model has several ("" otherwise)."""
+    switch: Switch | None = None
 
 
 class Circuits:

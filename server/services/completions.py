@@ -10,9 +10,9 @@ from dataclasses import replace
 import grpc
 from google.protobuf import timestamp_pb2
 
-from aibattle.v1 import completions_pb2, completions_pb2_grpc
+from aibattle.v1 import common_pb2, completions_pb2, completions_pb2_grpc
 from common.errors import InvalidArgument
-from server.providers.base import Delta, Finish, StreamItem, Usage
+from server.providers.base import Delta, Finish, StreamItem, ToolCallPiece, Usage
 from server.providers.convert import CompletionRequest, chat_request, usage_proto
 from server.providers.registry import ModelRegistry
 from server.providers.resilience import Answering, resilient_stream
@@ -41,26 +41,34 @@ class CompletionServicer(completions_pb2_grpc.CompletionServiceServicer):
         created.GetCurrentTime()
         content: list[str] = []
         thinking: list[str] = []
+        calls = ToolCalls()
+        failovers: list[common_pb2.Failover] = []
         finish = Finish(Usage())
-        model = None
+        answering: Answering | None = None
         async with aclosing(self._answers(request, context, stream=False)) as answers:
             async for item in answers:
                 if isinstance(item, Answering):
-                    model = item.model
+                    if item.switch is not None:
+                        failovers.append(failover_proto(item))
+                    answering = item
                 elif isinstance(item, Delta):
                     content.append(item.content)
                     thinking.append(item.thinking)
+                    calls.add(item.tool_calls)
                 else:
                     finish = item
-        assert model is not None  # resilient_stream announces the model before any item
+        assert answering is not None  # resilient_stream announces the model before any item
         return completions_pb2.CreateCompletionResponse(
             id=_completion_id(),
-            model=model.id,
+            model=answering.model.id,
             content="".join(content),
             thinking="".join(thinking),
-            usage=usage_proto(model, finish.usage),
+            tool_calls=calls.protos(),
+            usage=usage_proto(answering.model, finish.usage),
             finish_reason=finish.reason.proto,
             created_at=created,
+            deployment=answering.deployment,
+            failovers=failovers,
         )
 
     async def StreamCompletion(
@@ -68,25 +76,72 @@ class CompletionServicer(completions_pb2_grpc.CompletionServiceServicer):
     ) -> AsyncIterator[completions_pb2.StreamCompletionResponse]:
         completion_id = _completion_id()
         index = 0
-        model = None
+        answering: Answering | None = None
+        switched: common_pb2.Failover | None = None
         # aclosing: a client that goes away closes the provider's stream now, which stops the model.
         async with aclosing(self._answers(request, context, stream=True)) as answers:
             async for item in answers:
                 if isinstance(item, Answering):
-                    model = item.model
+                    if item.switch is not None:
+                        switched = failover_proto(item)
+                    answering = item
                     continue
-                assert model is not None
+                assert answering is not None
                 chunk = completions_pb2.StreamCompletionResponse(
-                    id=completion_id, model=model.id, index=index
+                    id=completion_id, model=answering.model.id, index=index, deployment=answering.deployment
                 )
+                if switched is not None:
+                    chunk.failover.CopyFrom(switched)
+                    switched = None
                 if isinstance(item, Delta):
                     chunk.content, chunk.thinking = item.content, item.thinking
+                    chunk.tool_calls.extend(
+                        common_pb2.ToolCallDelta(index=p.index, id=p.id, name=p.name, arguments=p.arguments)
+                        for p in item.tool_calls
+                    )
                 else:
                     chunk.is_final = True
-                    chunk.usage.CopyFrom(usage_proto(model, item.usage))
+                    chunk.usage.CopyFrom(usage_proto(answering.model, item.usage))
                     chunk.finish_reason = item.reason.proto
                 yield chunk
                 index += 1
+
+
+    async def CountTokens(
+        self, request: completions_pb2.CountTokensRequest, context: grpc.aio.ServicerContext
+    ) -> completions_pb2.CountTokensResponse:
+        raise NotImplementedError  # in progress (issue 19): the Anthropic ingress lands it
+
+
+class ToolCalls:
+    """Whole tool calls from their stream pieces (see `ToolCallPiece`), in index order."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, list[str]] = {}
+
+    def add(self, pieces: tuple[ToolCallPiece, ...]) -> None:
+        for piece in pieces:
+            call = self._calls.setdefault(piece.index, ["", "", ""])
+            call[0] = call[0] or piece.id
+            call[1] = call[1] or piece.name
+            call[2] += piece.arguments
+
+    def protos(self) -> list[common_pb2.ToolCall]:
+        return [
+            common_pb2.ToolCall(id=id_, name=name, arguments=arguments)
+            for _, (id_, name, arguments) in sorted(self._calls.items())
+        ]
+
+
+def failover_proto(answering: Answering) -> common_pb2.Failover:
+    assert answering.switch is not None
+    return common_pb2.Failover(
+        from_model=answering.switch.from_model,
+        from_deployment=answering.switch.from_deployment,
+        to_model=answering.model.id,
+        to_deployment=answering.deployment,
+        reason=answering.switch.reason,
+    )
 
 
 def _completion_id() -> str:

@@ -21,6 +21,80 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class CountTokensRequest(_message.Message):
+    """CountTokensRequest is the prompt part of a completion request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    PROMPT_FIELD_NUMBER: _builtins.int
+    SYSTEM_INSTRUCTION_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """Id of the model, as listed by ListModels."""
+    prompt: _builtins.str
+    """A user prompt, appended after messages. Either prompt or messages (or both) must be given."""
+    system_instruction: _builtins.str
+    """System instruction, placed before the history."""
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Message]:
+        """Prior turns, oldest first."""
+
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Tool]:
+        """Tools the model would be offered (their definitions take tokens too)."""
+
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        prompt: _builtins.str = ...,
+        system_instruction: _builtins.str = ...,
+        messages: _abc.Iterable[_common_pb2.Message] | None = ...,
+        tools: _abc.Iterable[_common_pb2.Tool] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "model", b"model", "prompt", b"prompt", "system_instruction", b"system_instruction", "tools", b"tools"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CountTokensRequest: _TypeAlias = CountTokensRequest  # noqa: Y015
+
+@_typing.final
+class CountTokensResponse(_message.Message):
+    """CountTokensResponse says how many tokens the prompt takes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    ESTIMATED_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """Model counted for."""
+    input_tokens: _builtins.int
+    """Tokens the prompt takes, as the model's provider counts them."""
+    estimated: _builtins.bool
+    """True when the provider has no way to count and this is the gateway's estimate (about 4 characters
+    per token); false when the model's own tokenizer or its provider counted.
+    """
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        input_tokens: _builtins.int = ...,
+        estimated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimated", b"estimated", "input_tokens", b"input_tokens", "model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CountTokensResponse: _TypeAlias = CountTokensResponse  # noqa: Y015
+
+@_typing.final
 class CreateCompletionRequest(_message.Message):
     """CreateCompletionRequest asks for one completion."""
 
@@ -40,6 +114,9 @@ class CreateCompletionRequest(_message.Message):
     REPEAT_PENALTY_FIELD_NUMBER: _builtins.int
     FREQUENCY_PENALTY_FIELD_NUMBER: _builtins.int
     PRESENCE_PENALTY_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
+    TOOL_CHOICE_FIELD_NUMBER: _builtins.int
+    RESPONSE_FORMAT_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Id of the model, as listed by ListModels."""
     prompt: _builtins.str
@@ -82,6 +159,20 @@ class CreateCompletionRequest(_message.Message):
     def stop(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Up to 4 sequences that end generation when produced; they are not included in the output."""
 
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Tool]:
+        """Tools the model may call, at most 128. A model whose provider cannot call tools refuses them
+        (CAPABILITY_MISSING).
+        """
+
+    @_builtins.property
+    def tool_choice(self) -> _common_pb2.ToolChoice:
+        """Whether the model may, must or must not call the tools; unset means auto."""
+
+    @_builtins.property
+    def response_format(self) -> _common_pb2.ResponseFormat:
+        """Structured output: JSON, or JSON valid against a schema; unset means free text."""
+
     def __init__(
         self,
         *,
@@ -99,10 +190,13 @@ class CreateCompletionRequest(_message.Message):
         repeat_penalty: _builtins.float | None = ...,
         frequency_penalty: _builtins.float | None = ...,
         presence_penalty: _builtins.float | None = ...,
+        tools: _abc.Iterable[_common_pb2.Tool] | None = ...,
+        tool_choice: _common_pb2.ToolChoice | None = ...,
+        response_format: _common_pb2.ResponseFormat | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty", "_max_tokens", b"_max_tokens", "_presence_penalty", b"_presence_penalty", "_repeat_penalty", b"_repeat_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "file_data", b"file_data", "frequency_penalty", b"frequency_penalty", "max_tokens", b"max_tokens", "presence_penalty", b"presence_penalty", "repeat_penalty", b"repeat_penalty", "seed", b"seed", "temperature", b"temperature", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty", "_max_tokens", b"_max_tokens", "_presence_penalty", b"_presence_penalty", "_repeat_penalty", b"_repeat_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "file_data", b"file_data", "frequency_penalty", b"frequency_penalty", "max_tokens", b"max_tokens", "presence_penalty", b"presence_penalty", "repeat_penalty", b"repeat_penalty", "response_format", b"response_format", "seed", b"seed", "temperature", b"temperature", "tool_choice", b"tool_choice", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty", "_max_tokens", b"_max_tokens", "_presence_penalty", b"_presence_penalty", "_repeat_penalty", b"_repeat_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "file_data", b"file_data", "frequency_penalty", b"frequency_penalty", "max_tokens", b"max_tokens", "messages", b"messages", "model", b"model", "presence_penalty", b"presence_penalty", "prompt", b"prompt", "repeat_penalty", b"repeat_penalty", "seed", b"seed", "stop", b"stop", "system_instruction", b"system_instruction", "temperature", b"temperature", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty", "_max_tokens", b"_max_tokens", "_presence_penalty", b"_presence_penalty", "_repeat_penalty", b"_repeat_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "file_data", b"file_data", "frequency_penalty", b"frequency_penalty", "max_tokens", b"max_tokens", "messages", b"messages", "model", b"model", "presence_penalty", b"presence_penalty", "prompt", b"prompt", "repeat_penalty", b"repeat_penalty", "response_format", b"response_format", "seed", b"seed", "stop", b"stop", "system_instruction", b"system_instruction", "temperature", b"temperature", "tool_choice", b"tool_choice", "tools", b"tools", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__frequency_penalty: _TypeAlias = _typing.Literal["frequency_penalty"]  # noqa: Y015
     _WhichOneofArgType__frequency_penalty: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty"]  # noqa: Y015
@@ -159,6 +253,9 @@ class StreamCompletionRequest(_message.Message):
     REPEAT_PENALTY_FIELD_NUMBER: _builtins.int
     FREQUENCY_PENALTY_FIELD_NUMBER: _builtins.int
     PRESENCE_PENALTY_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
+    TOOL_CHOICE_FIELD_NUMBER: _builtins.int
+    RESPONSE_FORMAT_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Id of the model, as listed by ListModels."""
     prompt: _builtins.str
@@ -201,6 +298,20 @@ class StreamCompletionRequest(_message.Message):
     def stop(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Up to 4 sequences that end generation when produced; they are not included in the output."""
 
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Tool]:
+        """Tools the model may call, at most 128. A model whose provider cannot call tools refuses them
+        (CAPABILITY_MISSING).
+        """
+
+    @_builtins.property
+    def tool_choice(self) -> _common_pb2.ToolChoice:
+        """Whether the model may, must or must not call the tools; unset means auto."""
+
+    @_builtins.property
+    def response_format(self) -> _common_pb2.ResponseFormat:
+        """Structured output: JSON, or JSON valid against a schema; unset means free text."""
+
     def __init__(
         self,
         *,
@@ -218,10 +329,13 @@ class StreamCompletionRequest(_message.Message):
         repeat_penalty: _builtins.float | None = ...,
         frequency_penalty: _builtins.float | None = ...,
         presence_penalty: _builtins.float | None = ...,
+        tools: _abc.Iterable[_common_pb2.Tool] | None = ...,
+        tool_choice: _common_pb2.ToolChoice | None = ...,
+        response_format: _common_pb2.ResponseFormat | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty", "_max_tokens", b"_max_tokens", "_presence_penalty", b"_presence_penalty", "_repeat_penalty", b"_repeat_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "file_data", b"file_data", "frequency_penalty", b"frequency_penalty", "max_tokens", b"max_tokens", "presence_penalty", b"presence_penalty", "repeat_penalty", b"repeat_penalty", "seed", b"seed", "temperature", b"temperature", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty", "_max_tokens", b"_max_tokens", "_presence_penalty", b"_presence_penalty", "_repeat_penalty", b"_repeat_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "file_data", b"file_data", "frequency_penalty", b"frequency_penalty", "max_tokens", b"max_tokens", "presence_penalty", b"presence_penalty", "repeat_penalty", b"repeat_penalty", "response_format", b"response_format", "seed", b"seed", "temperature", b"temperature", "tool_choice", b"tool_choice", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty", "_max_tokens", b"_max_tokens", "_presence_penalty", b"_presence_penalty", "_repeat_penalty", b"_repeat_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "file_data", b"file_data", "frequency_penalty", b"frequency_penalty", "max_tokens", b"max_tokens", "messages", b"messages", "model", b"model", "presence_penalty", b"presence_penalty", "prompt", b"prompt", "repeat_penalty", b"repeat_penalty", "seed", b"seed", "stop", b"stop", "system_instruction", b"system_instruction", "temperature", b"temperature", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty", "_max_tokens", b"_max_tokens", "_presence_penalty", b"_presence_penalty", "_repeat_penalty", b"_repeat_penalty", "_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "file_data", b"file_data", "frequency_penalty", b"frequency_penalty", "max_tokens", b"max_tokens", "messages", b"messages", "model", b"model", "presence_penalty", b"presence_penalty", "prompt", b"prompt", "repeat_penalty", b"repeat_penalty", "response_format", b"response_format", "seed", b"seed", "stop", b"stop", "system_instruction", b"system_instruction", "temperature", b"temperature", "tool_choice", b"tool_choice", "tools", b"tools", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__frequency_penalty: _TypeAlias = _typing.Literal["frequency_penalty"]  # noqa: Y015
     _WhichOneofArgType__frequency_penalty: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty"]  # noqa: Y015
@@ -271,6 +385,9 @@ class CreateCompletionResponse(_message.Message):
     FINISH_REASON_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     THINKING_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    FAILOVERS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Completion id, e.g. "cmpl-…"."""
     model: _builtins.str
@@ -281,6 +398,10 @@ class CreateCompletionResponse(_message.Message):
     """Why generation stopped."""
     thinking: _builtins.str
     """Reasoning text produced before the answer, when the provider exposes it."""
+    deployment: _builtins.str
+    """Deployment that answered, when the model has several (its configured name); also in the
+    x-aibattle-deployment header and metadata.
+    """
     @_builtins.property
     def usage(self) -> _common_pb2.Usage:
         """Tokens and cost."""
@@ -288,6 +409,14 @@ class CreateCompletionResponse(_message.Message):
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When the completion was created."""
+
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ToolCall]:
+        """Tools the model called (finish_reason TOOL_CALLS); run them and send their results as "tool" messages."""
+
+    @_builtins.property
+    def failovers(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Failover]:
+        """Moves to another deployment or model after the answer had begun (failover_mid_stream), in order."""
 
     def __init__(
         self,
@@ -299,10 +428,13 @@ class CreateCompletionResponse(_message.Message):
         finish_reason: _common_pb2.FinishReason.ValueType = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         thinking: _builtins.str = ...,
+        tool_calls: _abc.Iterable[_common_pb2.ToolCall] | None = ...,
+        deployment: _builtins.str = ...,
+        failovers: _abc.Iterable[_common_pb2.Failover] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "created_at", b"created_at", "finish_reason", b"finish_reason", "id", b"id", "model", b"model", "thinking", b"thinking", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "created_at", b"created_at", "deployment", b"deployment", "failovers", b"failovers", "finish_reason", b"finish_reason", "id", b"id", "model", b"model", "thinking", b"thinking", "tool_calls", b"tool_calls", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -324,6 +456,9 @@ class StreamCompletionResponse(_message.Message):
     FINISH_REASON_FIELD_NUMBER: _builtins.int
     THINKING_FIELD_NUMBER: _builtins.int
     INDEX_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    FAILOVER_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Completion id, the same on every chunk."""
     model: _builtins.str
@@ -338,9 +473,21 @@ class StreamCompletionResponse(_message.Message):
     """Reasoning text generated since the previous chunk, when the provider exposes it."""
     index: _builtins.int
     """Position of this chunk in the stream, from 0."""
+    deployment: _builtins.str
+    """Deployment producing the stream, when the model has several; changes after a failover."""
     @_builtins.property
     def usage(self) -> _common_pb2.Usage:
         """Tokens and cost; set on the last chunk."""
+
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ToolCallDelta]:
+        """Pieces of tool calls generated since the previous chunk; see ToolCallDelta."""
+
+    @_builtins.property
+    def failover(self) -> _common_pb2.Failover:
+        """Set on the first chunk after the answer moved to another deployment or model (failover_mid_stream):
+        the content that follows continues what came before.
+        """
 
     def __init__(
         self,
@@ -353,10 +500,13 @@ class StreamCompletionResponse(_message.Message):
         finish_reason: _common_pb2.FinishReason.ValueType = ...,
         thinking: _builtins.str = ...,
         index: _builtins.int = ...,
+        tool_calls: _abc.Iterable[_common_pb2.ToolCallDelta] | None = ...,
+        deployment: _builtins.str = ...,
+        failover: _common_pb2.Failover | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["failover", b"failover", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "finish_reason", b"finish_reason", "id", b"id", "index", b"index", "is_final", b"is_final", "model", b"model", "thinking", b"thinking", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "deployment", b"deployment", "failover", b"failover", "finish_reason", b"finish_reason", "id", b"id", "index", b"index", "is_final", b"is_final", "model", b"model", "thinking", b"thinking", "tool_calls", b"tool_calls", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

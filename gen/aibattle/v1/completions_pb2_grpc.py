@@ -45,6 +45,11 @@ class CompletionServiceStub:
                 request_serializer=aibattle_dot_v1_dot_completions__pb2.StreamCompletionRequest.SerializeToString,
                 response_deserializer=aibattle_dot_v1_dot_completions__pb2.StreamCompletionResponse.FromString,
                 _registered_method=True)
+        self.CountTokens = channel.unary_unary(
+                '/aibattle.v1.CompletionService/CountTokens',
+                request_serializer=aibattle_dot_v1_dot_completions__pb2.CountTokensRequest.SerializeToString,
+                response_deserializer=aibattle_dot_v1_dot_completions__pb2.CountTokensResponse.FromString,
+                _registered_method=True)
 
 
 class CompletionServiceServicer:
@@ -65,6 +70,13 @@ class CompletionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CountTokens(self, request, context):
+        """Counts the tokens a completion request's prompt would take, without generating anything.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CompletionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +89,11 @@ def add_CompletionServiceServicer_to_server(servicer, server):
                     servicer.StreamCompletion,
                     request_deserializer=aibattle_dot_v1_dot_completions__pb2.StreamCompletionRequest.FromString,
                     response_serializer=aibattle_dot_v1_dot_completions__pb2.StreamCompletionResponse.SerializeToString,
+            ),
+            'CountTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountTokens,
+                    request_deserializer=aibattle_dot_v1_dot_completions__pb2.CountTokensRequest.FromString,
+                    response_serializer=aibattle_dot_v1_dot_completions__pb2.CountTokensResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,6 +151,33 @@ class CompletionService:
             '/aibattle.v1.CompletionService/StreamCompletion',
             aibattle_dot_v1_dot_completions__pb2.StreamCompletionRequest.SerializeToString,
             aibattle_dot_v1_dot_completions__pb2.StreamCompletionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aibattle.v1.CompletionService/CountTokens',
+            aibattle_dot_v1_dot_completions__pb2.CountTokensRequest.SerializeToString,
+            aibattle_dot_v1_dot_completions__pb2.CountTokensResponse.FromString,
             options,
             channel_credentials,
             insecure,

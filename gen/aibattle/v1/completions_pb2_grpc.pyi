@@ -37,6 +37,8 @@ class CompletionServiceStub:
     """Generates a completion and returns it whole."""
     StreamCompletion: _grpc.UnaryStreamMultiCallable[_completions_pb2.StreamCompletionRequest, _completions_pb2.StreamCompletionResponse]
     """Generates a completion as a stream of content deltas; the last message carries usage and finish reason."""
+    CountTokens: _grpc.UnaryUnaryMultiCallable[_completions_pb2.CountTokensRequest, _completions_pb2.CountTokensResponse]
+    """Counts the tokens a completion request's prompt would take, without generating anything."""
 
 @_typing.type_check_only
 class CompletionServiceAsyncStub(CompletionServiceStub):
@@ -47,6 +49,8 @@ class CompletionServiceAsyncStub(CompletionServiceStub):
     """Generates a completion and returns it whole."""
     StreamCompletion: _aio.UnaryStreamMultiCallable[_completions_pb2.StreamCompletionRequest, _completions_pb2.StreamCompletionResponse]  # type: ignore[assignment]
     """Generates a completion as a stream of content deltas; the last message carries usage and finish reason."""
+    CountTokens: _aio.UnaryUnaryMultiCallable[_completions_pb2.CountTokensRequest, _completions_pb2.CountTokensResponse]  # type: ignore[assignment]
+    """Counts the tokens a completion request's prompt would take, without generating anything."""
 
 class CompletionServiceServicer(metaclass=_abc_1.ABCMeta):
     """CompletionService generates text from one model, whole or as a stream."""
@@ -66,5 +70,13 @@ class CompletionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_completions_pb2.StreamCompletionResponse], _abc.AsyncIterator[_completions_pb2.StreamCompletionResponse]]:
         """Generates a completion as a stream of content deltas; the last message carries usage and finish reason."""
+
+    @_abc_1.abstractmethod
+    def CountTokens(
+        self,
+        request: _completions_pb2.CountTokensRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_completions_pb2.CountTokensResponse, _abc.Awaitable[_completions_pb2.CountTokensResponse]]:
+        """Counts the tokens a completion request's prompt would take, without generating anything."""
 
 def add_CompletionServiceServicer_to_server(servicer: CompletionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -44,6 +44,8 @@ class _ConversationEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[
     """The conversation finished its rounds."""
     CONVERSATION_EVENT_TYPE_ERROR: _ConversationEventType.ValueType  # 7
     """A turn failed; see error."""
+    CONVERSATION_EVENT_TYPE_TOOL_USE: _ConversationEventType.ValueType  # 8
+    """A participant called a tool; see model, tool and tool_call."""
 
 class ConversationEventType(_ConversationEventType, metaclass=_ConversationEventTypeEnumTypeWrapper):
     """ConversationEventType names what happened."""
@@ -64,6 +66,8 @@ CONVERSATION_EVENT_TYPE_COMPLETION: ConversationEventType.ValueType  # 6
 """The conversation finished its rounds."""
 CONVERSATION_EVENT_TYPE_ERROR: ConversationEventType.ValueType  # 7
 """A turn failed; see error."""
+CONVERSATION_EVENT_TYPE_TOOL_USE: ConversationEventType.ValueType  # 8
+"""A participant called a tool; see model, tool and tool_call."""
 Global___ConversationEventType: _TypeAlias = ConversationEventType  # noqa: Y015
 
 @_typing.final
@@ -120,6 +124,7 @@ class Conversation(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     LAST_SEQUENCE_FIELD_NUMBER: _builtins.int
     QUEUED_MESSAGES_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
     """Server-assigned id, e.g. "conv-…"."""
     status: _common_pb2.RunStatus.ValueType
@@ -170,6 +175,12 @@ class Conversation(_message.Message):
         spoken, and moves into `messages`, when its participant's turn comes.
         """
 
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Tool]:
+        """Tools the AI participants may call. The conversation does not run them: a call is recorded on the
+        speaker's message and announced as a TOOL_USE event, for a client to act on.
+        """
+
     def __init__(
         self,
         *,
@@ -189,10 +200,11 @@ class Conversation(_message.Message):
         error: _status_pb2.Status | None = ...,
         last_sequence: _builtins.int = ...,
         queued_messages: _abc.Iterable[_common_pb2.Message] | None = ...,
+        tools: _abc.Iterable[_common_pb2.Tool] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "error", b"error", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed_rounds", b"completed_rounds", "conversation_id", b"conversation_id", "created_at", b"created_at", "error", b"error", "last_sequence", b"last_sequence", "messages", b"messages", "mode", b"mode", "models", b"models", "next_model", b"next_model", "next_role", b"next_role", "queued_messages", b"queued_messages", "rounds", b"rounds", "status", b"status", "system_instruction", b"system_instruction", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed_rounds", b"completed_rounds", "conversation_id", b"conversation_id", "created_at", b"created_at", "error", b"error", "last_sequence", b"last_sequence", "messages", b"messages", "mode", b"mode", "models", b"models", "next_model", b"next_model", "next_role", b"next_role", "queued_messages", b"queued_messages", "rounds", b"rounds", "status", b"status", "system_instruction", b"system_instruction", "tools", b"tools", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -212,6 +224,7 @@ class CreateConversationRequest(_message.Message):
     FILE_DATA_FIELD_NUMBER: _builtins.int
     AUTO_RUN_FIELD_NUMBER: _builtins.int
     WAIT_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
     initial_prompt: _builtins.str
     """First message, spoken by the first participant."""
     mode: _builtins.str
@@ -232,6 +245,10 @@ class CreateConversationRequest(_message.Message):
     def file_data(self) -> _common_pb2.FileData:
         """An attachment for the initial prompt."""
 
+    @_builtins.property
+    def tools(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Tool]:
+        """Tools the AI participants may call, at most 128; see Conversation.tools."""
+
     def __init__(
         self,
         *,
@@ -243,10 +260,11 @@ class CreateConversationRequest(_message.Message):
         file_data: _common_pb2.FileData | None = ...,
         auto_run: _builtins.bool | None = ...,
         wait: _builtins.bool = ...,
+        tools: _abc.Iterable[_common_pb2.Tool] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_auto_run", b"_auto_run", "auto_run", b"auto_run", "file_data", b"file_data"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_auto_run", b"_auto_run", "auto_run", b"auto_run", "file_data", b"file_data", "initial_prompt", b"initial_prompt", "mode", b"mode", "models", b"models", "rounds", b"rounds", "system_instruction", b"system_instruction", "wait", b"wait"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_auto_run", b"_auto_run", "auto_run", b"auto_run", "file_data", b"file_data", "initial_prompt", b"initial_prompt", "mode", b"mode", "models", b"models", "rounds", b"rounds", "system_instruction", b"system_instruction", "tools", b"tools", "wait", b"wait"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__auto_run: _TypeAlias = _typing.Literal["auto_run"]  # noqa: Y015
     _WhichOneofArgType__auto_run: _TypeAlias = _typing.Literal["_auto_run", b"_auto_run"]  # noqa: Y015
@@ -657,6 +675,8 @@ class ConversationEvent(_message.Message):
     ROLE_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    TOOL_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Position in the conversation's event log, from 1, without gaps."""
     conversation_id: _builtins.str
@@ -671,6 +691,8 @@ class ConversationEvent(_message.Message):
     """Role concerned, for turn events."""
     status: _common_pb2.RunStatus.ValueType
     """New status, for STATUS_CHANGED and COMPLETION events."""
+    tool: _builtins.str
+    """Name of the tool called, for TOOL_USE events."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When it happened."""
@@ -682,6 +704,10 @@ class ConversationEvent(_message.Message):
     @_builtins.property
     def error(self) -> _status_pb2.Status:
         """What went wrong, for ERROR events."""
+
+    @_builtins.property
+    def tool_call(self) -> _common_pb2.ToolCall:
+        """The whole call (id, name, arguments), for TOOL_USE events."""
 
     def __init__(
         self,
@@ -696,10 +722,12 @@ class ConversationEvent(_message.Message):
         role: _builtins.str = ...,
         status: _common_pb2.RunStatus.ValueType = ...,
         error: _status_pb2.Status | None = ...,
+        tool: _builtins.str = ...,
+        tool_call: _common_pb2.ToolCall | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "error", b"error", "message", b"message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "error", b"error", "message", b"message", "tool_call", b"tool_call"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "created_at", b"created_at", "delta", b"delta", "error", b"error", "message", b"message", "model", b"model", "role", b"role", "sequence", b"sequence", "status", b"status", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "created_at", b"created_at", "delta", b"delta", "error", b"error", "message", b"message", "model", b"model", "role", b"role", "sequence", b"sequence", "status", b"status", "tool", b"tool", "tool_call", b"tool_call", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -32,6 +32,8 @@ class Model(_message.Message):
     UPSTREAM_MODEL_FIELD_NUMBER: _builtins.int
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     FALLBACKS_FIELD_NUMBER: _builtins.int
+    ALIASES_FIELD_NUMBER: _builtins.int
+    DEPLOYMENTS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Id clients use, e.g. "smollm2-135m" or "claude-3-sonnet"."""
     provider: _builtins.str
@@ -44,7 +46,9 @@ class Model(_message.Message):
     """Human-readable name."""
     @_builtins.property
     def capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """What it accepts and does: "text", "conversation", "image", "audio", "video", "document", "thinking"."""
+        """What it accepts and does: "text", "conversation", "image", "audio", "video", "document", "thinking",
+        "tools" (it can call tools), "json" (structured output), "embedding" (EmbeddingService).
+        """
 
     @_builtins.property
     def pricing(self) -> Global___Pricing:
@@ -53,6 +57,14 @@ class Model(_message.Message):
     @_builtins.property
     def fallbacks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Models tried, in order, when this one fails before its first token."""
+
+    @_builtins.property
+    def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Other ids that name this model in requests, e.g. "gpt-4o"."""
+
+    @_builtins.property
+    def deployments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Names of the deployments that serve it, when it has several; requests are spread over them."""
 
     def __init__(
         self,
@@ -65,10 +77,12 @@ class Model(_message.Message):
         upstream_model: _builtins.str = ...,
         display_name: _builtins.str = ...,
         fallbacks: _abc.Iterable[_builtins.str] | None = ...,
+        aliases: _abc.Iterable[_builtins.str] | None = ...,
+        deployments: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["pricing", b"pricing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "display_name", b"display_name", "fallbacks", b"fallbacks", "id", b"id", "max_tokens", b"max_tokens", "pricing", b"pricing", "provider", b"provider", "upstream_model", b"upstream_model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "capabilities", b"capabilities", "deployments", b"deployments", "display_name", b"display_name", "fallbacks", b"fallbacks", "id", b"id", "max_tokens", b"max_tokens", "pricing", b"pricing", "provider", b"provider", "upstream_model", b"upstream_model"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
