@@ -1,7 +1,8 @@
-"""Incremental parsers for the stream formats upstreams speak: Server-Sent Events and NDJSON.
+"""Incremental parsers for the stream formats upstreams speak: Server-Sent Events and NDJSON; and what
+every adapter's wire format shares about tool calls.
 
-Both take bytes as they arrive (any chunking: a frame may be split anywhere, several may come at
-once) and return the complete frames so far; nothing waits for the end of the body. Lines end in
+Both parsers take bytes as they arrive (any chunking: a frame may be split anywhere, several may come
+at once) and return the complete frames so far; nothing waits for the end of the body. Lines end in
 LF, CRLF or CR (the SSE spec's three); a line longer than `max_line` is a protocol error rather than
 unbounded memory.
 """
@@ -9,10 +10,17 @@ unbounded memory.
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from common.errors import InvalidArgument
+from server.providers.base import ToolCall, ToolSpec
+
 MAX_LINE = 8 * 1024 * 1024
+NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
+"""The schema of a tool that takes no arguments (APIs that want one always, and those where it may be
+left out, all take this)."""
 
 
 class FrameError(ValueError):
@@ -154,3 +162,46 @@ class NdjsonParser:
             return json.loads(line)
         except ValueError as exc:
             raise FrameError(f"a line is not JSON: {line[:200]!r}") from exc
+
+
+# --- tool calls -------------------------------------------------------------------------------
+
+
+def tool_parameters(tool: ToolSpec) -> dict[str, Any]:
+    """The JSON Schema of a tool's arguments, `NO_PARAMETERS` when it takes none."""
+    return dict(tool.parameters) if tool.parameters is not None else dict(NO_PARAMETERS)
+
+
+def call_arguments(call: ToolCall) -> dict[str, Any]:
+    """A history tool call's arguments as the JSON object the APIs that take an object want (Ollama,
+    Anthropic, Gemini); "" is no arguments. Text that is not a JSON object is refused, naming the call:
+    it cannot be sent as one, and a guess would change what the model is told it did."""
+    if not call.arguments.strip():
+        return {}
+    try:
+        value = json.loads(call.arguments)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise InvalidArgument(
+            "tool_calls.arguments",
+            f"the arguments of tool call {call.id or call.name!r} must be a JSON object",
+        )
+    return value
+
+
+def new_call_id() -> str:
+    """An id for a tool call whose upstream gives none (Ollama, Gemini), in OpenAI's shape."""
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+def arguments_text(value: Any) -> str:
+    """An answer's tool-call arguments as the JSON text our types carry: an object is written out
+    (Ollama, Anthropic, Gemini), text is kept as the model wrote it (OpenAI), absent is "{}"."""
+    if value is None:
+        return "{}"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        return json.dumps(value, ensure_ascii=False)
+    raise FrameError(f"tool call arguments are neither an object nor text: {str(value)[:200]!r}")
