@@ -21,6 +21,7 @@ SNAPSHOT = Path(__file__).with_name("public_api.txt")
 NAMESPACES = {
     "ModelService": "models",
     "CompletionService": "completions",
+    "EmbeddingService": "embeddings",
     "ConversationService": "conversations",
     "ReasoningService": "reasoning",
     "KeyService": "keys",
@@ -32,6 +33,8 @@ METHODS = {
     "GetModel": "get",
     "CreateCompletion": "create",
     "StreamCompletion": "create",  # create(..., stream=True)
+    "CountTokens": "count_tokens",
+    "CreateEmbeddings": "create",
     "CreateConversation": "create",
     "GetConversation": "get",
     "ListConversations": "list",

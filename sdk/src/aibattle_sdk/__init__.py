@@ -12,6 +12,7 @@ Messages and enums are in `aibattle_sdk.v1`; errors in `aibattle_sdk.errors` (re
 from importlib import metadata
 
 from aibattle_sdk._config import DEFAULT_TARGET, RetryPolicy
+from aibattle_sdk._responses import join_tool_calls
 from aibattle_sdk._sync_transport import ConverseSession, Stream
 from aibattle_sdk.async_client import AsyncClient, AsyncConverseSession, AsyncStream
 from aibattle_sdk.client import Client
@@ -70,4 +71,5 @@ __all__ = [
     "UnimplementedError",
     "UnknownError",
     "__version__",
+    "join_tool_calls",
 ]

@@ -24,6 +24,8 @@ RETRY_SAFE: dict[str, bool] = {
     "ModelService/GetModel": True,
     "CompletionService/CreateCompletion": True,  # nothing is stored
     "CompletionService/StreamCompletion": True,  # until its first chunk (see Stream)
+    "CompletionService/CountTokens": True,  # nothing is stored
+    "EmbeddingService/CreateEmbeddings": True,  # nothing is stored
     "ConversationService/CreateConversation": False,
     "ConversationService/GetConversation": True,
     "ConversationService/ListConversations": True,

@@ -21,6 +21,7 @@ from aibattle_sdk._async_transport import (
 )
 from aibattle_sdk._config import DEFAULT_TIMEOUT, ClientConfig, RetryPolicy, is_url
 from aibattle_sdk._gen.aibattle import v1
+from aibattle_sdk._requests import MessageLike, ResponseFormatLike, ToolChoiceLike, ToolLike
 
 # unasync: sync-only
 # from aibattle_sdk._rest_transport import RestTransport
@@ -72,11 +73,14 @@ class AsyncCompletions:
         max_tokens: int | None = None,
         temperature: float | None = None,
         system_instruction: str = "",
-        messages: Sequence[v1.Message] = (),
+        messages: Sequence[MessageLike] = (),
         file_data: v1.FileData | None = None,
         top_p: float | None = None,
         stop: Sequence[str] = (),
         seed: int | None = None,
+        tools: Sequence[ToolLike] = (),
+        tool_choice: ToolChoiceLike | None = None,
+        response_format: ResponseFormatLike | None = None,
         timeout: float | None = None,
     ) -> v1.CreateCompletionResponse: ...
 
@@ -90,11 +94,14 @@ class AsyncCompletions:
         max_tokens: int | None = None,
         temperature: float | None = None,
         system_instruction: str = "",
-        messages: Sequence[v1.Message] = (),
+        messages: Sequence[MessageLike] = (),
         file_data: v1.FileData | None = None,
         top_p: float | None = None,
         stop: Sequence[str] = (),
         seed: int | None = None,
+        tools: Sequence[ToolLike] = (),
+        tool_choice: ToolChoiceLike | None = None,
+        response_format: ResponseFormatLike | None = None,
         timeout: float | None = None,
     ) -> AsyncStream[v1.StreamCompletionResponse]: ...
 
@@ -107,11 +114,14 @@ class AsyncCompletions:
         max_tokens: int | None = None,
         temperature: float | None = None,
         system_instruction: str = "",
-        messages: Sequence[v1.Message] = (),
+        messages: Sequence[MessageLike] = (),
         file_data: v1.FileData | None = None,
         top_p: float | None = None,
         stop: Sequence[str] = (),
         seed: int | None = None,
+        tools: Sequence[ToolLike] = (),
+        tool_choice: ToolChoiceLike | None = None,
+        response_format: ResponseFormatLike | None = None,
         timeout: float | None = None,
     ) -> v1.CreateCompletionResponse | AsyncStream[v1.StreamCompletionResponse]:
         """A completion of `prompt` (and/or `messages`) by `model`.
@@ -119,6 +129,17 @@ class AsyncCompletions:
         With `stream=True`, a `Stream` of content deltas whose last chunk (`is_final`) carries usage and
         the finish reason; it is retried on UNAVAILABLE only until its first chunk. Without, the whole
         answer. `timeout` bounds the whole call (a stream has none unless given).
+
+        `messages` are `v1.Message`s or dicts of their fields: {"role", "content"}, "tool_calls" on an
+        assistant turn, {"role": "tool", "tool_call_id", "content"} for a tool's result.
+        `tools` are `v1.Tool`s or dicts {"name", "description", "parameters"} (a JSON Schema dict); the
+        model answers with `tool_calls` and finish reason TOOL_CALLS when it calls them (streamed as
+        `chunk.tool_calls` pieces: `join_tool_calls` puts them together). `tool_choice` is "auto" (the
+        default), "none", "required" or the name of the tool to call. `response_format` is "json_object",
+        or a JSON Schema dict the answer must be valid against (a `v1.ResponseFormat` for a name or
+        strict). A model that cannot honour tools or a format refuses with InvalidArgumentError.
+        `deployment` (and, after a mid-stream failover, `failovers`, or a chunk's `failover`) says
+        which deployment answered.
         """
         rpc = R.STREAM_COMPLETION if stream else R.CREATE_COMPLETION
         request = R.completion(
@@ -133,10 +154,62 @@ class AsyncCompletions:
             top_p=top_p,
             stop=stop,
             seed=seed,
+            tools=tools,
+            tool_choice=tool_choice,
+            response_format=response_format,
         )
         if stream:
             return self._t.stream(rpc, request, timeout=timeout)
         return await self._t.unary(rpc, request, timeout=timeout)
+
+    async def count_tokens(
+        self,
+        *,
+        model: str,
+        prompt: str = "",
+        system_instruction: str = "",
+        messages: Sequence[MessageLike] = (),
+        tools: Sequence[ToolLike] = (),
+        timeout: float | None = None,
+    ) -> v1.CountTokensResponse:
+        """The tokens a completion's prompt would take (`input_tokens`), without generating anything.
+
+        Takes the prompt part of `create`'s arguments. `estimated` is True when the model's provider has no
+        way to count and the figure is the server's estimate.
+        """
+        request = v1.CountTokensRequest(
+            model=model,
+            prompt=prompt,
+            system_instruction=system_instruction,
+            messages=R.as_messages(messages),
+            tools=R.as_tools(tools),
+        )
+        return await self._t.unary(R.COUNT_TOKENS, request, timeout=timeout)
+
+
+class AsyncEmbeddings:
+    """`client.embeddings`: texts to vectors, with a model that has the "embedding" capability."""
+
+    def __init__(self, transport: AsyncTransport) -> None:
+        self._t = transport
+
+    async def create(
+        self,
+        *,
+        model: str,
+        input: str | Sequence[str],
+        dimensions: int | None = None,
+        timeout: float | None = None,
+    ) -> v1.CreateEmbeddingsResponse:
+        """One vector per text of `input` (a text, or up to 2048), in input order: `embeddings[i].values`.
+
+        `dimensions` shortens the vectors, for models that can (others refuse it); `usage` counts the
+        tokens read. A model without the "embedding" capability is refused (InvalidArgumentError,
+        reason CAPABILITY_MISSING).
+        """
+        texts = [input] if isinstance(input, str) else list(input)
+        request = v1.CreateEmbeddingsRequest(model=model, input=texts, dimensions=dimensions)
+        return await self._t.unary(R.CREATE_EMBEDDINGS, request, timeout=timeout)
 
 
 class AsyncConversations:
@@ -156,11 +229,15 @@ class AsyncConversations:
         file_data: v1.FileData | None = None,
         auto_run: bool | None = None,
         wait: bool = False,
+        tools: Sequence[ToolLike] = (),
         timeout: float | None = None,
     ) -> v1.Conversation:
         """Create a conversation between `models` (Participants, {"id", "role"} dicts or (id, role) pairs).
 
         Its AI turns start at once unless `auto_run=False`; `wait=True` answers once they finished.
+        `tools` (as `completions.create` takes them) may be called by the AI participants: the
+        conversation does not run them; each call is recorded on the speaker's message (`tool_calls`) and
+        announced as a TOOL_USE event (`event.tool`, `event.tool_call`), for you to act on.
         """
         request = v1.CreateConversationRequest(
             models=R.participants(models),
@@ -171,6 +248,7 @@ class AsyncConversations:
             file_data=file_data,
             auto_run=auto_run,
             wait=wait,
+            tools=R.as_tools(tools),
         )
         response = await self._t.unary(R.CREATE_CONVERSATION, request, timeout=timeout)
         return response.conversation
@@ -470,6 +548,7 @@ class AsyncClient:
             transport = self._grpc = AsyncGrpcTransport(self.config, channel)
         self.models = AsyncModels(transport)
         self.completions = AsyncCompletions(transport)
+        self.embeddings = AsyncEmbeddings(transport)
         self.conversations = AsyncConversations(transport)
         self.reasoning = AsyncReasoning(transport)
         self.keys = AsyncKeys(transport)
