@@ -5,27 +5,67 @@ merged into one turn), system messages hoisted into the top-level `system` strin
 always (Anthropic requires it), and `temperature`, `top_p`, `stop_sequences` when set. Images and
 PDFs go inline as base64 content blocks.
 
+Tools: `tools: [{name, description, input_schema}]` and `tool_choice` (auto, any, tool + name, none).
+In the history an assistant's calls are `tool_use` blocks (our JSON text arguments parsed into the
+`input` object), and tool results are `tool_result` blocks in a user turn: consecutive results share
+one turn, since the API wants user and assistant to alternate.
+
+Structured output: the Messages API has no JSON mode that every model and every server speaking the
+API takes, so `response_format` is honoured with the API's own means: one tool whose input schema is
+the requested schema (`{"type": "object"}` for json_object), forced by `tool_choice`, and that tool's
+input is the answer: relayed as content (its `input_json_delta`s as they stream), finishing STOP. It
+is a tool call on the wire, so it cannot be combined with the request's own tools (refused, naming
+response_format), and the schema must describe an object (a tool's input always is one).
+
 Stream: `message_start` (input usage), then per content block `content_block_start`,
-`content_block_delta`s (`text_delta` → content, `thinking_delta` → thinking; signatures and tool
-input are not ours to relay) and `content_block_stop`, then `message_delta` (stop reason, cumulative
-output usage) and `message_stop`. `ping` keeps the connection alive; `error` ends the stream with
-the upstream's words. Event types we do not know are skipped, as Anthropic's versioning policy asks.
+`content_block_delta`s (`text_delta` → content, `thinking_delta` → thinking, a `tool_use` block's
+start and its `input_json_delta`s → tool-call pieces, numbered from 0 among the tool blocks;
+signatures are not ours to relay) and `content_block_stop`, then `message_delta` (stop reason,
+cumulative output usage) and `message_stop`. `ping` keeps the connection alive; `error` ends the
+stream with the upstream's words. Event types we do not know are skipped, as Anthropic's versioning
+policy asks.
+
+Token counting: `POST {base_url}/v1/messages/count_tokens` with the request's system, messages and
+tools → `input_tokens`.
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from common.enums import FinishReason
-from common.errors import InvalidArgument
+from common.errors import UNSUPPORTED_PARAMETER, InvalidArgument
 from server.providers.attachments import cannot_take
-from server.providers.base import Attachment, ChatMessage, ChatRequest, Delta, Finish, Role, StreamItem, Usage
+from server.providers.base import (
+    Attachment,
+    ChatMessage,
+    ChatRequest,
+    Delta,
+    Finish,
+    FormatType,
+    ResponseFormat,
+    Role,
+    StreamItem,
+    ToolCall,
+    ToolCallPiece,
+    ToolMode,
+    Usage,
+)
 from server.providers.http.base import UNREPORTED, HttpProvider, HttpRequest, sampling
-from server.providers.http.errors import UpstreamError, stream_error
-from server.providers.http.wire import FrameError, SseEvent, SseParser
+from server.providers.http.errors import UpstreamError, protocol_error, stream_error
+from server.providers.http.unary import post_json
+from server.providers.http.wire import (
+    FrameError,
+    SseEvent,
+    SseParser,
+    arguments_text,
+    call_arguments,
+    tool_parameters,
+)
 from server.settings import ModelConfig
 
 API_VERSION = "2023-06-01"
@@ -48,8 +88,12 @@ STOP_REASONS = {
     "max_tokens": FinishReason.LENGTH,
     "model_context_window_exceeded": FinishReason.LENGTH,
     "refusal": FinishReason.CONTENT_FILTER,
-    # tool_use and pause_turn come only with tools, which we never send; anything new reads as STOP.
+    "tool_use": FinishReason.TOOL_CALLS,
+    # pause_turn (a server tool's long turn, which we never ask for) and anything new read as STOP.
 }
+TOOL_CHOICES = {ToolMode.AUTO: "auto", ToolMode.REQUIRED: "any", ToolMode.TOOL: "tool", ToolMode.NONE: "none"}
+#: The forced tool that carries a json_object answer: any object.
+ANY_OBJECT = {"type": "object"}
 #: In-stream errors that a fresh attempt may not meet (their non-stream twins are 529, 500, 429).
 _TRANSIENT_ERRORS = frozenset({"overloaded_error", "api_error", "rate_limit_error"})
 
@@ -78,10 +122,52 @@ class AnthropicProvider(HttpProvider):
         # request.seed is dropped: the Messages API has no seed (sampling is not reproducible there).
         body.update(sampling(request, stop="stop_sequences", seed=None))
         body.update(request.penalties(model, {"top_k": "top_k"}))
-        headers = {"anthropic-version": API_VERSION, "content-type": "application/json"}
-        if key is not None:
-            headers["x-api-key"] = key
-        return HttpRequest(f"{model.upstream.base_url}/v1/messages", body, headers)
+        body.update(tooling(model, request))
+        return HttpRequest(f"{model.upstream.base_url}/v1/messages", body, _headers(key))
+
+    async def stream(self, model: ModelConfig, request: ChatRequest) -> AsyncGenerator[StreamItem, None]:
+        async with aclosing(super().stream(model, request)) as items:
+            if request.response_format is None:
+                async for item in items:
+                    yield item
+                return
+            # The forced tool's input is the answer (see the module docstring); text beside it is not.
+            async for item in items:
+                if isinstance(item, Delta):
+                    text = "".join(piece.arguments for piece in item.tool_calls)
+                    if text or item.thinking:
+                        yield Delta(content=text, thinking=item.thinking)
+                elif item.reason is FinishReason.TOOL_CALLS:
+                    yield replace(item, reason=FinishReason.STOP)
+                else:
+                    yield item
+
+    async def count_tokens(self, model: ModelConfig, request: ChatRequest) -> int:
+        """Anthropic's own count: the count_tokens endpoint takes the prompt half of a Messages request."""
+        key = self.api_key(model)
+        sent = self.build(model, replace(request, stream=False), key).json
+        body: dict[str, Any] = {
+            k: sent[k] for k in ("model", "system", "messages", "tools", "tool_choice") if k in sent
+        }
+
+        def parse(answer: Any) -> int:
+            tokens = answer.get("input_tokens") if isinstance(answer, dict) else None
+            if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
+                raise protocol_error(
+                    str(model.provider), model.id, f"no input_tokens in {str(answer)[:200]!r}"
+                )
+            return tokens
+
+        return await post_json(
+            self,
+            model,
+            f"{model.upstream.base_url}/v1/messages/count_tokens",
+            body,
+            headers=_headers(key),
+            key=key,
+            deadline=request.deadline,
+            parse=parse,
+        )
 
     async def parse_stream(
         self, model: ModelConfig, chunks: AsyncIterator[bytes]
@@ -106,7 +192,9 @@ class AnthropicProvider(HttpProvider):
             if isinstance(body, dict) and body.get("type") == "error":
                 raise _stream_error(str(model.provider), model.id, body)
             raise FrameError(f"not a Message: {str(body)[:200]!r}")
-        text, thinking = [], []
+        text: list[str] = []
+        thinking: list[str] = []
+        calls: list[ToolCallPiece] = []
         for block in body["content"]:
             if not isinstance(block, dict):
                 raise FrameError(f"a content block is not an object: {block!r}")
@@ -114,11 +202,14 @@ class AnthropicProvider(HttpProvider):
                 text.append(_string(block, "text"))
             elif block.get("type") == "thinking":
                 thinking.append(_string(block, "thinking"))
+            elif block.get("type") == "tool_use":
+                call = _tool_use(block)
+                calls.append(replace(call, index=len(calls), arguments=arguments_text(block.get("input"))))
         content, thought = "".join(text), "".join(thinking)
         usage = _usage(body.get("usage"))
         items: list[StreamItem] = []
-        if content or thought:
-            items.append(Delta(content=content, thinking=thought))
+        if content or thought or calls:
+            items.append(Delta(content=content, thinking=thought, tool_calls=tuple(calls)))
         items.append(
             Finish(
                 # Anthropic always reports both; a proxy that does not gets them estimated by the base.
@@ -143,6 +234,8 @@ class StreamState:
     completion_tokens: int | None = None
     reason: FinishReason = FinishReason.STOP
     done: bool = False
+    tool_blocks: dict[int, int] = field(default_factory=dict)
+    """Content block index → our tool call index (0, 1, … among the tool_use blocks)."""
 
     def on(self, event: SseEvent) -> list[StreamItem]:
         payload = event.json()
@@ -164,6 +257,13 @@ class StreamState:
                 return self._delta(content=_string(block, "text", required=False))
             if block.get("type") == "thinking":
                 return self._delta(thinking=_string(block, "thinking", required=False))
+            if block.get("type") == "tool_use":
+                piece = replace(_tool_use(block), index=len(self.tool_blocks))
+                self.tool_blocks[_index(payload)] = piece.index
+                # The input streams as input_json_deltas; a start block's own input is {} in practice.
+                if block.get("input"):
+                    piece = replace(piece, arguments=arguments_text(block["input"]))
+                return [Delta(tool_calls=(piece,))]
         elif kind == "content_block_delta":
             delta = payload.get("delta")
             if not isinstance(delta, dict):
@@ -172,7 +272,13 @@ class StreamState:
                 return self._delta(content=_string(delta, "text"))
             if delta.get("type") == "thinking_delta":
                 return self._delta(thinking=_string(delta, "thinking"))
-            # signature_delta, input_json_delta, citations_delta: nothing a client reads as text.
+            if delta.get("type") == "input_json_delta":
+                call = self.tool_blocks.get(_index(payload))
+                if call is None:
+                    raise FrameError(f"input_json_delta outside a tool_use block: {event.data[:200]!r}")
+                partial = _string(delta, "partial_json")
+                return [Delta(tool_calls=(ToolCallPiece(call, arguments=partial),))] if partial else []
+            # signature_delta, citations_delta: nothing a client reads.
         elif kind == "message_delta":
             delta = payload.get("delta")
             if isinstance(delta, dict) and delta.get("stop_reason") is not None:
@@ -208,18 +314,99 @@ def conversation(model: ModelConfig, messages: tuple[ChatMessage, ...]) -> tuple
             if message.content:
                 system.append(message.content)
             continue
-        blocks = [_attachment_block(model, a) for a in message.attachments]
-        # Anthropic rejects empty text blocks; an empty message has nothing to lose.
-        if message.content:
-            blocks.append({"type": "text", "text": message.content})
+        if message.role is Role.TOOL:
+            blocks = [_tool_result(model, message)]
+        else:
+            blocks = [_attachment_block(model, a) for a in message.attachments]
+            # Anthropic rejects empty text blocks; an empty message has nothing to lose.
+            if message.content:
+                blocks.append({"type": "text", "text": message.content})
+            blocks.extend(_tool_use_block(call) for call in message.tool_calls)
         if not blocks:
             continue
-        role = str(message.role)
+        role = "user" if message.role is Role.TOOL else str(message.role)
         if turns and turns[-1][0] == role:
             turns[-1][1].extend(blocks)  # the API wants turns to alternate
         else:
             turns.append((role, blocks))
     return "\n\n".join(system), [{"role": role, "content": _content(blocks)} for role, blocks in turns]
+
+
+def tooling(model: ModelConfig, request: ChatRequest) -> dict[str, Any]:
+    """`tools` and `tool_choice`: the request's tools, or the one forced tool of a response_format."""
+    if request.response_format is not None:
+        if request.tools:
+            raise InvalidArgument(
+                "response_format",
+                f"model {model.id!r} (anthropic) cannot combine it with tools: the Messages API has no JSON"
+                " mode, and structured output is itself a forced tool call there",
+                reason=UNSUPPORTED_PARAMETER,
+            )
+        forced = _format_tool(model, request.response_format)
+        return {"tools": [forced], "tool_choice": {"type": "tool", "name": forced["name"]}}
+    if not request.tools:
+        return {}
+    tools = []
+    for spec in request.tools:
+        tool: dict[str, Any] = {"name": spec.name}
+        if spec.description:
+            tool["description"] = spec.description
+        tool["input_schema"] = tool_parameters(spec)
+        tools.append(tool)
+    choice: dict[str, Any] = {"type": TOOL_CHOICES[request.tool_choice.mode]}
+    if request.tool_choice.mode is ToolMode.TOOL:
+        choice["name"] = request.tool_choice.name
+    return {"tools": tools, "tool_choice": choice}
+
+
+def _format_tool(model: ModelConfig, fmt: ResponseFormat) -> dict[str, Any]:
+    schema = dict(fmt.schema) if fmt.type is FormatType.JSON_SCHEMA and fmt.schema else ANY_OBJECT
+    if schema.get("type") != "object":
+        raise InvalidArgument(
+            "response_format",
+            f"model {model.id!r} (anthropic) takes only an object schema: structured output goes as a"
+            " tool's input there, which is always a JSON object",
+            reason=UNSUPPORTED_PARAMETER,
+        )
+    return {
+        "name": fmt.name or "response",
+        "description": "Give your whole answer as this tool's input, following its schema exactly.",
+        "input_schema": schema,
+    }
+
+
+def _tool_use_block(call: ToolCall) -> dict[str, Any]:
+    return {"type": "tool_use", "id": call.id, "name": call.name, "input": call_arguments(call)}
+
+
+def _tool_result(model: ModelConfig, message: ChatMessage) -> dict[str, Any]:
+    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": message.tool_call_id}
+    parts = [_attachment_block(model, a) for a in message.attachments]
+    if parts:
+        # A result with an image or a document is a list of blocks (text blocks never empty).
+        block["content"] = parts + ([{"type": "text", "text": message.content}] if message.content else [])
+    elif message.content:
+        block["content"] = message.content
+    return block
+
+
+def _tool_use(block: dict[str, Any]) -> ToolCallPiece:
+    """The first piece of a tool_use block's call (index set by the caller)."""
+    return ToolCallPiece(0, id=_string(block, "id"), name=_string(block, "name"))
+
+
+def _index(payload: dict[str, Any]) -> int:
+    index = payload.get("index")
+    if not isinstance(index, int) or isinstance(index, bool):
+        raise FrameError(f"a content block event without an index: {str(payload)[:200]!r}")
+    return index
+
+
+def _headers(key: str | None) -> dict[str, str]:
+    headers = {"anthropic-version": API_VERSION, "content-type": "application/json"}
+    if key is not None:
+        headers["x-api-key"] = key
+    return headers
 
 
 def _content(blocks: list[dict[str, Any]]) -> str | list[dict[str, Any]]:

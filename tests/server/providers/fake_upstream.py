@@ -117,3 +117,91 @@ async def serving(models: list[dict[str, Any]], **providers: Any) -> AsyncIterat
         yield server
     finally:
         await server.stop(grace=0.5)
+
+
+# --- Anthropic's Messages API, as its servers send it -------------------------------------------
+
+
+def anthropic_event(kind: str, **fields: Any) -> bytes:
+    """One Messages API stream event: a named SSE event whose compact JSON repeats the name as `type`."""
+    data = json.dumps({"type": kind, **fields}, separators=(",", ":"))
+    return f"event: {kind}\ndata: {data}\n\n".encode()
+
+
+def anthropic_stream(
+    blocks: Sequence[dict[str, Any]],
+    *,
+    stop_reason: str = "end_turn",
+    input_tokens: int = 25,
+    output_tokens: int = 15,
+    model: str = "claude-sonnet-4-5",
+) -> list[bytes | float]:
+    """The whole event sequence of one streamed Message, from `message_start` to `message_stop`, as
+    Anthropic sends it. Each block is a text block `{"type": "text", "text": [pieces]}` (one
+    `text_delta` per piece) or a tool call `{"type": "tool_use", "id", "name", "input": [pieces]}`: its
+    start with `input: {}`, an empty `input_json_delta` first (as the API sends), then one per piece of
+    the input's JSON text, split wherever the test likes. A `ping` follows the first block's start."""
+    events: list[bytes | float] = [
+        anthropic_event(
+            "message_start",
+            message={
+                "model": model,
+                "id": "msg_01K2JbSUMYhez5RHoK9ZCj9U",
+                "type": "message",
+                "role": "assistant",
+                "content": [],
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": {
+                    "input_tokens": input_tokens,
+                    "cache_creation_input_tokens": 0,
+                    "cache_read_input_tokens": 0,
+                    "output_tokens": 1,
+                    "service_tier": "standard",
+                },
+            },
+        )
+    ]
+    for index, block in enumerate(blocks):
+        if block["type"] == "tool_use":
+            start = {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}
+            deltas = [{"type": "input_json_delta", "partial_json": p} for p in ["", *block["input"]]]
+        else:
+            start = {"type": "text", "text": ""}
+            deltas = [{"type": "text_delta", "text": p} for p in block["text"]]
+        events.append(anthropic_event("content_block_start", index=index, content_block=start))
+        if index == 0:
+            events.append(anthropic_event("ping"))
+        events.extend(anthropic_event("content_block_delta", index=index, delta=d) for d in deltas)
+        events.append(anthropic_event("content_block_stop", index=index))
+    events.append(
+        anthropic_event(
+            "message_delta",
+            delta={"stop_reason": stop_reason, "stop_sequence": None},
+            usage={"input_tokens": input_tokens, "output_tokens": output_tokens},
+        )
+    )
+    events.append(anthropic_event("message_stop"))
+    return events
+
+
+def anthropic_message(
+    content: Sequence[dict[str, Any]],
+    *,
+    stop_reason: str = "end_turn",
+    input_tokens: int = 25,
+    output_tokens: int = 15,
+    model: str = "claude-sonnet-4-5",
+) -> Reply:
+    """A whole (non-streamed) Message answer with these content blocks, as one JSON reply."""
+    body = {
+        "id": "msg_013Zva2CMHLNnXjNJJKqJ2EF",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": list(content),
+        "stop_reason": stop_reason,
+        "stop_sequence": None,
+        "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
+    }
+    return Reply(content_type="application/json", chunks=[json.dumps(body).encode()])

@@ -540,7 +540,8 @@ async def test_parse_stream_is_indifferent_to_chunking(size: int) -> None:
         ("max_tokens", FinishReason.LENGTH),
         ("model_context_window_exceeded", FinishReason.LENGTH),
         ("refusal", FinishReason.CONTENT_FILTER),
-        ("tool_use", FinishReason.STOP),
+        ("tool_use", FinishReason.TOOL_CALLS),
+        ("pause_turn", FinishReason.STOP),
     ],
 )
 async def test_stop_reasons_map_onto_ours(stop_reason: str, reason: FinishReason) -> None:
@@ -556,9 +557,13 @@ async def test_unknown_events_and_deltas_are_skipped_and_usage_is_cumulative() -
             event(
                 "content_block_start",
                 index=0,
-                content_block={"type": "tool_use", "id": "t", "name": "f", "input": {}},
+                content_block={
+                    "type": "server_tool_use",
+                    "id": "srvtoolu_1",
+                    "name": "web_search",
+                    "input": {},
+                },
             ),
-            event("content_block_delta", index=0, delta={"type": "input_json_delta", "partial_json": '{"a"'}),
             event("future_event", detail="anything"),
             event("content_block_delta", index=0, delta={"type": "citations_delta", "citation": {}}),
             text_start(1),
