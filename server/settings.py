@@ -289,7 +289,8 @@ class ModelConfig(ConfigModel):
     display_name: StrictStr = ""
     """Human-readable name; empty means id."""
     capabilities: Annotated[tuple[Capability, ...], LAX] = ("text", "conversation")
-    """What the model takes: text, conversation, image, audio, video, document."""
+    """What the model takes: text, conversation, image, audio, video, document; "tools" and "json"
+    are also given by its provider (server/providers/capabilities.py), and may be granted here."""
     context_length: PositiveInt = 2048
     """Context window in tokens, reported as Model.max_tokens."""
     default_max_tokens: PositiveInt = 256
@@ -299,7 +300,10 @@ class ModelConfig(ConfigModel):
     fallbacks: Strings = ()
     """Ids of other models tried in order when this one fails before its first token."""
     script: Strings = ()
-    """scripted only, required: replies, used in turn (call i gets script[i % len])."""
+    """scripted only, required: replies, used in turn (call i gets script[i % len]). A line
+    `tool:<name> <JSON object>` in a reply is a tool call instead of text, e.g.
+    `tool:get_weather {"city": "Paris"}` (several lines, several calls; see server/providers/scripted.py),
+    which gives the model the "tools" capability."""
     chunk_delay_ms: NonNegativeInt = 0
     """scripted only: pause between streamed words."""
     error_after_chunks: Annotated[int, Field(ge=-1)] = -1
@@ -324,6 +328,19 @@ class ModelConfig(ConfigModel):
     def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
         """What a call of this many tokens costs at this model's pricing."""
         return prompt_tokens * self.pricing.input + completion_tokens * self.pricing.output
+
+    @field_validator("script")
+    @classmethod
+    def _script_calls(cls, script: tuple[str, ...]) -> tuple[str, ...]:
+        # Imported here: the provider imports this module.
+        from server.providers.scripted import parse_entry
+
+        for entry in script:
+            try:
+                parse_entry(entry)
+            except ValueError as exc:
+                raise config_error("script", str(exc)) from None
+        return script
 
     @model_validator(mode="wrap")
     @classmethod

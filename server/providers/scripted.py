@@ -4,9 +4,26 @@ A scripted model answers call i with script[i % len(script)], streamed word by w
 (whitespace kept), optionally pausing between words or failing part-way. It is never
 configured implicitly: only a `[[models]]` entry with provider = "scripted" creates one.
 
+**Tool calls.** A line of an entry that starts with `tool:` is a call instead of text:
+`tool:<name> <arguments as a JSON object>` (no arguments: `{}`), e.g.
+
+    script = ["tool:get_weather {\"city\": \"Paris\"}", "It is sunny in Paris."]
+
+An entry may hold several such lines (several calls, in order) and text lines besides, which are
+said first. A script with any call gives the model the "tools" capability (`capabilities`). The
+calls are streamed as OpenAI streams them: the first piece of each carries its id (`call_<hex>`)
+and name, the arguments follow in fragments; the answer then finishes with TOOL_CALLS. A model
+calls only what it is offered: a call to a tool the request does not offer (or forbids, by its
+tool choice) is left out, and the entry's text alone answers.
+
+**JSON.** A scripted model cannot shape its output, so it gives JSON only when its configured
+`capabilities` claim "json"; asked for JSON then, an entry that is not a JSON value (an object, for
+json_object) fails the call rather than pass free text off as structured output.
+
 Usage is honest about what it was given: prompt tokens are the words of every message
 (text attachments are inlined there) plus one token per started KiB of each non-text
 attachment, which a script cannot read but a real multimodal model would be billed for.
+Completion tokens are the words said, plus the words of each call's name and arguments.
 It stops at the request's deadline between words, as a real upstream call would time out.
 """
 
@@ -14,16 +31,32 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import re
-from collections.abc import AsyncGenerator, Iterator
+import uuid
+from collections.abc import AsyncGenerator, Iterator, Sequence
 
 from common.enums import FinishReason
 from common.errors import PROVIDER_ERROR, DeadlineExceeded, UpstreamError
-from server.providers.base import ChatRequest, Delta, Finish, StreamItem, Usage
+from server.providers.base import (
+    ChatRequest,
+    Delta,
+    Finish,
+    FormatType,
+    StreamItem,
+    ToolCallPiece,
+    ToolMode,
+    Usage,
+)
 from server.providers.text import StopMatcher
+from server.providers.tools import TOOL_NAME
 from server.settings import ModelConfig
 
 _WORDS = re.compile(r"\S+\s*|\s+")
+TOOL_PREFIX = "tool:"
+_NOT_JSON = object()
+ARGUMENT_PIECE = 8
+"""Characters of a call's arguments per streamed piece (OpenAI sends a few tokens' worth)."""
 
 
 ATTACHMENT_TOKEN_BYTES = 1024
@@ -35,12 +68,63 @@ def count_tokens(text: str) -> int:
 
 
 def prompt_tokens(request: ChatRequest) -> int:
-    """Words of the messages plus a size-based count for each non-text attachment."""
+    """Words of the messages (and of their tool calls, and of the tools offered) plus a size-based
+    count for each non-text attachment."""
     words = sum(count_tokens(m.content) for m in request.messages)
+    calls = sum(count_tokens(f"{c.name} {c.arguments}") for m in request.messages for c in m.tool_calls)
+    tools = sum(
+        count_tokens(f"{t.name} {t.description} {json.dumps(t.parameters) if t.parameters else ''}")
+        for t in request.tools
+    )
     files = sum(
         max(1, -(-len(a.content) // ATTACHMENT_TOKEN_BYTES)) for m in request.messages for a in m.attachments
     )
-    return words + files
+    return words + calls + tools + files
+
+
+def parse_entry(entry: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """A script entry's text and its tool calls, (name, arguments JSON text) each; ValueError names
+    what is wrong with a `tool:` line (the configuration reports it with the entry)."""
+    if TOOL_PREFIX not in entry:
+        return entry, ()
+    text: list[str] = []
+    calls: list[tuple[str, str]] = []
+    for line in entry.split("\n"):
+        if not line.startswith(TOOL_PREFIX):
+            text.append(line)
+            continue
+        name, _, arguments = line[len(TOOL_PREFIX) :].strip().partition(" ")
+        arguments = arguments.strip() or "{}"
+        if not TOOL_NAME.fullmatch(name):
+            raise ValueError(f"{line!r}: a tool name is 1 to 64 letters, digits, '_' or '-'")
+        try:
+            value = json.loads(arguments)
+        except ValueError:
+            value = None
+        if not isinstance(value, dict):
+            raise ValueError(f"{line!r}: the arguments must be a JSON object, e.g. tool:{name} {{}}")
+        calls.append((name, arguments))
+    return "\n".join(text), tuple(calls)
+
+
+def declares_tool_calls(script: Sequence[str]) -> bool:
+    """Whether a script ever calls a tool (which gives its model the "tools" capability)."""
+    return any(parse_entry(entry)[1] for entry in script)
+
+
+def offered(calls: tuple[tuple[str, str], ...], request: ChatRequest) -> tuple[tuple[str, str], ...]:
+    """The calls a model may make: to tools the request offers, as its tool choice allows."""
+    choice = request.tool_choice
+    if choice.mode == ToolMode.NONE:
+        return ()
+    names = {t.name for t in request.tools}
+    if choice.mode == ToolMode.TOOL:
+        names &= {choice.name}
+    return tuple(c for c in calls if c[0] in names)
+
+
+def pieces(arguments: str) -> list[str]:
+    return [arguments[i : i + ARGUMENT_PIECE] for i in range(0, len(arguments), ARGUMENT_PIECE)] or [""]
 
 
 class ScriptedProvider:
@@ -56,31 +140,76 @@ class ScriptedProvider:
         return None
 
     async def stream(self, model: ModelConfig, request: ChatRequest) -> AsyncGenerator[StreamItem, None]:
-        turn = next(self._turns.setdefault(model.id, itertools.count()))
-        reply = model.script[turn % len(model.script)]
+        turn = next(self._turns.setdefault(model.id, itertools.count())) % len(model.script)
+        reply, declared = parse_entry(model.script[turn])
+        calls = offered(declared, request)
+        if request.response_format is not None and not calls:
+            _check_json(model, turn, reply, request.response_format.type)
         prompt = prompt_tokens(request)
         stops = StopMatcher(request.stop)
         produced = 0
+        chunk = 0  # chunks sent, words and call pieces alike: error_after_chunks and the pauses count them
         reason = FinishReason.STOP
-        for index, word in enumerate(_WORDS.findall(reply)):
-            if index == model.error_after_chunks:
-                raise UpstreamError(None, model.id, PROVIDER_ERROR, f"scripted failure after {index} chunks")
+        for word in _WORDS.findall(reply):
+            if chunk == model.error_after_chunks:
+                raise _failure(model, chunk)
             if produced >= request.max_tokens:
                 reason = FinishReason.LENGTH
                 break
-            if model.chunk_delay_ms and index:
-                await _sleep_within(model.chunk_delay_ms / 1000, request, produced)
-            elif (left := request.time_left()) is not None and left <= 0:
-                raise _deadline(produced)
+            await _pace(model, request, chunk, produced)
             text = stops.feed(word)
             produced += count_tokens(word)
+            chunk += 1
             if text:
                 yield Delta(content=text)
             if stops.stopped:
                 break
         if tail := stops.flush():
             yield Delta(content=tail)
+        if reason == FinishReason.STOP and not stops.stopped:
+            for index, (name, arguments) in enumerate(calls):
+                if produced >= request.max_tokens:
+                    reason = FinishReason.LENGTH
+                    break
+                call_id = f"call_{uuid.uuid4().hex[:24]}"
+                for n, fragment in enumerate(pieces(arguments)):
+                    if chunk == model.error_after_chunks:
+                        raise _failure(model, chunk)
+                    await _pace(model, request, chunk, produced)
+                    first = n == 0
+                    piece = ToolCallPiece(
+                        index, call_id if first else "", name if first else "", arguments=fragment
+                    )
+                    chunk += 1
+                    yield Delta(tool_calls=(piece,))
+                produced += count_tokens(f"{name} {arguments}")
+                reason = FinishReason.TOOL_CALLS
         yield Finish(Usage(prompt_tokens=prompt, completion_tokens=produced), reason)
+
+
+def _check_json(model: ModelConfig, turn: int, reply: str, kind: FormatType) -> None:
+    """Structured output from a script: only an entry that is JSON (an object, for json_object)."""
+    try:
+        value = json.loads(reply)
+    except ValueError:
+        value = _NOT_JSON
+    if value is _NOT_JSON or (kind == FormatType.JSON_OBJECT and not isinstance(value, dict)):
+        what = "a JSON object" if kind == FormatType.JSON_OBJECT else "JSON"
+        raise UpstreamError(
+            None, model.id, PROVIDER_ERROR, f"script[{turn}] is not {what}, which the request asks for"
+        )
+
+
+def _failure(model: ModelConfig, chunks: int) -> UpstreamError:
+    return UpstreamError(None, model.id, PROVIDER_ERROR, f"scripted failure after {chunks} chunks")
+
+
+async def _pace(model: ModelConfig, request: ChatRequest, chunk: int, produced: int) -> None:
+    """The configured pause before every chunk but the first; the deadline checked either way."""
+    if model.chunk_delay_ms and chunk:
+        await _sleep_within(model.chunk_delay_ms / 1000, request, produced)
+    elif (left := request.time_left()) is not None and left <= 0:
+        raise _deadline(produced)
 
 
 async def _sleep_within(delay: float, request: ChatRequest, produced: int) -> None:

@@ -12,10 +12,11 @@ from google.protobuf import timestamp_pb2
 
 from aibattle.v1 import common_pb2, completions_pb2, completions_pb2_grpc
 from common.errors import InvalidArgument
-from server.providers.base import Delta, Finish, StreamItem, ToolCallPiece, Usage
+from server.providers.base import Delta, Finish, StreamItem, Usage
 from server.providers.convert import CompletionRequest, chat_request, usage_proto
 from server.providers.registry import ModelRegistry
 from server.providers.resilience import Answering, resilient_stream
+from server.providers.tools import ToolCalls
 from server.security import context as caller_context
 
 
@@ -111,26 +112,6 @@ class CompletionServicer(completions_pb2_grpc.CompletionServiceServicer):
         self, request: completions_pb2.CountTokensRequest, context: grpc.aio.ServicerContext
     ) -> completions_pb2.CountTokensResponse:
         raise NotImplementedError  # in progress (issue 19): the Anthropic ingress lands it
-
-
-class ToolCalls:
-    """Whole tool calls from their stream pieces (see `ToolCallPiece`), in index order."""
-
-    def __init__(self) -> None:
-        self._calls: dict[int, list[str]] = {}
-
-    def add(self, pieces: tuple[ToolCallPiece, ...]) -> None:
-        for piece in pieces:
-            call = self._calls.setdefault(piece.index, ["", "", ""])
-            call[0] = call[0] or piece.id
-            call[1] = call[1] or piece.name
-            call[2] += piece.arguments
-
-    def protos(self) -> list[common_pb2.ToolCall]:
-        return [
-            common_pb2.ToolCall(id=id_, name=name, arguments=arguments)
-            for _, (id_, name, arguments) in sorted(self._calls.items())
-        ]
 
 
 def failover_proto(answering: Answering) -> common_pb2.Failover:

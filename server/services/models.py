@@ -7,6 +7,7 @@ import grpc
 from aibattle.v1 import models_pb2, models_pb2_grpc
 from common.errors import InvalidArgument
 from server.pagination import paginate
+from server.providers.capabilities import capabilities
 from server.providers.registry import ModelRegistry, may_use
 from server.security import context as caller_context
 from server.security.context import Caller
@@ -17,7 +18,7 @@ def model_proto(model: ModelConfig, caller: Caller | None) -> models_pb2.Model:
     return models_pb2.Model(
         id=model.id,
         provider=model.provider,
-        capabilities=model.capabilities,
+        capabilities=capabilities(model),
         max_tokens=model.context_length,
         pricing=models_pb2.Pricing(input=model.pricing_input, output=model.pricing_output),
         upstream_model=model.upstream_model or model.id,
@@ -39,7 +40,7 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
             m
             for m in self._registry.models(caller)
             if (not request.provider or m.provider == request.provider)
-            and (not request.capability or request.capability in m.capabilities)
+            and (not request.capability or request.capability in capabilities(m))
         ]
         page, next_token = paginate(
             matching,
