@@ -293,9 +293,10 @@ class HttpProvider:
             items = _each(self.parse_whole(model, await self._whole_json(model, response, clock)))
         generated: list[str] = []
         async for item in items:
-            if isinstance(item, Delta) and (item.content or item.thinking):
+            if isinstance(item, Delta) and (item.content or item.thinking or item.tool_calls):
                 clock.first_token = True
                 generated.append(item.content + item.thinking)
+                generated.extend(piece.name + piece.arguments for piece in item.tool_calls)
             elif isinstance(item, Finish):
                 item = _estimated(item, request, "".join(generated))
             yield item

@@ -10,11 +10,22 @@ They agree on the shape and differ in details, all tolerated here:
 | `{"error": {...}}` / `{"object": "error"}` frame | OpenAI, vLLM, LiteLLM | UPSTREAM_ERROR |
 | `reasoning_content` / `reasoning` in deltas | vLLM, DeepSeek, OpenRouter, Ollama | thinking deltas |
 | `: keep-alive` comments; `data: [DONE]` | OpenRouter; all | skipped; end of stream |
-| finish_reason tool_calls, function_call, others | all | STOP |
+| `delta.tool_calls`: `{index, id?, function: {name?, arguments?}}` | all | pieces; id, name once |
+| finish_reason tool_calls; stop with tool calls (a forced `tool_choice`) | OpenAI | TOOL_CALLS |
+| finish_reason function_call, unknown words | older servers | STOP |
+
+Tools go as `tools: [{type: "function", function: {name, description, parameters}}]` with `tool_choice`
+("none", "required", or one function; "auto" is every server's default when tools are given, so it is
+left out); history calls as an assistant message's `tool_calls` (content null when it has no text),
+their results as `{role: "tool", tool_call_id, content}`. Structured output is `response_format`
+(`json_object`, or `json_schema` with name, schema and strict).
 
 Non-2xx bodies: OpenAI's `{"error": {"message", "type", "param", "code"}}`, vLLM's older
 `{"object": "error", "message": ...}` and FastAPI's `{"detail": ...}` (llama-cpp-python's 401) all
 give the upstream's own message.
+
+Embeddings (`embed`): `POST {base_url}/embeddings` with float encoding; `data[i].embedding` in `index`
+order and `usage.prompt_tokens`.
 """
 
 from __future__ import annotations
@@ -26,21 +37,88 @@ from typing import Any
 
 from common.enums import FinishReason
 from server.providers.attachments import cannot_take
-from server.providers.base import ChatMessage, ChatRequest, Delta, Finish, StreamItem, Usage
+from server.providers.base import (
+    ChatMessage,
+    ChatRequest,
+    Delta,
+    Embeddings,
+    Finish,
+    FormatType,
+    Role,
+    StreamItem,
+    ToolCallPiece,
+    ToolMode,
+    Usage,
+)
 from server.providers.http.base import UNREPORTED, HttpProvider, HttpRequest, sampling
 from server.providers.http.errors import stream_error
-from server.providers.http.wire import FrameError, SseParser
+from server.providers.http.unary import post_json, vectors
+from server.providers.http.wire import FrameError, SseParser, arguments_text, tool_parameters
+from server.providers.text import estimate_tokens
 from server.settings import ModelConfig
 
-_FINISH = {"length": FinishReason.LENGTH, "content_filter": FinishReason.CONTENT_FILTER}
+_FINISH = {
+    "length": FinishReason.LENGTH,
+    "content_filter": FinishReason.CONTENT_FILTER,
+    "tool_calls": FinishReason.TOOL_CALLS,
+}
 _DONE = "[DONE]"
 _PENALTIES = {"frequency_penalty": "frequency_penalty", "presence_penalty": "presence_penalty"}
-#: OpenAI's rule of thumb for English text; only used when the server reports no usage.
 
 
-def finish_reason(word: str | None) -> FinishReason:
-    """OpenAI's finish_reason words on ours; tool_calls, function_call and unknown words are STOP."""
-    return _FINISH.get(word or "", FinishReason.STOP)
+def finish_reason(word: str | None, *, called: bool = False) -> FinishReason:
+    """OpenAI's finish_reason words on ours; function_call and unknown words are STOP. A STOP of an
+    answer that `called` tools is TOOL_CALLS: OpenAI says "stop" when tool_choice forced the call."""
+    reason = _FINISH.get(word or "", FinishReason.STOP)
+    return FinishReason.TOOL_CALLS if called and reason == FinishReason.STOP else reason
+
+
+def _message(model: ModelConfig, message: ChatMessage) -> dict[str, Any]:
+    if message.role == Role.TOOL:
+        return {"role": "tool", "tool_call_id": message.tool_call_id, "content": message.content}
+    out: dict[str, Any] = {"role": str(message.role), "content": _content(model, message)}
+    if message.tool_calls:
+        out["content"] = out["content"] or None
+        out["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments or "{}"},
+            }
+            for call in message.tool_calls
+        ]
+    return out
+
+
+def _tools(request: ChatRequest) -> dict[str, Any]:
+    """`tools`, `tool_choice` and `response_format`, as far as the request sets them."""
+    out: dict[str, Any] = {}
+    if request.tools:
+        out["tools"] = [
+            {
+                "type": "function",
+                "function": {
+                    "name": tool.name,
+                    **({"description": tool.description} if tool.description else {}),
+                    "parameters": tool_parameters(tool),
+                },
+            }
+            for tool in request.tools
+        ]
+        choice = request.tool_choice
+        if choice.mode == ToolMode.TOOL:
+            out["tool_choice"] = {"type": "function", "function": {"name": choice.name}}
+        elif choice.mode != ToolMode.AUTO:
+            out["tool_choice"] = str(choice.mode)
+    fmt = request.response_format
+    if fmt is not None and fmt.type == FormatType.JSON_OBJECT:
+        out["response_format"] = {"type": "json_object"}
+    elif fmt is not None:
+        schema: dict[str, Any] = {"name": fmt.name, "strict": fmt.strict}
+        if fmt.schema is not None:
+            schema["schema"] = dict(fmt.schema)
+        out["response_format"] = {"type": "json_schema", "json_schema": schema}
+    return out
 
 
 def _content(model: ModelConfig, message: ChatMessage) -> str | list[dict[str, Any]]:
@@ -93,6 +171,35 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
 
+def _function(call: Any) -> dict[str, Any]:
+    if not isinstance(call, dict):
+        raise FrameError(f"a tool call is not an object: {str(call)[:200]!r}")
+    function = call.get("function") or {}
+    if not isinstance(function, dict):
+        raise FrameError(f"a tool call's function is not an object: {str(function)[:200]!r}")
+    return function
+
+
+def _whole_calls(calls: Any) -> tuple[ToolCallPiece, ...]:
+    """A whole answer's `message.tool_calls`, one piece per call."""
+    if not calls:
+        return ()
+    if not isinstance(calls, list):
+        raise FrameError(f"tool_calls is not a list: {str(calls)[:200]!r}")
+    pieces = []
+    for index, call in enumerate(calls):
+        function = _function(call)
+        pieces.append(
+            ToolCallPiece(
+                index,
+                _text(call.get("id")),
+                _text(function.get("name")),
+                arguments_text(function.get("arguments")),
+            )
+        )
+    return tuple(pieces)
+
+
 class OpenAIProvider(HttpProvider):
     """`provider = "openai"`: any server with OpenAI's /chat/completions."""
 
@@ -101,7 +208,7 @@ class OpenAIProvider(HttpProvider):
     def build(self, model: ModelConfig, request: ChatRequest, key: str | None) -> HttpRequest:
         body: dict[str, Any] = {
             "model": model.upstream_model or model.id,
-            "messages": [{"role": str(m.role), "content": _content(model, m)} for m in request.messages],
+            "messages": [_message(model, m) for m in request.messages],
             # max_tokens, not max_completion_tokens: vLLM, llama.cpp, Ollama and LiteLLM read only this one.
             "max_tokens": request.max_tokens,
             "stream": request.stream,
@@ -112,10 +219,40 @@ class OpenAIProvider(HttpProvider):
         # top_k and repeat_penalty are not OpenAI's (vLLM and llama.cpp's server read them, OpenAI refuses
         # them): refused rather than sent to an API that may reject or ignore them.
         body.update(request.penalties(model, _PENALTIES))
+        body.update(_tools(request))
         headers = {"Accept": "text/event-stream" if request.stream else "application/json"}
         if key:
             headers["Authorization"] = f"Bearer {key}"
         return HttpRequest(f"{model.upstream.base_url}/chat/completions", body, headers)
+
+    async def embed(
+        self, model: ModelConfig, texts: list[str], *, dimensions: int | None, deadline: float | None
+    ) -> Embeddings:
+        if not texts:
+            return Embeddings([], 0)
+        key = self.api_key(model)
+        body: dict[str, Any] = {
+            "model": model.upstream_model or model.id,
+            "input": texts,
+            "encoding_format": "float",
+        }
+        if dimensions is not None:
+            body["dimensions"] = dimensions
+        headers = {"Accept": "application/json"}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+
+        url = f"{model.upstream.base_url}/embeddings"
+        return await post_json(
+            self,
+            model,
+            url,
+            body,
+            headers=headers,
+            key=key,
+            deadline=deadline,
+            parse=lambda answer: _embeddings(model, answer, texts, dimensions),
+        )
 
     async def parse_stream(
         self, model: ModelConfig, chunks: AsyncIterator[bytes]
@@ -152,9 +289,10 @@ class OpenAIProvider(HttpProvider):
             raise FrameError(f"choices[0].message is not an object: {reply!r}")
         content = _text(reply.get("content"))
         thinking = _text(reply.get("reasoning_content")) or _text(reply.get("reasoning"))
+        calls = _whole_calls(reply.get("tool_calls"))
         usage = _usage(body.get("usage")) or Usage(UNREPORTED, UNREPORTED)
-        items: list[StreamItem] = [Delta(content, thinking)] if content or thinking else []
-        items.append(Finish(usage, finish_reason(choice.get("finish_reason"))))
+        items: list[StreamItem] = [Delta(content, thinking, calls)] if content or thinking or calls else []
+        items.append(Finish(usage, finish_reason(choice.get("finish_reason"), called=bool(calls))))
         return items
 
     def error_text(self, parsed: Any) -> str | None:
@@ -165,6 +303,21 @@ class OpenAIProvider(HttpProvider):
         return None
 
 
+def _embeddings(model: ModelConfig, answer: Any, texts: list[str], dimensions: int | None) -> Embeddings:
+    if (message := _error_text(answer)) is not None:
+        raise stream_error(str(model.provider), model.id, message)
+    data = answer["data"]
+    if not isinstance(data, list):
+        raise FrameError(f"data is not a list: {str(data)[:200]!r}")
+    # In `index` order, as OpenAI documents it; a server that leaves index out keeps list order.
+    ordered = sorted(data, key=lambda item: int(item.get("index", 0))) if len(data) > 1 else data
+    found = vectors(model, [item["embedding"] for item in ordered], len(texts), dimensions)
+    prompt = (answer.get("usage") or {}).get("prompt_tokens")
+    if not isinstance(prompt, int) or isinstance(prompt, bool):
+        prompt = sum(estimate_tokens(text) for text in texts)
+    return Embeddings(found, prompt)
+
+
 class _StreamState:
     """What a stream has said so far: text (for estimates), finish reason, usage, [DONE]."""
 
@@ -172,6 +325,10 @@ class _StreamState:
         self.reason: FinishReason | None = None
         self.usage: Usage | None = None
         self.done = False
+        self.calls: set[int] = set()
+        """Indexes of the tool calls begun."""
+        self._said: set[tuple[int, str]] = set()
+        """(index, "id" or "name") already passed on: each once per call."""
 
     def event(self, model: ModelConfig, name: str, data: str) -> list[StreamItem]:
         if data.strip() == _DONE:
@@ -196,10 +353,43 @@ class _StreamState:
         delta = choice.get("delta") or {}
         if not isinstance(delta, dict):
             raise FrameError(f"choices[0].delta is not an object: {delta!r}")
+        pieces = self._pieces(delta.get("tool_calls"))
         if (word := choice.get("finish_reason")) is not None:
-            self.reason = finish_reason(word)
+            self.reason = finish_reason(word, called=bool(self.calls))
         content = _text(delta.get("content"))
         thinking = _text(delta.get("reasoning_content")) or _text(delta.get("reasoning"))
-        if not content and not thinking:
+        if not content and not thinking and not pieces:
             return []
-        return [Delta(content, thinking)]
+        return [Delta(content, thinking, pieces)]
+
+    def _pieces(self, fragments: Any) -> tuple[ToolCallPiece, ...]:
+        """`delta.tool_calls` fragments as pieces. Some servers repeat a call's id and name in every
+        fragment; a client that joins the pieces' strings (as OpenAI's SDKs do) must see them once."""
+        if not fragments:
+            return ()
+        if not isinstance(fragments, list):
+            raise FrameError(f"delta.tool_calls is not a list: {str(fragments)[:200]!r}")
+        pieces = []
+        for position, fragment in enumerate(fragments):
+            function = _function(fragment)
+            index = fragment.get("index", position)
+            if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+                raise FrameError(f"a tool call's index is not a count: {index!r}")
+            self.calls.add(index)
+            arguments = function.get("arguments")
+            pieces.append(
+                ToolCallPiece(
+                    index,
+                    self._once(index, "id", fragment.get("id")),
+                    self._once(index, "name", function.get("name")),
+                    "" if arguments is None else arguments_text(arguments),
+                )
+            )
+        return tuple(pieces)
+
+    def _once(self, index: int, what: str, value: Any) -> str:
+        text = _text(value)
+        if not text or (index, what) in self._said:
+            return ""
+        self._said.add((index, what))
+        return text

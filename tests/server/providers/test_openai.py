@@ -470,7 +470,7 @@ async def test_parse_stream_any_chunking_and_crlf(split: int) -> None:
 async def test_parse_stream_ignores_what_follows_done_and_maps_tool_calls() -> None:
     items = await _parse(chunk("a") + chunk(finish="tool_calls") + DONE + b"data: garbage\n\n", 7)
     finish = items[-1]
-    assert isinstance(finish, Finish) and finish.reason == FinishReason.STOP
+    assert isinstance(finish, Finish) and finish.reason == FinishReason.TOOL_CALLS
     assert finish.usage == Usage(UNREPORTED, UNREPORTED)  # no usage: HttpProvider.stream estimates
 
 
