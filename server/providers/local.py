@@ -9,6 +9,15 @@ reader never idles the model for everyone else. A threading.Event checked before
 token stops generation when the caller goes away, so an abandoned request burns at most
 one more token of CPU; the request's deadline is checked at the same point, and bounds the
 wait for a turn as well.
+
+A request's `response_format` becomes a llama.cpp grammar (any JSON object, or the JSON Schema's own
+grammar), so every sampled token keeps the answer valid JSON; only max_tokens can cut it short.
+
+Embeddings (models with the "embedding" capability) come from a second llama.cpp instance over the same
+GGUF, made with embedding=True and mean pooling, loaded on the first embedding request; it takes turns
+with generation on the same worker thread. SmolLM2 is not a trained embedding model: its mean-pooled
+hidden states show the mechanism (same text, same vector; OpenAI's unit length), not retrieval quality.
+Token counts (`count_tokens`) tokenize the chat-templated prompt generation would read.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import importlib.util
+import json
 import logging
 import os
 import threading
@@ -30,12 +40,22 @@ from common.enums import FinishReason
 from common.errors import (
     CONTEXT_LENGTH_EXCEEDED,
     PROVIDER_ERROR,
+    UNSUPPORTED_PARAMETER,
     DeadlineExceeded,
     InvalidArgument,
     UpstreamError,
 )
 from server.providers.attachments import cannot_take
-from server.providers.base import ChatRequest, Delta, Finish, StreamItem, Usage
+from server.providers.base import (
+    ChatRequest,
+    Delta,
+    Embeddings,
+    Finish,
+    FormatType,
+    ResponseFormat,
+    StreamItem,
+    Usage,
+)
 from server.providers.text import StopMatcher
 from server.settings import LocalProviderConfig, ModelConfig
 
@@ -75,6 +95,8 @@ class LocalProvider:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
         self._turn = asyncio.Lock()
         self._model: _Loaded | None = None
+        self._embedding: Any = None
+        """The llama.cpp instance with embedding=True, made on the first embedding request (worker thread)."""
         self._generating = threading.Event()
 
     @property
@@ -113,9 +135,27 @@ class LocalProvider:
             end_tokens=frozenset({eos}),
         )
 
-    async def stream(self, model: ModelConfig, request: ChatRequest) -> AsyncGenerator[StreamItem, None]:
+    def _loaded(self, model: ModelConfig) -> _Loaded:
         if self._model is None:
             raise UpstreamError(None, model.id, PROVIDER_ERROR, "the local model is not loaded")
+        return self._model
+
+    def _prompt_tokens(self, request: ChatRequest) -> list[int]:
+        """The chat-templated prompt's tokens, as generation reads them."""
+        assert self._model is not None
+        messages = [{"role": m.role.value, "content": m.content} for m in request.messages]
+        prompt = self._model.format_prompt(messages)
+        tokens: list[int] = self._model.llm.tokenize(prompt.encode(), add_bos=False, special=True)
+        return tokens
+
+    async def count_tokens(self, model: ModelConfig, request: ChatRequest) -> int:
+        """Exactly the prompt tokens generation would report (TokenCounter). Tokenizing only reads the
+        vocabulary, so it runs on a thread of its own rather than waiting for the generating worker."""
+        self._loaded(model)
+        return len(await asyncio.to_thread(self._prompt_tokens, request))
+
+    async def stream(self, model: ModelConfig, request: ChatRequest) -> AsyncGenerator[StreamItem, None]:
+        self._loaded(model)
         _refuse_attachments(model, request)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[StreamItem | BaseException] = asyncio.Queue()
@@ -124,7 +164,7 @@ class LocalProvider:
         def emit(item: StreamItem | BaseException) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, item)
 
-        await self._take_turn(model, request)
+        await self._take_turn(model, request.deadline)
         try:
             work = loop.run_in_executor(self._executor, self._generate, request, cancelled, emit)
         except BaseException:
@@ -146,8 +186,8 @@ class LocalProvider:
             # the worker sees the flag before its next token.
             cancelled.set()
 
-    async def _take_turn(self, model: ModelConfig, request: ChatRequest) -> None:
-        left = request.time_left()
+    async def _take_turn(self, model: ModelConfig, deadline: float | None) -> None:
+        left = None if deadline is None else deadline - time.monotonic()
         try:
             async with asyncio.timeout(None if left is None else max(left, 0)):
                 await self._turn.acquire()
@@ -166,9 +206,7 @@ class LocalProvider:
         assert self._model is not None
         llm = self._model.llm
         try:
-            messages = [{"role": m.role.value, "content": m.content} for m in request.messages]
-            prompt = self._model.format_prompt(messages)
-            tokens = llm.tokenize(prompt.encode(), add_bos=False, special=True)
+            tokens = self._prompt_tokens(request)
             room = llm.n_ctx() - len(tokens)
             if room <= 0:
                 raise InvalidArgument(
@@ -196,6 +234,7 @@ class LocalProvider:
                 repeat_penalty=repeat_penalty,
                 frequency_penalty=request.frequency_penalty or 0.0,
                 presence_penalty=request.presence_penalty or 0.0,
+                grammar=_grammar(request.response_format),
                 reset=True,
             )
             for token in sampling:
@@ -234,6 +273,125 @@ class LocalProvider:
             emit(exc)
         finally:
             self._generating.clear()
+
+    async def embed(
+        self, model: ModelConfig, texts: list[str], *, dimensions: int | None, deadline: float | None
+    ) -> Embeddings:
+        """Unit-length vectors (as OpenAI's) of the model's own length, n_embd; see the module docstring.
+
+        A text longer than the context (in tokens) is refused, naming it, rather than truncated. Batches
+        of texts are embedded in turn; the deadline and the caller's going away are checked between them.
+        """
+        loaded = self._loaded(model)
+        for i, text in enumerate(texts):
+            if not text:
+                raise InvalidArgument(f"input[{i}]", "must not be empty")
+        size = loaded.llm.n_embd()  # the embedding instance reads the same GGUF
+        if dimensions is not None and dimensions != size:
+            raise InvalidArgument(
+                "dimensions",
+                f"model {model.id!r} makes vectors of {size} values and cannot shorten them; leave"
+                " dimensions unset",
+                reason=UNSUPPORTED_PARAMETER,
+            )
+        await self._take_turn(model, deadline)
+        cancelled = threading.Event()
+        try:
+            work = asyncio.get_running_loop().run_in_executor(
+                self._executor, self._embed, model, texts, deadline, cancelled
+            )
+        except BaseException:
+            self._turn.release()
+            raise
+        work.add_done_callback(lambda _: self._turn.release())
+        try:
+            # Shielded: a caller that leaves must not end the turn while the worker still embeds.
+            return await asyncio.shield(work)
+        finally:
+            cancelled.set()
+
+    def _embedding_model(self, model: ModelConfig) -> Any:
+        if self._embedding is None:
+            import llama_cpp
+            from llama_cpp import Llama
+
+            path = Path(self._config.model_path) if self._config.model_path else default_model_path()
+            context = self._config.context_length
+            try:
+                self._embedding = Llama(
+                    model_path=str(path),
+                    embedding=True,
+                    pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
+                    n_ctx=context,
+                    n_batch=context,  # a whole text in one batch: the longest text is the context
+                    n_threads=self._config.threads or os.cpu_count() or 1,
+                    verbose=False,
+                )
+            except Exception as exc:
+                log.exception("local embedding model failed to load", extra={"model_path": path.name})
+                raise UpstreamError(
+                    None, model.id, PROVIDER_ERROR, "the local embedding model could not be loaded"
+                ) from exc
+            log.info("local embedding model loaded", extra={"model_path": path.name, "n_ctx": context})
+        return self._embedding
+
+    def _embed(
+        self, model: ModelConfig, texts: list[str], deadline: float | None, cancelled: threading.Event
+    ) -> Embeddings:
+        llm = self._embedding_model(model)
+        # Tokenized as Llama.embed does, which counts the same tokens.
+        counts = [len(llm.tokenize(text.encode())) for text in texts]
+        for i, count in enumerate(counts):
+            if count > llm.n_batch:
+                raise InvalidArgument(
+                    f"input[{i}]",
+                    f"is {count} tokens; model {model.id!r} embeds at most {llm.n_batch} per text",
+                    reason=CONTEXT_LENGTH_EXCEEDED,
+                )
+        vectors: list[list[float]] = []
+        for start, end in _batches(counts, llm.n_batch, llm.context_params.n_seq_max):
+            if cancelled.is_set():
+                break  # nobody waits for the rest
+            if deadline is not None and time.monotonic() >= deadline:
+                raise DeadlineExceeded(
+                    f"the deadline passed while the local model was embedding ({start} of {len(texts)} texts)"
+                )
+            vectors.extend(llm.embed(texts[start:end], normalize=True, truncate=False))
+        return Embeddings(vectors=vectors, prompt_tokens=sum(counts))
+
+
+def _batches(counts: list[int], tokens: int, sequences: int) -> list[tuple[int, int]]:
+    """[start, end) ranges of texts that fit one llama.cpp batch (as Llama.embed splits them), so that
+    each call of it decodes once."""
+    ranges: list[tuple[int, int]] = []
+    start, total = 0, 0
+    for i, count in enumerate(counts):
+        if i > start and (total + count > tokens or i - start >= sequences):
+            ranges.append((start, i))
+            start, total = i, 0
+        total += count
+    if counts:
+        ranges.append((start, len(counts)))
+    return ranges
+
+
+def _grammar(response_format: ResponseFormat | None) -> Any:
+    """The llama.cpp grammar that keeps an answer to `response_format` (None: free text)."""
+    if response_format is None:
+        return None
+    from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar, json_schema_to_gbnf
+
+    if response_format.type is FormatType.JSON_OBJECT or response_format.schema is None:
+        return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+    try:
+        rules = json_schema_to_gbnf(json.dumps(response_format.schema))
+    except Exception as exc:  # the converter raises plain exceptions on what it does not support
+        raise InvalidArgument(
+            "response_format.schema",
+            f"the local model cannot follow this JSON Schema: {exc}",
+            reason=UNSUPPORTED_PARAMETER,
+        ) from None
+    return LlamaGrammar.from_string(rules, verbose=False)
 
 
 def _refuse_attachments(model: ModelConfig, request: ChatRequest) -> None:

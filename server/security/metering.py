@@ -19,18 +19,25 @@ settled at the cost of its reported usage (and the tokens it did not use go back
 provider that reports more than the bound allows is logged, and charged what it reports. A call that
 fails before its first token costs nothing; one cut short after it (usage unknown) is charged its
 reservation.
+
+Embeddings (`MeteredEmbedder.embed`) pass the same checks and accounting, their usage being the tokens
+read: the texts' characters bounded by max_prompt_chars, each text's estimate by context_length, their
+worst case (UTF-8 bytes, plus a token or two of BOS/EOS per text) reserved, and the reported tokens
+charged; a call that fails or is cancelled returns no vector and costs nothing.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass
 
 from common.errors import CONTEXT_LENGTH_EXCEEDED, PROMPT_TOO_LONG, InvalidArgument
-from server.providers.base import ChatRequest, Finish, Provider, StreamItem, Usage
-from server.providers.text import estimate_prompt_tokens
+from common.observability import requests
+from server.providers.base import ChatRequest, Embedder, Embeddings, Finish, Provider, StreamItem, Usage
+from server.providers.text import estimate_prompt_tokens, estimate_tokens
 from server.security import context
 from server.security.context import Caller
 from server.security.limits import Limiter
@@ -43,6 +50,8 @@ log = logging.getLogger(__name__)
 #: prompt: SmolLM2's is about 20 tokens; Ollama Modelfiles may add longer ones, hence the margin).
 TEMPLATE_TOKENS_PER_MESSAGE = 8
 TEMPLATE_TOKENS = 128
+#: Tokens a tokenizer may add around each text it embeds (BOS, EOS).
+SPECIAL_TOKENS_PER_TEXT = 2
 
 
 #: Providers that count a prompt's real tokens against the model's context before anything is spent
@@ -59,6 +68,32 @@ def prompt_bound(model: ModelConfig, request: ChatRequest) -> int:
     if model.provider in COUNTS_CONTEXT_ITSELF:
         return min(model.context_length, size + TEMPLATE_TOKENS)
     return size + TEMPLATE_TOKENS
+
+
+def texts_bound(model: ModelConfig, texts: list[str]) -> int:
+    """An upper bound of the tokens an embedding call reads (see the module docstring)."""
+    sizes = (len(text.encode()) + SPECIAL_TOKENS_PER_TEXT for text in texts)
+    if model.provider in COUNTS_CONTEXT_ITSELF:
+        return sum(min(model.context_length, size) for size in sizes)
+    return sum(sizes)
+
+
+def check_texts(model: ModelConfig, texts: list[str], *, max_prompt_chars: int) -> None:
+    """The hard limits of `check_request`, for the texts of an embedding call."""
+    chars = sum(len(text) for text in texts)
+    if chars > max_prompt_chars:
+        raise InvalidArgument(
+            "input",
+            f"the input has {chars} characters; at most {max_prompt_chars} are accepted",
+            reason=PROMPT_TOO_LONG,
+        )
+    for i, text in enumerate(texts):
+        if (estimate := estimate_tokens(text)) > model.context_length:
+            raise InvalidArgument(
+                f"input[{i}]",
+                f"is about {estimate} tokens; model {model.id!r} reads at most {model.context_length}",
+                reason=CONTEXT_LENGTH_EXCEEDED,
+            )
 
 
 def check_request(model: ModelConfig, request: ChatRequest, *, max_prompt_chars: int) -> None:
@@ -95,7 +130,9 @@ class Metering:
 
     def bind(self, provider: Provider, caller: Caller | None) -> Provider:
         """`provider` as `caller`'s model calls see it (None: the server's own work, unlimited)."""
-        return MeteredProvider(provider, caller, max_prompt_chars=self.max_prompt_chars)
+        # Only a provider that embeds is wrapped in one that says it does (isinstance(_, Embedder)).
+        wrapper = MeteredEmbedder if isinstance(provider, Embedder) else MeteredProvider
+        return wrapper(provider, caller, max_prompt_chars=self.max_prompt_chars)
 
 
 class MeteredProvider:
@@ -123,7 +160,8 @@ class MeteredProvider:
                 await context.check_still_usable(caller)  # a background run outlives its key's revocation
             held = None
             if caller is not None and caller.limiter is not None and not caller.admin:
-                held = await _Reservation.take(caller, caller.limiter, model, request)
+                worst = Usage(prompt_bound(model, request), completion_tokens=request.max_tokens)
+                held = await _Reservation.take(caller, caller.limiter, model, worst)
             try:
                 async with aclosing(self.inner.stream(model, request)) as items:
                     while (item := await call.next(items)) is not None:
@@ -139,6 +177,39 @@ class MeteredProvider:
             call.end()
 
 
+class MeteredEmbedder(MeteredProvider):
+    """A `MeteredProvider` over a provider that embeds: its embedding calls are metered too."""
+
+    async def embed(
+        self, model: ModelConfig, texts: list[str], *, dimensions: int | None, deadline: float | None
+    ) -> Embeddings:
+        inner = self.inner
+        assert isinstance(inner, Embedder)  # Metering.bind's choice
+        check_texts(model, texts, max_prompt_chars=self._max_prompt_chars)
+        caller = self.caller
+        held = None
+        if caller is not None:
+            await context.check_still_usable(caller)
+            if caller.limiter is not None and not caller.admin:
+                worst = Usage(prompt_tokens=texts_bound(model, texts))
+                held = await _Reservation.take(caller, caller.limiter, model, worst)
+        result: Embeddings | None = None
+        before = time.perf_counter()
+        try:
+            result = await inner.embed(model, texts, dimensions=dimensions, deadline=deadline)
+        finally:
+            requests.add_upstream(time.perf_counter() - before)
+            charged = None
+            if held is not None:
+                finish = None if result is None else Finish(Usage(prompt_tokens=result.prompt_tokens))
+                # No vector without the whole answer: a call that fails or is cut short costs nothing.
+                charged = await held.settle(finish, started=False)
+        tokens = result.prompt_tokens
+        cost = charged if charged is not None else model.cost_usd(tokens, 0)
+        requests.note_usage(model.id, str(model.provider), tokens, 0, cost)
+        return result
+
+
 @dataclass
 class _Reservation:
     """A call's worst case, held from a key's budget and token rate until the call settles it."""
@@ -151,10 +222,7 @@ class _Reservation:
     tokens: int
 
     @classmethod
-    async def take(
-        cls, caller: Caller, limiter: Limiter, model: ModelConfig, request: ChatRequest
-    ) -> _Reservation:
-        worst = Usage(prompt_tokens=prompt_bound(model, request), completion_tokens=request.max_tokens)
+    async def take(cls, caller: Caller, limiter: Limiter, model: ModelConfig, worst: Usage) -> _Reservation:
         reserved = model.cost_usd(worst.prompt_tokens, worst.completion_tokens)
         await limiter.reserve(caller, reserved)
         try:
