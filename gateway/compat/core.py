@@ -1,28 +1,32 @@
-"""What the OpenAI and Ollama dialects share: one chat request shape, the calls to CompletionService and
-ModelService through the gateway's upstream channel, and strict reading of their loosely typed JSON.
+"""What the compat dialects share: one chat request shape (tools, tool choice and structured output
+included), the calls to CompletionService, EmbeddingService and ModelService through the gateway's
+upstream channel, and strict reading of their loosely typed JSON.
 
-Each dialect only translates its JSON to `ChatParams` and the answers back; metadata, deadlines,
-cancellation, the stream relay and the status table are the gateway's, as for every other route.
-Every value is checked before it reaches a protobuf field, so bad input is a 400 naming the
-dialect's own key, never a 500 from a setter.
+Each dialect only translates its JSON to `ChatParams` (or an embedding batch) and the answers back;
+metadata, deadlines, cancellation, the stream relay and the status table are the gateway's, as for
+every other route. Every value is checked before it reaches a protobuf field, so bad input is a 400
+naming the dialect's own key, never a 500 from a setter. Whether a model can call tools or answer in
+JSON is the server's to say (CAPABILITY_MISSING), in the dialect's error shape like any other error.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from google.protobuf import struct_pb2
 
-from aibattle.v1 import common_pb2, completions_pb2, models_pb2
+from aibattle.v1 import common_pb2, completions_pb2, embeddings_pb2, models_pb2
 from common.errors import (
     INVALID_BODY,
     INVALID_FIELD_VALUE,
     UNKNOWN_PARAMETER,
     UNSUPPORTED_CONTENT,
     UNSUPPORTED_PARAMETER,
+    UPSTREAM_PROTOCOL_ERROR,
     InvalidArgument,
     RequestTooLarge,
 )
@@ -33,10 +37,14 @@ from gateway.web_state import STATE, call_context
 
 _COMPLETIONS = completions_pb2.DESCRIPTOR.services_by_name["CompletionService"]
 _MODELS = models_pb2.DESCRIPTOR.services_by_name["ModelService"]
+_EMBEDDINGS = embeddings_pb2.DESCRIPTOR.services_by_name["EmbeddingService"]
 CREATE_COMPLETION = Rpc.of(_COMPLETIONS.methods_by_name["CreateCompletion"])
 STREAM_COMPLETION = Rpc.of(_COMPLETIONS.methods_by_name["StreamCompletion"])
 LIST_MODELS = Rpc.of(_MODELS.methods_by_name["ListModels"])
 GET_MODEL = Rpc.of(_MODELS.methods_by_name["GetModel"])
+CREATE_EMBEDDINGS = Rpc.of(_EMBEDDINGS.methods_by_name["CreateEmbeddings"])
+#: The header naming the deployment that answered, when the model has several (routing).
+DEPLOYMENT_HEADER = "x-aibattle-deployment"
 
 INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)
@@ -251,10 +259,20 @@ def text_of(content: Any, where: str) -> str:
     raise _wrong_type(where, "a string or a list of text parts")
 
 
+#: Fills a message's tool fields from the dialect's JSON message (`where` is its path, for errors).
+MessageTools = Callable[[Mapping[str, Any], str, common_pb2.Message], None]
+
+
 def chat_messages(
-    body: Mapping[str, Any], keys: Keys, *, roles: Mapping[str, str] | None = None
+    body: Mapping[str, Any],
+    keys: Keys,
+    *,
+    roles: Mapping[str, str] | None = None,
+    tools: MessageTools | None = None,
 ) -> list[common_pb2.Message]:
-    """`messages` as role and text; `keys` checks each message's keys, `roles` renames roles."""
+    """`messages` as role and text; `keys` checks each message's keys, `roles` renames roles, `tools`
+    reads the dialect's tool calls and results into each message (in order, so a result can find the
+    call it answers among the messages before it)."""
     raw = body.get("messages")
     if not isinstance(raw, list) or not raw:
         raise _wrong_type("messages", "a non-empty list")
@@ -265,12 +283,172 @@ def chat_messages(
             raise _wrong_type(where, "an object with a string role")
         keys.check(item, where=f"{where}.")
         role = item["role"]
-        messages.append(
-            common_pb2.Message(
-                role=(roles or {}).get(role, role), content=text_of(item.get("content"), f"{where}.content")
-            )
+        message = common_pb2.Message(
+            role=(roles or {}).get(role, role), content=text_of(item.get("content"), f"{where}.content")
         )
+        if tools is not None:
+            tools(item, where, message)
+        messages.append(message)
     return messages
+
+
+# --- tools and structured output ----------------------------------------------------------------------
+
+TOOL_MODES = {
+    "auto": common_pb2.TOOL_CHOICE_MODE_AUTO,
+    "none": common_pb2.TOOL_CHOICE_MODE_NONE,
+    "required": common_pb2.TOOL_CHOICE_MODE_REQUIRED,
+}
+"""The tool choices every dialect names with a word (OpenAI's "required" is Anthropic's "any")."""
+
+
+def required_str(body: Mapping[str, Any], key: str, *, where: str = "") -> str:
+    value = optional_str(body, key, where=where)
+    if not value:
+        raise InvalidArgument(
+            where + key, f"{where + key!r} is required", reason=INVALID_FIELD_VALUE, prefix=False
+        )
+    return value
+
+
+def json_object(value: Any, where: str) -> struct_pb2.Struct:
+    """A JSON object (a schema, a tool's parameters) as a protobuf Struct."""
+    if not isinstance(value, dict):
+        raise _wrong_type(where, "an object")
+    struct = struct_pb2.Struct()
+    struct.update(value)
+    return struct
+
+
+def function_of(item: Any, where: str, keys: Keys, functions: Keys) -> dict[str, Any]:
+    """The `function` of a `{"type": "function", "function": {…}}` item (a tool, a call, a choice: OpenAI's
+    shape, which Ollama shares), with both objects' keys checked; `where` is the item's path."""
+    if not isinstance(item, dict):
+        raise _wrong_type(where, "an object")
+    keys.check(item, where=f"{where}.")
+    kind = item.get("type", "function")
+    if kind != "function":
+        raise InvalidArgument(
+            f"{where}.type",
+            f"'{where}.type' {kind!r} is not supported: only \"function\" is",
+            reason=UNSUPPORTED_PARAMETER,
+            prefix=False,
+        )
+    function = optional_object(item, "function", where=f"{where}.")
+    functions.check(function, where=f"{where}.function.")
+    return function
+
+
+def optional_list(body: Mapping[str, Any], key: str, *, where: str = "") -> list[Any]:
+    value = body.get(key)
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return value
+    raise _wrong_type(where + key, "a list")
+
+
+def tool(name: str, description: str | None, parameters: Any, *, where: str) -> common_pb2.Tool:
+    """One tool definition; `where` is the path of its object, for errors (the server checks the name)."""
+    spec = common_pb2.Tool(name=name, description=description or "")
+    if parameters is not None:
+        spec.parameters.CopyFrom(json_object(parameters, f"{where}.parameters"))
+    return spec
+
+
+def tool_choice(mode: str, *, name: str = "") -> common_pb2.ToolChoice:
+    """A word of `TOOL_MODES`, or a tool's name (mode TOOL)."""
+    if name:
+        return common_pb2.ToolChoice(mode=common_pb2.TOOL_CHOICE_MODE_TOOL, name=name)
+    return common_pb2.ToolChoice(mode=TOOL_MODES[mode])
+
+
+def json_format(
+    schema: Any = None, *, where: str = "", name: str = "", strict: bool = False
+) -> common_pb2.ResponseFormat:
+    """Structured output: one JSON object (`schema` None), or JSON valid against `schema`."""
+    if schema is None:
+        return common_pb2.ResponseFormat(type=common_pb2.RESPONSE_FORMAT_TYPE_JSON_OBJECT)
+    return common_pb2.ResponseFormat(
+        type=common_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA,
+        name=name,
+        schema=json_object(schema, where),
+        strict=strict,
+    )
+
+
+def arguments_object(call: Any) -> dict[str, Any]:
+    """A tool call's arguments as the JSON object dialects that want one (Ollama, Anthropic) carry.
+
+    The model wrote them; one that wrote something else than an object made an answer those dialects
+    cannot say, which is the upstream's failure, not the client's.
+    """
+    try:
+        value = json.loads(call.arguments) if call.arguments.strip() else {}
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise UPSTREAM_PROTOCOL_ERROR.error(
+            f"the model's call of tool {call.name!r} has arguments that are not a JSON object"
+        )
+    return value
+
+
+class ToolCallPieces:
+    """Whole tool calls from a stream's pieces (`ToolCallDelta`s: one index per call, the id and name on
+    its first piece, the arguments split over several), for dialects that send each call whole."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, common_pb2.ToolCall] = {}
+
+    def add(self, pieces: Iterable[common_pb2.ToolCallDelta]) -> None:
+        for piece in pieces:
+            call = self._calls.get(piece.index)
+            if call is None:
+                call = self._calls[piece.index] = common_pb2.ToolCall()
+            call.id = call.id or piece.id
+            call.name = call.name or piece.name
+            call.arguments += piece.arguments
+
+    def take(self) -> list[common_pb2.ToolCall]:
+        """The calls so far, in index order; they are forgotten."""
+        calls = [call for _, call in sorted(self._calls.items())]
+        self._calls.clear()
+        return calls
+
+
+def failover_json(failover: common_pb2.Failover) -> dict[str, str]:
+    """The `failover` extension field of a stream chunk (every dialect writes the same object)."""
+    return {
+        "from_model": failover.from_model,
+        "from_deployment": failover.from_deployment,
+        "to_model": failover.to_model,
+        "to_deployment": failover.to_deployment,
+        "reason": failover.reason,
+    }
+
+
+def deployment_headers(response: Any) -> dict[str, str]:
+    """`x-aibattle-deployment` for an answer that names its deployment (a model with several)."""
+    return {DEPLOYMENT_HEADER: response.deployment} if response.deployment else {}
+
+
+# --- embeddings -----------------------------------------------------------------------------------------
+
+
+def input_texts(body: Mapping[str, Any], key: str = "input") -> list[str]:
+    """The texts to embed: a string or a list of strings (token arrays are OpenAI's only, not served)."""
+    value = body.get(key)
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise InvalidArgument(
+        key,
+        f"{key!r} must be a string or a non-empty list of strings (token arrays are not supported)",
+        reason=INVALID_FIELD_VALUE,
+        prefix=False,
+    )
 
 
 async def create_completion(request: web.Request, params: ChatParams) -> Any:
@@ -292,6 +470,21 @@ def stream_completion(request: web.Request, params: ChatParams) -> Any:
     return request.app[STATE].upstream.start(
         STREAM_COMPLETION, message, metadata=context.metadata, timeout=context.timeout
     )
+
+
+async def create_embeddings(
+    request: web.Request, model: str, texts: list[str], *, dimensions: int | None = None
+) -> Any:
+    """CreateEmbeddings: one vector per text, in order."""
+    context = call_context(request)
+    optional = {} if dimensions is None else {"dimensions": dimensions}
+    message = CREATE_EMBEDDINGS.request_cls(model=model, input=texts, **optional)
+    call = request.app[STATE].upstream.start(
+        CREATE_EMBEDDINGS, message, metadata=context.metadata, timeout=context.timeout
+    )
+    response = await call
+    observe.note_upstream_of(await call.initial_metadata(), await call.trailing_metadata())
+    return response
 
 
 async def list_models(request: web.Request) -> list[Any]:
