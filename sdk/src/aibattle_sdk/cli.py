@@ -2,6 +2,8 @@
 
     aibattle models
     aibattle complete --model smollm2-135m "Say hello"
+    aibattle count-tokens --model smollm2-135m "Say hello"
+    aibattle embed --model nomic-embed "first text" "second text"
     aibattle converse -m smollm2-135m:human -m smollm2-135m:assistant --rounds 2 "Let's talk"
     aibattle reason --primary smollm2-135m --secondary smollm2-135m "What is 17 * 23?"
 
@@ -68,9 +70,34 @@ def cmd_complete(client: Client, args: argparse.Namespace, out: Output) -> int:
     with stream:
         for chunk in stream:
             out.record(chunk)
+            if chunk.failover is not None:
+                f = chunk.failover
+                out.text(f"\n[failover: {f.from_model} → {f.to_model}, {f.reason}]\n")
             out.text(chunk.content)
             if chunk.is_final and chunk.usage is not None:
                 out.text(f"\n[{chunk.finish_reason.name.lower()}; {chunk.usage.total_tokens} tokens]\n")
+    return 0
+
+
+def cmd_count_tokens(client: Client, args: argparse.Namespace, out: Output) -> int:
+    counted = client.completions.count_tokens(
+        model=args.model, prompt=args.prompt, system_instruction=args.system or "", timeout=args.timeout
+    )
+    out.record(counted)
+    out.text(f"{counted.input_tokens} tokens{' (estimated)' if counted.estimated else ''}\n")
+    return 0
+
+
+def cmd_embed(client: Client, args: argparse.Namespace, out: Output) -> int:
+    response = client.embeddings.create(
+        model=args.model, input=args.text, dimensions=args.dimensions, timeout=args.timeout
+    )
+    out.record(response)
+    for embedding in response.embeddings:
+        head = ", ".join(f"{value:.4f}" for value in embedding.values[:4])
+        out.text(f"{embedding.index}: {len(embedding.values)} dims [{head}, …]\n")
+    if response.usage is not None:
+        out.text(f"[{response.usage.prompt_tokens} tokens]\n")
     return 0
 
 
@@ -165,6 +192,8 @@ def _show_conversation_event(event: v1.ConversationEvent, out: Output) -> None:
         out.text(event.delta)
     elif event.type == kind.MESSAGE and event.message is not None and event.message.role in ("human", "user"):
         out.text(f"\n[{event.message.model or 'you'} ({event.message.role})] {event.message.content}")
+    elif event.type == kind.TOOL_USE and event.tool_call is not None:
+        out.text(f"\n[{event.model} calls {event.tool}({event.tool_call.arguments})]")
     elif event.type == kind.COMPLETION:
         out.text("\n[conversation completed]\n")
     elif event.type == kind.ERROR and event.error is not None:
@@ -337,6 +366,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--system", help="system instruction")
     p.add_argument("prompt")
     p.set_defaults(run=cmd_complete)
+
+    p = command("count-tokens", "count the tokens a prompt takes")
+    p.add_argument("--model", required=True)
+    p.add_argument("--system", help="system instruction")
+    p.add_argument("prompt")
+    p.set_defaults(run=cmd_count_tokens)
+
+    p = command("embed", "embed texts with an embedding model")
+    p.add_argument("--model", required=True)
+    p.add_argument("--dimensions", type=int, help="shorten the vectors (models that can)")
+    p.add_argument("text", nargs="+")
+    p.set_defaults(run=cmd_embed)
 
     p = command("converse", "start (or join) a conversation and follow it live")
     p.add_argument("-m", "--model", type=_seat, action="append", default=[], metavar="MODEL:ROLE")
