@@ -12,6 +12,9 @@ comment after `sse_keepalive_seconds` of silence, so proxies and browsers keep a
 a stream silent that long before its first event commits to 200 for it, and a later failure is then
 its `event: error` frame. An event stream that ends with nothing to send answers 204, which tells an
 EventSource that reconnected after the terminal event to stop reconnecting.
+
+A stream's headers go out with its first message, so a completion's names the deployment answering
+(`x-aibattle-deployment`, from the message's `deployment`), as a unary response's does (web_rest).
 """
 
 from __future__ import annotations
@@ -38,6 +41,16 @@ from gateway.web_state import STATE
 
 SSE = "text/event-stream"
 NDJSON = "application/x-ndjson"
+DEPLOYMENT_HEADER = "x-aibattle-deployment"
+
+
+def deployment_header(message: Message | None) -> dict[str, str]:
+    """`x-aibattle-deployment` for a response that names the deployment answering (a completion's
+    `deployment`, set when its model has several); none otherwise."""
+    if message is None or "deployment" not in message.DESCRIPTOR.fields_by_name:
+        return {}
+    deployment = getattr(message, "deployment", "")
+    return {DEPLOYMENT_HEADER: deployment} if isinstance(deployment, str) and deployment else {}
 
 
 class Framing(Protocol):
@@ -148,6 +161,7 @@ class HttpStreamSink:
         self._lock = asyncio.Lock()
         self._last_write = time.monotonic()
         self._keepalive: asyncio.Task[None] | None = None
+        self._initial: grpc.aio.Metadata | None = None
         #: aibattle_open_streams, from the response's headers until the stream ends.
         self.open_stream = observe.OpenStream("sse" if framing.content_type == SSE else "ndjson")
         if keepalive_seconds > 0 and framing.keepalive():
@@ -158,14 +172,16 @@ class HttpStreamSink:
         return self.response is not None and self.response.prepared
 
     async def start(self, initial_metadata: grpc.aio.Metadata | None) -> None:
-        async with self._lock:
-            await self._start(initial_metadata)
+        # The headers go out with the first message (`message`), which may name the deployment.
+        self._initial = initial_metadata
 
-    async def _start(self, initial_metadata: grpc.aio.Metadata | None, *, status: int = 200) -> None:
+    async def _start(
+        self, initial_metadata: grpc.aio.Metadata | None, *, status: int = 200, first: Message | None = None
+    ) -> None:
         if self.started:
             return  # the keep-alive started it
         headers = response_headers(initial_metadata)
-        headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **deployment_header(first)})
         response = web.StreamResponse(status=status, headers=headers)
         if status != 204:
             response.content_type = self._framing.content_type
@@ -175,9 +191,12 @@ class HttpStreamSink:
             self.open_stream.open()
 
     async def message(self, message: Message) -> None:
-        if data := self._framing.message(message):
+        data = self._framing.message(message)
+        if data or not self.started:
             async with self._lock:
-                await self._write(data)
+                await self._start(self._initial, first=message)
+                if data:
+                    await self._write(data)
 
     async def end(self) -> None:
         await self.stop_keepalive()

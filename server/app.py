@@ -59,7 +59,13 @@ class AIBattleServer:
         server = config.server
         # Every model call a caller makes passes the metering, bound to that caller by the registry.
         self.metering = Metering(max_prompt_chars=server.max_prompt_chars)
-        self.registry = ModelRegistry(config.models, config.local, meter=self.metering.bind)
+        ollama = config.providers.ollama
+        self.registry = ModelRegistry(
+            config.models,
+            config.local,
+            meter=self.metering.bind,
+            discover=ollama if ollama.discover else None,
+        )
         self.store = open_store(server.database)
         self.limiter: Limiter = make_limiter(server.redis_url)
         if is_postgres_url(server.database) and not server.redis_url:

@@ -14,7 +14,7 @@ other.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Self
 
 from pydantic import (
@@ -41,6 +41,7 @@ from common.config import (
 from gateway.options import GatewaySettings
 from server.settings import (
     HTTP_PROVIDERS,
+    DeploymentConfig,
     LocalProviderConfig,
     ModelConfig,
     ProvidersConfig,
@@ -50,6 +51,7 @@ from server.settings import (
     default_models,
     is_env_name,
     key_variable,
+    url_host_port,
 )
 
 __all__ = [
@@ -79,24 +81,70 @@ class Config(ConfigModel):
 
     @model_validator(mode="after")
     def _upstreams(self) -> Self:
-        """Each HTTP model gets its provider's [providers.<name>] settings, its own keys winning."""
+        """Each HTTP model (and each of its deployments) gets its provider's [providers.<name>] settings,
+        its own keys winning."""
         resolved = []
-        for model in self.models:
-            if model.provider not in HTTP_PROVIDERS:
-                resolved.append(model)
-                continue
-            defaults: UpstreamSettings = getattr(self.providers, model.provider)
-            own = {k: getattr(model.upstream, k) for k in model.upstream.model_fields_set}
-            merged = defaults.model_copy(update=own)
-            upstream = merged.model_copy(
-                update={
-                    "base_url": model.base_url or merged.base_url or HTTP_PROVIDERS[model.provider],
-                    "api_key_env": key_variable(model, defaults)[1],
-                }
-            )
-            resolved.append(model.model_copy(update={"upstream": upstream}))
+        for entry in self.models:
+            model = self._resolved(entry) if entry.provider in HTTP_PROVIDERS else entry
+            if entry.deployments:
+                model = model.model_copy(update={"deployments": self._deployments(entry)})
+            resolved.append(model)
         object.__setattr__(self, "models", tuple(resolved))
         return self
+
+    def _resolved(self, model: ModelConfig) -> ModelConfig:
+        defaults: UpstreamSettings = getattr(self.providers, model.provider)
+        own = {k: getattr(model.upstream, k) for k in model.upstream.model_fields_set}
+        # The table's own keys only ([providers.ollama] has `discover` besides).
+        table = UpstreamSettings.model_construct(
+            **{k: getattr(defaults, k) for k in UpstreamSettings.model_fields}
+        )
+        merged = table.model_copy(update=own)
+        upstream = merged.model_copy(
+            update={
+                "base_url": model.base_url or merged.base_url or HTTP_PROVIDERS[model.provider],
+                "api_key_env": key_variable(model, defaults)[1],
+            }
+        )
+        return model.model_copy(update={"upstream": upstream})
+
+    def _deployments(self, entry: ModelConfig) -> tuple[DeploymentConfig, ...]:
+        """The entry's deployments with every key resolved: what a deployment leaves out is the entry's
+        (as given), then its provider's; unnamed ones named (see DeploymentConfig.name)."""
+        resolved = []
+        for d in entry.deployments:
+            upstream = entry.upstream.model_copy(
+                update={k: getattr(d.upstream, k) for k in d.upstream.model_fields_set}
+            )
+            model = self._resolved(
+                entry.model_copy(
+                    update={
+                        "provider": d.provider or entry.provider,
+                        "base_url": d.base_url or entry.base_url,
+                        "api_key_env": d.api_key_env or entry.api_key_env,
+                        "upstream": upstream,
+                        "deployments": (),
+                    }
+                )
+            )
+            resolved.append(
+                d.model_copy(
+                    update={
+                        "provider": model.provider,
+                        "base_url": model.upstream.base_url,
+                        "upstream_model": d.upstream_model or entry.upstream_model,
+                        "api_key_env": model.upstream.api_key_env,
+                        "upstream": model.upstream,
+                    }
+                )
+            )
+        names = [d.name or f"{d.provider}@{url_host_port(d.base_url)}" for d in resolved]
+        return tuple(
+            d.model_copy(
+                update={"name": d.name or (name if names.count(name) == 1 else f"{entry.id}-{i + 1}")}
+            )
+            for i, (d, name) in enumerate(zip(resolved, names, strict=True))
+        )
 
     @model_validator(mode="wrap")
     @classmethod
@@ -121,7 +169,7 @@ class Config(ConfigModel):
         entries = models if isinstance(models, list | tuple) else ()
         ids = [value_of(entry, "id") for entry in entries]
         known = {i for i in ids if isinstance(i, str)}
-        problems: list[Problem] = []
+        problems: list[Problem] = _alias_clashes(entries, ids)
         seen: set[str] = set()
         for i, (entry, model_id) in enumerate(zip(entries, ids, strict=True)):
             if not isinstance(model_id, str):
@@ -144,6 +192,25 @@ class Config(ConfigModel):
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "config") -> Config:
         """Build from a TOML-shaped mapping; every problem becomes one line of a ConfigError."""
         return validate(cls, data, source=source)
+
+
+def _alias_clashes(entries: Sequence[object], ids: Sequence[object]) -> list[Problem]:
+    """Every name (id or alias) names one model: an alias clashing with an id or another alias is
+    reported where the alias is, naming the other model."""
+    owners: dict[str, str] = {i: f"the id of model {i!r}" for i in ids if isinstance(i, str)}
+    problems: list[Problem] = []
+    for i, (entry, model_id) in enumerate(zip(entries, ids, strict=True)):
+        aliases = value_of(entry, "aliases", ())
+        for j, alias in enumerate(aliases if isinstance(aliases, list | tuple) else ()):
+            if not isinstance(alias, str):
+                continue
+            if alias in owners:
+                problems.append(
+                    ((i, "aliases", j), "duplicate", f"alias {alias!r} is already {owners[alias]}")
+                )
+            else:
+                owners[alias] = f"an alias of model {model_id!r}"
+    return problems
 
 
 def _exposed(data: object) -> list[Problem]:

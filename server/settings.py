@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from typing import Annotated, Any, Literal, Self, get_args
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -19,6 +20,7 @@ from pydantic import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    PrivateAttr,
     SecretStr,
     StrictBool,
     StrictStr,
@@ -27,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from common.addresses import join_host_port
 from common.config import (
     LAX,
     ConfigModel,
@@ -211,6 +214,12 @@ def _http_url(url: str) -> str:
     return url.rstrip("/")
 
 
+def url_host_port(base_url: str) -> str:
+    """host:port of a URL (its scheme's port if it names none), never its path or credentials."""
+    parts = urlsplit(base_url)
+    return join_host_port(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+
+
 def is_env_name(name: str) -> bool:
     return name.replace("_", "A").isalnum()
 
@@ -249,6 +258,15 @@ class UpstreamSettings(ConfigModel):
     """How long an upstream in cooldown is skipped (its models fall back, or fail fast)."""
 
 
+class OllamaSettings(UpstreamSettings):
+    """`[providers.ollama]`: an HTTP provider's defaults, and discovery."""
+
+    discover: StrictBool = False
+    """At start-up, list the models the Ollama server at base_url has pulled (GET /api/tags) and serve
+    each one not configured already (as an id or alias) as a `[[models]]` entry of provider "ollama" with
+    the defaults; a server that cannot be reached is logged and start-up goes on."""
+
+
 class ProvidersConfig(ConfigModel):
     """The `[providers]` table: settings of each provider runtime (not of a model)."""
 
@@ -256,8 +274,8 @@ class ProvidersConfig(ConfigModel):
     openai: UpstreamSettings = UpstreamSettings()
     """Defaults for models with provider = "openai" (OpenAI, vLLM, llama.cpp server, LiteLLM, OpenRouter,
     Ollama's /v1)."""
-    ollama: UpstreamSettings = UpstreamSettings()
-    """Defaults for models with provider = "ollama" (native /api/chat)."""
+    ollama: OllamaSettings = OllamaSettings()
+    """Defaults for models with provider = "ollama" (native /api/chat), and `discover`."""
     anthropic: UpstreamSettings = UpstreamSettings()
     """Defaults for models with provider = "anthropic" (Messages API)."""
     gemini: UpstreamSettings = UpstreamSettings()
@@ -271,6 +289,41 @@ class Pricing(ConfigModel):
     """USD per prompt token."""
     output: NonNegativeFloat = 0.0
     """USD per generated token."""
+
+
+Routing = Literal["weighted", "least_in_flight", "lowest_latency"]
+#: A deployment's name goes in responses, a header and metrics labels: short printable ASCII.
+_DEPLOYMENT_NAME = re.compile(r"[A-Za-z0-9._:@/+-]{1,64}")
+
+
+def _deployment_name(name: str) -> str:
+    if name and not _DEPLOYMENT_NAME.fullmatch(name):
+        raise config_error("name", f"{name!r} is not a deployment name: 1 to 64 of A-Z a-z 0-9 . _ : @ / + -")
+    return name
+
+
+class DeploymentConfig(ConfigModel):
+    """One of a `[[models]]` entry's `deployments`: an upstream serving the model, e.g.
+    `{ base_url = "http://10.0.0.2:8000/v1", weight = 2 }`. A key it leaves out is the entry's (then, as for
+    the entry, `[providers.<provider>]`'s)."""
+
+    name: Annotated[StrictStr, AfterValidator(_deployment_name)] = ""
+    """Its name in responses (`deployment`, the x-aibattle-deployment header) and in metrics; empty:
+    "<provider>@<host:port>" of its base_url, or "<id>-<n>" (n its position, from 1) when two deployments
+    of the model would get the same."""
+    provider: Provider | None = None
+    """An HTTP provider; unset: the entry's."""
+    base_url: HttpUrl = ""
+    """The API's root; empty: the entry's base_url, else [providers.<provider>].base_url."""
+    upstream_model: StrictStr = ""
+    """Name at this upstream; empty: the entry's upstream_model (else its id)."""
+    api_key_env: EnvName = ""
+    """The environment variable holding this upstream's key; empty: the entry's, else the provider's."""
+    weight: PositiveFloat = 1.0
+    """Share of the traffic under routing = "weighted" (relative to the others' weights), and the
+    tie-break of the other strategies."""
+    upstream: UpstreamSettings = UpstreamSettings()
+    """Retries, timeouts and cooldown of this deployment: over the entry's `upstream`, key by key."""
 
 
 _SCRIPTED_ONLY = ("script", "chunk_delay_ms", "error_after_chunks")
@@ -316,6 +369,49 @@ class ModelConfig(ConfigModel):
     """HTTP providers: retries, timeouts and cooldown of this model, e.g. `upstream = { retries = 5 }`.
     In effect: the [providers.<provider>] table, overridden by what this entry sets here, then by its
     base_url and api_key_env."""
+    deployments: Annotated[tuple[DeploymentConfig, ...], LAX] = ()
+    """HTTP providers: several upstreams serving this model (see DeploymentConfig); requests are spread
+    over them by `routing`, skipping those in cooldown, and go to `fallbacks` only after every one
+    failed. Empty: the entry itself is the one upstream."""
+    routing: Routing = "weighted"
+    """With deployments, the order they are tried in: "weighted" (a random order, each deployment first
+    in proportion to its weight), "least_in_flight" (fewest answers in progress here first),
+    "lowest_latency" (lowest recent time to first token first; one not measured yet counts as fastest)."""
+    aliases: Strings = ()
+    """Other ids naming this model in requests, e.g. ["gpt-4o"]; responses name the model by its id.
+    Unique across every model's id and aliases. An API key's allow-list names the id."""
+    failover_mid_stream: StrictBool = False
+    """When the upstream answering fails after its first token (with a failure another upstream may not
+    have), the next deployment or fallback continues the answer: it gets the text so far as the
+    assistant's (with an instruction to continue it, for providers that cannot prefill) and the stream
+    says so (`failover`); usage covers both. Never after a tool call. False: the answer ends with the
+    error (nothing is spliced)."""
+
+    _deployment: str = PrivateAttr(default="")
+
+    @property
+    def deployment(self) -> str:
+        """The deployment this model stands for (one of `deployment_models()`), "" for the entry itself."""
+        return self._deployment
+
+    def deployment_models(self) -> tuple[ModelConfig, ...]:
+        """Each deployment as a model of this id, its own upstream in place of the entry's (the
+        configuration has resolved every deployment's keys); empty without deployments."""
+        models = []
+        for deployment in self.deployments:
+            model = self.model_copy(
+                update={
+                    "provider": deployment.provider or self.provider,
+                    "upstream_model": deployment.upstream_model,
+                    "base_url": deployment.base_url,
+                    "api_key_env": deployment.api_key_env,
+                    "upstream": deployment.upstream,
+                    "deployments": (),
+                }
+            )
+            model._deployment = deployment.name
+            models.append(model)
+        return tuple(models)
 
     @property
     def pricing_input(self) -> float:
@@ -358,6 +454,7 @@ class ModelConfig(ConfigModel):
             if provider not in HTTP_PROVIDERS:
                 for key in (k for k in (*_HTTP_ONLY, "upstream") if given(data, k)):
                     problems.append(((key,), "http", f"only for HTTP providers, not {provider!r}"))
+            problems += _deployment_problems(data, provider)
         most, context = (
             value_of(data, k, cls.model_fields[k].default) for k in ("default_max_tokens", "context_length")
         )
@@ -365,6 +462,31 @@ class ModelConfig(ConfigModel):
             problems.append(((), "range", f"default_max_tokens {most} exceeds context_length {context}"))
         model: Self = validate_with(handler, data, problems)
         return model
+
+
+def _deployment_problems(data: object, provider: str) -> list[Problem]:
+    """Deployments of HTTP providers, with names unique within the entry."""
+    deployments = value_of(data, "deployments", ())
+    problems: list[Problem] = []
+    names: dict[str, int] = {}
+    for i, deployment in enumerate(deployments if isinstance(deployments, list | tuple) else ()):
+        kind = value_of(deployment, "provider") or provider
+        if kind in PROVIDERS and kind not in HTTP_PROVIDERS:
+            problems.append(
+                (("deployments", i, "provider"), "http", f"deployments are HTTP upstreams, not {kind!r}")
+            )
+        name = value_of(deployment, "name", "")
+        if isinstance(name, str) and name:
+            if name in names:
+                problems.append(
+                    (
+                        ("deployments", i, "name"),
+                        "duplicate",
+                        f"deployment name {name!r} is also deployments[{names[name]}]'s",
+                    )
+                )
+            names.setdefault(name, i)
+    return problems
 
 
 def _positive_int(value: object) -> bool:

@@ -25,6 +25,8 @@ def model_proto(model: ModelConfig, caller: Caller | None) -> models_pb2.Model:
         display_name=model.display_name or model.id,
         # A restricted key learns nothing of the models it may not use, fallbacks included.
         fallbacks=[f for f in model.fallbacks if may_use(caller, f)],
+        aliases=model.aliases,
+        deployments=[d.name for d in model.deployments],
     )
 
 

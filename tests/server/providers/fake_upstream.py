@@ -9,7 +9,7 @@ documented wire format — and records what it was asked and whether the client 
     assert await upstream.wait_disconnected()
 
 Replies are used in order; the last one repeats. A chunk that is a float is a pause (seconds); `hang`
-keeps the connection open and silent after the chunks, until the client closes it.
+keeps the connection open and silent after the chunks, until the client closes it; `reset` drops it.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ class Reply:
     chunks: Sequence[bytes | float] = ()
     hang: bool = False
     content_type: str = "text/event-stream"
+    reset: bool = False
+    """After the chunks, drop the connection mid-answer (no end of the chunked body): a crashed upstream."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,10 @@ class FakeUpstream:
                     await response.write(chunk)
             if reply.hang:
                 await asyncio.Event().wait()  # silent until the client closes (handler cancellation)
+            if reply.reset:
+                assert request.transport is not None
+                request.transport.abort()
+                return response
             await response.write_eof()
         except (ConnectionError, asyncio.CancelledError):
             self.disconnects += 1
