@@ -13,9 +13,15 @@ ends and is recovered is `lifecycle`. This module decides, for each request, the
   no longer be read in one response) is refused at once rather than failing every later turn.
 
 **Events.** Every step commits its state and events in one transaction: TURN_STARTED, TOKEN/THINKING
-deltas (batched), MESSAGE with the whole message and its usage, STATUS_CHANGED, and COMPLETION or
-ERROR last. A stream ends after COMPLETION, ERROR, or a change to CANCELLED; WAITING_FOR_INPUT and
-INTERRUPTED do not end it. A deleted conversation ends its followers with NOT_FOUND.
+deltas (batched), a TOOL_USE per tool the model called (model, role, tool, tool_call), MESSAGE with the
+whole message (its `tool_calls` too) and its usage, STATUS_CHANGED, and COMPLETION or ERROR last. A
+stream ends after COMPLETION, ERROR, or a change to CANCELLED; WAITING_FOR_INPUT and INTERRUPTED do not
+end it. A deleted conversation ends its followers with NOT_FOUND.
+
+**Tools.** `tools` (checked as a completion's, and refused with CAPABILITY_MISSING unless every model
+seat can call tools) are stored with the conversation and offered to each model on its turn. The
+conversation runs none: a call is recorded and announced for a client to act on, and the models read
+it as text (see `turns`).
 """
 
 from __future__ import annotations
@@ -64,6 +70,7 @@ from server.orchestration.turns import (
     perspective,
     refresh,
     resting_status,
+    said,
     settle_events,
     status_event,
     take_queued,
@@ -71,8 +78,10 @@ from server.orchestration.turns import (
 from server.orchestration.turns import ended as turns_ended
 from server.providers.attachments import chat_message
 from server.providers.base import ChatRequest, Role
+from server.providers.capabilities import TOOLS, require
 from server.providers.convert import attachment_for, usage_proto
 from server.providers.registry import ModelRegistry
+from server.providers.tools import call_proto, tool_specs
 from server.security.context import Caller
 from server.storage import Stored
 
@@ -235,8 +244,16 @@ class Conversations:
                 "models", f"ai-ai is a dialogue of 2 models; use round-robin for {len(seats)}"
             )
         conv = Conversation(
-            models=seats, mode=mode, rounds=request.rounds or 1, system_instruction=request.system_instruction
+            models=seats,
+            mode=mode,
+            rounds=request.rounds or 1,
+            system_instruction=request.system_instruction,
+            tools=request.tools,
         )
+        if tool_specs(request.tools):  # checked as a completion's tools are
+            for seat in seats:
+                if not is_person(conv, seat):
+                    require(self._registry.get(seat.id, caller)[0], TOOLS, "tools")
         people = [s for s in seats if is_person(conv, s)]
         if mode == "human-ai" and (not people or len(people) == len(seats)):
             raise InvalidArgument(
@@ -282,8 +299,8 @@ class Conversations:
                 f"{len(content)} characters; at most {self._max_prompt_chars} are accepted",
                 reason=PROMPT_TOO_LONG,
             )
-        said = [m.content for m in (*conv.messages, *conv.queued_messages)] + [content]
-        chars = sum(len(text) + LABEL_ALLOWANCE for text in said)
+        texts = [said(m) for m in (*conv.messages, *conv.queued_messages)] + [content]
+        chars = sum(len(text) + LABEL_ALLOWANCE for text in texts)
         size = conv.ByteSize() + len(content.encode()) + sum(len(f.content) for f in files)
         if chars > self._max_prompt_chars or size > self._max_bytes:
             raise FailedPrecondition(
@@ -579,7 +596,11 @@ class Conversations:
         await self._commit(
             run, conv, [Event(type=E.CONVERSATION_EVENT_TYPE_TURN_STARTED, model=seat.id, role=seat.role)]
         )
-        chat = ChatRequest(messages=perspective(conv, seat_index), max_tokens=model.default_max_tokens)
+        chat = ChatRequest(
+            messages=perspective(conv, seat_index),
+            max_tokens=model.default_max_tokens,
+            tools=tool_specs(conv.tools),
+        )
 
         async def flush(deltas: list[DeltaEvent]) -> None:
             kinds = {TOKEN: E.CONVERSATION_EVENT_TYPE_TOKEN}
@@ -592,6 +613,7 @@ class Conversations:
         reply = await stream_model(self._registry, model, chat, flush, run.caller)
         spoken = message(seat.role, reply.model.id, reply.text)
         spoken.thinking = reply.thinking
+        spoken.tool_calls.extend(call_proto(c) for c in reply.tool_calls)
         spoken.usage.CopyFrom(usage_proto(reply.model, reply.usage))
         size = conv.ByteSize() + spoken.ByteSize()
         if size > self._max_bytes:
@@ -602,7 +624,17 @@ class Conversations:
             )
         conv.messages.append(spoken)
         add_usage(conv, reply.model.id, spoken.usage)
-        await self._settle(run, conv, [Event(type=E.CONVERSATION_EVENT_TYPE_MESSAGE, message=spoken)])
+        uses = [
+            Event(
+                type=E.CONVERSATION_EVENT_TYPE_TOOL_USE,
+                model=reply.model.id,
+                role=seat.role,
+                tool=call.name,
+                tool_call=call,
+            )
+            for call in spoken.tool_calls
+        ]
+        await self._settle(run, conv, [*uses, Event(type=E.CONVERSATION_EVENT_TYPE_MESSAGE, message=spoken)])
 
 
 def take_queued_first(conv: Conversation) -> bool:

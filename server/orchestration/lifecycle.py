@@ -56,9 +56,10 @@ from common.observability import metrics, tracing
 from server.orchestration.runs import Run, Runs
 from server.orchestration.telemetry import LEASE_LOST, RunWatch, status_name
 from server.pagination import keyset_page
-from server.providers.base import ChatRequest, Delta, Finish, StreamItem, Usage
+from server.providers.base import ChatRequest, Delta, Finish, StreamItem, ToolCall, Usage
 from server.providers.registry import ModelRegistry
 from server.providers.resilience import Answering, resilient_stream
+from server.providers.tools import ToolCalls
 from server.security.context import Caller
 from server.settings import ModelConfig
 from server.storage import EventHub, Store, Stored, follow
@@ -508,6 +509,8 @@ class ModelReply:
     model: ModelConfig
     """The model that answered (a fallback, if the first one failed before its first token)."""
     usage: Usage
+    tool_calls: tuple[ToolCall, ...] = ()
+    """The tools it called, whole."""
 
 
 async def stream_model(
@@ -528,6 +531,7 @@ async def stream_model(
     finish = Finish(Usage())
     answering = model
     batch = Deltas()
+    calls = ToolCalls()
     stream = resilient_stream(registry.chain(model, caller), request, registry.circuits)
     async with aclosing(stream) as items:
         pending: asyncio.Future[Answering | StreamItem] | None = None
@@ -550,6 +554,7 @@ async def stream_model(
                 elif isinstance(item, Delta):
                     text.append(item.content)
                     thinking.append(item.thinking)
+                    calls.add(item.tool_calls)
                     batch.add(THINKING, item.thinking, answering.id)
                     batch.add(TOKEN, item.content, answering.id)
                     if batch.due():
@@ -564,4 +569,4 @@ async def stream_model(
     rest = batch.take()
     if rest:
         await flush(rest)
-    return ModelReply("".join(text), "".join(thinking), answering, finish.usage)
+    return ModelReply("".join(text), "".join(thinking), answering, finish.usage, calls.calls())

@@ -13,7 +13,10 @@ turns // n. The initial prompt is the first seat's turn of round 1. Which seats 
 turns as `assistant`, every other seat's as `user`, prefixed with the speaker's label, "<name>: " (the
 participant's name, or its role when unnamed), so names survive in a multi-party chat. Consecutive
 `user` turns are joined into one message (blank line between), since several chat templates and APIs
-want roles to alternate.
+want roles to alternate. A turn in which a model called tools reads as its text followed by one line per
+call, `[called get_weather({"city": "Paris"})]`, for every seat, the caller included: the conversation
+runs no tools, so there is no result to pair a call with, and providers refuse an assistant's tool call
+left without one.
 
 **Status.** PENDING (created with auto_run false, next turn a model's), IN_PROGRESS (a run is taking AI
 turns), WAITING_FOR_INPUT (the next turn is a person's), COMPLETED (rounds done; RunConversation with
@@ -102,10 +105,9 @@ def perspective(conv: Conversation, seat_index: int) -> tuple[ChatMessage, ...]:
             for j, f in enumerate(message.file_data)
         ]
         if speaker == seat_index:
-            messages.append(chat_message(Role.ASSISTANT, message.content, files))
+            messages.append(chat_message(Role.ASSISTANT, said(message), files))
             continue
-        said = f"{label(conv.models[speaker])}: {message.content}"
-        current = chat_message(Role.USER, said, files)
+        current = chat_message(Role.USER, f"{label(conv.models[speaker])}: {said(message)}", files)
         if messages and messages[-1].role == Role.USER:
             previous = messages.pop()
             current = ChatMessage(
@@ -115,6 +117,12 @@ def perspective(conv: Conversation, seat_index: int) -> tuple[ChatMessage, ...]:
             )
         messages.append(current)
     return tuple(messages)
+
+
+def said(message: common_pb2.Message) -> str:
+    """What a message says in a model's prompt: its content, then a line per tool call it made."""
+    calls = [f"[called {c.name}({c.arguments})]" for c in message.tool_calls]
+    return "\n".join(part for part in (message.content, *calls) if part)
 
 
 def now() -> timestamp_pb2.Timestamp:
