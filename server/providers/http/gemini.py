@@ -14,34 +14,63 @@
 | a refused prompt | `promptFeedback.blockReason` and no candidates → CONTENT_FILTER, no text |
 | Finish.usage | the last `usageMetadata`: promptTokenCount; candidatesTokenCount + thoughtsTokenCount |
 | errors | `{"error": {"code", "message", "status"}}`, as an HTTP error body or an SSE frame |
+| tools | `tools: [{functionDeclarations: [{name, description, parametersJsonSchema}]}]` |
+| tool_choice | `toolConfig.functionCallingConfig`: AUTO, ANY (+ `allowedFunctionNames` for one tool), NONE |
+| an assistant's tool calls | `functionCall {name, args, id?}` parts (with their `thoughtSignature`) |
+| a tool's result | a user turn's `functionResponse {name, response, id?}` part |
+| Delta.tool_calls | each `functionCall` part, whole, as one piece; STOP after calls is TOOL_CALLS |
+| response_format | `generationConfig`: responseMimeType `application/json` (+ `responseJsonSchema`) |
+| embeddings | `:batchEmbedContents` → `embeddings[].values`; `:countTokens` counts a prompt |
 
 Gemini has no end-of-stream sentinel: the chunk that carries `finishReason` is the last one, so a
 body that ends before any `finishReason` was cut off and is a protocol error, never a short answer.
+
+Schemas go as JSON Schema (`parametersJsonSchema`, `responseJsonSchema`), which is what our tools and
+response formats carry; the older `parameters` / `responseSchema` take an OpenAPI subset that refuses
+common JSON Schema words (`additionalProperties`, `$ref`).
+
+Tool calls: a `functionCall` usually has no `id`, so one is made (`call_<hex>`); Gemini's own is kept
+when it gives one and sent back with the call and its response. Gemini 3 models sign their calls
+(`thoughtSignature`) and refuse a history that drops a signature, so a signature rides in the call's
+id after `SIGNATURE_MARK` (base64url, as ids are plain text everywhere) and goes back where it came
+from. A result's content is the `response` object when it is a JSON object, else `{"result": text}`;
+Gemini names the function answered, so a tool message needs the tool's name (`ChatMessage.tool_name`,
+else the name of the history's call with its id).
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
 from common.enums import FinishReason
+from common.errors import InvalidArgument
 from server.providers.attachments import cannot_take
 from server.providers.base import (
     Attachment,
     ChatMessage,
     ChatRequest,
     Delta,
+    Embeddings,
     Finish,
+    FormatType,
     Role,
     StreamItem,
+    ToolCall,
+    ToolCallPiece,
+    ToolMode,
     Usage,
 )
 from server.providers.http.base import UNREPORTED, HttpProvider, HttpRequest, sampling
-from server.providers.http.errors import stream_error
-from server.providers.http.wire import FrameError, SseParser
+from server.providers.http.errors import protocol_error, stream_error
+from server.providers.http.unary import post_json, vectors
+from server.providers.http.wire import FrameError, SseParser, arguments_text, call_arguments, new_call_id
+from server.providers.text import estimate_tokens
 from server.settings import ModelConfig
 
 API_VERSION = "v1beta"
@@ -53,6 +82,10 @@ _INLINE_TYPES = frozenset({"image", "audio", "video"})
 _INLINE_DOCUMENTS = frozenset({"application/pdf"})
 _INT32 = 2**31
 _PENALTIES = {"top_k": "topK", "frequency_penalty": "frequencyPenalty", "presence_penalty": "presencePenalty"}
+_MODES = {ToolMode.AUTO: "AUTO", ToolMode.REQUIRED: "ANY", ToolMode.TOOL: "ANY", ToolMode.NONE: "NONE"}
+SIGNATURE_MARK = "__sig_"
+"""Between a tool call's id and its thought signature (see the module docstring)."""
+_MADE_ID = re.compile(r"call_[0-9a-f]{24}")  # wire.new_call_id's: ours, never sent to Gemini
 
 
 def finish_reason(value: str) -> FinishReason:
@@ -85,18 +118,97 @@ def _part(model: ModelConfig, attachment: Attachment) -> dict[str, Any]:
     return {"inlineData": {"mimeType": attachment.mime_type, "data": data}}
 
 
-def _parts(model: ModelConfig, message: ChatMessage) -> list[dict[str, Any]]:
+def _parts(model: ModelConfig, message: ChatMessage, names: dict[str, str]) -> list[dict[str, Any]]:
+    if message.role is Role.TOOL:
+        return [_function_response(message, names)]
     # Files first, then the question about them: the order Gemini's prompting guide recommends.
     parts = [_part(model, a) for a in message.attachments]
-    if message.content or not parts:
+    if message.content or not (parts or message.tool_calls):
         parts.append({"text": message.content})
+    parts.extend(_function_call(call) for call in message.tool_calls)
     return parts
+
+
+def signed_id(call_id: str, signature: str) -> str:
+    """A call id carrying Gemini's thought signature (base64 → base64url, unpadded)."""
+    if not signature:
+        return call_id
+    token = signature.replace("+", "-").replace("/", "_").rstrip("=")
+    return f"{call_id}{SIGNATURE_MARK}{token}"
+
+
+def split_id(call_id: str) -> tuple[str, str]:
+    """(Gemini's id or ours, the thought signature or "") of a call id made by `signed_id`."""
+    base, mark, token = call_id.partition(SIGNATURE_MARK)
+    if not mark:
+        return call_id, ""
+    signature = token.replace("-", "+").replace("_", "/")
+    signature += "=" * (-len(signature) % 4)
+    try:
+        base64.b64decode(signature, validate=True)
+    except (binascii.Error, ValueError):
+        return call_id, ""  # not one of ours: an id that merely contains the mark
+    return base, signature
+
+
+def _function_call(call: ToolCall) -> dict[str, Any]:
+    call_id, signature = split_id(call.id)
+    function: dict[str, Any] = {"name": call.name, "args": call_arguments(call)}
+    if call_id and not _MADE_ID.fullmatch(call_id):
+        function["id"] = call_id
+    part: dict[str, Any] = {"functionCall": function}
+    if signature:
+        part["thoughtSignature"] = signature
+    return part
+
+
+def _function_response(message: ChatMessage, names: dict[str, str]) -> dict[str, Any]:
+    name = message.tool_name or names.get(message.tool_call_id, "")
+    if not name:
+        raise InvalidArgument(
+            "tool_call_id",
+            f"Gemini needs the name of the tool whose result this is: no tool name, and no call with id"
+            f" {message.tool_call_id!r} in the history",
+        )
+    try:
+        value = json.loads(message.content)
+    except ValueError:
+        value = None
+    function: dict[str, Any] = {
+        "name": name,
+        "response": value if isinstance(value, dict) else {"result": message.content},
+    }
+    call_id, _ = split_id(message.tool_call_id)
+    if call_id and not _MADE_ID.fullmatch(call_id):
+        function["id"] = call_id
+    return {"functionResponse": function}
+
+
+def _tools(request: ChatRequest) -> dict[str, Any]:
+    if not request.tools:
+        return {}
+    declarations = []
+    for tool in request.tools:
+        declaration: dict[str, Any] = {"name": tool.name}
+        if tool.description:
+            declaration["description"] = tool.description
+        if tool.parameters is not None:
+            declaration["parametersJsonSchema"] = dict(tool.parameters)
+        declarations.append(declaration)
+    config: dict[str, Any] = {"mode": _MODES[request.tool_choice.mode]}
+    if request.tool_choice.mode is ToolMode.TOOL:
+        config["allowedFunctionNames"] = [request.tool_choice.name]
+    return {
+        "tools": [{"functionDeclarations": declarations}],
+        "toolConfig": {"functionCallingConfig": config},
+    }
 
 
 def request_body(model: ModelConfig, request: ChatRequest) -> dict[str, Any]:
     """The GenerateContentRequest for a chat request."""
     system: list[dict[str, Any]] = []
     contents: list[dict[str, Any]] = []
+    names = {call.id: call.name for message in request.messages for call in message.tool_calls}
     for message in request.messages:
         if message.role is Role.SYSTEM:
             if message.attachments:
@@ -106,9 +218,10 @@ def request_body(model: ModelConfig, request: ChatRequest) -> dict[str, Any]:
             continue
         role = "model" if message.role is Role.ASSISTANT else "user"
         if contents and contents[-1]["role"] == role:
-            contents[-1]["parts"].extend(_parts(model, message))  # one turn: same meaning, strict alternation
+            # One turn: same meaning, strict alternation (and a call's results answer it together).
+            contents[-1]["parts"].extend(_parts(model, message, names))
         else:
-            contents.append({"role": role, "parts": _parts(model, message)})
+            contents.append({"role": role, "parts": _parts(model, message, names)})
     config: dict[str, Any] = {
         "maxOutputTokens": request.max_tokens,
         **sampling(request, top_p="topP", stop="stopSequences", seed=None),
@@ -117,7 +230,11 @@ def request_body(model: ModelConfig, request: ChatRequest) -> dict[str, Any]:
     if request.seed is not None:
         # Our seed is unsigned 32-bit, Gemini's a signed int32: same bits, so the same runs repeat.
         config["seed"] = request.seed - 2 * _INT32 if request.seed >= _INT32 else request.seed
-    body: dict[str, Any] = {"contents": contents, "generationConfig": config}
+    if (fmt := request.response_format) is not None:
+        config["responseMimeType"] = "application/json"
+        if fmt.type is FormatType.JSON_SCHEMA and fmt.schema is not None:
+            config["responseJsonSchema"] = dict(fmt.schema)
+    body: dict[str, Any] = {"contents": contents, "generationConfig": config, **_tools(request)}
     if system:
         body["systemInstruction"] = {"parts": system}
     return body
@@ -163,6 +280,7 @@ class Answer:
         self._model = model
         self._usage: dict[str, Any] | None = None
         self._reason: FinishReason | None = None
+        self._calls = 0
 
     def feed(self, response: Any) -> Delta | None:
         """The text of one response (None if it has none); raises on an error object."""
@@ -180,16 +298,32 @@ class Answer:
         candidate = _dict(candidates[0], "candidates[0]")
         content: list[str] = []
         thinking: list[str] = []
+        calls: list[ToolCallPiece] = []
         for part in _list(_dict(candidate.get("content"), "content").get("parts"), "parts"):
             text = _dict(part, "a part").get("text")
             if isinstance(text, str) and text:
                 (thinking if part.get("thought") is True else content).append(text)
+            if "functionCall" in part:
+                calls.append(self._call(part))
         if (reason := candidate.get("finishReason")) is not None:
             self._reason = finish_reason(str(reason))
-        if not content and not thinking:
+            if self._calls and self._reason is FinishReason.STOP:
+                self._reason = FinishReason.TOOL_CALLS  # Gemini says STOP after calls too
+        if not content and not thinking and not calls:
             return None
-        delta = Delta(content="".join(content), thinking="".join(thinking))
-        return delta
+        return Delta(content="".join(content), thinking="".join(thinking), tool_calls=tuple(calls))
+
+    def _call(self, part: dict[str, Any]) -> ToolCallPiece:
+        """A functionCall part as one whole piece (Gemini sends calls whole, never in fragments)."""
+        function = _dict(part["functionCall"], "functionCall")
+        name, given = function.get("name"), function.get("id")
+        if not isinstance(name, str) or not name:
+            raise FrameError(f"a functionCall without a name: {json.dumps(function)[:200]}")
+        signature = part.get("thoughtSignature")
+        call_id = given if isinstance(given, str) and given else new_call_id()
+        call_id = signed_id(call_id, signature if isinstance(signature, str) else "")
+        self._calls += 1
+        return ToolCallPiece(self._calls - 1, call_id, name, arguments_text(function.get("args")))
 
     def finish(self) -> Finish:
         """The Finish once the body ended; a body without a finishReason was cut off."""
@@ -202,6 +336,10 @@ class Answer:
         return Finish(Usage(_count(self._usage, "promptTokenCount"), completion), self._reason)
 
 
+def _headers(key: str | None) -> dict[str, str]:
+    return {"x-goog-api-key": key} if key else {}
+
+
 class GeminiProvider(HttpProvider):
     """Models served by Google's Gemini API (or anything speaking its generateContent)."""
 
@@ -210,8 +348,7 @@ class GeminiProvider(HttpProvider):
     def build(self, model: ModelConfig, request: ChatRequest, key: str | None) -> HttpRequest:
         verb = "streamGenerateContent?alt=sse" if request.stream else "generateContent"
         url = f"{api_root(model.upstream.base_url)}/{model_path(model)}:{verb}"
-        headers = {"x-goog-api-key": key} if key else {}
-        return HttpRequest(url, request_body(model, request), headers)
+        return HttpRequest(url, request_body(model, request), _headers(key))
 
     async def parse_stream(
         self, model: ModelConfig, chunks: AsyncIterator[bytes]
@@ -231,6 +368,66 @@ class GeminiProvider(HttpProvider):
         answer = Answer(str(model.provider), model.id)
         delta = answer.feed(body)
         return [*([delta] if delta is not None else []), answer.finish()]
+
+    async def embed(
+        self, model: ModelConfig, texts: list[str], *, dimensions: int | None, deadline: float | None
+    ) -> Embeddings:
+        """`:batchEmbedContents`, one request per text; `dimensions` as `outputDimensionality`."""
+        if not texts:
+            return Embeddings([], 0)
+        key = self.api_key(model)
+        name = model_path(model)
+        requests: list[dict[str, Any]] = []
+        for text in texts:
+            one: dict[str, Any] = {"model": name, "content": {"parts": [{"text": text}]}}
+            if dimensions is not None:
+                one["outputDimensionality"] = dimensions
+            requests.append(one)
+
+        def parse(answer: Any) -> Embeddings:
+            if isinstance(answer, dict) and "error" in answer:
+                raise stream_error(str(model.provider), model.id, error_text(answer["error"]))
+            found = [
+                _dict(e, "an embedding").get("values") for e in _list(answer.get("embeddings"), "embeddings")
+            ]
+            # Gemini reports no usage for embeddings, and counting would cost a second call
+            # (:countTokens) per request: the prompt tokens are estimated from the texts.
+            return Embeddings(vectors(model, found, len(texts), dimensions), sum(map(estimate_tokens, texts)))
+
+        return await post_json(
+            self,
+            model,
+            f"{api_root(model.upstream.base_url)}/{name}:batchEmbedContents",
+            {"requests": requests},
+            headers=_headers(key),
+            key=key,
+            deadline=deadline,
+            parse=parse,
+        )
+
+    async def count_tokens(self, model: ModelConfig, request: ChatRequest) -> int:
+        """`:countTokens` with the whole GenerateContentRequest (tools and a response schema count too)."""
+        key = self.api_key(model)
+        body = {"generateContentRequest": {"model": model_path(model), **request_body(model, request)}}
+
+        def parse(answer: Any) -> int:
+            total = answer.get("totalTokens") if isinstance(answer, dict) else None
+            if not isinstance(total, int) or isinstance(total, bool) or total < 0:
+                raise protocol_error(
+                    str(model.provider), model.id, f"no totalTokens in {str(answer)[:200]!r}"
+                )
+            return total
+
+        return await post_json(
+            self,
+            model,
+            f"{api_root(model.upstream.base_url)}/{model_path(model)}:countTokens",
+            body,
+            headers=_headers(key),
+            key=key,
+            deadline=request.deadline,
+            parse=parse,
+        )
 
     def error_text(self, parsed: Any) -> str | None:
         if isinstance(parsed, list) and parsed:  # the JSON-array form of a streaming error
