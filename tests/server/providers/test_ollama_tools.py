@@ -16,8 +16,9 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import struct_pb2
 
-from aibattle.v1 import embeddings_pb2, embeddings_pb2_grpc
+from aibattle.v1 import common_pb2, completions_pb2, completions_pb2_grpc, embeddings_pb2, embeddings_pb2_grpc
 from common.enums import FinishReason
 from common.errors import ApiError, DeadlineExceeded, InvalidArgument
 from server.config import Config
@@ -432,3 +433,57 @@ async def test_embeddings_through_grpc(fake: tuple[FakeUpstream, str]) -> None:
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert error_info(caught.value).reason == "UPSTREAM_REJECTED"
     assert "try pulling it first" in caught.value.details()
+
+
+# --- through our gRPC API ---------------------------------------------------------------------
+
+
+async def test_a_tool_round_trip_through_grpc(fake: tuple[FakeUpstream, str]) -> None:
+    upstream, url = fake
+    upstream.replies = [
+        stream_reply(
+            calls_line({"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}),
+            line(final("stop", prompt=90, completion=20)),
+        ),
+        stream_reply(token("12 degrees."), line(final())),
+    ]
+    parameters = struct_pb2.Struct()
+    parameters.update(WEATHER_JSON["function"]["parameters"])
+    tools = [common_pb2.Tool(name="get_weather", description="The weather in a city", parameters=parameters)]
+    async with serving([model_entry(url)]) as server:
+        async with grpc.aio.insecure_channel(server.grpc_target) as channel:
+            stub = completions_pb2_grpc.CompletionServiceStub(channel)
+            request = completions_pb2.StreamCompletionRequest(model="llama", prompt="Paris?", tools=tools)
+            first = [c async for c in stub.StreamCompletion(request)]
+            (call,) = [d for c in first for d in c.tool_calls]
+            history = [
+                common_pb2.Message(role="user", content="Paris?"),
+                common_pb2.Message(
+                    role="assistant",
+                    tool_calls=[common_pb2.ToolCall(id=call.id, name=call.name, arguments=call.arguments)],
+                ),
+                common_pb2.Message(role="tool", tool_call_id=call.id, content="12"),
+            ]
+            second = [
+                c
+                async for c in stub.StreamCompletion(
+                    completions_pb2.StreamCompletionRequest(model="llama", messages=history, tools=tools)
+                )
+            ]
+    assert call.index == 0 and call.name == "get_weather" and call.id.startswith("call_")
+    assert json.loads(call.arguments) == {"city": "Paris"}
+    assert first[-1].finish_reason == common_pb2.FINISH_REASON_TOOL_CALLS
+    assert upstream.requests[0].json["tools"] == [WEATHER_JSON]
+    assert upstream.requests[1].json["messages"][1:] == [
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {"id": call.id, "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+            ],
+        },
+        # tool_name filled from the assistant's call with this id
+        {"role": "tool", "content": "12", "tool_name": "get_weather", "tool_call_id": call.id},
+    ]
+    assert "".join(c.content for c in second) == "12 degrees."
+    assert second[-1].finish_reason == common_pb2.FINISH_REASON_STOP

@@ -16,8 +16,9 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import struct_pb2
 
-from aibattle.v1 import embeddings_pb2, embeddings_pb2_grpc
+from aibattle.v1 import common_pb2, completions_pb2, completions_pb2_grpc, embeddings_pb2, embeddings_pb2_grpc
 from common.enums import FinishReason
 from common.errors import ApiError, DeadlineExceeded
 from server.config import Config
@@ -63,6 +64,13 @@ CLOCK_JSON = {
     "type": "function",
     "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}},
 }
+
+
+def struct(tool_json: dict[str, Any]) -> struct_pb2.Struct:
+    """A tool's parameters schema as the proto's Struct."""
+    out = struct_pb2.Struct()
+    out.update(tool_json["function"]["parameters"])
+    return out
 
 
 def model_entry(base_url: str, **extra: Any) -> dict[str, Any]:
@@ -307,37 +315,41 @@ async def test_response_format(
     assert "".join(i.content for i in items if isinstance(i, Delta)) == '{"answer": 4}'
 
 
-async def test_a_whole_answers_tool_calls_with_a_forced_choices_stop_are_tool_calls(
-    fake: tuple[FakeUpstream, str], provider: OpenAIProvider
-) -> None:
-    upstream, url = fake
+def whole_reply(message: dict[str, Any], finish: str, *, prompt: int = 10, completion: int = 5) -> Reply:
+    """A chat.completion object, as OpenAI answers with stream false."""
     body = {
         "id": "chatcmpl-abc",
         "object": "chat.completion",
         "created": 1741569952,
         "model": "gpt-4o-mini",
-        "choices": [
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+        "usage": {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        },
+    }
+    return Reply(chunks=[json.dumps(body).encode()], content_type="application/json")
+
+
+async def test_a_whole_answers_tool_calls_with_a_forced_choices_stop_are_tool_calls(
+    fake: tuple[FakeUpstream, str], provider: OpenAIProvider
+) -> None:
+    upstream, url = fake
+    message = {
+        "role": "assistant",
+        "content": None,
+        "refusal": None,
+        "tool_calls": [
             {
-                "index": 0,
-                "message": {
-                    "role": "assistant",
-                    "content": None,
-                    "refusal": None,
-                    "tool_calls": [
-                        {
-                            "id": "call_12345xyz",
-                            "type": "function",
-                            "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
-                        }
-                    ],
-                },
-                "logprobs": None,
-                "finish_reason": "stop",  # what OpenAI says when tool_choice named the function
+                "id": "call_12345xyz",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
             }
         ],
-        "usage": {"prompt_tokens": 82, "completion_tokens": 17, "total_tokens": 99},
     }
-    upstream.replies = [Reply(chunks=[json.dumps(body).encode()], content_type="application/json")]
+    # "stop" is what OpenAI says when tool_choice named the function.
+    upstream.replies = [whole_reply(message, "stop", prompt=82, completion=17)]
     request = ask(tools=(WEATHER,), tool_choice=ToolChoice(ToolMode.TOOL, "get_weather"), stream=False)
     items = await run(provider, configured(url), request)
     assert upstream.requests[-1].json["tool_choice"] == {
@@ -531,3 +543,80 @@ async def test_embeddings_through_grpc(fake: tuple[FakeUpstream, str]) -> None:
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert error_info(caught.value).reason == "UPSTREAM_REJECTED"
     assert "does not exist" in caught.value.details()
+
+
+# --- through our gRPC API ---------------------------------------------------------------------
+
+
+async def test_a_tool_round_trip_through_grpc(fake: tuple[FakeUpstream, str]) -> None:
+    upstream, url = fake
+    upstream.replies = [
+        Reply(chunks=TWO_CALLS),
+        whole_reply({"role": "assistant", "content": "It is 12 degrees in Paris."}, "stop"),
+    ]
+    tools = [
+        common_pb2.Tool(
+            name="get_weather", description="The weather in a city", parameters=struct(WEATHER_JSON)
+        ),
+        common_pb2.Tool(name="get_time"),
+    ]
+    async with serving([model_entry(url)]) as server:
+        async with grpc.aio.insecure_channel(server.grpc_target) as channel:
+            stub = completions_pb2_grpc.CompletionServiceStub(channel)
+            first = [
+                c
+                async for c in stub.StreamCompletion(
+                    completions_pb2.StreamCompletionRequest(
+                        model="gpt", prompt="Weather in Paris?", tools=tools
+                    )
+                )
+            ]
+            calls = [d for c in first for d in c.tool_calls]
+            answer = await stub.CreateCompletion(
+                completions_pb2.CreateCompletionRequest(
+                    model="gpt",
+                    tools=tools,
+                    messages=[
+                        common_pb2.Message(role="user", content="Weather in Paris?"),
+                        common_pb2.Message(
+                            role="assistant",
+                            tool_calls=[
+                                common_pb2.ToolCall(
+                                    id="call_DdmO9pD3xa9XTPNJ32zg2hcA",
+                                    name="get_weather",
+                                    arguments="".join(d.arguments for d in calls if d.index == 0),
+                                )
+                            ],
+                        ),
+                        common_pb2.Message(
+                            role="tool", tool_call_id="call_DdmO9pD3xa9XTPNJ32zg2hcA", content='{"temp": 12}'
+                        ),
+                    ],
+                )
+            )
+    assert [(d.index, d.id, d.name, d.arguments) for d in calls] == [
+        (0, "call_DdmO9pD3xa9XTPNJ32zg2hcA", "get_weather", ""),
+        (0, "", "", '{"ci'),
+        (0, "", "", 'ty": "Pa'),
+        (0, "", "", 'ris"}'),
+        (1, "call_ABbbN8KLFyQfNGmkkuwX0Uxp", "get_time", ""),
+        (1, "", "", "{}"),
+    ]
+    assert first[-1].is_final and first[-1].finish_reason == common_pb2.FINISH_REASON_TOOL_CALLS
+    assert upstream.requests[0].json["tools"][1] == CLOCK_JSON
+    assert upstream.requests[1].json["messages"][1:] == [
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_DdmO9pD3xa9XTPNJ32zg2hcA",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_DdmO9pD3xa9XTPNJ32zg2hcA", "content": '{"temp": 12}'},
+    ]
+    assert answer.content == "It is 12 degrees in Paris."
+    assert answer.finish_reason == common_pb2.FINISH_REASON_STOP
