@@ -111,3 +111,53 @@ async def test_seed_client_against_the_real_conversation_service() -> None:
     assert (
         out.splitlines()[-1] == "New message from assistant (scripted-echo): Shor factors in polynomial time."
     )
+
+
+async def test_seed_client_prints_a_tool_use() -> None:
+    """Seed 000's `tool_use` case: the scripted assistant calls a tool on its turn, and the verbatim
+    client prints the TOOL_USE event's `data.model` and `data.tool`, then the message."""
+    import grpc
+
+    from aibattle.v1 import common_pb2, conversations_pb2, conversations_pb2_grpc
+    from tests.server.providers.fake_upstream import serving
+
+    models = [
+        {"id": "scripted-echo", "provider": "scripted", "script": ["Unused: people speak for themselves."]},
+        {
+            "id": "scripted-tools",
+            "provider": "scripted",
+            "script": ['Let me check.\ntool:web_search {"query": "Shor\'s algorithm"}'],
+        },
+    ]
+    search = common_pb2.Tool(name="web_search", description="Search the web")
+    search.parameters.update({"type": "object", "properties": {"query": {"type": "string"}}})
+    async with serving(models) as server:
+        async with grpc.aio.insecure_channel(server.grpc_target) as channel:
+            stub = conversations_pb2_grpc.ConversationServiceStub(channel)
+            created = await stub.CreateConversation(
+                conversations_pb2.CreateConversationRequest(
+                    models=[
+                        conversations_pb2.Participant(id="scripted-echo", role="human"),
+                        conversations_pb2.Participant(id="scripted-tools", role="assistant"),
+                    ],
+                    mode="human-ai",
+                    rounds=1,
+                    tools=[search],
+                )
+            )
+        conversation_id = created.conversation.conversation_id
+        handle = await start_gateway(
+            grpc_target=server.grpc_target,
+            host="127.0.0.1",
+            port=0,
+            options=GatewayOptions(descriptor_set=None),
+        )
+        try:
+            out = await run_seed_client(handle.port, conversation_id)
+        finally:
+            await handle.close()
+    lines = out.splitlines()
+    assert lines[-2:] == [
+        "scripted-tools is using tool: web_search",
+        "New message from assistant (scripted-tools): Let me check.",
+    ]
