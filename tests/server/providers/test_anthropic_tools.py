@@ -11,8 +11,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import grpc
 import pytest
+from google.protobuf import json_format, struct_pb2
 
+from aibattle.v1 import common_pb2, completions_pb2, completions_pb2_grpc
 from common.enums import FinishReason
 from common.errors import ApiError, InvalidArgument
 from server.config import Config
@@ -43,6 +46,7 @@ from tests.server.providers.fake_upstream import (
     anthropic_event,
     anthropic_message,
     anthropic_stream,
+    serving,
     start_fake,
 )
 
@@ -457,3 +461,109 @@ async def test_count_tokens_answer_without_a_count_is_a_protocol_error(
         with pytest.raises(ApiError) as caught:
             await anthropic.count_tokens(claude(url), ask())
     assert caught.value.reason == "UPSTREAM_PROTOCOL_ERROR"
+
+
+# --- through the gRPC API ----------------------------------------------------------------------------
+
+
+def claude_entry(base_url: str) -> dict[str, Any]:
+    return {
+        "id": "claude",
+        "provider": "anthropic",
+        "upstream_model": UPSTREAM_MODEL,
+        "base_url": base_url,
+        "api_key_env": KEY_ENV,
+        "capabilities": ["text", "conversation", "tools", "json"],
+        "upstream": {"retries": 0},
+    }
+
+
+WEATHER_PROTO = common_pb2.Tool(
+    name="get_weather",
+    description="The weather in a city, now.",
+    parameters=json_format.ParseDict(WEATHER.parameters, struct_pb2.Struct()),
+)
+
+
+async def test_a_tool_round_trip_over_grpc(fake: tuple[FakeUpstream, str]) -> None:
+    upstream, url = fake
+    upstream.replies = [
+        Reply(
+            chunks=anthropic_stream(
+                [
+                    {
+                        "type": "tool_use",
+                        "id": "toolu_01A",
+                        "name": "get_weather",
+                        "input": ['{"city":', ' "Paris"}'],
+                    }
+                ],
+                stop_reason="tool_use",
+            )
+        ),
+        anthropic_message([{"type": "text", "text": "Sunny in Paris."}]),
+    ]
+    question = common_pb2.Message(role="user", content="Weather in Paris?")
+    async with (
+        serving([claude_entry(url)]) as server,
+        grpc.aio.insecure_channel(server.grpc_target) as channel,
+    ):
+        stub = completions_pb2_grpc.CompletionServiceStub(channel)
+        chunks = [
+            chunk
+            async for chunk in stub.StreamCompletion(
+                completions_pb2.StreamCompletionRequest(
+                    model="claude", messages=[question], tools=[WEATHER_PROTO]
+                )
+            )
+        ]
+        pieces = [(p.index, p.id, p.name, p.arguments) for c in chunks for p in c.tool_calls]
+        assert pieces == [
+            (0, "toolu_01A", "get_weather", ""),
+            (0, "", "", '{"city":'),
+            (0, "", "", ' "Paris"}'),
+        ]
+        assert chunks[-1].finish_reason == common_pb2.FINISH_REASON_TOOL_CALLS
+        call = common_pb2.ToolCall(id="toolu_01A", name="get_weather", arguments='{"city": "Paris"}')
+        reply = await stub.CreateCompletion(
+            completions_pb2.CreateCompletionRequest(
+                model="claude",
+                messages=[
+                    question,
+                    common_pb2.Message(role="assistant", tool_calls=[call]),
+                    common_pb2.Message(role="tool", tool_call_id="toolu_01A", content='{"sky": "sunny"}'),
+                ],
+                tools=[WEATHER_PROTO],
+            )
+        )
+    assert reply.content == "Sunny in Paris." and reply.finish_reason == common_pb2.FINISH_REASON_STOP
+    assert upstream.requests[-1].json["messages"] == [
+        {"role": "user", "content": "Weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "tool_use", "id": "toolu_01A", "name": "get_weather", "input": {"city": "Paris"}}
+            ],
+        },
+        {
+            "role": "user",
+            "content": [{"type": "tool_result", "tool_use_id": "toolu_01A", "content": '{"sky": "sunny"}'}],
+        },
+    ]
+
+
+async def test_count_tokens_over_grpc_is_anthropics_count(fake: tuple[FakeUpstream, str]) -> None:
+    upstream, url = fake
+    upstream.replies = [Reply(content_type="application/json", chunks=[b'{"input_tokens":413}'])]
+    async with (
+        serving([claude_entry(url)]) as server,
+        grpc.aio.insecure_channel(server.grpc_target) as channel,
+    ):
+        counted = await completions_pb2_grpc.CompletionServiceStub(channel).CountTokens(
+            completions_pb2.CountTokensRequest(
+                model="claude", prompt="Weather in Paris?", tools=[WEATHER_PROTO]
+            )
+        )
+    assert (counted.input_tokens, counted.estimated) == (413, False)
+    assert upstream.requests[-1].path == "/v1/messages/count_tokens"
+    assert upstream.requests[-1].json["tools"][0]["name"] == "get_weather"

@@ -15,8 +15,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import grpc
 import pytest
+from google.protobuf import json_format, struct_pb2
 
+from aibattle.v1 import common_pb2, completions_pb2, completions_pb2_grpc, embeddings_pb2, embeddings_pb2_grpc
 from common.enums import FinishReason
 from common.errors import ApiError, InvalidArgument
 from server.config import Config
@@ -41,7 +44,7 @@ from server.providers.http.base import HttpClient
 from server.providers.http.gemini import SIGNATURE_MARK, GeminiProvider, split_id
 from server.providers.text import estimate_tokens
 from server.settings import ModelConfig
-from tests.server.providers.fake_upstream import FakeUpstream, Reply, start_fake
+from tests.server.providers.fake_upstream import FakeUpstream, Reply, serving, start_fake
 
 KEY = "AIzaSy-test-only-tools-9876-secret"
 KEY_ENV = "AIBATTLE_TEST_GEMINI_KEY"
@@ -450,3 +453,59 @@ async def test_count_tokens_answer_without_a_total_is_a_protocol_error(
         with pytest.raises(ApiError) as caught:
             await gemini.count_tokens(gem(url), ask())
     assert caught.value.reason == "UPSTREAM_PROTOCOL_ERROR"
+
+
+# --- through the gRPC API ----------------------------------------------------------------------------
+
+
+def entry(base_url: str, model_id: str, upstream_model: str, capabilities: list[str]) -> dict[str, Any]:
+    return {
+        "id": model_id,
+        "provider": "gemini",
+        "upstream_model": upstream_model,
+        "base_url": base_url,
+        "api_key_env": KEY_ENV,
+        "capabilities": capabilities,
+        "upstream": {"retries": 0},
+    }
+
+
+async def test_streamed_function_calls_over_grpc(fake: tuple[FakeUpstream, str]) -> None:
+    upstream, url = fake
+    upstream.replies = [Reply(chunks=CALLS_STREAM)]
+    tools = [
+        common_pb2.Tool(
+            name="get_weather", parameters=json_format.ParseDict(WEATHER.parameters, struct_pb2.Struct())
+        ),
+        common_pb2.Tool(name="get_time"),
+    ]
+    model = entry(url, "gem", UPSTREAM_MODEL, ["text", "conversation", "tools"])
+    async with serving([model]) as server, grpc.aio.insecure_channel(server.grpc_target) as channel:
+        chunks = [
+            chunk
+            async for chunk in completions_pb2_grpc.CompletionServiceStub(channel).StreamCompletion(
+                completions_pb2.StreamCompletionRequest(model="gem", prompt="Weather and time?", tools=tools)
+            )
+        ]
+    pieces = [(p.index, p.name, p.arguments) for c in chunks for p in c.tool_calls]
+    assert pieces == [(0, "get_weather", '{"city": "Paris"}'), (1, "get_time", "{}")]
+    assert split_id(chunks[1].tool_calls[0].id)[1] == SIGNATURE
+    assert chunks[-1].is_final and chunks[-1].finish_reason == common_pb2.FINISH_REASON_TOOL_CALLS
+
+
+async def test_create_embeddings_over_grpc(fake: tuple[FakeUpstream, str]) -> None:
+    upstream, url = fake
+    upstream.replies = [json_reply({"embeddings": [{"values": [0.5, -0.25]}, {"values": [1.0, 0.0]}]})]
+    model = entry(url, "gem-embed", EMBEDDING_MODEL, ["embedding"])
+    async with serving([model]) as server, grpc.aio.insecure_channel(server.grpc_target) as channel:
+        reply = await embeddings_pb2_grpc.EmbeddingServiceStub(channel).CreateEmbeddings(
+            embeddings_pb2.CreateEmbeddingsRequest(model="gem-embed", input=["one", "two"], dimensions=2)
+        )
+    assert [list(e.values) for e in reply.embeddings] == [[0.5, -0.25], [1.0, 0.0]]
+    assert [e.index for e in reply.embeddings] == [0, 1]
+    assert reply.usage.prompt_tokens == estimate_tokens("one") + estimate_tokens("two")
+    assert upstream.requests[-1].json["requests"][1] == {
+        "model": f"models/{EMBEDDING_MODEL}",
+        "content": {"parts": [{"text": "two"}]},
+        "outputDimensionality": 2,
+    }
