@@ -470,3 +470,27 @@ def test_a_malformed_script_call_is_a_config_error(entry: str, problem: str) -> 
     with pytest.raises(ConfigError) as caught:
         make_config([{"id": "bad", "provider": "scripted", "script": ["fine", entry]}])
     assert "models[0].script" in str(caught.value) and problem in str(caught.value)
+
+
+@pytest.mark.slow
+async def test_the_embedded_model_refuses_tools_and_lists_json() -> None:
+    server = AIBattleServer(
+        Config.from_dict({"server": {"grpc_addr": "127.0.0.1:0", "http_addr": "", "database": ":memory:"}})
+    )
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(server.grpc_target) as channel:
+            stub = completions_pb2_grpc.CompletionServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.CreateCompletion(
+                    completions_pb2.CreateCompletionRequest(
+                        model="smollm2-135m", prompt="hi", tools=[WEATHER]
+                    )
+                )
+            info = error_info(caught.value)
+            assert (info.reason, info.metadata["field"]) == ("CAPABILITY_MISSING", "tools")
+            models = models_pb2_grpc.ModelServiceStub(channel)
+            [model] = (await models.ListModels(models_pb2.ListModelsRequest())).models
+            assert list(model.capabilities) == ["text", "conversation", "json"]
+    finally:
+        await server.stop(grace=0.5)
