@@ -75,6 +75,8 @@ def finish_reason(word: str | None, *, called: bool = False) -> FinishReason:
 
 def _message(model: ModelConfig, message: ChatMessage) -> dict[str, Any]:
     if message.role == Role.TOOL:
+        if message.attachments:  # a tool message's content is text parts only
+            raise cannot_take(model, message.attachments[0], "text only", where="in a tool result")
         return {"role": "tool", "tool_call_id": message.tool_call_id, "content": message.content}
     out: dict[str, Any] = {"role": str(message.role), "content": _content(model, message)}
     if message.tool_calls:

@@ -20,9 +20,10 @@ from google.protobuf import struct_pb2
 
 from aibattle.v1 import common_pb2, completions_pb2, completions_pb2_grpc, embeddings_pb2, embeddings_pb2_grpc
 from common.enums import FinishReason
-from common.errors import ApiError, DeadlineExceeded
+from common.errors import ApiError, DeadlineExceeded, InvalidArgument
 from server.config import Config
 from server.providers.base import (
+    Attachment,
     ChatMessage,
     ChatRequest,
     Delta,
@@ -620,3 +621,25 @@ async def test_a_tool_round_trip_through_grpc(fake: tuple[FakeUpstream, str]) ->
     ]
     assert answer.content == "It is 12 degrees in Paris."
     assert answer.finish_reason == common_pb2.FINISH_REASON_STOP
+
+
+async def test_an_image_in_a_tool_result_is_refused(
+    fake: tuple[FakeUpstream, str], provider: OpenAIProvider
+) -> None:
+    upstream, url = fake
+    request = ask(
+        ChatMessage(Role.USER, "Draw it"),
+        ChatMessage(Role.ASSISTANT, "", tool_calls=(ToolCall("call_1", "get_time", "{}"),)),
+        ChatMessage(
+            Role.TOOL,
+            "here",
+            attachments=(Attachment("image", "image/png", b"\x89PNG"),),
+            tool_call_id="call_1",
+        ),
+        tools=(CLOCK,),
+    )
+    with pytest.raises(InvalidArgument) as caught:
+        await run(provider, configured(url), request)
+    assert caught.value.reason == "CAPABILITY_MISSING"
+    assert "in a tool result" in caught.value.message
+    assert upstream.requests == []
