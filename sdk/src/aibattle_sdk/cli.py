@@ -3,7 +3,7 @@
     aibattle models
     aibattle complete --model smollm2-135m "Say hello"
     aibattle count-tokens --model smollm2-135m "Say hello"
-    aibattle embed --model nomic-embed "first text" "second text"
+    aibattle embed --model smollm2-embed "a cat" "a dog"
     aibattle converse -m smollm2-135m:human -m smollm2-135m:assistant --rounds 2 "Let's talk"
     aibattle reason --primary smollm2-135m --secondary smollm2-135m "What is 17 * 23?"
 
