@@ -11,6 +11,7 @@
 | max_tokens, temperature, top_p, stop, seed | `generationConfig`: maxOutputTokens, temperature, topP, … |
 | Delta.content / Delta.thinking | `candidates[0].content.parts[].text`, split by `"thought": true` |
 | Finish.reason | `finishReason`: MAX_TOKENS → LENGTH, SAFETY and kin → CONTENT_FILTER, else STOP |
+| a broken call | `finishReason` MALFORMED_FUNCTION_CALL or UNEXPECTED_TOOL_CALL → UPSTREAM_ERROR |
 | a refused prompt | `promptFeedback.blockReason` and no candidates → CONTENT_FILTER, no text |
 | Finish.usage | the last `usageMetadata`: promptTokenCount; candidatesTokenCount + thoughtsTokenCount |
 | errors | `{"error": {"code", "message", "status"}}`, as an HTTP error body or an SSE frame |
@@ -83,6 +84,10 @@ _INLINE_DOCUMENTS = frozenset({"application/pdf"})
 _INT32 = 2**31
 _PENALTIES = {"top_k": "topK", "frequency_penalty": "frequencyPenalty", "presence_penalty": "presencePenalty"}
 _MODES = {ToolMode.AUTO: "AUTO", ToolMode.REQUIRED: "ANY", ToolMode.TOOL: "ANY", ToolMode.NONE: "NONE"}
+_BAD_CALLS = {
+    "MALFORMED_FUNCTION_CALL": "the model's function call could not be read",
+    "UNEXPECTED_TOOL_CALL": "the model called a tool it was not offered",
+}
 SIGNATURE_MARK = "__sig_"
 """Between a tool call's id and its thought signature (see the module docstring)."""
 _MADE_ID = re.compile(r"call_[0-9a-f]{24}")  # wire.new_call_id's: ours, never sent to Gemini
@@ -306,6 +311,13 @@ class Answer:
             if "functionCall" in part:
                 calls.append(self._call(part))
         if (reason := candidate.get("finishReason")) is not None:
+            if reason in _BAD_CALLS:
+                # No answer and no usable call: an error, which a fresh sample may not repeat.
+                error = stream_error(
+                    self._provider, self._model, f"finishReason {reason}: {_BAD_CALLS[reason]}"
+                )
+                error.retryable = True
+                raise error
             self._reason = finish_reason(str(reason))
             if self._calls and self._reason is FinishReason.STOP:
                 self._reason = FinishReason.TOOL_CALLS  # Gemini says STOP after calls too

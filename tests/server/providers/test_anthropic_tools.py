@@ -567,3 +567,43 @@ async def test_count_tokens_over_grpc_is_anthropics_count(fake: tuple[FakeUpstre
     assert (counted.input_tokens, counted.estimated) == (413, False)
     assert upstream.requests[-1].path == "/v1/messages/count_tokens"
     assert upstream.requests[-1].json["tools"][0]["name"] == "get_weather"
+
+
+async def test_response_format_over_grpc_answers_the_forced_tools_input(
+    fake: tuple[FakeUpstream, str],
+) -> None:
+    upstream, url = fake
+    upstream.replies = [
+        Reply(
+            chunks=anthropic_stream(
+                [
+                    {
+                        "type": "tool_use",
+                        "id": "toolu_01F",
+                        "name": "weather",
+                        "input": ['{"city": "Paris", ', '"celsius": 14}'],
+                    }
+                ],
+                stop_reason="tool_use",
+            )
+        )
+    ]
+    fmt = common_pb2.ResponseFormat(
+        type=common_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA,
+        name="weather",
+        schema=json_format.ParseDict(SCHEMA, struct_pb2.Struct()),
+    )
+    async with (
+        serving([claude_entry(url)]) as server,
+        grpc.aio.insecure_channel(server.grpc_target) as channel,
+    ):
+        chunks = [
+            chunk
+            async for chunk in completions_pb2_grpc.CompletionServiceStub(channel).StreamCompletion(
+                completions_pb2.StreamCompletionRequest(model="claude", prompt="Paris?", response_format=fmt)
+            )
+        ]
+    assert json.loads("".join(c.content for c in chunks)) == {"city": "Paris", "celsius": 14}
+    assert not any(c.tool_calls for c in chunks)
+    assert chunks[-1].finish_reason == common_pb2.FINISH_REASON_STOP
+    assert upstream.requests[-1].json["tool_choice"] == {"type": "tool", "name": "weather"}

@@ -509,3 +509,14 @@ async def test_create_embeddings_over_grpc(fake: tuple[FakeUpstream, str]) -> No
         "content": {"parts": [{"text": "two"}]},
         "outputDimensionality": 2,
     }
+
+
+async def test_a_malformed_function_call_is_an_upstream_error_not_an_empty_answer(
+    fake: tuple[FakeUpstream, str],
+) -> None:
+    upstream, url = fake
+    upstream.replies = [Reply(chunks=[sse(response([], finish="MALFORMED_FUNCTION_CALL", usage=USAGE))])]
+    with pytest.raises(ApiError) as caught:
+        await run(url, ask(tools=(WEATHER,)))
+    assert caught.value.reason == "UPSTREAM_ERROR" and caught.value.retryable
+    assert "MALFORMED_FUNCTION_CALL" in caught.value.message
