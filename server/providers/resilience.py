@@ -228,6 +228,7 @@ async def resilient_stream(
         asked = request if begun is None else begun.request_for(model)
         attempts = 1 + (model.upstream.retries if Circuits.key(model) else 0)
         counted = bool(model.deployment)
+        cut = False  # its answer began, then failed over
         for attempt in range(attempts):
             started = False
             part: list[str] | None = [] if failover else None  # the text, while it may be carried on
@@ -264,6 +265,7 @@ async def resilient_stream(
                     begun = begun or _Begun(request)
                     begun.cut(asked, part)
                     switch = Switch(model.id, model.deployment, exc.reason)
+                    cut = True
                     log.info(
                         "answer cut off, failing over",
                         extra={"model": model.id, "deployment": model.deployment, "reason": exc.reason},
@@ -285,7 +287,7 @@ async def resilient_stream(
             finally:
                 if counted:
                     load.ended(model)
-        if last is not None and len(chain) > 1:
+        if last is not None and len(chain) > 1 and not cut:
             log.info("model failed before its first token", extra={"model": model.id, "reason": last.reason})
     if last is None:  # an empty chain; the registry never builds one
         raise INTERNAL.error("no model to try")

@@ -43,6 +43,19 @@ capabilities = ["text", "conversation"]
 script = ["tool:get_weather {\"city\": \"Bergen\"}"]
 
 [[models]]
+id = "cutoff"
+provider = "scripted"
+script = ["one two three four"]
+error_after_chunks = 2
+fallbacks = ["steady"]
+failover_mid_stream = true
+
+[[models]]
+id = "steady"
+provider = "scripted"
+script = ["three four."]
+
+[[models]]
 id = "json-bot"
 provider = "scripted"
 capabilities = ["text", "json"]
@@ -233,3 +246,20 @@ def test_the_cli_shows_a_tool_use_and_counts_tokens(server: Running) -> None:
     assert re.fullmatch(r"\d+ tokens( \(estimated\))?\n", counted.stdout)
     as_json = aibattle(server.grpc_target, "--json", "count-tokens", "--model", "echo", "one two three")
     assert json.loads(as_json.stdout)["model"] == "echo"
+
+
+def test_a_mid_stream_failover_is_marked_whole_and_streamed(server: Running) -> None:
+    with Client(server.grpc_target, timeout=30) as client:
+        chunks = list(client.completions.create(model="cutoff", prompt="Count", stream=True))
+        whole = client.completions.create(model="cutoff", prompt="Count")
+    marked = [c for c in chunks if c.failover is not None]
+    assert len(marked) == 1 and chunks.index(marked[0]) == 2  # after the two chunks "cutoff" gave
+    assert (marked[0].failover.from_model, marked[0].failover.to_model) == ("cutoff", "steady")
+    assert "".join(c.content for c in chunks) == "one two three four."
+    assert [(f.from_model, f.to_model) for f in whole.failovers] == [("cutoff", "steady")]
+    assert whole.content == "one two three four."
+
+    shown = aibattle(server.grpc_target, "complete", "--model", "cutoff", "Count")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith("one two \n[failover: cutoff → steady, ")
+    assert "]\nthree four.\n[stop; " in shown.stdout

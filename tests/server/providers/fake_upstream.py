@@ -35,7 +35,9 @@ class Reply:
     hang: bool = False
     content_type: str = "text/event-stream"
     reset: bool = False
-    """After the chunks, drop the connection mid-answer (no end of the chunked body): a crashed upstream."""
+    """After the chunks, drop the connection mid-answer (no end of the chunked body): a crashed upstream.
+    End the chunks with a pause, or the client may never read them (aiohttp raises a broken body's error
+    before the data it has not read yet)."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,7 @@ class FakeUpstream:
                 await asyncio.Event().wait()  # silent until the client closes (handler cancellation)
             if reply.reset:
                 assert request.transport is not None
-                request.transport.abort()
+                request.transport.close()  # what was written goes out first, then the end of nothing
                 return response
             await response.write_eof()
         except (ConnectionError, asyncio.CancelledError):
