@@ -11,6 +11,7 @@ They agree on the shape and differ in details, all tolerated here:
 | `reasoning_content` / `reasoning` in deltas | vLLM, DeepSeek, OpenRouter, Ollama | thinking deltas |
 | `: keep-alive` comments; `data: [DONE]` | OpenRouter; all | skipped; end of stream |
 | `delta.tool_calls`: `{index, id?, function: {name?, arguments?}}` | all | pieces; id, name once |
+| `delta.tool_calls` without `index` | Gemini's OpenAI layer | a new id is the next call |
 | finish_reason tool_calls; stop with tool calls (a forced `tool_choice`) | OpenAI | TOOL_CALLS |
 | finish_reason function_call, unknown words | older servers | STOP |
 
@@ -331,6 +332,8 @@ class _StreamState:
         """Indexes of the tool calls begun."""
         self._said: set[tuple[int, str]] = set()
         """(index, "id" or "name") already passed on: each once per call."""
+        self._ids: dict[str, int] = {}
+        """Each call's id → its index, for fragments that come without an index."""
 
     def event(self, model: ModelConfig, name: str, data: str) -> list[StreamItem]:
         if data.strip() == _DONE:
@@ -372,11 +375,15 @@ class _StreamState:
         if not isinstance(fragments, list):
             raise FrameError(f"delta.tool_calls is not a list: {str(fragments)[:200]!r}")
         pieces = []
-        for position, fragment in enumerate(fragments):
+        for fragment in fragments:
             function = _function(fragment)
-            index = fragment.get("index", position)
+            index = fragment.get("index")
+            if index is None:
+                index = self._unindexed(fragment.get("id"))
             if not isinstance(index, int) or isinstance(index, bool) or index < 0:
                 raise FrameError(f"a tool call's index is not a count: {index!r}")
+            if isinstance(call_id := fragment.get("id"), str) and call_id:
+                self._ids.setdefault(call_id, index)
             self.calls.add(index)
             arguments = function.get("arguments")
             pieces.append(
@@ -388,6 +395,15 @@ class _StreamState:
                 )
             )
         return tuple(pieces)
+
+    def _unindexed(self, call_id: Any) -> int:
+        """The index of a fragment without one (Gemini's OpenAI layer sends each call whole, unindexed):
+        a new id begins the next call; a known id, or none, continues that call or the latest."""
+        if isinstance(call_id, str) and call_id:
+            if call_id not in self._ids:
+                return max(self.calls) + 1 if self.calls else 0
+            return self._ids[call_id]
+        return max(self.calls) if self.calls else 0
 
     def _once(self, index: int, what: str, value: Any) -> str:
         text = _text(value)

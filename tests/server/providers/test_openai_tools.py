@@ -643,3 +643,30 @@ async def test_an_image_in_a_tool_result_is_refused(
     assert caught.value.reason == "CAPABILITY_MISSING"
     assert "in a tool result" in caught.value.message
     assert upstream.requests == []
+
+
+async def test_unindexed_calls_are_told_apart_by_their_ids(provider: OpenAIProvider) -> None:
+    # Gemini's OpenAI-compatible layer: each call whole in its own chunk, without `index`.
+    def whole(id_: str, name: str, arguments: str) -> dict[str, Any]:
+        return {"id": id_, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+    body = b"".join(
+        [
+            chunk(tool_calls=[whole("call_w", "get_weather", '{"city":"Oslo"}')]),
+            chunk(tool_calls=[whole("call_t", "get_time", "{}")]),
+            chunk(tool_calls=[{"function": {"arguments": ""}}]),  # no id: the latest call's
+            chunk(finish="tool_calls"),
+            DONE,
+        ]
+    )
+
+    async def one() -> AsyncIterator[bytes]:
+        yield body
+
+    model = ModelConfig(id="m", provider="openai", upstream_model="up")
+    items = [item async for item in provider.parse_stream(model, one())]
+    assert [p for i in items if isinstance(i, Delta) for p in i.tool_calls] == [
+        ToolCallPiece(0, "call_w", "get_weather", '{"city":"Oslo"}'),
+        ToolCallPiece(1, "call_t", "get_time", "{}"),
+        ToolCallPiece(1, "", "", ""),
+    ]
