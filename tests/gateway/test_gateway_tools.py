@@ -103,3 +103,25 @@ async def test_rest_errors_name_the_field(api: Any) -> None:
     )
     assert resp.status == 400
     assert (await resp.json())["message"].startswith("tools[1].name:")
+
+
+async def test_conversation_with_tools_over_rest(api: Any) -> None:
+    resp = await api.post(
+        "/api/v1/conversations",
+        json={
+            "models": [
+                {"id": "scripted-plain", "role": "human"},
+                {"id": "scripted-tools", "role": "assistant"},
+            ],
+            "initial_prompt": "Weather in Paris?",
+            "tools": [WEATHER],
+            "wait": True,
+        },
+    )
+    assert resp.status == 200, await resp.text()
+    conversation = await resp.json()  # response_body: the bare Conversation
+    assert [t["name"] for t in conversation["tools"]] == ["get_weather"]
+    assert conversation["tools"][0]["parameters"] == WEATHER["parameters"]
+    reply = conversation["messages"][-1]
+    assert reply["model"] == "scripted-tools"
+    assert [(c["name"], c["arguments"]) for c in reply["tool_calls"]] == [("get_weather", ARGS)]
