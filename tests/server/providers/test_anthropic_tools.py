@@ -7,6 +7,7 @@ The adapter is driven directly, with provider-neutral requests: what a request c
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,7 +18,7 @@ from google.protobuf import json_format, struct_pb2
 
 from aibattle.v1 import common_pb2, completions_pb2, completions_pb2_grpc
 from common.enums import FinishReason
-from common.errors import ApiError, InvalidArgument
+from common.errors import ApiError, DeadlineExceeded, InvalidArgument
 from server.config import Config
 from server.providers.base import (
     ChatMessage,
@@ -607,3 +608,12 @@ async def test_response_format_over_grpc_answers_the_forced_tools_input(
     assert not any(c.tool_calls for c in chunks)
     assert chunks[-1].finish_reason == common_pb2.FINISH_REASON_STOP
     assert upstream.requests[-1].json["tool_choice"] == {"type": "tool", "name": "weather"}
+
+
+async def test_count_tokens_stops_at_the_deadline(fake: tuple[FakeUpstream, str]) -> None:
+    upstream, url = fake
+    upstream.replies = [Reply(content_type="application/json", hang=True)]
+    async with provider() as anthropic:
+        with pytest.raises(DeadlineExceeded):
+            await anthropic.count_tokens(claude(url), ask(deadline=time.monotonic() + 0.3))
+    assert await upstream.wait_disconnected()
