@@ -487,3 +487,30 @@ async def test_a_tool_round_trip_through_grpc(fake: tuple[FakeUpstream, str]) ->
     ]
     assert "".join(c.content for c in second) == "12 degrees."
     assert second[-1].finish_reason == common_pb2.FINISH_REASON_STOP
+
+
+async def test_a_json_schema_through_grpc_is_ollamas_format(fake: tuple[FakeUpstream, str]) -> None:
+    upstream, url = fake
+    whole = final()
+    whole["message"]["content"] = '{"age": 22}'
+    upstream.replies = [Reply(chunks=[json.dumps(whole).encode()], content_type=JSON)]
+    schema = struct_pb2.Struct()
+    schema.update({"type": "object", "properties": {"age": {"type": "integer"}}, "required": ["age"]})
+    async with serving([model_entry(url)]) as server:
+        async with grpc.aio.insecure_channel(server.grpc_target) as channel:
+            stub = completions_pb2_grpc.CompletionServiceStub(channel)
+            reply = await stub.CreateCompletion(
+                completions_pb2.CreateCompletionRequest(
+                    model="llama",
+                    prompt="How old?",
+                    response_format=common_pb2.ResponseFormat(
+                        type=common_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA, name="person", schema=schema
+                    ),
+                )
+            )
+    assert upstream.requests[-1].json["format"] == {
+        "type": "object",
+        "properties": {"age": {"type": "integer"}},
+        "required": ["age"],
+    }
+    assert json.loads(reply.content) == {"age": 22}
