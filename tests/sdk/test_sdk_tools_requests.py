@@ -133,6 +133,13 @@ def test_shapes_it_cannot_map_are_refused_before_sending(call: Any, words: list[
         assert word in str(caught.value)
 
 
+def test_a_string_where_a_message_or_tool_goes_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="message: expected a v1 message or a dict, got str"):
+        R.as_messages(["Hi"])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="tool: expected"):
+        R.as_tools(["get_weather"])  # type: ignore[list-item]
+
+
 def test_join_tool_calls_puts_stream_pieces_together_in_index_order() -> None:
     chunks = [
         v1.StreamCompletionResponse(content="Let me check. "),

@@ -56,6 +56,8 @@ _FORMATS = {"text": v1.ResponseFormatType.TEXT, "json_object": v1.ResponseFormat
 
 def _fields(what: str, given: Mapping[str, Any], allowed: Sequence[str], hint: str = "") -> None:
     """Refuse a dict with keys the message lacks: a typo would otherwise be dropped silently."""
+    if not isinstance(given, Mapping):
+        raise TypeError(f"{what}: expected a v1 message or a dict, got {type(given).__name__}")
     unknown = sorted(set(given) - set(allowed))
     if unknown:
         raise ValueError(f"{what}: unknown key {unknown[0]!r} (expected {', '.join(allowed)}){hint}")
