@@ -8,7 +8,9 @@ PDFs go inline as base64 content blocks.
 Tools: `tools: [{name, description, input_schema}]` and `tool_choice` (auto, any, tool + name, none).
 In the history an assistant's calls are `tool_use` blocks (our JSON text arguments parsed into the
 `input` object), and tool results are `tool_result` blocks in a user turn: consecutive results share
-one turn, since the API wants user and assistant to alternate.
+one turn, since the API wants user and assistant to alternate. Anthropic refuses such blocks in a
+request without tools, so a history with calls but a request without tools names the called tools
+(without schemas) under `tool_choice` none: the model reads its history and cannot call anything.
 
 Structured output: the Messages API has no JSON mode that every model and every server speaking the
 API takes, so `response_format` is honoured with the API's own means: one tool whose input schema is
@@ -345,7 +347,15 @@ def tooling(model: ModelConfig, request: ChatRequest) -> dict[str, Any]:
         forced = _format_tool(model, request.response_format)
         return {"tools": [forced], "tool_choice": {"type": "tool", "name": forced["name"]}}
     if not request.tools:
-        return {}
+        # Anthropic refuses tool_use and tool_result blocks in a request that defines no tools, so the
+        # tools the history called are named (no schema: none is known) and none may be called now.
+        called = dict.fromkeys(call.name for message in request.messages for call in message.tool_calls)
+        if not called:
+            return {}
+        return {
+            "tools": [{"name": name, "input_schema": ANY_OBJECT} for name in called],
+            "tool_choice": {"type": "none"},
+        }
     tools = []
     for spec in request.tools:
         tool: dict[str, Any] = {"name": spec.name}

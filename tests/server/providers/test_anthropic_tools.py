@@ -617,3 +617,28 @@ async def test_count_tokens_stops_at_the_deadline(fake: tuple[FakeUpstream, str]
         with pytest.raises(DeadlineExceeded):
             await anthropic.count_tokens(claude(url), ask(deadline=time.monotonic() + 0.3))
     assert await upstream.wait_disconnected()
+
+
+async def test_a_tool_history_without_tools_names_the_called_tools_and_allows_no_call(
+    fake: tuple[FakeUpstream, str],
+) -> None:
+    upstream, url = fake
+    upstream.replies = [Reply(chunks=anthropic_stream([{"type": "text", "text": ["Sunny."]}]))]
+    history = (
+        ChatMessage(Role.USER, "Weather?"),
+        ChatMessage(
+            Role.ASSISTANT,
+            "",
+            tool_calls=(
+                ToolCall("toolu_01A", "get_weather", '{"city": "Paris"}'),
+                ToolCall("toolu_01B", "get_weather", '{"city": "Lyon"}'),
+            ),
+        ),
+        ChatMessage(Role.TOOL, "sunny", tool_call_id="toolu_01A"),
+        ChatMessage(Role.TOOL, "rainy", tool_call_id="toolu_01B"),
+    )
+    items = await run(url, ask(*history))
+    assert items[0] == Delta(content="Sunny.")
+    sent = upstream.requests[-1].json
+    assert sent["tools"] == [{"name": "get_weather", "input_schema": {"type": "object"}}]
+    assert sent["tool_choice"] == {"type": "none"}
