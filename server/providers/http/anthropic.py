@@ -353,7 +353,7 @@ def tooling(model: ModelConfig, request: ChatRequest) -> dict[str, Any]:
         if not called:
             return {}
         return {
-            "tools": [{"name": name, "input_schema": ANY_OBJECT} for name in called],
+            "tools": [{"name": name, "input_schema": dict(ANY_OBJECT)} for name in called],
             "tool_choice": {"type": "none"},
         }
     tools = []
@@ -370,7 +370,7 @@ def tooling(model: ModelConfig, request: ChatRequest) -> dict[str, Any]:
 
 
 def _format_tool(model: ModelConfig, fmt: ResponseFormat) -> dict[str, Any]:
-    schema = dict(fmt.schema) if fmt.type is FormatType.JSON_SCHEMA and fmt.schema else ANY_OBJECT
+    schema = dict(fmt.schema) if fmt.type is FormatType.JSON_SCHEMA and fmt.schema else dict(ANY_OBJECT)
     if schema.get("type") != "object":
         raise InvalidArgument(
             "response_format",
