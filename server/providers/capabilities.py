@@ -6,11 +6,16 @@ validation (`server.providers.convert`) enforces and ListModels shows.
 * local: JSON (llama.cpp constrains sampling with a grammar built from the schema), not tools.
 * scripted: tools when its script declares tool calls (see `server.providers.scripted`), JSON never.
 * Any model: what its configured `capabilities` list adds ("tools", "json").
+
+The request's own model is checked with errors naming the field (`require`); a fallback that cannot
+take the request is passed over (`takes`, in `server.providers.resilience`) rather than sent tools or a
+format it would drop.
 """
 
 from __future__ import annotations
 
 from common.errors import CAPABILITY_MISSING, InvalidArgument
+from server.providers.base import ChatRequest, Role
 from server.providers.scripted import declares_tool_calls
 from server.settings import ModelConfig
 
@@ -47,3 +52,16 @@ def require(model: ModelConfig, capability: str, field: str) -> None:
             f"model {model.id!r} (provider {model.provider}) {what}: it lacks the {capability!r} capability",
             reason=CAPABILITY_MISSING,
         )
+
+
+def needs(request: ChatRequest) -> tuple[str, ...]:
+    """The capabilities any model answering `request` must have: "tools" for tools offered or a
+    history holding tool calls or results, "json" for structured output."""
+    tools = bool(request.tools) or any(m.tool_calls or m.role == Role.TOOL for m in request.messages)
+    return (*((TOOLS,) if tools else ()), *((JSON,) if request.response_format is not None else ()))
+
+
+def takes(model: ModelConfig, request: ChatRequest) -> bool:
+    """Whether `model` can answer `request` (see `needs`)."""
+    have = capabilities(model)
+    return all(c in have for c in needs(request))

@@ -5,7 +5,8 @@
   after an exponential backoff with jitter — or the upstream's Retry-After, if longer — as long as
   the caller's deadline leaves room for it.
 * **Fallback**: when a model fails before its first token with a provider failure (not a fault of the
-  request), its next deployment, then its `fallbacks` are tried in order (the chain, `ModelRegistry.chain`).
+  request), its next deployment, then its `fallbacks` are tried in order (the chain, `ModelRegistry.chain`),
+  passing over those that cannot take the request's tools or JSON format (`capabilities.takes`).
   After the first token nothing is retried and nothing falls back: two answers are never spliced; the
   stream ends with the error. `Answering` tells the caller which model (and deployment) answers, before
   its first item.
@@ -33,6 +34,7 @@ from dataclasses import dataclass, replace
 from common.errors import INTERNAL, UPSTREAM_COOLDOWN, ApiError, UpstreamError
 from common.observability import metrics
 from server.providers.base import ChatMessage, ChatRequest, Delta, Finish, Provider, Role, StreamItem, Usage
+from server.providers.capabilities import takes
 from server.providers.text import estimate_prompt_tokens, estimate_tokens
 from server.settings import ModelConfig, url_host_port
 
@@ -213,6 +215,8 @@ async def resilient_stream(
     begun: _Begun | None = None  # the answer so far, once one was cut off (failover only)
     switch: Switch | None = None
     for model, provider in chain:
+        if model is not chain[0][0] and not takes(model, request):
+            continue  # a fallback that cannot take the tools or format asked for (the first was checked)
         if failed is not None and failed.id != model.id and metrics.enabled:
             metrics.FALLBACKS.labels(failed.id, model.id).inc()
         failed = model  # until it answers

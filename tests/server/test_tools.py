@@ -40,6 +40,13 @@ MODELS: list[dict[str, Any]] = [
         "capabilities": ["text", "json"],
         "script": ['{"answer": 42}', "[1, 2]", "not JSON at all"],
     },
+    {
+        "id": "scripted-down",
+        "provider": "scripted",
+        "script": ["Down.\ntool:get_weather {}"],
+        "error_after_chunks": 0,
+        "fallbacks": ["scripted-plain", "scripted-tools"],
+    },
 ]
 WEATHER = common_pb2.Tool(name="get_weather", description="Current weather in a city")
 WEATHER.parameters.update(
@@ -359,6 +366,19 @@ async def test_a_model_that_cannot_refuses_with_capability_missing(
     assert "'scripted-plain'" in caught.value.details()
 
 
+async def test_a_fallback_that_cannot_call_tools_is_passed_over(
+    stub: completions_pb2_grpc.CompletionServiceStub,
+) -> None:
+    with_tools = await stub.CreateCompletion(
+        completions_pb2.CreateCompletionRequest(model="scripted-down", prompt="x", tools=[WEATHER])
+    )
+    assert with_tools.model == "scripted-tools" and [c.name for c in with_tools.tool_calls] == ["get_weather"]
+    without = await stub.CreateCompletion(
+        completions_pb2.CreateCompletionRequest(model="scripted-down", prompt="x")
+    )
+    assert (without.model, without.content) == ("scripted-plain", "Just words.")
+
+
 async def test_free_text_format_needs_no_capability(stub: completions_pb2_grpc.CompletionServiceStub) -> None:
     for kind in (common_pb2.RESPONSE_FORMAT_TYPE_TEXT, common_pb2.RESPONSE_FORMAT_TYPE_UNSPECIFIED):
         reply = await stub.CreateCompletion(
@@ -417,13 +437,14 @@ async def test_list_models_shows_the_capabilities_in_effect(server: AIBattleServ
             for m in (await models.ListModels(models_pb2.ListModelsRequest())).models
         }
         assert listed == {
+            "scripted-down": ["text", "conversation", "tools"],
             "scripted-json": ["text", "json"],
             "scripted-plain": ["text", "conversation"],
             "scripted-tools": ["text", "conversation", "tools"],
             "scripted-two-calls": ["text", "conversation", "tools"],
         }
         tools = await models.ListModels(models_pb2.ListModelsRequest(capability="tools"))
-        assert [m.id for m in tools.models] == ["scripted-tools", "scripted-two-calls"]
+        assert [m.id for m in tools.models] == ["scripted-down", "scripted-tools", "scripted-two-calls"]
         one = await models.GetModel(models_pb2.GetModelRequest(model_id="scripted-tools"))
         assert "tools" in one.model.capabilities
 
