@@ -138,7 +138,8 @@ UNSUPPORTED_PARAMETER = _declare(
 CAPABILITY_MISSING = _declare(
     "CAPABILITY_MISSING",
     _C.INVALID_ARGUMENT,
-    "an attachment the model cannot take (a capability it lacks, or a kind its provider cannot pass on)",
+    "an attachment, tools or structured output the model cannot take (a capability it lacks, or a kind"
+    " its provider cannot pass on)",
 )
 PROMPT_TOO_LONG = _declare(
     "PROMPT_TOO_LONG", _C.INVALID_ARGUMENT, "a prompt or message over [server].max_prompt_chars characters"
