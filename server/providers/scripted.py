@@ -5,9 +5,13 @@ A scripted model answers call i with script[i % len(script)], streamed word by w
 configured implicitly: only a `[[models]]` entry with provider = "scripted" creates one.
 
 **Tool calls.** A line of an entry that starts with `tool:` is a call instead of text:
-`tool:<name> <arguments as a JSON object>` (no arguments: `{}`), e.g.
+`tool:<name> <arguments as a JSON object>` (no arguments: `{}`), e.g. in TOML
 
-    script = ["tool:get_weather {\"city\": \"Paris\"}", "It is sunny in Paris."]
+    script = [
+        'tool:get_weather {"city": "Paris"}',                  # one call
+        "Checking the time too.\ntool:get_time {\"zone\": \"CET\"}",  # text, then a call
+        "It is sunny in Paris.",                               # text
+    ]
 
 An entry may hold several such lines (several calls, in order) and text lines besides, which are
 said first. A script with any call gives the model the "tools" capability (`capabilities`). The
