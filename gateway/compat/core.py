@@ -34,6 +34,7 @@ from gateway import observe
 from gateway.descriptors import Rpc
 from gateway.transcode import parse_json
 from gateway.web_state import STATE, call_context
+from gateway.web_stream import deployment_header
 
 _COMPLETIONS = completions_pb2.DESCRIPTOR.services_by_name["CompletionService"]
 _MODELS = models_pb2.DESCRIPTOR.services_by_name["ModelService"]
@@ -43,8 +44,6 @@ STREAM_COMPLETION = Rpc.of(_COMPLETIONS.methods_by_name["StreamCompletion"])
 LIST_MODELS = Rpc.of(_MODELS.methods_by_name["ListModels"])
 GET_MODEL = Rpc.of(_MODELS.methods_by_name["GetModel"])
 CREATE_EMBEDDINGS = Rpc.of(_EMBEDDINGS.methods_by_name["CreateEmbeddings"])
-#: The header naming the deployment that answered, when the model has several (routing).
-DEPLOYMENT_HEADER = "x-aibattle-deployment"
 
 INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)
@@ -429,8 +428,9 @@ def failover_json(failover: common_pb2.Failover) -> dict[str, str]:
 
 
 def deployment_headers(response: Any) -> dict[str, str]:
-    """`x-aibattle-deployment` for an answer that names its deployment (a model with several)."""
-    return {DEPLOYMENT_HEADER: response.deployment} if response.deployment else {}
+    """`x-aibattle-deployment` for a whole answer that names its deployment (a model with several); a
+    stream's goes out with its first chunk (gateway.web_stream), in every dialect."""
+    return deployment_header(response)
 
 
 # --- embeddings -----------------------------------------------------------------------------------------

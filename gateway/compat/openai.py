@@ -1,43 +1,77 @@
-"""OpenAI compatibility: `/v1/models`, `/v1/models/{model}`, `/v1/chat/completions` and `/v1/completions`
-(JSON or SSE).
+"""OpenAI compatibility: `/v1/models`, `/v1/models/{model}`, `/v1/chat/completions`, `/v1/completions`
+(JSON or SSE) and `/v1/embeddings`.
 
 Good enough for the official `openai` client and tools built on it: completions whole or streamed
 (`stream_options.include_usage` adds the usage chunk); ids are `chatcmpl-…` and `cmpl-…` as OpenAI's.
+Chat completions carry `tools` (functions), `tool_choice`, the history's `tool_calls` and `tool` results,
+and `response_format` (`json_object`, `json_schema`); an answer's calls come back as `message.tool_calls`
+with `finish_reason: "tool_calls"`, streamed as OpenAI streams them (`delta.tool_calls`: a call's first
+fragment with its id, type and name, later ones with more of its arguments). Whether the model can call
+tools or answer in JSON is the server's to say: a 400 (`capability_missing`) when it cannot. The legacy
+`functions` / `function_call` stay refused (use `tools`). `parallel_tool_calls` is taken and limits
+nothing: a model may call several tools in one answer either way.
+
+Embeddings take a string or a list of strings (token arrays are refused, naming `input`), `dimensions`,
+and `encoding_format` `float` or `base64` (little-endian float32, what the official client asks for
+unless told otherwise).
+
+Two extensions of OpenAI's shapes: an answer from a model with several deployments names the one that
+answered in the `x-aibattle-deployment` header (a stream's headers go out with its first chunk, so they
+name the first), and when a stream moves to another deployment or model mid-answer
+(`failover_mid_stream`) its first chunk after the move carries `"failover": {from_model,
+from_deployment, to_model, to_deployment, reason}`; clients that don't know the key ignore it.
+
 Every error is OpenAI's `{"error": {message, type, param, code}}` with the HTTP status of the gateway's
 table, which the client maps to its exception types (400 BadRequestError, 401 AuthenticationError, 404
 NotFoundError, 429 RateLimitError, 5xx InternalServerError…); a failure mid-stream is a
-`data: {"error": …}` event, which the client raises. No parameter is dropped: one we don't serve (tools,
-response_format, logprobs, n > 1…) or don't know is a 400 naming it (`param`), see `CHAT_KEYS`.
+`data: {"error": …}` event, which the client raises. No parameter is dropped: one we don't serve
+(logprobs, n > 1, audio…) or don't know is a 400 naming it (`param`), see `CHAT_KEYS`.
 """
 
 from __future__ import annotations
 
+import base64
+import struct
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 from google.protobuf.message import Message
 from google.rpc import status_pb2
 
+from aibattle.v1 import common_pb2
 from common.enums import FinishReason
 from common.errors import INVALID_FIELD_VALUE, UNSUPPORTED_PARAMETER, InvalidArgument
 from gateway.calls import cancel_on_exit
 from gateway.compat.core import (
     INT64,
+    TOOL_MODES,
     ChatParams,
     Keys,
     chat_messages,
     create_completion,
+    create_embeddings,
+    deployment_headers,
+    failover_json,
+    function_of,
     get_model,
+    input_texts,
+    json_format,
     list_models,
     optional_bool,
     optional_int,
+    optional_list,
     optional_number,
     optional_object,
+    optional_str,
     read_object,
     required_model,
+    required_str,
     stop_list,
     stream_completion,
+    tool,
+    tool_choice,
 )
 from gateway.errors import error_reason, field_at_fault, http_status
 from gateway.transcode import dumps, dumps_bytes
@@ -117,41 +151,46 @@ _COMMON = Keys(
         "verbosity": "no model here takes a verbosity",
     },
 )
+REQUIRED = TOOL_MODES["required"]
+_LEGACY_FUNCTIONS = "the legacy function calling is not supported: use 'tools' and 'tool_choice'"
 CHAT_KEYS = Keys(
-    honoured=_COMMON.honoured | {"messages", "max_completion_tokens"},
-    defaults={
-        **_COMMON.defaults,
-        "tools": ([],),
-        "tool_choice": ("none",),
-        "functions": ([],),
-        "function_call": ("none",),
-        # Only about tools, which are refused: with none it changes nothing, as at OpenAI.
-        "parallel_tool_calls": (True, False),
-        "response_format": ({"type": "text"},),
-        "modalities": (["text"],),
-    },
+    honoured=_COMMON.honoured
+    | {"messages", "max_completion_tokens", "tools", "tool_choice", "parallel_tool_calls", "response_format"},
+    defaults={**_COMMON.defaults, "functions": ([],), "function_call": ("none",), "modalities": (["text"],)},
     unsupported={
         **_COMMON.unsupported,
-        "tools": f"tool calling is {_LATER}",
-        "tool_choice": f"tool calling is {_LATER}",
-        "functions": f"function calling is {_LATER}",
-        "function_call": f"function calling is {_LATER}",
-        "response_format": f"structured output (JSON mode, JSON schema) is {_LATER}",
+        "functions": _LEGACY_FUNCTIONS,
+        "function_call": _LEGACY_FUNCTIONS,
         "audio": "audio output is not supported",
         "web_search_options": "web search is not supported",
     },
 )
 MESSAGE_KEYS = Keys(
-    honoured=frozenset({"role", "content"}),
-    defaults={"tool_calls": ([],)},
+    honoured=frozenset({"role", "content", "tool_calls", "tool_call_id"}),
     unsupported={
         "name": "participant names are not carried to the models",
-        "tool_calls": f"tool calling is {_LATER}",
-        "tool_call_id": f"tool calling is {_LATER}",
-        "function_call": f"function calling is {_LATER}",
+        "function_call": _LEGACY_FUNCTIONS,
         "audio": "audio is not supported",
     },
 )
+#: `{"type": "function", "function": {…}}`, in `tools` and in a message's `tool_calls` alike.
+TOOL_KEYS = Keys(honoured=frozenset({"type", "function"}))
+FUNCTION_KEYS = Keys(
+    honoured=frozenset({"name", "description", "parameters"}),
+    defaults={"strict": (False,)},
+    unsupported={"strict": "strict function schemas are not carried to the models"},
+)
+TOOL_CALL_KEYS = Keys(honoured=frozenset({"id", "type", "function"}))
+CALL_FUNCTION_KEYS = Keys(honoured=frozenset({"name", "arguments"}))
+TOOL_CHOICE_KEYS = Keys(honoured=frozenset({"type", "function"}))
+CHOSEN_FUNCTION_KEYS = Keys(honoured=frozenset({"name"}))
+RESPONSE_FORMAT_KEYS = Keys(honoured=frozenset({"type", "json_schema"}))
+JSON_SCHEMA_KEYS = Keys(
+    honoured=frozenset({"name", "schema", "strict"}),
+    unsupported={"description": "a schema's description is not carried to the models"},
+)
+EMBEDDING_KEYS = Keys(honoured=frozenset({"model", "input", "dimensions", "encoding_format", "user"}))
+ENCODING_FORMATS = ("float", "base64")
 COMPLETION_KEYS = Keys(
     honoured=_COMMON.honoured | {"prompt"},
     # logprobs is a count here, not a flag: any value asks for them.
@@ -179,12 +218,93 @@ def chat_params(body: dict[str, Any]) -> ChatParams:
     CHAT_KEYS.check(body)
     model_id = required_model(body)
     max_tokens = optional_int(body, "max_completion_tokens")
+    optional_bool(body, "parallel_tool_calls")  # taken, limits nothing (see the module docstring)
+    tools, choice = _tools(body), _tool_choice(body)
     return ChatParams(
         model=model_id,
-        messages=chat_messages(body, MESSAGE_KEYS, roles=_ROLES),
+        messages=chat_messages(body, MESSAGE_KEYS, roles=_ROLES, tools=_message_tools),
         max_tokens=max_tokens if max_tokens is not None else optional_int(body, "max_tokens"),
+        tools=tools,
+        # "auto" and "none" without tools ask for nothing (OpenAI refuses them; clients send them).
+        tool_choice=choice if tools or choice is None or choice.name or choice.mode == REQUIRED else None,
+        response_format=_response_format(body),
         **sampling(body),
     )
+
+
+def _tools(body: dict[str, Any]) -> list[common_pb2.Tool]:
+    specs = []
+    for i, item in enumerate(optional_list(body, "tools")):
+        where = f"tools[{i}]"
+        function = function_of(item, where, TOOL_KEYS, FUNCTION_KEYS)
+        name = required_str(function, "name", where=f"{where}.function.")
+        description = optional_str(function, "description", where=f"{where}.function.")
+        specs.append(tool(name, description, function.get("parameters"), where=f"{where}.function"))
+    return specs
+
+
+def _tool_choice(body: dict[str, Any]) -> common_pb2.ToolChoice | None:
+    raw = body.get("tool_choice")
+    if raw is None:
+        return None
+    if isinstance(raw, str) and raw in TOOL_MODES:
+        return tool_choice(raw)
+    if isinstance(raw, dict):
+        function = function_of(raw, "tool_choice", TOOL_CHOICE_KEYS, CHOSEN_FUNCTION_KEYS)
+        return tool_choice("", name=required_str(function, "name", where="tool_choice.function."))
+    raise InvalidArgument(
+        "tool_choice",
+        '\'tool_choice\' must be "auto", "none", "required" or {"type": "function", "function": {"name": …}}',
+        reason=INVALID_FIELD_VALUE,
+        prefix=False,
+    )
+
+
+def _response_format(body: dict[str, Any]) -> common_pb2.ResponseFormat | None:
+    raw = body.get("response_format")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise InvalidArgument(
+            "response_format", "'response_format' must be an object", reason=INVALID_FIELD_VALUE, prefix=False
+        )
+    RESPONSE_FORMAT_KEYS.check(raw, where="response_format.")
+    kind = raw.get("type")
+    if kind == "text" and raw.get("json_schema") is None:
+        return None
+    if kind == "json_object" and raw.get("json_schema") is None:
+        return json_format()
+    if kind == "json_schema":
+        spec = optional_object(raw, "json_schema", where="response_format.")
+        JSON_SCHEMA_KEYS.check(spec, where="response_format.json_schema.")
+        where = "response_format.json_schema."
+        return json_format(
+            spec.get("schema") if "schema" in spec else {},
+            where=where + "schema",
+            name=optional_str(spec, "name", where=where) or "",
+            strict=bool(optional_bool(spec, "strict", where=where)),
+        )
+    raise InvalidArgument(
+        "response_format.type",
+        '\'response_format.type\' must be "text", "json_object" or "json_schema" '
+        "(with 'json_schema' only for the last)",
+        reason=INVALID_FIELD_VALUE,
+        prefix=False,
+    )
+
+
+def _message_tools(item: Mapping[str, Any], where: str, message: common_pb2.Message) -> None:
+    """An assistant turn's `tool_calls` and a `tool` turn's `tool_call_id`."""
+    for j, call in enumerate(optional_list(item, "tool_calls", where=f"{where}.")):
+        at = f"{where}.tool_calls[{j}]"
+        function = function_of(call, at, TOOL_CALL_KEYS, CALL_FUNCTION_KEYS)
+        arguments = optional_str(function, "arguments", where=f"{at}.function.")
+        message.tool_calls.add(
+            id=required_str(call, "id", where=f"{at}."),
+            name=required_str(function, "name", where=f"{at}.function."),
+            arguments=arguments or "",
+        )
+    message.tool_call_id = optional_str(item, "tool_call_id", where=f"{where}.") or ""
 
 
 def sampling(body: dict[str, Any]) -> dict[str, Any]:
@@ -261,7 +381,12 @@ async def _answer(
     response = await create_completion(request, params)
     finish = FinishReason.from_proto(response.finish_reason).value
     if chat:
-        choice = {"index": 0, "message": {"role": "assistant", "content": response.content}}
+        message: dict[str, Any] = {"role": "assistant", "content": response.content}
+        if response.tool_calls:
+            # As OpenAI: no text beside the calls is null, not "".
+            message["content"] = response.content or None
+            message["tool_calls"] = [_tool_call(call) for call in response.tool_calls]
+        choice: dict[str, Any] = {"index": 0, "message": message}
     else:
         choice = {"index": 0, "text": response.content}
     return web.json_response(
@@ -272,8 +397,25 @@ async def _answer(
             "model": response.model,
             "choices": [{**choice, "logprobs": None, "finish_reason": finish}],
             "usage": _usage(response.usage),
-        }
+        },
+        headers=deployment_headers(response),
     )
+
+
+def _tool_call(call: common_pb2.ToolCall) -> dict[str, Any]:
+    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+
+
+def _tool_call_delta(piece: common_pb2.ToolCallDelta) -> dict[str, Any]:
+    """OpenAI's fragment of a streamed call: the first with id, type and name, the rest arguments only."""
+    if piece.id or piece.name:
+        return {
+            "index": piece.index,
+            "id": piece.id,
+            "type": "function",
+            "function": {"name": piece.name, "arguments": piece.arguments},
+        }
+    return {"index": piece.index, "function": {"arguments": piece.arguments}}
 
 
 def _usage(usage: Any) -> dict[str, int]:
@@ -304,6 +446,8 @@ class ChunkFraming:
             self._role_sent = True
             if chunk.content:
                 delta["content"] = chunk.content
+            if chunk.tool_calls:
+                delta["tool_calls"] = [_tool_call_delta(piece) for piece in chunk.tool_calls]
             choice: dict[str, Any] = {"index": 0, "delta": delta}
         else:
             choice = {"index": 0, "text": chunk.content}
@@ -314,6 +458,8 @@ class ChunkFraming:
             "model": chunk.model,
             "choices": [{**choice, "logprobs": None, "finish_reason": finish}],
         }
+        if chunk.HasField("failover"):
+            frame["failover"] = failover_json(chunk.failover)
         if not self._include_usage:
             return sse_event(dumps_bytes(frame))
         frame["usage"] = None
@@ -336,9 +482,44 @@ class ChunkFraming:
     empty_status = 200
 
 
+async def embeddings(request: web.Request) -> web.StreamResponse:
+    body = await read_object(request)
+    EMBEDDING_KEYS.check(body)
+    model_id = required_model(body)
+    texts = input_texts(body)
+    encoding = optional_str(body, "encoding_format") or "float"
+    if encoding not in ENCODING_FORMATS:
+        raise InvalidArgument(
+            "encoding_format",
+            '\'encoding_format\' must be "float" or "base64"',
+            reason=INVALID_FIELD_VALUE,
+            prefix=False,
+        )
+    response = await create_embeddings(request, model_id, texts, dimensions=optional_int(body, "dimensions"))
+    data = [
+        {
+            "object": "embedding",
+            "index": embedding.index,
+            "embedding": _base64(embedding.values) if encoding == "base64" else list(embedding.values),
+        }
+        for embedding in response.embeddings
+    ]
+    usage = {"prompt_tokens": response.usage.prompt_tokens, "total_tokens": response.usage.prompt_tokens}
+    return web.json_response(
+        {"object": "list", "data": data, "model": response.model, "usage": usage},
+        headers=deployment_headers(response),
+    )
+
+
+def _base64(values: Any) -> str:
+    """A vector as OpenAI's base64: its float32s, little-endian."""
+    return base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
+
+
 ROUTES = (
     ("GET", "/v1/models", models),
     ("GET", "/v1/models/{model}", model),
     ("POST", "/v1/chat/completions", chat_completions),
     ("POST", "/v1/completions", completions),
+    ("POST", "/v1/embeddings", embeddings),
 )

@@ -1,4 +1,5 @@
-"""OpenAPI operations of the OpenAI and Ollama compatibility endpoints (gateway.compat).
+"""OpenAPI operations of the OpenAI and Ollama compatibility endpoints (gateway.compat): chat and text
+completions (tools and structured output included), embeddings, and Ollama's model descriptions.
 
 Which keys each request takes is read from the endpoint's own `Keys` declarations (the keys it
 carries, the default values it accepts for features it does not serve, everything else refused), so
@@ -17,7 +18,7 @@ from google.protobuf.descriptor import Descriptor
 from aibattle.v1 import completions_pb2
 from common.bounds import json_schema_keywords
 from gateway.compat import ollama, openai
-from gateway.compat.core import INT32, INT64, Keys
+from gateway.compat.core import INT32, INT64, TOOL_MODES, Keys
 
 Schema = dict[str, Any]
 Operation = dict[str, Any]
@@ -74,7 +75,18 @@ VALUES: dict[str, Schema] = {
     "system": _STRING,
     "keep_alive": {},  # how long Ollama keeps a model loaded: taken, and means nothing here
     "prompt": _STRING,
+    "parallel_tool_calls": _BOOL,
+    "tool_call_id": _STRING,
+    "id": _STRING,
+    "tool_name": _STRING,
+    # Embeddings: one text or a batch (the server's bounds: 1 to 2048 texts, none empty).
+    "input": {"anyOf": [_STRING, {"type": "array", "items": _STRING, "minItems": 1}]},
+    "dimensions": _int(INT32),
+    "encoding_format": {"enum": list(openai.ENCODING_FORMATS)},
+    "name": _STRING,
+    "verbose": _BOOL,
 }
+_OBJECT: Schema = {"type": "object"}
 
 
 def _default(values: tuple[Any, ...]) -> Schema:
@@ -97,6 +109,19 @@ def object_schema(
     if required:
         schema["required"] = list(required)
     return schema
+
+
+def _function_item(keys: Keys, function: Schema) -> Schema:
+    """`{"type": "function", "function": {…}}`: a tool, a call, a forced choice."""
+    return object_schema(
+        keys, required=("function",), values={"type": {"const": "function"}, "function": function}
+    )
+
+
+def _tools(tool: Keys, function: Keys) -> Schema:
+    """`tools`: functions with a name, what they do and a JSON schema of their arguments."""
+    spec = object_schema(function, required=("name",), values={"description": _STRING, "parameters": _OBJECT})
+    return {"type": "array", "items": _function_item(tool, spec)}
 
 
 def _stream_options_need_stream(schema: Schema) -> Schema:
@@ -197,6 +222,30 @@ _SSE = {
 def _openai_operations() -> dict[tuple[str, str], Operation]:
     error = _openai_error()
     tags = ["OpenAI"]
+    call = object_schema(openai.CALL_FUNCTION_KEYS, required=("name",), values={"arguments": _STRING})
+    tool_call = _function_item(openai.TOOL_CALL_KEYS, call)
+    tool_call["required"] = ["id", "function"]
+    message_values = {"tool_calls": {"type": "array", "items": tool_call}}
+    choice = _function_item(
+        openai.TOOL_CHOICE_KEYS, object_schema(openai.CHOSEN_FUNCTION_KEYS, required=("name",))
+    )
+    json_schema = object_schema(openai.JSON_SCHEMA_KEYS, values={"schema": _OBJECT, "strict": _BOOL})
+    response_format = {
+        "anyOf": [
+            {
+                "type": "object",
+                "properties": {"type": {"enum": ["text", "json_object"]}},
+                "required": ["type"],
+                "additionalProperties": False,
+            },
+            {
+                "type": "object",
+                "properties": {"type": {"const": "json_schema"}, "json_schema": json_schema},
+                "required": ["type", "json_schema"],
+                "additionalProperties": False,
+            },
+        ]
+    }
     chat = _stream_options_need_stream(
         object_schema(
             openai.CHAT_KEYS,
@@ -205,12 +254,47 @@ def _openai_operations() -> dict[tuple[str, str], Operation]:
                 "messages": {
                     "type": "array",
                     "minItems": 1,
-                    "items": object_schema(openai.MESSAGE_KEYS, required=("role",)),
+                    "items": object_schema(openai.MESSAGE_KEYS, required=("role",), values=message_values),
                 },
                 "stream_options": object_schema(openai.STREAM_OPTION_KEYS, values={"include_usage": _BOOL}),
+                "tools": _tools(openai.TOOL_KEYS, openai.FUNCTION_KEYS),
+                "tool_choice": {"anyOf": [{"enum": list(TOOL_MODES)}, choice]},
+                "response_format": response_format,
             },
         )
     )
+    embedding = object_schema(openai.EMBEDDING_KEYS, required=("model", "input"))
+    vector: Schema = {
+        "anyOf": [
+            {"type": "array", "items": {"type": "number"}},
+            {"type": "string", "description": "base64 of little-endian float32s"},
+        ]
+    }
+    embeddings = {
+        "type": "object",
+        "properties": {
+            "object": {"const": "list"},
+            "data": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "object": {"const": "embedding"},
+                        "index": {"type": "integer"},
+                        "embedding": vector,
+                    },
+                    "required": ["object", "index", "embedding"],
+                },
+            },
+            "model": _STRING,
+            "usage": {
+                "type": "object",
+                "properties": {k: {"type": "integer"} for k in ("prompt_tokens", "total_tokens")},
+                "required": ["prompt_tokens", "total_tokens"],
+            },
+        },
+        "required": ["object", "data", "model", "usage"],
+    }
     completion = _stream_options_need_stream(
         object_schema(
             openai.COMPLETION_KEYS,
@@ -234,7 +318,11 @@ def _openai_operations() -> dict[tuple[str, str], Operation]:
     )
     message = {
         "type": "object",
-        "properties": {"role": {"const": "assistant"}, "content": _STRING},
+        "properties": {
+            "role": {"const": "assistant"},
+            "content": {"type": ["string", "null"]},
+            "tool_calls": {"type": "array", "items": {"type": "object"}},
+        },
         "required": ["role", "content"],
     }
     return {
@@ -306,12 +394,25 @@ def _openai_operations() -> dict[tuple[str, str], Operation]:
                 error,
             ),
         },
+        ("POST", "/v1/embeddings"): {
+            "operationId": "openai_embeddings",
+            "tags": tags,
+            "summary": "OpenAI: a vector per input text, with a model that has the `embedding` capability",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": embedding}}},
+            "responses": _responses(_json("The vectors, in input order.", embeddings), error),
+        },
     }
 
 
 def _ollama_operations() -> dict[tuple[str, str], Operation]:
     tags = ["Ollama"]
     options = {"options": object_schema(ollama.OPTION_KEYS)}
+    call = object_schema(
+        ollama.CALL_FUNCTION_KEYS,
+        required=("name",),
+        values={"arguments": _OBJECT, "index": {"type": "integer"}},
+    )
+    format_ = {"format": {"anyOf": [{"enum": ["", "json"]}, _OBJECT]}}
     chat = object_schema(
         ollama.CHAT_KEYS,
         required=("model", "messages"),
@@ -319,12 +420,29 @@ def _ollama_operations() -> dict[tuple[str, str], Operation]:
             "messages": {
                 "type": "array",
                 "minItems": 1,
-                "items": object_schema(ollama.MESSAGE_KEYS, required=("role",)),
+                "items": object_schema(
+                    ollama.MESSAGE_KEYS,
+                    required=("role",),
+                    values={
+                        "tool_calls": {
+                            "type": "array",
+                            "items": _function_item(ollama.TOOL_CALL_KEYS, call),
+                        }
+                    },
+                ),
             },
+            "tools": _tools(ollama.TOOL_KEYS, ollama.FUNCTION_KEYS),
             **options,
+            **format_,
         },
     )
-    generate = object_schema(ollama.GENERATE_KEYS, required=("model",), values=options)
+    generate = object_schema(ollama.GENERATE_KEYS, required=("model",), values={**options, **format_})
+    no_options = {"options": object_schema(ollama.EMBED_OPTION_KEYS)}
+    embed = object_schema(ollama.EMBED_KEYS, required=("model", "input"), values=no_options)
+    legacy_embed = object_schema(ollama.EMBEDDINGS_KEYS, required=("model",), values=no_options)
+    show = object_schema(ollama.SHOW_KEYS)
+    vector = {"type": "array", "items": {"type": "number"}}
+    details = {"type": "object", "properties": {k: _STRING for k in ("format", "family", "parameter_size")}}
     answer = {
         "type": "object",
         "properties": {"model": _STRING, "created_at": _STRING, "done": _BOOL},
@@ -338,7 +456,7 @@ def _ollama_operations() -> dict[tuple[str, str], Operation]:
             "application/x-ndjson": {"schema": answer},
         },
     }
-    tag = {
+    tag: Schema = {
         "type": "object",
         "properties": {
             "name": _STRING,
@@ -378,6 +496,105 @@ def _ollama_operations() -> dict[tuple[str, str], Operation]:
             "summary": "Ollama: an answer to one prompt (an empty one loads the model: `done_reason: load`)",
             "requestBody": {"required": True, "content": {"application/json": {"schema": generate}}},
             "responses": _responses(streamed, _OLLAMA_ERROR),
+        },
+        ("POST", "/api/embed"): {
+            "operationId": "ollama_embed",
+            "tags": tags,
+            "summary": "Ollama: a vector per input text",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": embed}}},
+            "responses": _responses(
+                _json(
+                    "The vectors, in input order.",
+                    {
+                        "type": "object",
+                        "properties": {
+                            "model": _STRING,
+                            "embeddings": {"type": "array", "items": vector},
+                            "prompt_eval_count": {"type": "integer"},
+                        },
+                        "required": ["model", "embeddings"],
+                    },
+                ),
+                _OLLAMA_ERROR,
+            ),
+        },
+        ("POST", "/api/embeddings"): {
+            "operationId": "ollama_embeddings",
+            "tags": tags,
+            "summary": "Ollama (legacy): the vector of one prompt (an empty prompt: an empty vector)",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": legacy_embed}}},
+            "responses": _responses(
+                _json(
+                    "The vector.",
+                    {"type": "object", "properties": {"embedding": vector}, "required": ["embedding"]},
+                ),
+                _OLLAMA_ERROR,
+            ),
+        },
+        ("POST", "/api/show"): {
+            "operationId": "ollama_show",
+            "tags": tags,
+            "summary": "Ollama: one model, as Ollama describes one (an unknown one: 404)",
+            "requestBody": {"required": True, "content": {"application/json": {"schema": show}}},
+            "responses": _responses(
+                _json(
+                    "The model: what serves it, its context window and its capabilities in Ollama's words.",
+                    {
+                        "type": "object",
+                        "properties": {
+                            "modelfile": _STRING,
+                            "parameters": _STRING,
+                            "template": _STRING,
+                            "details": details,
+                            "model_info": _OBJECT,
+                            "capabilities": {"type": "array", "items": _STRING},
+                        },
+                        "required": ["modelfile", "details", "model_info", "capabilities"],
+                    },
+                ),
+                _OLLAMA_ERROR,
+            ),
+        },
+        ("GET", "/api/ps"): {
+            "operationId": "ollama_ps",
+            "tags": tags,
+            "summary": "Ollama: the models loaded; here every model this key may use, none ever unloaded",
+            "responses": _responses(
+                _json(
+                    "The models.",
+                    {
+                        "type": "object",
+                        "properties": {
+                            "models": {
+                                "type": "array",
+                                "items": {
+                                    **tag,
+                                    "properties": {
+                                        **tag["properties"],
+                                        "expires_at": _STRING,
+                                        "size_vram": {"type": "integer"},
+                                        "details": details,
+                                    },
+                                },
+                            }
+                        },
+                        "required": ["models"],
+                    },
+                ),
+                _OLLAMA_ERROR,
+            ),
+        },
+        ("GET", "/api/version"): {
+            "operationId": "ollama_version",
+            "tags": tags,
+            "summary": f"Ollama: the Ollama version whose API this follows ({ollama.VERSION})",
+            "responses": _responses(
+                _json(
+                    "The version.",
+                    {"type": "object", "properties": {"version": _STRING}, "required": ["version"]},
+                ),
+                _OLLAMA_ERROR,
+            ),
         },
     }
 

@@ -203,10 +203,24 @@ def ollama_error(body: dict[str, Any]) -> str:
 @pytest.mark.parametrize(
     ("extra", "param", "code"),
     [
-        ({"tools": [TOOL]}, "tools", "unsupported_parameter"),
-        ({"tool_choice": "auto"}, "tool_choice", "unsupported_parameter"),
-        ({"response_format": {"type": "json_object"}}, "response_format", "unsupported_parameter"),
         ({"functions": [TOOL["function"]]}, "functions", "unsupported_parameter"),
+        ({"function_call": "auto"}, "function_call", "unsupported_parameter"),
+        (
+            {"tools": [{**TOOL, "function": {**TOOL["function"], "strict": True}}]},
+            "tools[0].function.strict",
+            "unsupported_parameter",
+        ),
+        ({"tools": [{"type": "custom", "custom": {"name": "f"}}]}, "tools[0].custom", "unknown_parameter"),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "n", "schema": {}, "description": "d"},
+                }
+            },
+            "response_format.json_schema.description",
+            "unsupported_parameter",
+        ),
         ({"n": 2}, "n", "unsupported_parameter"),
         ({"logprobs": True}, "logprobs", "unsupported_parameter"),
         ({"top_logprobs": 2}, "top_logprobs", "unsupported_parameter"),
@@ -227,11 +241,6 @@ def ollama_error(body: dict[str, Any]) -> str:
             "messages[0].name",
             "unsupported_parameter",
         ),
-        (
-            {"messages": [{"role": "tool", "content": "4", "tool_call_id": "c1"}]},
-            "messages[0].tool_call_id",
-            "unsupported_parameter",
-        ),
     ],
 )
 async def test_openai_refuses_what_it_would_drop_naming_the_field(
@@ -245,15 +254,18 @@ async def test_openai_refuses_what_it_would_drop_naming_the_field(
 
 
 async def test_openai_client_gets_bad_request_naming_tools(oai: openai.AsyncOpenAI) -> None:
+    """A model that cannot call tools or answer in JSON says so (the server's CAPABILITY_MISSING)."""
     with pytest.raises(openai.BadRequestError) as caught:
         await oai.chat.completions.create(model="scripted-echo", messages=HI, tools=[TOOL])
-    assert (caught.value.param, caught.value.code) == ("tools", "unsupported_parameter")
-    assert "tool calling is not implemented yet" in caught.value.message
+    assert (caught.value.param, caught.value.code) == ("tools", "capability_missing")
     with pytest.raises(openai.BadRequestError) as caught:
         await oai.chat.completions.create(
             model="scripted-echo", messages=HI, response_format={"type": "json_object"}
         )
-    assert caught.value.param == "response_format"
+    assert (caught.value.param, caught.value.code) == ("response_format", "capability_missing")
+    with pytest.raises(openai.BadRequestError) as caught:
+        await oai.chat.completions.create(model="scripted-echo", messages=HI, functions=[TOOL["function"]])
+    assert caught.value.param == "functions" and "use 'tools'" in caught.value.message
 
 
 @pytest.mark.parametrize(
@@ -276,9 +288,17 @@ async def test_openai_takes_values_that_ask_for_nothing_more(api: Any, extra: di
 @pytest.mark.parametrize(
     ("path", "extra", "field"),
     [
-        ("/api/chat", {"format": "json"}, "format"),
-        ("/api/chat", {"format": {"type": "object"}}, "format"),
-        ("/api/chat", {"tools": [TOOL]}, "tools"),
+        ("/api/chat", {"format": "yaml"}, "format"),
+        (
+            "/api/chat",
+            {"tools": [{"type": "function", "function": {"name": "f", "strict": True}}]},
+            "tools[0].function.strict",
+        ),
+        (
+            "/api/chat",
+            {"messages": [{"role": "tool", "content": "4", "tool_name": "f"}]},
+            "messages[0].tool_name",
+        ),
         ("/api/chat", {"think": True}, "think"),
         ("/api/chat", {"options": {"num_ctx": 4096}}, "options.num_ctx"),
         ("/api/chat", {"options": {"min_p": 0.1}}, "options.min_p"),
@@ -288,7 +308,7 @@ async def test_openai_takes_values_that_ask_for_nothing_more(api: Any, extra: di
             "messages[0].images",
         ),
         ("/api/chat", {"system": "Be brief."}, "system"),
-        ("/api/generate", {"format": "json"}, "format"),
+        ("/api/generate", {"format": ["json"]}, "format"),
         ("/api/generate", {"suffix": "end"}, "suffix"),
         ("/api/generate", {"raw": True}, "raw"),
         ("/api/generate", {"template": "{{ .Prompt }}"}, "template"),
@@ -310,7 +330,7 @@ async def test_ollama_client_gets_response_error_naming_format(olm: ollama.Async
     with pytest.raises(ollama.ResponseError) as caught:
         await olm.chat(model="scripted-echo", messages=HI, format="json")
     assert caught.value.status_code == 400
-    assert caught.value.error.startswith("'format' is not supported: structured output")
+    assert "response_format" in caught.value.error and "capability" in caught.value.error
     with pytest.raises(ollama.ResponseError) as caught:
         await olm.generate(model="scripted-echo", prompt="Hi", options={"num_ctx": 4096})
     assert caught.value.error == "unknown parameter 'options.num_ctx'"
@@ -335,7 +355,7 @@ async def test_ollama_takes_what_its_client_sends_unasked(api: Any) -> None:
 # --- unknown routes in their dialect -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("method", "path"), [("POST", "/v1/embeddings"), ("GET", "/v1/nope/deeper")])
+@pytest.mark.parametrize(("method", "path"), [("POST", "/v1/moderations"), ("GET", "/v1/nope/deeper")])
 async def test_unknown_openai_routes_are_openai_404s(api: Any, method: str, path: str) -> None:
     resp = await api.request(method, path, json={})
     assert resp.status == 404
@@ -345,12 +365,12 @@ async def test_unknown_openai_routes_are_openai_404s(api: Any, method: str, path
 
 async def test_openai_client_gets_not_found_for_an_unknown_route(oai: openai.AsyncOpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
-        await oai.embeddings.create(model="scripted-echo", input="hi")
+        await oai.moderations.create(model="scripted-echo", input="hi")
     assert caught.value.code == "route_not_found"
 
 
 @pytest.mark.parametrize(
-    ("method", "path"), [("POST", "/api/embed"), ("GET", "/api/ps"), ("GET", "/api/v1beta")]
+    ("method", "path"), [("POST", "/api/pull"), ("POST", "/api/create"), ("GET", "/api/v1beta")]
 )
 async def test_unknown_ollama_routes_are_ollama_404s(api: Any, method: str, path: str) -> None:
     resp = await api.request(method, path)
