@@ -117,7 +117,7 @@ def _tools(request: ChatRequest) -> dict[str, Any]:
     if fmt is not None and fmt.type == FormatType.JSON_OBJECT:
         out["response_format"] = {"type": "json_object"}
     elif fmt is not None:
-        schema: dict[str, Any] = {"name": fmt.name, "strict": fmt.strict}
+        schema: dict[str, Any] = {"name": fmt.name or "response", "strict": fmt.strict}  # name: required
         if fmt.schema is not None:
             schema["schema"] = dict(fmt.schema)
         out["response_format"] = {"type": "json_schema", "json_schema": schema}
