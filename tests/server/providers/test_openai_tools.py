@@ -303,8 +303,15 @@ async def test_no_tools_sends_neither_tools_nor_tool_choice(
                 },
             },
         ),
+        (
+            ResponseFormat(FormatType.JSON_SCHEMA, schema={"type": "object"}, name=""),
+            {
+                "type": "json_schema",
+                "json_schema": {"name": "response", "schema": {"type": "object"}, "strict": False},
+            },
+        ),
     ],
-    ids=["json_object", "json_schema"],
+    ids=["json_object", "json_schema", "json_schema-unnamed"],
 )
 async def test_response_format(
     fake: tuple[FakeUpstream, str], provider: OpenAIProvider, fmt: ResponseFormat, expected: dict[str, Any]
