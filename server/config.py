@@ -110,18 +110,25 @@ class Config(ConfigModel):
 
     def _deployments(self, entry: ModelConfig) -> tuple[DeploymentConfig, ...]:
         """The entry's deployments with every key resolved: what a deployment leaves out is the entry's
-        (as given), then its provider's; unnamed ones named (see DeploymentConfig.name)."""
+        (as given; base_url, api_key_env and upstream only if it has the entry's provider), then its
+        provider's; `api_key_env = ""` given is keyless; unnamed ones named (see DeploymentConfig.name)."""
         resolved = []
         for d in entry.deployments:
-            upstream = entry.upstream.model_copy(
+            provider = d.provider or entry.provider
+            # The entry's upstream only for the entry's provider: another provider's comes from its table.
+            own = provider == entry.provider
+            upstream = (entry.upstream if own else UpstreamSettings()).model_copy(
                 update={k: getattr(d.upstream, k) for k in d.upstream.model_fields_set}
             )
+            keyed = "api_key_env" in d.model_fields_set
+            if keyed:
+                upstream = upstream.model_copy(update={"api_key_env": d.api_key_env})  # "": keyless
             model = self._resolved(
                 entry.model_copy(
                     update={
-                        "provider": d.provider or entry.provider,
-                        "base_url": d.base_url or entry.base_url,
-                        "api_key_env": d.api_key_env or entry.api_key_env,
+                        "provider": provider,
+                        "base_url": d.base_url or (entry.base_url if own else ""),
+                        "api_key_env": d.api_key_env if keyed else entry.api_key_env if own else "",
                         "upstream": upstream,
                         "deployments": (),
                     }

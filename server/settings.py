@@ -304,8 +304,8 @@ def _deployment_name(name: str) -> str:
 
 class DeploymentConfig(ConfigModel):
     """One of a `[[models]]` entry's `deployments`: an upstream serving the model, e.g.
-    `{ base_url = "http://10.0.0.2:8000/v1", weight = 2 }`. A key it leaves out is the entry's (then, as for
-    the entry, `[providers.<provider>]`'s)."""
+    `{ base_url = "http://10.0.0.2:8000/v1", weight = 2 }`. A key it leaves out is the entry's (base_url,
+    api_key_env and upstream only when it has the entry's provider), then `[providers.<provider>]`'s."""
 
     name: Annotated[StrictStr, AfterValidator(_deployment_name)] = ""
     """Its name in responses (`deployment`, the x-aibattle-deployment header) and in metrics; empty:
@@ -318,7 +318,8 @@ class DeploymentConfig(ConfigModel):
     upstream_model: StrictStr = ""
     """Name at this upstream; empty: the entry's upstream_model (else its id)."""
     api_key_env: EnvName = ""
-    """The environment variable holding this upstream's key; empty: the entry's, else the provider's."""
+    """The environment variable holding this upstream's key; left out: the entry's, else the provider's;
+    `""` given: keyless (so another host is never sent the entry's key by accident)."""
     weight: PositiveFloat = 1.0
     """Share of the traffic under routing = "weighted" (relative to the others' weights), and the
     tie-break of the other strategies."""

@@ -1,8 +1,9 @@
 """Every Prometheus series of the service, in one registry, and whose fault a failure was.
 
 Labels are bounded: a route is its template (`/v1/conversations/{conversation_id}`), never the raw path;
-a model is a configured id; a key's id appears only in the opt-in `aibattle_key_*` series (never its
-secret). Scraped at `/metrics` (`exposition`).
+a model is a configured id; a deployment a configured name ("" for a model without deployments); a key's
+id appears only in the opt-in `aibattle_key_*` series (never its secret). Scraped at `/metrics`
+(`exposition`).
 
 Several workers (`python -m server --workers N`) share one scrape: their supervisor gives each the same
 PROMETHEUS_MULTIPROC_DIR, which prometheus_client reads when a metric is created (at this module's
@@ -102,48 +103,48 @@ WEBSOCKETS = Gauge(
 # --- model calls -----------------------------------------------------------------------------------
 MODEL_CALLS = Counter(
     "aibattle_model_calls",
-    "Model calls (each attempt of a fallback chain is one), by model, provider and error_type (empty: it"
-    " answered).",
-    ["model", "provider", "error_type"],
+    "Model calls (each attempt of a fallback chain is one), by model, provider, deployment (empty: the model"
+    " has none) and error_type (empty: it answered).",
+    ["model", "provider", "deployment", "error_type"],
     registry=REGISTRY,
 )
 UPSTREAM_DURATION = Histogram(
     "aibattle_upstream_duration_seconds",
     "Time a model call waited on its provider, from the request to the last chunk.",
-    ["model", "provider"],
+    ["model", "provider", "deployment"],
     buckets=_LATENCY,
     registry=REGISTRY,
 )
 TIME_TO_FIRST_TOKEN = Histogram(
     "aibattle_time_to_first_token_seconds",
     "From a model call's start to its first chunk.",
-    ["model", "provider"],
+    ["model", "provider", "deployment"],
     buckets=_LATENCY,
     registry=REGISTRY,
 )
 TIME_PER_OUTPUT_TOKEN = Histogram(
     "aibattle_time_per_output_token_seconds",
     "After the first chunk, the time per further output token.",
-    ["model", "provider"],
+    ["model", "provider", "deployment"],
     buckets=_PER_TOKEN,
     registry=REGISTRY,
 )
 TOKENS = Counter(
     "aibattle_tokens",
-    "Tokens of model calls, by model, provider and direction (input, output).",
-    ["model", "provider", "direction"],
+    "Tokens of model calls, by model, provider, deployment and direction (input, output).",
+    ["model", "provider", "deployment", "direction"],
     registry=REGISTRY,
 )
 COST = Counter(
     "aibattle_cost_usd",
     "Cost of model calls in US dollars, at the configured pricing.",
-    ["model", "provider"],
+    ["model", "provider", "deployment"],
     registry=REGISTRY,
 )
 RETRIES = Counter(
     "aibattle_upstream_retries",
     "Attempts of a model call made again at the same upstream.",
-    ["model", "provider"],
+    ["model", "provider", "deployment"],
     registry=REGISTRY,
 )
 FALLBACKS = Counter(

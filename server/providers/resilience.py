@@ -286,7 +286,7 @@ async def resilient_stream(
                     extra={"model": model.id, "attempt": attempt + 1, "reason": exc.reason, "pause": pause},
                 )
                 if metrics.enabled:
-                    metrics.RETRIES.labels(model.id, str(model.provider)).inc()
+                    metrics.RETRIES.labels(model.id, str(model.provider), model.deployment).inc()
                 await asyncio.sleep(pause)
             finally:
                 if counted:

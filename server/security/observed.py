@@ -177,21 +177,23 @@ class ModelCall:
             self._end_span(error, prompt, completion, now)
 
     def _record(self, error: tuple[str, str] | None, prompt: int, completion: int, cost: float) -> None:
-        model, provider = self.model.id, self.provider
-        series(metrics.MODEL_CALLS, model, provider, "" if error is None else error[1]).inc()
+        model, provider, deployment = self.model.id, self.provider, self.model.deployment
+        series(metrics.MODEL_CALLS, model, provider, deployment, "" if error is None else error[1]).inc()
         if self._first is not None or self.upstream:
-            series(metrics.UPSTREAM_DURATION, model, provider).observe(self.upstream)
+            series(metrics.UPSTREAM_DURATION, model, provider, deployment).observe(self.upstream)
         if self._first is not None:
-            series(metrics.TIME_TO_FIRST_TOKEN, model, provider).observe(self._first - self._started)
+            series(metrics.TIME_TO_FIRST_TOKEN, model, provider, deployment).observe(
+                self._first - self._started
+            )
             if completion > 1:
                 per_token = (self._last - self._first) / (completion - 1)
-                series(metrics.TIME_PER_OUTPUT_TOKEN, model, provider).observe(per_token)
+                series(metrics.TIME_PER_OUTPUT_TOKEN, model, provider, deployment).observe(per_token)
         if prompt:
-            series(metrics.TOKENS, model, provider, "input").inc(prompt)
+            series(metrics.TOKENS, model, provider, deployment, "input").inc(prompt)
         if completion:
-            series(metrics.TOKENS, model, provider, "output").inc(completion)
+            series(metrics.TOKENS, model, provider, deployment, "output").inc(completion)
         if cost:
-            series(metrics.COST, model, provider).inc(cost)
+            series(metrics.COST, model, provider, deployment).inc(cost)
             if metrics.key_label and self.key_id:
                 metrics.KEY_COST.labels(self.key_id).inc(cost)
 

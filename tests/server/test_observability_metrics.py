@@ -131,13 +131,14 @@ async def test_grpc_calls_are_counted_by_route_status_and_whose_fault(
     assert value("aibattle_open_streams", transport="grpc") == 0
 
     # Model calls: tokens, time, cost; the failed one by whose fault.
-    model = {"model": "scripted-echo", "provider": "scripted"}
+    model = {"model": "scripted-echo", "provider": "scripted", "deployment": ""}
     assert delta("aibattle_model_calls_total", **model, error_type="") == 1
     assert (
         delta(
             "aibattle_model_calls_total",
             model="scripted-fail",
             provider="scripted",
+            deployment="",
             error_type="provider_unavailable",
         )
         == 1
@@ -189,7 +190,16 @@ async def test_switched_off_metrics_record_nothing(
     stub = completions_pb2_grpc.CompletionServiceStub(channel)
     await stub.CreateCompletion(completions_pb2.CreateCompletionRequest(model="scripted-echo", prompt="x"))
     assert delta("aibattle_requests_total", surface="grpc", route=COMPLETE, status="OK", error_type="") == 0
-    assert delta("aibattle_model_calls_total", model="scripted-echo", provider="scripted", error_type="") == 0
+    assert (
+        delta(
+            "aibattle_model_calls_total",
+            model="scripted-echo",
+            provider="scripted",
+            deployment="",
+            error_type="",
+        )
+        == 0
+    )
     assert delta("aibattle_store_duration_seconds_count", operation="get") == 0
 
 
@@ -227,15 +237,22 @@ async def test_retries_fallbacks_and_cooldown(aiohttp_server: Any, monkeypatch: 
         assert value("aibattle_upstream_cooldown", **cooldown) == 1
         await asyncio.sleep(0.6)
         assert value("aibattle_upstream_cooldown", **cooldown) == 0
-    assert delta("aibattle_upstream_retries_total", model="flaky", provider="openai") == 1
+    assert delta("aibattle_upstream_retries_total", model="flaky", provider="openai", deployment="") == 1
     assert delta("aibattle_fallbacks_total", model="flaky", fallback="steady") == 1
     assert (
         delta(
-            "aibattle_model_calls_total", model="flaky", provider="openai", error_type="provider_unavailable"
+            "aibattle_model_calls_total",
+            model="flaky",
+            provider="openai",
+            deployment="",
+            error_type="provider_unavailable",
         )
         == 2
     )
-    assert delta("aibattle_model_calls_total", model="steady", provider="scripted", error_type="") == 1
+    assert (
+        delta("aibattle_model_calls_total", model="steady", provider="scripted", deployment="", error_type="")
+        == 1
+    )
 
 
 async def test_a_reasoning_session_counts_its_run_handoffs_stuck_signals_and_store_time() -> None:
@@ -259,7 +276,10 @@ async def test_a_reasoning_session_counts_its_run_handoffs_stuck_signals_and_sto
     assert delta("aibattle_store_duration_seconds_count", operation="create") == 1
     assert delta("aibattle_store_duration_seconds_count", operation="commit") >= len(reasoning.iterations)
     assert delta("aibattle_follower_lag_events_count") >= 1
-    assert delta("aibattle_model_calls_total", model="looper", provider="scripted", error_type="") == 3
+    assert (
+        delta("aibattle_model_calls_total", model="looper", provider="scripted", deployment="", error_type="")
+        == 3
+    )
 
 
 async def test_a_cascade_escalation_is_counted() -> None:
@@ -355,5 +375,5 @@ async def test_a_call_cut_short_counts_the_cost_its_key_was_charged(secure: AIBa
                 break
             await asyncio.sleep(0.05)
         assert spent == pytest.approx(0.006)
-        cost = delta("aibattle_cost_usd_total", model="scripted-priced", provider="scripted")
+        cost = delta("aibattle_cost_usd_total", model="scripted-priced", provider="scripted", deployment="")
         assert cost == pytest.approx(spent)

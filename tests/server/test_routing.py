@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import tomllib
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -21,6 +23,7 @@ from aiohttp import web
 
 from aibattle.v1 import completions_pb2, completions_pb2_grpc, models_pb2, models_pb2_grpc
 from common.config import ConfigError
+from common.observability import metrics
 from gateway import GatewayOptions, create_app
 from server.app import AIBattleServer
 from server.config import Config
@@ -109,9 +112,15 @@ async def answered_by(stub: Any, model: str = "gpt") -> str:
     return deployment
 
 
+def calls_of(deployment: str) -> float:
+    labels = {"model": "gpt", "provider": "openai", "deployment": deployment, "error_type": ""}
+    return metrics.REGISTRY.get_sample_value("aibattle_model_calls_total", labels) or 0.0
+
+
 async def test_two_deployments_share_traffic_by_weight(aiohttp_server: Any) -> None:
     (a, url_a), (b, url_b) = await start_fake(aiohttp_server), await start_fake(aiohttp_server)
     a.replies = b.replies = [answer()]
+    before = {d: calls_of(d) for d in "ab"}
     async with stub_for([deployed({"a": url_a, "b": url_b}, weights={"a": 3, "b": 1})]) as (_, stub):
         counts: Counter[str] = Counter()
         for _ in range(10):  # 200 calls, 20 at a time
@@ -123,6 +132,8 @@ async def test_two_deployments_share_traffic_by_weight(aiohttp_server: Any) -> N
     # The response names the deployment whose upstream was asked.
     assert (len(a.requests), len(b.requests)) == (counts["a"], counts["b"])
     assert a.requests[0].json["model"] == "gpt-4o-mini"
+    # The model-call series count each deployment's calls under its name.
+    assert {d: calls_of(d) - before[d] for d in "ab"} == {"a": counts["a"], "b": counts["b"]}
     assert a.requests[0].headers["Authorization"] == f"Bearer {KEY}"
 
 
@@ -299,10 +310,53 @@ def test_deployment_names_default_to_provider_at_host_port_or_position() -> None
     assert got == [
         ("openai@10.0.0.1:8000", "openai", "http://10.0.0.1:8000/v1", "", 4),
         ("openai@api.example.com:443", "openai", "https://api.example.com/v1", "gpt-4o", 1),
-        ("gpt-3", "ollama", "http://10.0.0.3:11434", "", 4),
-        ("gpt-4", "ollama", "http://10.0.0.3:11434", "llama3", 4),
+        # Another provider: its own table's settings (retries 2), not the entry's upstream.
+        ("gpt-3", "ollama", "http://10.0.0.3:11434", "", 2),
+        ("gpt-4", "ollama", "http://10.0.0.3:11434", "llama3", 2),
     ]
     assert [d.name for d in model.deployments] == [d.deployment for d in model.deployment_models()]
+
+
+def test_the_readmes_example_is_valid_and_names_as_it_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("### Deployments, routing and aliases") :]
+    example = section[section.index("```toml\n") + 8 : section.index("```\n", section.index("```toml"))]
+    local = {"id": "llama-local", "provider": "local"}
+    data = {"server": {"http_addr": ""}, "models": [*tomllib.loads(example)["models"], local]}
+    model = Config.from_dict(data).models[0]
+    assert [d.name for d in model.deployments] == ["openai", "vllm-a", "ollama@10.0.0.6:11434"]
+    assert [d.upstream.api_key_env for d in model.deployment_models()] == ["OPENAI_API_KEY", "", ""]
+    assert (model.routing, model.aliases, model.failover_mid_stream) == ("least_in_flight", ("gpt-4o",), True)
+
+
+def test_a_deployment_never_gets_a_key_it_was_not_meant_to_have() -> None:
+    entry = {
+        "id": "gpt",
+        "provider": "openai",
+        "base_url": "https://api.openai.com/v1",
+        "api_key_env": "OPENAI_KEY",
+        "deployments": [
+            {},  # the entry's key
+            {"base_url": "http://10.0.0.5:8000/v1"},  # left out: still the entry's
+            {"base_url": "http://10.0.0.6:8000/v1", "api_key_env": ""},  # given empty: keyless
+            {"provider": "ollama", "base_url": "http://10.0.0.7:11434"},  # another provider: its table's
+            {"provider": "anthropic"},  # nor the entry's base_url
+        ],
+    }
+    data = {
+        "server": {"http_addr": ""},
+        "providers": {"anthropic": {"api_key_env": "ANTHROPIC_KEY"}},
+        "models": [entry],
+    }
+    [model] = Config.from_dict(data).models
+    got = [(d.provider, d.upstream.base_url, d.upstream.api_key_env) for d in model.deployment_models()]
+    assert got == [
+        ("openai", "https://api.openai.com/v1", "OPENAI_KEY"),
+        ("openai", "http://10.0.0.5:8000/v1", "OPENAI_KEY"),
+        ("openai", "http://10.0.0.6:8000/v1", ""),
+        ("ollama", "http://10.0.0.7:11434", ""),
+        ("anthropic", "https://api.anthropic.com", "ANTHROPIC_KEY"),
+    ]
 
 
 @pytest.mark.parametrize(
