@@ -16,7 +16,10 @@ import pytest
 from aibattle.v1 import completions_pb2, completions_pb2_grpc
 from gateway import GatewayOptions, create_app
 from server.app import AIBattleServer
-from server.providers.base import ChatMessage, Role
+from server.config import Config
+from server.orchestration.lifecycle import TOKEN, stream_model
+from server.providers.base import ChatMessage, ChatRequest, Role
+from server.providers.registry import ModelRegistry
 from server.providers.resilience import CONTINUE
 from server.providers.text import estimate_prompt_tokens, estimate_tokens
 from tests.conftest import error_info
@@ -234,3 +237,38 @@ async def test_the_native_sse_stream_carries_the_failover(upstreams: Any, aiohtt
         }
         assert results[-1]["usage"]["completion_tokens"] == CUT_USAGE[1] + 3
         await client.close()
+
+
+async def test_a_run_takes_the_continued_answer_as_one_reply() -> None:
+    """Conversations and reasoning runs call models through `stream_model`: with failover the reply is
+    the whole continued text, from the model that finished it, with both parts' usage."""
+    models = [
+        {
+            "id": "cut",
+            "provider": "scripted",
+            "script": ["one two three"],
+            "error_after_chunks": 2,
+            "failover_mid_stream": True,
+            "fallbacks": ["finisher"],
+        },
+        {"id": "finisher", "provider": "scripted", "script": ["three four."]},
+    ]
+    config = Config.from_dict({"server": {"http_addr": ""}, "models": models})
+    registry = ModelRegistry(config.models, config.local)
+    await registry.start()
+    try:
+        flushed: list[str] = []
+
+        async def flush(events: list[Any]) -> None:
+            flushed.extend(e.text for e in events if e.kind == TOKEN)
+
+        model, _ = registry.get("cut", None)
+        request = ChatRequest(messages=PROMPT, max_tokens=50)
+        reply = await stream_model(registry, model, request, flush, None)
+    finally:
+        await registry.close()
+    assert reply.text == "one two three four."
+    assert "".join(flushed) == reply.text
+    assert reply.model.id == "finisher"
+    # The cut part's tokens (estimated) plus the finisher's (the scripted model counts words).
+    assert reply.usage.completion_tokens == estimate_tokens("one two ") + 2
