@@ -11,6 +11,7 @@ import pytest
 from gateway import GatewayOptions, create_app
 from server.app import AIBattleServer
 from server.config import Config
+from tests.gateway.embedding_testlib import embedding_api, embedding_server  # noqa: F401 - fixtures
 from tests.gateway.gateway_testlib import (
     ROOT,
     ProtoApi,
