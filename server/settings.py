@@ -20,7 +20,6 @@ from pydantic import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
-    PrivateAttr,
     SecretStr,
     StrictBool,
     StrictStr,
@@ -388,12 +387,8 @@ class ModelConfig(ConfigModel):
     says so (`failover`); usage covers both. Never after a tool call. False: the answer ends with the
     error (nothing is spliced)."""
 
-    _deployment: str = PrivateAttr(default="")
-
-    @property
-    def deployment(self) -> str:
-        """The deployment this model stands for (one of `deployment_models()`), "" for the entry itself."""
-        return self._deployment
+    deployment: StrictStr = ""
+    """Not a key of the file: the server sets it on each of `deployment_models()` (its name)."""
 
     def deployment_models(self) -> tuple[ModelConfig, ...]:
         """Each deployment as a model of this id, its own upstream in place of the entry's (the
@@ -402,6 +397,7 @@ class ModelConfig(ConfigModel):
         for deployment in self.deployments:
             model = self.model_copy(
                 update={
+                    "deployment": deployment.name,
                     "provider": deployment.provider or self.provider,
                     "upstream_model": deployment.upstream_model,
                     "base_url": deployment.base_url,
@@ -410,7 +406,6 @@ class ModelConfig(ConfigModel):
                     "deployments": (),
                 }
             )
-            model._deployment = deployment.name
             models.append(model)
         return tuple(models)
 
@@ -456,6 +451,10 @@ class ModelConfig(ConfigModel):
                 for key in (k for k in (*_HTTP_ONLY, "upstream") if given(data, k)):
                     problems.append(((key,), "http", f"only for HTTP providers, not {provider!r}"))
             problems += _deployment_problems(data, provider)
+        if given(data, "deployment"):
+            problems.append(
+                (("deployment",), "deployment", "set by the server: list upstreams in `deployments`")
+            )
         most, context = (
             value_of(data, k, cls.model_fields[k].default) for k in ("default_max_tokens", "context_length")
         )

@@ -65,6 +65,8 @@ class ModelRegistry:
         self._models: dict[str, ModelConfig] = {}
         self._aliases: dict[str, str] = {}
         self._deployments: dict[str, tuple[ModelConfig, ...]] = {}
+        self._exponents: dict[str, tuple[float, ...]] = {}
+        """1 / weight of each deployment, in order (the weighted shuffle's exponents)."""
         self._discover = discover
         self._add(models)
         self._meter = meter
@@ -77,6 +79,7 @@ class ModelRegistry:
             self._aliases.update(dict.fromkeys(model.aliases, model.id))
             if model.deployments:
                 self._deployments[model.id] = model.deployment_models()
+                self._exponents[model.id] = tuple(1.0 / d.weight for d in model.deployments)
         kinds = {m.provider for m in models} | {d.provider for m in models for d in self.routes(m)}
         for kind in sorted(kinds - self._providers.keys()):
             self._providers[kind] = _make_provider(kind, self._local, self._http)
@@ -126,12 +129,14 @@ class ModelRegistry:
             return (model,)
         # Weighted shuffle (Efraimidis-Spirakis): each deployment's key u^(1/w), highest first, is a
         # weighted random order without replacement; it also breaks the other strategies' ties.
-        keyed = sorted(routes, key=lambda d: random.random() ** (1.0 / _weight(model, d)), reverse=True)
+        keys = [random.random() ** e for e in self._exponents[model.id]]
+        keyed = [routes[i] for i in sorted(range(len(routes)), key=keys.__getitem__, reverse=True)]
         if model.routing == "least_in_flight":
             keyed.sort(key=self.circuits.load.in_flight)
         elif model.routing == "lowest_latency":
             keyed.sort(key=self.circuits.load.latency)
-        keyed.sort(key=lambda d: self.circuits.cooling(d) > 0)  # stable: in cooldown last
+        if self.circuits.any_cooling:
+            keyed.sort(key=lambda d: self.circuits.cooling(d) > 0)  # stable: in cooldown last
         return keyed
 
     async def start(self) -> None:

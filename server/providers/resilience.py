@@ -75,10 +75,21 @@ class Circuits:
     def key(model: ModelConfig) -> tuple[str, str] | None:
         return (str(model.provider), model.upstream.base_url) if model.upstream.base_url else None
 
+    @property
+    def any_cooling(self) -> bool:
+        """Whether an upstream may be in cooldown (one whose cooldown is over leaves on its next look-up)."""
+        return bool(self._open_until)
+
     def cooling(self, model: ModelConfig) -> float:
         """Seconds this model's upstream stays skipped (0: usable)."""
         key = self.key(model)
-        return 0.0 if key is None else max(0.0, self._open_until.get(key, 0.0) - time.monotonic())
+        if key is None or (until := self._open_until.get(key)) is None:
+            return 0.0
+        left = until - time.monotonic()
+        if left > 0:
+            return left
+        del self._open_until[key]
+        return 0.0
 
     def succeeded(self, model: ModelConfig) -> None:
         if (key := self.key(model)) is not None:

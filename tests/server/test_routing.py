@@ -389,6 +389,10 @@ def test_a_deployment_never_gets_a_key_it_was_not_meant_to_have() -> None:
             "config: models[0].deployments[0].name: 'has space' is not a deployment name",
         ),
         (
+            [{"id": "a", "provider": "openai", "deployment": "x"}],
+            "config: models[0].deployment: set by the server: list upstreams in `deployments`",
+        ),
+        (
             [{"id": "a", "provider": "openai", "routing": "fastest"}],
             "config: models[0].routing",
         ),
