@@ -71,5 +71,6 @@ class EmbeddingServicer(embeddings_pb2_grpc.EmbeddingServiceServicer):
                     embeddings_pb2.Embedding(index=i, values=v) for i, v in enumerate(result.vectors)
                 ],
                 usage=usage_proto(member, Usage(prompt_tokens=result.prompt_tokens)),
+                deployment=member.deployment,
             )
         raise AssertionError("unreachable: the last member returns or raises")
