@@ -200,10 +200,6 @@ HTTP_ADAPTERS = {
 }
 
 
-def _weight(model: ModelConfig, deployment: ModelConfig) -> float:
-    return next(d.weight for d in model.deployments if d.name == deployment.deployment)
-
-
 def may_use(caller: Access | None, model_id: str) -> bool:
     """Whether a caller may use a model (the server's own work may use any)."""
     return caller is None or caller.may_use(model_id)
