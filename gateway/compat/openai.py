@@ -295,6 +295,8 @@ def _response_format(body: dict[str, Any]) -> common_pb2.ResponseFormat | None:
 
 def _message_tools(item: Mapping[str, Any], where: str, message: common_pb2.Message) -> None:
     """An assistant turn's `tool_calls` and a `tool` turn's `tool_call_id`."""
+    if item.get("tool_calls") is None and item.get("tool_call_id") is None:
+        return  # most turns: nothing to read (and this runs for every turn of every request)
     for j, call in enumerate(optional_list(item, "tool_calls", where=f"{where}.")):
         at = f"{where}.tool_calls[{j}]"
         function = function_of(call, at, TOOL_CALL_KEYS, CALL_FUNCTION_KEYS)
