@@ -14,6 +14,7 @@ from google.rpc import status_pb2
 
 from gateway.descriptors import SCALAR_LIKE_MESSAGES, message_type, resolve_field_path
 from gateway.events import LAST_EVENT_ID
+from gateway.openapi.anthropic import anthropic_operations
 from gateway.openapi.compat import compat_operations
 from gateway.openapi.fixed import meta_operations
 from gateway.openapi.schema import Schema, SchemaBuilder
@@ -52,7 +53,8 @@ def build_openapi(
     """The document; `strict` (GatewayOptions.strict) makes message schemas refuse unknown fields.
 
     `fixed`: (method, path template) of the hand-registered endpoints the app serves; those with an
-    operation in gateway.openapi.fixed or gateway.openapi.compat are documented with it.
+    operation in gateway.openapi.fixed, gateway.openapi.compat or gateway.openapi.anthropic are
+    documented with it.
     """
     schemas = SchemaBuilder(comments, strict=strict)
     status_ref = schemas.message(status_pb2.Status.DESCRIPTOR)
@@ -68,7 +70,7 @@ def build_openapi(
         operation["tags"] = [service.name]
         method = "get" if route.kind is Kind.WEBSOCKET else route.http_method.lower()
         paths.setdefault(route.template.openapi_path(), {})[method] = operation
-    written = {**meta_operations(), **compat_operations()}
+    written = {**meta_operations(), **compat_operations(), **anthropic_operations()}
     for method, path in fixed:
         if (hand := written.get((method, path))) is not None:
             paths.setdefault(parse_template(path).openapi_path(), {})[method.lower()] = hand

@@ -16,7 +16,8 @@ grammar), so every sampled token keeps the answer valid JSON; only max_tokens ca
 Embeddings (models with the "embedding" capability) come from a second llama.cpp instance over the same
 GGUF, made with embedding=True and mean pooling, loaded on the first embedding request; it takes turns
 with generation on the same worker thread. SmolLM2 is not a trained embedding model: its mean-pooled
-hidden states show the mechanism (same text, same vector; OpenAI's unit length), not retrieval quality.
+hidden states show the mechanism (the same text, the same vector, to float noise within one batch;
+OpenAI's unit length), not retrieval quality. An embedding-only entry does not chat.
 Token counts (`count_tokens`) tokenize the chat-templated prompt generation would read.
 """
 
@@ -38,6 +39,7 @@ from typing import Any
 
 from common.enums import FinishReason
 from common.errors import (
+    CAPABILITY_MISSING,
     CONTEXT_LENGTH_EXCEEDED,
     PROVIDER_ERROR,
     UNSUPPORTED_PARAMETER,
@@ -156,6 +158,13 @@ class LocalProvider:
 
     async def stream(self, model: ModelConfig, request: ChatRequest) -> AsyncGenerator[StreamItem, None]:
         self._loaded(model)
+        if not {"text", "conversation"} & set(model.capabilities):
+            # An embedding-only entry names the same GGUF: answering chat under its id would surprise.
+            raise InvalidArgument(
+                "model",
+                f"model {model.id!r} only embeds (capabilities {list(model.capabilities)})",
+                reason=CAPABILITY_MISSING,
+            )
         _refuse_attachments(model, request)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[StreamItem | BaseException] = asyncio.Queue()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
@@ -12,12 +13,14 @@ from google.protobuf import timestamp_pb2
 
 from aibattle.v1 import common_pb2, completions_pb2, completions_pb2_grpc
 from common.errors import InvalidArgument
-from server.providers.base import Delta, Finish, StreamItem, Usage
+from server.providers.base import Delta, Finish, StreamItem, TokenCounter, Usage
 from server.providers.convert import CompletionRequest, chat_request, usage_proto
 from server.providers.registry import ModelRegistry
 from server.providers.resilience import Answering, resilient_stream
+from server.providers.text import estimate_prompt_tokens, estimate_tokens
 from server.providers.tools import ToolCalls
 from server.security import context as caller_context
+from server.security.metering import MeteredProvider
 
 
 class CompletionServicer(completions_pb2_grpc.CompletionServiceServicer):
@@ -107,11 +110,39 @@ class CompletionServicer(completions_pb2_grpc.CompletionServiceServicer):
                 yield chunk
                 index += 1
 
-
     async def CountTokens(
         self, request: completions_pb2.CountTokensRequest, context: grpc.aio.ServicerContext
     ) -> completions_pb2.CountTokensResponse:
-        raise NotImplementedError  # in progress (issue 19): the Anthropic ingress lands it
+        """The prompt's tokens as the model's provider counts them (a TokenCounter: its tokenizer, or its
+        upstream's counting endpoint), else estimated. Checked as a completion request is, so a prompt
+        that could not be sent is refused here too."""
+        if not request.model:
+            raise InvalidArgument("model", "is required")
+        caller = caller_context.current()
+        model, _ = self._registry.get(request.model, caller)
+        # The deployment routing would pick first (a model's own provider when it has none).
+        deployment, provider = self._registry.chain(model, caller)[0]
+        if isinstance(provider, MeteredProvider):
+            provider = provider.inner  # counting spends no tokens: nothing to meter
+        prompt = completions_pb2.CreateCompletionRequest(
+            model=request.model,
+            prompt=request.prompt,
+            system_instruction=request.system_instruction,
+            messages=request.messages,
+            tools=request.tools,
+        )
+        chat = chat_request(prompt, model, time_remaining=context.time_remaining())
+        if isinstance(provider, TokenCounter):
+            tokens = await provider.count_tokens(deployment, chat)
+            return completions_pb2.CountTokensResponse(model=model.id, input_tokens=tokens)
+        # About 4 characters a token, as the metering's estimate; calls and tool definitions are text too.
+        estimate = estimate_prompt_tokens(chat.messages)
+        estimate += sum(estimate_tokens(c.name + c.arguments) for m in chat.messages for c in m.tool_calls)
+        estimate += sum(
+            estimate_tokens(json.dumps([t.name, t.description, t.parameters], ensure_ascii=False))
+            for t in chat.tools
+        )
+        return completions_pb2.CountTokensResponse(model=model.id, input_tokens=estimate, estimated=True)
 
 
 def failover_proto(answering: Answering) -> common_pb2.Failover:

@@ -155,6 +155,15 @@ async def test_a_model_without_the_embedding_capability(
     assert error_info(error).metadata["field"] == "model"
 
 
+async def test_an_embedding_model_does_not_chat(channel: grpc.aio.Channel) -> None:
+    completions = completions_pb2_grpc.CompletionServiceStub(channel)
+    request = completions_pb2.CreateCompletionRequest(model=EMBED, prompt="Hello", max_tokens=4)
+    error = await refused(completions.CreateCompletion(request, metadata=ADMIN))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(error).reason == "CAPABILITY_MISSING"
+    assert "only embeds" in (error.details() or "")
+
+
 async def test_bad_requests_name_their_field(stub: embeddings_pb2_grpc.EmbeddingServiceStub) -> None:
     cases = [
         (embed("fine", "", "also fine"), "input[1]", "INVALID_FIELD"),
