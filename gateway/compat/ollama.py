@@ -6,7 +6,8 @@ Good enough for the official `ollama` client and Open WebUI: `options` maps to o
 `frequency_penalty`, `presence_penalty`). `/api/chat` carries `tools`, the history's assistant
 `tool_calls` (arguments as an object; ids optional, made up when absent) and `tool` results (matched to
 the call they answer by `tool_name`: the earliest unanswered call of that name in the latest turn that
-called tools, else the latest call of that name); an answer's calls come back whole in
+called tools, else the latest call of that name; without a `tool_name`, the earliest unanswered call of
+that turn); an answer's calls come back whole in
 `message.tool_calls`, arguments as an object, on a line of their own before the closing one when
 streamed (as Ollama sends them). `format` is `"json"` or a JSON schema, on both endpoints. Whether the
 model can call tools or answer in JSON is the server's to say (a 400 when it cannot).
@@ -264,6 +265,13 @@ class _History:
         name = optional_str(item, "tool_name", where=f"{where}.")
         if item["role"] == "tool":
             message.tool_call_id = self._answered(name, where)
+        elif name is not None:
+            raise InvalidArgument(
+                f"{where}.tool_name",
+                f"'{where}.tool_name' is only for a 'tool' message",
+                reason=INVALID_FIELD_VALUE,
+                prefix=False,
+            )
 
     def _answered(self, name: str | None, where: str) -> str:
         for call in self._pending:

@@ -413,3 +413,28 @@ async def test_ollama_format_schema_reaches_an_openai_upstream(
     )
     assert resp.status == 200, await resp.text()
     assert upstream.requests[-1].json["response_format"]["json_schema"]["schema"] == schema
+
+
+async def test_ollama_results_without_tool_name_answer_the_calls_in_order(
+    api: Any, fake: tuple[FakeUpstream, str]
+) -> None:
+    upstream, _ = fake
+    upstream.replies = [whole("Done.")]
+    calls = [{"function": {"name": "get_weather", "arguments": {"city": c}}} for c in ("Paris", "Rome")]
+    messages = [
+        ASK,
+        {"role": "assistant", "content": "", "tool_calls": calls},
+        {"role": "tool", "content": "sunny"},
+        {"role": "tool", "content": "rainy"},
+    ]
+    resp = await api.post(
+        "/api/chat", json={"model": "gpt", "messages": messages, "tools": [WEATHER], "stream": False}
+    )
+    assert resp.status == 200, await resp.text()
+    history = upstream.requests[-1].json["messages"]
+    ids = [c["id"] for c in history[1]["tool_calls"]]
+    assert [m["tool_call_id"] for m in history[2:]] == ids and len(set(ids)) == 2
+    resp = await api.post(
+        "/api/chat", json={"model": "gpt", "messages": [*messages, {"role": "tool", "content": "?"}]}
+    )
+    assert resp.status == 400 and "'messages[4].tool_name'" in (await resp.json())["error"]
