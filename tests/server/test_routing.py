@@ -199,7 +199,7 @@ async def test_least_in_flight_prefers_the_idle_deployment(aiohttp_server: Any) 
 async def test_lowest_latency_prefers_the_fast_deployment(aiohttp_server: Any) -> None:
     (fast, url_fast), (slow, url_slow) = await start_fake(aiohttp_server), await start_fake(aiohttp_server)
     fast.replies = [answer()]
-    slow.replies = [Reply(chunks=[0.15, *answer().chunks])]
+    slow.replies = [Reply(chunks=[0.3, *answer().chunks])]
     async with stub_for([deployed({"fast": url_fast, "slow": url_slow}, routing="lowest_latency")]) as (
         _,
         stub,
