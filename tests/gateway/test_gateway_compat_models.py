@@ -18,7 +18,8 @@ from tests.server.providers.fake_upstream import FakeUpstream
 from tests.server.providers.test_openai_tools import embedding_reply
 
 # The tool tests' server (conftest's, plus scripted tool models and "gpt" behind a fake OpenAI) and clients.
-aibattle, fake, oai, olm = with_tools.aibattle, with_tools.fake, with_tools.oai, with_tools.olm
+aibattle, fake, fake_ollama = with_tools.aibattle, with_tools.fake, with_tools.fake_ollama
+oai, olm = with_tools.oai, with_tools.olm
 
 VECTORS = [[0.25, -0.5, 0.125], [1.0, 0.0, -2.5]]
 

@@ -17,6 +17,9 @@ from server.app import AIBattleServer
 from server.config import Config
 from tests.gateway.conftest import CONFIG
 from tests.server.providers.fake_upstream import FakeUpstream, Reply, start_fake
+from tests.server.providers.test_ollama import final, line, stream_reply
+from tests.server.providers.test_ollama_tools import calls_line
+from tests.server.providers.test_ollama_tools import model_entry as ollama_entry
 from tests.server.providers.test_openai import KEY
 from tests.server.providers.test_openai_tools import TWO_CALLS, model_entry
 
@@ -53,9 +56,18 @@ async def fake(aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[Fa
 
 
 @pytest.fixture
-async def aibattle(fake: tuple[FakeUpstream, str]) -> AsyncIterator[AIBattleServer]:
-    """conftest's server, with models that call tools, answer in JSON, and one behind a fake OpenAI."""
-    config = {**CONFIG, "models": [*CONFIG["models"], *MODELS, model_entry(fake[1])]}
+async def fake_ollama(aiohttp_server: Any) -> tuple[FakeUpstream, str]:
+    return await start_fake(aiohttp_server)
+
+
+@pytest.fixture
+async def aibattle(
+    fake: tuple[FakeUpstream, str], fake_ollama: tuple[FakeUpstream, str]
+) -> AsyncIterator[AIBattleServer]:
+    """conftest's server, with models that call tools, answer in JSON, and "gpt" and "llama" behind a
+    fake OpenAI and a fake Ollama."""
+    models = [*CONFIG["models"], *MODELS, model_entry(fake[1]), ollama_entry(fake_ollama[1])]
+    config = {**CONFIG, "models": models}
     server = AIBattleServer(Config.from_dict(config))
     await server.start()
     yield server
@@ -438,3 +450,27 @@ async def test_ollama_results_without_tool_name_answer_the_calls_in_order(
         "/api/chat", json={"model": "gpt", "messages": [*messages, {"role": "tool", "content": "?"}]}
     )
     assert resp.status == 400 and "'messages[4].tool_name'" in (await resp.json())["error"]
+
+
+async def test_an_ollama_upstreams_tool_calls_through_both_endpoints(
+    oai: openai.AsyncOpenAI, olm: ollama.AsyncClient, fake_ollama: tuple[FakeUpstream, str]
+) -> None:
+    """Ollama hands over whole calls with object arguments: OpenAI's client gets them as fragments of
+    JSON text with ids, Ollama's as they came."""
+    upstream, _ = fake_ollama
+    call = {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+    upstream.replies = [stream_reply(calls_line(call), line(final()))]
+    stream = await oai.chat.completions.create(model="llama", messages=[ASK], tools=[WEATHER], stream=True)
+    chunks = [chunk async for chunk in stream]
+    fragments = [t for c in chunks for t in (c.choices[0].delta.tool_calls or [])]
+    assert fragments[0].id and fragments[0].function is not None
+    assert fragments[0].function.name == "get_weather"
+    arguments = "".join(f.function.arguments or "" for f in fragments if f.function is not None)
+    assert json.loads(arguments) == {"city": "Paris"}
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    assert upstream.requests[-1].json["tools"][0]["function"]["name"] == "get_weather"
+
+    parts = [p async for p in await olm.chat(model="llama", messages=[ASK], tools=[WEATHER], stream=True)]
+    calls = [c for p in parts for c in p.message.tool_calls or []]
+    assert [(c.function.name, c.function.arguments) for c in calls] == [("get_weather", {"city": "Paris"})]
+    assert parts[-1].done_reason == "tool_calls"
