@@ -61,10 +61,12 @@ async def fake(aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[Fa
     return await start_fake(aiohttp_server)
 
 
-async def client_for(aiohttp_client: Any, server: AIBattleServer, descriptors: Path, **options: Any) -> Any:
-    app = create_app(
-        server.grpc_target, GatewayOptions(descriptor_set=descriptors), dispatcher=server.dispatcher()
-    )
+async def client_for(
+    aiohttp_client: Any, server: AIBattleServer, descriptors: Path, *, gateway: Any = None, **options: Any
+) -> Any:
+    """The official client of a gateway (in-process, `gateway` its GatewayOptions fields) before `server`."""
+    gateway_options = GatewayOptions(descriptor_set=descriptors, **(gateway or {}))
+    app = create_app(server.grpc_target, gateway_options, dispatcher=server.dispatcher())
     gw = await aiohttp_client(app, server_kwargs={"handler_cancellation": True})
     options.setdefault("api_key", "sk-unused")
     return anthropic.AsyncAnthropic(base_url=f"http://127.0.0.1:{gw.port}", max_retries=0, **options)
@@ -294,9 +296,30 @@ async def test_keys_401_and_403(aiohttp_client: Any, api_descriptor_set: Path) -
             with pytest.raises(anthropic.PermissionDeniedError) as denied:
                 await call
             assert denied.value.type == "permission_error"
+        limited = await admin.post("/api/v1/keys", body={"name": "one", "rpm": 1}, cast_to=object)
+        SECRETS.add(limited["secret"])  # type: ignore[index]
+        once = admin.with_options(api_key=limited["secret"])  # type: ignore[index]
+        for _ in range(2):  # rpm 1 allows a burst of 2
+            await once.messages.create(model="scripted-echo", max_tokens=16, messages=ASK)
+        with pytest.raises(anthropic.RateLimitError) as limited_error:
+            await once.messages.create(model="scripted-echo", max_tokens=16, messages=ASK)
+        assert limited_error.value.type == "rate_limit_error"
+        assert int(limited_error.value.response.headers["retry-after"]) >= 1
         await admin.close()
     finally:
         await server.stop(grace=0.5)
+
+
+async def test_a_body_over_the_limit_is_request_too_large(
+    aiohttp_client: Any, server: AIBattleServer, api_descriptor_set: Path
+) -> None:
+    small = await client_for(aiohttp_client, server, api_descriptor_set, gateway={"max_body_bytes": 2048})
+    with pytest.raises(anthropic.RequestTooLargeError) as caught:
+        await small.messages.create(
+            model="scripted-echo", max_tokens=16, messages=[{"role": "user", "content": "x" * 4096}]
+        )
+    assert caught.value.status_code == 413 and caught.value.type == "request_too_large"  # type: ignore[comparison-overlap]
+    await small.close()
 
 
 # ---- the embedded local model
