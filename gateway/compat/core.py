@@ -365,9 +365,12 @@ def tool_choice(mode: str, *, name: str = "") -> common_pb2.ToolChoice:
 def json_format(
     schema: Any = None, *, where: str = "", name: str = "", strict: bool = False
 ) -> common_pb2.ResponseFormat:
-    """Structured output: one JSON object (`schema` None), or JSON valid against `schema`."""
+    """Structured output: one JSON object (`schema` None), or JSON valid against `schema`, a non-empty
+    JSON Schema object (`where` names it in errors)."""
     if schema is None:
         return common_pb2.ResponseFormat(type=common_pb2.RESPONSE_FORMAT_TYPE_JSON_OBJECT)
+    if schema == {}:
+        raise _wrong_type(where, "a non-empty JSON Schema object")
     return common_pb2.ResponseFormat(
         type=common_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA,
         name=name,

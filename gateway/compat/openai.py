@@ -279,7 +279,7 @@ def _response_format(body: dict[str, Any]) -> common_pb2.ResponseFormat | None:
         JSON_SCHEMA_KEYS.check(spec, where="response_format.json_schema.")
         where = "response_format.json_schema."
         return json_format(
-            spec.get("schema") if "schema" in spec else {},
+            spec.get("schema") or {},  # OpenAI's may be left out; no model here follows no schema
             where=where + "schema",
             name=optional_str(spec, "name", where=where) or "",
             strict=bool(optional_bool(spec, "strict", where=where)),

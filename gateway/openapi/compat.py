@@ -87,6 +87,8 @@ VALUES: dict[str, Schema] = {
     "verbose": _BOOL,
 }
 _OBJECT: Schema = {"type": "object"}
+#: A JSON Schema to answer in (none, or an empty one, is refused: no model here can follow it).
+_JSON_SCHEMA: Schema = {"type": "object", "minProperties": 1}
 
 
 def _default(values: tuple[Any, ...]) -> Schema:
@@ -229,7 +231,9 @@ def _openai_operations() -> dict[tuple[str, str], Operation]:
     choice = _function_item(
         openai.TOOL_CHOICE_KEYS, object_schema(openai.CHOSEN_FUNCTION_KEYS, required=("name",))
     )
-    json_schema = object_schema(openai.JSON_SCHEMA_KEYS, values={"schema": _OBJECT, "strict": _BOOL})
+    json_schema = object_schema(
+        openai.JSON_SCHEMA_KEYS, required=("schema",), values={"schema": _JSON_SCHEMA, "strict": _BOOL}
+    )
     response_format = {
         "anyOf": [
             {
@@ -412,7 +416,7 @@ def _ollama_operations() -> dict[tuple[str, str], Operation]:
         required=("name",),
         values={"arguments": _OBJECT, "index": {"type": "integer"}},
     )
-    format_ = {"format": {"anyOf": [{"enum": ["", "json"]}, _OBJECT]}}
+    format_ = {"format": {"anyOf": [{"enum": ["", "json"]}, _JSON_SCHEMA]}}
     chat = object_schema(
         ollama.CHAT_KEYS,
         required=("model", "messages"),

@@ -12,6 +12,7 @@ from typing import Any
 import ollama
 import openai
 import pytest
+from jsonschema import Draft202012Validator
 
 from tests.gateway import test_gateway_compat_tools as with_tools
 from tests.server.providers.fake_upstream import FakeUpstream
@@ -132,3 +133,77 @@ async def test_ollama_client_ps_lists_every_model_served(olm: ollama.AsyncClient
 async def test_ollama_version(api: Any) -> None:
     resp = await api.get("/api/version")
     assert resp.status == 200 and await resp.json() == {"version": "0.12.11"}
+
+
+ASK = {"role": "user", "content": "Weather in Paris?"}
+WEATHER = with_tools.WEATHER
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "valid"),
+    [
+        ("/v1/embeddings", {"model": "gpt", "input": ["a"], "encoding_format": "float"}, True),
+        ("/v1/embeddings", {"model": "gpt", "input": "a", "encoding_format": "int8"}, False),
+        ("/v1/embeddings", {"model": "gpt", "input": [1, 2]}, False),
+        ("/api/embed", {"model": "gpt", "input": "a", "truncate": False, "options": {}}, True),
+        ("/api/embed", {"model": "gpt", "input": "a", "truncate": True}, False),
+        ("/api/embeddings", {"model": "gpt", "prompt": "a"}, True),
+        ("/api/show", {"model": "gpt"}, True),
+        ("/api/show", {"model": "gpt", "system": "x"}, False),
+        (
+            "/v1/chat/completions",
+            {"model": "scripted-tools", "messages": [ASK], "tools": [WEATHER], "tool_choice": "required"},
+            True,
+        ),
+        (
+            "/v1/chat/completions",
+            {
+                "model": "scripted-tools",
+                "messages": [ASK],
+                "tools": [WEATHER],
+                "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+                "parallel_tool_calls": True,
+            },
+            True,
+        ),
+        (
+            "/v1/chat/completions",
+            {
+                "model": "scripted-json",
+                "messages": [ASK],
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "w", "schema": {"type": "object"}, "strict": False},
+                },
+            },
+            True,
+        ),
+        (
+            "/v1/chat/completions",
+            {
+                "model": "scripted-json",
+                "messages": [ASK],
+                "response_format": {"type": "json_schema", "json_schema": {"name": "w", "schema": {}}},
+            },
+            False,
+        ),
+        ("/v1/chat/completions", {"model": "scripted-json", "messages": [ASK], "response_format": {}}, False),
+        (
+            "/api/chat",
+            {"model": "scripted-tools", "messages": [ASK], "tools": [WEATHER], "stream": False},
+            True,
+        ),
+        ("/api/chat", {"model": "scripted-json", "messages": [ASK], "format": "json", "stream": False}, True),
+        ("/api/generate", {"model": "scripted-json", "prompt": "x", "format": 7, "stream": False}, False),
+        ("/api/generate", {"model": "scripted-json", "prompt": "x", "format": {}, "stream": False}, False),
+    ],
+)
+async def test_the_documented_schemas_of_the_new_keys_and_routes_agree_with_the_endpoints(
+    api: Any, fake: tuple[FakeUpstream, str], path: str, body: dict[str, Any], valid: bool
+) -> None:
+    fake[0].replies = [embedding_reply(VECTORS[:1], prompt=1)]
+    doc = await (await api.get("/openapi.json")).json()
+    schema = doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert Draft202012Validator(schema).is_valid(body) is valid
+    resp = await api.post(path, json=body)
+    assert (resp.status == 200) is valid, await resp.text()
