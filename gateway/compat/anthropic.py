@@ -270,12 +270,8 @@ def _file(block: Mapping[str, Any], kind: str, where: str) -> common_pb2.FileDat
 def _tool_call(block: Mapping[str, Any], where: str) -> common_pb2.ToolCall:
     TOOL_USE_KEYS.check(block, where=f"{where}.")
     optional_object(block, "cache_control", where=f"{where}.")
-    call_id, name = (
-        optional_str(block, "id", where=f"{where}."),
-        optional_str(block, "name", where=f"{where}."),
-    )
-    if not call_id or not name:
-        raise _invalid(where, f"{where}: a tool_use block needs an id and a name")
+    call_id = required_str(block, "id", where=f"{where}.")
+    name = required_str(block, "name", where=f"{where}.")
     tool_input = block.get("input")
     if not isinstance(tool_input, dict):
         raise _wrong_type(f"{where}.input", "an object")
@@ -285,9 +281,7 @@ def _tool_call(block: Mapping[str, Any], where: str) -> common_pb2.ToolCall:
 def _tool_result(block: Mapping[str, Any], where: str) -> common_pb2.Message:
     TOOL_RESULT_KEYS.check(block, where=f"{where}.")
     optional_object(block, "cache_control", where=f"{where}.")
-    call_id = optional_str(block, "tool_use_id", where=f"{where}.")
-    if not call_id:
-        raise _invalid(f"{where}.tool_use_id", f"{where + '.tool_use_id'!r} is required")
+    call_id = required_str(block, "tool_use_id", where=f"{where}.")
     content = block.get("content")
     text = "" if content is None else _texts(content, f"{where}.content")
     if optional_bool(block, "is_error", where=f"{where}."):
