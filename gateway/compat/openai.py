@@ -151,7 +151,8 @@ _COMMON = Keys(
         "verbosity": "no model here takes a verbosity",
     },
 )
-REQUIRED = TOOL_MODES["required"]
+#: Tool choices that, without tools, ask for nothing (OpenAI refuses them then; clients send them).
+_NOTHING_WITHOUT_TOOLS = (TOOL_MODES["auto"], TOOL_MODES["none"])
 _LEGACY_FUNCTIONS = "the legacy function calling is not supported: use 'tools' and 'tool_choice'"
 CHAT_KEYS = Keys(
     honoured=_COMMON.honoured
@@ -220,13 +221,14 @@ def chat_params(body: dict[str, Any]) -> ChatParams:
     max_tokens = optional_int(body, "max_completion_tokens")
     optional_bool(body, "parallel_tool_calls")  # taken, limits nothing (see the module docstring)
     tools, choice = _tools(body), _tool_choice(body)
+    if not tools and choice is not None and choice.mode in _NOTHING_WITHOUT_TOOLS:
+        choice = None
     return ChatParams(
         model=model_id,
         messages=chat_messages(body, MESSAGE_KEYS, roles=_ROLES, tools=_message_tools),
         max_tokens=max_tokens if max_tokens is not None else optional_int(body, "max_tokens"),
         tools=tools,
-        # "auto" and "none" without tools ask for nothing (OpenAI refuses them; clients send them).
-        tool_choice=choice if tools or choice is None or choice.name or choice.mode == REQUIRED else None,
+        tool_choice=choice,
         response_format=_response_format(body),
         **sampling(body),
     )
