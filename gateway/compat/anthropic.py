@@ -17,7 +17,8 @@ What differs from Anthropic's own server, and why:
 * `stop_reason` is never `stop_sequence`: the models' finish reasons don't tell a stop sequence from a
   natural end, so both are `end_turn` (`stop_sequence` stays null).
 * `cache_control` (top-level or on a block) is accepted and does nothing: prompt caching changes cost
-  and latency, never the answer. `thinking` only as `{"type": "disabled"}`, `speed` only "standard";
+  and latency, never the answer. `thinking` only as `{"type": "disabled"}` (so a model's reasoning text
+  is not relayed, as with thinking off), `speed` only "standard";
   `service_tier` either of its values (one tier here).
 * `is_error: true` on a tool result is carried as the words "Error: " before its content (our tool
   messages have no flag for it).
