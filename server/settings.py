@@ -41,6 +41,7 @@ from common.config import (
     validate_with,
     value_of,
 )
+from server.scripts import parse_entry
 
 Provider = Literal["local", "scripted", "openai", "ollama", "anthropic", "gemini"]
 PROVIDERS: tuple[str, ...] = get_args(Provider)
@@ -424,9 +425,6 @@ class ModelConfig(ConfigModel):
     @field_validator("script")
     @classmethod
     def _script_calls(cls, script: tuple[str, ...]) -> tuple[str, ...]:
-        # Imported here: the provider imports this module.
-        from server.providers.scripted import parse_entry
-
         for entry in script:
             try:
                 parse_entry(entry)

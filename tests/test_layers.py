@@ -35,7 +35,7 @@ SERVER_LAYERS: tuple[tuple[str, ...], ...] = (
     ("server.security",),  # callers, keys, limits, metering around model calls
     ("server.providers",),  # models and the providers that run them
     ("server.storage",),  # resources, event logs, keys
-    ("server.settings", "server.pagination", "server.logs"),  # what every layer may use
+    ("server.settings", "server.scripts", "server.pagination", "server.logs"),  # what every layer may use
     ("common",),  # shared with the gateway
 )
 PACKAGES = {

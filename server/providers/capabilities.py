@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from common.errors import CAPABILITY_MISSING, InvalidArgument
 from server.providers.base import ChatRequest, Role
-from server.providers.scripted import declares_tool_calls
+from server.scripts import declares_tool_calls
 from server.settings import ModelConfig
 
 TOOLS = "tools"

@@ -38,7 +38,7 @@ import itertools
 import json
 import re
 import uuid
-from collections.abc import AsyncGenerator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Iterator
 
 from common.enums import FinishReason
 from common.errors import PROVIDER_ERROR, DeadlineExceeded, UpstreamError
@@ -53,11 +53,10 @@ from server.providers.base import (
     Usage,
 )
 from server.providers.text import StopMatcher
-from server.providers.tools import TOOL_NAME
+from server.scripts import parse_entry
 from server.settings import ModelConfig
 
 _WORDS = re.compile(r"\S+\s*|\s+")
-TOOL_PREFIX = "tool:"
 _NOT_JSON = object()
 ARGUMENT_PIECE = 8
 """Characters of a call's arguments per streamed piece (OpenAI sends a few tokens' worth)."""
@@ -84,36 +83,6 @@ def prompt_tokens(request: ChatRequest) -> int:
         max(1, -(-len(a.content) // ATTACHMENT_TOKEN_BYTES)) for m in request.messages for a in m.attachments
     )
     return words + calls + tools + files
-
-
-def parse_entry(entry: str) -> tuple[str, tuple[tuple[str, str], ...]]:
-    """A script entry's text and its tool calls, (name, arguments JSON text) each; ValueError names
-    what is wrong with a `tool:` line (the configuration reports it with the entry)."""
-    if TOOL_PREFIX not in entry:
-        return entry, ()
-    text: list[str] = []
-    calls: list[tuple[str, str]] = []
-    for line in entry.split("\n"):
-        if not line.startswith(TOOL_PREFIX):
-            text.append(line)
-            continue
-        name, _, arguments = line[len(TOOL_PREFIX) :].strip().partition(" ")
-        arguments = arguments.strip() or "{}"
-        if not TOOL_NAME.fullmatch(name):
-            raise ValueError(f"{line!r}: a tool name is 1 to 64 letters, digits, '_' or '-'")
-        try:
-            value = json.loads(arguments)
-        except ValueError:
-            value = None
-        if not isinstance(value, dict):
-            raise ValueError(f"{line!r}: the arguments must be a JSON object, e.g. tool:{name} {{}}")
-        calls.append((name, arguments))
-    return "\n".join(text), tuple(calls)
-
-
-def declares_tool_calls(script: Sequence[str]) -> bool:
-    """Whether a script ever calls a tool (which gives its model the "tools" capability)."""
-    return any(parse_entry(entry)[1] for entry in script)
 
 
 def offered(calls: tuple[tuple[str, str], ...], request: ChatRequest) -> tuple[tuple[str, str], ...]:

@@ -3,7 +3,6 @@ protobuf Structs, and whole calls put back together from their stream pieces."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -12,9 +11,7 @@ from google.protobuf import json_format, struct_pb2
 from aibattle.v1 import common_pb2
 from common.errors import InvalidArgument
 from server.providers.base import ToolCall, ToolCallPiece, ToolSpec
-
-TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
-"""What a tool may be called (OpenAI's rule; Anthropic's and Gemini's admit it)."""
+from server.scripts import TOOL_NAME
 
 
 def plain(struct: struct_pb2.Struct) -> dict[str, Any]:
