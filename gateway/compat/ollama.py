@@ -151,8 +151,10 @@ FUNCTION_KEYS = Keys(honoured=frozenset({"name", "description", "parameters"}))
 #: the call's index).
 TOOL_CALL_KEYS = Keys(honoured=frozenset({"id", "type", "function"}))
 CALL_FUNCTION_KEYS = Keys(honoured=frozenset({"name", "arguments", "index"}))
-#: /api/embed. `truncate` is Ollama's default (cut each input to the context): not done here, where an
-#: input longer than the model's context is refused; `options` (Ollama's runtime options) take none.
+#: /api/embed (no `input`, or an empty one, is Ollama's "load the model": no vector, once the model is
+#: known to exist for the caller). `truncate` is Ollama's default (cut each input to the context): not
+#: done here, where an input longer than the model's context is refused; `options` (Ollama's runtime
+#: options) take none.
 EMBED_KEYS = Keys(
     honoured=frozenset({"model", "input", "dimensions", "keep_alive", "options"}),
     defaults={"truncate": (False,)},
@@ -416,8 +418,12 @@ async def embed(request: web.Request) -> web.StreamResponse:
     EMBED_KEYS.check(body)
     _embed_options(body)
     model_id = required_model(body)
-    texts = input_texts(body)
-    response = await create_embeddings(request, model_id, texts, dimensions=optional_int(body, "dimensions"))
+    dimensions = optional_int(body, "dimensions")
+    if body.get("input") in (None, "", []):
+        # Ollama's "load the model" call: nothing to embed, but the model must exist for this caller.
+        await get_model(request, model_id)
+        return web.json_response({"model": model_id, "embeddings": []})
+    response = await create_embeddings(request, model_id, input_texts(body), dimensions=dimensions)
     return web.json_response(
         {
             "model": response.model,

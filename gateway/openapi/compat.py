@@ -442,7 +442,9 @@ def _ollama_operations() -> dict[tuple[str, str], Operation]:
     )
     generate = object_schema(ollama.GENERATE_KEYS, required=("model",), values={**options, **format_})
     no_options = {"options": object_schema(ollama.EMBED_OPTION_KEYS)}
-    embed = object_schema(ollama.EMBED_KEYS, required=("model", "input"), values=no_options)
+    # No input (or an empty one) is Ollama's "load the model": nothing is embedded.
+    texts = {"anyOf": [_STRING, {"type": "array", "items": _STRING}]}
+    embed = object_schema(ollama.EMBED_KEYS, required=("model",), values={**no_options, "input": texts})
     legacy_embed = object_schema(ollama.EMBEDDINGS_KEYS, required=("model",), values=no_options)
     show = object_schema(ollama.SHOW_KEYS)
     vector = {"type": "array", "items": {"type": "number"}}
@@ -504,7 +506,7 @@ def _ollama_operations() -> dict[tuple[str, str], Operation]:
         ("POST", "/api/embed"): {
             "operationId": "ollama_embed",
             "tags": tags,
-            "summary": "Ollama: a vector per input text",
+            "summary": "Ollama: a vector per input text (no input: none, once the model is known)",
             "requestBody": {"required": True, "content": {"application/json": {"schema": embed}}},
             "responses": _responses(
                 _json(

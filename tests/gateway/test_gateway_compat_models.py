@@ -88,6 +88,11 @@ async def test_ollama_client_embed_and_legacy_embeddings(
     legacy = await olm.embeddings(model="gpt", prompt="d e f")
     assert list(legacy.embedding) == VECTORS[1]
     assert list((await olm.embeddings(model="gpt", prompt="")).embedding) == []  # as Ollama's
+    loaded = await olm.embed(model="gpt", input=[])  # Ollama's way to load a model: nothing embedded
+    assert loaded.embeddings == [] and loaded.model == "gpt"
+    with pytest.raises(ollama.ResponseError) as caught:
+        await olm.embed(model="nope", input="")
+    assert caught.value.status_code == 404
     with pytest.raises(ollama.ResponseError) as caught:
         await olm.embed(model="gpt", input="x", truncate=True)
     assert caught.value.status_code == 400 and "'truncate'" in caught.value.error
@@ -147,6 +152,8 @@ WEATHER = with_tools.WEATHER
         ("/v1/embeddings", {"model": "gpt", "input": [1, 2]}, False),
         ("/api/embed", {"model": "gpt", "input": "a", "truncate": False, "options": {}}, True),
         ("/api/embed", {"model": "gpt", "input": "a", "truncate": True}, False),
+        ("/api/embed", {"model": "gpt", "input": []}, True),
+        ("/v1/embeddings", {"model": "gpt", "input": []}, False),
         ("/api/embeddings", {"model": "gpt", "prompt": "a"}, True),
         ("/api/show", {"model": "gpt"}, True),
         ("/api/show", {"model": "gpt", "system": "x"}, False),
