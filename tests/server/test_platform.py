@@ -14,6 +14,7 @@ from server.app import AIBattleServer
 OUR_SERVICES = {
     "aibattle.v1.ModelService",
     "aibattle.v1.CompletionService",
+    "aibattle.v1.EmbeddingService",
     "aibattle.v1.ConversationService",
     "aibattle.v1.ReasoningService",
 }
@@ -38,7 +39,11 @@ async def test_reflection_lists_and_describes_services(channel: grpc.aio.Channel
         for raw in replies[1].file_descriptor_response.file_descriptor_proto
     ]
     completions = next(f for f in files if f.name == "aibattle/v1/completions.proto")
-    assert [m.name for m in completions.service[0].method] == ["CreateCompletion", "StreamCompletion"]
+    assert [m.name for m in completions.service[0].method] == [
+        "CreateCompletion",
+        "StreamCompletion",
+        "CountTokens",
+    ]
 
 
 async def test_health_serving_then_not_serving_on_drain(scripted_server: AIBattleServer) -> None:
