@@ -176,11 +176,7 @@ MESSAGE_KEYS = Keys(
 )
 #: `{"type": "function", "function": {…}}`, in `tools` and in a message's `tool_calls` alike.
 TOOL_KEYS = Keys(honoured=frozenset({"type", "function"}))
-FUNCTION_KEYS = Keys(
-    honoured=frozenset({"name", "description", "parameters"}),
-    defaults={"strict": (False,)},
-    unsupported={"strict": "strict function schemas are not carried to the models"},
-)
+FUNCTION_KEYS = Keys(honoured=frozenset({"name", "description", "parameters", "strict"}))
 TOOL_CALL_KEYS = Keys(honoured=frozenset({"id", "type", "function"}))
 CALL_FUNCTION_KEYS = Keys(honoured=frozenset({"name", "arguments"}))
 TOOL_CHOICE_KEYS = Keys(honoured=frozenset({"type", "function"}))
@@ -241,7 +237,9 @@ def _tools(body: dict[str, Any]) -> list[common_pb2.Tool]:
         function = function_of(item, where, TOOL_KEYS, FUNCTION_KEYS)
         name = required_str(function, "name", where=f"{where}.function.")
         description = optional_str(function, "description", where=f"{where}.function.")
-        specs.append(tool(name, description, function.get("parameters"), where=f"{where}.function"))
+        spec = tool(name, description, function.get("parameters"), where=f"{where}.function")
+        spec.strict = bool(optional_bool(function, "strict", where=f"{where}.function."))
+        specs.append(spec)
     return specs
 
 

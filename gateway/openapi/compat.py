@@ -122,7 +122,8 @@ def _function_item(keys: Keys, function: Schema) -> Schema:
 
 def _tools(tool: Keys, function: Keys) -> Schema:
     """`tools`: functions with a name, what they do and a JSON schema of their arguments."""
-    spec = object_schema(function, required=("name",), values={"description": _STRING, "parameters": _OBJECT})
+    values = {"description": _STRING, "parameters": _OBJECT, "strict": _BOOL}
+    spec = object_schema(function, required=("name",), values=values)
     return {"type": "array", "items": _function_item(tool, spec)}
 
 

@@ -49,6 +49,8 @@ class ToolSpec:
     description: str = ""
     parameters: Mapping[str, Any] | None = None
     """JSON Schema of the arguments (an object schema); None: it takes none."""
+    strict: bool = False
+    """Arguments must follow the schema exactly, where the provider distinguishes (OpenAI)."""
 
 
 class ToolMode(enum.StrEnum):

@@ -54,7 +54,14 @@ def tool_specs(tools: Sequence[common_pb2.Tool], field: str = "tools") -> tuple[
                 )
             if not isinstance(parameters.get("properties", {}), dict):
                 raise InvalidArgument(f"{field}[{i}].parameters.properties", "must be an object")
-        specs.append(ToolSpec(name=tool.name, description=tool.description, parameters=parameters or None))
+        specs.append(
+            ToolSpec(
+                name=tool.name,
+                description=tool.description,
+                parameters=parameters or None,
+                strict=tool.strict,
+            )
+        )
     return tuple(specs)
 
 

@@ -205,11 +205,6 @@ def ollama_error(body: dict[str, Any]) -> str:
     [
         ({"functions": [TOOL["function"]]}, "functions", "unsupported_parameter"),
         ({"function_call": "auto"}, "function_call", "unsupported_parameter"),
-        (
-            {"tools": [{**TOOL, "function": {**TOOL["function"], "strict": True}}]},
-            "tools[0].function.strict",
-            "unsupported_parameter",
-        ),
         ({"tools": [{"type": "custom", "custom": {"name": "f"}}]}, "tools[0].custom", "unknown_parameter"),
         (
             {

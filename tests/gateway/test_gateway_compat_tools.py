@@ -33,6 +33,7 @@ CLOCK = {
     "type": "function",
     "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}},
 }
+STRICT_CLOCK = {**CLOCK, "function": {**CLOCK["function"], "strict": True}}
 ASK = {"role": "user", "content": "What is the weather in Paris?"}
 MODELS = [
     {
@@ -172,7 +173,7 @@ async def test_openai_fragments_from_an_openai_upstream_reach_the_client_and_the
     upstream, _ = fake
     upstream.replies = [Reply(chunks=TWO_CALLS)]
     stream = await oai.chat.completions.create(
-        model="gpt", messages=[ASK], tools=[WEATHER, CLOCK], tool_choice="required", stream=True
+        model="gpt", messages=[ASK], tools=[WEATHER, STRICT_CLOCK], tool_choice="required", stream=True
     )
     calls: dict[int, dict[str, str]] = {}
     finish = None
@@ -192,6 +193,8 @@ async def test_openai_fragments_from_an_openai_upstream_reach_the_client_and_the
     sent = upstream.requests[-1].json
     assert sent["tool_choice"] == "required"
     assert [t["function"]["name"] for t in sent["tools"]] == ["get_weather", "get_time"]
+    # OpenAI's strict function calling (the Agents SDK's default) reaches the upstream, on that tool only.
+    assert [t["function"].get("strict") for t in sent["tools"]] == [None, True]
 
     upstream.replies = [whole("Sunny, noon.")]
     assistant = {

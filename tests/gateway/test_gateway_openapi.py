@@ -426,7 +426,7 @@ _CHAT = {"model": "scripted-echo", "messages": [{"role": "user", "content": "hi"
         ("/v1/chat/completions", {**_CHAT, "tools": [], "n": 1, "temperature": None}, True),
         (
             "/v1/chat/completions",
-            {**_CHAT, "tools": [{"type": "function", "function": {"name": "f", "strict": True}}]},
+            {**_CHAT, "tools": [{"type": "function", "function": {"name": "f", "strict": "yes"}}]},
             False,
         ),
         ("/v1/chat/completions", {**_CHAT, "n": 2}, False),

@@ -48,8 +48,9 @@ def on_the_wire(rpc: Any, proto_class: Any, **options: Any) -> Any:
     ],
 )
 def test_a_tool_dict_becomes_a_tool_with_its_schema_as_a_struct(rpc: Any, proto_class: Any) -> None:
-    sent = on_the_wire(rpc, proto_class, tools=[WEATHER, v1.Tool(name="now")])
+    sent = on_the_wire(rpc, proto_class, tools=[{**WEATHER, "strict": True}, v1.Tool(name="now")])
     assert [t.name for t in sent.tools] == ["get_weather", "now"]
+    assert [t.strict for t in sent.tools] == [True, False]
     assert sent.tools[0].description == "The weather in a city now."
     schema = json_format.MessageToDict(sent.tools[0].parameters)
     assert schema == WEATHER["parameters"]  # JSON numbers come back as floats: 1.0 == 1

@@ -27,7 +27,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61ibattle/v1/common.proto\x12\x0b\x61ibattle.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc3\x02\n\x07Message\x12\x18\n\nmessage_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x04 \x01(\t\x12\x34\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12(\n\tfile_data\x18\x06 \x03(\x0b\x32\x15.aibattle.v1.FileData\x12\x10\n\x08thinking\x18\x07 \x01(\t\x12\'\n\x05usage\x18\x08 \x01(\x0b\x32\x12.aibattle.v1.UsageB\x04\xe2\x41\x01\x03\x12\x14\n\x06queued\x18\t \x01(\x08\x42\x04\xe2\x41\x01\x03\x12)\n\ntool_calls\x18\n \x03(\x0b\x32\x15.aibattle.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x0b \x01(\t\"\\\n\x04Tool\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"E\n\nToolChoice\x12)\n\x04mode\x18\x01 \x01(\x0e\x32\x1b.aibattle.v1.ToolChoiceMode\x12\x0c\n\x04name\x18\x02 \x01(\t\"7\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\targuments\x18\x03 \x01(\t\"K\n\rToolCallDelta\x12\r\n\x05index\x18\x01 \x01(\x05\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x11\n\targuments\x18\x04 \x01(\t\"\x86\x01\n\x0eResponseFormat\x12-\n\x04type\x18\x01 \x01(\x0e\x32\x1f.aibattle.v1.ResponseFormatType\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\'\n\x06schema\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06strict\x18\x04 \x01(\x08\"p\n\x08\x46\x61ilover\x12\x12\n\nfrom_model\x18\x01 \x01(\t\x12\x17\n\x0f\x66rom_deployment\x18\x02 \x01(\t\x12\x10\n\x08to_model\x18\x03 \x01(\t\x12\x15\n\rto_deployment\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"J\n\x08\x46ileData\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x11\n\tmime_type\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\x12\x0c\n\x04path\x18\x04 \x01(\t\"a\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\x12\x10\n\x08\x63ost_usd\x18\x04 \x01(\x01\">\n\nModelUsage\x12\r\n\x05model\x18\x01 \x01(\t\x12!\n\x05usage\x18\x02 \x01(\x0b\x32\x12.aibattle.v1.Usage*\xa2\x01\n\x0eToolChoiceMode\x12 \n\x1cTOOL_CHOICE_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15TOOL_CHOICE_MODE_AUTO\x10\x01\x12\x19\n\x15TOOL_CHOICE_MODE_NONE\x10\x02\x12\x1d\n\x19TOOL_CHOICE_MODE_REQUIRED\x10\x03\x12\x19\n\x15TOOL_CHOICE_MODE_TOOL\x10\x04*\xa5\x01\n\x12ResponseFormatType\x12$\n RESPONSE_FORMAT_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n\x19RESPONSE_FORMAT_TYPE_TEXT\x10\x01\x12$\n RESPONSE_FORMAT_TYPE_JSON_OBJECT\x10\x02\x12$\n RESPONSE_FORMAT_TYPE_JSON_SCHEMA\x10\x03*\xd5\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x03\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x04\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x05\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x06*\xe4\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12RUN_STATUS_PENDING\x10\x01\x12\x1a\n\x16RUN_STATUS_IN_PROGRESS\x10\x02\x12 \n\x1cRUN_STATUS_WAITING_FOR_INPUT\x10\x03\x12\x18\n\x14RUN_STATUS_COMPLETED\x10\x04\x12\x18\n\x14RUN_STATUS_CANCELLED\x10\x05\x12\x15\n\x11RUN_STATUS_FAILED\x10\x06\x12\x1a\n\x16RUN_STATUS_INTERRUPTED\x10\x07\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61ibattle/v1/common.proto\x12\x0b\x61ibattle.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc3\x02\n\x07Message\x12\x18\n\nmessage_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x04 \x01(\t\x12\x34\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12(\n\tfile_data\x18\x06 \x03(\x0b\x32\x15.aibattle.v1.FileData\x12\x10\n\x08thinking\x18\x07 \x01(\t\x12\'\n\x05usage\x18\x08 \x01(\x0b\x32\x12.aibattle.v1.UsageB\x04\xe2\x41\x01\x03\x12\x14\n\x06queued\x18\t \x01(\x08\x42\x04\xe2\x41\x01\x03\x12)\n\ntool_calls\x18\n \x03(\x0b\x32\x15.aibattle.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x0b \x01(\t\"l\n\x04Tool\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12+\n\nparameters\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06strict\x18\x04 \x01(\x08\"E\n\nToolChoice\x12)\n\x04mode\x18\x01 \x01(\x0e\x32\x1b.aibattle.v1.ToolChoiceMode\x12\x0c\n\x04name\x18\x02 \x01(\t\"7\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\targuments\x18\x03 \x01(\t\"K\n\rToolCallDelta\x12\r\n\x05index\x18\x01 \x01(\x05\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x11\n\targuments\x18\x04 \x01(\t\"\x86\x01\n\x0eResponseFormat\x12-\n\x04type\x18\x01 \x01(\x0e\x32\x1f.aibattle.v1.ResponseFormatType\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\'\n\x06schema\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06strict\x18\x04 \x01(\x08\"p\n\x08\x46\x61ilover\x12\x12\n\nfrom_model\x18\x01 \x01(\t\x12\x17\n\x0f\x66rom_deployment\x18\x02 \x01(\t\x12\x10\n\x08to_model\x18\x03 \x01(\t\x12\x15\n\rto_deployment\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"J\n\x08\x46ileData\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x11\n\tmime_type\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\x12\x0c\n\x04path\x18\x04 \x01(\t\"a\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\x12\x10\n\x08\x63ost_usd\x18\x04 \x01(\x01\">\n\nModelUsage\x12\r\n\x05model\x18\x01 \x01(\t\x12!\n\x05usage\x18\x02 \x01(\x0b\x32\x12.aibattle.v1.Usage*\xa2\x01\n\x0eToolChoiceMode\x12 \n\x1cTOOL_CHOICE_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15TOOL_CHOICE_MODE_AUTO\x10\x01\x12\x19\n\x15TOOL_CHOICE_MODE_NONE\x10\x02\x12\x1d\n\x19TOOL_CHOICE_MODE_REQUIRED\x10\x03\x12\x19\n\x15TOOL_CHOICE_MODE_TOOL\x10\x04*\xa5\x01\n\x12ResponseFormatType\x12$\n RESPONSE_FORMAT_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n\x19RESPONSE_FORMAT_TYPE_TEXT\x10\x01\x12$\n RESPONSE_FORMAT_TYPE_JSON_OBJECT\x10\x02\x12$\n RESPONSE_FORMAT_TYPE_JSON_SCHEMA\x10\x03*\xd5\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x03\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x04\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x05\x12\x1c\n\x18\x46INISH_REASON_TOOL_CALLS\x10\x06*\xe4\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12RUN_STATUS_PENDING\x10\x01\x12\x1a\n\x16RUN_STATUS_IN_PROGRESS\x10\x02\x12 \n\x1cRUN_STATUS_WAITING_FOR_INPUT\x10\x03\x12\x18\n\x14RUN_STATUS_COMPLETED\x10\x04\x12\x18\n\x14RUN_STATUS_CANCELLED\x10\x05\x12\x15\n\x11RUN_STATUS_FAILED\x10\x06\x12\x1a\n\x16RUN_STATUS_INTERRUPTED\x10\x07\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,32 +44,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MESSAGE'].fields_by_name['queued']._serialized_options = b'\342A\001\003'
   _globals['_TOOL'].fields_by_name['name']._loaded_options = None
   _globals['_TOOL'].fields_by_name['name']._serialized_options = b'\342A\001\002'
-  _globals['_TOOLCHOICEMODE']._serialized_start=1253
-  _globals['_TOOLCHOICEMODE']._serialized_end=1415
-  _globals['_RESPONSEFORMATTYPE']._serialized_start=1418
-  _globals['_RESPONSEFORMATTYPE']._serialized_end=1583
-  _globals['_FINISHREASON']._serialized_start=1586
-  _globals['_FINISHREASON']._serialized_end=1799
-  _globals['_RUNSTATUS']._serialized_start=1802
-  _globals['_RUNSTATUS']._serialized_end=2030
+  _globals['_TOOLCHOICEMODE']._serialized_start=1269
+  _globals['_TOOLCHOICEMODE']._serialized_end=1431
+  _globals['_RESPONSEFORMATTYPE']._serialized_start=1434
+  _globals['_RESPONSEFORMATTYPE']._serialized_end=1599
+  _globals['_FINISHREASON']._serialized_start=1602
+  _globals['_FINISHREASON']._serialized_end=1815
+  _globals['_RUNSTATUS']._serialized_start=1818
+  _globals['_RUNSTATUS']._serialized_end=2046
   _globals['_MESSAGE']._serialized_start=138
   _globals['_MESSAGE']._serialized_end=461
   _globals['_TOOL']._serialized_start=463
-  _globals['_TOOL']._serialized_end=555
-  _globals['_TOOLCHOICE']._serialized_start=557
-  _globals['_TOOLCHOICE']._serialized_end=626
-  _globals['_TOOLCALL']._serialized_start=628
-  _globals['_TOOLCALL']._serialized_end=683
-  _globals['_TOOLCALLDELTA']._serialized_start=685
-  _globals['_TOOLCALLDELTA']._serialized_end=760
-  _globals['_RESPONSEFORMAT']._serialized_start=763
-  _globals['_RESPONSEFORMAT']._serialized_end=897
-  _globals['_FAILOVER']._serialized_start=899
-  _globals['_FAILOVER']._serialized_end=1011
-  _globals['_FILEDATA']._serialized_start=1013
-  _globals['_FILEDATA']._serialized_end=1087
-  _globals['_USAGE']._serialized_start=1089
-  _globals['_USAGE']._serialized_end=1186
-  _globals['_MODELUSAGE']._serialized_start=1188
-  _globals['_MODELUSAGE']._serialized_end=1250
+  _globals['_TOOL']._serialized_end=571
+  _globals['_TOOLCHOICE']._serialized_start=573
+  _globals['_TOOLCHOICE']._serialized_end=642
+  _globals['_TOOLCALL']._serialized_start=644
+  _globals['_TOOLCALL']._serialized_end=699
+  _globals['_TOOLCALLDELTA']._serialized_start=701
+  _globals['_TOOLCALLDELTA']._serialized_end=776
+  _globals['_RESPONSEFORMAT']._serialized_start=779
+  _globals['_RESPONSEFORMAT']._serialized_end=913
+  _globals['_FAILOVER']._serialized_start=915
+  _globals['_FAILOVER']._serialized_end=1027
+  _globals['_FILEDATA']._serialized_start=1029
+  _globals['_FILEDATA']._serialized_end=1103
+  _globals['_USAGE']._serialized_start=1105
+  _globals['_USAGE']._serialized_end=1202
+  _globals['_MODELUSAGE']._serialized_start=1204
+  _globals['_MODELUSAGE']._serialized_end=1266
 # @@protoc_insertion_point(module_scope)

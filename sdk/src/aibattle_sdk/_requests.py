@@ -36,7 +36,8 @@ LIST_KEYS = rpc("KeyService", "ListKeys")
 REVOKE_KEY = rpc("KeyService", "RevokeKey")
 
 ToolLike = v1.Tool | Mapping[str, Any]
-"""A tool: `v1.Tool`, or a dict of its fields {"name", "description", "parameters"} (a JSON Schema dict)."""
+"""A tool: `v1.Tool`, or a dict of its fields {"name", "description", "parameters" (a JSON Schema dict),
+"strict"}."""
 ToolChoiceLike = v1.ToolChoice | str
 """`v1.ToolChoice`, or "auto", "none", "required", or the name of the one tool the model must call."""
 ResponseFormatLike = v1.ResponseFormat | str | Mapping[str, Any]
@@ -76,11 +77,12 @@ def as_tool(value: ToolLike) -> v1.Tool:
     """A v1.Tool from itself or from a dict of its fields."""
     if isinstance(value, v1.Tool):
         return value
-    _fields("tool", value, ("name", "description", "parameters"), hint=_OPENAI_TOOL)
+    _fields("tool", value, ("name", "description", "parameters", "strict"), hint=_OPENAI_TOOL)
     return v1.Tool(
         name=value.get("name", ""),
         description=value.get("description", ""),
         parameters=as_struct(value.get("parameters")),
+        strict=bool(value.get("strict", False)),
     )
 
 

@@ -104,6 +104,7 @@ def _tools(request: ChatRequest) -> dict[str, Any]:
                     "name": tool.name,
                     **({"description": tool.description} if tool.description else {}),
                     "parameters": tool_parameters(tool),
+                    **({"strict": True} if tool.strict else {}),
                 },
             }
             for tool in request.tools

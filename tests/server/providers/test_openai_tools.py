@@ -274,6 +274,17 @@ async def test_tool_choice_in_each_mode(
     assert sent.get("tool_choice") == expected
 
 
+async def test_a_strict_function_goes_strict(
+    fake: tuple[FakeUpstream, str], provider: OpenAIProvider
+) -> None:
+    upstream, url = fake
+    upstream.replies = [Reply(chunks=[chunk("ok"), chunk(finish="stop"), DONE])]
+    strict = ToolSpec(WEATHER.name, WEATHER.description, WEATHER.parameters, strict=True)
+    await run(provider, configured(url), ask(tools=(strict, CLOCK)))
+    sent = upstream.requests[-1].json["tools"]
+    assert sent == [{**WEATHER_JSON, "function": {**WEATHER_JSON["function"], "strict": True}}, CLOCK_JSON]
+
+
 async def test_no_tools_sends_neither_tools_nor_tool_choice(
     fake: tuple[FakeUpstream, str], provider: OpenAIProvider
 ) -> None:

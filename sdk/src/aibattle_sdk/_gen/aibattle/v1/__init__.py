@@ -3104,6 +3104,12 @@ class Tool(betterproto2.Message):
     JSON Schema of its arguments (an object schema); unset means it takes none.
     """
 
+    strict: "bool" = betterproto2.field(4, betterproto2.TYPE_BOOL)
+    """
+    Ask the provider to make the arguments follow the schema exactly, where it distinguishes (OpenAI's
+    strict function calling); providers without the distinction ignore it.
+    """
+
 
 default_message_pool.register_message("aibattle.v1", "Tool", Tool)
 
