@@ -77,7 +77,7 @@ class Config(ConfigModel):
     security: SecurityConfig = SecurityConfig()
     """API keys."""
     models: Annotated[tuple[ModelConfig, ...], LAX] = Field(default_factory=default_models)
-    """The served models; none given: the embedded smollm2-135m."""
+    """The served models; none given: the embedded smollm2-135m and smollm2-embed."""
 
     @model_validator(mode="after")
     def _upstreams(self) -> Self:

@@ -513,4 +513,14 @@ def default_models() -> tuple[ModelConfig, ...]:
             capabilities=("text", "conversation"),
             context_length=2048,
         ),
+        # The same weights as an embedding model, loaded on first use: /v1/embeddings and /api/embed work
+        # out of the box (the mechanism, not retrieval quality: SmolLM2 is no trained embedding model).
+        ModelConfig(
+            id="smollm2-embed",
+            provider="local",
+            upstream_model="SmolLM2-135M-Instruct.Q4_1",
+            display_name="SmolLM2 135M Instruct as an embedding model (embedded, llama.cpp)",
+            capabilities=("embedding",),
+            context_length=2048,
+        ),
     )

@@ -27,7 +27,10 @@ def test_defaults_serve_the_local_model_on_loopback() -> None:
     config = load_config(env={})
     assert config.server.grpc_addr == "127.0.0.1:50051"
     assert config.server.http_addr == "127.0.0.1:8080"
-    assert [(m.id, m.provider) for m in config.models] == [("smollm2-135m", "local")]
+    assert [(m.id, m.provider, m.capabilities) for m in config.models] == [
+        ("smollm2-135m", "local", ("text", "conversation")),
+        ("smollm2-embed", "local", ("embedding",)),
+    ]
 
 
 def test_toml_then_environment(tmp_path: Path) -> None:
