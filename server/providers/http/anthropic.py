@@ -58,8 +58,8 @@ from server.providers.base import (
     Usage,
 )
 from server.providers.http.base import UNREPORTED, HttpProvider, HttpRequest, sampling
-from server.providers.http.errors import UpstreamError, protocol_error, stream_error
-from server.providers.http.unary import post_json
+from server.providers.http.errors import UpstreamError, stream_error
+from server.providers.http.unary import post_json, token_count
 from server.providers.http.wire import (
     FrameError,
     SseEvent,
@@ -151,15 +151,6 @@ class AnthropicProvider(HttpProvider):
         body: dict[str, Any] = {
             k: sent[k] for k in ("model", "system", "messages", "tools", "tool_choice") if k in sent
         }
-
-        def parse(answer: Any) -> int:
-            tokens = answer.get("input_tokens") if isinstance(answer, dict) else None
-            if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
-                raise protocol_error(
-                    str(model.provider), model.id, f"no input_tokens in {str(answer)[:200]!r}"
-                )
-            return tokens
-
         return await post_json(
             self,
             model,
@@ -168,7 +159,7 @@ class AnthropicProvider(HttpProvider):
             headers=_headers(key),
             key=key,
             deadline=request.deadline,
-            parse=parse,
+            parse=token_count(model, "input_tokens"),
         )
 
     async def parse_stream(

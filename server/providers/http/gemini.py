@@ -68,8 +68,8 @@ from server.providers.base import (
     Usage,
 )
 from server.providers.http.base import UNREPORTED, HttpProvider, HttpRequest, sampling
-from server.providers.http.errors import protocol_error, stream_error
-from server.providers.http.unary import post_json, vectors
+from server.providers.http.errors import stream_error
+from server.providers.http.unary import post_json, token_count, vectors
 from server.providers.http.wire import FrameError, SseParser, arguments_text, call_arguments, new_call_id
 from server.providers.text import estimate_tokens
 from server.settings import ModelConfig
@@ -421,15 +421,6 @@ class GeminiProvider(HttpProvider):
         """`:countTokens` with the whole GenerateContentRequest (tools and a response schema count too)."""
         key = self.api_key(model)
         body = {"generateContentRequest": {"model": model_path(model), **request_body(model, request)}}
-
-        def parse(answer: Any) -> int:
-            total = answer.get("totalTokens") if isinstance(answer, dict) else None
-            if not isinstance(total, int) or isinstance(total, bool) or total < 0:
-                raise protocol_error(
-                    str(model.provider), model.id, f"no totalTokens in {str(answer)[:200]!r}"
-                )
-            return total
-
         return await post_json(
             self,
             model,
@@ -438,7 +429,7 @@ class GeminiProvider(HttpProvider):
             headers=_headers(key),
             key=key,
             deadline=request.deadline,
-            parse=parse,
+            parse=token_count(model, "totalTokens"),
         )
 
     def error_text(self, parsed: Any) -> str | None:

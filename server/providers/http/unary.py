@@ -93,3 +93,16 @@ def vectors(model: ModelConfig, found: list[Any], count: int, dimensions: int | 
     if dimensions is not None and lengths and lengths != {dimensions}:
         raise FrameError(f"embeddings of {lengths.pop()} dimensions, {dimensions} asked for")
     return out
+
+
+def token_count(model: ModelConfig, field: str) -> Callable[[Any], int]:
+    """A `parse` for a counting endpoint's answer: the non-negative integer at `field` (Anthropic's
+    `input_tokens`, Gemini's `totalTokens`), else a protocol error naming what came."""
+
+    def parse(answer: Any) -> int:
+        tokens = answer.get(field) if isinstance(answer, dict) else None
+        if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
+            raise protocol_error(str(model.provider), model.id, f"no {field} in {str(answer)[:200]!r}")
+        return tokens
+
+    return parse
