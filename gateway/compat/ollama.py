@@ -386,12 +386,19 @@ class LineFraming:
     empty_status = 200
 
 
+def _done_reason(finish_reason: int) -> str:
+    """Ollama's word for why an answer ended: its server says "stop" after tool calls too (the calls
+    themselves say it), so a client that knows only Ollama's words never meets ours."""
+    reason = FinishReason.from_proto(finish_reason)
+    return FinishReason.STOP.value if reason == FinishReason.TOOL_CALLS else reason.value
+
+
 def _summary(last: Any, started: int) -> dict[str, Any]:
     """Ollama's closing fields, from our final chunk or whole response (usage, finish reason)."""
     elapsed = time.monotonic_ns() - started
     return {
         "done": True,
-        "done_reason": FinishReason.from_proto(last.finish_reason).value,
+        "done_reason": _done_reason(last.finish_reason),
         "total_duration": elapsed,
         "load_duration": 0,
         "prompt_eval_count": last.usage.prompt_tokens,

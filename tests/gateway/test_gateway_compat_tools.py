@@ -344,7 +344,7 @@ async def test_ollama_client_tool_call_and_its_result(olm: ollama.AsyncClient) -
     assert first.message.tool_calls is not None and len(first.message.tool_calls) == 1
     call = first.message.tool_calls[0]
     assert call.function.name == "get_weather" and call.function.arguments == {"city": "Paris"}
-    assert first.done_reason == "tool_calls"
+    assert first.done_reason == "stop"
 
     final = await olm.chat(
         model="scripted-tools",
@@ -362,7 +362,7 @@ async def test_ollama_client_streams_a_tool_call_whole(olm: ollama.AsyncClient) 
     assert len(with_calls) == 1 and not with_calls[0].done
     (call,) = with_calls[0].message.tool_calls or []
     assert call.function.name == "get_weather" and call.function.arguments == {"city": "Paris"}
-    assert parts[-1].done and parts[-1].done_reason == "tool_calls"
+    assert parts[-1].done and parts[-1].done_reason == "stop"
 
 
 async def test_ollama_history_reaches_an_openai_upstream_with_ids_matched_by_tool_name(
@@ -476,4 +476,4 @@ async def test_an_ollama_upstreams_tool_calls_through_both_endpoints(
     parts = [p async for p in await olm.chat(model="llama", messages=[ASK], tools=[WEATHER], stream=True)]
     calls = [c for p in parts for c in p.message.tool_calls or []]
     assert [(c.function.name, c.function.arguments) for c in calls] == [("get_weather", {"city": "Paris"})]
-    assert parts[-1].done_reason == "tool_calls"
+    assert parts[-1].done_reason == "stop"
