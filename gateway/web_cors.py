@@ -22,12 +22,24 @@ from aiohttp.typedefs import Handler
 from yarl import URL
 
 from common.errors import HOST_NOT_ALLOWED, ORIGIN_NOT_ALLOWED, PermissionDenied
+from common.observability import OVERHEAD_HEADER
+from gateway.compat.anthropic import ESTIMATED_HEADER
 from gateway.metadata import REQUEST_ID_HEADER
 from gateway.router import route_not_found
 from gateway.web_state import STATE
+from gateway.web_stream import DEPLOYMENT_HEADER
 
 _TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
-_ALWAYS_EXPOSED = (REQUEST_ID_HEADER, "Retry-After", "WWW-Authenticate")
+#: What a browser app may read of an answer: ours too (which deployment answered, what the gateway cost,
+#: whether a token count is an estimate), not only the standard ones.
+_ALWAYS_EXPOSED = (
+    REQUEST_ID_HEADER,
+    "Retry-After",
+    "WWW-Authenticate",
+    OVERHEAD_HEADER,
+    DEPLOYMENT_HEADER,
+    ESTIMATED_HEADER,
+)
 _MAX_AGE = "600"
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 

@@ -178,6 +178,8 @@ async def test_cors_allow_list(aiohttp_client: Any, library: RunningLibrary, dum
     assert actual.headers["Access-Control-Allow-Origin"] == "http://app.example"
     assert "X-Request-Id" in actual.headers["Access-Control-Expose-Headers"]
     assert "Grpc-Metadata-x-served-by" in actual.headers["Access-Control-Expose-Headers"]
+    exposed = actual.headers["Access-Control-Expose-Headers"].split(", ")
+    assert {"x-aibattle-deployment", "x-aibattle-overhead-ms", "x-aibattle-tokens-estimated"} <= set(exposed)
 
     refused = await client.options(
         "/v1/shelves/s/books/b",
