@@ -8,6 +8,7 @@ import pytest
 
 from aibattle.v1 import common_pb2, reasoning_pb2
 from server.orchestration.reasoning import prompts
+from server.orchestration.reasoning.strategies import debate, mixture
 from server.providers.scripted import count_tokens
 from tests.conftest import error_info
 from tests.server.reasoning_testlib import (
@@ -190,7 +191,7 @@ async def test_debate_without_agreement_is_judged() -> None:
     assert reasoning.iterations[-1].verdict == "bob"
     assert reasoning.final_result == bob[1]
     # Round 2 saw the other's round-1 answer: the update prompt carries it.
-    update = prompts.DEBATE_UPDATE.format(problem=PROBLEM, own=alice[0], others=prompts.labelled([bob[0]]))
+    update = debate.UPDATE.format(problem=PROBLEM, own=alice[0], others=prompts.labelled([bob[0]]))
     assert reasoning.iterations[2].usage.prompt_tokens == count_tokens(update)
 
 
@@ -242,7 +243,7 @@ async def test_mixture_aggregates_every_proposal() -> None:
     assert kinds(reasoning) == [("proposal", "p"), ("proposal", "s"), ("proposal", "x"), ("aggregation", "p")]
     assert reasoning.final_result == aggregate
     # The aggregator's prompt held all three proposals, word for word (scripted prompt tokens are words).
-    expected = prompts.AGGREGATE.format(problem=PROBLEM, proposals=prompts.labelled(proposals))
+    expected = mixture.AGGREGATE.format(problem=PROBLEM, proposals=prompts.labelled(proposals))
     assert reasoning.iterations[-1].usage.prompt_tokens == count_tokens(expected)
     assert {m.model for m in reasoning.usage.by_model} == {"p", "s", "x"}
 
@@ -263,9 +264,9 @@ async def test_mixture_layers_see_the_previous_layer() -> None:
             wait=True,
         )
     assert [it.kind for it in reasoning.iterations] == ["proposal"] * 4 + ["aggregation"]
-    layer_two = prompts.PROPOSE_AGAIN.format(problem=PROBLEM, proposals=prompts.labelled(first))
+    layer_two = mixture.PROPOSE_AGAIN.format(problem=PROBLEM, proposals=prompts.labelled(first))
     assert reasoning.iterations[2].usage.prompt_tokens == count_tokens(layer_two)
-    aggregation = prompts.AGGREGATE.format(problem=PROBLEM, proposals=prompts.labelled(second))
+    aggregation = mixture.AGGREGATE.format(problem=PROBLEM, proposals=prompts.labelled(second))
     assert reasoning.iterations[4].usage.prompt_tokens == count_tokens(aggregation)
 
 
@@ -287,7 +288,7 @@ async def test_mixture_leaves_out_a_refusing_proposer() -> None:
     assert "refusal" in reasoning.iterations[1].stuck_indicators
     [handoff] = of_type(log, T.REASONING_EVENT_TYPE_HANDOFF)
     assert (handoff.model, handoff.to_model) == ("s", "p")
-    expected = prompts.AGGREGATE.format(
+    expected = mixture.AGGREGATE.format(
         problem=PROBLEM, proposals=prompts.labelled(["Canberra is the capital."])
     )
     assert reasoning.iterations[-1].usage.prompt_tokens == count_tokens(expected)

@@ -33,7 +33,13 @@ from server.orchestration.reasoning.session import (
     is_terminal,
     now,
 )
-from server.orchestration.reasoning.strategies import MULTI_MODEL, STRATEGIES
+from server.orchestration.reasoning.strategies import (
+    DEFAULT_ITERATIONS,
+    DEFAULT_SAMPLES,
+    MULTI_MODEL,
+    SAMPLED,
+    STRATEGIES,
+)
 from server.orchestration.runs import Run
 from server.providers.attachments import chat_message
 from server.providers.base import Attachment, Role
@@ -42,8 +48,7 @@ from server.providers.registry import ModelRegistry
 from server.security.context import Caller
 from server.storage import Stored
 
-DEFAULT_STRATEGY = "iterative_refinement"
-DEFAULT_ITERATIONS = 5
+DEFAULT_STRATEGY = next(iter(STRATEGIES))
 RESUMABLE = frozenset({INTERRUPTED, FAILED, CANCELLED})
 
 
@@ -214,7 +219,11 @@ class ReasoningSessions:
         iterations = request.max_iterations or DEFAULT_ITERATIONS
         if request.additional_models and strategy not in MULTI_MODEL:
             raise InvalidArgument(
-                "additional_models", f"only {' and '.join(sorted(MULTI_MODEL))} use more than two models"
+                "additional_models", f"only {', '.join(sorted(MULTI_MODEL))} use more than two models"
+            )
+        if request.HasField("samples") and strategy not in SAMPLED:
+            raise InvalidArgument(
+                "samples", f"only {', '.join(sorted(SAMPLED))} draws samples, not {shown(strategy)}"
             )
         secondary = request.secondary_model or request.primary_model
         fields = [
@@ -241,6 +250,7 @@ class ReasoningSessions:
             max_iterations=iterations,
             additional_models=request.additional_models,
             max_tokens=request.max_tokens if request.HasField("max_tokens") else 0,
+            samples=(request.samples or DEFAULT_SAMPLES) if strategy in SAMPLED else 0,
         )
         if request.HasField("file_data"):
             reasoning.file_data.CopyFrom(request.file_data)  # a resumed run reads it again
@@ -260,6 +270,6 @@ def session_work(session: Session) -> Work:
 
     async def work(run: Run) -> None:
         session.run = run
-        await session.run_strategy(STRATEGIES[session.reasoning.collaboration_strategy])
+        await session.run_strategy(STRATEGIES[session.reasoning.collaboration_strategy].run)
 
     return work
