@@ -24,6 +24,11 @@ Embeddings (`MeteredEmbedder.embed`) pass the same checks and accounting, their 
 read: the texts' characters bounded by max_prompt_chars, each text's estimate by context_length, their
 worst case (UTF-8 bytes, plus a token or two of BOS/EOS per text) reserved, and the reported tokens
 charged; a call that fails or is cancelled returns no vector and costs nothing.
+
+A run of several calls (a collaboration model's session) first holds its own worst case from the budget
+(`RunHold.take`: refused as one call would be, before any model is called); its calls then reserve
+from that hold instead of the budget (past it, from the budget as above), each settled at its cost as
+usual, and what the run did not use goes back when it ends (`RunHold.release`).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from common.errors import CONTEXT_LENGTH_EXCEEDED, PROMPT_TOO_LONG, InvalidArgument
 from common.observability import requests
@@ -40,7 +45,7 @@ from server.providers.base import ChatRequest, Embedder, Embeddings, Finish, Pro
 from server.providers.text import estimate_prompt_tokens, estimate_tokens
 from server.security import context
 from server.security.context import Caller
-from server.security.limits import Limiter
+from server.security.limits import KeyLimits, Limiter
 from server.security.observed import ModelCall
 from server.settings import ModelConfig
 
@@ -255,3 +260,86 @@ class _Reservation:
             except Exception:  # the in-memory count holds; the record catches up on the next call
                 log.exception("could not record spend", extra={"key_id": caller.key_id})
         return cost
+
+
+class RunHold:
+    """A run's worst case in dollars, held from its caller's budget; see the module docstring."""
+
+    def __init__(self, caller: Caller, limiter: Limiter, usd: float) -> None:
+        self.caller = caller
+        self._limiter = limiter
+        self.usd = usd
+        self.remaining = usd
+
+    @classmethod
+    async def take(cls, caller: Caller | None, usd: float) -> RunHold | None:
+        """Hold `usd` of the caller's budget (BUDGET_EXCEEDED, as for a call, if it cannot be covered);
+        None when the caller has no budget to hold from."""
+        if caller is None or not caller.limited or not caller.budget_usd:
+            return None
+        assert caller.limiter is not None  # limited
+        await caller.limiter.reserve(caller, usd)
+        return cls(caller, caller.limiter, usd)
+
+    def bound(self) -> Caller:
+        """The caller as the run's calls see it: their reservations drawn from this hold."""
+        return replace(self.caller, limiter=_HeldLimiter(self, self._limiter))
+
+    def draw(self, usd: float) -> float:
+        """Up to `usd` from the hold; returns what it could not give."""
+        taken = min(usd, self.remaining)
+        self.remaining -= taken
+        return usd - taken
+
+    async def release(self) -> None:
+        """What the run did not use, back to the budget (once; later calls do nothing)."""
+        left, self.remaining = self.remaining, 0.0
+        if left:
+            await self._limiter.settle(self.caller, left, 0.0)
+
+
+class _HeldLimiter:
+    """A key's limiter whose budget reservations come from a `RunHold` first. A call's reservation is
+    released by its settle in full, hold part and budget part alike: both were reserved in the limiter."""
+
+    def __init__(self, hold: RunHold, inner: Limiter) -> None:
+        self._hold = hold
+        self._inner = inner
+
+    # Rates, streams, spending and health: the key's own.
+    async def take_request(self, caller: KeyLimits) -> None:
+        await self._inner.take_request(caller)
+
+    async def reserve_tokens(self, caller: KeyLimits, tokens: int) -> int:
+        return await self._inner.reserve_tokens(caller, tokens)
+
+    async def settle_tokens(self, caller: KeyLimits, reserved: int, used: int) -> None:
+        await self._inner.settle_tokens(caller, reserved, used)
+
+    async def open_stream(self, caller: KeyLimits) -> None:
+        await self._inner.open_stream(caller)
+
+    async def close_stream(self, caller: KeyLimits) -> None:
+        await self._inner.close_stream(caller)
+
+    def spent(self, caller: KeyLimits) -> float:
+        return self._inner.spent(caller)
+
+    async def ping(self) -> bool:
+        return await self._inner.ping()
+
+    async def aclose(self) -> None:
+        return None  # the key's limiter is the server's to close
+
+    async def reserve(self, caller: KeyLimits, usd: float) -> None:
+        wanted = usd
+        excess = self._hold.draw(usd)
+        if excess:
+            try:
+                await self._inner.reserve(caller, excess)
+            except BaseException:
+                self._hold.remaining += wanted - excess
+                raise
+
+    async def settle(self, caller: KeyLimits, reserved: float, cost: float) -> None:
+        await self._inner.settle(caller, reserved, cost)

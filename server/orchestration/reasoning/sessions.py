@@ -11,7 +11,7 @@ the lifecycle's recovery.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 
 from google.rpc import status_pb2
@@ -99,9 +99,18 @@ class ReasoningSessions:
     # ---- changing
 
     async def create(
-        self, request: reasoning_pb2.CreateReasoningRequest, caller: Caller | None
+        self,
+        request: reasoning_pb2.CreateReasoningRequest,
+        caller: Caller | None,
+        *,
+        collaboration_model: str = "",
+        ended: Callable[[], Awaitable[None]] | None = None,
     ) -> reasoning_pb2.Reasoning:
+        """A new session, run in the background (waited for with `request.wait`). For a client calling
+        a collaboration model: `collaboration_model` is recorded on it, and `ended` runs when its run
+        ends, however it ends (not if it never started: this raised)."""
         reasoning, attachments = self._validate(request, caller)
+        reasoning.collaboration_model = collaboration_model
         reasoning.reasoning_id = f"reas-{uuid.uuid4().hex[:24]}"
         reasoning.status = IN_PROGRESS
         reasoning.created_at.CopyFrom(now())
@@ -120,7 +129,7 @@ class ReasoningSessions:
             status=IN_PROGRESS,
             body=reasoning.SerializeToString(),
             events=[started.SerializeToString()],
-            work=session_work(session),
+            work=session_work(session, ended),
         )
         if request.wait:
             await self._lifecycle.runs.wait(reasoning.reasoning_id)
@@ -265,11 +274,15 @@ def read(stored: Stored) -> reasoning_pb2.Reasoning:
     return reasoning
 
 
-def session_work(session: Session) -> Work:
-    """The run of a session: its strategy, in the attempt it is given."""
+def session_work(session: Session, ended: Callable[[], Awaitable[None]] | None = None) -> Work:
+    """The run of a session: its strategy, in the attempt it is given; then `ended`, however it ends."""
 
     async def work(run: Run) -> None:
         session.run = run
-        await session.run_strategy(STRATEGIES[session.reasoning.collaboration_strategy].run)
+        try:
+            await session.run_strategy(STRATEGIES[session.reasoning.collaboration_strategy].run)
+        finally:
+            if ended is not None:
+                await ended()
 
     return work
