@@ -84,6 +84,7 @@ def config(fake_url: str) -> Config:
                 scripted("drafter", DRAFT, REVISION),
                 scripted("critic", CRITIQUE_REVISE, CRITIQUE_APPROVE),
                 scripted("slow-drafter", " ".join(f"word{i}" for i in range(400)), delay_ms=20),
+                scripted("steady-drafter", " ".join(f"word{i}" for i in range(30)), delay_ms=20),
             ],
             "collaborations": [
                 {
@@ -99,6 +100,14 @@ def config(fake_url: str) -> Config:
                     "primary": "slow-drafter",
                     "secondary": "critic",
                     "max_iterations": 3,
+                },
+                {
+                    "id": "keeper",
+                    "strategy": "iterative_refinement",
+                    "primary": "steady-drafter",
+                    "secondary": "critic",
+                    "max_iterations": 2,
+                    "run_to_completion": True,
                 },
             ],
         }
@@ -491,3 +500,37 @@ async def test_a_dropped_stream_cancels_its_run(oai: openai.AsyncOpenAI, gw: Any
     await stream.close()
     body = await session(gw, headers.last[REASONING_HEADER], until="RUN_STATUS_CANCELLED")
     assert body["final_result"] == ""
+
+
+async def test_ollama_dropping_the_stream_cancels_the_run_too(
+    olm: ollama.AsyncClient, gw: Any, headers: Headers
+) -> None:
+    parts = await olm.chat(model="slow-panel", messages=ASK, stream=True)
+    async for part in parts:
+        if part.message.thinking:
+            break
+    await parts.aclose()  # type: ignore[attr-defined]
+    await session(gw, headers.last[REASONING_HEADER], until="RUN_STATUS_CANCELLED")
+
+
+async def test_a_model_that_runs_to_completion_outlives_its_caller(
+    claude: anthropic.AsyncAnthropic, gw: Any, headers: Headers
+) -> None:
+    async with claude.messages.stream(
+        model="keeper", max_tokens=2048, messages=ASK, thinking={"type": "adaptive"}
+    ) as stream:
+        async for event in stream:
+            if event.type == "content_block_delta":
+                break  # the draft is streaming; the client leaves
+    body = await session(gw, headers.last[REASONING_HEADER])
+    assert [it["kind"] for it in body["iterations"]][:2] == ["draft", "critique"]
+    assert body["final_result"]
+
+
+async def test_collaboration_models_are_listed_as_thinking_models(
+    oai: openai.AsyncOpenAI, olm: ollama.AsyncClient
+) -> None:
+    assert {"panel", "slow-panel", "keeper"} <= {m.id for m in (await oai.models.list()).data}
+    assert {"panel", "slow-panel", "keeper"} <= {m.model for m in (await olm.list()).models}
+    shown = await olm.show("panel")
+    assert shown.capabilities is not None and "thinking" in shown.capabilities
