@@ -25,6 +25,7 @@ from aibattle.v1 import (
 from common.config import ConfigError
 from server.app import AIBattleServer
 from server.config import Config
+from server.orchestration.collaboration import reasoning_request, worst_case_usd
 from server.orchestration.reasoning.strategies import MULTI_MODEL, STRATEGIES
 from server.providers.base import ChatRequest
 from server.settings import MULTI_MODEL_STRATEGIES, CollaborationStrategy
@@ -328,3 +329,38 @@ async def test_a_key_needs_the_collaboration_and_every_member() -> None:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await reasoning_of(channel, response.reasoning_id, metadata=bearer(members_only))
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def worst_case_of(cfg: Config, prompt: str, collaboration_id: str = "panel") -> float:
+    collaboration = next(c for c in cfg.collaborations if c.id == collaboration_id)
+    request = completions_pb2.CreateCompletionRequest(model=collaboration_id, prompt=prompt)
+    members = [m for m in cfg.models if m.id in collaboration.members]
+    return worst_case_usd(collaboration, reasoning_request(collaboration, request), members)
+
+
+async def test_the_longest_run_costs_less_than_its_worst_case_and_the_hold_comes_back() -> None:
+    # The critic never approves and every draft is as long as max_tokens allows: the run takes every
+    # step its strategy can (a draft, then a critique and a revision per round), each prompt carrying
+    # the draft and its critique.
+    words = " ".join(f"w{i}" for i in range(40))
+    models = [
+        scripted("model-a", f"Draft {words}"),
+        scripted("model-b", f"Wrong {words}\nVERDICT: REVISE\nFOCUS: all"),
+    ]
+    panel = critique_panel(strategy="iterative_refinement", max_iterations=2, max_tokens=30)
+    cfg = config(models, [panel], secure=True)
+    worst = worst_case_of(cfg, "Capital?")
+    async with serving(models, [panel], secure=True) as channel:
+        # Room for one worst case and a half: a second run fits only if the first gave its hold back.
+        _, secret = await new_key(channel, budget_usd=worst * 1.5)
+        stub = completions_pb2_grpc.CompletionServiceStub(channel)
+        request = completions_pb2.CreateCompletionRequest(model="panel", prompt="Capital?")
+        first = await stub.CreateCompletion(request, metadata=bearer(secret))
+        stored = await reasoning_of(channel, first.reasoning_id, metadata=bearer(secret))
+        # Every round ran, and the repeated drafts stalled, so the critic took over too: 7 of 2 + 3N steps.
+        kinds = [i.kind for i in stored.iterations]
+        assert kinds.count("critique") == 2 and len(kinds) >= 7, kinds
+        assert all(i.usage.completion_tokens == 30 for i in stored.iterations)  # every step at its bound
+        assert 0 < first.usage.cost_usd <= worst
+        second = await stub.CreateCompletion(request, metadata=bearer(secret))
+        assert second.usage.cost_usd == pytest.approx(first.usage.cost_usd)
