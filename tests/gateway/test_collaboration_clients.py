@@ -471,6 +471,12 @@ async def test_anthropic_shows_the_steps_as_thinking_blocks(
     assert final.usage.output_tokens == sum(
         int(it["usage"]["completion_tokens"]) for it in body["iterations"]
     )
+    # Thinking not enabled: the answer alone, and the session still named.
+    plain = await claude.messages.create(model="panel", max_tokens=2048, messages=ASK)
+    assert [b.type for b in plain.content] == ["text"]
+    assert plain.content[0].text == REVISION  # type: ignore[union-attr]
+    other = await session(gw, headers.last[REASONING_HEADER])
+    assert other["reasoning_id"] != body["reasoning_id"] and len(other["iterations"]) == len(STEPS)
 
 
 async def test_native_rest_names_the_session(gw: Any) -> None:
