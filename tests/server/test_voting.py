@@ -172,6 +172,16 @@ async def test_when_every_sample_stalls_they_all_vote() -> None:
     assert reasoning.final_result == REFUSAL and reasoning.stop_reason == "majority"
 
 
+async def test_samples_with_nothing_to_count_end_without_an_answer() -> None:
+    async with serving(scripted("m", "...")) as (_, stub):
+        reasoning = await create(
+            stub, primary_model="m", collaboration_strategy="self_consistency", samples=2, wait=True
+        )
+    assert reasoning.status == COMPLETED and len(reasoning.iterations) == 2
+    assert not reasoning.vote.tallies
+    assert reasoning.final_result == "..." and reasoning.stop_reason == "no_answer"
+
+
 # -- vote ------------------------------------------------------------------------------------------
 
 
