@@ -190,7 +190,13 @@ class Runner:
         outcome.output = response.content
         outcome.tokens = response.usage.total_tokens
         outcome.cost_usd = response.usage.cost_usd
-        outcome.reasoning_id = response.reasoning_id
+        if response.reasoning_id:  # a collaboration model: its session says how it stopped
+            session = await self._reasoning.GetReasoning(
+                reasoning_pb2.GetReasoningRequest(reasoning_id=response.reasoning_id),
+                metadata=self._metadata,
+                timeout=self._timeout,
+            )
+            self._read_session(session.reasoning, outcome)
 
     async def _session(self, strategy: str, prompt: str, outcome: Outcome) -> None:
         request = reasoning_pb2.CreateReasoningRequest(
@@ -219,15 +225,19 @@ class Runner:
             self._without_additional.add(strategy)
             del request.additional_models[:]
             reasoning = await self._create(request)
+        self._read_session(reasoning, outcome)
+        if reasoning.HasField("error") and reasoning.error.message:
+            outcome.error = reasoning.error.message
+        outcome.output = reasoning.final_result
+
+    @staticmethod
+    def _read_session(reasoning: reasoning_pb2.Reasoning, outcome: Outcome) -> None:
         outcome.reasoning_id = reasoning.reasoning_id
         outcome.stop_reason = reasoning.stop_reason
         outcome.tokens = reasoning.usage.total_tokens
         outcome.cost_usd = reasoning.usage.cost_usd
         outcome.secondary_only_cost_usd = reasoning.usage.secondary_only_cost_usd
         outcome.escalated = reasoning.usage.escalated
-        if reasoning.HasField("error") and reasoning.error.message:
-            outcome.error = reasoning.error.message
-        outcome.output = reasoning.final_result
 
     async def _create(self, request: reasoning_pb2.CreateReasoningRequest) -> reasoning_pb2.Reasoning:
         response = await self._reasoning.CreateReasoning(

@@ -48,6 +48,13 @@ provider = "scripted"
 capabilities = ["text"]
 script = ["It is 5, I think.\\nFINAL ANSWER: 5"]
 pricing = { input = 0.001, output = 0.001 }
+
+[[collaborations]]
+id = "panel"
+strategy = "vote"
+primary = "right"
+secondary = "right-too"
+additional_models = ["wrong"]
 """
 
 
@@ -167,12 +174,15 @@ def run_harness(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess
 
 
 def test_a_run_on_scripted_models_reports_the_accuracy_it_must(tmp_path: Path) -> None:
-    done, report = run_harness(tmp_path, "--models", "right,right-too,wrong", "--max-iterations", "1")
+    done, report = run_harness(tmp_path, "--models", "right,right-too,wrong,panel", "--max-iterations", "1")
     rows = {(r["kind"], r["name"]): r for r in report["rows"]}
     strategies = collab_eval.allowed_strategies()
-    assert set(rows) == {("model", "right"), ("model", "right-too"), ("model", "wrong")} | {
-        ("strategy", s) for s in strategies
-    }
+    assert set(rows) == {
+        ("model", "right"),
+        ("model", "right-too"),
+        ("model", "wrong"),
+        ("collaboration_model", "panel"),
+    } | {("strategy", s) for s in strategies}
     assert report["setup"]["panel"] == {"primary": "right", "secondary": "right-too", "additional": ["wrong"]}
     assert report["setup"]["problems"] == 4
 
@@ -205,6 +215,13 @@ def test_a_run_on_scripted_models_reports_the_accuracy_it_must(tmp_path: Path) -
     assert rows["strategy", "iterative_refinement"]["stop_reasons"] == {"approved": 4}
     assert rows["strategy", "critique"]["stop_reasons"] == {"accepted": 4}
     assert rows["strategy", "cascade"]["stop_reasons"] == {"not_escalated": 4}
+
+    # The collaboration model runs vote over the same panel: the same answers, the same usage.
+    panel, vote = rows["collaboration_model", "panel"], rows["strategy", "vote"]
+    assert panel["accuracy"] == 0.75 and panel["stop_reasons"] == {"majority": 4}
+    assert panel["tokens"] == vote["tokens"] and panel["cost_usd"] == pytest.approx(vote["cost_usd"])
+    assert panel["gain_over"] == {"vote": 0.0, "self_consistency": 0.0}
+    assert all(o["reasoning_id"].startswith("reas-") for o in report["outcomes"]["collaboration_model:panel"])
 
     cascade = report["cascade"]
     outcomes = report["outcomes"]["strategy:cascade"]
