@@ -125,12 +125,17 @@ class RequestContextInterceptor(AsyncServerInterceptor):
 _current: contextvars.ContextVar[_Rpc | None] = contextvars.ContextVar("rpc", default=None)
 
 
-def echo_also(key: str, value: str) -> None:
-    """Metadata a handler adds to what its call echoes (`_Rpc.echo`), before its first message: e.g.
-    the reasoning session a collaboration model answers from. Outside an intercepted call, nothing."""
+async def echo_now(key: str, value: str) -> None:
+    """Metadata a handler adds to what its call echoes (`_Rpc.echo`), echoed at once rather than with
+    the first message or the answer (unless the caller asked for it in trailers): e.g. the reasoning
+    session a collaboration model answers from, which a client may read or cancel while the call runs.
+    Before the call's first message; outside an intercepted call, nothing."""
     rpc = _current.get()
-    if rpc is not None and not rpc.echoed:
-        rpc.extra += ((key, value),)
+    if rpc is None or rpc.echoed:
+        return
+    rpc.extra += ((key, value),)
+    if not rpc.trailers:
+        await rpc.echo()
 
 
 _IN_FLIGHT = metrics.IN_FLIGHT.labels("grpc")

@@ -19,7 +19,7 @@ from google.protobuf import timestamp_pb2
 from aibattle.v1 import common_pb2, completions_pb2, completions_pb2_grpc
 from common.enums import FinishReason
 from common.errors import InvalidArgument
-from server.interceptors import echo_also
+from server.interceptors import echo_now
 from server.orchestration.collaboration import Answer, Collaborations, Finished, Thinking
 from server.providers.base import Delta, Finish, StreamItem, TokenCounter, Usage
 from server.providers.convert import CompletionRequest, chat_request, usage_proto
@@ -47,7 +47,7 @@ class CompletionServicer(completions_pb2_grpc.CompletionServiceServicer):
         if collaboration is None or self._collaborations is None:
             return None
         started = await self._collaborations.start(collaboration, request, caller_context.current())
-        echo_also(REASONING_ID_METADATA, started.reasoning_id)  # with the call's initial metadata
+        await echo_now(REASONING_ID_METADATA, started.reasoning_id)
         return started.reasoning_id, self._collaborations.follow(started)
 
     def _answers(

@@ -89,6 +89,17 @@ async def reasoning_of(channel: grpc.aio.Channel, reasoning_id: str, **kw: Any) 
     return (await stub.GetReasoning(request, **kw)).reasoning
 
 
+async def running(channel: grpc.aio.Channel) -> str:
+    """The id of the session a whole call started (a unary call's metadata arrives with its answer)."""
+    stub = reasoning_pb2_grpc.ReasoningServiceStub(channel)
+    for _ in range(int(HANG / 0.02)):
+        listed = (await stub.ListReasonings(reasoning_pb2.ListReasoningsRequest())).reasonings
+        if listed:
+            return listed[0].reasoning_id
+        await asyncio.sleep(0.02)
+    raise AssertionError("no session started")
+
+
 async def ended(channel: grpc.aio.Channel, reasoning_id: str) -> reasoning_pb2.Reasoning:
     """The session once its event stream has ended (after its terminal event)."""
     stub = reasoning_pb2_grpc.ReasoningServiceStub(channel)
@@ -364,3 +375,77 @@ async def test_the_longest_run_costs_less_than_its_worst_case_and_the_hold_comes
         assert 0 < first.usage.cost_usd <= worst
         second = await stub.CreateCompletion(request, metadata=bearer(secret))
         assert second.usage.cost_usd == pytest.approx(first.usage.cost_usd)
+
+
+# ---- the voting baselines, and the ends of a run other than its answer
+
+
+async def test_vote_and_self_consistency_are_models_too() -> None:
+    models = [
+        scripted("model-a", ANSWER),
+        scripted("model-b", "FINAL ANSWER: Sydney"),
+        scripted("model-c", "It is Canberra.\nFINAL ANSWER: canberra"),
+    ]
+    collaborations = [
+        {"id": "vote3", "strategy": "vote", "primary": "model-a", "secondary": "model-b"}
+        | {"additional_models": ["model-c"]},
+        {"id": "sc", "strategy": "self_consistency", "primary": "model-a", "samples": 3},
+    ]
+    async with serving(models, collaborations) as channel:
+        stub = completions_pb2_grpc.CompletionServiceStub(channel)
+        voted = await stub.CreateCompletion(
+            completions_pb2.CreateCompletionRequest(model="vote3", prompt="Capital?")
+        )
+        assert voted.content == ANSWER
+        stored = await reasoning_of(channel, voted.reasoning_id)
+        assert (stored.collaboration_model, stored.stop_reason) == ("vote3", "majority")
+        assert [t.votes for t in stored.vote.tallies] == [2, 1]
+        sampled = [c async for c in stub.StreamCompletion(stream_request("sc"))]
+        assert "".join(c.content for c in sampled) == ANSWER
+        assert "".join(c.thinking for c in sampled).count("[sample · model-a]") == 3
+        stored = await reasoning_of(channel, sampled[0].reasoning_id)
+        assert stored.samples == 3 and len(stored.iterations) == 3
+
+
+async def test_a_member_s_failure_is_the_call_s_error() -> None:
+    broken = {**scripted("model-b", ACCEPT), "error_after_chunks": 0}
+    async with serving([scripted("model-a", ANSWER), broken], [critique_panel()]) as channel:
+        stub = completions_pb2_grpc.CompletionServiceStub(channel)
+        call = stub.StreamCompletion(stream_request())
+        reasoning_id = dict(await call.initial_metadata())["x-aibattle-reasoning-id"]
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async for _ in call:
+                pass
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        stored = await ended(channel, reasoning_id)
+        assert stored.status == common_pb2.RUN_STATUS_FAILED
+        assert [i.kind for i in stored.iterations] == ["draft"]  # the step before the failure stays
+
+
+async def test_a_run_cancelled_elsewhere_ends_the_call_cancelled() -> None:
+    models = [scripted("model-a", ANSWER, delay_ms=200), scripted("model-b", ACCEPT)]
+    async with serving(models, [critique_panel()]) as channel:
+        stub = completions_pb2_grpc.CompletionServiceStub(channel)
+        call = stub.CreateCompletion(
+            completions_pb2.CreateCompletionRequest(model="panel", prompt="Capital?")
+        )
+        reasoning_id = await running(channel)
+        reasoning = reasoning_pb2_grpc.ReasoningServiceStub(channel)
+        await reasoning.CancelReasoning(reasoning_pb2.CancelReasoningRequest(reasoning_id=reasoning_id))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.CANCELLED
+        assert "was cancelled" in (caught.value.details() or "")
+
+
+async def test_a_cancelled_whole_call_cancels_its_run_too() -> None:
+    models = [scripted("model-a", ANSWER, delay_ms=200), scripted("model-b", ACCEPT)]
+    async with serving(models, [critique_panel()]) as channel:
+        stub = completions_pb2_grpc.CompletionServiceStub(channel)
+        call = stub.CreateCompletion(
+            completions_pb2.CreateCompletionRequest(model="panel", prompt="Capital?")
+        )
+        reasoning_id = await running(channel)
+        call.cancel()
+        stored = await ended(channel, reasoning_id)
+        assert stored.status == common_pb2.RUN_STATUS_CANCELLED
