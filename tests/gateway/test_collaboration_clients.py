@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
-import httpx
 import ollama
 import openai
 import pytest
@@ -36,7 +35,7 @@ from tests.server.providers.fake_upstream import (
 
 KEY_ENV = "AIBATTLE_TEST_ANTHROPIC_KEY"
 REASONING_HEADER = "x-aibattle-reasoning-id"
-ASK = [{"role": "user", "content": "What is the capital of Australia?"}]
+ASK: Any = [{"role": "user", "content": "What is the capital of Australia?"}]
 THOUGHT = ["The largest city is Sydney, ", "but the capital is Canberra."]
 ANSWER = ["The capital", " is Canberra."]
 
@@ -117,7 +116,7 @@ def config(fake_url: str) -> Config:
 def thinking_stream(thought: Sequence[str], answer: Sequence[str]) -> list[bytes | float]:
     """A streamed Message with a thinking block (deltas, then its signature) and a text block, as
     Anthropic sends one with extended thinking on."""
-    start = {
+    start: dict[str, Any] = {
         "model": "claude-sonnet-4-5",
         "id": "msg_01ThinkingStream",
         "type": "message",
@@ -215,7 +214,7 @@ def headers() -> Headers:
 
 @pytest.fixture
 async def oai(gw: Any, headers: Headers) -> AsyncIterator[openai.AsyncOpenAI]:
-    http = httpx.AsyncClient(event_hooks={"response": [headers]})
+    http = openai.DefaultAsyncHttpxClient(event_hooks={"response": [headers]})
     client = openai.AsyncOpenAI(
         base_url=f"http://127.0.0.1:{gw.port}/v1", api_key="sk-test", max_retries=0, http_client=http
     )
@@ -252,7 +251,7 @@ async def test_openai_streams_reasoning_content_before_the_answer(
     oai: openai.AsyncOpenAI, fake: tuple[FakeUpstream, str], headers: Headers
 ) -> None:
     fake[0].replies = [Reply(chunks=thinking_stream(THOUGHT, ANSWER))]
-    stream = await oai.chat.completions.create(model="claude", messages=ASK, stream=True)  # type: ignore[arg-type]
+    stream = await oai.chat.completions.create(model="claude", messages=ASK, stream=True)
     order: list[str] = []
     reasoning, content = "", ""
     async for chunk in stream:
@@ -272,7 +271,7 @@ async def test_openai_whole_answer_carries_reasoning_content(
     oai: openai.AsyncOpenAI, fake: tuple[FakeUpstream, str]
 ) -> None:
     fake[0].replies = [thinking_message()]
-    reply = await oai.chat.completions.create(model="claude", messages=ASK)  # type: ignore[arg-type]
+    reply = await oai.chat.completions.create(model="claude", messages=ASK)
     message = reply.choices[0].message
     assert message.content == "".join(ANSWER) and reasoning_of(message) == "".join(THOUGHT)
     # Sent back with its reasoning (as `messages.append(message)` does), the turn is taken; the
@@ -397,7 +396,7 @@ async def test_openai_streaming_shows_the_steps_then_the_answer(
         model="panel",
         messages=ASK,
         stream=True,
-        stream_options={"include_usage": True},  # type: ignore[arg-type]
+        stream_options={"include_usage": True},
     )
     order: list[str] = []
     reasoning, content, usage = "", "", None
@@ -424,7 +423,7 @@ async def test_openai_streaming_shows_the_steps_then_the_answer(
 async def test_openai_whole_answer_with_the_summed_usage(
     oai: openai.AsyncOpenAI, gw: Any, headers: Headers
 ) -> None:
-    reply = await oai.chat.completions.create(model="panel", messages=ASK)  # type: ignore[arg-type]
+    reply = await oai.chat.completions.create(model="panel", messages=ASK)
     message = reply.choices[0].message
     assert message.content == REVISION and reply.choices[0].finish_reason == "stop"
     body = await session(gw, headers.last[REASONING_HEADER])
@@ -499,7 +498,7 @@ async def test_native_rest_names_the_session(gw: Any) -> None:
 
 
 async def test_a_dropped_stream_cancels_its_run(oai: openai.AsyncOpenAI, gw: Any, headers: Headers) -> None:
-    stream = await oai.chat.completions.create(model="slow-panel", messages=ASK, stream=True)  # type: ignore[arg-type]
+    stream = await oai.chat.completions.create(model="slow-panel", messages=ASK, stream=True)
     async for chunk in stream:
         if chunk.choices and reasoning_of(chunk.choices[0].delta):
             break  # the run is under way: the draft is streaming
