@@ -79,8 +79,8 @@ def extract_answer(text: str) -> int | None:
     numbers = _NUMBER.findall(parsing.final_answer(text))
     if not numbers:
         return None
-    value = float(numbers[-1].replace(",", "").rstrip("."))
-    return int(value) if value.is_integer() else None
+    whole, _, fraction = numbers[-1].replace(",", "").partition(".")
+    return None if fraction.strip("0") else int(whole)  # exact: no float on the way
 
 
 def wilson(correct: int, total: int, z: float = Z95) -> tuple[float, float]:

@@ -118,6 +118,7 @@ def test_jsonl_problems_and_errors_naming_the_line(tmp_path: Path) -> None:
         ("12 + 30 = 42\nThat's it: 42.", 42),
         ("FINAL ANSWER: 42.0", 42),
         ("FINAL ANSWER: 12.5", None),
+        ("FINAL ANSWER: 123456789012345678901", 123456789012345678901),
         ("I cannot tell.", None),
         ("", None),
     ],
