@@ -116,7 +116,8 @@ class Reasoning(_message.Message):
     """
     max_iterations: _builtins.int
     """Upper bound on the strategy's rounds: critique-and-revision rounds (iterative_refinement), debate
-    rounds, proposal layers (mixture), verification rounds (critique); cascade escalates at most once.
+    rounds, proposal layers (mixture), verification rounds (critique); cascade escalates at most once;
+    self_consistency (samples) and vote (one answer per model) have no rounds and ignore it.
     """
     final_result: _builtins.str
     """The answer, once completed."""
@@ -127,9 +128,11 @@ class Reasoning(_message.Message):
     samples: _builtins.int
     """Samples drawn (self_consistency); 0 for other strategies."""
     stop_reason: _builtins.str
-    """Why the session stopped: "consensus" (the answers agreed before the last round), "approved"
-    (iterative_refinement), "accepted" (critique), "max_iterations", "majority" (self_consistency, vote),
-    "tie_broken" (vote: the judge decided), "escalated" or "not_escalated" (cascade); empty until it ends.
+    """Why the session stopped: "consensus" (debate: the answers agreed, so no judge; mixture: a layer's
+    proposals agreed before the last layer), "approved" (iterative_refinement), "accepted" (critique),
+    "max_iterations", "majority" (self_consistency, vote), "tie_broken" (vote: the judge decided),
+    "escalated" or "not_escalated" (cascade), "stalled" (a debate left with no second debater, a critique
+    that refused a stalled correction), "no_answer" (every answer was empty); empty until it ends.
     """
     collaboration_model: _builtins.str
     """Collaboration model this session runs for, when a client called one as a model; empty otherwise."""
@@ -222,7 +225,7 @@ class ReasoningIteration(_message.Message):
     """Position in the session, from 1."""
     kind: _builtins.str
     """Step kind: "draft", "critique", "revision", "argument", "proposal", "aggregation", "verification",
-    "escalation", "judgment".
+    "escalation", "judgment", "sample" (self_consistency), "answer" (vote).
     """
     verdict: _builtins.str
     """The verdict a reviewing step gave, lower case: "approve" or "revise" (critique), "accept" or

@@ -2419,7 +2419,8 @@ class Reasoning(betterproto2.Message):
     max_iterations: "int" = betterproto2.field(8, betterproto2.TYPE_INT32)
     """
     Upper bound on the strategy's rounds: critique-and-revision rounds (iterative_refinement), debate
-    rounds, proposal layers (mixture), verification rounds (critique); cascade escalates at most once.
+    rounds, proposal layers (mixture), verification rounds (critique); cascade escalates at most once;
+    self_consistency (samples) and vote (one answer per model) have no rounds and ignore it.
     """
 
     iterations: "list[ReasoningIteration]" = betterproto2.field(
@@ -2499,9 +2500,11 @@ class Reasoning(betterproto2.Message):
 
     stop_reason: "str" = betterproto2.field(20, betterproto2.TYPE_STRING)
     """
-    Why the session stopped: "consensus" (the answers agreed before the last round), "approved"
-    (iterative_refinement), "accepted" (critique), "max_iterations", "majority" (self_consistency, vote),
-    "tie_broken" (vote: the judge decided), "escalated" or "not_escalated" (cascade); empty until it ends.
+    Why the session stopped: "consensus" (debate: the answers agreed, so no judge; mixture: a layer's
+    proposals agreed before the last layer), "approved" (iterative_refinement), "accepted" (critique),
+    "max_iterations", "majority" (self_consistency, vote), "tie_broken" (vote: the judge decided),
+    "escalated" or "not_escalated" (cascade), "stalled" (a debate left with no second debater, a critique
+    that refused a stalled correction), "no_answer" (every answer was empty); empty until it ends.
     """
 
     vote: "Vote | None" = betterproto2.field(
@@ -2655,7 +2658,7 @@ class ReasoningIteration(betterproto2.Message):
     kind: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
     """
     Step kind: "draft", "critique", "revision", "argument", "proposal", "aggregation", "verification",
-    "escalation", "judgment".
+    "escalation", "judgment", "sample" (self_consistency), "answer" (vote).
     """
 
     usage: "Usage | None" = betterproto2.field(
