@@ -129,6 +129,7 @@ class Outcome:
     stop_reason: str = ""
     secondary_only_cost_usd: float = 0.0
     escalated: bool = False
+    steps: int = 0  # model calls recorded: 1 for a single model, the session's iterations otherwise
     output: str = ""
 
 
@@ -188,6 +189,7 @@ class Runner:
             request, metadata=self._metadata, timeout=self._timeout
         )
         outcome.output = response.content
+        outcome.steps = 1
         outcome.tokens = response.usage.total_tokens
         outcome.cost_usd = response.usage.cost_usd
         if response.reasoning_id:  # a collaboration model: its session says how it stopped
@@ -238,6 +240,7 @@ class Runner:
         outcome.cost_usd = reasoning.usage.cost_usd
         outcome.secondary_only_cost_usd = reasoning.usage.secondary_only_cost_usd
         outcome.escalated = reasoning.usage.escalated
+        outcome.steps = len(reasoning.iterations)
 
     async def _create(self, request: reasoning_pb2.CreateReasoningRequest) -> reasoning_pb2.Reasoning:
         response = await self._reasoning.CreateReasoning(
@@ -346,6 +349,7 @@ def summarize(entry: Entry, outcomes: Sequence[Outcome]) -> dict[str, Any]:
         "ci95": [low, high],
         "tokens": tokens,
         "tokens_per_problem": tokens / n if n else 0.0,
+        "steps_per_problem": sum(o.steps for o in outcomes) / n if n else 0.0,
         "cost_usd": cost,
         "cost_per_problem_usd": cost / n if n else 0.0,
         "latency_ms": {"p50": percentile(latencies, 0.5), "p95": percentile(latencies, 0.95)},
@@ -424,7 +428,7 @@ def print_report(data: dict[str, Any]) -> None:
         b for b in BASELINES if any(r["name"] == b and r["kind"] == "strategy" for r in data["rows"])
     ]
     header = (
-        f"{'':<3}{'entry':<24}{'acc':>6} {'95% CI':>13} {'tokens/pb':>10} {'cost/pb $':>11} "
+        f"{'':<3}{'entry':<24}{'acc':>6} {'95% CI':>13} {'steps':>6} {'tokens/pb':>10} {'cost/pb $':>11} "
         f"{'p50 ms':>9} {'p95 ms':>9} {'vs best':>8}" + "".join(f" {'vs ' + b[:11]:>14}" for b in baselines)
     )
     print(header)
@@ -433,7 +437,8 @@ def print_report(data: dict[str, Any]) -> None:
         low, high = row["ci95"]
         line = (
             f"{tag:<3}{row['name']:<24}{row['accuracy'] * 100:5.0f}% [{low * 100:4.0f}%,{high * 100:4.0f}%] "
-            f"{row['tokens_per_problem']:10.0f} {row['cost_per_problem_usd']:11.6f} "
+            f"{row['steps_per_problem']:6.1f} {row['tokens_per_problem']:10.0f} "
+            f"{row['cost_per_problem_usd']:11.6f} "
             f"{row['latency_ms']['p50']:9.0f} {row['latency_ms']['p95']:9.0f}"
         )
         if row["kind"] != "model":

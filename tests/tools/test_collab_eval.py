@@ -193,6 +193,8 @@ def test_a_run_on_scripted_models_reports_the_accuracy_it_must(tmp_path: Path) -
     assert rows["model", "wrong"]["correct"] == 0 and rows["model", "wrong"]["accuracy"] == 0.0
     assert rows["model", "right"]["ci95"] == pytest.approx(list(collab_eval.wilson(3, 4)))
     assert report["best_single_model"] == "right"
+    assert rows["model", "right"]["steps_per_problem"] == 1
+    assert rows["strategy", "vote"]["steps_per_problem"] == 3  # one answer per model, no judge needed
     for outcome in report["outcomes"]["model:wrong"]:
         assert outcome["answer"] == 5 and not outcome["correct"] and outcome["tokens"] > 0
 
@@ -237,7 +239,9 @@ def test_a_run_on_scripted_models_reports_the_accuracy_it_must(tmp_path: Path) -
 
     # The printed table has a line per row, and the cascade's comparison.
     for strategy in strategies:
-        assert re.search(rf"^S\s+{strategy}\s+75% \[\s*30%,\s*95%\]", done.stdout, re.MULTILINE), done.stdout
+        assert re.search(rf"^S\s+{strategy}\s+75% \[\s*30%,\s*95%\]\s+\d+\.\d ", done.stdout, re.MULTILINE), (
+            done.stdout
+        )
     assert re.search(r"^M\s+wrong\s+0% \[\s*0%,\s*49%\]", done.stdout, re.MULTILINE)
     assert "cascade: $" in done.stdout
 
