@@ -456,6 +456,12 @@ def print_report(data: dict[str, Any]) -> None:
     if (cascade := data["cascade"]) is not None:
         fraction = cascade["saving_fraction"]
         saving = cascade["saving_usd"]
+        if not cascade["secondary_only_cost_usd"] and not cascade["cost_usd"]:
+            print(
+                f"cascade: escalated {cascade['escalated']} of {cascade['sessions']}; its models are free, "
+                "so there is no cost to compare (configure pricing to see the saving)"
+            )
+            return
         print(
             f"cascade: ${cascade['cost_usd']:.6f} against ${cascade['secondary_only_cost_usd']:.6f}"
             f" for always asking the secondary: {'saved' if saving >= 0 else 'cost'} ${abs(saving):.6f}"

@@ -292,3 +292,41 @@ def test_plot_draws_a_png_or_says_what_is_missing_before_running(tmp_path: Path)
         _, report = run_harness(tmp_path, "--strategies", "cascade", "--plot", str(chart))
         assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert report["rows"]
+
+
+def test_report_gains_skip_a_baseline_that_never_ran_and_free_cascades_say_so(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    Entry, Outcome = collab_eval.Entry, collab_eval.Outcome
+    answers = [7, 7, 7, 9]
+
+    def outcomes(right: int, *, error: str = "", **fields: Any) -> list[Any]:
+        return [
+            Outcome(
+                problem=i, expected=a, correct=i < right, error=error, latency_ms=10.0 * (i + 1), **fields
+            )
+            for i, a in enumerate(answers)
+        ]
+
+    results = {
+        Entry("model", "a"): outcomes(1),
+        Entry("model", "b"): outcomes(2),
+        Entry("strategy", "debate"): outcomes(4),
+        Entry("strategy", "vote"): outcomes(3),
+        Entry("strategy", "self_consistency"): outcomes(0, error="INVALID_ARGUMENT: not here"),
+        Entry("strategy", "cascade"): outcomes(2, escalated=True),
+    }
+    problem_set = [problems.Problem(f"q{i}", a) for i, a in enumerate(answers)]
+    setup = {"problems": 4, "source": "test", "server": "none", "max_iterations": 1, "machine": "m"}
+    setup["panel"] = {"primary": "a", "secondary": "b", "additional": []}
+    data = collab_eval.report(results, problem_set, setup)
+    rows = {r["name"]: r for r in data["rows"]}
+    assert data["best_single_model"] == "b"
+    assert rows["debate"]["gain_over_best_single"] == 0.5
+    assert rows["debate"]["gain_over"] == {"vote": 0.25}  # self_consistency failed everywhere: no baseline
+    assert rows["vote"]["gain_over"] == {}
+    assert rows["self_consistency"]["errors"] == 4
+    assert rows["vote"]["latency_ms"] == {"p50": 30.0, "p95": 40.0}
+    assert data["cascade"]["escalated"] == 4 and data["cascade"]["saving_fraction"] is None
+    collab_eval.print_report(data)
+    assert "its models are free, so there is no cost to compare" in capsys.readouterr().out
