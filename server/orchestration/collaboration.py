@@ -22,10 +22,10 @@ the collaboration sets `run_to_completion`; either way the session stays readabl
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Coroutine, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
@@ -155,7 +155,7 @@ class Collaborations:
         self._table = {c.id: c for c in sorted(table, key=lambda c: c.id)}
         self._sessions = sessions
         self._registry = registry
-        self._cancels: set[asyncio.Task[object]] = set()
+        self._tasks: set[asyncio.Task[object]] = set()
 
     def get(self, model_id: str) -> CollaborationConfig | None:
         return self._table.get(model_id)
@@ -202,18 +202,48 @@ class Collaborations:
             model, _ = self._registry.get(member, caller)
             models.update((m.id, m) for m, _ in self._registry.chain(model, caller))
         hold = await RunHold.take(caller, worst_case_usd(collaboration, reasoning, list(models.values())))
-        try:
-            created = await self._sessions.create(
+        creating = asyncio.ensure_future(
+            self._sessions.create(
                 reasoning,
                 caller if hold is None else hold.bound(),
                 collaboration_model=collaboration.id,
                 ended=None if hold is None else hold.release,
             )
+        )
+        try:
+            # Shielded: a client leaving now must not leave a session running that nobody abandons.
+            created = await asyncio.shield(creating)
+        except asyncio.CancelledError:
+            creating.add_done_callback(
+                lambda done: self._created_for_nobody(done, collaboration, caller, hold)
+            )
+            raise
         except BaseException:
             if hold is not None:
                 await hold.release()
             raise
         return Started(collaboration, created.reasoning_id, caller)
+
+    def _created_for_nobody(
+        self,
+        done: asyncio.Future[reasoning_pb2.Reasoning],
+        collaboration: CollaborationConfig,
+        caller: Caller | None,
+        hold: RunHold | None,
+    ) -> None:
+        """A session whose caller left while it was being created: abandoned as a dropped call's is."""
+        if not done.cancelled() and done.exception() is None:
+            self.abandon(Started(collaboration, done.result().reasoning_id, caller))
+        elif hold is not None:
+            self._background(hold.release(), "release a hold")
+
+    def abandon(self, started: Started) -> None:
+        """The client dropped the call: its run is cancelled (CancelReasoning's effect, in the background)
+        unless the collaboration runs to completion."""
+        if not started.collaboration.run_to_completion:
+            self._background(
+                self._sessions.cancel(started.reasoning_id, started.caller), f"cancel {started.reasoning_id}"
+            )
 
     async def follow(self, started: Started) -> AsyncGenerator[Item, None]:
         """The session's steps, its answer and its usage, as it runs. Closed before the end (the client
@@ -239,16 +269,13 @@ class Collaborations:
                     if text := steps.text(event):
                         yield Thinking(text)
         finally:
-            if not finished and not started.collaboration.run_to_completion:
-                self._cancel(started)
+            if not finished:
+                self.abandon(started)
 
-    def _cancel(self, started: Started) -> None:
-        """CancelReasoning's effect, in the background: the client that would wait for it is gone."""
-        task = asyncio.get_running_loop().create_task(
-            self._sessions.cancel(started.reasoning_id, started.caller), name=f"cancel {started.reasoning_id}"
-        )
-        self._cancels.add(task)
-        task.add_done_callback(self._cancels.discard)
+    def _background(self, work: Coroutine[Any, Any, object], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
 
 class _Steps:

@@ -26,9 +26,9 @@ worst case (UTF-8 bytes, plus a token or two of BOS/EOS per text) reserved, and 
 charged; a call that fails or is cancelled returns no vector and costs nothing.
 
 A run of several calls (a collaboration model's session) first holds its own worst case from the budget
-(`RunHold.take`: refused as one call would be, before any model is called); its calls then reserve
-from that hold instead of the budget (past it, from the budget as above), each settled at its cost as
-usual, and what the run did not use goes back when it ends (`RunHold.release`).
+as one reservation (`RunHold.take`: refused as one call would be, before any model is called); its
+calls then reserve from that hold instead of the budget (past it, from the budget as above) and are
+charged to it, and when the run ends the hold is settled at what they cost together (`RunHold.release`).
 """
 
 from __future__ import annotations
@@ -263,13 +263,20 @@ class _Reservation:
 
 
 class RunHold:
-    """A run's worst case in dollars, held from its caller's budget; see the module docstring."""
+    """A run's worst case in dollars, held from its caller's budget as one reservation; see the module
+    docstring. Its calls draw from it (`draw`, `settled`) and are charged to it; the reservation is
+    settled once, at what they cost together, when the run ends (`release`). What a call needs past it
+    is a reservation of its own in the limiter, settled with the call: every reservation the limiter
+    sees is settled by its own amount (as the Redis limiter matches them)."""
 
     def __init__(self, caller: Caller, limiter: Limiter, usd: float) -> None:
         self.caller = caller
         self._limiter = limiter
         self.usd = usd
-        self.remaining = usd
+        self.charged = 0.0
+        self._drawn: list[tuple[float, float]] = []
+        """Calls in flight: what each reserved, and the part of it drawn from the hold."""
+        self._released = False
 
     @classmethod
     async def take(cls, caller: Caller | None, usd: float) -> RunHold | None:
@@ -285,22 +292,49 @@ class RunHold:
         """The caller as the run's calls see it: their reservations drawn from this hold."""
         return replace(self.caller, limiter=_HeldLimiter(self, self._limiter))
 
+    @property
+    def available(self) -> float:
+        if self._released:
+            return 0.0
+        return max(0.0, self.usd - self.charged - sum(part for _, part in self._drawn))
+
     def draw(self, usd: float) -> float:
-        """Up to `usd` from the hold; returns what it could not give."""
-        taken = min(usd, self.remaining)
-        self.remaining -= taken
-        return usd - taken
+        """A call's reservation of `usd`, as much as the hold has of it; returns the rest, which the call
+        reserves from the budget itself."""
+        part = min(usd, self.available)
+        self._drawn.append((usd, part))
+        return usd - part
+
+    def undraw(self, usd: float) -> None:
+        """A reservation that did not happen after all (its rest was refused)."""
+        self._take_back(usd)
+
+    def settled(self, reserved: float, cost: float) -> tuple[float, float]:
+        """A call that reserved `reserved` cost `cost`: the hold is charged its part. Returns the call's
+        own reservation (what the hold did not give) and the cost left to it."""
+        part = self._take_back(reserved)
+        own = reserved - part
+        charged = min(cost, part) if own else cost  # beyond its bound, still charged (module docstring)
+        self.charged += charged
+        return own, cost - charged
+
+    def _take_back(self, usd: float) -> float:
+        for i, (amount, part) in enumerate(self._drawn):
+            if amount == usd:
+                del self._drawn[i]
+                return part
+        return 0.0
 
     async def release(self) -> None:
-        """What the run did not use, back to the budget (once; later calls do nothing)."""
-        left, self.remaining = self.remaining, 0.0
-        if left:
-            await self._limiter.settle(self.caller, left, 0.0)
+        """The hold settled at what its calls cost (once; later calls do nothing)."""
+        if self._released:
+            return
+        self._released = True
+        await self._limiter.settle(self.caller, self.usd, self.charged)
 
 
 class _HeldLimiter:
-    """A key's limiter whose budget reservations come from a `RunHold` first. A call's reservation is
-    released by its settle in full, hold part and budget part alike: both were reserved in the limiter."""
+    """A key's limiter whose budget reservations come from a `RunHold` first (see RunHold)."""
 
     def __init__(self, hold: RunHold, inner: Limiter) -> None:
         self._hold = hold
@@ -332,14 +366,15 @@ class _HeldLimiter:
         return None  # the key's limiter is the server's to close
 
     async def reserve(self, caller: KeyLimits, usd: float) -> None:
-        wanted = usd
-        excess = self._hold.draw(usd)
-        if excess:
+        rest = self._hold.draw(usd)
+        if rest:
             try:
-                await self._inner.reserve(caller, excess)
+                await self._inner.reserve(caller, rest)
             except BaseException:
-                self._hold.remaining += wanted - excess
+                self._hold.undraw(usd)
                 raise
 
     async def settle(self, caller: KeyLimits, reserved: float, cost: float) -> None:
-        await self._inner.settle(caller, reserved, cost)
+        own, rest = self._hold.settled(reserved, cost)
+        if own:
+            await self._inner.settle(caller, own, rest)

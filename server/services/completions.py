@@ -47,7 +47,11 @@ class CompletionServicer(completions_pb2_grpc.CompletionServiceServicer):
         if collaboration is None or self._collaborations is None:
             return None
         started = await self._collaborations.start(collaboration, request, caller_context.current())
-        await echo_now(REASONING_ID_METADATA, started.reasoning_id)
+        try:
+            await echo_now(REASONING_ID_METADATA, started.reasoning_id)
+        except BaseException:
+            self._collaborations.abandon(started)  # the client left before the answer began
+            raise
         return started.reasoning_id, self._collaborations.follow(started)
 
     def _answers(

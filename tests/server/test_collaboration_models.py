@@ -23,14 +23,22 @@ from aibattle.v1 import (
     reasoning_pb2_grpc,
 )
 from common.config import ConfigError
+from common.errors import LimitExceeded
 from server.app import AIBattleServer
 from server.config import Config
 from server.orchestration.collaboration import reasoning_request, worst_case_usd
 from server.orchestration.reasoning.strategies import MULTI_MODEL, STRATEGIES
 from server.providers.base import ChatRequest
+from server.security.context import Caller
+from server.security.limits import Limiter, MemoryLimiter
+from server.security.metering import RunHold
+from server.security.redis_limits import make_limiter
 from server.settings import MULTI_MODEL_STRATEGIES, CollaborationStrategy
 from tests.conftest import error_info
+from tests.redis_testlib import RedisServer, redis_server
 from tests.security_testlib import ADMIN_KEY, bearer, new_key
+
+__all__ = ["redis_server"]  # the fixture, imported for the tests below
 
 HANG = 30.0  # only detects a hang
 ANSWER = "The capital of Australia is Canberra.\nFINAL ANSWER: Canberra"
@@ -449,3 +457,39 @@ async def test_a_cancelled_whole_call_cancels_its_run_too() -> None:
         call.cancel()
         stored = await ended(channel, reasoning_id)
         assert stored.status == common_pb2.RUN_STATUS_CANCELLED
+
+
+# ---- the hold, with either limiter
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def limiter(request: pytest.FixtureRequest) -> AsyncIterator[Limiter]:
+    if request.param == "memory":
+        yield MemoryLimiter()
+        return
+    server: RedisServer = request.getfixturevalue("redis_server")
+    made = make_limiter(server.url)
+    yield made
+    await made.aclose()
+
+
+async def test_a_hold_covers_its_calls_and_settles_once_at_their_cost(limiter: Limiter) -> None:
+    key = Caller(key_id="k1", budget_usd=1.0, limiter=limiter)
+    hold = await RunHold.take(key, 0.6)
+    assert hold is not None
+    run = hold.bound().limiter
+    assert run is not None
+    with pytest.raises(LimitExceeded):  # the hold counts against every other call of the key
+        await limiter.reserve(key, 0.5)
+    await run.reserve(key, 0.2)  # within the hold
+    await run.settle(key, 0.2, 0.1)
+    await run.reserve(key, 0.7)  # 0.5 from the hold, 0.2 from the budget
+    await run.settle(key, 0.7, 0.55)
+    with pytest.raises(LimitExceeded):  # the hold is spent: 0.5 more does not fit the budget
+        await run.reserve(key, 0.5)
+    await hold.release()
+    await hold.release()  # once
+    assert limiter.spent(key) == pytest.approx(0.65)
+    await limiter.reserve(key, 0.35)  # everything else is free again
+    with pytest.raises(LimitExceeded):
+        await limiter.reserve(key, 0.01)
