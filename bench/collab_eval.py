@@ -551,7 +551,13 @@ async def evaluate(args: argparse.Namespace, target: str, server: str) -> dict[s
         problems, source = generate(args.problems, args.seed), f"generated, seed {args.seed}"
     api_key = args.api_key if args.api_key is not None else os.environ.get("AIBATTLE_API_KEY", "")
     async with grpc.aio.insecure_channel(target) as channel:
-        entries, panel = choose(await list_models(channel, api_key), args)
+        try:
+            listed = await list_models(channel, api_key)
+        except grpc.aio.AioRpcError as exc:  # no server there, or the key is refused: said plainly
+            raise SystemExit(
+                f"collab_eval: ListModels on {target}: {exc.code().name}: {exc.details()}"
+            ) from None
+        entries, panel = choose(listed, args)
         runner = Runner(
             channel,
             api_key,

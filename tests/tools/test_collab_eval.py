@@ -330,3 +330,37 @@ def test_report_gains_skip_a_baseline_that_never_ran_and_free_cascades_say_so(
     assert data["cascade"]["escalated"] == 4 and data["cascade"]["saving_fraction"] is None
     collab_eval.print_report(data)
     assert "its models are free, so there is no cost to compare" in capsys.readouterr().out
+
+
+def test_a_running_server_with_keys_is_called_with_the_key_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "scripted.toml"
+    config.write_text(CONFIG)
+    admin = "collab-eval-admin-key-0123456789"
+    monkeypatch.setenv("AIBATTLE_ADMIN_KEY", admin)
+    server, target = collab_eval.start_server(str(config), tmp_path)
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AIBATTLE_")}
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "gen"), env.get("PYTHONPATH", "")])
+        argv = [sys.executable, str(ROOT / "bench" / "collab_eval.py"), "--target", target, "--problems", "2"]
+        argv += ["--models", "right", "--strategies", "vote"]
+
+        refused = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert refused.returncode != 0
+        assert f"ListModels on {target}: UNAUTHENTICATED" in refused.stderr
+        assert "Traceback" not in refused.stderr
+
+        out = tmp_path / "report.json"
+        argv += ["--api-key", admin, "--out", str(out)]
+        done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr[-3000:]
+        report = json.loads(out.read_text())
+        assert report["setup"]["server"] == target
+        assert [(r["kind"], r["name"], r["problems"], r["errors"]) for r in report["rows"]] == [
+            ("model", "right", 2, 0),
+            ("strategy", "vote", 2, 0),
+        ]
+        assert admin not in done.stdout + done.stderr + out.read_text()
+    finally:
+        server.stop()
