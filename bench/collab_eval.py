@@ -15,12 +15,14 @@ gRPC; otherwise `python -m server` is started on a free loopback port with `--co
 model) and a throwaway database, and stopped at the end.
 
 The strategies are those the schema allows (CreateReasoningRequest.collaboration_strategy's allowed
-values), or `--strategies`. The models are `--models`, else every text model ListModels lists; the
-strategies' primary and secondary are `--primary`/`--secondary`, else the first two models, and the rest are
-the additional models of the strategies that take them. A model listed with the capability
-"collaboration" is called like the others but reported as a collaboration model, not a single one.
+values), or `--strategies`. The models are `--models`, else every text and collaboration model
+ListModels lists; the strategies' primary and secondary are `--primary`/`--secondary`, else the first two
+single models, and the rest are the additional models of the strategies that take them (one that refuses
+them runs without). A model with the capability "collaboration" is called like the others but reported
+as a collaboration model, not a single one, with its session's stop read back.
 
-Prints, per strategy and per model: accuracy with a 95% Wilson interval, tokens, cost, latency p50/p95;
+Prints, per strategy and per model: accuracy with a 95% Wilson interval, model calls, tokens and cost per
+problem, latency p50/p95, how the sessions stopped;
 each strategy's gain over the best single model and over the voting baselines (vote, self_consistency);
 the cascade's cost against always asking its secondary. `--out` writes all of it (and every answer) as
 JSON; `--plot` draws cost against accuracy (needs matplotlib).
