@@ -36,6 +36,7 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -620,6 +621,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.plot:
         _pyplot()  # before the run, not after it
 
+    # A SIGTERM unwinds like Ctrl-C does, through the `finally` that stops the server we started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     child: Child | None = None
     with tempfile.TemporaryDirectory(prefix="collab-eval-") as work:
         if args.target:
