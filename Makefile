@@ -132,6 +132,7 @@ test-fast: install  ## pytest without the tests that drive the real model
 bench: install  ## benchmarks: print figures, assert nothing (first the whole table, bench/table.py)
 	$(PY) bench/table.py
 	$(PY) bench/local_model.py
+	$(PY) bench/collab_eval.py --problems 3 --max-tokens 48 --max-iterations 1 --samples 3
 	$(PY) bench/gateway_overhead.py
 	$(PY) bench/observability_overhead.py
 	$(PY) bench/vs_litellm.py

@@ -24,7 +24,7 @@ from gateway.metadata import response_headers
 from gateway.router import Match
 from gateway.transcode import decode_request, dumps, parse_json, response_json
 from gateway.web_state import STATE, call_context
-from gateway.web_stream import NativeFraming, deployment_header, stream_http, wants_sse
+from gateway.web_stream import NativeFraming, answer_headers, stream_http, wants_sse
 
 
 async def handle_rest(request: web.Request, match: Match) -> web.StreamResponse:
@@ -80,7 +80,7 @@ async def _unary_response(
     trailing = await call.trailing_metadata()
     observe.note_upstream_of(initial, trailing)
     headers = response_headers(initial, trailing)
-    headers.update(deployment_header(message))
+    headers.update(answer_headers(message))
     payload = response_json(match.route, message, emit_unpopulated=emit)
     return web.Response(text=dumps(payload), content_type="application/json", headers=headers)
 

@@ -14,7 +14,9 @@ its `event: error` frame. An event stream that ends with nothing to send answers
 EventSource that reconnected after the terminal event to stop reconnecting.
 
 A stream's headers go out with its first message, so a completion's names the deployment answering
-(`x-aibattle-deployment`, from the message's `deployment`), as a unary response's does (web_rest).
+(`x-aibattle-deployment`, from the message's `deployment`) and, for a collaboration model, the reasoning
+session producing it (`x-aibattle-reasoning-id`, from its `reasoning_id`), as a unary response's do
+(web_rest).
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ from gateway.web_state import STATE
 SSE = "text/event-stream"
 NDJSON = "application/x-ndjson"
 DEPLOYMENT_HEADER = "x-aibattle-deployment"
+REASONING_HEADER = "x-aibattle-reasoning-id"
+#: The responses whose `reasoning_id` names the session that produced them (a collaboration model's).
+_REASONING_NAMED = frozenset({"aibattle.v1.CreateCompletionResponse", "aibattle.v1.StreamCompletionResponse"})
 
 
 def deployment_header(message: Message | None) -> dict[str, str]:
@@ -51,6 +56,17 @@ def deployment_header(message: Message | None) -> dict[str, str]:
         return {}
     deployment = getattr(message, "deployment", "")
     return {DEPLOYMENT_HEADER: deployment} if isinstance(deployment, str) and deployment else {}
+
+
+def answer_headers(message: Message | None) -> dict[str, str]:
+    """`deployment_header`, and `x-aibattle-reasoning-id` for a completion a collaboration model's
+    reasoning session produced (readable over ReasoningService after the call)."""
+    headers = deployment_header(message)
+    if message is not None and message.DESCRIPTOR.full_name in _REASONING_NAMED:
+        reasoning_id = getattr(message, "reasoning_id", "")
+        if reasoning_id:
+            headers[REASONING_HEADER] = reasoning_id
+    return headers
 
 
 class Framing(Protocol):
@@ -181,7 +197,7 @@ class HttpStreamSink:
         if self.started:
             return  # the keep-alive started it
         headers = response_headers(initial_metadata)
-        headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **deployment_header(first)})
+        headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **answer_headers(first)})
         response = web.StreamResponse(status=status, headers=headers)
         if status != 204:
             response.content_type = self._framing.content_type

@@ -21,6 +21,7 @@ from server.interceptors import (
     RequestContextInterceptor,
     RequestParsingInterceptor,
 )
+from server.orchestration.collaboration import Collaborations
 from server.orchestration.conversation import Conversations
 from server.orchestration.lifecycle import Lifecycle
 from server.orchestration.reasoning.sessions import ReasoningSessions
@@ -93,6 +94,9 @@ class AIBattleServer:
             max_conversation_bytes=server.max_message_bytes // 2,
         )
         self.reasoning = ReasoningSessions(lifecycle=self.lifecycle, registry=self.registry)
+        self.collaborations = Collaborations(
+            config.collaborations, sessions=self.reasoning, registry=self.registry
+        )
         self.health = health.aio.HealthServicer()
         self.ready = False
         self._readiness: asyncio.Task[None] | None = None
@@ -134,12 +138,17 @@ class AIBattleServer:
         _add_servicers(
             server,
             [
-                ModelServicer(self.registry),
-                CompletionServicer(self.registry),
+                ModelServicer(self.registry, self.collaborations),
+                CompletionServicer(self.registry, self.collaborations),
                 EmbeddingServicer(self.registry),
                 ConversationServicer(self.conversations),
                 ReasoningServicer(self.reasoning),
-                KeyServicer(self.store, model_ids=frozenset(m.id for m in self.config.models)),
+                KeyServicer(
+                    self.store,
+                    model_ids=frozenset(
+                        [*(m.id for m in self.config.models), *(c.id for c in self.config.collaborations)]
+                    ),
+                ),
             ],
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

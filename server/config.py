@@ -41,6 +41,7 @@ from common.config import (
 from gateway.options import GatewaySettings
 from server.settings import (
     HTTP_PROVIDERS,
+    CollaborationConfig,
     DeploymentConfig,
     LocalProviderConfig,
     ModelConfig,
@@ -78,6 +79,8 @@ class Config(ConfigModel):
     """API keys."""
     models: Annotated[tuple[ModelConfig, ...], LAX] = Field(default_factory=default_models)
     """The served models; none given: the embedded smollm2-135m and smollm2-embed."""
+    collaborations: Annotated[tuple[CollaborationConfig, ...], LAX] = ()
+    """Collaboration models: strategies over the models above, callable as models."""
 
     @model_validator(mode="after")
     def _upstreams(self) -> Self:
@@ -159,7 +162,8 @@ class Config(ConfigModel):
         """Checks across tables, on the tables as given, so that they are reported with every other
         problem (an after-validator would run only once all the rest is valid)."""
         env = (info.context or {}).get("env")
-        problems = _exposed(data) + ([] if env is None else _unset_key_variables(data, env))
+        problems = _exposed(data) + _collaboration_names(data)
+        problems += [] if env is None else _unset_key_variables(data, env)
         config: Self = validate_with(handler, data, problems)
         return config
 
@@ -217,6 +221,46 @@ def _alias_clashes(entries: Sequence[object], ids: Sequence[object]) -> list[Pro
                 )
             else:
                 owners[alias] = f"an alias of model {model_id!r}"
+    return problems
+
+
+def _collaboration_names(data: object) -> list[Problem]:
+    """A collaboration's id names nothing else (a model's id or alias, another collaboration), and its
+    members are models that exist (by id or alias)."""
+    given_models = value_of(data, "models")
+    entries = given_models if isinstance(given_models, list | tuple) else default_models()
+    owners: dict[str, str] = {}
+    for entry in entries:
+        model_id = value_of(entry, "id")
+        if isinstance(model_id, str):
+            owners[model_id] = f"the id of model {model_id!r}"
+            aliases = value_of(entry, "aliases", ())
+            for alias in aliases if isinstance(aliases, list | tuple) else ():
+                if isinstance(alias, str):
+                    owners.setdefault(alias, f"an alias of model {model_id!r}")
+    models = set(owners)
+    collaborations = value_of(data, "collaborations", ())
+    problems: list[Problem] = []
+    for i, entry in enumerate(collaborations if isinstance(collaborations, list | tuple) else ()):
+        name = value_of(entry, "id")
+        if isinstance(name, str) and name:
+            if name in owners:
+                problems.append(
+                    (("collaborations", i, "id"), "duplicate", f"{name!r} is already {owners[name]}")
+                )
+            else:
+                owners[name] = f"the id of collaboration {name!r}"
+        members: list[tuple[Loc, object]] = [
+            (("collaborations", i, key), value_of(entry, key)) for key in ("primary", "secondary")
+        ]
+        extra = value_of(entry, "additional_models", ())
+        members += [
+            (("collaborations", i, "additional_models", j), m)
+            for j, m in enumerate(extra if isinstance(extra, list | tuple) else ())
+        ]
+        for loc, member in members:
+            if isinstance(member, str) and member and member not in models:
+                problems.append((loc, "model", f"unknown model {member!r} (a [[models]] id or alias)"))
     return problems
 
 

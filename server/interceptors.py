@@ -123,6 +123,21 @@ class RequestContextInterceptor(AsyncServerInterceptor):
 
 
 _current: contextvars.ContextVar[_Rpc | None] = contextvars.ContextVar("rpc", default=None)
+
+
+async def echo_now(key: str, value: str) -> None:
+    """Metadata a handler adds to what its call echoes (`_Rpc.echo`), echoed at once rather than with
+    the first message or the answer (unless the caller asked for it in trailers): e.g. the reasoning
+    session a collaboration model answers from, which a client may read or cancel while the call runs.
+    Before the call's first message; outside an intercepted call, nothing."""
+    rpc = _current.get()
+    if rpc is None or rpc.echoed:
+        return
+    rpc.extra += ((key, value),)
+    if not rpc.trailers:
+        await rpc.echo()
+
+
 _IN_FLIGHT = metrics.IN_FLIGHT.labels("grpc")
 _OPEN_STREAMS = metrics.OPEN_STREAMS.labels("grpc")
 #: Codes a gRPC SERVER span is an error for (the RPC conventions): the server's faults, not the caller's.
@@ -153,6 +168,7 @@ class _Rpc:
     __slots__ = (
         "_context",
         "echoed",
+        "extra",
         "finished",
         "method",
         "observation",
@@ -179,6 +195,7 @@ class _Rpc:
         self.streaming = streaming
         self.trailers = trailers and not streaming
         self.echoed = False
+        self.extra: tuple[tuple[str, str], ...] = ()
         self.finished = False
         self.overhead: float | None = None
         self.observation, self.observation_token = requests.begin("grpc", method)
@@ -207,7 +224,7 @@ class _Rpc:
         self.echoed = True
         self.overhead = self.observation.overhead_seconds()
         upstream_ms = f"{self.observation.upstream_seconds * 1000:.3f}"
-        return ((REQUEST_ID_HEADER, self.rid), (UPSTREAM_MS_METADATA, upstream_ms))
+        return ((REQUEST_ID_HEADER, self.rid), (UPSTREAM_MS_METADATA, upstream_ms), *self.extra)
 
     def finish(self, *, interrupted: bool = False) -> None:
         """Metrics, span and access line, once (a stream's end, or its call's done callback)."""

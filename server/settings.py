@@ -503,6 +503,71 @@ def key_variable(model: object, defaults: object) -> tuple[Loc, object]:
     return (), value_of(defaults, "api_key_env", "")
 
 
+#: The collaboration strategies (server.orchestration.reasoning's registry; a test keeps the two equal).
+CollaborationStrategy = Literal[
+    "iterative_refinement", "debate", "mixture", "critique", "cascade", "self_consistency", "vote"
+]
+#: Those that seat `additional_models` (the others take a primary and a secondary).
+MULTI_MODEL_STRATEGIES = frozenset({"debate", "mixture", "vote"})
+
+
+class CollaborationConfig(ConfigModel):
+    """One `[[collaborations]]` entry: a model that is a collaboration strategy over other models. A call
+    to it runs a reasoning session owned by the caller's key; its steps stream as thinking, its final
+    answer as content, its usage is the whole run's. A key must be allowed its id and every member."""
+
+    id: NonEmpty
+    """Id clients use as a model; unique across every model's id and aliases."""
+    strategy: CollaborationStrategy = "iterative_refinement"
+    """The strategy it runs (see ReasoningService's collaboration_strategy)."""
+    primary: NonEmpty
+    """The model that drafts and answers (a [[models]] id or alias)."""
+    secondary: StrictStr = ""
+    """The model that critiques, judges or verifies; empty: the primary."""
+    additional_models: Strings = ()
+    """Further models (debaters, proposers, voters): debate, mixture and vote only."""
+    max_iterations: Annotated[int, Field(ge=1, le=20)] = 5
+    """Upper bound on the strategy's rounds."""
+    samples: Annotated[int, Field(ge=2, le=20)] | None = None
+    """Samples drawn by self_consistency (unset: 5); other strategies refuse it."""
+    instructions: StrictStr = ""
+    """System instruction every member receives (before a caller's own)."""
+    max_tokens: PositiveInt | None = None
+    """Upper bound on each step's tokens (a caller's max_tokens may lower it); unset: each model's
+    default_max_tokens. With pricing, what bounds the run's worst case, reserved from a key's budget."""
+    run_to_completion: StrictBool = False
+    """A client that drops the call leaves the run going (readable as its reasoning session); false:
+    dropping the call cancels the run."""
+    display_name: StrictStr = ""
+    """Human-readable name; empty means id."""
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        """Its models: primary, secondary (the primary when unset), then the additional ones."""
+        return (self.primary, self.secondary or self.primary, *self.additional_models)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _strategy_takes(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Self:
+        """Keys only some strategies take, checked on the entry as given."""
+        problems: list[Problem] = []
+        strategy = value_of(data, "strategy", "iterative_refinement")
+        if isinstance(strategy, str):
+            if given(data, "samples") and strategy != "self_consistency":
+                problems.append((("samples",), "strategy", f"only for self_consistency, not {strategy!r}"))
+            if value_of(data, "additional_models", ()) and strategy not in MULTI_MODEL_STRATEGIES:
+                problems.append(
+                    (
+                        ("additional_models",),
+                        "strategy",
+                        f"only {', '.join(sorted(MULTI_MODEL_STRATEGIES))} seat more than two models,"
+                        f" not {strategy!r}",
+                    )
+                )
+        entry: Self = validate_with(handler, data, problems)
+        return entry
+
+
 def default_models() -> tuple[ModelConfig, ...]:
     return (
         ModelConfig(

@@ -5,10 +5,23 @@ Good enough for the official `anthropic` client and tools built on it, for any c
 `image` and `document` blocks, which the model must have the capability for; `tool_use` in assistant
 turns; `tool_result` in user turns, which become "tool" messages); `tools`, `tool_choice`,
 `output_config.format` (JSON valid against a schema: our response_format), `stop_sequences`,
-`temperature` (Anthropic's 0 to 1), `top_p`, `top_k`, `metadata`. The answer is a `message` object with
-`text` and `tool_use` blocks; `stream: true` gives Anthropic's event sequence (`message_start`,
-`content_block_start`, `ping`, `content_block_delta` with `text_delta` or `input_json_delta`,
-`content_block_stop`, `message_delta`, `message_stop`). `count_tokens` asks CountTokens.
+`temperature` (Anthropic's 0 to 1), `top_p`, `top_k`, `metadata`, `thinking`. The answer is a `message`
+object with `text` and `tool_use` blocks; `stream: true` gives Anthropic's event sequence
+(`message_start`, `content_block_start`, `ping`, `content_block_delta` with `text_delta` or
+`input_json_delta`, `content_block_stop`, `message_delta`, `message_stop`). `count_tokens` asks
+CountTokens.
+
+Thinking: with `thinking: {"type": "enabled", "budget_tokens": n}` (n at least 1024 and below
+`max_tokens`, as Anthropic checks it) or `{"type": "adaptive"}`, the reasoning text a model produces
+before its answer (a thinking model's, or the steps of a collaboration model, each labelled by its kind
+and model) comes as `thinking` blocks before the text, streamed as Anthropic streams them (a
+`thinking` block's start, `thinking_delta`s, a `signature_delta`, its stop). Without it (or with
+`{"type": "disabled"}`) no thinking block is sent, so code reading `content[0].text` keeps working;
+a collaboration model still runs, and its session stays readable (`x-aibattle-reasoning-id`, below).
+The budget does not cap the thinking here: a model's is its own, a collaboration's is its steps. A
+block's `signature` is empty (nothing here signs thinking), and `thinking` / `redacted_thinking` blocks
+sent back in assistant turns are taken and not carried to the model (Anthropic drops earlier turns'
+thinking too).
 
 What differs from Anthropic's own server, and why:
 * `message_start` reports `input_tokens: 0`: the prompt's count is known when the model finishes, and
@@ -17,15 +30,16 @@ What differs from Anthropic's own server, and why:
 * `stop_reason` is never `stop_sequence`: the models' finish reasons don't tell a stop sequence from a
   natural end, so both are `end_turn` (`stop_sequence` stays null).
 * `cache_control` (top-level or on a block) is accepted and does nothing: prompt caching changes cost
-  and latency, never the answer. `thinking` only as `{"type": "disabled"}` (so a model's reasoning text
-  is not relayed, as with thinking off), `speed` only "standard";
-  `service_tier` either of its values (one tier here).
+  and latency, never the answer. `speed` only "standard"; `service_tier` either of its values (one tier
+  here); `thinking.display` only "summarized", and not `{"type": "between_tools"}`.
 * `is_error: true` on a tool result is carried as the words "Error: " before its content (our tool
   messages have no flag for it).
 * Mid-stream failover (opt-in per model): the first `content_block_delta` (or `message_delta`) after
   the answer moved to another deployment or model carries a non-standard `failover` object (`from_model`,
   `from_deployment`, `to_model`, `to_deployment`, `reason`); clients ignore fields they don't know.
 * The deployment that answered, when the model has several, is the `x-aibattle-deployment` header;
+  the reasoning session of a collaboration model's answer is the `x-aibattle-reasoning-id` header
+  (readable, with all its iterations, at `/api/v1/collaborative-reasoning/{id}`);
   `count_tokens` answers `x-aibattle-tokens-estimated: true` when the model's provider cannot count
   and the server estimated (about 4 characters a token).
 
@@ -51,15 +65,15 @@ from google.rpc import status_pb2
 
 from aibattle.v1 import common_pb2, completions_pb2
 from common.enums import FinishReason
-from common.errors import INVALID_FIELD_VALUE, UNSUPPORTED_CONTENT, InvalidArgument
+from common.errors import INVALID_FIELD_VALUE, UNSUPPORTED_CONTENT, UNSUPPORTED_PARAMETER, InvalidArgument
 from gateway import observe
 from gateway.calls import cancel_on_exit
 from gateway.compat.core import (
     ChatParams,
     Keys,
+    answer_headers,
     arguments_object,
     create_completion,
-    deployment_headers,
     failover_json,
     json_format,
     optional_bool,
@@ -116,15 +130,12 @@ def owns_path(raw_path: str) -> bool:
 
 
 _CACHE = "prompt caching changes cost and latency, never the answer"
-_THINKING_OFF = {"type": "disabled"}
 #: Keys of both /v1/messages and /v1/messages/count_tokens.
 _PROMPT = Keys(
     honoured=frozenset(
-        {"model", "messages", "system", "tools", "tool_choice", "output_config", "cache_control"}
+        {"model", "messages", "system", "tools", "tool_choice", "output_config", "cache_control", "thinking"}
     ),
-    defaults={"thinking": (_THINKING_OFF,)},
     unsupported={
-        "thinking": 'extended thinking is not supported here; only {"type": "disabled"}',
         "mcp_servers": "MCP connectors are not supported",
         "container": "code execution containers are not supported",
         "context_management": "context management is not supported",
@@ -148,6 +159,12 @@ DOCUMENT_KEYS = Keys(
     unsupported={"citations": "citations are not supported"},
 )
 TOOL_USE_KEYS = Keys(honoured=frozenset({"type", "id", "name", "input", "cache_control"}))
+THINKING_BLOCK_KEYS = Keys(honoured=frozenset({"type", "thinking", "signature", "cache_control"}))
+REDACTED_THINKING_KEYS = Keys(honoured=frozenset({"type", "data", "cache_control"}))
+#: `thinking` (see the module docstring), and Anthropic's smallest budget.
+THINKING_KEYS = Keys(honoured=frozenset({"type", "budget_tokens", "display"}))
+THINKING_TYPES = ("enabled", "adaptive", "disabled")
+MIN_THINKING_BUDGET = 1024
 TOOL_RESULT_KEYS = Keys(honoured=frozenset({"type", "tool_use_id", "content", "is_error", "cache_control"}))
 TOOL_KEYS = Keys(
     honoured=frozenset({"name", "description", "input_schema", "cache_control"}),
@@ -319,6 +336,8 @@ def _messages(body: Mapping[str, Any]) -> list[common_pb2.Message]:
                 turn.tool_calls.append(_tool_call(block, at))
             elif kind == "tool_result" and role == "user":
                 messages.append(_tool_result(block, at))
+            elif kind in ("thinking", "redacted_thinking") and role == "assistant":
+                _earlier_thinking(block, kind, at)
             else:
                 raise _invalid(
                     f"{at}.type",
@@ -330,6 +349,57 @@ def _messages(body: Mapping[str, Any]) -> list[common_pb2.Message]:
         if turn.content or turn.file_data or turn.tool_calls or len(messages) == before:
             messages.append(turn)
     return messages
+
+
+def _earlier_thinking(block: Mapping[str, Any], kind: str, where: str) -> None:
+    """An earlier answer's thinking block, sent back: checked, not carried (see the module docstring)."""
+    if kind == "thinking":
+        THINKING_BLOCK_KEYS.check(block, where=f"{where}.")
+        for key in ("thinking", "signature"):
+            if not isinstance(block.get(key), str):
+                raise _wrong_type(f"{where}.{key}", "a string")
+    else:
+        REDACTED_THINKING_KEYS.check(block, where=f"{where}.")
+        if not isinstance(block.get("data"), str):
+            raise _wrong_type(f"{where}.data", "a string")
+    optional_object(block, "cache_control", where=f"{where}.")
+
+
+def thinking_wanted(body: Mapping[str, Any], max_tokens: int | None = None) -> bool:
+    """Whether `thinking` asks for the model's reasoning as thinking blocks; checked as Anthropic checks
+    it (a budget of at least 1024 tokens, below `max_tokens` when there is one)."""
+    if body.get("thinking") is None:
+        return False
+    config = optional_object(body, "thinking")
+    THINKING_KEYS.check(config, where="thinking.")
+    kind = required_str(config, "type", where="thinking.")
+    if kind == "between_tools":
+        raise _invalid(
+            "thinking.type",
+            "'thinking.type' \"between_tools\" is not supported: thinking comes before the answer here",
+            reason=UNSUPPORTED_PARAMETER,
+        )
+    if kind not in THINKING_TYPES:
+        raise _invalid("thinking.type", "'thinking.type' must be one of enabled, adaptive, disabled")
+    display = optional_str(config, "display", where="thinking.")
+    if display not in (None, "summarized"):
+        raise _invalid(
+            "thinking.display",
+            f"'thinking.display' {display!r} is not supported: only \"summarized\"",
+            reason=UNSUPPORTED_PARAMETER,
+        )
+    budget = optional_int(config, "budget_tokens", where="thinking.")
+    if kind != "enabled":
+        if budget is not None:
+            raise _invalid("thinking.budget_tokens", "'thinking.budget_tokens' goes only with \"enabled\"")
+        return kind == "adaptive"
+    if budget is None or budget < MIN_THINKING_BUDGET:
+        raise _invalid(
+            "thinking.budget_tokens", f"'thinking.budget_tokens' must be at least {MIN_THINKING_BUDGET}"
+        )
+    if max_tokens is not None and budget >= max_tokens:
+        raise _invalid("thinking.budget_tokens", "'thinking.budget_tokens' must be less than 'max_tokens'")
+    return True
 
 
 def _tools(body: Mapping[str, Any]) -> list[common_pb2.Tool]:
@@ -453,12 +523,15 @@ def _tool_id(call_id: str) -> str:
 async def messages(request: web.Request) -> web.StreamResponse:
     body = await read_object(request)
     params = messages_params(body)
+    thinking = thinking_wanted(body, params.max_tokens)
     if optional_bool(body, "stream"):
         call = stream_completion(request, params)
         with cancel_on_exit(call):
-            return await stream_http(request, call, MessageEvents(), dialect=DIALECT)
+            return await stream_http(request, call, MessageEvents(thinking=thinking), dialect=DIALECT)
     response = await create_completion(request, params)
     content: list[dict[str, Any]] = []
+    if thinking and response.thinking:
+        content.append({"type": "thinking", "thinking": response.thinking, "signature": ""})
     if response.content:
         content.append({"type": "text", "text": response.content})
     for call in response.tool_calls:
@@ -470,7 +543,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
                 "input": arguments_object(call),
             }
         )
-    headers = deployment_headers(response)
+    headers = answer_headers(response)
     return web.json_response(
         {
             "id": message_id(response.id),
@@ -491,8 +564,9 @@ async def messages(request: web.Request) -> web.StreamResponse:
 
 async def count_tokens(request: web.Request) -> web.StreamResponse:
     body = await read_object(request)
-    # tool_choice and output_config are checked, as Anthropic does; neither changes the count here.
+    # tool_choice, output_config and thinking are checked, as Anthropic does; none changes the count here.
     params = prompt_params(body, COUNT_KEYS)
+    thinking_wanted(body)
     message = COUNT_TOKENS.request_cls(
         model=params.model, system_instruction=params.system, messages=params.messages, tools=params.tools
     )
@@ -515,20 +589,27 @@ _PING = _event("ping", {})
 
 class MessageEvents:
     """StreamCompletion chunks as Anthropic's events: `message_start` before the first, a content block
-    per run of text and per tool call, `message_delta` and `message_stop` with the last."""
+    per run of thinking (when `thinking`), of text and per tool call, `message_delta` and
+    `message_stop` with the last."""
 
     content_type = SSE
 
-    def __init__(self) -> None:
+    def __init__(self, *, thinking: bool = False) -> None:
+        self._thinking = thinking
         self._started = False
         self._index = -1  # of the last block opened
-        self._open: str | None = None  # its kind while it is open: "text" or "tool"
+        self._open: str | None = None  # its kind while it is open: "thinking", "text" or "tool"
         self._tools: dict[int, int] = {}  # tool call index → its block's index
 
     def message(self, message: Message) -> bytes:
         chunk: Any = message
         out = b"" if self._started else self._start(chunk)
         failover = failover_json(chunk.failover) if chunk.HasField("failover") else None
+        if chunk.thinking and self._thinking:
+            if self._open != "thinking":
+                out += self._open_block("thinking", {"type": "thinking", "thinking": "", "signature": ""})
+            out += self._delta(self._index, {"type": "thinking_delta", "thinking": chunk.thinking}, failover)
+            failover = None
         if chunk.content:
             if self._open != "text":
                 out += self._open_block("text", {"type": "text", "text": ""})
@@ -591,8 +672,12 @@ class MessageEvents:
     def _close(self) -> bytes:
         if self._open is None:
             return b""
+        out = b""
+        if self._open == "thinking":
+            # Anthropic ends each thinking block with its signature; nothing here signs thinking.
+            out = self._delta(self._index, {"type": "signature_delta", "signature": ""}, None)
         self._open = None
-        return _event("content_block_stop", {"index": self._index})
+        return out + _event("content_block_stop", {"index": self._index})
 
     def error(self, status: status_pb2.Status) -> bytes:
         # The status line is gone: the error is an event, which the client raises as its status error.

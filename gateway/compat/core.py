@@ -34,7 +34,7 @@ from gateway import observe
 from gateway.descriptors import Rpc
 from gateway.transcode import parse_json
 from gateway.web_state import STATE, call_context
-from gateway.web_stream import deployment_header
+from gateway.web_stream import answer_headers as _answer_headers
 
 _COMPLETIONS = completions_pb2.DESCRIPTOR.services_by_name["CompletionService"]
 _MODELS = models_pb2.DESCRIPTOR.services_by_name["ModelService"]
@@ -430,10 +430,11 @@ def failover_json(failover: common_pb2.Failover) -> dict[str, str]:
     }
 
 
-def deployment_headers(response: Any) -> dict[str, str]:
-    """`x-aibattle-deployment` for a whole answer that names its deployment (a model with several); a
-    stream's goes out with its first chunk (gateway.web_stream), in every dialect."""
-    return deployment_header(response)
+def answer_headers(response: Any) -> dict[str, str]:
+    """`x-aibattle-deployment` for a whole answer that names its deployment (a model with several), and
+    `x-aibattle-reasoning-id` for one a collaboration model's reasoning session produced; a stream's go
+    out with its first chunk (gateway.web_stream), in every dialect."""
+    return _answer_headers(response)
 
 
 # --- embeddings -----------------------------------------------------------------------------------------

@@ -12,9 +12,20 @@ that turn); an answer's calls come back whole in
 streamed (as Ollama sends them). `format` is `"json"` or a JSON schema, on both endpoints. Whether the
 model can call tools or answer in JSON is the server's to say (a 400 when it cannot).
 
-No key is dropped: one we don't serve (`think`, runtime options such as `num_ctx`, `truncate: true`…)
-or don't know is a 400 naming it, see `CHAT_KEYS`; the values the official client sends unasked
-(`tools: []`) are taken. Unknown `/api/*` paths (not the native `/api/v1/*`) answer Ollama's 404. Every
+Reasoning text a model produces before its answer (a thinking model's, or the steps of a collaboration
+model, each labelled by its kind and model) is `message.thinking` on /api/chat and `thinking` on
+/api/generate, as Ollama (0.9 and later) sends it: on lines of their own before the answer's when
+streamed. It is relayed whenever the model produces some; `think: false` suppresses it, and `think:
+true` asks for nothing more (a model without reasoning still answers, with none). Ollama's levels
+("low", "medium", "high") are refused by name: no model here takes one. A history's `thinking` (an
+earlier answer's, sent back with it) is taken and not carried to the model, as Ollama's own templates
+drop it. An answer from a collaboration model names the reasoning session that produced it in the
+`x-aibattle-reasoning-id` header (readable, with all its iterations, at
+`/api/v1/collaborative-reasoning/{id}`).
+
+No key is dropped: one we don't serve (runtime options such as `num_ctx`, `truncate: true`…) or don't
+know is a 400 naming it, see `CHAT_KEYS`; the values the official client sends unasked (`tools: []`)
+are taken. Unknown `/api/*` paths (not the native `/api/v1/*`) answer Ollama's 404. Every
 error is Ollama's `{"error": "message"}` with the HTTP status of the gateway's table; a failure
 mid-stream is a last `{"error": …}` line, as Ollama does (its client raises ResponseError on it). A line
 after a mid-answer move to another deployment or model (`failover_mid_stream`) carries `"failover":
@@ -35,18 +46,18 @@ from google.rpc import status_pb2
 
 from aibattle.v1 import common_pb2
 from common.enums import FinishReason
-from common.errors import INVALID_FIELD_VALUE, InvalidArgument
+from common.errors import INVALID_FIELD_VALUE, UNSUPPORTED_PARAMETER, InvalidArgument
 from gateway.calls import cancel_on_exit
 from gateway.compat.core import (
     INT64,
     ChatParams,
     Keys,
     ToolCallPieces,
+    answer_headers,
     arguments_object,
     chat_messages,
     create_completion,
     create_embeddings,
-    deployment_headers,
     failover_json,
     function_of,
     get_model,
@@ -104,10 +115,9 @@ _LATER = "not implemented yet"
 #: Keys of /api/chat and /api/generate. `keep_alive` says how long Ollama keeps a model in memory: ours
 #: stay loaded, and no answer changes with it.
 _COMMON = Keys(
-    honoured=frozenset({"model", "stream", "options", "keep_alive", "format"}),
-    defaults={"think": (False,), "logprobs": (False,)},
+    honoured=frozenset({"model", "stream", "options", "keep_alive", "format", "think"}),
+    defaults={"logprobs": (False,)},
     unsupported={
-        "think": "thinking output is not relayed by this endpoint",
         "logprobs": f"logprobs are {_LATER}",
         "top_logprobs": f"logprobs are {_LATER}",
     },
@@ -137,12 +147,10 @@ GENERATE_KEYS = Keys(
     },
 )
 MESSAGE_KEYS = Keys(
-    honoured=frozenset({"role", "content", "tool_calls", "tool_name"}),
-    defaults={"images": ([],), "thinking": ("",)},
-    unsupported={
-        "images": "images are not supported on this endpoint yet",
-        "thinking": "earlier thinking is not carried to the models",
-    },
+    # thinking: an earlier answer's reasoning, sent back with it; checked, not carried.
+    honoured=frozenset({"role", "content", "tool_calls", "tool_name", "thinking"}),
+    defaults={"images": ([],)},
+    unsupported={"images": "images are not supported on this endpoint yet"},
 )
 #: `{"type": "function", "function": {name, description, parameters}}` in `tools`.
 TOOL_KEYS = Keys(honoured=frozenset({"type", "function"}))
@@ -253,6 +261,7 @@ class _History:
 
     def __call__(self, item: Mapping[str, Any], where: str, message: common_pb2.Message) -> None:
         self._turn += 1
+        optional_str(item, "thinking", where=f"{where}.")  # not carried (see the module docstring)
         for j, call in enumerate(optional_list(item, "tool_calls", where=f"{where}.")):
             at = f"{where}.tool_calls[{j}]"
             function = function_of(call, at, TOOL_CALL_KEYS, CALL_FUNCTION_KEYS)
@@ -292,16 +301,34 @@ class _History:
         )
 
 
+def _think(body: dict[str, Any]) -> bool:
+    """Whether to relay the model's reasoning: unless `think` is false (see the module docstring)."""
+    value = body.get("think")
+    if value is None or isinstance(value, bool):
+        return value is not False
+    if value in ("low", "medium", "high"):
+        raise InvalidArgument(
+            "think",
+            f"'think' {value!r} is not supported: no model here takes a thinking level (use true or false)",
+            reason=UNSUPPORTED_PARAMETER,
+            prefix=False,
+        )
+    raise InvalidArgument("think", "'think' must be a boolean", reason=INVALID_FIELD_VALUE, prefix=False)
+
+
 async def chat(request: web.Request) -> web.StreamResponse:
     body = await read_object(request)
     CHAT_KEYS.check(body)
+    think = _think(body)
     params = _params(body, messages=chat_messages(body, MESSAGE_KEYS, tools=_History()), tools=_tools(body))
-    return await _answer(request, params, stream=optional_bool(body, "stream") is not False, chat=True)
+    stream = optional_bool(body, "stream") is not False
+    return await _answer(request, params, stream=stream, chat=True, think=think)
 
 
 async def generate(request: web.Request) -> web.StreamResponse:
     body = await read_object(request)
     GENERATE_KEYS.check(body)
+    think = _think(body)
     params = _params(body, prompt=optional_str(body, "prompt") or "")
     if not params.prompt:
         # Ollama's "load the model" call: nothing to generate, but the model must exist for this
@@ -310,11 +337,18 @@ async def generate(request: web.Request) -> web.StreamResponse:
         return web.json_response(
             {"model": params.model, "created_at": _now(), "response": "", "done": True, "done_reason": "load"}
         )
-    return await _answer(request, params, stream=optional_bool(body, "stream") is not False, chat=False)
+    stream = optional_bool(body, "stream") is not False
+    return await _answer(request, params, stream=stream, chat=False, think=think)
 
 
-def _piece(model: str, text: str, *, chat: bool) -> dict[str, Any]:
-    key = {"message": {"role": "assistant", "content": text}} if chat else {"response": text}
+def _piece(model: str, text: str, *, chat: bool, thinking: str = "") -> dict[str, Any]:
+    if chat:
+        message = {"role": "assistant", "content": text}
+        if thinking:
+            message["thinking"] = thinking
+        key: dict[str, Any] = {"message": message}
+    else:
+        key = {"response": text, "thinking": thinking} if thinking else {"response": text}
     return {"model": model, "created_at": _now(), **key, "done": False}
 
 
@@ -327,40 +361,41 @@ def _with_calls(piece: dict[str, Any], calls: list[common_pb2.ToolCall]) -> dict
 
 
 async def _answer(
-    request: web.Request, params: ChatParams, *, stream: bool, chat: bool
+    request: web.Request, params: ChatParams, *, stream: bool, chat: bool, think: bool
 ) -> web.StreamResponse:
     started = time.monotonic_ns()
     if not stream:
         response = await create_completion(request, params)
-        final = _piece(params.model, response.content, chat=chat)
+        final = _piece(params.model, response.content, chat=chat, thinking=response.thinking if think else "")
         if chat and response.tool_calls:
             _with_calls(final, list(response.tool_calls))
-        return web.json_response(
-            {**final, **_summary(response, started)}, headers=deployment_headers(response)
-        )
+        return web.json_response({**final, **_summary(response, started)}, headers=answer_headers(response))
     call = stream_completion(request, params)
     with cancel_on_exit(call):
-        return await stream_http(request, call, LineFraming(params.model, chat, started), dialect=DIALECT)
+        framing = LineFraming(params.model, chat, started, think=think)
+        return await stream_http(request, call, framing, dialect=DIALECT)
 
 
 class LineFraming:
-    """Ollama's NDJSON: a line per piece of text, the tool calls whole on a line of their own, then the
-    closing line with the counts."""
+    """Ollama's NDJSON: a line per piece of text (and of thinking, unless `think` is off), the tool calls
+    whole on a line of their own, then the closing line with the counts."""
 
     content_type = NDJSON
 
-    def __init__(self, model: str, chat: bool, started: int) -> None:
+    def __init__(self, model: str, chat: bool, started: int, *, think: bool = True) -> None:
         self._model = model
         self._chat = chat
         self._started = started
+        self._think = think
         self._calls: ToolCallPieces | None = None
 
     def message(self, message: Message) -> bytes:
         chunk: Any = message
         data = b""
         failover = chunk.HasField("failover")
-        if chunk.content or failover:
-            piece = _piece(self._model, chunk.content, chat=self._chat)
+        thinking = chunk.thinking if self._think else ""
+        if chunk.content or thinking or failover:
+            piece = _piece(self._model, chunk.content, chat=self._chat, thinking=thinking)
             if failover:
                 piece["failover"] = failover_json(chunk.failover)
             data += _line(piece)
@@ -439,7 +474,7 @@ async def embed(request: web.Request) -> web.StreamResponse:
             "load_duration": 0,
             "prompt_eval_count": response.usage.prompt_tokens,
         },
-        headers=deployment_headers(response),
+        headers=answer_headers(response),
     )
 
 
@@ -455,7 +490,7 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
         return web.json_response({"embedding": []})
     response = await create_embeddings(request, model_id, [prompt])
     return web.json_response(
-        {"embedding": list(response.embeddings[0].values)}, headers=deployment_headers(response)
+        {"embedding": list(response.embeddings[0].values)}, headers=answer_headers(response)
     )
 
 
@@ -474,6 +509,8 @@ _CAPABILITIES = {
     "embedding": "embedding",
     "image": "vision",
     "thinking": "thinking",
+    # A collaboration model's steps come as thinking: clients that offer a thinking toggle show it.
+    "collaboration": "thinking",
 }
 #: /api/ps's expiry for models that never unload (Ollama's own for keep_alive -1 is as far off).
 _NEVER = "2318-01-01T00:00:00Z"
@@ -507,7 +544,7 @@ async def show(request: web.Request) -> web.StreamResponse:
     if model.max_tokens:
         info[f"{model.provider}.context_length"] = model.max_tokens
         parameters = f"num_ctx {model.max_tokens}"
-    capabilities = [_CAPABILITIES[c] for c in model.capabilities if c in _CAPABILITIES]
+    capabilities = list(dict.fromkeys(_CAPABILITIES[c] for c in model.capabilities if c in _CAPABILITIES))
     return web.json_response(
         {
             "license": "",

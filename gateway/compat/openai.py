@@ -15,9 +15,18 @@ Embeddings take a string or a list of strings (token arrays are refused, naming 
 and `encoding_format` `float` or `base64` (little-endian float32, what the official client asks for
 unless told otherwise).
 
-Two extensions of OpenAI's shapes: an answer from a model with several deployments names the one that
-answered in the `x-aibattle-deployment` header (a stream's headers go out with its first chunk, so they
-name the first), and when a stream moves to another deployment or model mid-answer
+Reasoning text a model produces before its answer (a thinking model's, or the steps of a collaboration
+model, each labelled by its kind and model) is `reasoning_content` on the chat `message`, and on the
+`delta` when streamed, as DeepSeek, vLLM and OpenRouter send it; the official client keeps the key
+(`delta.model_extra["reasoning_content"]`). An assistant turn sent back with its `reasoning_content` is
+taken, and that text is not carried to the model (as DeepSeek's own models never see their earlier
+reasoning). /v1/completions has no place for it and sends the answer only.
+
+Extensions of OpenAI's shapes: an answer from a model with several deployments names the one that
+answered in the `x-aibattle-deployment` header, and an answer from a collaboration model names the
+reasoning session that produced it in `x-aibattle-reasoning-id` (readable, with all its iterations, at
+`/api/v1/collaborative-reasoning/{id}`); a stream's headers go out with its first chunk, so they name
+the first deployment. When a stream moves to another deployment or model mid-answer
 (`failover_mid_stream`) its first chunk after the move carries `"failover": {from_model,
 from_deployment, to_model, to_deployment, reason}`; clients that don't know the key ignore it.
 
@@ -49,10 +58,10 @@ from gateway.compat.core import (
     TOOL_MODES,
     ChatParams,
     Keys,
+    answer_headers,
     chat_messages,
     create_completion,
     create_embeddings,
-    deployment_headers,
     failover_json,
     function_of,
     get_model,
@@ -167,7 +176,8 @@ CHAT_KEYS = Keys(
     },
 )
 MESSAGE_KEYS = Keys(
-    honoured=frozenset({"role", "content", "tool_calls", "tool_call_id"}),
+    # reasoning_content: an earlier answer's reasoning, sent back with it; checked, not carried.
+    honoured=frozenset({"role", "content", "tool_calls", "tool_call_id", "reasoning_content"}),
     unsupported={
         "name": "participant names are not carried to the models",
         "function_call": _LEGACY_FUNCTIONS,
@@ -294,7 +304,9 @@ def _response_format(body: dict[str, Any]) -> common_pb2.ResponseFormat | None:
 
 
 def _message_tools(item: Mapping[str, Any], where: str, message: common_pb2.Message) -> None:
-    """An assistant turn's `tool_calls` and a `tool` turn's `tool_call_id`."""
+    """An assistant turn's `tool_calls` and a `tool` turn's `tool_call_id` (and a type check of an
+    assistant turn's `reasoning_content`, which is not carried)."""
+    optional_str(item, "reasoning_content", where=f"{where}.")
     if item.get("tool_calls") is None and item.get("tool_call_id") is None:
         return  # most turns: nothing to read (and this runs for every turn of every request)
     for j, call in enumerate(optional_list(item, "tool_calls", where=f"{where}.")):
@@ -384,6 +396,8 @@ async def _answer(
     finish = FinishReason.from_proto(response.finish_reason).value
     if chat:
         message: dict[str, Any] = {"role": "assistant", "content": response.content}
+        if response.thinking:
+            message["reasoning_content"] = response.thinking
         if response.tool_calls:
             # As OpenAI: no text beside the calls is null, not "".
             message["content"] = response.content or None
@@ -400,7 +414,7 @@ async def _answer(
             "choices": [{**choice, "logprobs": None, "finish_reason": finish}],
             "usage": _usage(response.usage),
         },
-        headers=deployment_headers(response),
+        headers=answer_headers(response),
     )
 
 
@@ -446,6 +460,8 @@ class ChunkFraming:
         if self._chat:
             delta: dict[str, Any] = {} if self._role_sent else {"role": "assistant"}
             self._role_sent = True
+            if chunk.thinking:
+                delta["reasoning_content"] = chunk.thinking
             if chunk.content:
                 delta["content"] = chunk.content
             if chunk.tool_calls:
@@ -509,7 +525,7 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     usage = {"prompt_tokens": response.usage.prompt_tokens, "total_tokens": response.usage.prompt_tokens}
     return web.json_response(
         {"object": "list", "data": data, "model": response.model, "usage": usage},
-        headers=deployment_headers(response),
+        headers=answer_headers(response),
     )
 
 

@@ -76,6 +76,47 @@ _TOOL_RESULT = object_schema(
 )
 
 
+_THINKING_BLOCK = object_schema(
+    anthropic.THINKING_BLOCK_KEYS,
+    required=("type", "thinking", "signature"),
+    values={
+        "type": {"const": "thinking"},
+        "thinking": _STRING,
+        "signature": _STRING,
+        "cache_control": _OBJECT,
+    },
+)
+_REDACTED_THINKING = object_schema(
+    anthropic.REDACTED_THINKING_KEYS,
+    required=("type", "data"),
+    values={"type": {"const": "redacted_thinking"}, "data": _STRING, "cache_control": _OBJECT},
+)
+#: `thinking`: enabled (a budget of at least 1024, below max_tokens: a 400 naming it otherwise), adaptive,
+#: or disabled.
+_THINKING: Schema = {
+    "anyOf": [
+        object_schema(
+            anthropic.THINKING_KEYS,
+            required=("type", "budget_tokens"),
+            values={
+                "type": {"const": "enabled"},
+                "budget_tokens": {"type": "integer", "minimum": anthropic.MIN_THINKING_BUDGET},
+                "display": {"const": "summarized"},
+            },
+        ),
+        object_schema(
+            anthropic.THINKING_KEYS,
+            required=("type",),
+            values={
+                "type": {"enum": ["adaptive", "disabled"]},
+                "budget_tokens": {"type": "null"},
+                "display": {"const": "summarized"},
+            },
+        ),
+    ]
+}
+
+
 def _turn(role: str, blocks: list[Schema]) -> Schema:
     content = {"anyOf": [_STRING, {"type": "array", "items": {"anyOf": blocks}}]}
     return object_schema(
@@ -91,7 +132,7 @@ _MESSAGES: Schema = {
     "items": {
         "anyOf": [
             _turn("user", [_TEXT, _IMAGE, _DOCUMENT, _TOOL_RESULT]),
-            _turn("assistant", [_TEXT, _TOOL_USE]),
+            _turn("assistant", [_TEXT, _TOOL_USE, _THINKING_BLOCK, _REDACTED_THINKING]),
         ]
     },
 }
@@ -146,6 +187,7 @@ _PROMPT: dict[str, Schema] = {
     "tool_choice": _TOOL_CHOICE,
     "output_config": _OUTPUT_CONFIG,
     "cache_control": _OBJECT,
+    "thinking": _THINKING,
 }
 _ERROR: Schema = {
     "type": "object",
@@ -170,6 +212,12 @@ _BLOCK: Schema = {
             "type": "object",
             "properties": {"type": {"const": "tool_use"}, "id": _STRING, "name": _STRING, "input": _OBJECT},
             "required": ["type", "id", "name", "input"],
+        },
+        {
+            "type": "object",
+            "description": "Reasoning before the text (a collaboration model's steps), when thinking is on.",
+            "properties": {"type": {"const": "thinking"}, "thinking": _STRING, "signature": _STRING},
+            "required": ["type", "thinking", "signature"],
         },
     ]
 }

@@ -79,6 +79,11 @@ VALUES: dict[str, Schema] = {
     "tool_call_id": _STRING,
     "id": _STRING,
     "tool_name": _STRING,
+    # An earlier answer's reasoning, sent back with it (OpenAI's and Ollama's names): taken, not carried.
+    "reasoning_content": _STRING,
+    "thinking": _STRING,
+    # Ollama's: false suppresses the reasoning text, which is relayed otherwise (levels are refused).
+    "think": _BOOL,
     # Embeddings: one text or a batch (the server's bounds: 1 to 2048 texts, none empty).
     "input": {"anyOf": [_STRING, {"type": "array", "items": _STRING, "minItems": 1}]},
     "dimensions": _int(INT32),
@@ -326,6 +331,10 @@ def _openai_operations() -> dict[tuple[str, str], Operation]:
         "properties": {
             "role": {"const": "assistant"},
             "content": {"type": ["string", "null"]},
+            "reasoning_content": {
+                "type": "string",
+                "description": "Reasoning before the answer (e.g. a collaboration model's steps).",
+            },
             "tool_calls": {"type": "array", "items": {"type": "object"}},
         },
         "required": ["role", "content"],

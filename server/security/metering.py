@@ -24,6 +24,11 @@ Embeddings (`MeteredEmbedder.embed`) pass the same checks and accounting, their 
 read: the texts' characters bounded by max_prompt_chars, each text's estimate by context_length, their
 worst case (UTF-8 bytes, plus a token or two of BOS/EOS per text) reserved, and the reported tokens
 charged; a call that fails or is cancelled returns no vector and costs nothing.
+
+A run of several calls (a collaboration model's session) first holds its own worst case from the budget
+as one reservation (`RunHold.take`: refused as one call would be, before any model is called); its
+calls then reserve from that hold instead of the budget (past it, from the budget as above) and are
+charged to it, and when the run ends the hold is settled at what they cost together (`RunHold.release`).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from common.errors import CONTEXT_LENGTH_EXCEEDED, PROMPT_TOO_LONG, InvalidArgument
 from common.observability import requests
@@ -40,7 +45,7 @@ from server.providers.base import ChatRequest, Embedder, Embeddings, Finish, Pro
 from server.providers.text import estimate_prompt_tokens, estimate_tokens
 from server.security import context
 from server.security.context import Caller
-from server.security.limits import Limiter
+from server.security.limits import KeyLimits, Limiter
 from server.security.observed import ModelCall
 from server.settings import ModelConfig
 
@@ -255,3 +260,121 @@ class _Reservation:
             except Exception:  # the in-memory count holds; the record catches up on the next call
                 log.exception("could not record spend", extra={"key_id": caller.key_id})
         return cost
+
+
+class RunHold:
+    """A run's worst case in dollars, held from its caller's budget as one reservation; see the module
+    docstring. Its calls draw from it (`draw`, `settled`) and are charged to it; the reservation is
+    settled once, at what they cost together, when the run ends (`release`). What a call needs past it
+    is a reservation of its own in the limiter, settled with the call: every reservation the limiter
+    sees is settled by its own amount (as the Redis limiter matches them)."""
+
+    def __init__(self, caller: Caller, limiter: Limiter, usd: float) -> None:
+        self.caller = caller
+        self._limiter = limiter
+        self.usd = usd
+        self.charged = 0.0
+        self._drawn: list[tuple[float, float]] = []
+        """Calls in flight: what each reserved, and the part of it drawn from the hold."""
+        self._released = False
+
+    @classmethod
+    async def take(cls, caller: Caller | None, usd: float) -> RunHold | None:
+        """Hold `usd` of the caller's budget (BUDGET_EXCEEDED, as for a call, if it cannot be covered);
+        None when the caller has no budget to hold from."""
+        if caller is None or not caller.limited or not caller.budget_usd:
+            return None
+        assert caller.limiter is not None  # limited
+        await caller.limiter.reserve(caller, usd)
+        return cls(caller, caller.limiter, usd)
+
+    def bound(self) -> Caller:
+        """The caller as the run's calls see it: their reservations drawn from this hold."""
+        return replace(self.caller, limiter=_HeldLimiter(self, self._limiter))
+
+    @property
+    def available(self) -> float:
+        if self._released:
+            return 0.0
+        return max(0.0, self.usd - self.charged - sum(part for _, part in self._drawn))
+
+    def draw(self, usd: float) -> float:
+        """A call's reservation of `usd`, as much as the hold has of it; returns the rest, which the call
+        reserves from the budget itself."""
+        part = min(usd, self.available)
+        self._drawn.append((usd, part))
+        return usd - part
+
+    def undraw(self, usd: float) -> None:
+        """A reservation that did not happen after all (its rest was refused)."""
+        self._take_back(usd)
+
+    def settled(self, reserved: float, cost: float) -> tuple[float, float]:
+        """A call that reserved `reserved` cost `cost`: the hold is charged its part. Returns the call's
+        own reservation (what the hold did not give) and the cost left to it."""
+        part = self._take_back(reserved)
+        own = reserved - part
+        charged = min(cost, part) if own else cost  # beyond its bound, still charged (module docstring)
+        self.charged += charged
+        return own, cost - charged
+
+    def _take_back(self, usd: float) -> float:
+        for i, (amount, part) in enumerate(self._drawn):
+            if amount == usd:
+                del self._drawn[i]
+                return part
+        return 0.0
+
+    async def release(self) -> None:
+        """The hold settled at what its calls cost (once; later calls do nothing)."""
+        if self._released:
+            return
+        self._released = True
+        await self._limiter.settle(self.caller, self.usd, self.charged)
+
+
+class _HeldLimiter:
+    """A key's limiter whose budget reservations come from a `RunHold` first (see RunHold)."""
+
+    def __init__(self, hold: RunHold, inner: Limiter) -> None:
+        self._hold = hold
+        self._inner = inner
+
+    # Rates, streams, spending and health: the key's own.
+    async def take_request(self, caller: KeyLimits) -> None:
+        await self._inner.take_request(caller)
+
+    async def reserve_tokens(self, caller: KeyLimits, tokens: int) -> int:
+        return await self._inner.reserve_tokens(caller, tokens)
+
+    async def settle_tokens(self, caller: KeyLimits, reserved: int, used: int) -> None:
+        await self._inner.settle_tokens(caller, reserved, used)
+
+    async def open_stream(self, caller: KeyLimits) -> None:
+        await self._inner.open_stream(caller)
+
+    async def close_stream(self, caller: KeyLimits) -> None:
+        await self._inner.close_stream(caller)
+
+    def spent(self, caller: KeyLimits) -> float:
+        return self._inner.spent(caller)
+
+    async def ping(self) -> bool:
+        return await self._inner.ping()
+
+    async def aclose(self) -> None:
+        return None  # the key's limiter is the server's to close
+
+    async def reserve(self, caller: KeyLimits, usd: float) -> None:
+        rest = self._hold.draw(usd)
+        if rest:
+            try:
+                await self._inner.reserve(caller, rest)
+            except BaseException:
+                self._hold.undraw(usd)
+                raise
+
+    async def settle(self, caller: KeyLimits, reserved: float, cost: float) -> None:
+        own, rest = self._hold.settled(reserved, cost)
+        if own:
+            await self._inner.settle(caller, own, rest)

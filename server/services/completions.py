@@ -1,4 +1,9 @@
-"""CompletionService: one model, whole or streamed."""
+"""CompletionService: one model, whole or streamed.
+
+A collaboration model (`[[collaborations]]`) answers through its reasoning session
+(`server.orchestration.collaboration`): its steps as thinking, its final result as content, the whole
+run's usage on the last chunk, and the session's id on every response (`reasoning_id`) and in the
+initial metadata (`x-aibattle-reasoning-id`), so it can be read after the call."""
 
 from __future__ import annotations
 
@@ -12,7 +17,10 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from aibattle.v1 import common_pb2, completions_pb2, completions_pb2_grpc
+from common.enums import FinishReason
 from common.errors import InvalidArgument
+from server.interceptors import echo_now
+from server.orchestration.collaboration import Answer, Collaborations, Finished, Thinking
 from server.providers.base import Delta, Finish, StreamItem, TokenCounter, Usage
 from server.providers.convert import CompletionRequest, chat_request, usage_proto
 from server.providers.registry import ModelRegistry
@@ -22,10 +30,29 @@ from server.providers.tools import ToolCalls
 from server.security import context as caller_context
 from server.security.metering import MeteredProvider
 
+#: The initial metadata naming a collaboration call's reasoning session (a header over HTTP).
+REASONING_ID_METADATA = "x-aibattle-reasoning-id"
+
 
 class CompletionServicer(completions_pb2_grpc.CompletionServiceServicer):
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, collaborations: Collaborations | None = None) -> None:
         self._registry = registry
+        self._collaborations = collaborations
+
+    async def _collaborate(
+        self, request: CompletionRequest, context: grpc.aio.ServicerContext
+    ) -> tuple[str, AsyncGenerator[Thinking | Answer | Finished, None]] | None:
+        """A collaboration model's run, started (its id sent as initial metadata), or None for a model."""
+        collaboration = None if self._collaborations is None else self._collaborations.get(request.model)
+        if collaboration is None or self._collaborations is None:
+            return None
+        started = await self._collaborations.start(collaboration, request, caller_context.current())
+        try:
+            await echo_now(REASONING_ID_METADATA, started.reasoning_id)
+        except BaseException:
+            self._collaborations.abandon(started)  # the client left before the answer began
+            raise
+        return started.reasoning_id, self._collaborations.follow(started)
 
     def _answers(
         self, request: CompletionRequest, context: grpc.aio.ServicerContext, *, stream: bool
@@ -43,6 +70,8 @@ class CompletionServicer(completions_pb2_grpc.CompletionServiceServicer):
     ) -> completions_pb2.CreateCompletionResponse:
         created = timestamp_pb2.Timestamp()
         created.GetCurrentTime()
+        if (run := await self._collaborate(request, context)) is not None:
+            return await _collaboration_answer(request.model, created, *run)
         content: list[str] = []
         thinking: list[str] = []
         calls = ToolCalls()
@@ -79,6 +108,25 @@ class CompletionServicer(completions_pb2_grpc.CompletionServiceServicer):
         self, request: completions_pb2.StreamCompletionRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[completions_pb2.StreamCompletionResponse]:
         completion_id = _completion_id()
+        if (run := await self._collaborate(request, context)) is not None:
+            reasoning_id, items = run
+            async with aclosing(items):
+                index = 0
+                async for step in items:
+                    chunk = completions_pb2.StreamCompletionResponse(
+                        id=completion_id, model=request.model, index=index, reasoning_id=reasoning_id
+                    )
+                    if isinstance(step, Thinking):
+                        chunk.thinking = step.text
+                    elif isinstance(step, Answer):
+                        chunk.content = step.text
+                    else:
+                        chunk.is_final = True
+                        chunk.usage.CopyFrom(step.usage)
+                        chunk.finish_reason = FinishReason.STOP.proto
+                    yield chunk
+                    index += 1
+            return
         index = 0
         answering: Answering | None = None
         switched: common_pb2.Failover | None = None
@@ -143,6 +191,33 @@ class CompletionServicer(completions_pb2_grpc.CompletionServiceServicer):
             for t in chat.tools
         )
         return completions_pb2.CountTokensResponse(model=model.id, input_tokens=estimate, estimated=True)
+
+
+async def _collaboration_answer(
+    model: str,
+    created: timestamp_pb2.Timestamp,
+    reasoning_id: str,
+    items: AsyncGenerator[Thinking | Answer | Finished, None],
+) -> completions_pb2.CreateCompletionResponse:
+    """A collaboration's whole answer: every step in `thinking`, the final result, the run's usage."""
+    response = completions_pb2.CreateCompletionResponse(
+        id=_completion_id(),
+        model=model,
+        created_at=created,
+        reasoning_id=reasoning_id,
+        finish_reason=FinishReason.STOP.proto,
+    )
+    thinking: list[str] = []
+    async with aclosing(items):
+        async for item in items:
+            if isinstance(item, Thinking):
+                thinking.append(item.text)
+            elif isinstance(item, Answer):
+                response.content = item.text
+            else:
+                response.usage.CopyFrom(item.usage)
+    response.thinking = "".join(thinking)
+    return response
 
 
 def failover_proto(answering: Answering) -> common_pb2.Failover:

@@ -260,7 +260,7 @@ async def test_errors_as_the_client_raises_them(claude: anthropic.AsyncAnthropic
             model="scripted-echo",
             max_tokens=16,
             messages=ASK,
-            thinking={"type": "enabled", "budget_tokens": 1024},
+            thinking={"type": "enabled", "budget_tokens": 100},  # below Anthropic's least
         )
     # After the first event, a failure is an `error` event, which the client raises.
     with pytest.raises(anthropic.APIStatusError, match="scripted failure") as failed:

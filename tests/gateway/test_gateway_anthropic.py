@@ -277,7 +277,7 @@ async def test_a_base64_image_is_an_attachment(gw: Any, seen: list[ChatRequest])
     [
         ({"max_tokens": None}, "max_tokens"),
         ({"frequency_penalty": 0.5}, "frequency_penalty"),
-        ({"thinking": {"type": "enabled", "budget_tokens": 1024}}, "thinking"),
+        ({"thinking": {"type": "enabled", "budget_tokens": 100}}, "thinking.budget_tokens"),
         ({"temperature": 1.5}, "temperature"),
         ({"stop_sequences": "END"}, "stop_sequences"),
         ({"metadata": {"user_id": "u", "team": "x"}}, "metadata.team"),

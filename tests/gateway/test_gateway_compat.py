@@ -299,7 +299,7 @@ async def test_openai_takes_values_that_ask_for_nothing_more(api: Any, extra: di
             {"messages": [{"role": "user", "content": "Hi", "tool_name": "f"}]},
             "messages[0].tool_name",
         ),
-        ("/api/chat", {"think": True}, "think"),
+        ("/api/chat", {"think": "high"}, "think"),
         ("/api/chat", {"options": {"num_ctx": 4096}}, "options.num_ctx"),
         ("/api/chat", {"options": {"min_p": 0.1}}, "options.min_p"),
         (

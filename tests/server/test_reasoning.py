@@ -8,6 +8,7 @@ import pytest
 
 from aibattle.v1 import common_pb2, reasoning_pb2
 from server.orchestration.reasoning import prompts
+from server.orchestration.reasoning.strategies import debate, mixture
 from server.providers.scripted import count_tokens
 from tests.conftest import error_info
 from tests.server.reasoning_testlib import (
@@ -76,6 +77,7 @@ async def test_iterative_refinement_stops_on_approval() -> None:
     assert revision.content == REVISION and not revision.stuck_indicators
     assert reasoning.final_result == REVISION
     assert reasoning.collaboration_strategy == "iterative_refinement"
+    assert reasoning.stop_reason == "approved"
 
 
 async def test_iterative_refinement_is_capped_by_max_iterations() -> None:
@@ -97,6 +99,7 @@ async def test_iterative_refinement_is_capped_by_max_iterations() -> None:
     assert [it.verdict for it in reasoning.iterations if it.kind == "critique"] == ["revise", "revise"]
     assert list(reasoning.iterations[3].focus_areas) == ["geography", "federation_history"]
     assert reasoning.final_result == SECOND_REVISION
+    assert reasoning.stop_reason == "max_iterations"
 
 
 async def test_a_looping_primary_is_detected_and_the_secondary_takes_over() -> None:
@@ -159,6 +162,7 @@ async def test_debate_ends_when_the_models_agree() -> None:
         )
     assert kinds(reasoning) == [("argument", "alice"), ("argument", "bob")]
     assert reasoning.final_result == "Parliament House is in Canberra.\nFINAL ANSWER: Canberra"
+    assert reasoning.stop_reason == "consensus"
 
 
 async def test_debate_without_agreement_is_judged() -> None:
@@ -189,8 +193,9 @@ async def test_debate_without_agreement_is_judged() -> None:
     ]
     assert reasoning.iterations[-1].verdict == "bob"
     assert reasoning.final_result == bob[1]
+    assert reasoning.stop_reason == "max_iterations"
     # Round 2 saw the other's round-1 answer: the update prompt carries it.
-    update = prompts.DEBATE_UPDATE.format(problem=PROBLEM, own=alice[0], others=prompts.labelled([bob[0]]))
+    update = debate.UPDATE.format(problem=PROBLEM, own=alice[0], others=prompts.labelled([bob[0]]))
     assert reasoning.iterations[2].usage.prompt_tokens == count_tokens(update)
 
 
@@ -241,8 +246,9 @@ async def test_mixture_aggregates_every_proposal() -> None:
         )
     assert kinds(reasoning) == [("proposal", "p"), ("proposal", "s"), ("proposal", "x"), ("aggregation", "p")]
     assert reasoning.final_result == aggregate
+    assert reasoning.stop_reason == "max_iterations"
     # The aggregator's prompt held all three proposals, word for word (scripted prompt tokens are words).
-    expected = prompts.AGGREGATE.format(problem=PROBLEM, proposals=prompts.labelled(proposals))
+    expected = mixture.AGGREGATE.format(problem=PROBLEM, proposals=prompts.labelled(proposals))
     assert reasoning.iterations[-1].usage.prompt_tokens == count_tokens(expected)
     assert {m.model for m in reasoning.usage.by_model} == {"p", "s", "x"}
 
@@ -263,9 +269,9 @@ async def test_mixture_layers_see_the_previous_layer() -> None:
             wait=True,
         )
     assert [it.kind for it in reasoning.iterations] == ["proposal"] * 4 + ["aggregation"]
-    layer_two = prompts.PROPOSE_AGAIN.format(problem=PROBLEM, proposals=prompts.labelled(first))
+    layer_two = mixture.PROPOSE_AGAIN.format(problem=PROBLEM, proposals=prompts.labelled(first))
     assert reasoning.iterations[2].usage.prompt_tokens == count_tokens(layer_two)
-    aggregation = prompts.AGGREGATE.format(problem=PROBLEM, proposals=prompts.labelled(second))
+    aggregation = mixture.AGGREGATE.format(problem=PROBLEM, proposals=prompts.labelled(second))
     assert reasoning.iterations[4].usage.prompt_tokens == count_tokens(aggregation)
 
 
@@ -287,7 +293,7 @@ async def test_mixture_leaves_out_a_refusing_proposer() -> None:
     assert "refusal" in reasoning.iterations[1].stuck_indicators
     [handoff] = of_type(log, T.REASONING_EVENT_TYPE_HANDOFF)
     assert (handoff.model, handoff.to_model) == ("s", "p")
-    expected = prompts.AGGREGATE.format(
+    expected = mixture.AGGREGATE.format(
         problem=PROBLEM, proposals=prompts.labelled(["Canberra is the capital."])
     )
     assert reasoning.iterations[-1].usage.prompt_tokens == count_tokens(expected)
@@ -310,6 +316,7 @@ async def test_critique_accepts_a_correct_answer() -> None:
     assert kinds(reasoning) == [("draft", "answerer"), ("verification", "verifier")]
     assert reasoning.iterations[1].verdict == "accept"
     assert reasoning.final_result == REVISION
+    assert reasoning.stop_reason == "accepted"
 
 
 async def test_critique_corrects_a_wrong_answer() -> None:
@@ -334,6 +341,7 @@ async def test_critique_corrects_a_wrong_answer() -> None:
     ]
     assert [it.verdict for it in reasoning.iterations[1:]] == ["correct", "accept"]
     assert reasoning.final_result == corrected
+    assert reasoning.stop_reason == "accepted"
 
 
 async def test_critique_with_one_round_ends_on_the_correction() -> None:
@@ -352,6 +360,26 @@ async def test_critique_with_one_round_ends_on_the_correction() -> None:
         )
     assert [it.kind for it in reasoning.iterations] == ["draft", "verification"]
     assert reasoning.final_result == corrected
+    assert reasoning.stop_reason == "max_iterations"
+
+
+async def test_critique_does_not_adopt_a_stalled_correction() -> None:
+    async with serving(
+        scripted("answerer", REVISION),
+        scripted("verifier", "VERDICT: CORRECT\nCORRECTED ANSWER:\nI cannot help with that request."),
+    ) as (_, stub):
+        reasoning = await create(
+            stub,
+            primary_model="answerer",
+            secondary_model="verifier",
+            collaboration_strategy="critique",
+            max_iterations=3,
+            wait=True,
+        )
+    assert [it.kind for it in reasoning.iterations] == ["draft", "verification"]
+    assert "refusal" in reasoning.iterations[1].stuck_indicators
+    assert reasoning.final_result == REVISION
+    assert reasoning.stop_reason == "stalled"
 
 
 # -- cascade -------------------------------------------------------------------------------------
@@ -381,7 +409,7 @@ async def test_cascade_without_escalation_reports_the_saving() -> None:
     assert reasoning.iterations[1].verdict == "accept"
     assert reasoning.final_result == LONG_ANSWER
     usage = reasoning.usage
-    assert not usage.escalated
+    assert not usage.escalated and reasoning.stop_reason == "not_escalated"
     answer = reasoning.iterations[0].usage
     # Always using the secondary: the same tokens at its prices.
     assert usage.secondary_only_cost_usd == pytest.approx(
@@ -407,7 +435,7 @@ async def test_cascade_escalates_when_the_check_fails() -> None:
     assert (handoff.model, handoff.to_model) == ("cheap", "strong")
     assert not of_type(log, T.REASONING_EVENT_TYPE_STUCK_DETECTED)
     usage = reasoning.usage
-    assert usage.escalated
+    assert usage.escalated and reasoning.stop_reason == "escalated"
     assert usage.secondary_only_cost_usd == pytest.approx(reasoning.iterations[2].usage.cost_usd)
     assert usage.cost_usd > usage.secondary_only_cost_usd  # the failed attempt and the check on top
     assert reasoning.final_result == strong_answer
@@ -468,6 +496,7 @@ async def test_events_are_sequenced_and_tokens_rebuild_each_iteration() -> None:
     assert log[0].type == T.REASONING_EVENT_TYPE_STATUS_CHANGED and log[0].status == IN_PROGRESS
     assert log[-1].type == T.REASONING_EVENT_TYPE_COMPLETION
     assert log[-1].final_result == reasoning.final_result and log[-1].status == COMPLETED
+    assert log[-1].stop_reason == reasoning.stop_reason == "approved"
     iterations = of_type(log, T.REASONING_EVENT_TYPE_NEW_ITERATION)
     assert [e.iteration for e in iterations] == list(reasoning.iterations)
     for iteration in reasoning.iterations:

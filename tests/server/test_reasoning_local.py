@@ -23,6 +23,8 @@ KINDS = {
     "mixture": {"proposal", "aggregation"},
     "critique": {"draft", "verification"},
     "cascade": {"draft", "verification", "escalation"},
+    "self_consistency": {"sample"},
+    "vote": {"answer", "judgment"},
 }
 
 
@@ -51,6 +53,7 @@ async def test_every_strategy_completes_with_the_local_model(
             collaboration_strategy=strategy,
             max_iterations=2,
             max_tokens=40,
+            samples=3 if strategy == "self_consistency" else None,
             wait=True,
         ),
         timeout=300,
@@ -66,6 +69,7 @@ async def test_every_strategy_completes_with_the_local_model(
     assert (
         log[-1].type == T.REASONING_EVENT_TYPE_COMPLETION and log[-1].final_result == reasoning.final_result
     )
+    assert reasoning.stop_reason and log[-1].stop_reason == reasoning.stop_reason
     recorded = [e.iteration for e in log if e.type == T.REASONING_EVENT_TYPE_NEW_ITERATION]
     assert recorded == list(reasoning.iterations)
     # Stalls, if the small model had any, were reported as they happened.

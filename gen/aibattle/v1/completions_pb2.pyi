@@ -388,6 +388,7 @@ class CreateCompletionResponse(_message.Message):
     TOOL_CALLS_FIELD_NUMBER: _builtins.int
     DEPLOYMENT_FIELD_NUMBER: _builtins.int
     FAILOVERS_FIELD_NUMBER: _builtins.int
+    REASONING_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Completion id, e.g. "cmpl-…"."""
     model: _builtins.str
@@ -401,6 +402,10 @@ class CreateCompletionResponse(_message.Message):
     deployment: _builtins.str
     """Deployment that answered, when the model has several (its configured name); also in the
     x-aibattle-deployment header and metadata.
+    """
+    reasoning_id: _builtins.str
+    """When the model is a collaboration: the reasoning session that produced the answer (readable with
+    ReasoningService after the call); also in the x-aibattle-reasoning-id header and metadata.
     """
     @_builtins.property
     def usage(self) -> _common_pb2.Usage:
@@ -431,10 +436,11 @@ class CreateCompletionResponse(_message.Message):
         tool_calls: _abc.Iterable[_common_pb2.ToolCall] | None = ...,
         deployment: _builtins.str = ...,
         failovers: _abc.Iterable[_common_pb2.Failover] | None = ...,
+        reasoning_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "created_at", b"created_at", "deployment", b"deployment", "failovers", b"failovers", "finish_reason", b"finish_reason", "id", b"id", "model", b"model", "thinking", b"thinking", "tool_calls", b"tool_calls", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "created_at", b"created_at", "deployment", b"deployment", "failovers", b"failovers", "finish_reason", b"finish_reason", "id", b"id", "model", b"model", "reasoning_id", b"reasoning_id", "thinking", b"thinking", "tool_calls", b"tool_calls", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -459,6 +465,7 @@ class StreamCompletionResponse(_message.Message):
     TOOL_CALLS_FIELD_NUMBER: _builtins.int
     DEPLOYMENT_FIELD_NUMBER: _builtins.int
     FAILOVER_FIELD_NUMBER: _builtins.int
+    REASONING_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Completion id, the same on every chunk."""
     model: _builtins.str
@@ -475,6 +482,8 @@ class StreamCompletionResponse(_message.Message):
     """Position of this chunk in the stream, from 0."""
     deployment: _builtins.str
     """Deployment producing the stream, when the model has several; changes after a failover."""
+    reasoning_id: _builtins.str
+    """When the model is a collaboration: the reasoning session producing the stream, on every chunk."""
     @_builtins.property
     def usage(self) -> _common_pb2.Usage:
         """Tokens and cost; set on the last chunk."""
@@ -503,10 +512,11 @@ class StreamCompletionResponse(_message.Message):
         tool_calls: _abc.Iterable[_common_pb2.ToolCallDelta] | None = ...,
         deployment: _builtins.str = ...,
         failover: _common_pb2.Failover | None = ...,
+        reasoning_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["failover", b"failover", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "deployment", b"deployment", "failover", b"failover", "finish_reason", b"finish_reason", "id", b"id", "index", b"index", "is_final", b"is_final", "model", b"model", "thinking", b"thinking", "tool_calls", b"tool_calls", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "deployment", b"deployment", "failover", b"failover", "finish_reason", b"finish_reason", "id", b"id", "index", b"index", "is_final", b"is_final", "model", b"model", "reasoning_id", b"reasoning_id", "thinking", b"thinking", "tool_calls", b"tool_calls", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -27,7 +27,7 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61ibattle/v1/models.proto\x12\x0b\x61ibattle.v1\x1a\x19\x61ibattle/v1/options.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\"\xdd\x01\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x03 \x03(\t\x12\x12\n\nmax_tokens\x18\x04 \x01(\x05\x12%\n\x07pricing\x18\x05 \x01(\x0b\x32\x14.aibattle.v1.Pricing\x12\x16\n\x0eupstream_model\x18\x06 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x07 \x01(\t\x12\x11\n\tfallbacks\x18\x08 \x03(\t\x12\x0f\n\x07\x61liases\x18\t \x03(\t\x12\x13\n\x0b\x64\x65ployments\x18\n \x03(\t\"(\n\x07Pricing\x12\r\n\x05input\x18\x01 \x01(\x01\x12\x0e\n\x06output\x18\x02 \x01(\x01\"h\n\x11ListModelsRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x12\n\ncapability\x18\x02 \x01(\t\x12\x19\n\tpage_size\x18\x03 \x01(\x05\x42\x06\xb2\xbb\x18\x02\x08\x00\x12\x12\n\npage_token\x18\x04 \x01(\t\"e\n\x12ListModelsResponse\x12\"\n\x06models\x18\x01 \x03(\x0b\x32\x12.aibattle.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\")\n\x0fGetModelRequest\x12\x16\n\x08model_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"5\n\x10GetModelResponse\x12!\n\x05model\x18\x01 \x01(\x0b\x32\x12.aibattle.v1.Model2\xe8\x01\n\x0cModelService\x12\x65\n\nListModels\x12\x1e.aibattle.v1.ListModelsRequest\x1a\x1f.aibattle.v1.ListModelsResponse\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/api/v1/models\x12q\n\x08GetModel\x12\x1c.aibattle.v1.GetModelRequest\x1a\x1d.aibattle.v1.GetModelResponse\"(\x82\xd3\xe4\x93\x02\"\x12\x19/api/v1/models/{model_id}b\x05modelb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61ibattle/v1/models.proto\x12\x0b\x61ibattle.v1\x1a\x19\x61ibattle/v1/options.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\"\x90\x02\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x03 \x03(\t\x12\x12\n\nmax_tokens\x18\x04 \x01(\x05\x12%\n\x07pricing\x18\x05 \x01(\x0b\x32\x14.aibattle.v1.Pricing\x12\x16\n\x0eupstream_model\x18\x06 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x07 \x01(\t\x12\x11\n\tfallbacks\x18\x08 \x03(\t\x12\x0f\n\x07\x61liases\x18\t \x03(\t\x12\x13\n\x0b\x64\x65ployments\x18\n \x03(\t\x12\x31\n\rcollaboration\x18\x0b \x01(\x0b\x32\x1a.aibattle.v1.Collaboration\"\x95\x01\n\rCollaboration\x12\x10\n\x08strategy\x18\x01 \x01(\t\x12\x15\n\rprimary_model\x18\x02 \x01(\t\x12\x17\n\x0fsecondary_model\x18\x03 \x01(\t\x12\x19\n\x11\x61\x64\x64itional_models\x18\x04 \x03(\t\x12\x16\n\x0emax_iterations\x18\x05 \x01(\x05\x12\x0f\n\x07samples\x18\x06 \x01(\x05\"(\n\x07Pricing\x12\r\n\x05input\x18\x01 \x01(\x01\x12\x0e\n\x06output\x18\x02 \x01(\x01\"h\n\x11ListModelsRequest\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x12\n\ncapability\x18\x02 \x01(\t\x12\x19\n\tpage_size\x18\x03 \x01(\x05\x42\x06\xb2\xbb\x18\x02\x08\x00\x12\x12\n\npage_token\x18\x04 \x01(\t\"e\n\x12ListModelsResponse\x12\"\n\x06models\x18\x01 \x03(\x0b\x32\x12.aibattle.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\")\n\x0fGetModelRequest\x12\x16\n\x08model_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"5\n\x10GetModelResponse\x12!\n\x05model\x18\x01 \x01(\x0b\x32\x12.aibattle.v1.Model2\xe8\x01\n\x0cModelService\x12\x65\n\nListModels\x12\x1e.aibattle.v1.ListModelsRequest\x1a\x1f.aibattle.v1.ListModelsResponse\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/api/v1/models\x12q\n\x08GetModel\x12\x1c.aibattle.v1.GetModelRequest\x1a\x1d.aibattle.v1.GetModelResponse\"(\x82\xd3\xe4\x93\x02\"\x12\x19/api/v1/models/{model_id}b\x05modelb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,17 +43,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELSERVICE'].methods_by_name['GetModel']._loaded_options = None
   _globals['_MODELSERVICE'].methods_by_name['GetModel']._serialized_options = b'\202\323\344\223\002\"\022\031/api/v1/models/{model_id}b\005model'
   _globals['_MODEL']._serialized_start=132
-  _globals['_MODEL']._serialized_end=353
-  _globals['_PRICING']._serialized_start=355
-  _globals['_PRICING']._serialized_end=395
-  _globals['_LISTMODELSREQUEST']._serialized_start=397
-  _globals['_LISTMODELSREQUEST']._serialized_end=501
-  _globals['_LISTMODELSRESPONSE']._serialized_start=503
-  _globals['_LISTMODELSRESPONSE']._serialized_end=604
-  _globals['_GETMODELREQUEST']._serialized_start=606
-  _globals['_GETMODELREQUEST']._serialized_end=647
-  _globals['_GETMODELRESPONSE']._serialized_start=649
-  _globals['_GETMODELRESPONSE']._serialized_end=702
-  _globals['_MODELSERVICE']._serialized_start=705
-  _globals['_MODELSERVICE']._serialized_end=937
+  _globals['_MODEL']._serialized_end=404
+  _globals['_COLLABORATION']._serialized_start=407
+  _globals['_COLLABORATION']._serialized_end=556
+  _globals['_PRICING']._serialized_start=558
+  _globals['_PRICING']._serialized_end=598
+  _globals['_LISTMODELSREQUEST']._serialized_start=600
+  _globals['_LISTMODELSREQUEST']._serialized_end=704
+  _globals['_LISTMODELSRESPONSE']._serialized_start=706
+  _globals['_LISTMODELSRESPONSE']._serialized_end=807
+  _globals['_GETMODELREQUEST']._serialized_start=809
+  _globals['_GETMODELREQUEST']._serialized_end=850
+  _globals['_GETMODELRESPONSE']._serialized_start=852
+  _globals['_GETMODELRESPONSE']._serialized_end=905
+  _globals['_MODELSERVICE']._serialized_start=908
+  _globals['_MODELSERVICE']._serialized_end=1140
 # @@protoc_insertion_point(module_scope)

@@ -34,6 +34,7 @@ class Model(_message.Message):
     FALLBACKS_FIELD_NUMBER: _builtins.int
     ALIASES_FIELD_NUMBER: _builtins.int
     DEPLOYMENTS_FIELD_NUMBER: _builtins.int
+    COLLABORATION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Id clients use, e.g. "smollm2-135m" or "claude-3-sonnet"."""
     provider: _builtins.str
@@ -66,6 +67,10 @@ class Model(_message.Message):
     def deployments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Names of the deployments that serve it, when it has several; requests are spread over them."""
 
+    @_builtins.property
+    def collaboration(self) -> Global___Collaboration:
+        """What a collaboration model runs (capability "collaboration"); unset for other models."""
+
     def __init__(
         self,
         *,
@@ -79,14 +84,62 @@ class Model(_message.Message):
         fallbacks: _abc.Iterable[_builtins.str] | None = ...,
         aliases: _abc.Iterable[_builtins.str] | None = ...,
         deployments: _abc.Iterable[_builtins.str] | None = ...,
+        collaboration: Global___Collaboration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["pricing", b"pricing"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["collaboration", b"collaboration", "pricing", b"pricing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "capabilities", b"capabilities", "deployments", b"deployments", "display_name", b"display_name", "fallbacks", b"fallbacks", "id", b"id", "max_tokens", b"max_tokens", "pricing", b"pricing", "provider", b"provider", "upstream_model", b"upstream_model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "capabilities", b"capabilities", "collaboration", b"collaboration", "deployments", b"deployments", "display_name", b"display_name", "fallbacks", b"fallbacks", "id", b"id", "max_tokens", b"max_tokens", "pricing", b"pricing", "provider", b"provider", "upstream_model", b"upstream_model"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Model: _TypeAlias = Model  # noqa: Y015
+
+@_typing.final
+class Collaboration(_message.Message):
+    """Collaboration is a model that is a collaboration strategy over other models ([[collaborations]]): a
+    call to it runs a reasoning session owned by the caller's key, whose steps stream as thinking and whose
+    final answer is the content.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STRATEGY_FIELD_NUMBER: _builtins.int
+    PRIMARY_MODEL_FIELD_NUMBER: _builtins.int
+    SECONDARY_MODEL_FIELD_NUMBER: _builtins.int
+    ADDITIONAL_MODELS_FIELD_NUMBER: _builtins.int
+    MAX_ITERATIONS_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    strategy: _builtins.str
+    """The strategy, e.g. "debate"."""
+    primary_model: _builtins.str
+    """Its primary model."""
+    secondary_model: _builtins.str
+    """Its secondary model."""
+    max_iterations: _builtins.int
+    """Upper bound on its rounds."""
+    samples: _builtins.int
+    """Samples, for self_consistency."""
+    @_builtins.property
+    def additional_models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Further models (debaters, proposers, voters)."""
+
+    def __init__(
+        self,
+        *,
+        strategy: _builtins.str = ...,
+        primary_model: _builtins.str = ...,
+        secondary_model: _builtins.str = ...,
+        additional_models: _abc.Iterable[_builtins.str] | None = ...,
+        max_iterations: _builtins.int = ...,
+        samples: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["additional_models", b"additional_models", "max_iterations", b"max_iterations", "primary_model", b"primary_model", "samples", b"samples", "secondary_model", b"secondary_model", "strategy", b"strategy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Collaboration: _TypeAlias = Collaboration  # noqa: Y015
 
 @_typing.final
 class Pricing(_message.Message):

@@ -94,6 +94,10 @@ class Reasoning(_message.Message):
     LAST_SEQUENCE_FIELD_NUMBER: _builtins.int
     MAX_TOKENS_FIELD_NUMBER: _builtins.int
     FILE_DATA_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    STOP_REASON_FIELD_NUMBER: _builtins.int
+    VOTE_FIELD_NUMBER: _builtins.int
+    COLLABORATION_MODEL_FIELD_NUMBER: _builtins.int
     reasoning_id: _builtins.str
     """Server-assigned id, e.g. "reas-…"."""
     status: _common_pb2.RunStatus.ValueType
@@ -107,10 +111,13 @@ class Reasoning(_message.Message):
     system_instruction: _builtins.str
     """System instruction both models receive."""
     collaboration_strategy: _builtins.str
-    """Strategy: "iterative_refinement", "debate", "mixture", "critique" or "cascade"."""
+    """Strategy: "iterative_refinement", "debate", "mixture", "critique", "cascade", "self_consistency" or
+    "vote".
+    """
     max_iterations: _builtins.int
     """Upper bound on the strategy's rounds: critique-and-revision rounds (iterative_refinement), debate
-    rounds, proposal layers (mixture), verification rounds (critique); cascade escalates at most once.
+    rounds, proposal layers (mixture), verification rounds (critique); cascade escalates at most once;
+    self_consistency (samples) and vote (one answer per model) have no rounds and ignore it.
     """
     final_result: _builtins.str
     """The answer, once completed."""
@@ -118,6 +125,17 @@ class Reasoning(_message.Message):
     """Sequence number of the latest event."""
     max_tokens: _builtins.int
     """Upper bound on the tokens of each step; 0 means each model's default."""
+    samples: _builtins.int
+    """Samples drawn (self_consistency); 0 for other strategies."""
+    stop_reason: _builtins.str
+    """Why the session stopped: "consensus" (debate: the answers agreed, so no judge; mixture: a layer's
+    proposals agreed before the last layer), "approved" (iterative_refinement), "accepted" (critique),
+    "max_iterations", "majority" (self_consistency, vote), "tie_broken" (vote: the judge decided),
+    "escalated" or "not_escalated" (cascade), "stalled" (a debate left with no second debater, a critique
+    that refused a stalled correction), "no_answer" (every answer was empty); empty until it ends.
+    """
+    collaboration_model: _builtins.str
+    """Collaboration model this session runs for, when a client called one as a model; empty otherwise."""
     @_builtins.property
     def iterations(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReasoningIteration]:
         """Iterations so far, in order."""
@@ -146,6 +164,10 @@ class Reasoning(_message.Message):
     def file_data(self) -> _common_pb2.FileData:
         """The prompt's attachment, kept so that a resumed session reads what the first run read."""
 
+    @_builtins.property
+    def vote(self) -> Global___Vote:
+        """The tally, for the voting strategies (self_consistency, vote)."""
+
     def __init__(
         self,
         *,
@@ -167,10 +189,14 @@ class Reasoning(_message.Message):
         last_sequence: _builtins.int = ...,
         max_tokens: _builtins.int = ...,
         file_data: _common_pb2.FileData | None = ...,
+        samples: _builtins.int = ...,
+        stop_reason: _builtins.str = ...,
+        vote: Global___Vote | None = ...,
+        collaboration_model: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "error", b"error", "file_data", b"file_data", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "error", b"error", "file_data", b"file_data", "updated_at", b"updated_at", "usage", b"usage", "vote", b"vote"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["additional_models", b"additional_models", "collaboration_strategy", b"collaboration_strategy", "created_at", b"created_at", "error", b"error", "file_data", b"file_data", "final_result", b"final_result", "iterations", b"iterations", "last_sequence", b"last_sequence", "max_iterations", b"max_iterations", "max_tokens", b"max_tokens", "primary_model", b"primary_model", "prompt", b"prompt", "reasoning_id", b"reasoning_id", "secondary_model", b"secondary_model", "status", b"status", "system_instruction", b"system_instruction", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["additional_models", b"additional_models", "collaboration_model", b"collaboration_model", "collaboration_strategy", b"collaboration_strategy", "created_at", b"created_at", "error", b"error", "file_data", b"file_data", "final_result", b"final_result", "iterations", b"iterations", "last_sequence", b"last_sequence", "max_iterations", b"max_iterations", "max_tokens", b"max_tokens", "primary_model", b"primary_model", "prompt", b"prompt", "reasoning_id", b"reasoning_id", "samples", b"samples", "secondary_model", b"secondary_model", "status", b"status", "stop_reason", b"stop_reason", "system_instruction", b"system_instruction", "updated_at", b"updated_at", "usage", b"usage", "vote", b"vote"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -199,7 +225,7 @@ class ReasoningIteration(_message.Message):
     """Position in the session, from 1."""
     kind: _builtins.str
     """Step kind: "draft", "critique", "revision", "argument", "proposal", "aggregation", "verification",
-    "escalation", "judgment".
+    "escalation", "judgment", "sample" (self_consistency), "answer" (vote).
     """
     verdict: _builtins.str
     """The verdict a reviewing step gave, lower case: "approve" or "revise" (critique), "accept" or
@@ -296,6 +322,74 @@ class ReasoningUsage(_message.Message):
 Global___ReasoningUsage: _TypeAlias = ReasoningUsage  # noqa: Y015
 
 @_typing.final
+class Vote(_message.Message):
+    """Vote is the tally of a voting strategy: the final answers extracted from each sample or model,
+    grouped after normalization.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TALLIES_FIELD_NUMBER: _builtins.int
+    TIE_FIELD_NUMBER: _builtins.int
+    TIE_BROKEN_BY_FIELD_NUMBER: _builtins.int
+    tie: _builtins.bool
+    """True when two or more answers shared the most votes."""
+    tie_broken_by: _builtins.str
+    """Model that broke the tie (vote: the judge); empty when there was none, or self_consistency took the
+    earliest of the tied answers.
+    """
+    @_builtins.property
+    def tallies(self) -> _containers.RepeatedCompositeFieldContainer[Global___VoteTally]:
+        """Each distinct answer, most votes first."""
+
+    def __init__(
+        self,
+        *,
+        tallies: _abc.Iterable[Global___VoteTally] | None = ...,
+        tie: _builtins.bool = ...,
+        tie_broken_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tallies", b"tallies", "tie", b"tie", "tie_broken_by", b"tie_broken_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Vote: _TypeAlias = Vote  # noqa: Y015
+
+@_typing.final
+class VoteTally(_message.Message):
+    """VoteTally is one distinct answer and who gave it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANSWER_FIELD_NUMBER: _builtins.int
+    VOTES_FIELD_NUMBER: _builtins.int
+    MODELS_FIELD_NUMBER: _builtins.int
+    answer: _builtins.str
+    """The answer as extracted (the first sample's wording of it)."""
+    votes: _builtins.int
+    """How many samples or models gave it."""
+    @_builtins.property
+    def models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The models that gave it (self_consistency: the primary, once per sample)."""
+
+    def __init__(
+        self,
+        *,
+        answer: _builtins.str = ...,
+        votes: _builtins.int = ...,
+        models: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "models", b"models", "votes", b"votes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VoteTally: _TypeAlias = VoteTally  # noqa: Y015
+
+@_typing.final
 class CreateReasoningRequest(_message.Message):
     """CreateReasoningRequest starts a session. Its JSON form is seed 000's request body."""
 
@@ -311,6 +405,7 @@ class CreateReasoningRequest(_message.Message):
     ADDITIONAL_MODELS_FIELD_NUMBER: _builtins.int
     WAIT_FIELD_NUMBER: _builtins.int
     MAX_TOKENS_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
     primary_model: _builtins.str
     """Model that drafts and answers."""
     secondary_model: _builtins.str
@@ -320,13 +415,17 @@ class CreateReasoningRequest(_message.Message):
     system_instruction: _builtins.str
     """System instruction both models receive."""
     collaboration_strategy: _builtins.str
-    """"iterative_refinement" (default), "debate", "mixture", "critique" or "cascade"."""
+    """"iterative_refinement" (default), "debate", "mixture", "critique", "cascade", "self_consistency" (N
+    samples of the primary, then a majority vote) or "vote" (one answer per model, then a majority vote).
+    """
     max_iterations: _builtins.int
     """Upper bound on the strategy's rounds (see Reasoning.max_iterations), 1 to 20; 0 means 5."""
     wait: _builtins.bool
     """Whether to wait for the session to finish before answering."""
     max_tokens: _builtins.int
     """Upper bound on the tokens of each step; unset means each model's default."""
+    samples: _builtins.int
+    """Samples drawn by self_consistency, 2 to 20; unset means 5. Other strategies refuse it."""
     @_builtins.property
     def file_data(self) -> _common_pb2.FileData:
         """An attachment for the prompt."""
@@ -348,14 +447,20 @@ class CreateReasoningRequest(_message.Message):
         additional_models: _abc.Iterable[_builtins.str] | None = ...,
         wait: _builtins.bool = ...,
         max_tokens: _builtins.int | None = ...,
+        samples: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "file_data", b"file_data", "max_tokens", b"max_tokens"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_samples", b"_samples", "file_data", b"file_data", "max_tokens", b"max_tokens", "samples", b"samples"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "additional_models", b"additional_models", "collaboration_strategy", b"collaboration_strategy", "file_data", b"file_data", "max_iterations", b"max_iterations", "max_tokens", b"max_tokens", "primary_model", b"primary_model", "prompt", b"prompt", "secondary_model", b"secondary_model", "system_instruction", b"system_instruction", "wait", b"wait"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens", "_samples", b"_samples", "additional_models", b"additional_models", "collaboration_strategy", b"collaboration_strategy", "file_data", b"file_data", "max_iterations", b"max_iterations", "max_tokens", b"max_tokens", "primary_model", b"primary_model", "prompt", b"prompt", "samples", b"samples", "secondary_model", b"secondary_model", "system_instruction", b"system_instruction", "wait", b"wait"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_tokens: _TypeAlias = _typing.Literal["max_tokens"]  # noqa: Y015
     _WhichOneofArgType__max_tokens: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__samples: _TypeAlias = _typing.Literal["samples"]  # noqa: Y015
+    _WhichOneofArgType__samples: _TypeAlias = _typing.Literal["_samples", b"_samples"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_tokens) -> _WhichOneofReturnType__max_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__samples) -> _WhichOneofReturnType__samples | None: ...
 
 Global___CreateReasoningRequest: _TypeAlias = CreateReasoningRequest  # noqa: Y015
 
@@ -652,6 +757,7 @@ class ReasoningEvent(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     ITERATION_INDEX_FIELD_NUMBER: _builtins.int
+    STOP_REASON_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Position in the session's event log, from 1, without gaps."""
     reasoning_id: _builtins.str
@@ -672,6 +778,8 @@ class ReasoningEvent(_message.Message):
     """Index of the iteration the delta belongs to, for TOKEN and THINKING events (the index its
     NEW_ITERATION will carry).
     """
+    stop_reason: _builtins.str
+    """Why the session stopped, for COMPLETION events (see Reasoning.stop_reason)."""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When it happened."""
@@ -704,10 +812,11 @@ class ReasoningEvent(_message.Message):
         status: _common_pb2.RunStatus.ValueType = ...,
         error: _status_pb2.Status | None = ...,
         iteration_index: _builtins.int = ...,
+        stop_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "error", b"error", "iteration", b"iteration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "delta", b"delta", "error", b"error", "final_result", b"final_result", "iteration", b"iteration", "iteration_index", b"iteration_index", "model", b"model", "reasoning_id", b"reasoning_id", "sequence", b"sequence", "status", b"status", "stuck_indicators", b"stuck_indicators", "to_model", b"to_model", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "delta", b"delta", "error", b"error", "final_result", b"final_result", "iteration", b"iteration", "iteration_index", b"iteration_index", "model", b"model", "reasoning_id", b"reasoning_id", "sequence", b"sequence", "status", b"status", "stop_reason", b"stop_reason", "stuck_indicators", b"stuck_indicators", "to_model", b"to_model", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

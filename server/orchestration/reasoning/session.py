@@ -1,6 +1,6 @@
 """One reasoning session as it runs: model calls, stuck checks, and every step committed with its events.
 
-The strategies (`strategies.py`) decide who speaks and when; this module does the rest the same way for
+The strategies (`strategies/`) decide who speaks and when; this module does the rest the same way for
 all of them:
 
 * `generate` streams one model call, committing TOKEN/THINKING deltas in batches as they come
@@ -8,8 +8,9 @@ all of them:
 * `check` runs stuck detection on a draft against that seat's earlier drafts and the critiques so far;
 * `record` appends the iteration, adds its usage to the session's, and commits state + NEW_ITERATION
   (+ STUCK_DETECTED, + HANDOFF) in one commit, then wakes the followers;
-* `run` runs a strategy and commits COMPLETION; every other end (an error, a cancel, the server
-  stopping) is the lifecycle's (`server.orchestration.lifecycle`), recorded as `ended` says.
+* `run_strategy` runs a strategy and commits COMPLETION with the strategy's `Outcome` (the final
+  result and why it stopped); every other end (an error, a cancel, the server stopping) is the
+  lifecycle's (`server.orchestration.lifecycle`), recorded as `ended` says.
 
 A step is either committed whole or not at all, so a session that dies mid-step keeps every earlier
 iteration and loses only the step in progress.
@@ -90,6 +91,14 @@ class Reply:
     usage: common_pb2.Usage
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """How a strategy ended: its final result and why it stopped (`Reasoning.stop_reason`)."""
+
+    final: str
+    stop_reason: str
+
+
 @dataclass
 class Session:
     """A running session's state and plumbing; see the module docstring."""
@@ -115,6 +124,8 @@ class Session:
         self.reasoning.ClearField("usage")
         self.reasoning.ClearField("final_result")
         self.reasoning.ClearField("error")
+        self.reasoning.ClearField("stop_reason")
+        self.reasoning.ClearField("vote")
 
     @property
     def id(self) -> str:
@@ -166,7 +177,9 @@ class Session:
             events=[e.SerializeToString() for e in events],
         )
 
-    def _request(self, seat: Seat, prompt: str, max_tokens: int | None) -> ChatRequest:
+    def _request(
+        self, seat: Seat, prompt: str, max_tokens: int | None, temperature: float | None
+    ) -> ChatRequest:
         model = self.model(seat.model)
         messages: list[ChatMessage] = []
         if self.reasoning.system_instruction:
@@ -175,14 +188,21 @@ class Session:
         limit = self.reasoning.max_tokens or model.default_max_tokens
         if max_tokens is not None:
             limit = min(limit, max_tokens)
-        return ChatRequest(messages=tuple(messages), max_tokens=limit, stream=True)
+        return ChatRequest(messages=tuple(messages), max_tokens=limit, temperature=temperature, stream=True)
 
     async def generate(
-        self, seat: Seat, prompt: str, *, max_tokens: int | None = None, reads: Sequence[Seat] = ()
+        self,
+        seat: Seat,
+        prompt: str,
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        reads: Sequence[Seat] = (),
     ) -> Reply:
         """One call of the seat's model, its deltas committed as TOKEN/THINKING events in batches.
 
-        `reads`: the seats whose output the prompt carries (counted as handoffs to this seat)."""
+        `temperature`: unset means the model's own default. `reads`: the seats whose output the
+        prompt carries (counted as handoffs to this seat)."""
         if self.journal:
             step = self.journal[0]
             return Reply(step.content, step.model, step.usage)
@@ -206,7 +226,7 @@ class Session:
                 state=False,
             )
 
-        request = self._request(seat, prompt, max_tokens)
+        request = self._request(seat, prompt, max_tokens, temperature)
         reply = await stream_model(self.registry, model, request, flush, self.caller)
         return Reply(reply.text.strip(), reply.model.id, usage_proto(reply.model, reply.usage))
 
@@ -328,16 +348,25 @@ class Session:
         entry.usage.total_tokens += step.total_tokens
         entry.usage.cost_usd += step.cost_usd
 
-    async def run_strategy(self, strategy: Callable[[Session], Awaitable[str]]) -> None:
-        """The strategy to its end, and COMPLETION committed; the lifecycle records any other end."""
+    async def run_strategy(self, strategy: Callable[[Session], Awaitable[Outcome]]) -> None:
+        """The strategy to its end, and COMPLETION committed with its result and stop reason; the
+        lifecycle records any other end."""
         try:
-            final = await strategy(self)
+            outcome = await strategy(self)
         finally:
             tracing.set_attributes({conventions.WORKFLOW_ITERATIONS: len(self.reasoning.iterations)})
-        self.reasoning.final_result = final
+        self.reasoning.final_result = outcome.final
+        self.reasoning.stop_reason = outcome.stop_reason
         self.reasoning.status = COMPLETED
         await self.commit(
-            [self.event(EventType.REASONING_EVENT_TYPE_COMPLETION, final_result=final, status=COMPLETED)]
+            [
+                self.event(
+                    EventType.REASONING_EVENT_TYPE_COMPLETION,
+                    final_result=outcome.final,
+                    stop_reason=outcome.stop_reason,
+                    status=COMPLETED,
+                )
+            ]
         )
 
 

@@ -11,7 +11,7 @@ the lifecycle's recovery.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 
 from google.rpc import status_pb2
@@ -33,7 +33,13 @@ from server.orchestration.reasoning.session import (
     is_terminal,
     now,
 )
-from server.orchestration.reasoning.strategies import MULTI_MODEL, STRATEGIES
+from server.orchestration.reasoning.strategies import (
+    DEFAULT_ITERATIONS,
+    DEFAULT_SAMPLES,
+    MULTI_MODEL,
+    SAMPLED,
+    STRATEGIES,
+)
 from server.orchestration.runs import Run
 from server.providers.attachments import chat_message
 from server.providers.base import Attachment, Role
@@ -42,8 +48,7 @@ from server.providers.registry import ModelRegistry
 from server.security.context import Caller
 from server.storage import Stored
 
-DEFAULT_STRATEGY = "iterative_refinement"
-DEFAULT_ITERATIONS = 5
+DEFAULT_STRATEGY = next(iter(STRATEGIES))
 RESUMABLE = frozenset({INTERRUPTED, FAILED, CANCELLED})
 
 
@@ -94,9 +99,18 @@ class ReasoningSessions:
     # ---- changing
 
     async def create(
-        self, request: reasoning_pb2.CreateReasoningRequest, caller: Caller | None
+        self,
+        request: reasoning_pb2.CreateReasoningRequest,
+        caller: Caller | None,
+        *,
+        collaboration_model: str = "",
+        ended: Callable[[], Awaitable[None]] | None = None,
     ) -> reasoning_pb2.Reasoning:
+        """A new session, run in the background (waited for with `request.wait`). For a client calling
+        a collaboration model: `collaboration_model` is recorded on it, and `ended` runs when its run
+        ends, however it ends (not if it never started: this raised)."""
         reasoning, attachments = self._validate(request, caller)
+        reasoning.collaboration_model = collaboration_model
         reasoning.reasoning_id = f"reas-{uuid.uuid4().hex[:24]}"
         reasoning.status = IN_PROGRESS
         reasoning.created_at.CopyFrom(now())
@@ -115,7 +129,7 @@ class ReasoningSessions:
             status=IN_PROGRESS,
             body=reasoning.SerializeToString(),
             events=[started.SerializeToString()],
-            work=session_work(session),
+            work=session_work(session, ended),
         )
         if request.wait:
             await self._lifecycle.runs.wait(reasoning.reasoning_id)
@@ -214,7 +228,11 @@ class ReasoningSessions:
         iterations = request.max_iterations or DEFAULT_ITERATIONS
         if request.additional_models and strategy not in MULTI_MODEL:
             raise InvalidArgument(
-                "additional_models", f"only {' and '.join(sorted(MULTI_MODEL))} use more than two models"
+                "additional_models", f"only {', '.join(sorted(MULTI_MODEL))} use more than two models"
+            )
+        if request.HasField("samples") and strategy not in SAMPLED:
+            raise InvalidArgument(
+                "samples", f"only {', '.join(sorted(SAMPLED))} draws samples, not {shown(strategy)}"
             )
         secondary = request.secondary_model or request.primary_model
         fields = [
@@ -241,6 +259,7 @@ class ReasoningSessions:
             max_iterations=iterations,
             additional_models=request.additional_models,
             max_tokens=request.max_tokens if request.HasField("max_tokens") else 0,
+            samples=(request.samples or DEFAULT_SAMPLES) if strategy in SAMPLED else 0,
         )
         if request.HasField("file_data"):
             reasoning.file_data.CopyFrom(request.file_data)  # a resumed run reads it again
@@ -255,11 +274,15 @@ def read(stored: Stored) -> reasoning_pb2.Reasoning:
     return reasoning
 
 
-def session_work(session: Session) -> Work:
-    """The run of a session: its strategy, in the attempt it is given."""
+def session_work(session: Session, ended: Callable[[], Awaitable[None]] | None = None) -> Work:
+    """The run of a session: its strategy, in the attempt it is given; then `ended`, however it ends."""
 
     async def work(run: Run) -> None:
         session.run = run
-        await session.run_strategy(STRATEGIES[session.reasoning.collaboration_strategy])
+        try:
+            await session.run_strategy(STRATEGIES[session.reasoning.collaboration_strategy].run)
+        finally:
+            if ended is not None:
+                await ended()
 
     return work

@@ -12,6 +12,7 @@ __all__ = (
     "CancelConversationResponse",
     "CancelReasoningRequest",
     "CancelReasoningResponse",
+    "Collaboration",
     "CompletionServiceStub",
     "Conversation",
     "ConversationEvent",
@@ -88,6 +89,8 @@ __all__ = (
     "ToolChoice",
     "ToolChoiceMode",
     "Usage",
+    "Vote",
+    "VoteTally",
     "WebSocketRule",
 )
 
@@ -728,6 +731,50 @@ default_message_pool.register_message(
 
 
 @dataclass(eq=False, repr=False)
+class Collaboration(betterproto2.Message):
+    """
+    Collaboration is a model that is a collaboration strategy over other models ([[collaborations]]): a
+    call to it runs a reasoning session owned by the caller's key, whose steps stream as thinking and whose
+    final answer is the content.
+    """
+
+    strategy: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The strategy, e.g. "debate".
+    """
+
+    primary_model: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    """
+    Its primary model.
+    """
+
+    secondary_model: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    Its secondary model.
+    """
+
+    additional_models: "list[str]" = betterproto2.field(
+        4, betterproto2.TYPE_STRING, repeated=True
+    )
+    """
+    Further models (debaters, proposers, voters).
+    """
+
+    max_iterations: "int" = betterproto2.field(5, betterproto2.TYPE_INT32)
+    """
+    Upper bound on its rounds.
+    """
+
+    samples: "int" = betterproto2.field(6, betterproto2.TYPE_INT32)
+    """
+    Samples, for self_consistency.
+    """
+
+
+default_message_pool.register_message("aibattle.v1", "Collaboration", Collaboration)
+
+
+@dataclass(eq=False, repr=False)
 class Conversation(betterproto2.Message):
     """
     Conversation is a multi-model conversation and its transcript.
@@ -1302,6 +1349,12 @@ class CreateCompletionResponse(betterproto2.Message):
     Moves to another deployment or model after the answer had begun (failover_mid_stream), in order.
     """
 
+    reasoning_id: "str" = betterproto2.field(11, betterproto2.TYPE_STRING)
+    """
+    When the model is a collaboration: the reasoning session that produced the answer (readable with
+    ReasoningService after the call); also in the x-aibattle-reasoning-id header and metadata.
+    """
+
 
 default_message_pool.register_message(
     "aibattle.v1", "CreateCompletionResponse", CreateCompletionResponse
@@ -1564,7 +1617,8 @@ class CreateReasoningRequest(betterproto2.Message):
 
     collaboration_strategy: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
     """
-    "iterative_refinement" (default), "debate", "mixture", "critique" or "cascade".
+    "iterative_refinement" (default), "debate", "mixture", "critique", "cascade", "self_consistency" (N
+    samples of the primary, then a majority vote) or "vote" (one answer per model, then a majority vote).
     """
 
     max_iterations: "int" = betterproto2.field(6, betterproto2.TYPE_INT32)
@@ -1596,6 +1650,13 @@ class CreateReasoningRequest(betterproto2.Message):
     )
     """
     Upper bound on the tokens of each step; unset means each model's default.
+    """
+
+    samples: "int | None" = betterproto2.field(
+        11, betterproto2.TYPE_INT32, optional=True
+    )
+    """
+    Samples drawn by self_consistency, 2 to 20; unset means 5. Other strategies refuse it.
     """
 
 
@@ -2232,6 +2293,13 @@ class Model(betterproto2.Message):
     Names of the deployments that serve it, when it has several; requests are spread over them.
     """
 
+    collaboration: "Collaboration | None" = betterproto2.field(
+        11, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    What a collaboration model runs (capability "collaboration"); unset for other models.
+    """
+
 
 default_message_pool.register_message("aibattle.v1", "Model", Model)
 
@@ -2344,13 +2412,15 @@ class Reasoning(betterproto2.Message):
 
     collaboration_strategy: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
     """
-    Strategy: "iterative_refinement", "debate", "mixture", "critique" or "cascade".
+    Strategy: "iterative_refinement", "debate", "mixture", "critique", "cascade", "self_consistency" or
+    "vote".
     """
 
     max_iterations: "int" = betterproto2.field(8, betterproto2.TYPE_INT32)
     """
     Upper bound on the strategy's rounds: critique-and-revision rounds (iterative_refinement), debate
-    rounds, proposal layers (mixture), verification rounds (critique); cascade escalates at most once.
+    rounds, proposal layers (mixture), verification rounds (critique); cascade escalates at most once;
+    self_consistency (samples) and vote (one answer per model) have no rounds and ignore it.
     """
 
     iterations: "list[ReasoningIteration]" = betterproto2.field(
@@ -2421,6 +2491,32 @@ class Reasoning(betterproto2.Message):
     )
     """
     The prompt's attachment, kept so that a resumed session reads what the first run read.
+    """
+
+    samples: "int" = betterproto2.field(19, betterproto2.TYPE_INT32)
+    """
+    Samples drawn (self_consistency); 0 for other strategies.
+    """
+
+    stop_reason: "str" = betterproto2.field(20, betterproto2.TYPE_STRING)
+    """
+    Why the session stopped: "consensus" (debate: the answers agreed, so no judge; mixture: a layer's
+    proposals agreed before the last layer), "approved" (iterative_refinement), "accepted" (critique),
+    "max_iterations", "majority" (self_consistency, vote), "tie_broken" (vote: the judge decided),
+    "escalated" or "not_escalated" (cascade), "stalled" (a debate left with no second debater, a critique
+    that refused a stalled correction), "no_answer" (every answer was empty); empty until it ends.
+    """
+
+    vote: "Vote | None" = betterproto2.field(
+        21, betterproto2.TYPE_MESSAGE, optional=True
+    )
+    """
+    The tally, for the voting strategies (self_consistency, vote).
+    """
+
+    collaboration_model: "str" = betterproto2.field(22, betterproto2.TYPE_STRING)
+    """
+    Collaboration model this session runs for, when a client called one as a model; empty otherwise.
     """
 
 
@@ -2514,6 +2610,11 @@ class ReasoningEvent(betterproto2.Message):
     NEW_ITERATION will carry).
     """
 
+    stop_reason: "str" = betterproto2.field(14, betterproto2.TYPE_STRING)
+    """
+    Why the session stopped, for COMPLETION events (see Reasoning.stop_reason).
+    """
+
 
 default_message_pool.register_message("aibattle.v1", "ReasoningEvent", ReasoningEvent)
 
@@ -2557,7 +2658,7 @@ class ReasoningIteration(betterproto2.Message):
     kind: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
     """
     Step kind: "draft", "critique", "revision", "argument", "proposal", "aggregation", "verification",
-    "escalation", "judgment".
+    "escalation", "judgment", "sample" (self_consistency), "answer" (vote).
     """
 
     usage: "Usage | None" = betterproto2.field(
@@ -2992,6 +3093,11 @@ class StreamCompletionResponse(betterproto2.Message):
     the content that follows continues what came before.
     """
 
+    reasoning_id: "str" = betterproto2.field(12, betterproto2.TYPE_STRING)
+    """
+    When the model is a collaboration: the reasoning session producing the stream, on every chunk.
+    """
+
 
 default_message_pool.register_message(
     "aibattle.v1", "StreamCompletionResponse", StreamCompletionResponse
@@ -3220,6 +3326,60 @@ class Usage(betterproto2.Message):
 
 
 default_message_pool.register_message("aibattle.v1", "Usage", Usage)
+
+
+@dataclass(eq=False, repr=False)
+class Vote(betterproto2.Message):
+    """
+    Vote is the tally of a voting strategy: the final answers extracted from each sample or model,
+    grouped after normalization.
+    """
+
+    tallies: "list[VoteTally]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
+    )
+    """
+    Each distinct answer, most votes first.
+    """
+
+    tie: "bool" = betterproto2.field(2, betterproto2.TYPE_BOOL)
+    """
+    True when two or more answers shared the most votes.
+    """
+
+    tie_broken_by: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+    """
+    Model that broke the tie (vote: the judge); empty when there was none, or self_consistency took the
+    earliest of the tied answers.
+    """
+
+
+default_message_pool.register_message("aibattle.v1", "Vote", Vote)
+
+
+@dataclass(eq=False, repr=False)
+class VoteTally(betterproto2.Message):
+    """
+    VoteTally is one distinct answer and who gave it.
+    """
+
+    answer: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The answer as extracted (the first sample's wording of it).
+    """
+
+    votes: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
+    """
+    How many samples or models gave it.
+    """
+
+    models: "list[str]" = betterproto2.field(3, betterproto2.TYPE_STRING, repeated=True)
+    """
+    The models that gave it (self_consistency: the primary, once per sample).
+    """
+
+
+default_message_pool.register_message("aibattle.v1", "VoteTally", VoteTally)
 
 
 @dataclass(eq=False, repr=False)
