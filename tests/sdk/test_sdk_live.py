@@ -223,6 +223,15 @@ def test_reasoning_lifecycle(client: Client) -> None:
     assert events[-1].status == RunStatus.CANCELLED
 
 
+def test_self_consistency_draws_the_samples_asked_for(client: Client) -> None:
+    done = client.reasoning.create(
+        primary_model="echo", prompt="2+2?", collaboration_strategy="self_consistency", samples=3, wait=True
+    )
+    assert done.status == RunStatus.COMPLETED and done.samples == 3
+    assert [i.kind for i in done.iterations] == ["sample"] * 3
+    assert done.stop_reason == "majority" and done.vote.tallies[0].votes == 3
+
+
 async def test_the_async_client(target: str) -> None:
     async with AsyncClient(target) as client:
         assert (await client.models.get("echo")).id == "echo"

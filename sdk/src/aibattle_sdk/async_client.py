@@ -367,10 +367,12 @@ class AsyncReasoning:
         additional_models: Sequence[str] = (),
         file_data: v1.FileData | None = None,
         max_tokens: int | None = None,
+        samples: int | None = None,
         wait: bool = False,
         timeout: float | None = None,
     ) -> v1.Reasoning:
-        """Start a session (strategy "iterative_refinement" unless named); `wait=True` answers when done."""
+        """Start a session (strategy "iterative_refinement" unless named); `wait=True` answers when done.
+        `samples`: how many answers "self_consistency" draws (2 to 20; unset: 5)."""
         request = v1.CreateReasoningRequest(
             primary_model=primary_model,
             secondary_model=secondary_model,
@@ -382,6 +384,7 @@ class AsyncReasoning:
             additional_models=list(additional_models),
             wait=wait,
             max_tokens=max_tokens,
+            samples=samples,
         )
         response = await self._t.unary(R.CREATE_REASONING, request, timeout=timeout)
         return response.reasoning
