@@ -511,7 +511,7 @@ async def test_the_embedded_model_refuses_tools_and_lists_json() -> None:
             info = error_info(caught.value)
             assert (info.reason, info.metadata["field"]) == ("CAPABILITY_MISSING", "tools")
             models = models_pb2_grpc.ModelServiceStub(channel)
-            [model] = (await models.ListModels(models_pb2.ListModelsRequest())).models
+            model, _embedding = (await models.ListModels(models_pb2.ListModelsRequest())).models
             assert list(model.capabilities) == ["text", "conversation", "json"]
     finally:
         await server.stop(grace=0.5)
