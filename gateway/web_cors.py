@@ -27,17 +27,18 @@ from gateway.compat.anthropic import ESTIMATED_HEADER
 from gateway.metadata import REQUEST_ID_HEADER
 from gateway.router import route_not_found
 from gateway.web_state import STATE
-from gateway.web_stream import DEPLOYMENT_HEADER
+from gateway.web_stream import DEPLOYMENT_HEADER, REASONING_HEADER
 
 _TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 #: What a browser app may read of an answer: ours too (which deployment answered, what the gateway cost,
-#: whether a token count is an estimate), not only the standard ones.
+#: which collaboration session answered, whether a token count is an estimate), not only the standard ones.
 _ALWAYS_EXPOSED = (
     REQUEST_ID_HEADER,
     "Retry-After",
     "WWW-Authenticate",
     OVERHEAD_HEADER,
     DEPLOYMENT_HEADER,
+    REASONING_HEADER,
     ESTIMATED_HEADER,
 )
 _MAX_AGE = "600"

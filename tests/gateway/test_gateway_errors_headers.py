@@ -179,7 +179,13 @@ async def test_cors_allow_list(aiohttp_client: Any, library: RunningLibrary, dum
     assert "X-Request-Id" in actual.headers["Access-Control-Expose-Headers"]
     assert "Grpc-Metadata-x-served-by" in actual.headers["Access-Control-Expose-Headers"]
     exposed = actual.headers["Access-Control-Expose-Headers"].split(", ")
-    assert {"x-aibattle-deployment", "x-aibattle-overhead-ms", "x-aibattle-tokens-estimated"} <= set(exposed)
+    ours = {
+        "x-aibattle-deployment",
+        "x-aibattle-reasoning-id",
+        "x-aibattle-overhead-ms",
+        "x-aibattle-tokens-estimated",
+    }
+    assert ours <= set(exposed)
 
     refused = await client.options(
         "/v1/shelves/s/books/b",
