@@ -43,6 +43,7 @@ from common.errors import (
 from server.orchestration.reasoning.session import Event, EventType, is_terminal
 from server.orchestration.reasoning.sessions import ReasoningSessions
 from server.orchestration.reasoning.strategies import DEFAULT_SAMPLES, SAMPLED, worst_case_calls
+from server.providers.base import PENALTIES
 from server.providers.registry import ModelRegistry, may_use
 from server.security.context import Caller
 from server.security.metering import (
@@ -63,15 +64,7 @@ PROMPT_ALLOWANCE_BYTES = 4096
 #: step past it reserves the rest from the budget as any call does.
 BYTES_PER_OUTPUT_TOKEN = 4
 #: Sampling options are the strategy's to choose: a request setting one is refused, not ignored.
-SAMPLING_FIELDS = (
-    "temperature",
-    "top_p",
-    "seed",
-    "top_k",
-    "repeat_penalty",
-    "frequency_penalty",
-    "presence_penalty",
-)
+SAMPLING_FIELDS = ("temperature", "top_p", "seed", *PENALTIES)
 ROLE_NAMES = {"user": "User", "assistant": "Assistant"}
 
 
