@@ -385,6 +385,28 @@ async def test_the_longest_run_costs_less_than_its_worst_case_and_the_hold_comes
         assert second.usage.cost_usd == pytest.approx(first.usage.cost_usd)
 
 
+async def test_two_runs_at_once_on_a_budget_for_one_worst_case_admit_exactly_one() -> None:
+    # The race the hold exists for: both calls pass the budget check only if neither held its worst case.
+    words = " ".join(f"w{i}" for i in range(40))
+    models = [
+        scripted("model-a", f"Draft {words}", delay_ms=20),
+        scripted("model-b", f"Wrong {words}\nVERDICT: REVISE\nFOCUS: all"),
+    ]
+    panel = critique_panel(strategy="iterative_refinement", max_iterations=2, max_tokens=30)
+    worst = worst_case_of(config(models, [panel], secure=True), "Capital?")
+    async with serving(models, [panel], secure=True) as channel:
+        _, secret = await new_key(channel, budget_usd=worst * 1.5)
+        stub = completions_pb2_grpc.CompletionServiceStub(channel)
+        request = completions_pb2.CreateCompletionRequest(model="panel", prompt="Capital?")
+        results = await asyncio.gather(
+            *(stub.CreateCompletion(request, metadata=bearer(secret)) for _ in range(2)),
+            return_exceptions=True,
+        )
+    refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert len(refused) == 1, results
+    assert error_info(refused[0]).reason == "BUDGET_EXCEEDED"
+
+
 # ---- the voting baselines, and the ends of a run other than its answer
 
 
