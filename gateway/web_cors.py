@@ -23,11 +23,10 @@ from yarl import URL
 
 from common.errors import HOST_NOT_ALLOWED, ORIGIN_NOT_ALLOWED, PermissionDenied
 from common.observability import OVERHEAD_HEADER
-from gateway.compat.anthropic import ESTIMATED_HEADER
 from gateway.metadata import REQUEST_ID_HEADER
 from gateway.router import route_not_found
 from gateway.web_state import STATE
-from gateway.web_stream import DEPLOYMENT_HEADER, REASONING_HEADER
+from gateway.web_stream import DEPLOYMENT_HEADER, ESTIMATED_HEADER, REASONING_HEADER
 
 _TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 #: What a browser app may read of an answer: ours too (which deployment answered, what the gateway cost,

@@ -45,6 +45,8 @@ SSE = "text/event-stream"
 NDJSON = "application/x-ndjson"
 DEPLOYMENT_HEADER = "x-aibattle-deployment"
 REASONING_HEADER = "x-aibattle-reasoning-id"
+#: On a token count the server estimated (not the model's tokenizer nor its upstream's count).
+ESTIMATED_HEADER = "x-aibattle-tokens-estimated"
 #: The responses whose `reasoning_id` names the session that produced them (a collaboration model's).
 _REASONING_NAMED = frozenset({"aibattle.v1.CreateCompletionResponse", "aibattle.v1.StreamCompletionResponse"})
 

@@ -93,12 +93,11 @@ from gateway.errors import http_status
 from gateway.transcode import dumps_bytes
 from gateway.web_errors import Dialect
 from gateway.web_state import STATE, call_context
-from gateway.web_stream import SSE, sse_event, stream_http
+from gateway.web_stream import ESTIMATED_HEADER, SSE, sse_event, stream_http
 
 COUNT_TOKENS = Rpc.of(
     completions_pb2.DESCRIPTOR.services_by_name["CompletionService"].methods_by_name["CountTokens"]
 )
-ESTIMATED_HEADER = "x-aibattle-tokens-estimated"
 
 _ERROR_TYPES = {
     400: "invalid_request_error",
