@@ -32,6 +32,7 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
+import codegen_ts  # tools/codegen_ts.py, beside this script
 import unasync  # tools/unasync.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,6 +129,13 @@ def generate_sdk(proto_roots: list[Path], out: Path) -> None:
             raise SystemExit(f"protoc (betterproto2) failed for {root}:\n{result.stdout}{result.stderr}")
 
 
+def generate_ts(proto_roots: list[Path], out: Path) -> None:
+    """The TypeScript SDK's code (tools/codegen_ts.py), with the google protos export_deps copies."""
+    with tempfile.TemporaryDirectory() as deps:
+        export_deps(Path(deps) / "protos")
+        codegen_ts.generate(proto_roots, out, Path(deps) / "protos")
+
+
 def export_deps(out: Path) -> None:
     """Copy the google/api and google/rpc protos we import into out, for buf (which has no BSR here)."""
     import google.api.annotations_pb2 as annotations
@@ -167,6 +175,12 @@ def main() -> int:
         help="the SDK's target (default: sdk/src/aibattle_sdk/_gen/ when --out and --proto-root are the "
         "defaults, else none)",
     )
+    parser.add_argument(
+        "--ts-out",
+        type=Path,
+        help="the TypeScript SDK's target (default: sdk/typescript/src/gen/ when --out, --sdk-out and "
+        "--proto-root are the defaults, else none)",
+    )
     parser.add_argument("--proto-root", type=Path, action="append", help="proto root(s) (default: proto/)")
     parser.add_argument(
         "--export-deps", type=Path, metavar="DIR", help="only copy imported google protos to DIR"
@@ -183,6 +197,9 @@ def main() -> int:
         sdk_out = args.sdk_out or (SDK_GEN if args.out == GEN and not args.proto_root else None)
         if sdk_out is not None:
             targets.append((Path(tmp) / "sdk", sdk_out, generate_sdk))
+        ts_out = args.ts_out or (codegen_ts.TS_GEN if sdk_out == SDK_GEN and not args.sdk_out else None)
+        if ts_out is not None:
+            targets.append((Path(tmp) / "ts", ts_out, generate_ts))
         for fresh, _, run in targets:
             run(roots, fresh)
         sync_modules = sdk_out is not None and sdk_out.resolve() == SDK_GEN.resolve()
