@@ -148,7 +148,9 @@ CONTEXT_LENGTH_EXCEEDED = _declare(
     "CONTEXT_LENGTH_EXCEEDED", _C.INVALID_ARGUMENT, "a prompt longer than the model's context window"
 )
 MALFORMED_REQUEST = _declare(
-    "MALFORMED_REQUEST", _C.INVALID_ARGUMENT, "request bytes that are not the method's protobuf message"
+    "MALFORMED_REQUEST",
+    _C.INVALID_ARGUMENT,
+    "request bytes that are not the method's message (protobuf, or a Connect / gRPC-Web envelope or JSON)",
 )
 MALFORMED_JSON = _declare(
     "MALFORMED_JSON",
@@ -320,6 +322,20 @@ REQUEST_TOO_LARGE = _declare(
 # --- not served (UNIMPLEMENTED, HTTP 501) ---------------------------------------------------------------
 METHOD_NOT_ALLOWED = _declare(
     "METHOD_NOT_ALLOWED", _C.UNIMPLEMENTED, "an HTTP method the path is not served with", http_status=405
+)
+UNSUPPORTED_MEDIA_TYPE = _declare(
+    "UNSUPPORTED_MEDIA_TYPE",
+    _C.UNIMPLEMENTED,
+    "a Connect or gRPC-Web call whose Content-Type (or GET encoding) the RPC is not served with",
+    http_status=415,
+)
+UNSUPPORTED_COMPRESSION = _declare(
+    "UNSUPPORTED_COMPRESSION", _C.UNIMPLEMENTED, "a Connect or gRPC-Web message compressed other than gzip"
+)
+STREAMING_REQUESTS_UNSUPPORTED = _declare(
+    "STREAMING_REQUESTS_UNSUPPORTED",
+    _C.UNIMPLEMENTED,
+    "a client- or bidi-streaming RPC over Connect or gRPC-Web (use gRPC or its WebSocket route)",
 )
 
 # --- a model's provider failed: the next model of a fallback chain is tried ----------------------------

@@ -114,6 +114,20 @@ def parse_grpc_timeout(value: str | None) -> float | None:
     return None if seconds > _MAX_TIMEOUT else seconds
 
 
+def metadata_fields(metadata: grpc.aio.Metadata | None) -> list[tuple[str, str]]:
+    """The upstream's metadata as header fields under their own names (Connect and gRPC-Web carry
+    metadata as headers and trailers unprefixed); binary values base64, the runtime's own left out."""
+    fields: list[tuple[str, str]] = []
+    for key, value in metadata or ():
+        if key in _RESERVED or key.startswith("grpc-") or key == "x-request-id":
+            continue
+        if isinstance(value, bytes):
+            fields.append((key, base64.b64encode(value).decode("ascii")))
+        else:
+            fields.append((key, value))
+    return fields
+
+
 def response_headers(
     initial: grpc.aio.Metadata | None, trailing: grpc.aio.Metadata | None = None
 ) -> dict[str, str]:

@@ -6,7 +6,8 @@ its `Observation`, `common.observability.requests`):
 
 * the surface and route: from aiohttp's resource for a hand-registered endpoint (`FixedRoute`), else the
   derived route the dispatcher matched (`note_route`), else `UNMATCHED`; never the raw path. The surface
-  is `rest` (native routes and the meta endpoints), `openai`, `ollama` or `websocket`;
+  is `rest` (native routes and the meta endpoints), `openai`, `ollama`, `anthropic`, `websocket`,
+  `connect` or `grpc-web` (an RPC's path, by its Content-Type);
 * the status rendered for a failure (`note_status`): its gRPC code and ErrorInfo reason give the
   `error_type` label (`metrics.error_type`); without one, an HTTP error status stands for its code;
 * the upstream's wait on model providers, reported by the server in each call's initial metadata
@@ -106,9 +107,10 @@ def begin(request: web.Request) -> tuple[Observed, Tokens]:
     resource = request.match_info.route.resource
     fixed = state.fixed_resources.get(resource) if resource is not None else None
     if fixed is not None:
-        surface, fixed_route, counted = fixed.dialect.surface, fixed.template.source, fixed.counted
+        surface, fixed_route = fixed.dialect.resolve(request).surface, fixed.template.source
+        counted = fixed.counted
     else:
-        dialect = state.path_dialect(request.rel_url.raw_path)
+        dialect = state.path_dialect(request.rel_url.raw_path).resolve(request)
         surface, fixed_route, counted = dialect.surface, None, True
         if surface == "rest" and request.method == "GET" and _upgrade(request):
             surface = "websocket"

@@ -1,7 +1,8 @@
 """The gateway application, and running it (in-process beside the server, or as a standalone proxy).
 
-Routing happens here, in two layers: hand-registered endpoints (compat dialects, meta) as aiohttp
-resources, each with its error dialect; then one catch-all that matches the routes derived from the
+Routing happens here, in two layers: hand-registered endpoints (compat dialects, meta, and every RPC's
+Connect / gRPC-Web path, derived from the descriptors: web_rpc) as aiohttp resources, each with its error
+dialect; then one catch-all that matches the routes derived from the
 protos and dispatches by transport — REST (web_rest) or WebSocket (web_websocket). A derived route
 that would overlap a hand-registered one is refused at start-up instead of being shadowed.
 """
@@ -39,6 +40,7 @@ from gateway.web_middlewares import (
     request_id_middleware,
 )
 from gateway.web_rest import handle_rest
+from gateway.web_rpc import RPC, rpc_endpoints, rpc_services
 from gateway.web_state import STATE, FixedRoute, GatewayState
 from gateway.web_websocket import handle_websocket, is_websocket_upgrade
 
@@ -85,6 +87,10 @@ def create_app(
         fixed = FixedRoute(parse_template(f"{DOCS_ASSETS}/{{path=**}}"), ("GET",), NATIVE)
         state.fixed_routes.append(fixed)
         state.fixed_resources[static] = fixed
+    # Connect and gRPC-Web: every RPC at /<service>/<method>; unknown methods there answer in its dialect.
+    _add_fixed(app, RPC, rpc_endpoints(options.files))
+    prefixes = rpc_services(options.files)
+    state.path_dialects.append((lambda path: path.startswith(prefixes), RPC))
     if options.compat_endpoints and completions_pb2.DESCRIPTOR in options.files:
         for dialect, routes in compat.ENDPOINTS:
             _add_fixed(app, dialect, routes)

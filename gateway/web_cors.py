@@ -39,7 +39,14 @@ _ALWAYS_EXPOSED = (
     DEPLOYMENT_HEADER,
     REASONING_HEADER,
     ESTIMATED_HEADER,
+    # gRPC-Web's status, when it comes as headers (a trailers-only answer)
+    "Grpc-Status",
+    "Grpc-Message",
+    "Grpc-Status-Details-Bin",
 )
+#: Headers that carry call metadata: REST's prefixed ones, Connect's unary trailers, our own (Connect and
+#: gRPC-Web send the server's metadata under its own names).
+_METADATA_PREFIXES = ("grpc-metadata-", "grpc-trailer-", "trailer-", "x-aibattle-")
 _MAX_AGE = "600"
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -132,6 +139,6 @@ async def add_cors_headers(request: web.Request, response: web.StreamResponse) -
     response.headers.add("Vary", "Origin")
     exposed = [
         *_ALWAYS_EXPOSED,
-        *(h for h in response.headers if h.lower().startswith(("grpc-metadata-", "grpc-trailer-"))),
+        *(h for h in response.headers if h.lower().startswith(_METADATA_PREFIXES)),
     ]
     response.headers["Access-Control-Expose-Headers"] = ", ".join(dict.fromkeys(exposed))

@@ -110,7 +110,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         code = code_for_http(exc.status)
         status = status_pb2.Status(code=code, message=exc.reason)
         observe.note_status(status)
-        return error_response(status, dialect=dialect_of(request), http=exc.status)
+        return error_response(status, dialect=dialect_of(request), http=exc.status, request=request)
     except ConnectionError:
         raise
     except grpc.aio.AioRpcError as exc:
@@ -122,9 +122,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         failure = exc
     status, http, headers = status_of(failure)
     observe.note_status(status)
-    return error_response(status, dialect=dialect_of(request), http=http, headers=headers)
+    return error_response(status, dialect=dialect_of(request), http=http, headers=headers, request=request)
 
 
 def dialect_of(request: web.Request) -> Dialect:
     """The dialect of the endpoint a request is for (native unless a compat endpoint's path)."""
-    return request.app[STATE].dialect_for(request.rel_url.raw_path)
+    return request.app[STATE].dialect_for(request.rel_url.raw_path).resolve(request)

@@ -170,6 +170,7 @@ class HttpStreamSink:
         *,
         dialect: Dialect = NATIVE,
         keepalive_seconds: float = 0.0,
+        transport: str | None = None,
     ) -> None:
         self._request = request
         self._framing = framing
@@ -181,7 +182,9 @@ class HttpStreamSink:
         self._keepalive: asyncio.Task[None] | None = None
         self._initial: grpc.aio.Metadata | None = None
         #: aibattle_open_streams, from the response's headers until the stream ends.
-        self.open_stream = observe.OpenStream("sse" if framing.content_type == SSE else "ndjson")
+        self.open_stream = observe.OpenStream(
+            transport or ("sse" if framing.content_type == SSE else "ndjson")
+        )
         if keepalive_seconds > 0 and framing.keepalive():
             self._keepalive = asyncio.ensure_future(self._keep_alive(keepalive_seconds))
 
@@ -198,8 +201,7 @@ class HttpStreamSink:
     ) -> None:
         if self.started:
             return  # the keep-alive started it
-        headers = response_headers(initial_metadata)
-        headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **answer_headers(first)})
+        headers = self.head(initial_metadata, first)
         response = web.StreamResponse(status=status, headers=headers)
         if status != 204:
             response.content_type = self._framing.content_type
@@ -207,6 +209,12 @@ class HttpStreamSink:
         await response.prepare(self._request)
         if status != 204:
             self.open_stream.open()
+
+    def head(self, initial_metadata: grpc.aio.Metadata | None, first: Message | None) -> dict[str, str]:
+        """The response's headers: the upstream's metadata, what the first message names, no caching."""
+        headers = response_headers(initial_metadata)
+        headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **answer_headers(first)})
+        return headers
 
     async def message(self, message: Message) -> None:
         data = self._framing.message(message)

@@ -46,9 +46,9 @@ def configure(*, on: bool, by_key: bool = False) -> None:
     enabled, key_label = on, by_key
 
 
-SURFACES = ("grpc", "rest", "openai", "ollama", "anthropic", "websocket")
+SURFACES = ("grpc", "rest", "openai", "ollama", "anthropic", "websocket", "connect", "grpc-web")
 """Where a request came in: gRPC, the native REST/SSE/NDJSON routes, the OpenAI, Ollama and Anthropic
-compatible endpoints, a WebSocket."""
+compatible endpoints, a WebSocket, Connect or gRPC-Web on the HTTP port."""
 
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _OVERHEAD = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)

@@ -273,6 +273,34 @@ async def test_request_series_after_known_traffic(gw: Any) -> None:
     assert UPSTREAM_SECRET not in after
 
 
+async def test_connect_and_grpc_web_count_under_their_surface_and_procedure(gw: Any) -> None:
+    before = await scrape(gw)
+    ok = await gw.post("/aibattle.v1.ModelService/ListModels", json={})
+    assert ok.status == 200
+    assert float(ok.headers[OVERHEAD_HEADER]) >= 0
+    missing = await gw.post("/aibattle.v1.ModelService/GetModel", json={"modelId": "nope"})
+    assert missing.status == 404
+    web = await gw.post(
+        "/aibattle.v1.ModelService/GetModel",
+        data=b"\0\0\0\0\x06\n\x04nope",  # one envelope: GetModelRequest(model_id="nope")
+        headers={"Content-Type": "application/grpc-web+proto"},
+    )
+    assert web.headers["grpc-status"] == "5"
+    after = await scrape(gw)
+
+    def counted(**labels: str) -> float:
+        return delta(before, after, "aibattle_requests_total", **labels)
+
+    route = "/aibattle.v1.ModelService/ListModels"
+    assert counted(surface="connect", route=route, status="200", error_type="") == 1
+    get_model = "/aibattle.v1.ModelService/GetModel"
+    assert counted(surface="connect", route=get_model, status="404", error_type="caller_not_found") == 1
+    # gRPC-Web answers 200 and says NOT_FOUND in grpc-status: the series counts the status, not the 200.
+    assert counted(surface="grpc-web", route=get_model, error_type="caller_not_found") == 1
+    for surface in ("connect", "grpc-web"):
+        assert total(after, "aibattle_requests_in_flight", surface=surface) == 0
+
+
 def _error_types(before: str, after: str) -> dict[str, float]:
     """The requests each error_type counted between two scrapes, over the gateway's surfaces."""
     names = {

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from gateway import create_app
+from gateway.web_state import STATE
 from tests.gateway.gateway_testlib import ProtoApi, RunningLibrary, dummy_options
 
 ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
@@ -262,7 +263,12 @@ async def test_wrong_method_is_405_with_allow(client: Any) -> None:
     assert reason_of(await resp.json()) == "METHOD_NOT_ALLOWED"
 
 
-async def test_unannotated_rpc_has_no_route(client: Any, library: RunningLibrary) -> None:
+async def test_unannotated_rpc_has_no_rest_route_and_is_served_as_over_grpc(
+    client: Any, library: RunningLibrary
+) -> None:
+    router = client.server.app[STATE].router
+    assert not any(route.rpc.full_name.endswith(".Internal") for route in router.routes)
+    # Connect serves every RPC at its gRPC path, as gRPC itself does (gateway/web_rpc.py): nothing more.
     resp = await client.post("/aibattle.testing.v1.LibraryService/Internal", json={})
-    assert resp.status == 404
-    assert library.servicer.calls == []
+    assert resp.status == 200
+    assert len(library.servicer.calls) == 1
