@@ -22,11 +22,12 @@ import logging
 import grpc
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from aiohttp.web_protocol import RequestPayloadError
 from google.rpc import status_pb2
 
 from common import logs
 from common.api_keys import presented_secret
-from common.errors import ApiError, RequestTooLarge
+from common.errors import MALFORMED_REQUEST, ApiError, RequestTooLarge
 from gateway import access, observe
 from gateway.errors import code_for_http, status_of
 from gateway.metadata import REQUEST_ID_HEADER, request_id_from
@@ -104,6 +105,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except web.HTTPRequestEntityTooLarge:
         failure: BaseException = RequestTooLarge(request.app[STATE].options.max_body_bytes)
+    except RequestPayloadError as exc:
+        # The body could not be read as sent: a corrupt gzip or deflate under Content-Encoding.
+        del exc  # its text is aiohttp's ("400, message: …"), not for clients
+        failure = MALFORMED_REQUEST.error("the request body cannot be decoded under its Content-Encoding")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -364,3 +364,14 @@ async def test_a_foreign_origin_is_refused_in_the_protocols_words(cors_api: Any)
     )
     assert web.status == 200
     assert web.headers["grpc-status"] == "7"
+
+
+@pytest.mark.parametrize("path", [LIST_MODELS, "/api/v1/completions"])
+async def test_a_corrupt_gzip_body_is_malformed_not_internal(api: Any, path: str) -> None:
+    resp = await api.post(
+        path,
+        data=b"not gzip at all",
+        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+    )
+    assert resp.status == 400
+    assert "Content-Encoding" in (await resp.json())["message"]
