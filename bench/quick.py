@@ -10,7 +10,8 @@ Four targets on 127.0.0.1, each a process of its own:
     gateway's OpenAI-compatible POST /v1/chat/completions (gateway → loopback gRPC → server →
     the provider's HTTP call → back);
   - ours native: the same server's POST /api/v1/completions on a scripted model (no upstream call: the
-    gateway and gRPC alone).
+    gateway and gRPC alone);
+  - ours Connect: the same call as Connect unary JSON, POST /aibattle.v1.CompletionService/CreateCompletion.
 Each is measured at concurrency 1 (p50) and at --concurrency (requests per second, and the target
 process's CPU time per request over that cell, from /proc: the figure other load on the machine
 disturbs least), non-stream, with wrk when it is installed (`make install` puts it there) and with an
@@ -42,6 +43,8 @@ SCRIPTED = "scripted"
 STREAM = "stream"  # bench/table.py's model on a fake upstream that streams many chunks
 CHAT = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "benchmark"}], "max_tokens": 64})
 NATIVE = json.dumps({"model": SCRIPTED, "prompt": "benchmark"})
+#: The same call as NATIVE over Connect (JSON unary, the Content-Type wrk sends): REST's cost vs Connect's.
+CONNECT_CREATE = "/aibattle.v1.CompletionService/CreateCompletion"
 BANNER = re.compile(r"gRPC on (\S+?), HTTP on (http://\S+?);")
 READY = re.compile(r"READY (\d+)")
 
@@ -252,7 +255,7 @@ async def check(url: str, body: str) -> None:
 @dataclass
 class Targets:
     """What `start` started: the fake upstream, the floor and ours (HTTP base and gRPC target), and the
-    four rows of the table; with `stream_chunks`, a second fake streaming that many chunks and a
+    rows of the table; with `stream_chunks`, a second fake streaming that many chunks and a
     second floor in front of it (ours serves it as the model STREAM)."""
 
     upstream: str
@@ -291,6 +294,7 @@ def start(children: list[Child], *, stream_chunks: int = 0) -> Targets:
         Row("floor (bare aiohttp relay)", f"{floor_base}/v1/chat/completions", CHAT, floor.proc.pid),
         Row("ours /v1/chat/completions", f"{ours_base}/v1/chat/completions", CHAT, ours.proc.pid),
         Row("ours /api/v1/completions", f"{ours_base}/api/v1/completions", NATIVE, ours.proc.pid),
+        Row("ours Connect unary", f"{ours_base}{CONNECT_CREATE}", NATIVE, ours.proc.pid),
     ]
     return Targets(upstream, floor_base, ours_base, ours_grpc, rows, stream_upstream, stream_floor)
 

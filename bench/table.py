@@ -199,7 +199,7 @@ def nonstream_lines(rows: list[quick.Row]) -> list[Line]:
         ratio = f"p50 x{row.p50 / floor.p50:.2f}, req/s x{row.rate / floor.rate:.2f}"
         line = Line(row.name, figure + (f", {row.errors} errors" if row.errors else ""), ratio)
         if row.name.startswith("ours"):
-            scripted = "api/v1" in row.name  # a scripted model: no upstream call, all of it is added
+            scripted = row.body == quick.NATIVE  # a scripted model: no upstream call, all of it is added
             added = row.p50 - (0 if scripted else upstream.p50)
             line.figure += f", +p50 {added:.2f} ms"
             line.ratio += f", +p50 x{added / floor_added:.2f}"
