@@ -152,3 +152,36 @@ def test_a_conversation_run_is_an_invoke_workflow_span_linked_to_its_request(
     assert any(link.trace_id.hex() == trace_id for link in run.links)
     # Each model call of the run is its child.
     assert [s.name for s in children(spans, run)] == ["chat echo"] * calls
+
+
+def test_a_connect_stream_is_one_trace_from_the_http_request_to_the_model_call(
+    traced: tuple[str, Sink],
+) -> None:
+    """Connect goes the way every HTTP surface goes: an HTTP SERVER span named by the RPC's path, the
+    client's traceparent its parent, the server's RPC span and the model call below it."""
+    base, sink = traced
+    trace_id, parent_id = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+    message = json.dumps({"model": "echo", "prompt": "Say hello."}).encode()
+    request = urllib.request.Request(
+        f"{base}/aibattle.v1.CompletionService/StreamCompletion",
+        data=len(message).to_bytes(5, "big") + message,  # one envelope: flags 0, then the length
+        headers={"Content-Type": "application/connect+json", "traceparent": f"00-{trace_id}-{parent_id}-01"},
+        method="POST",
+    )
+    with _DIRECT.open(request, timeout=30) as response:
+        assert response.status == 200
+        assert b"Hello" in response.read()  # the first chunk's content, in its envelope
+
+    def in_trace() -> list[Span]:
+        return [s for s in sink.received() if s.trace_id.hex() == trace_id]
+
+    until = time.monotonic() + DEADLINE
+    while not any(s.name == "chat echo" for s in in_trace()) and time.monotonic() < until:
+        time.sleep(0.1)
+    spans = {s.name: s for s in in_trace()}
+    http = spans["POST /aibattle.v1.CompletionService/StreamCompletion"]
+    assert http.parent_span_id.hex() == parent_id
+    assert http.kind == Span.SPAN_KIND_SERVER
+    rpc = spans["aibattle.v1.CompletionService/StreamCompletion"]
+    assert rpc.parent_span_id == http.span_id
+    assert spans["chat echo"].trace_id == http.trace_id
