@@ -29,6 +29,7 @@ from gateway.router import Match, Router, method_not_allowed
 from gateway.routes import Kind, Route, derive_routes
 from gateway.source_info import Comments
 from gateway.upstream import Upstream
+from gateway.web_arena import arena_routes
 from gateway.web_cors import add_cors_headers, cors_middleware
 from gateway.web_errors import NATIVE, Dialect
 from gateway.web_meta import DOCS_ASSETS, docs_assets_path, meta_routes
@@ -79,6 +80,7 @@ def create_app(
 
     app.cleanup_ctx.append(upstream_ctx)
     _add_fixed(app, NATIVE, meta_routes())
+    _add_fixed(app, NATIVE, arena_routes())
     if options.metrics_route and metrics.enabled:
         _add_fixed(app, NATIVE, [("GET", METRICS_PATH, metrics_endpoint)], counted=False)
     assets = docs_assets_path()
@@ -129,7 +131,8 @@ def _add_fixed(
         for method, handler in handlers:
             resource.add_route(method, handler)
         resource.add_route("*", _method_not_allowed(methods))
-        fixed = FixedRoute(parse_template(path), methods, dialect, counted)
+        # A template has no trailing "/": "/arena/" is known (overlaps, metrics) as "/arena".
+        fixed = FixedRoute(parse_template(path.rstrip("/") or "/"), methods, dialect, counted)
         app[STATE].fixed_routes.append(fixed)
         app[STATE].fixed_resources[resource] = fixed
 

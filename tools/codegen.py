@@ -14,7 +14,8 @@ sdk/src/aibattle_sdk/_gen/ (see sdk/README.md): its imports are relative, so the
 generated too, for the SDK's typed errors (ErrorInfo, RetryInfo).
 
 The SDK's sync client and transport are generated too, from their asyncio twins (tools/unasync.py), on a
-run that writes the SDK's own _gen/ (the default).
+run that writes the SDK's own _gen/ (the default). So is the arena page's bundle (tools/build_arena.py:
+web/arena/ and the TypeScript SDK into gateway/arena/static/).
 
     python tools/codegen.py            # rewrite gen/, the SDK's _gen/ and its sync modules
     python tools/codegen.py --check    # exit 1 if any differs from a fresh run
@@ -32,6 +33,7 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
+import build_arena  # tools/build_arena.py, beside this script
 import codegen_ts  # tools/codegen_ts.py, beside this script
 import unasync  # tools/unasync.py, beside this script
 
@@ -210,6 +212,7 @@ def main() -> int:
                 changed.extend(f"{target.name}/{p}" for p in found)
             if sync_modules:
                 changed.extend(str(p.relative_to(ROOT)) for p in unasync.stale())
+                changed.extend(build_arena.stale())
             if changed:
                 print("generated code is out of date; run `make gen`. Differs:", file=sys.stderr)
                 print("\n".join(f"  {p}" for p in changed), file=sys.stderr)
@@ -222,6 +225,7 @@ def main() -> int:
             shutil.copytree(fresh, target)
         if sync_modules:
             unasync.write()
+            build_arena.write()  # after the copy: it bundles the TypeScript SDK's fresh code
     return 0
 
 

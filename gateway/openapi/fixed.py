@@ -1,5 +1,5 @@
 """OpenAPI operations of the gateway's hand-registered endpoints: health, the document itself, /docs,
-/metrics.
+/metrics, /arena.
 
 The derived routes document themselves from the protos; these endpoints are written by hand
 (gateway.web_meta, gateway.compat), so their operations are too, beside them in this package. The
@@ -110,6 +110,33 @@ def meta_operations() -> dict[tuple[str, str], Operation]:
             "responses": {
                 "200": {"description": "The page.", "content": {"text/html": {"schema": {"type": "string"}}}},
                 "400": PLAIN_400,
+            },
+        },
+        ("GET", "/arena"): {
+            "operationId": "arena",
+            "tags": ["Meta"],
+            "summary": "The arena: start reasoning sessions and conversations, and watch them live",
+            "description": "Also at `/arena/`. Served offline, under a Content-Security-Policy that lets "
+            "it load only its own assets and call only this gateway (gateway/web_arena.py).",
+            "security": [{}],
+            "responses": {
+                "200": {"description": "The page.", "content": {"text/html": {"schema": {"type": "string"}}}},
+                "400": PLAIN_400,
+            },
+        },
+        ("GET", "/arena/assets/{name}"): {
+            "operationId": "arenaAsset",
+            "tags": ["Meta"],
+            "summary": "A file of the arena's bundle (arena.js, arena.css)",
+            "security": [{}],
+            "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {
+                "200": {
+                    "description": "The file.",
+                    "content": {t: {"schema": {"type": "string"}} for t in ("text/javascript", "text/css")},
+                },
+                "400": PLAIN_400,
+                "404": _json("`ROUTE_NOT_FOUND`: the bundle has no file by that name.", {"type": "object"}),
             },
         },
     }
