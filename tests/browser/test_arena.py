@@ -4,6 +4,7 @@ joining a human-ai conversation, the API key field, and how the page is served (
 
 from __future__ import annotations
 
+import json
 import re
 import urllib.error
 import urllib.request
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import ADMIN_KEY, Api, screenshot, sequences
+from tests.browser.conftest import ADMIN_KEY, Api, CuttableProxy, screenshot, sequences
 
 DELTAS = {"REASONING_EVENT_TYPE_TOKEN", "REASONING_EVENT_TYPE_THINKING"}
 #: What a conversation's timeline shows (its transcript and what happened), of the server's events.
@@ -244,3 +245,30 @@ def test_the_page_is_served_offline_under_a_strict_policy(server: Api, page: Any
     assert requests and all(url.startswith(server.base + "/") for url in requests), requests
     assert any("/aibattle.v1.ModelService/ListModels" in url for url in requests), requests
     assert not page.console.problems
+
+
+def test_a_dropped_connection_mid_run_resumes_after_the_last_sequence(
+    server: Api, proxy: CuttableProxy, page: Any
+) -> None:
+    resumed: list[int] = []
+
+    def note(request: Any) -> None:
+        if request.url.endswith("/aibattle.v1.ReasoningService/StreamReasoningEvents"):
+            # A Connect stream's request is one envelope: a flags byte, a 4-byte length, the JSON.
+            resumed.append(int(json.loads(request.post_data_buffer[5:]).get("afterSequence", 0)))
+
+    page.on("request", note)
+    reasoning_id = start_reasoning(server)
+    page.goto(f"{proxy.base}/arena#reasoning/{reasoning_id}")
+    page.locator("#timeline li.iteration").nth(1).wait_for()
+    assert proxy.cut() > 0  # the page's connections, its event stream among them, reset mid-run
+    page.locator("#timeline li.done").wait_for()
+
+    events = server.events(f"/api/v1/collaborative-reasoning/{reasoning_id}/events")
+    # The stream was opened again, after what the page had already shown (not from the start).
+    assert len(resumed) >= 2 and resumed[0] == 0 and 0 < resumed[1] < int(events[-1]["sequence"])
+    assert sequences(page) == [int(e["sequence"]) for e in events if e["type"] not in DELTAS]
+    reasoning = server.call("GET", f"/api/v1/collaborative-reasoning/{reasoning_id}")
+    assert sorted(rendered_steps(page)) == sorted(recorded_steps(reasoning))
+    # The reset itself shows on the console as a failed request; nothing else may.
+    assert all("ERR_" in p or "Failed to load" in p for p in page.console.problems), page.console.problems
