@@ -216,6 +216,16 @@ def test_the_key_field_appears_when_keys_are_configured(keyed_server: Api, page:
     page.get_by_role("button", name="Start").click()
     page.locator("#timeline li.done").wait_for()
     assert "401" not in page.locator("#alert").inner_text()
+    reasoning_id = page.url.split("#reasoning/", 1)[1]
+    reasoning = keyed_server.call("GET", f"/api/v1/collaborative-reasoning/{reasoning_id}")
+    # What the events do not say, read when the run ends: what a cascade saved.
+    expect(page.locator("#final-extra")).to_contain_text("the secondary model alone would have cost")
+    assert reasoning["usage"]["secondary_only_cost_usd"] > 0
+    # Back on the start page, the run is among the recent ones, a link to its view.
+    page.get_by_role("button", name="New run").click()
+    recent = page.locator(f"#recent-list a[href='#reasoning/{reasoning_id}']")
+    expect(recent).to_contain_text("Cascade")
+    screenshot(page, "start-light")
     # 401s of the first load are the console's "failed to load resource" errors, the only ones allowed.
     assert all("401" in p for p in page.console.problems), page.console.problems
 
@@ -233,9 +243,11 @@ def test_the_page_is_served_offline_under_a_strict_policy(server: Api, page: Any
     again = urllib.request.Request(server.base + "/arena", headers={"If-None-Match": etag})
     with pytest.raises(urllib.error.HTTPError) as not_modified:
         urllib.request.urlopen(again, timeout=10)
+    not_modified.value.close()
     assert not_modified.value.code == 304
     with pytest.raises(urllib.error.HTTPError) as missing:
         urllib.request.urlopen(server.base + "/arena/assets/../web_arena.py", timeout=10)
+    missing.value.close()
     assert missing.value.code == 404
 
     requests: list[str] = []

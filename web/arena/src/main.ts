@@ -8,10 +8,17 @@
 
 import { Board } from "./board.js";
 import { ConversationRun } from "./conversation.js";
-import { byId, h, humanize } from "./dom.js";
+import { byId, h, humanize, money } from "./dom.js";
 import { ReasoningRun } from "./reasoning.js";
-import { TERMINAL } from "./runs.js";
-import { AIBattleClient, AuthenticationError, type EventSubscription, type Model, RunStatus } from "./sdk.js";
+import { TERMINAL, statusName } from "./runs.js";
+import {
+  AIBattleClient,
+  AuthenticationError,
+  type EventSubscription,
+  type Model,
+  type Reasoning,
+  RunStatus,
+} from "./sdk.js";
 import { CONVERSATION_MODES, STRATEGIES, boundsOf } from "./schema.js";
 
 const KEY_STORAGE = "aibattle.arena.apiKey";
@@ -297,16 +304,56 @@ function showSetup(): void {
   current = null;
   setConnection("");
   byId("run").hidden = true;
-  byId("setup").hidden = false;
+  byId("home").hidden = false;
+  void showRecent();
+}
+
+const RECENT = 8;
+
+/** The caller's latest runs, newest first, each a link to its view. */
+async function showRecent(): Promise<void> {
+  const found = await Promise.all([
+    client.reasoning.listReasonings({ pageSize: RECENT }).then((r) => r.reasonings, () => []),
+    client.conversations.listConversations({ pageSize: RECENT }).then((r) => r.conversations, () => []),
+  ]);
+  type Item = { when: bigint; href: string; what: string; meta: string };
+  const items: Item[] = [
+    ...found[0].map((r) => ({
+      when: r.createdAt?.seconds ?? 0n,
+      href: `#reasoning/${r.reasoningId}`,
+      what: humanize(r.collaborationStrategy || "iterative_refinement"),
+      meta: `${[r.primaryModel, r.secondaryModel, ...r.additionalModels].filter(Boolean).join(" + ")} · ${statusName(r.status)} · ${r.prompt.slice(0, 80)}`,
+    })),
+    ...found[1].map((c) => ({
+      when: c.createdAt?.seconds ?? 0n,
+      href: `#conversation/${c.conversationId}`,
+      what: `Conversation (${c.mode})`,
+      meta: `${c.models.map((p) => `${p.role}: ${p.id}`).join(", ")} · ${statusName(c.status)}`,
+    })),
+  ];
+  items.sort((a, b) => (a.when === b.when ? 0 : a.when < b.when ? 1 : -1));
+  const list = byId("recent-list");
+  list.replaceChildren(
+    ...items.slice(0, RECENT).map((item) =>
+      h(
+        "li",
+        {},
+        h("a", { href: item.href }, h("span", { class: "what" }, item.what), h("span", { class: "meta" }, item.meta)),
+      ),
+    ),
+  );
+  byId("recent").hidden = items.length === 0;
 }
 
 function showRun(title: string, prompt: string): void {
-  byId("setup").hidden = true;
+  byId("home").hidden = true;
   byId("run").hidden = false;
   byId("run-title").textContent = title;
   byId("run-prompt").textContent = prompt;
   byId("composer").hidden = true;
   byId("cancel").hidden = false;
+  byId("resume").hidden = true;
+  byId("final-extra").replaceChildren();
   byId("run-title").focus();
 }
 
@@ -320,7 +367,11 @@ interface Followed {
  * over dropped connections by itself); should it end while the run is not finished, a new one is opened
  * after the last applied sequence.
  */
-function follow(run: Followed, watch: (after: bigint, signal: AbortSignal) => EventSubscription): { close(): void } {
+function follow(
+  run: Followed,
+  watch: (after: bigint, signal: AbortSignal) => EventSubscription,
+  finished: () => void = () => {},
+): { close(): void } {
   const abort = new AbortController();
   let subscription: EventSubscription | null = null;
   const open = (): void => {
@@ -337,6 +388,7 @@ function follow(run: Followed, watch: (after: bigint, signal: AbortSignal) => Ev
     if (TERMINAL.has(run.status)) {
       setConnection("Finished");
       byId("cancel").hidden = true;
+      finished();
       return;
     }
     if (subscription?.error) {
@@ -365,18 +417,72 @@ async function openReasoning(id: string): Promise<void> {
   if (!reasoning || location.hash !== `#reasoning/${id}`) return;
   showRun(`${humanize(reasoning.collaborationStrategy || "iterative_refinement")} · ${id}`, reasoning.prompt);
   const run = new ReasoningRun(new Board(), reasoning);
-  current = follow(run, (after, signal) =>
-    client.watchReasoning(
-      id,
-      {
-        onEvent: (event) => run.apply(event),
-        onError: onStreamError,
-        onReconnect: () => setConnection("Reconnecting…", "retry"),
-      },
-      { afterSequence: after, signal },
-    ),
+  const resume = byId<HTMLButtonElement>("resume");
+  resume.hidden = !RESUMABLE.has(reasoning.status);
+  resume.onclick = () =>
+    void guarded(async () => {
+      await client.resumeReasoning(id);
+      await route(); // a new run of the same session: follow it from its first event again
+    });
+  current = follow(
+    run,
+    (after, signal) =>
+      client.watchReasoning(
+        id,
+        {
+          onEvent: (event) => run.apply(event),
+          onError: onStreamError,
+          onReconnect: () => setConnection("Reconnecting…", "retry"),
+        },
+        { afterSequence: after, signal },
+      ),
+    () =>
+      void guarded(() => client.getReasoning(id)).then((done) => {
+        if (!done || location.hash !== `#reasoning/${id}`) return;
+        resume.hidden = !RESUMABLE.has(done.status);
+        showOutcome(done);
+      }),
   );
   byId("cancel").onclick = () => void guarded(() => client.cancelReasoning(id));
+}
+
+/** Statuses ResumeReasoning takes: a run that stopped before its end. */
+const RESUMABLE = new Set<RunStatus>([RunStatus.INTERRUPTED, RunStatus.FAILED, RunStatus.CANCELLED]);
+
+/** What the events do not carry: a vote's tally, and what a cascade saved. */
+function showOutcome(reasoning: Reasoning): void {
+  const extra = byId("final-extra");
+  extra.replaceChildren();
+  const vote = reasoning.vote;
+  if (vote?.tallies.length) {
+    extra.append(
+      h(
+        "table",
+        {},
+        h("caption", { class: "help" }, vote.tie ? "The vote (a tie)" : "The vote"),
+        h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Answer"), h("th", { scope: "col" }, "Votes"), h("th", { scope: "col" }, "From"))),
+        h(
+          "tbody",
+          {},
+          ...vote.tallies.map((t) =>
+            h("tr", {}, h("td", {}, t.answer), h("td", {}, String(t.votes)), h("td", {}, t.models.join(", "))),
+          ),
+        ),
+      ),
+    );
+    if (vote.tieBrokenBy) extra.append(h("p", {}, `The tie was broken by ${vote.tieBrokenBy}.`));
+  }
+  const usage = reasoning.usage;
+  if (reasoning.collaborationStrategy === "cascade" && usage) {
+    extra.append(
+      h(
+        "p",
+        {},
+        `${usage.escalated ? "Escalated" : "Not escalated"}: this run cost ${money(usage.costUsd)}; ` +
+          `the secondary model alone would have cost ${money(usage.secondaryOnlyCostUsd)}.`,
+      ),
+    );
+  }
 }
 
 async function openConversation(id: string): Promise<void> {
