@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import os
 import signal
@@ -54,8 +55,11 @@ def free_port() -> int:
 # --- reading /metrics -------------------------------------------------------------------------------------
 
 
-def samples(text: str) -> list[tuple[str, dict[str, str], float]]:
-    return [(s.name, s.labels, s.value) for f in text_string_to_metric_families(text) for s in f.samples]
+@functools.lru_cache(maxsize=4)
+def samples(text: str) -> tuple[tuple[str, dict[str, str], float], ...]:
+    """Parsed once per text: a test reads the same scrape many times, and after a whole suite's traffic
+    one parse is a good part of a second."""
+    return tuple((s.name, s.labels, s.value) for f in text_string_to_metric_families(text) for s in f.samples)
 
 
 def total(text: str, name: str, **labels: str) -> float:
