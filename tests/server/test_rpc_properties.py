@@ -7,6 +7,7 @@ nested messages to a bounded depth. Numbers also draw from a small plausible ran
 strings from a few words the server gives meaning to (model ids, roles, attachment types),
 so some generated requests get past validation and reach the providers. A real server with
 scripted models answers; client-streaming methods (Converse) are sent a few generated messages.
+The same generated requests go to every RPC over Connect and gRPC-Web in tests/fuzz/test_http_properties.py.
 """
 
 from __future__ import annotations
