@@ -225,7 +225,11 @@ def test_the_key_field_appears_when_keys_are_configured(keyed_server: Api, page:
     page.get_by_role("button", name="New run").click()
     recent = page.locator(f"#recent-list a[href='#reasoning/{reasoning_id}']")
     expect(recent).to_contain_text("Cascade")
+    assert page.evaluate("document.activeElement.name") == "kind"  # the keyboard starts at the form
     screenshot(page, "start-light")
+    page.go_back()  # the run again, its events replayed
+    expect(page.locator("#run-title")).to_contain_text(reasoning_id)
+    page.locator("#timeline li.done").wait_for()
     # 401s of the first load are the console's "failed to load resource" errors, the only ones allowed.
     assert all("401" in p for p in page.console.problems), page.console.problems
 

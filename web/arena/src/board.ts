@@ -168,8 +168,11 @@ export class Board {
   timeline(sequence: bigint, cls: string, ...content: (Node | string)[]): void {
     const item = h("li", { class: cls, "data-seq": sequence.toString() }, h("span", { class: "seq" }, `#${sequence}`));
     item.append(...content);
+    // Follow the newest entry only when the reader is at the bottom already: never scroll them away.
+    const box = this.timelineEl.parentElement;
+    const atBottom = !box || box.scrollHeight - box.scrollTop - box.clientHeight < 24;
     this.timelineEl.append(item);
-    item.scrollIntoView({ block: "nearest" });
+    if (box && atBottom) box.scrollTop = box.scrollHeight;
   }
 
   setStatus(status: string): void {

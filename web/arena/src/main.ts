@@ -55,7 +55,7 @@ function setConnection(text: string, state: "" | "live" | "retry" = ""): void {
   el.className = `connection ${state}`;
 }
 
-/** Runs `action`; a 401 opens the key field and runs it again once a key is given. */
+/** Runs `action`; a 401 opens the key field (a key given there loads the page again), another error shows. */
 async function guarded<T>(action: () => Promise<T>): Promise<T | undefined> {
   try {
     return await action();
@@ -557,8 +557,9 @@ function main(): void {
   setUpForm();
   window.addEventListener("hashchange", () => void route());
   byId("new-run").addEventListener("click", () => {
-    location.hash = "";
-    byId<HTMLSelectElement>("strategy").focus();
+    history.pushState(null, "", location.pathname); // no hash: the start page (Back returns to the run)
+    void route();
+    document.querySelector<HTMLInputElement>('input[name="kind"]:checked')?.focus();
   });
   void start();
 }
