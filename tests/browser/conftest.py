@@ -228,3 +228,39 @@ def screenshot(page: Any, name: str) -> Path:
 
 def sequences(page: Any, selector: str = "#timeline li") -> list[int]:
     return [int(s) for s in page.eval_on_selector_all(selector, "els => els.map(e => e.dataset.seq)")]
+
+
+#: WCAG 2's contrast of every visible text against its background: 4.5:1, or 3:1 for large text (24px, or
+#: 18.66px bold). Disabled controls are exempt, as WCAG exempts inactive components.
+_LOW_CONTRAST = """() => {
+  const rgb = (c) => (c.match(/[\\d.]+/g) || []).map(Number);
+  const lum = ([r, g, b]) => {
+    const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+  };
+  const background = (el) => {
+    for (let e = el; e; e = e.parentElement) {
+      const c = rgb(getComputedStyle(e).backgroundColor);
+      if (c.length === 3 || (c.length === 4 && c[3] > 0)) return c.slice(0, 3);
+    }
+    return rgb(getComputedStyle(document.documentElement).backgroundColor).slice(0, 3);
+  };
+  const low = [];
+  for (const el of document.querySelectorAll("body *")) {
+    const text = [...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+    if (!text || !el.checkVisibility() || el.closest(":disabled")) continue;
+    const style = getComputedStyle(el);
+    const [a, b] = [lum(rgb(style.color)), lum(background(el))];
+    const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    const size = parseFloat(style.fontSize);
+    const large = size >= 24 || (size >= 18.66 && Number(style.fontWeight) >= 700);
+    if (ratio >= (large ? 3 : 4.5)) continue;
+    low.push(`${el.tagName}.${el.className} ${ratio.toFixed(2)}: ${el.textContent.trim().slice(0, 40)}`);
+  }
+  return low;
+}"""
+
+
+def low_contrast(page: Any) -> list[str]:
+    """The texts of the page that are hard to read against their background (none, in either theme)."""
+    return list(page.evaluate(_LOW_CONTRAST))

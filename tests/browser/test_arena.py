@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import ADMIN_KEY, Api, CuttableProxy, screenshot, sequences
+from tests.browser.conftest import ADMIN_KEY, Api, CuttableProxy, low_contrast, screenshot, sequences
 
 DELTAS = {"REASONING_EVENT_TYPE_TOKEN", "REASONING_EVENT_TYPE_THINKING"}
 #: What a conversation's timeline shows (its transcript and what happened), of the server's events.
@@ -100,6 +100,7 @@ def test_a_reasoning_session_shows_its_iterations_stall_and_handoff_live(server:
     looper = page.locator("#columns .column[data-model=looper]")
     assert looper.locator(".step.handoff").inner_text() == "⇢ Handed off to rescuer"
     assert looper.locator(".step.stuck .chip.warn").first.inner_text().startswith("stuck: Loop")
+    assert low_contrast(page) == []
     screenshot(page, "reasoning-live-light")
 
     page.locator("#timeline li.done").wait_for()
@@ -115,6 +116,7 @@ def test_a_reasoning_session_shows_its_iterations_stall_and_handoff_live(server:
     assert page.locator("#final-text").inner_text() == reasoning["final_result"]
     assert page.locator("#connection").inner_text() == "Finished"
     assert not page.console.problems
+    assert low_contrast(page) == []
     screenshot(page, "reasoning-done-light")
 
 
@@ -180,6 +182,7 @@ def test_a_person_joins_a_human_ai_conversation(server: Api, dark_page: Any) -> 
     you = page.locator("#columns .column", has=page.locator("h3", has_text=re.compile("^You$")))
     assert message in you.inner_text()
     assert not page.console.problems
+    assert low_contrast(page) == []
     screenshot(page, "conversation-dark")
 
 
