@@ -19,7 +19,7 @@ export class ReasoningRun {
     this.status = reasoning.status;
     const models = [reasoning.primaryModel, reasoning.secondaryModel, ...reasoning.additionalModels];
     models.forEach((model, i) => {
-      if (model) board.column(model, model, SEATS[i] ?? `seat ${i + 1}`);
+      if (model) board.column(model, model, SEATS[i] ?? "further");
     });
     board.setStatus(statusName(reasoning.status));
   }
