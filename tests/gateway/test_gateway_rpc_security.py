@@ -7,26 +7,35 @@ and streaming RPCs) — answers a missing or bad key UNAUTHENTICATED, a model th
 admin-only KeyService PERMISSION_DENIED, a rate over the key's limit RESOURCE_EXHAUSTED with Retry-After
 and RetryInfo, a spent budget RESOURCE_EXHAUSTED BUDGET_EXCEEDED without them; in the protocol's own
 words (Connect unary: the mapped HTTP status; Connect streams and gRPC-Web: 200 with the status in the
-end-of-stream message or the trailers). No secret appears in any answer or log line.
+end-of-stream message or the trailers). No secret appears in any answer or log line. Streams past the
+server's `max_concurrent_streams` are RESOURCE_EXHAUSTED SERVER_BUSY with when to retry, and a stream
+the client leaves ends upstream, freeing its place.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
+import math
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from google.protobuf import json_format
 from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import Message
 
 from aibattle.v1 import completions_pb2, keys_pb2, models_pb2
+from common.errors import SERVER_BUSY
 from gateway import GatewayOptions, create_app
 from server.app import AIBattleServer
 from tests.conftest import RECORDER
+from tests.gateway.test_gateway_rpc import envelope
 from tests.gateway.web_rpc_testlib import Outcome, call, decode
 from tests.security_testlib import ADMIN_KEY, SECRETS, secure_config
+from tests.server.test_admission import hold_streams, until
 
 UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED = 16, 7, 8
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -208,3 +217,71 @@ async def test_a_spent_budget_is_resource_exhausted_budget_exceeded(gw: Any, cel
     spent = await ask(gw, cell, cell.completion("scripted-priced", max_tokens=4), bearer(secret))
     refused(spent, RESOURCE_EXHAUSTED, "BUDGET_EXCEEDED", cell)
     assert "Retry-After" not in spent.headers and spent.retry_delay() is None
+
+
+# ---- the server's stream limit, and streams a client leaves
+
+STREAM_CELLS = [cell for cell in CELLS if cell.stream]
+LIMIT = 2
+
+
+@pytest.fixture(params=["network", "in-process"])
+async def busy_gw(request: pytest.FixtureRequest, aiohttp_client: Any) -> AsyncIterator[tuple[Any, Any]]:
+    """A gateway before a server with keys that holds at most LIMIT response streams."""
+    srv = AIBattleServer(secure_config(max_concurrent_streams=LIMIT))
+    await srv.start()
+    dispatcher = srv.dispatcher() if request.param == "in-process" else None
+    gw = await aiohttp_client(
+        create_app(srv.grpc_target, GatewayOptions(), dispatcher=dispatcher),
+        server_kwargs={"handler_cancellation": True},
+    )
+    yield gw, srv
+    await srv.stop(grace=0.5)
+
+
+@pytest.mark.parametrize("cell", STREAM_CELLS, ids=str)
+async def test_streams_past_the_servers_limit_are_resource_exhausted_with_when_to_retry(
+    busy_gw: tuple[Any, Any], cell: Cell, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gw, srv = busy_gw
+    secret = await make_key(gw)
+    gate = hold_streams(monkeypatch)
+    held = [asyncio.create_task(ask(gw, cell, cell.read(), bearer(secret))) for _ in range(LIMIT)]
+    await until(lambda: srv.admission.open == LIMIT)
+    busy = await ask(gw, cell, cell.read(), bearer(secret))
+    refused(busy, RESOURCE_EXHAUSTED, SERVER_BUSY.name, cell)
+    delay = busy.retry_delay()
+    assert delay is not None and busy.headers["Retry-After"] == str(math.ceil(delay))
+    gate.set()
+    for outcome in await asyncio.gather(*held):
+        assert outcome.code == 0 and outcome.messages, (str(cell), outcome)
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/connect+json", "application/grpc-web+proto", "application/grpc-web-text"]
+)
+async def test_a_stream_the_client_leaves_frees_its_place(
+    busy_gw: tuple[Any, Any], content_type: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A browser that aborts its fetch ends the call upstream: the server's count of open streams drops."""
+    gw, srv = busy_gw
+    secret = await make_key(gw)
+    hold_streams(monkeypatch)  # never set: every stream waits after its first chunk
+    request = completions_pb2.StreamCompletionRequest(model="scripted-echo", prompt="hi")
+    data = (
+        json_format.MessageToJson(request).encode() if "json" in content_type else request.SerializeToString()
+    )
+    body = envelope(data)
+    if "text" in content_type:
+        body = base64.b64encode(body)
+    for _ in range(LIMIT + 1):  # more than the limit, one after another: each left frees its place
+        resp = await gw.post(
+            "/aibattle.v1.CompletionService/StreamCompletion",
+            data=body,
+            headers={**bearer(secret), "Content-Type": content_type},
+        )
+        assert resp.status == 200
+        assert await resp.content.readany(), "the first message arrives"
+        assert srv.admission.open == 1
+        resp.close()
+        await until(lambda: srv.admission.open == 0)
