@@ -152,13 +152,14 @@ async def test_no_key_or_a_bad_one_is_unauthenticated(gw: Any, cell: Cell) -> No
         (bearer(wrong), "API_KEY_INVALID"),
         (bearer("not-a-key-at-all"), "API_KEY_INVALID"),
         ({"X-API-Key": wrong}, "API_KEY_INVALID"),
+        ({"Authorization": f"Basic {wrong}"}, "API_KEY_INVALID"),
         (bearer(revoked), "API_KEY_REVOKED"),
     ):
         outcome = await ask(gw, cell, cell.read(), headers)
         refused(outcome, UNAUTHENTICATED, reason, cell)
         # As REST says it (Connect unary's 401 is checked by the testlib against Connect's table).
         assert outcome.headers["WWW-Authenticate"].startswith("Bearer"), outcome.headers
-    for headers in (bearer(secret), {"X-API-Key": secret}):
+    for headers in (bearer(secret), {"X-API-Key": secret}, {"Authorization": secret}):  # bare, as REST
         outcome = await ask(gw, cell, cell.read(), headers)
         assert outcome.code == 0 and outcome.messages, (str(cell), outcome)
 
