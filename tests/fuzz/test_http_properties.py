@@ -66,6 +66,7 @@ from tests.gateway.test_gateway_rpc import envelope as wire_envelope
 from tests.gateway.web_rpc_testlib import (
     CONNECT_CODES,
     CONNECT_HTTP,
+    Outcome,
     connect_stream_outcome,
     connect_unary_outcome,
     grpc_web_outcome,
@@ -501,7 +502,7 @@ def rpc_requests(draw: st.DrawFn, endpoint: RpcEndpoint, codec: str) -> tuple[by
 
 def check_rpc_answer(
     endpoint: RpcEndpoint, content_type: str, status: int, headers: Any, payload: bytes, sent: str
-) -> None:
+) -> Outcome:
     """Every answer in the shape of the protocol the Content-Type claims (a Connect error for none), its
     messages the RPC's response; no code that says the server failed but the failing model's."""
     where = f"{endpoint} [{content_type!r}] -> {status} {dict(headers)}: {payload[:300]!r}"
@@ -539,6 +540,7 @@ def check_rpc_answer(
         assert outcome.reason in NOT_SERVED, where
         if outcome.reason == "STREAMING_REQUESTS_UNSUPPORTED":
             assert endpoint.method.client_streaming, where
+    return outcome
 
 
 async def send_rpc(
@@ -653,3 +655,30 @@ async def test_connect_get_any_query_gets_no_5xx_and_connects_error(
     url = f"{endpoint.path}?{given}&message={message}"
     status, answer_headers, payload = await send_rpc(api, endpoint, url, b"", {})
     check_rpc_answer(endpoint, "application/" + (encoding or "json"), status, answer_headers, payload, sent)
+
+
+# The generated JSON above nests a few levels only: the new protocols' JSON gets the same depth bound.
+
+
+@pytest.mark.parametrize(
+    "path, content_type",
+    [
+        ("/aibattle.v1.CompletionService/CreateCompletion", "application/json"),
+        ("/aibattle.v1.CompletionService/StreamCompletion", "application/connect+json"),
+        ("/aibattle.v1.CompletionService/CreateCompletion", "application/grpc-web+json"),
+        ("/aibattle.v1.CompletionService/StreamCompletion", "application/grpc-web-text+json"),
+    ],
+)
+async def test_deeply_nested_json_over_connect_and_grpc_web_is_invalid_argument(
+    api: Any, path: str, content_type: str
+) -> None:
+    endpoint = next(e for e in RPC_POSTS if e.path == path)
+    body = DEEP if content_type == "application/json" else wire_envelope(DEEP)
+    if "text" in content_type:
+        body = base64.b64encode(body)
+    status, headers, payload = await send_rpc(api, endpoint, path, body, {"Content-Type": content_type})
+    check_rpc_answer(endpoint, content_type, status, headers, payload, "")
+    assert (status, headers.get("grpc-status")) in (
+        (400, None),
+        (200, "3"),
+    ) or b'"invalid_argument"' in payload
