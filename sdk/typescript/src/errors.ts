@@ -1,0 +1,95 @@
+/**
+ * Typed errors: every AIBattleClient method throws an AIBattleError (or a subclass), never a raw ConnectError.
+ *
+ * The gateway renders each failure as a Connect (or gRPC-Web) status whose details follow AIP-193: an
+ * ErrorInfo always (its `reason` is stable, e.g. MODEL_NOT_FOUND, RATE_LIMITED), a RetryInfo when the client
+ * should wait, a BadRequest when a field is at fault. `toAIBattleError` is the one place that reads them.
+ */
+import { Code, ConnectError } from "@connectrpc/connect";
+import { BadRequestSchema, ErrorInfoSchema, RetryInfoSchema } from "./gen/google/rpc/error_details_pb.js";
+
+export { Code };
+
+/** The HTTP status each code answers with (Connect's table, which is also the gateway's REST table). */
+const HTTP_STATUS: Record<Code, number> = {
+  [Code.Canceled]: 499,
+  [Code.Unknown]: 500,
+  [Code.InvalidArgument]: 400,
+  [Code.DeadlineExceeded]: 504,
+  [Code.NotFound]: 404,
+  [Code.AlreadyExists]: 409,
+  [Code.PermissionDenied]: 403,
+  [Code.ResourceExhausted]: 429,
+  [Code.FailedPrecondition]: 400,
+  [Code.Aborted]: 409,
+  [Code.OutOfRange]: 400,
+  [Code.Unimplemented]: 501,
+  [Code.Internal]: 500,
+  [Code.Unavailable]: 503,
+  [Code.DataLoss]: 500,
+  [Code.Unauthenticated]: 401,
+};
+
+/** A failed call: its status code, the server's machine-readable reason, and what the details add. */
+export class AIBattleError extends Error {
+  /** The status code (Connect's numbering, which is gRPC's). */
+  readonly code: Code;
+  /** ErrorInfo.reason, e.g. "MODEL_NOT_FOUND"; "" when the failure did not come from the server. */
+  readonly reason: string;
+  /** The HTTP status this code answers with (401, 403, 404, 429, ...). */
+  readonly httpStatus: number;
+  /** BadRequest's first field violation: the request field at fault, e.g. "models[1].id". */
+  readonly field?: string;
+  /** RetryInfo.retry_delay: how long the server asks the client to wait before trying again. */
+  readonly retryAfterMs?: number;
+  /** ErrorInfo.metadata (e.g. the limit that was hit). */
+  readonly metadata: Readonly<Record<string, string>>;
+  /** The status message without Connect's "[code]" prefix. */
+  readonly rawMessage: string;
+  declare readonly cause: ConnectError;
+
+  constructor(cause: ConnectError) {
+    super(cause.message, { cause });
+    this.name = new.target.name;
+    this.code = cause.code;
+    this.rawMessage = cause.rawMessage;
+    this.httpStatus = HTTP_STATUS[cause.code] ?? 500;
+    const info = cause.findDetails(ErrorInfoSchema)[0];
+    this.reason = info?.reason ?? "";
+    this.metadata = { ...(info?.metadata ?? {}) };
+    const violation = cause.findDetails(BadRequestSchema)[0]?.fieldViolations[0];
+    if (violation?.field) this.field = violation.field;
+    const delay = cause.findDetails(RetryInfoSchema)[0]?.retryDelay;
+    if (delay) this.retryAfterMs = Number(delay.seconds) * 1000 + Math.round(delay.nanos / 1e6);
+  }
+}
+
+/** 401: no API key, an unknown one, or a revoked or expired one. */
+export class AuthenticationError extends AIBattleError {}
+/** 403: the key may not do this (an admin-only RPC, a model outside the key's allow-list). */
+export class PermissionDeniedError extends AIBattleError {}
+/** 404: no such model, conversation or reasoning session for this key (another key's look the same). */
+export class NotFoundError extends AIBattleError {}
+/** 429: a rate, concurrency, token or budget limit was hit; `retryAfterMs` says when to try again. */
+export class RateLimitError extends AIBattleError {}
+/** 400: the request is wrong; `field` names the field at fault when there is one. */
+export class InvalidArgumentError extends AIBattleError {}
+/** 503: the gateway or a model's provider cannot answer now; safe to retry later. */
+export class UnavailableError extends AIBattleError {}
+
+const SUBCLASS: Partial<Record<Code, new (cause: ConnectError) => AIBattleError>> = {
+  [Code.Unauthenticated]: AuthenticationError,
+  [Code.PermissionDenied]: PermissionDeniedError,
+  [Code.NotFound]: NotFoundError,
+  [Code.ResourceExhausted]: RateLimitError,
+  [Code.InvalidArgument]: InvalidArgumentError,
+  [Code.Unavailable]: UnavailableError,
+};
+
+/** Any failure (a ConnectError, a network TypeError, an abort) as the AIBattleError for its code. */
+export function toAIBattleError(reason: unknown): AIBattleError {
+  if (reason instanceof AIBattleError) return reason;
+  const cause = ConnectError.from(reason);
+  const Class = SUBCLASS[cause.code] ?? AIBattleError;
+  return new Class(cause);
+}
