@@ -546,6 +546,9 @@ def check_rpc_answer(
 async def send_rpc(
     api: Any, endpoint: RpcEndpoint, url: str, data: bytes, headers: dict[str, str]
 ) -> tuple[int, Any, bytes]:
+    if "Content-Encoding" in headers:
+        # A body that does not decode ends its connection, unannounced (the xfail below): use it once.
+        headers = {**headers, "Connection": "close"}
     async with api.request(endpoint.http_method, url, data=data, headers=headers) as resp:
         return resp.status, resp.headers, await resp.read()
 
@@ -679,3 +682,29 @@ async def test_deeply_nested_json_over_connect_and_grpc_web_is_invalid_argument(
     status, headers, payload = await send_rpc(api, endpoint, path, body, {"Content-Type": content_type})
     outcome = check_rpc_answer(endpoint, content_type, status, headers, payload, "")
     assert (outcome.code, outcome.reason) == (3, "MALFORMED_JSON"), outcome
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="defect (gateway/web_middlewares.py, RequestPayloadError): the 400 lacks Connection: close, "
+    "yet the connection is dropped after it, so a keep-alive client's next request on it fails",
+)
+@pytest.mark.parametrize(
+    "path, content_type",
+    [
+        ("/aibattle.v1.ModelService/ListModels", "application/json"),
+        ("/api/v1/completions", "application/json"),
+    ],
+)
+async def test_a_body_that_does_not_decode_ends_its_connection_saying_so(
+    api: Any, path: str, content_type: str
+) -> None:
+    """After a body that does not decode under its Content-Encoding, the server cannot read on the
+    connection: its answer must say `Connection: close`, or the client reuses a connection being closed."""
+    headers = {"Content-Type": content_type, "Content-Encoding": "gzip"}
+    async with api.post(
+        path, data=b'{"model": "scripted-echo", "prompt": "not gzip"}', headers=headers
+    ) as resp:
+        assert resp.status == 400
+        assert (await resp.json())["code"] in (3, "invalid_argument")
+        assert resp.headers.get("Connection", "").lower() == "close"
