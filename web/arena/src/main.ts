@@ -510,6 +510,12 @@ async function openConversation(id: string): Promise<void> {
   );
   byId("cancel").onclick = () => void guarded(() => client.cancelConversation(id));
   const form = byId<HTMLFormElement>("composer");
+  byId("message").onkeydown = (event) => {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
+      event.preventDefault();
+      form.requestSubmit();
+    }
+  };
   form.onsubmit = (event) => {
     event.preventDefault();
     const box = byId<HTMLTextAreaElement>("message");
