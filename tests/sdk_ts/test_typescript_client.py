@@ -32,12 +32,15 @@ from tests.conftest import make_config
 from tests.sdk.proxy import Proxy
 from tests.security_testlib import MODELS as SECURE_MODELS
 from tests.security_testlib import new_key, secure_config
+from tests.server.providers.fake_upstream import start_fake
+from tests.server.providers.test_ollama import final, line, stream_reply, token
 
 ROOT = Path(__file__).resolve().parents[2]
 SDK = ROOT / "sdk" / "typescript"
 README = SDK / "README.md"
 ECHO_REPLY = "Hello there, friend. This is a scripted reply."
 ANALYST_REPLY = "No abnormalities are visible in this scan."
+THINKER_REPLY = "The upper left lobe."
 MODELS: list[dict[str, Any]] = [
     *SECURE_MODELS,
     {
@@ -96,10 +99,28 @@ class Live:
     proxy: Proxy
 
 
+def thinker(base_url: str) -> dict[str, Any]:
+    """An Ollama model (a fake Ollama server speaking /api/chat's NDJSON) that thinks before it answers:
+    scripted models cannot think, and onThinking deserves a live test."""
+    return {
+        "id": "ollama-thinker",
+        "provider": "ollama",
+        "upstream_model": "qwen3:0.6b",
+        "base_url": base_url,
+        "capabilities": ["text", "conversation"],
+        "upstream": {"retries": 0, "backoff_seconds": 0.0},
+    }
+
+
 @pytest.fixture
-async def live(sdk_built: Path) -> AsyncIterator[Live]:
-    """The server with keys, its gateway, a proxy in front of it, and four keys made by the admin."""
-    config = secure_config().model_copy(update={"models": make_config(MODELS).models})
+async def live(sdk_built: Path, aiohttp_server: Any) -> AsyncIterator[Live]:
+    """The server with keys (and a fake Ollama server behind one model), its gateway, a proxy in front of
+    it, and four keys made by the admin."""
+    ollama, ollama_url = await start_fake(aiohttp_server)
+    thought = [token("", "Which"), token("", " lobe?")]
+    ollama.replies = [stream_reply(*thought, token(THINKER_REPLY), line(final()))]
+    models = make_config([*MODELS, thinker(ollama_url)]).models
+    config = secure_config().model_copy(update={"models": models})
     server = AIBattleServer(config)
     await server.start()
     gateway = await start_gateway(
@@ -136,9 +157,10 @@ async def live(sdk_built: Path) -> AsyncIterator[Live]:
                 "AIBATTLE_OTHER_KEY": other,
                 "AIBATTLE_LIMITED_KEY": limited,
                 "AIBATTLE_NARROW_KEY": narrow,
-                "AIBATTLE_MODELS": json.dumps([m["id"] for m in MODELS]),
+                "AIBATTLE_MODELS": json.dumps([m.id for m in models]),
                 "AIBATTLE_ECHO_REPLY": ECHO_REPLY,
                 "AIBATTLE_ANALYST_REPLY": ANALYST_REPLY,
+                "AIBATTLE_THINKER_REPLY": THINKER_REPLY,
             },
             proxy=proxy,
         )
@@ -255,7 +277,7 @@ async def test_readme_example_runs_as_written(live: Live, example_file: Path) ->
     env = {"AIBATTLE_MODEL": "scripted-echo"}
     out = await node(live, str(example_file), cwd=example_file.parent, env=env)
     assert out.splitlines() == [
-        f"models: {', '.join(sorted(m['id'] for m in MODELS))}",
+        f"models: {', '.join(sorted([*(m['id'] for m in MODELS), 'ollama-thinker']))}",
         f"scripted-echo: {ECHO_REPLY}",
         "404 MODEL_NOT_FOUND",
         "[assistant] scripted-echo: Is a hot dog a sandwich?",

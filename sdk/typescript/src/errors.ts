@@ -47,10 +47,11 @@ export class AIBattleError extends Error {
   /** The status message without Connect's "[code]" prefix. */
   readonly rawMessage: string;
   declare readonly cause: ConnectError;
+  // Spelled out rather than taken from the constructor: a minifying bundler renames classes.
+  override name = "AIBattleError";
 
   constructor(cause: ConnectError) {
     super(cause.message, { cause });
-    this.name = new.target.name;
     this.code = cause.code;
     this.rawMessage = cause.rawMessage;
     this.httpStatus = HTTP_STATUS[cause.code] ?? 500;
@@ -65,17 +66,29 @@ export class AIBattleError extends Error {
 }
 
 /** 401: no API key, an unknown one, or a revoked or expired one. */
-export class AuthenticationError extends AIBattleError {}
+export class AuthenticationError extends AIBattleError {
+  override name = "AuthenticationError";
+}
 /** 403: the key may not do this (an admin-only RPC, a model outside the key's allow-list). */
-export class PermissionDeniedError extends AIBattleError {}
+export class PermissionDeniedError extends AIBattleError {
+  override name = "PermissionDeniedError";
+}
 /** 404: no such model, conversation or reasoning session for this key (another key's look the same). */
-export class NotFoundError extends AIBattleError {}
+export class NotFoundError extends AIBattleError {
+  override name = "NotFoundError";
+}
 /** 429: a rate, concurrency, token or budget limit was hit; `retryAfterMs` says when to try again. */
-export class RateLimitError extends AIBattleError {}
+export class RateLimitError extends AIBattleError {
+  override name = "RateLimitError";
+}
 /** 400: the request is wrong; `field` names the field at fault when there is one. */
-export class InvalidArgumentError extends AIBattleError {}
+export class InvalidArgumentError extends AIBattleError {
+  override name = "InvalidArgumentError";
+}
 /** 503: the gateway or a model's provider cannot answer now; safe to retry later. */
-export class UnavailableError extends AIBattleError {}
+export class UnavailableError extends AIBattleError {
+  override name = "UnavailableError";
+}
 
 const SUBCLASS: Partial<Record<Code, new (cause: ConnectError) => AIBattleError>> = {
   [Code.Unauthenticated]: AuthenticationError,
@@ -86,10 +99,17 @@ const SUBCLASS: Partial<Record<Code, new (cause: ConnectError) => AIBattleError>
   [Code.Unavailable]: UnavailableError,
 };
 
-/** Any failure (a ConnectError, a network TypeError, an abort) as the AIBattleError for its code. */
+/**
+ * Any failure (a ConnectError, a network TypeError, an abort) as the AIBattleError for its code. fetch fails
+ * with a TypeError when it cannot connect or its body is cut ("fetch failed", "Failed to fetch",
+ * "terminated"), which connect-web reports as Unknown: that is Unavailable, as connect-node says for the same.
+ */
 export function toAIBattleError(reason: unknown): AIBattleError {
   if (reason instanceof AIBattleError) return reason;
-  const cause = ConnectError.from(reason);
+  let cause = ConnectError.from(reason);
+  if (cause.code === Code.Unknown && cause.cause instanceof TypeError) {
+    cause = new ConnectError(cause.rawMessage, Code.Unavailable, cause.metadata, undefined, cause.cause);
+  }
   const Class = SUBCLASS[cause.code] ?? AIBattleError;
   return new Class(cause);
 }

@@ -12,6 +12,7 @@ import {
   PermissionDeniedError,
   RateLimitError,
   toAIBattleError,
+  UnavailableError,
 } from "../dist/index.js";
 import { createNodeTransport } from "../dist/node.js";
 import { client, live } from "./live.mjs";
@@ -130,4 +131,14 @@ test("400 names the field at fault", async () => {
     client({ protocol: "grpc-web" }).createCompletion({ model: "scripted-echo", prompt: "hi", maxTokens: 0 }),
     typed(InvalidArgumentError, { field: "max_tokens" }),
   );
+});
+
+test("a gateway that cannot be reached is UnavailableError, over fetch and over Node's http", async () => {
+  const closed = "http://127.0.0.1:1"; // nothing listens on port 1
+  for (const options of [{}, { transport: createNodeTransport(closed) }]) {
+    await assert.rejects(
+      new AIBattleClient(live.key, closed, options).listModels(),
+      typed(UnavailableError, { code: Code.Unavailable, httpStatus: 503, reason: "" }),
+    );
+  }
 });

@@ -260,3 +260,26 @@ test("onToolUse hears a model call a tool the conversation offers", async () => 
   assert.equal(said.content, "Let me look that up.");
   assert.equal(said.event.message.toolCalls[0].name, "web_search");
 });
+
+test("onThinking hears a model think before it answers", async () => {
+  const c = client();
+  const conversation = await c.createConversation(
+    [
+      { id: "scripted-echo", role: "human" },
+      { id: "ollama-thinker", role: "assistant" },
+    ],
+    "Where is the spot?",
+    { mode: "human-ai", rounds: 1 },
+  );
+  const thoughts = [];
+  const messages = [];
+  const sub = c.connectToConversation(conversation.conversation_id, {
+    onThinking: (d) => thoughts.push([d.model, d.role, d.content]),
+    onMessage: (d) => messages.push([d.role, d.model, d.content]),
+  });
+  await within(10000, sub.done, "the conversation");
+  assert.ok(thoughts.length >= 1);
+  assert.ok(thoughts.every(([model, role]) => model === "ollama-thinker" && role === "assistant"));
+  assert.equal(thoughts.map(([, , text]) => text).join(""), "Which lobe?");
+  assert.deepEqual(messages.at(-1), ["assistant", "ollama-thinker", process.env.AIBATTLE_THINKER_REPLY]);
+});
