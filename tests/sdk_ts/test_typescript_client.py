@@ -171,13 +171,13 @@ async def live(sdk_built: Path, aiohttp_server: Any) -> AsyncIterator[Live]:
         await server.stop(grace=0.5)
 
 
-async def node(live: Live, *args: str, cwd: Path = SDK, env: dict[str, str] | None = None) -> str:
-    """Run node with the live server's environment; its stdout (it must exit 0)."""
+async def node(*args: str, env: dict[str, str], cwd: Path = SDK) -> str:
+    """Run node with `env` added to ours; its stdout (it must exit 0)."""
     proc = await asyncio.create_subprocess_exec(
         "node",
         *args,
         cwd=cwd,
-        env={**os.environ, **live.env, **(env or {})},
+        env={**os.environ, **env},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -187,10 +187,11 @@ async def node(live: Live, *args: str, cwd: Path = SDK, env: dict[str, str] | No
     return out
 
 
-async def node_test(live: Live, name: str) -> list[str]:
-    """Run sdk/typescript/test/<name>.test.mjs with `node --test`; the names of the tests that passed,
-    all of them (a failing or cancelled one fails here, with Node's report)."""
-    out = await node(live, "--test", "--test-reporter=tap", "--test-timeout=20000", f"test/{name}.test.mjs")
+async def node_test(live: Live | None, name: str) -> list[str]:
+    """Run sdk/typescript/test/<name>.test.mjs with `node --test` (against `live`, when given); the names
+    of the tests that passed, all of them (a failing or cancelled one fails here, with Node's report)."""
+    args = ("--test", "--test-reporter=tap", "--test-timeout=20000", f"test/{name}.test.mjs")
+    out = await node(*args, env=live.env if live else {})
     tests = re.search(r"^# tests (\d+)$", out, re.MULTILINE)
     assert tests is not None, out
     total = int(tests.group(1))
@@ -198,6 +199,11 @@ async def node_test(live: Live, name: str) -> list[str]:
     assert re.search(r"^# fail 0$", out, re.MULTILINE) and total > 0, out
     assert f"# pass {total}" in out, out
     return passed
+
+
+async def test_every_rpc_is_wrapped_or_raw_and_the_public_api_is_the_snapshot(sdk_built: Path) -> None:
+    passed = await node_test(None, "exports")
+    assert "the hand-written exports are public_api.txt" in passed
 
 
 async def test_unary_calls_over_connect_and_grpc_web(live: Live) -> None:
@@ -275,7 +281,7 @@ def example_file() -> Iterator[Path]:
 
 async def test_readme_example_runs_as_written(live: Live, example_file: Path) -> None:
     env = {"AIBATTLE_MODEL": "scripted-echo"}
-    out = await node(live, str(example_file), cwd=example_file.parent, env=env)
+    out = await node(str(example_file), cwd=example_file.parent, env={**live.env, **env})
     assert out.splitlines() == [
         f"models: {', '.join(sorted([*(m['id'] for m in MODELS), 'ollama-thinker']))}",
         f"scripted-echo: {ECHO_REPLY}",

@@ -120,7 +120,7 @@ export class AIBattleClient {
   readonly reasoning: Client<typeof ReasoningService>;
   readonly keys: Client<typeof KeyService>;
   readonly embeddings: Client<typeof EmbeddingService>;
-  private readonly timeoutMs: number | undefined;
+  readonly #timeoutMs: number | undefined;
 
   /**
    * @param apiKey the gateway's API key (sent as `Authorization: Bearer`); null or "" when keys are off.
@@ -132,7 +132,7 @@ export class AIBattleClient {
     const transport =
       options.transport ?? createWebTransport(this.baseUrl, { protocol: options.protocol ?? "connect", binary: options.binary ?? false });
     this.transport = withApiKey(transport, apiKey);
-    this.timeoutMs = options.timeoutMs;
+    this.#timeoutMs = options.timeoutMs;
     this.models = createClient(ModelService, this.transport);
     this.completions = createClient(CompletionService, this.transport);
     this.conversations = createClient(ConversationService, this.transport);
@@ -143,13 +143,13 @@ export class AIBattleClient {
 
   // ---- the choke points
 
-  private options(signal?: AbortSignal): CallOptions {
-    return { ...(this.timeoutMs ? { timeoutMs: this.timeoutMs } : {}), ...(signal ? { signal } : {}) };
+  #options(signal?: AbortSignal): CallOptions {
+    return { ...(this.#timeoutMs ? { timeoutMs: this.#timeoutMs } : {}), ...(signal ? { signal } : {}) };
   }
 
-  private async call<T>(run: (options: CallOptions) => Promise<T>, signal?: AbortSignal): Promise<T> {
+  async #call<T>(run: (options: CallOptions) => Promise<T>, signal?: AbortSignal): Promise<T> {
     try {
-      return await run(this.options(signal));
+      return await run(this.#options(signal));
     } catch (reason) {
       throw toAIBattleError(reason);
     }
@@ -159,7 +159,7 @@ export class AIBattleClient {
    * A server stream whose failures are typed errors. Leaving the loop early aborts the call: connect-web
    * would otherwise leave the response body open (and the server talking) until the stream's end.
    */
-  private async *stream<T>(open: (options: CallOptions) => AsyncIterable<T>, signal?: AbortSignal): AsyncGenerator<T> {
+  async *#stream<T>(open: (options: CallOptions) => AsyncIterable<T>, signal?: AbortSignal): AsyncGenerator<T> {
     const call = new AbortController();
     const abort = (): void => call.abort(signal?.reason);
     if (signal?.aborted) abort();
@@ -181,7 +181,7 @@ export class AIBattleClient {
     const models: Model[] = [];
     let pageToken = "";
     do {
-      const page = await this.call((o) => this.models.listModels({ ...options, pageToken }, o));
+      const page = await this.#call((o) => this.models.listModels({ ...options, pageToken }, o));
       models.push(...page.models);
       pageToken = page.nextPageToken;
     } while (pageToken);
@@ -189,7 +189,7 @@ export class AIBattleClient {
   }
 
   async getModel(id: string): Promise<Model> {
-    const response = await this.call((o) => this.models.getModel({ modelId: id }, o));
+    const response = await this.#call((o) => this.models.getModel({ modelId: id }, o));
     return required(response.model, "model");
   }
 
@@ -197,7 +197,7 @@ export class AIBattleClient {
     request: MessageInitShape<typeof CreateCompletionRequestSchema>,
     options: { signal?: AbortSignal } = {},
   ): Promise<CreateCompletionResponse> {
-    return this.call((o) => this.completions.createCompletion(request, o), options.signal);
+    return this.#call((o) => this.completions.createCompletion(request, o), options.signal);
   }
 
   /** The completion's chunks as they come; leaving the loop early (or aborting) cancels it on the server. */
@@ -206,7 +206,7 @@ export class AIBattleClient {
     options: { signal?: AbortSignal } = {},
   ): AsyncIterable<StreamCompletionResponse> {
     // No timeoutMs: a deadline for a whole stream would cut long answers.
-    return this.stream((call) => this.completions.streamCompletion(request, call), options.signal);
+    return this.#stream((call) => this.completions.streamCompletion(request, call), options.signal);
   }
 
   // ---- conversations (seed 000 §7.2)
@@ -216,7 +216,7 @@ export class AIBattleClient {
     initialPrompt: string,
     options: CreateConversationOptions = {},
   ): Promise<ConversationWithId> {
-    const response = await this.call((o) =>
+    const response = await this.#call((o) =>
       this.conversations.createConversation(
         {
           models,
@@ -246,7 +246,7 @@ export class AIBattleClient {
   ): EventSubscription {
     return subscribe<ConversationEvent>(
       (afterSequence, signal) =>
-        this.events<ConversationEvent>(this.conversations.streamConversationEvents({ conversationId, afterSequence }, { signal })),
+        this.#events<ConversationEvent>(this.conversations.streamConversationEvents({ conversationId, afterSequence }, { signal })),
       conversationDispatcher(handlers),
       conversationEnds,
       handlers,
@@ -256,7 +256,7 @@ export class AIBattleClient {
 
   /** Says something as a participant (seed 000: role "human"); `model` tells two seats of one role apart. */
   async addMessage(conversationId: string, content: string, role = "human", model = ""): Promise<MessageWithId> {
-    const response = await this.call((o) => this.conversations.addMessage({ conversationId, content, role, model }, o));
+    const response = await this.#call((o) => this.conversations.addMessage({ conversationId, content, role, model }, o));
     return alias(required(response.message, "message"), "message_id", (m) => m.messageId);
   }
 
@@ -265,7 +265,7 @@ export class AIBattleClient {
     conversationId: string,
     options: { additionalRounds?: number; wait?: boolean } = {},
   ): Promise<ConversationWithId> {
-    const response = await this.call((o) =>
+    const response = await this.#call((o) =>
       this.conversations.runConversation(
         { conversationId, additionalRounds: options.additionalRounds ?? 0, wait: options.wait ?? false },
         o,
@@ -275,23 +275,23 @@ export class AIBattleClient {
   }
 
   async cancelConversation(conversationId: string): Promise<ConversationWithId> {
-    const response = await this.call((o) => this.conversations.cancelConversation({ conversationId }, o));
+    const response = await this.#call((o) => this.conversations.cancelConversation({ conversationId }, o));
     return alias(required(response.conversation, "conversation"), "conversation_id", (c) => c.conversationId);
   }
 
   async getConversation(conversationId: string): Promise<ConversationWithId> {
-    const response = await this.call((o) => this.conversations.getConversation({ conversationId }, o));
+    const response = await this.#call((o) => this.conversations.getConversation({ conversationId }, o));
     return alias(required(response.conversation, "conversation"), "conversation_id", (c) => c.conversationId);
   }
 
   async deleteConversation(conversationId: string): Promise<void> {
-    await this.call((o) => this.conversations.deleteConversation({ conversationId }, o));
+    await this.#call((o) => this.conversations.deleteConversation({ conversationId }, o));
   }
 
   // ---- collaborative reasoning
 
   async createReasoning(request: MessageInitShape<typeof CreateReasoningRequestSchema>): Promise<Reasoning> {
-    const response = await this.call((o) => this.reasoning.createReasoning(request, o));
+    const response = await this.#call((o) => this.reasoning.createReasoning(request, o));
     return required(response.reasoning, "reasoning");
   }
 
@@ -299,7 +299,7 @@ export class AIBattleClient {
   watchReasoning(reasoningId: string, handlers: ReasoningHandlers, options: SubscribeOptions = {}): EventSubscription {
     return subscribe<ReasoningEvent>(
       (afterSequence, signal) =>
-        this.events<ReasoningEvent>(this.reasoning.streamReasoningEvents({ reasoningId, afterSequence }, { signal })),
+        this.#events<ReasoningEvent>(this.reasoning.streamReasoningEvents({ reasoningId, afterSequence }, { signal })),
       (event) => dispatchReasoningEvent(event, handlers),
       reasoningEnds,
       handlers,
@@ -308,23 +308,23 @@ export class AIBattleClient {
   }
 
   async getReasoning(reasoningId: string): Promise<Reasoning> {
-    const response = await this.call((o) => this.reasoning.getReasoning({ reasoningId }, o));
+    const response = await this.#call((o) => this.reasoning.getReasoning({ reasoningId }, o));
     return required(response.reasoning, "reasoning");
   }
 
   async cancelReasoning(reasoningId: string): Promise<Reasoning> {
-    const response = await this.call((o) => this.reasoning.cancelReasoning({ reasoningId }, o));
+    const response = await this.#call((o) => this.reasoning.cancelReasoning({ reasoningId }, o));
     return required(response.reasoning, "reasoning");
   }
 
   /** Continues an interrupted session from its last iteration. */
   async resumeReasoning(reasoningId: string, options: { wait?: boolean } = {}): Promise<Reasoning> {
-    const response = await this.call((o) => this.reasoning.resumeReasoning({ reasoningId, wait: options.wait ?? false }, o));
+    const response = await this.#call((o) => this.reasoning.resumeReasoning({ reasoningId, wait: options.wait ?? false }, o));
     return required(response.reasoning, "reasoning");
   }
 
   /** The events of a stream of `{event}` responses. */
-  private async *events<E>(responses: AsyncIterable<{ event?: E | undefined }>): AsyncGenerator<E> {
+  async *#events<E>(responses: AsyncIterable<{ event?: E | undefined }>): AsyncGenerator<E> {
     for await (const response of responses) {
       if (response.event) yield response.event;
     }

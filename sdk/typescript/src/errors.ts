@@ -36,7 +36,7 @@ export class AIBattleError extends Error {
   readonly code: Code;
   /** ErrorInfo.reason, e.g. "MODEL_NOT_FOUND"; "" when the failure did not come from the server. */
   readonly reason: string;
-  /** The HTTP status this code answers with (401, 403, 404, 429, ...). */
+  /** The HTTP status of the code (401, 403, 404, 429, ...); a unary answer's own may be more precise (413). */
   readonly httpStatus: number;
   /** BadRequest's first field violation: the request field at fault, e.g. "models[1].id". */
   readonly field?: string;
