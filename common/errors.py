@@ -323,6 +323,12 @@ REQUEST_TOO_LARGE = _declare(
 METHOD_NOT_ALLOWED = _declare(
     "METHOD_NOT_ALLOWED", _C.UNIMPLEMENTED, "an HTTP method the path is not served with", http_status=405
 )
+UNKNOWN_RPC = _declare(
+    "UNKNOWN_RPC",
+    _C.UNIMPLEMENTED,
+    "a Connect or gRPC-Web path naming a method its service does not have (as gRPC answers it)",
+    http_status=404,
+)
 UNSUPPORTED_MEDIA_TYPE = _declare(
     "UNSUPPORTED_MEDIA_TYPE",
     _C.UNIMPLEMENTED,

@@ -136,10 +136,10 @@ class Codec:
     def is_json(self) -> bool:
         return self.name == "json"
 
-    def decode(self, data: bytes, cls: type[Message], *, strict: bool) -> Message:
+    def decode(self, data: bytes, cls: type[Message], *, strict: bool, what: str = "request body") -> Message:
         message = cls()
         if self.is_json:
-            obj = parse_json(data) if data.strip() else {}
+            obj = parse_json(data, what=what) if data.strip() else {}
             if not isinstance(obj, dict):
                 raise WireError("a JSON request must be an object")
             try:

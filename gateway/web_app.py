@@ -41,7 +41,7 @@ from gateway.web_middlewares import (
     request_id_middleware,
 )
 from gateway.web_rest import handle_rest
-from gateway.web_rpc import RPC, rpc_endpoints, rpc_services
+from gateway.web_rpc import RPC, rpc_endpoints, unknown_method_endpoints
 from gateway.web_state import STATE, FixedRoute, GatewayState
 from gateway.web_websocket import handle_websocket, is_websocket_upgrade
 
@@ -89,10 +89,9 @@ def create_app(
         fixed = FixedRoute(parse_template(f"{DOCS_ASSETS}/{{path=**}}"), ("GET",), NATIVE)
         state.fixed_routes.append(fixed)
         state.fixed_resources[static] = fixed
-    # Connect and gRPC-Web: every RPC at /<service>/<method>; unknown methods there answer in its dialect.
+    # Connect and gRPC-Web: every RPC at /<service>/<method>, then any other method of those services.
     _add_fixed(app, RPC, rpc_endpoints(options.files))
-    prefixes = rpc_services(options.files)
-    state.path_dialects.append((lambda path: path.startswith(prefixes), RPC))
+    _add_fixed(app, RPC, unknown_method_endpoints(options.files))
     if options.compat_endpoints and completions_pb2.DESCRIPTOR in options.files:
         for dialect, routes in compat.ENDPOINTS:
             _add_fixed(app, dialect, routes)

@@ -105,10 +105,17 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except web.HTTPRequestEntityTooLarge:
         failure: BaseException = RequestTooLarge(request.app[STATE].options.max_body_bytes)
-    except RequestPayloadError as exc:
-        # The body could not be read as sent: a corrupt gzip or deflate under Content-Encoding.
-        del exc  # its text is aiohttp's ("400, message: …"), not for clients
+    except RequestPayloadError:
+        # The body could not be read as sent (a corrupt gzip or deflate under Content-Encoding; aiohttp's
+        # own text is not for clients). Nothing more can be read on this connection: say it closes.
         failure = MALFORMED_REQUEST.error("the request body cannot be decoded under its Content-Encoding")
+        status, http, headers = status_of(failure)
+        observe.note_status(status)
+        answer = error_response(
+            status, dialect=dialect_of(request), http=http, headers=headers, request=request
+        )
+        answer.force_close()
+        return answer
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -37,6 +37,7 @@ from google.rpc import status_pb2
 from common.errors import (
     INVALID_HEADER,
     STREAMING_REQUESTS_UNSUPPORTED,
+    UNKNOWN_RPC,
     UNSUPPORTED_COMPRESSION,
     UNSUPPORTED_MEDIA_TYPE,
     InvalidArgument,
@@ -188,10 +189,19 @@ def rpc_endpoints(files: Iterable[FileDescriptor]) -> list[tuple[str, str, Handl
     return endpoints
 
 
-def rpc_services(files: Iterable[FileDescriptor]) -> tuple[str, ...]:
-    """The path prefixes of the services (`/aibattle.v1.ModelService/`): an unknown method there is
-    answered in the RPC dialect."""
-    return tuple(f"/{service.full_name}/" for file in files for service in file.services_by_name.values())
+def unknown_method_endpoints(files: Iterable[FileDescriptor]) -> list[tuple[str, str, Handler]]:
+    """Any other method of a served service is UNIMPLEMENTED, as a gRPC server answers it (Connect: 404).
+    POST only: a preflight for a served RPC's path must not learn of a GET it does not take."""
+    return [
+        ("POST", f"/{service.full_name}/{{method}}", _unknown_method)
+        for file in files
+        for service in file.services_by_name.values()
+    ]
+
+
+async def _unknown_method(request: web.Request) -> web.StreamResponse:
+    service, _, method = request.rel_url.raw_path.strip("/").partition("/")
+    raise UNKNOWN_RPC.error(f"{service} has no method {method!r}")
 
 
 def _cacheable(method: MethodDescriptor) -> bool:
@@ -307,7 +317,7 @@ def _from_query(request: web.Request, rpc: Rpc) -> tuple[Protocol, Message]:
         if compression not in ENCODINGS:
             raise UNSUPPORTED_COMPRESSION.error(f"compression {compression!r} is not supported; use gzip")
         data = decompress(data, compression, limit=state.options.max_body_bytes)
-        message = codec.decode(data, rpc.request_cls, strict=state.options.strict)
+        message = codec.decode(data, rpc.request_cls, strict=state.options.strict, what="message parameter")
     except WireError as exc:
         raise malformed(exc) from None
     return Protocol(grpc_web=False, codec=codec, enveloped=False), message

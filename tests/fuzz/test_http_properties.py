@@ -684,11 +684,6 @@ async def test_deeply_nested_json_over_connect_and_grpc_web_is_invalid_argument(
     assert (outcome.code, outcome.reason) == (3, "MALFORMED_JSON"), outcome
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect (gateway/web_middlewares.py, RequestPayloadError): the 400 lacks Connection: close, "
-    "yet the connection is dropped after it, so a keep-alive client's next request on it fails",
-)
 @pytest.mark.parametrize(
     "path, content_type",
     [

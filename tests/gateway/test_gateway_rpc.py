@@ -146,10 +146,17 @@ async def test_an_unserved_content_type_is_415_saying_what_is(api: Any) -> None:
     assert resp.status == 415
 
 
-async def test_an_unknown_method_of_a_known_service_is_not_found_in_connect_words(api: Any) -> None:
+async def test_an_unknown_method_of_a_known_service_is_unimplemented_as_grpc_says(api: Any) -> None:
     resp = await api.post("/aibattle.v1.ModelService/Nope", json={})
-    assert resp.status == 404
-    assert (await resp.json())["code"] == "not_found"
+    assert resp.status == 404  # Connect's status for an unknown procedure
+    error = await resp.json()
+    assert error["code"] == "unimplemented"
+    assert reason_of(error["details"]) == "UNKNOWN_RPC"
+    assert "Nope" in error["message"]
+    web = await api.post(
+        "/aibattle.v1.ModelService/Nope", data=envelope(b""), headers={"Content-Type": "application/grpc-web"}
+    )
+    assert web.headers["grpc-status"] == "12"
 
 
 async def test_a_request_streaming_rpc_says_where_to_go(api: Any) -> None:
