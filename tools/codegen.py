@@ -11,13 +11,14 @@ gen/aibattle/aibattle_descriptors.binpb, package data of the `aibattle` namespac
 The SDK's messages and stubs come from the same protos through betterproto2's plugin, into
 sdk/src/aibattle_sdk/_gen/ (see sdk/README.md): its imports are relative, so they work as emitted inside
 `aibattle_sdk` and never collide with the server's `aibattle` package. google/rpc/error_details.proto is
-generated too, for the SDK's typed errors (ErrorInfo, RetryInfo).
+generated too, for the SDK's typed errors (ErrorInfo, RetryInfo). The TypeScript SDK's code comes from them
+too, through buf and protoc-gen-es, into sdk/typescript/src/gen/ (tools/codegen_ts.py).
 
 The SDK's sync client and transport are generated too, from their asyncio twins (tools/unasync.py), on a
 run that writes the SDK's own _gen/ (the default). So is the arena page's bundle (tools/build_arena.py:
 web/arena/ and the TypeScript SDK into gateway/arena/static/).
 
-    python tools/codegen.py            # rewrite gen/, the SDK's _gen/ and its sync modules
+    python tools/codegen.py            # rewrite gen/, the SDKs' generated code and the arena bundle
     python tools/codegen.py --check    # exit 1 if any differs from a fresh run
 """
 
