@@ -10,6 +10,7 @@ to prove that subscriptions resume from their last sequence. The README's exampl
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import json
 import os
@@ -78,19 +79,42 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+def build_inputs_digest() -> str:
+    """sha256 of everything tsc's output depends on: the sources, the configuration, the locked packages."""
+    digest = hashlib.sha256()
+    configs = [SDK / "tsconfig.json", SDK / "package.json", ROOT / "package-lock.json"]
+    inputs = [*(SDK / "src").rglob("*"), *configs]
+    for path in sorted(p for p in inputs if p.is_file()):
+        digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 @pytest.fixture(scope="session")
 def sdk_built() -> Path:
-    """dist/ of a fresh tsc build (strict: a type error fails every test here)."""
-    result = subprocess.run(
-        ["npm", "run", "build", "-w", "sdk/typescript"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return SDK / "dist"
+    """dist/ as tsc builds it from the current sources (strict: a type error fails every test here).
+
+    Built under a lock, and only when the inputs changed since the last build (a stamp in dist/): two
+    test processes never write dist/ while the other's Node reads it, and a rerun skips tsc."""
+    dist = SDK / "dist"
+    stamp = dist / ".inputs-sha256"
+    (ROOT / "build").mkdir(exist_ok=True)
+    with (ROOT / "build" / "ts-sdk-build.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        digest = build_inputs_digest()
+        if stamp.exists() and stamp.read_text() == digest:
+            return dist
+        shutil.rmtree(dist, ignore_errors=True)  # no output left of a source that is gone
+        result = subprocess.run(
+            ["npm", "run", "build", "-w", "sdk/typescript"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        stamp.write_text(digest)
+    return dist
 
 
 @dataclass
