@@ -230,6 +230,11 @@ async def test_every_rpc_is_wrapped_or_raw_and_the_public_api_is_the_snapshot(sd
     assert "the hand-written exports are public_api.txt" in passed
 
 
+async def test_subscription_engine_on_scripted_streams(sdk_built: Path) -> None:
+    passed = await node_test(None, "subscribe")
+    assert "a rate limit with RetryInfo is waited out, then the stream reopens" in passed
+
+
 async def test_unary_calls_over_connect_and_grpc_web(live: Live) -> None:
     passed = await node_test(live, "unary")
     assert "listModels, getModel and createCompletion over grpc-web (node http)" in passed

@@ -4,8 +4,9 @@
  * A conversation's or reasoning session's events are numbered from 1 without gaps, and the server replays
  * them after any `after_sequence`. A subscription remembers the last sequence it delivered; when the stream
  * breaks for a reason that is not the API's answer (a network error, UNAVAILABLE, UNKNOWN from a body cut
- * short, or its own idle timer), it reopens with `after_sequence = lastSequence` after a short, capped,
- * jittered backoff, so nothing is lost and nothing is delivered twice. It ends for good on a terminal event
+ * short, its own idle timer, or a limit that says when to come back), it reopens with
+ * `after_sequence = lastSequence` after a short, capped, jittered backoff (or the RetryInfo delay), so
+ * nothing is lost and nothing is delivered twice. It ends for good on a terminal event
  * (the server then ends the stream too), on a terminal API error (NOT_FOUND, PERMISSION_DENIED, ...) or on
  * `close()`.
  */
@@ -66,8 +67,12 @@ export type OpenStream<E> = (afterSequence: bigint, signal: AbortSignal) => Asyn
 
 const IDLE = Symbol("idle");
 
-/** Whether a broken stream is worth reopening (anything else is the API's final answer). */
+/**
+ * Whether a broken stream is worth reopening: the connection failed, or the server asked us to come back
+ * later (a limit with RetryInfo). Anything else is the API's final answer.
+ */
 function transient(error: AIBattleError): boolean {
+  if (error.code === Code.ResourceExhausted) return error.retryAfterMs !== undefined;
   return error.code === Code.Unavailable || error.code === Code.Unknown;
 }
 
@@ -121,7 +126,7 @@ class Subscription<E extends { sequence: bigint }> implements EventSubscription 
         return;
       }
       this.handlers.onReconnect?.({ attempt, afterSequence: this.lastSequence, error });
-      await this.sleep(this.backoff(attempt));
+      await this.sleep(Math.max(this.backoff(attempt), error.retryAfterMs ?? 0));
     }
   }
 
