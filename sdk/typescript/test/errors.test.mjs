@@ -13,6 +13,7 @@ import {
   RateLimitError,
   toAIBattleError,
   UnavailableError,
+  createWebTransport,
 } from "../dist/index.js";
 import { createNodeTransport } from "../dist/node.js";
 import { client, live } from "./live.mjs";
@@ -141,4 +142,24 @@ test("a gateway that cannot be reached is UnavailableError, over fetch and over 
       typed(UnavailableError, { code: Code.Unavailable, httpStatus: 503, reason: "" }),
     );
   }
+});
+
+test("a call past the client's timeoutMs is DeadlineExceeded (504), and sends Connect-Timeout-Ms", async () => {
+  const headers = [];
+  const recording = (input, init) => {
+    headers.push(new Headers(init?.headers).get("connect-timeout-ms"));
+    return fetch(input, init);
+  };
+  const c = new AIBattleClient(live.key, live.url, {
+    timeoutMs: 300,
+    transport: createWebTransport(live.url, { fetch: recording }),
+  });
+  const started = Date.now();
+  // scripted-slow takes 4 s to say its 200 words.
+  await assert.rejects(
+    c.createCompletion({ model: "scripted-slow", prompt: "Go" }),
+    typed(AIBattleError, { code: Code.DeadlineExceeded, httpStatus: 504 }),
+  );
+  assert.ok(Date.now() - started < 2000);
+  assert.deepEqual(headers, ["300"]);
 });
