@@ -22,7 +22,7 @@ import grpc
 from google.protobuf import any_pb2, json_format
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from common.errors import ApiError, internal_error
+from common.errors import DEADLINE_EXCEEDED, ApiError, internal_error
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
@@ -109,6 +109,9 @@ def status_from_rpc_error(error: grpc.aio.AioRpcError) -> status_pb2.Status:
     if code == code_pb2.UNAVAILABLE:
         # The channel's own failure text names upstream addresses; clients get a generic one.
         message = "upstream unavailable"
+    if code == code_pb2.DEADLINE_EXCEEDED:
+        # The call's own deadline (grpc-core's, or the in-process call's): its reason, like every error.
+        return DEADLINE_EXCEEDED.error(f"the deadline passed before the call ended ({message})").to_status()
     return status_pb2.Status(code=code, message=message)
 
 

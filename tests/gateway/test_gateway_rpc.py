@@ -382,3 +382,15 @@ async def test_a_corrupt_gzip_body_is_malformed_not_internal(api: Any, path: str
     )
     assert resp.status == 400
     assert "Content-Encoding" in (await resp.json())["message"]
+
+
+async def test_a_passed_deadline_carries_its_reason(api: Any) -> None:
+    resp = await api.post(
+        CREATE,
+        json={"model": "scripted-slow", "prompt": "hi"},
+        headers={"Connect-Timeout-Ms": "100"},
+    )
+    assert resp.status == 504
+    error = await resp.json()
+    assert error["code"] == "deadline_exceeded"
+    assert reason_of(error["details"]) == "DEADLINE_EXCEEDED"
