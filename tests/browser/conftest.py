@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -17,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.process import ROOT, server_process
+from tests.sdk.proxy import Proxy
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 #: As the machine notes say works here: no first-run, no background fetches from Google's hosts.
@@ -109,67 +108,11 @@ def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
         yield Api(running.http_url, ADMIN_KEY)
 
 
-class CuttableProxy:
+@pytest.fixture
+def proxy(server: Api) -> Iterator[Proxy]:
     """A TCP proxy in front of the server whose connections a test can cut, as a network does: the page
     loaded through it sees its streams break mid-body and must resume them."""
-
-    def __init__(self, target: str) -> None:
-        host, port = target.removeprefix("http://").rsplit(":", 1)
-        self.target = (host, int(port))
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.base = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-        self.live: set[socket.socket] = set()
-        self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.target)
-            with self.lock:
-                self.live |= {client, upstream}
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            self._drop(source, sink)
-
-    def _drop(self, *sockets: socket.socket) -> None:
-        for sock in sockets:
-            with self.lock:
-                self.live.discard(sock)
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
-
-    def cut(self) -> int:
-        """Reset every open connection; returns how many there were."""
-        with self.lock:
-            live = list(self.live)
-        for sock in live:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-        self._drop(*live)
-        return len(live)
-
-    def close(self) -> None:
-        self.listener.close()
-        self.cut()
-
-
-@pytest.fixture
-def proxy(server: Api) -> Iterator[CuttableProxy]:
-    running = CuttableProxy(server.base)
+    running = Proxy(server.base.removeprefix("http://"))
     yield running
     running.close()
 

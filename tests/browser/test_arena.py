@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import ADMIN_KEY, Api, CuttableProxy, low_contrast, screenshot, sequences
+from tests.browser.conftest import ADMIN_KEY, Api, low_contrast, screenshot, sequences
+from tests.sdk.proxy import Proxy
 
 DELTAS = {"REASONING_EVENT_TYPE_TOKEN", "REASONING_EVENT_TYPE_THINKING"}
 #: What a conversation's timeline shows (its transcript and what happened), of the server's events.
@@ -267,7 +268,7 @@ def test_the_page_is_served_offline_under_a_strict_policy(server: Api, page: Any
 
 
 def test_a_dropped_connection_mid_run_resumes_after_the_last_sequence(
-    server: Api, proxy: CuttableProxy, page: Any
+    server: Api, proxy: Proxy, page: Any
 ) -> None:
     resumed: list[int] = []
 
@@ -278,9 +279,9 @@ def test_a_dropped_connection_mid_run_resumes_after_the_last_sequence(
 
     page.on("request", note)
     reasoning_id = start_reasoning(server)
-    page.goto(f"{proxy.base}/arena#reasoning/{reasoning_id}")
+    page.goto(f"http://{proxy.target}/arena#reasoning/{reasoning_id}")
     page.locator("#timeline li.iteration").nth(1).wait_for()
-    assert proxy.cut() > 0  # the page's connections, its event stream among them, reset mid-run
+    assert proxy.drop(reset=True) > 0  # the page's connections, its event stream among them, reset mid-run
     page.locator("#timeline li.done").wait_for()
 
     events = server.events(f"/api/v1/collaborative-reasoning/{reasoning_id}/events")

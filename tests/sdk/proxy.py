@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import struct
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -63,11 +65,15 @@ class Proxy:
                 except OSError:
                     pass
 
-    def drop(self) -> int:
-        """Cut every relayed connection; returns how many sockets were closed."""
+    def drop(self, *, reset: bool = False) -> int:
+        """Cut every relayed connection; returns how many sockets were closed. `reset`: with a TCP RST
+        (SO_LINGER 0), as a network failure shows to a browser, rather than an orderly close."""
         with self._lock:
             sockets, self._sockets = self._sockets, []
         for s in sockets:
+            if reset:
+                with contextlib.suppress(OSError):
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             try:
                 s.shutdown(socket.SHUT_RDWR)
             except OSError:
