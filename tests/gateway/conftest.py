@@ -70,20 +70,51 @@ async def aibattle() -> AsyncIterator[AIBattleServer]:
 def dispatch(request: pytest.FixtureRequest) -> str:
     """How the gateway reaches the server (the parity of issue 18): "in-process", its handlers called
     through its interceptor chain, as `python -m server` runs its gateway; "network", over gRPC, as a
-    standalone gateway in front of a remote server. Every test of the `api` fixture runs both ways."""
+    standalone gateway in front of a remote server. Every test of the `api` fixture runs both ways,
+    but those marked GATEWAY_ANSWERS."""
     return str(request.param)
 
 
+GATEWAY_ANSWERS = pytest.mark.parametrize("dispatch", ["in-process"])
+"""For a test of `api` whose every request the gateway answers itself (an unknown route, a wrong method, a
+body or parameter it refuses before any call): the server is never called, so how the gateway would reach
+it cannot change an answer, and the test runs once, in-process. `api` checks that no call reached the
+server, so the mark cannot outlive its reason."""
+
+
+def _gateway_answers(node: pytest.Item) -> bool:
+    return any(mark.args[0] == "dispatch" for mark in node.iter_markers("parametrize"))
+
+
 @pytest.fixture
-async def api(aiohttp_client: Any, aibattle: AIBattleServer, api_descriptor_set: Path, dispatch: str) -> Any:
+async def api(
+    request: pytest.FixtureRequest,
+    aiohttp_client: Any,
+    aibattle: AIBattleServer,
+    api_descriptor_set: Path,
+    dispatch: str,
+) -> AsyncIterator[Any]:
     # handler_cancellation as start_gateway runs it: a client that leaves cancels its handler.
     dispatcher = aibattle.dispatcher() if dispatch == "in-process" else None
-    return await aiohttp_client(
+    client = await aiohttp_client(
         create_app(
             aibattle.grpc_target, GatewayOptions(descriptor_set=api_descriptor_set), dispatcher=dispatcher
         ),
         server_kwargs={"handler_cancellation": True},
     )
+    if dispatcher is None or not _gateway_answers(request.node):
+        yield client
+        return
+    called: list[str] = []
+    handler = dispatcher.handler
+
+    async def recorded(method: str, metadata: Any) -> Any:
+        called.append(method)
+        return await handler(method, metadata)
+
+    dispatcher.handler = recorded  # type: ignore[method-assign]  # this test's server only
+    yield client
+    assert not called, f"marked GATEWAY_ANSWERS, yet the server was called: {called}"
 
 
 @pytest.fixture

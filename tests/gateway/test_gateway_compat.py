@@ -12,6 +12,7 @@ import openai
 import pytest
 
 from server.app import AIBattleServer
+from tests.gateway.conftest import GATEWAY_ANSWERS
 from tests.gateway.gateway_testlib import wait_for
 
 
@@ -238,6 +239,7 @@ def ollama_error(body: dict[str, Any]) -> str:
         ),
     ],
 )
+@GATEWAY_ANSWERS
 async def test_openai_refuses_what_it_would_drop_naming_the_field(
     api: Any, extra: dict[str, Any], param: str, code: str
 ) -> None:
@@ -317,6 +319,7 @@ async def test_openai_takes_values_that_ask_for_nothing_more(api: Any, extra: di
         ("/api/generate", {"options": {"mirostat": 2}}, "options.mirostat"),
     ],
 )
+@GATEWAY_ANSWERS
 async def test_ollama_refuses_what_it_would_drop_naming_the_field(
     api: Any, path: str, extra: dict[str, Any], field: str
 ) -> None:
@@ -356,6 +359,7 @@ async def test_ollama_takes_what_its_client_sends_unasked(api: Any) -> None:
 
 
 @pytest.mark.parametrize(("method", "path"), [("POST", "/v1/moderations"), ("GET", "/v1/nope/deeper")])
+@GATEWAY_ANSWERS
 async def test_unknown_openai_routes_are_openai_404s(api: Any, method: str, path: str) -> None:
     resp = await api.request(method, path, json={})
     assert resp.status == 404
@@ -363,6 +367,7 @@ async def test_unknown_openai_routes_are_openai_404s(api: Any, method: str, path
     assert error["code"] == "route_not_found" and path in error["message"]
 
 
+@GATEWAY_ANSWERS
 async def test_openai_client_gets_not_found_for_an_unknown_route(oai: openai.AsyncOpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
         await oai.moderations.create(model="scripted-echo", input="hi")
@@ -372,6 +377,7 @@ async def test_openai_client_gets_not_found_for_an_unknown_route(oai: openai.Asy
 @pytest.mark.parametrize(
     ("method", "path"), [("POST", "/api/pull"), ("POST", "/api/create"), ("GET", "/api/v1beta")]
 )
+@GATEWAY_ANSWERS
 async def test_unknown_ollama_routes_are_ollama_404s(api: Any, method: str, path: str) -> None:
     resp = await api.request(method, path)
     assert resp.status == 404
@@ -379,6 +385,7 @@ async def test_unknown_ollama_routes_are_ollama_404s(api: Any, method: str, path
 
 
 @pytest.mark.parametrize("path", ["/api/v1/nope", "/api/v1", "/api/v1/models/x/y"])
+@GATEWAY_ANSWERS
 async def test_unknown_native_routes_keep_their_status_404(api: Any, path: str) -> None:
     resp = await api.get(path)
     assert resp.status == 404
@@ -386,6 +393,7 @@ async def test_unknown_native_routes_keep_their_status_404(api: Any, path: str) 
     assert body["code"] == 5 and body["details"][0]["reason"] in ("ROUTE_NOT_FOUND", "MODEL_NOT_FOUND")
 
 
+@GATEWAY_ANSWERS
 async def test_a_wrong_method_on_a_compat_route_is_405_in_its_dialect(api: Any) -> None:
     resp = await api.delete("/v1/chat/completions")
     assert resp.status == 405
@@ -438,6 +446,7 @@ async def test_openai_legacy_completions_whole_and_streamed(oai: openai.AsyncOpe
         ({"messages": HI}, "messages"),
     ],
 )
+@GATEWAY_ANSWERS
 async def test_openai_legacy_completions_refuse_what_they_would_drop(
     api: Any, extra: dict[str, Any], param: str
 ) -> None:

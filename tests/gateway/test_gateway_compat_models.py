@@ -15,6 +15,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from tests.gateway import test_gateway_compat_tools as with_tools
+from tests.gateway.conftest import GATEWAY_ANSWERS
 from tests.server.providers.fake_upstream import FakeUpstream
 from tests.server.providers.test_openai_tools import embedding_reply
 
@@ -135,6 +136,7 @@ async def test_ollama_client_ps_lists_every_model_served(olm: ollama.AsyncClient
     assert gpt.details is not None and gpt.details.family == "openai"
 
 
+@GATEWAY_ANSWERS
 async def test_ollama_version(api: Any) -> None:
     resp = await api.get("/api/version")
     assert resp.status == 200 and await resp.json() == {"version": "0.12.11"}

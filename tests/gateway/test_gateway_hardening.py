@@ -17,6 +17,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 
 from gateway import GatewayOptions, create_app
 from gateway.descriptors import RouteError
+from tests.gateway.conftest import GATEWAY_ANSWERS
 
 DEEP = b"[" * 200_000
 CHAT = {"model": "scripted-echo", "messages": [{"role": "user", "content": "Hi"}]}
@@ -47,6 +48,7 @@ async def test_deeply_nested_json_is_a_400_and_the_service_keeps_serving(api: An
     assert (await api.get("/api/v1/models")).status == 200
 
 
+@GATEWAY_ANSWERS
 async def test_deeply_nested_json_on_compat_endpoints(api: Any) -> None:
     resp = await api.post("/v1/chat/completions", data=DEEP)
     assert resp.status == 400
@@ -93,6 +95,7 @@ async def test_a_failing_request_pump_never_leaves_the_call_hanging(
         ("temperature", 10**400),
     ],
 )
+@GATEWAY_ANSWERS
 async def test_openai_out_of_range_numbers_are_400_naming_the_param(api: Any, field: str, value: int) -> None:
     raw = json.dumps({**CHAT, field: value})
     resp = await api.post("/v1/chat/completions", data=raw)
@@ -101,6 +104,7 @@ async def test_openai_out_of_range_numbers_are_400_naming_the_param(api: Any, fi
     assert error["type"] == "invalid_request_error"
 
 
+@GATEWAY_ANSWERS
 async def test_openai_client_gets_bad_request_error_for_huge_max_tokens(api: Any) -> None:
     client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{api.port}/v1", api_key="sk-test", max_retries=0)
     try:
@@ -115,6 +119,7 @@ async def test_openai_client_gets_bad_request_error_for_huge_max_tokens(api: Any
 
 @pytest.mark.parametrize("path", ["/api/generate", "/api/chat"])
 @pytest.mark.parametrize(("option", "value"), [("num_predict", 2**40), ("seed", 2**70), ("seed", -(2**64))])
+@GATEWAY_ANSWERS
 async def test_ollama_out_of_range_options_are_400(api: Any, path: str, option: str, value: int) -> None:
     turn = {"prompt": "Hi"} if path == "/api/generate" else {"messages": CHAT["messages"]}
     body = {"model": "scripted-echo", **turn, "options": {option: value}}
@@ -126,6 +131,7 @@ async def test_ollama_out_of_range_options_are_400(api: Any, path: str, option: 
 # --- every failure in the dialect of its endpoint ----------------------------------------------------
 
 
+@GATEWAY_ANSWERS
 async def test_compat_wrong_method_is_a_405_in_dialect_with_allow(api: Any) -> None:
     resp = await api.get("/v1/chat/completions")
     assert resp.status == 405 and resp.headers["Allow"] == "POST"
@@ -135,6 +141,7 @@ async def test_compat_wrong_method_is_a_405_in_dialect_with_allow(api: Any) -> N
     assert_ollama_error(await resp.json())
 
 
+@GATEWAY_ANSWERS
 async def test_compat_bad_headers_and_bodies_are_in_dialect(api: Any) -> None:
     resp = await api.post("/v1/chat/completions", json=CHAT, headers={"Grpc-Timeout": "soon"})
     assert resp.status == 400
@@ -164,6 +171,7 @@ async def test_compat_body_over_the_limit_is_413_in_dialect(
     assert "limit" in assert_ollama_error(await resp.json())
 
 
+@GATEWAY_ANSWERS
 async def test_compat_unexpected_failure_is_a_generic_500_in_dialect(
     api: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -278,6 +286,7 @@ async def test_cors_preflight_covers_the_compat_endpoints(
         ({"max_tokens": " 12"}, "max_tokens"),
     ],
 )
+@GATEWAY_ANSWERS
 async def test_values_protobuf_would_misread_are_refused_not_dropped(
     api: Any, fields: dict[str, Any], field: str
 ) -> None:

@@ -25,6 +25,7 @@ from gateway.source_info import Comments
 from gateway.web_meta import DOCS_ASSETS
 from gateway.web_rpc import RPC
 from gateway.web_state import STATE
+from tests.gateway.conftest import GATEWAY_ANSWERS
 from tests.gateway.gateway_testlib import ProtoApi, RunningLibrary, dummy_options
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -398,6 +399,7 @@ def test_every_operation_documents_the_plain_text_400_of_the_http_server(
             assert set(op["responses"]["400"]["content"]) == {"application/json", "text/plain"}
 
 
+@GATEWAY_ANSWERS
 async def test_an_unparsable_request_line_is_the_documented_plain_text_400(api: Any) -> None:
     resp = await api.get("/api/v1/models", params={"provider": "x" * 9000})
     assert resp.status == 400 and resp.content_type == "text/plain"
