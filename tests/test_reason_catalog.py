@@ -15,6 +15,7 @@ import inspect
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import grpc
@@ -165,6 +166,7 @@ def test_the_upstream_table_says_what_is_retried_as_the_catalog_does() -> None:
 # --- the code ---------------------------------------------------------------------------------------------
 
 
+@cache  # parsed once for the tests that read it (read-only)
 def _sources() -> dict[str, ast.Module]:
     found = {}
     for package in PACKAGES:
@@ -253,6 +255,7 @@ def _not_found_kinds(tree: ast.Module) -> Iterator[ast.Constant]:
                 yield kind
 
 
+@cache
 def _literals() -> dict[str, list[tuple[int, str]]]:
     trees = _sources()
     takes = _reason_parameters(trees)
