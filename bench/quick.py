@@ -247,7 +247,11 @@ async def check(url: str, body: str) -> None:
     """One call that must answer 200 (so a broken target is a message, not a row of fast 4xx)."""
     import aiohttp
 
-    async with aiohttp.ClientSession() as session, session.post(url, data=body.encode()) as resp:
+    headers = {"Content-Type": "application/json"}  # as wrk sends it (Connect reads it)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, data=body.encode(), headers=headers) as resp,
+    ):
         if resp.status != 200:
             raise SystemExit(f"{url}: HTTP {resp.status}: {(await resp.text())[:300]}")
 
