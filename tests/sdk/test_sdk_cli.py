@@ -9,6 +9,7 @@ import select
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 
@@ -173,19 +174,21 @@ def test_usage_errors_never_echo_an_argument(target: str) -> None:
         ["--api-key", SECRET],
         ["models", "--api-key", SECRET, "--provider"],
     ]
-    for args in bad:
-        result = run(target, *args)
+    # Each its own process, two at a time (most of a run is the interpreter starting).
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = dict(zip(map(tuple, bad), pool.map(lambda args: run(target, *args), bad), strict=True))
+    for args, result in results.items():
         assert result.returncode == 2, args
         for part in (SECRET, "sk-live", "0123", "789"):
             assert part not in result.stdout + result.stderr, (args, result.stderr)
         assert "Traceback" not in result.stderr
         assert ": error: " in result.stderr.splitlines()[-1], result.stderr
-    typo = run(target, "models", "--api-key", SECRET, "--typo")
+    typo = results[("models", "--api-key", SECRET, "--typo")]
     assert (
         typo.stderr.splitlines()[-1]
         == "aibattle: error: unrecognized argument at position 4 (see aibattle --help)"
     )
-    timeout = run(target, "--timeout", SECRET, "models")
+    timeout = results[("--timeout", SECRET, "models")]
     assert "argument --timeout: invalid float value" in timeout.stderr
 
 
