@@ -117,8 +117,10 @@ def proxy(server: Api) -> Iterator[Proxy]:
     running.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Debian's Chromium, driven by Playwright's sync API, for one module: that API keeps an event loop
+    marked running on the main thread while it is open, which any later asyncio test would trip on."""
     if not Path(CHROMIUM).exists() and not os.environ.get("CI"):
         pytest.skip("needs Debian's chromium (make install)")
     sync_api = pytest.importorskip("playwright.sync_api")
