@@ -4,7 +4,7 @@
  */
 import type { Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
-import { defaultBaseUrl, type TransportOptions } from "./transport.js";
+import { defaultBaseUrl, jsonOptions, type TransportOptions } from "./transport.js";
 
 export * from "./index.js";
 
@@ -19,5 +19,5 @@ export function createNodeTransport(
     interceptors: options.interceptors ?? [],
   };
   if (options.protocol === "grpc-web") return createGrpcWebTransport({ ...common, useBinaryFormat: true });
-  return createConnectTransport({ ...common, useBinaryFormat: options.binary ?? false, useHttpGet: true });
+  return createConnectTransport({ ...common, useBinaryFormat: options.binary ?? false, useHttpGet: true, jsonOptions });
 }

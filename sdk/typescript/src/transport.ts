@@ -3,8 +3,17 @@
  * is connect-web's; `createNodeTransport` (in "@aibattle/sdk/node") uses Node's own http module instead.
  * The API key is not a transport setting: `withApiKey` adds it to any transport, the caller's own included.
  */
+import { createRegistry } from "@bufbuild/protobuf";
 import type { Interceptor, Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcWebTransport } from "@connectrpc/connect-web";
+import { file_google_rpc_error_details } from "./gen/google/rpc/error_details_pb.js";
+
+/**
+ * What JSON on the wire needs to read a `google.protobuf.Any`: the event streams' `error` is a
+ * `google.rpc.Status` whose details (ErrorInfo, RetryInfo, BadRequest…) come as Any, and protobuf-es parses
+ * an Any only of a type it is given.
+ */
+export const jsonOptions = { registry: createRegistry(file_google_rpc_error_details) };
 
 /** Which wire the calls use; both are served at `/<package>.<Service>/<Method>` on the HTTP port. */
 export type Protocol = "connect" | "grpc-web";
@@ -37,7 +46,7 @@ export function createWebTransport(baseUrl: string = defaultBaseUrl(), options: 
     ...(options.fetch ? { fetch: options.fetch } : {}),
   };
   if (options.protocol === "grpc-web") return createGrpcWebTransport({ ...common, useBinaryFormat: true });
-  return createConnectTransport({ ...common, useBinaryFormat: options.binary ?? false, useHttpGet: true });
+  return createConnectTransport({ ...common, useBinaryFormat: options.binary ?? false, useHttpGet: true, jsonOptions });
 }
 
 /** `transport` with `Authorization: Bearer <apiKey>` on every call (none when apiKey is empty). */

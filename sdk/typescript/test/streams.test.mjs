@@ -3,6 +3,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import {
   AIBattleError,
+  Code,
   ConversationEventType,
   NotFoundError,
   ReasoningEventType,
@@ -104,6 +105,33 @@ for (const [wire, options] of Object.entries(WIRES)) {
     );
     assert.deepEqual(turns, ["critic/scripted-vision"]);
     assert.equal(tokens.get("scripted-vision"), "I see.");
+  });
+}
+
+for (const [wire, options] of Object.entries(WIRES)) {
+  test(`a conversation whose model fails sends its error, details and all, over ${wire}`, async () => {
+    // The ERROR event's google.rpc.Status carries its details as google.protobuf.Any: JSON needs them
+    // registered (transport.ts jsonOptions), binary does not.
+    const c = client(options());
+    const conversation = await c.createConversation(
+      [
+        { id: "scripted-echo", role: "assistant" },
+        { id: "scripted-fail", role: "critic" },
+      ],
+      "Discuss.",
+      { mode: "ai-ai", rounds: 1 },
+    );
+    const events = [];
+    const sub = c.connectToConversation(conversation.conversation_id, { onEvent: (e) => events.push(e) });
+    await within(10000, sub.done, "the conversation");
+    assert.equal(sub.error, undefined, String(sub.error));
+    const failed = events.find((e) => e.type === ConversationEventType.ERROR);
+    assert.ok(failed, `no ERROR event among ${events.map((e) => e.type)}`);
+    assert.equal(failed.error?.code, Code.Unavailable);
+    assert.ok(
+      failed.error.details.some((d) => d.typeUrl.endsWith("/google.rpc.ErrorInfo")),
+      JSON.stringify(failed.error.details.map((d) => d.typeUrl)),
+    );
   });
 }
 
