@@ -25,6 +25,7 @@ const KEY_STORAGE = "aibattle.arena.apiKey";
 const RESUBSCRIBE_MS = 1000;
 
 let client = newClient();
+/** The models the page offers: those that can chat (`canChat`). */
 let models: Model[] = [];
 let current: { close(): void } | null = null;
 
@@ -130,8 +131,9 @@ function modelSelect(select: HTMLSelectElement, chosen: string): void {
   if (models.some((m) => m.id === chosen)) select.value = chosen;
 }
 
-function chatModels(): Model[] {
-  return models.filter((m) => !(m.capabilities.includes("embedding") && !m.capabilities.includes("text")));
+/** Only models that can take a turn: an embedding-only model (smollm2-embed) cannot chat. */
+function canChat(model: Model): boolean {
+  return !(model.capabilities.includes("embedding") && !model.capabilities.includes("text"));
 }
 
 function fillModels(): void {
@@ -227,7 +229,7 @@ function setUpForm(): void {
   for (const el of document.querySelectorAll('input[name="kind"], #strategy, #conv-mode')) {
     el.addEventListener("change", updateForm);
   }
-  byId("add-seat").addEventListener("click", () => addSeat("assistant", chatModels()[0]?.id ?? ""));
+  byId("add-seat").addEventListener("click", () => addSeat("assistant", models[0]?.id ?? ""));
   byId<HTMLFormElement>("start-form").addEventListener("submit", (event) => {
     event.preventDefault();
     void submit();
@@ -552,7 +554,7 @@ async function route(): Promise<void> {
 async function start(): Promise<void> {
   const listed = await guarded(() => client.listModels());
   if (listed) {
-    models = listed;
+    models = listed.filter(canChat);
     fillModels();
   }
   if (listed || location.hash) await route();
