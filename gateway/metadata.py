@@ -114,30 +114,29 @@ def parse_grpc_timeout(value: str | None) -> float | None:
     return None if seconds > _MAX_TIMEOUT else seconds
 
 
+def _answered(key: str) -> bool:
+    """Whether an upstream metadata key goes back to the HTTP client: not the runtime's own, and not the
+    request id (echoed as X-Request-Id itself)."""
+    return not (key in _RESERVED or key.startswith("grpc-") or key == "x-request-id")
+
+
 def metadata_fields(metadata: grpc.aio.Metadata | None) -> list[tuple[str, str]]:
     """The upstream's metadata as header fields under their own names (Connect and gRPC-Web carry
     metadata as headers and trailers unprefixed); binary values base64, the runtime's own left out."""
-    fields: list[tuple[str, str]] = []
-    for key, value in metadata or ():
-        if key in _RESERVED or key.startswith("grpc-") or key == "x-request-id":
-            continue
-        if isinstance(value, bytes):
-            fields.append((key, base64.b64encode(value).decode("ascii")))
-        else:
-            fields.append((key, value))
-    return fields
+    return [
+        (key, base64.b64encode(value).decode("ascii") if isinstance(value, bytes) else value)
+        for key, value in metadata or ()
+        if _answered(key)
+    ]
 
 
 def response_headers(
     initial: grpc.aio.Metadata | None, trailing: grpc.aio.Metadata | None = None
 ) -> dict[str, str]:
     """`Grpc-Metadata-*` / `Grpc-Trailer-*` headers for the upstream's metadata (text values only)."""
-    headers: dict[str, str] = {}
-    for prefix, metadata in (("Grpc-Metadata-", initial), ("Grpc-Trailer-", trailing)):
-        for key, value in metadata or ():
-            if key in _RESERVED or key.startswith("grpc-") or not isinstance(value, str):
-                continue
-            if key == "x-request-id":
-                continue  # echoed as X-Request-Id itself
-            headers[prefix + key] = value
-    return headers
+    return {
+        prefix + key: value
+        for prefix, metadata in (("Grpc-Metadata-", initial), ("Grpc-Trailer-", trailing))
+        for key, value in metadata or ()
+        if _answered(key) and isinstance(value, str)
+    }

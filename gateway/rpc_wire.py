@@ -110,7 +110,7 @@ def b64decode_any(text: bytes | str) -> bytes:
     try:
         return base64.b64decode(raw + b"=" * (-len(raw) % 4), validate=True)
     except (binascii.Error, ValueError):
-        raise WireError("the body is not base64") from None
+        raise WireError("not valid base64 (standard or URL-safe)") from None
 
 
 def b64decode_chunks(body: bytes) -> bytes:
@@ -150,7 +150,7 @@ class Codec:
         try:
             message.ParseFromString(data)
         except (DecodeError, RuntimeError):  # RuntimeError: recursion too deep in the C decoder
-            raise WireError(f"the request is not a {cls.DESCRIPTOR.full_name}") from None
+            raise WireError(f"the bytes are not a valid {cls.DESCRIPTOR.full_name} message") from None
         return message
 
     def encode(self, message: Message) -> bytes:

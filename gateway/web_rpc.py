@@ -44,7 +44,7 @@ from common.errors import (
 )
 from gateway import observe
 from gateway.calls import cancel_on_exit
-from gateway.descriptors import Rpc
+from gateway.descriptors import Rpc, Shape
 from gateway.errors import error_headers, http_status
 from gateway.metadata import metadata_fields
 from gateway.relay import relay
@@ -156,10 +156,12 @@ def _grpc_web_answer(
     )
 
 
-CONNECT = Dialect("connect", lambda status, _http: connect_error(status), "connect", answer=_connect_answer)
-GRPC_WEB = Dialect(
-    "grpc-web", lambda status, _http: connect_error(status), "grpc-web", answer=_grpc_web_answer
-)
+def _error_body(status: status_pb2.Status, _http: int) -> dict[str, object]:
+    return connect_error(status)
+
+
+CONNECT = Dialect("connect", _error_body, "connect", answer=_connect_answer)
+GRPC_WEB = Dialect("grpc-web", _error_body, "grpc-web", answer=_grpc_web_answer)
 
 
 def _pick(request: web.Request) -> Dialect:
@@ -168,9 +170,7 @@ def _pick(request: web.Request) -> Dialect:
 
 
 #: The dialect of every RPC path: Connect's or gRPC-Web's, by the request's Content-Type.
-RPC = Dialect(
-    "rpc", lambda status, _http: connect_error(status), "connect", answer=_connect_answer, pick=_pick
-)
+RPC = Dialect("rpc", _error_body, "connect", answer=_connect_answer, pick=_pick)
 
 
 # --- the endpoints ------------------------------------------------------------------------------------------
@@ -183,9 +183,10 @@ def rpc_endpoints(files: Iterable[FileDescriptor]) -> list[tuple[str, str, Handl
         for service in file.services_by_name.values():
             for method in service.methods:
                 rpc = Rpc.of(method)
-                endpoints.append(("POST", rpc.grpc_path, _handler(rpc)))
-                if _cacheable(method) and not rpc.shape.streams_responses and not rpc.shape.streams_requests:
-                    endpoints.append(("GET", rpc.grpc_path, _handler(rpc)))
+                handler = _handler(rpc)
+                endpoints.append(("POST", rpc.grpc_path, handler))
+                if _cacheable(method) and rpc.shape is Shape.UNARY:
+                    endpoints.append(("GET", rpc.grpc_path, handler))
     return endpoints
 
 
