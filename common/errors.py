@@ -60,6 +60,12 @@ def _cut_utf8(text: str, limit: int) -> str:
     return data[: limit - len("…".encode())].decode("utf-8", "ignore") + "…"
 
 
+def status_code(number: int) -> grpc.StatusCode:
+    """The gRPC code a `google.rpc.Status` (or a handler's int) carries by number; UNKNOWN for a number
+    no code has."""
+    return next((c for c in grpc.StatusCode if c.value[0] == number), grpc.StatusCode.UNKNOWN)
+
+
 @dataclass(frozen=True)
 class Reason:
     """One `ErrorInfo.reason`: its gRPC code, what it means, and what the server does about it.

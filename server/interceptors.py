@@ -27,7 +27,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind
 
 from common import bounds
-from common.errors import INTERNAL, MALFORMED_REQUEST, ApiError, InvalidArgument, internal_error
+from common.errors import INTERNAL, MALFORMED_REQUEST, ApiError, InvalidArgument, internal_error, status_code
 from common.observability import (
     ECHO_IN_TRAILERS,
     ECHO_METADATA,
@@ -236,7 +236,7 @@ class _Rpc:
         if (interrupted or context.cancelled()) and code == grpc.StatusCode.OK:
             code = grpc.StatusCode.CANCELLED
         if not isinstance(code, grpc.StatusCode):  # an int set by a handler; never ours
-            code = next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.UNKNOWN)
+            code = status_code(code)
         observation = self.observation
         elapsed = observation.elapsed()
         overhead = observation.overhead_seconds() if self.overhead is None else self.overhead

@@ -27,7 +27,6 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, cast
 
-import grpc
 from google.rpc import error_details_pb2, status_pb2
 
 from aibattle.v1 import common_pb2, completions_pb2, reasoning_pb2
@@ -39,6 +38,7 @@ from common.errors import (
     InvalidArgument,
     PermissionDenied,
     shown,
+    status_code,
 )
 from server.orchestration.reasoning.session import Event, EventType, is_terminal
 from server.orchestration.reasoning.sessions import ReasoningSessions
@@ -318,8 +318,7 @@ def error_of(status: status_pb2.Status) -> ApiError:
         info = error_details_pb2.ErrorInfo()
         if detail.Unpack(info):
             reason, metadata = info.reason, dict(info.metadata)
-    code = next((c for c in grpc.StatusCode if c.value[0] == status.code), grpc.StatusCode.UNKNOWN)
-    return ApiError(code, reason, status.message, metadata=metadata)
+    return ApiError(status_code(status.code), reason, status.message, metadata=metadata)
 
 
 def run_usage(usage: reasoning_pb2.ReasoningUsage) -> common_pb2.Usage:
