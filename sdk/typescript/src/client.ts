@@ -98,8 +98,15 @@ function alias<T extends object, K extends string>(target: T, name: K, read: (t:
 
 /** A response field the server always sets; its absence is a broken answer, not an empty result. */
 function required<T>(value: T | undefined, what: string): T {
-  if (value === undefined) throw new ConnectError(`the server's answer has no ${what}`, Code.Internal);
+  if (value === undefined) {
+    throw toAIBattleError(new ConnectError(`the server's answer has no ${what}`, Code.Internal));
+  }
   return value;
+}
+
+/** Seed 000's `conversation.conversation_id`, beside protobuf-es's `conversationId`. */
+function withConversationId(conversation: Conversation): Conversation & { readonly conversation_id: string } {
+  return alias(conversation, "conversation_id", (c) => c.conversationId);
 }
 
 function fileData(input: FileDataInput): FileData {
@@ -232,7 +239,7 @@ export class AIBattleClient {
         o,
       ),
     );
-    return alias(required(response.conversation, "conversation"), "conversation_id", (c) => c.conversationId);
+    return withConversationId(required(response.conversation, "conversation"));
   }
 
   /**
@@ -271,17 +278,17 @@ export class AIBattleClient {
         o,
       ),
     );
-    return alias(required(response.conversation, "conversation"), "conversation_id", (c) => c.conversationId);
+    return withConversationId(required(response.conversation, "conversation"));
   }
 
   async cancelConversation(conversationId: string): Promise<ConversationWithId> {
     const response = await this.#call((o) => this.conversations.cancelConversation({ conversationId }, o));
-    return alias(required(response.conversation, "conversation"), "conversation_id", (c) => c.conversationId);
+    return withConversationId(required(response.conversation, "conversation"));
   }
 
   async getConversation(conversationId: string): Promise<ConversationWithId> {
     const response = await this.#call((o) => this.conversations.getConversation({ conversationId }, o));
-    return alias(required(response.conversation, "conversation"), "conversation_id", (c) => c.conversationId);
+    return withConversationId(required(response.conversation, "conversation"));
   }
 
   async deleteConversation(conversationId: string): Promise<void> {

@@ -93,9 +93,11 @@ class Subscription<E extends { sequence: bigint }> implements EventSubscription 
   ) {
     this.lastSequence = options.afterSequence ?? 0n;
     const outer = options.signal;
+    const onAbort = (): void => this.close();
     if (outer?.aborted) this.stop.abort();
-    else outer?.addEventListener("abort", () => this.close(), { once: true });
-    this.done = this.run();
+    else outer?.addEventListener("abort", onAbort, { once: true });
+    // The caller's signal may outlive this subscription: leave no listener on it once it is over.
+    this.done = this.run().finally(() => outer?.removeEventListener("abort", onAbort));
   }
 
   close(): void {
