@@ -6,6 +6,9 @@ import { h } from "./dom.js";
 import { type Conversation, type ConversationEvent, ConversationEventType as T, RunStatus } from "./sdk.js";
 import { Sequencer, statusName } from "./runs.js";
 
+/** The seats a person takes, as the server reads them (server/orchestration/turns.py). */
+const HUMAN_ROLES = new Set(["human", "user"]);
+
 export class ConversationRun {
   readonly sequencer = new Sequencer();
   status: RunStatus;
@@ -21,7 +24,10 @@ export class ConversationRun {
     private readonly onStatus: (status: RunStatus, run: ConversationRun) => void = () => {},
   ) {
     this.status = conversation.status;
-    const people = conversation.mode === "human-ai" ? conversation.models.filter((p) => p.role === "human") : [];
+    const people =
+      conversation.mode === "human-ai"
+        ? conversation.models.filter((p) => HUMAN_ROLES.has(p.role.toLowerCase()))
+        : [];
     this.human = people.length ? { model: people[0].id, role: people[0].role } : null;
     for (const seat of conversation.models) {
       const person = people.some((p) => p.id === seat.id && p.role === seat.role);

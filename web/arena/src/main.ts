@@ -22,7 +22,6 @@ import {
 import { CONVERSATION_MODES, STRATEGIES, boundsOf } from "./schema.js";
 
 const KEY_STORAGE = "aibattle.arena.apiKey";
-const RESUBSCRIBE_MS = 1000;
 
 let client = newClient();
 /** The models the page offers: those that can chat (`canChat`). */
@@ -54,6 +53,12 @@ function setConnection(text: string, state: "" | "live" | "retry" = ""): void {
   const el = byId("connection");
   el.textContent = text;
   el.className = `connection ${state}`;
+}
+
+/** An event arrived: apply it, and if the stream was reconnecting, it is live again. */
+function live(apply: () => void): void {
+  if (byId("connection").classList.contains("retry")) setConnection("Live", "live");
+  apply();
 }
 
 /** Runs `action`; a 401 opens the key field (a key given there loads the page again), another error shows. */
@@ -365,9 +370,9 @@ interface Followed {
 }
 
 /**
- * Follows a run's events until it ends: `watch` opens a subscription after a sequence (the SDK resumes it
- * over dropped connections by itself); should it end while the run is not finished, a new one is opened
- * after the last applied sequence.
+ * Follows a run's events until it ends: `watch` opens a subscription after a sequence, and the SDK resumes
+ * it over dropped connections by itself. A subscription that ends without an error was ended by the
+ * server, which does so only once the run is over (completed, failed, cancelled or interrupted).
  */
 function follow(
   run: Followed,
@@ -375,36 +380,22 @@ function follow(
   finished: () => void = () => {},
 ): { close(): void } {
   const abort = new AbortController();
-  let subscription: EventSubscription | null = null;
-  const open = (): void => {
+  setConnection("Live", "live");
+  const subscription = watch(run.sequencer.last, abort.signal);
+  void subscription.done.then(() => {
     if (abort.signal.aborted) return;
-    setConnection("Live", "live");
-    subscription = watch(run.sequencer.last, abort.signal);
-    void subscription.done.then(
-      () => settle(),
-      () => settle(),
-    );
-  };
-  const settle = (): void => {
-    if (abort.signal.aborted) return;
-    if (TERMINAL.has(run.status)) {
-      setConnection("Finished");
-      byId("cancel").hidden = true;
-      finished();
-      return;
-    }
-    if (subscription?.error) {
+    if (subscription.error) {
       setConnection("Stopped"); // the API's final answer (onError showed it), not a dropped connection
       return;
     }
-    setConnection("Reconnecting…", "retry");
-    setTimeout(open, RESUBSCRIBE_MS);
-  };
-  open();
+    setConnection("Finished");
+    byId("cancel").hidden = true;
+    finished();
+  });
   return {
     close(): void {
       abort.abort();
-      subscription?.close();
+      subscription.close();
     },
   };
 }
@@ -426,13 +417,14 @@ async function openReasoning(id: string): Promise<void> {
       await client.resumeReasoning(id);
       await route(); // a new run of the same session: follow it from its first event again
     });
+  current?.close(); // an overlapping route() may have followed one meanwhile
   current = follow(
     run,
     (after, signal) =>
       client.watchReasoning(
         id,
         {
-          onEvent: (event) => run.apply(event),
+          onEvent: (event) => live(() => run.apply(event)),
           onError: onStreamError,
           onReconnect: () => setConnection("Reconnecting…", "retry"),
         },
@@ -499,11 +491,12 @@ async function openConversation(id: string): Promise<void> {
   });
   const composer = byId("composer");
   composer.hidden = !run.human || TERMINAL.has(run.status);
+  current?.close(); // an overlapping route() may have followed one meanwhile
   current = follow(run, (after, signal) =>
     client.connectToConversation(
       id,
       {
-        onEvent: (event) => run.apply(event),
+        onEvent: (event) => live(() => run.apply(event)),
         onError: onStreamError,
         onReconnect: () => setConnection("Reconnecting…", "retry"),
       },

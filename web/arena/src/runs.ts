@@ -9,7 +9,13 @@ export function statusName(status: RunStatus): string {
   return humanize(name.toLowerCase());
 }
 
-export const TERMINAL = new Set<RunStatus>([RunStatus.COMPLETED, RunStatus.CANCELLED, RunStatus.FAILED]);
+/** Statuses after which a run's event stream ends (as the server and the SDK's `*Ends` say). */
+export const TERMINAL = new Set<RunStatus>([
+  RunStatus.COMPLETED,
+  RunStatus.CANCELLED,
+  RunStatus.FAILED,
+  RunStatus.INTERRUPTED,
+]);
 
 /**
  * Sequences already applied. A resumed stream starts after the last one, a reloaded page replays from
