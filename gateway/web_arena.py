@@ -41,8 +41,6 @@ _TYPES = {
     ".html": "text/html",
     ".js": "text/javascript",
     ".css": "text/css",
-    ".svg": "image/svg+xml",
-    ".map": "application/json",
 }
 
 
