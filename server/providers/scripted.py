@@ -37,7 +37,6 @@ import asyncio
 import itertools
 import json
 import re
-import uuid
 from collections.abc import AsyncGenerator, Iterator
 
 from common.enums import FinishReason
@@ -52,6 +51,7 @@ from server.providers.base import (
     ToolMode,
     Usage,
 )
+from server.providers.http.wire import new_call_id
 from server.providers.text import StopMatcher
 from server.scripts import parse_entry
 from server.settings import ModelConfig
@@ -144,7 +144,7 @@ class ScriptedProvider:
                 if produced >= request.max_tokens:
                     reason = FinishReason.LENGTH
                     break
-                call_id = f"call_{uuid.uuid4().hex[:24]}"
+                call_id = new_call_id()
                 for n, fragment in enumerate(pieces(arguments)):
                     if chunk == model.error_after_chunks:
                         raise _failure(model, chunk)

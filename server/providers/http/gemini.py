@@ -70,7 +70,15 @@ from server.providers.base import (
 from server.providers.http.base import UNREPORTED, HttpProvider, HttpRequest, sampling
 from server.providers.http.errors import stream_error
 from server.providers.http.unary import post_json, token_count, vectors
-from server.providers.http.wire import FrameError, SseParser, arguments_text, call_arguments, new_call_id
+from server.providers.http.wire import (
+    CALL_ID_HEX_DIGITS,
+    CALL_ID_PREFIX,
+    FrameError,
+    SseParser,
+    arguments_text,
+    call_arguments,
+    new_call_id,
+)
 from server.providers.text import estimate_tokens
 from server.settings import ModelConfig
 
@@ -90,7 +98,9 @@ _BAD_CALLS = {
 }
 SIGNATURE_MARK = "__sig_"
 """Between a tool call's id and its thought signature (see the module docstring)."""
-_MADE_ID = re.compile(r"call_[0-9a-f]{24}")  # wire.new_call_id's: ours, never sent to Gemini
+_MADE_ID = re.compile(  # wire.new_call_id's: ours, never sent to Gemini
+    rf"{re.escape(CALL_ID_PREFIX)}[0-9a-f]{{{CALL_ID_HEX_DIGITS}}}"
+)
 
 
 def finish_reason(value: str) -> FinishReason:

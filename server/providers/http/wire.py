@@ -190,9 +190,15 @@ def call_arguments(call: ToolCall) -> dict[str, Any]:
     return value
 
 
+CALL_ID_PREFIX = "call_"
+CALL_ID_HEX_DIGITS = 24
+"""`new_call_id`'s shape: the prefix, then this many lowercase hex digits."""
+
+
 def new_call_id() -> str:
-    """An id for a tool call whose upstream gives none (Ollama, Gemini), in OpenAI's shape."""
-    return f"call_{uuid.uuid4().hex[:24]}"
+    """An id for a tool call whose upstream gives none (Ollama, Gemini, a scripted model), in
+    OpenAI's shape."""
+    return f"{CALL_ID_PREFIX}{uuid.uuid4().hex[:CALL_ID_HEX_DIGITS]}"
 
 
 def arguments_text(value: Any) -> str:
