@@ -65,19 +65,20 @@ from google.rpc import status_pb2
 
 from aibattle.v1 import common_pb2, completions_pb2
 from common.enums import FinishReason
-from common.errors import INVALID_FIELD_VALUE, UNSUPPORTED_CONTENT, UNSUPPORTED_PARAMETER, InvalidArgument
+from common.errors import UNSUPPORTED_CONTENT, UNSUPPORTED_PARAMETER
 from gateway import observe
 from gateway.calls import cancel_on_exit
 from gateway.compat.core import (
     ChatParams,
     Keys,
-    answer_headers,
     arguments_object,
     create_completion,
     failover_json,
+    invalid,
     json_format,
     optional_bool,
     optional_int,
+    optional_list,
     optional_number,
     optional_object,
     optional_str,
@@ -87,13 +88,14 @@ from gateway.compat.core import (
     stream_completion,
     tool,
     tool_choice,
+    wrong_type,
 )
 from gateway.descriptors import Rpc
 from gateway.errors import http_status
 from gateway.transcode import dumps_bytes
 from gateway.web_errors import Dialect
 from gateway.web_state import STATE, call_context
-from gateway.web_stream import ESTIMATED_HEADER, SSE, sse_event, stream_http
+from gateway.web_stream import ESTIMATED_HEADER, SSE, answer_headers, sse_event, stream_http
 
 COUNT_TOKENS = Rpc.of(
     completions_pb2.DESCRIPTOR.services_by_name["CompletionService"].methods_by_name["CountTokens"]
@@ -196,27 +198,19 @@ _STOP_REASONS = {
 MAX_TEMPERATURE = 1.0
 
 
-def _invalid(where: str, message: str, *, reason: Any = INVALID_FIELD_VALUE) -> InvalidArgument:
-    return InvalidArgument(where, message, reason=reason, prefix=False)
-
-
-def _wrong_type(where: str, expected: str) -> InvalidArgument:
-    return _invalid(where, f"{where!r} must be {expected}")
-
-
 def _blocks(content: Any, where: str) -> list[dict[str, Any]]:
     """Content as blocks: a string is one text block."""
     if isinstance(content, str):
         return [{"type": "text", "text": content}]
     if isinstance(content, list) and all(isinstance(b, dict) for b in content):
         return content
-    raise _wrong_type(where, "a string or a list of content blocks")
+    raise wrong_type(where, "a string or a list of content blocks")
 
 
 def _block_type(block: Mapping[str, Any], where: str) -> str:
     kind = block.get("type")
     if not isinstance(kind, str):
-        raise _wrong_type(f"{where}.type", "a string")
+        raise wrong_type(f"{where}.type", "a string")
     return kind
 
 
@@ -225,7 +219,7 @@ def _text(block: Mapping[str, Any], where: str) -> str:
     optional_object(block, "cache_control", where=f"{where}.")
     text = block.get("text")
     if not isinstance(text, str):
-        raise _wrong_type(f"{where}.text", "a string")
+        raise wrong_type(f"{where}.text", "a string")
     return text
 
 
@@ -235,7 +229,7 @@ def _texts(content: Any, where: str) -> str:
     for j, block in enumerate(_blocks(content, where)):
         at = f"{where}[{j}]"
         if _block_type(block, at) != "text":
-            raise _invalid(
+            raise invalid(
                 f"{at}.type", f"{at}.type: only text blocks are supported here", reason=UNSUPPORTED_CONTENT
             )
         texts.append(_text(block, at))
@@ -245,11 +239,11 @@ def _texts(content: Any, where: str) -> str:
 def _base64(source: Mapping[str, Any], where: str) -> bytes:
     data = source.get("data")
     if not isinstance(data, str):
-        raise _wrong_type(f"{where}.data", "a base64 string")
+        raise wrong_type(f"{where}.data", "a base64 string")
     try:
         return base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise _invalid(f"{where}.data", f"{where + '.data'!r} is not valid base64") from exc
+        raise invalid(f"{where}.data", f"{where + '.data'!r} is not valid base64") from exc
 
 
 def _file(block: Mapping[str, Any], kind: str, where: str) -> common_pb2.FileData:
@@ -265,7 +259,7 @@ def _file(block: Mapping[str, Any], kind: str, where: str) -> common_pb2.FileDat
     media_type = optional_str(source, "media_type", where=f"{at}.") or ""
     if kind == "image" and source_type == "base64":
         if media_type not in IMAGE_TYPES:
-            raise _invalid(
+            raise invalid(
                 f"{at}.media_type", f"{at + '.media_type'!r} must be one of {', '.join(IMAGE_TYPES)}"
             )
         return common_pb2.FileData(type="image", mime_type=media_type, content=_base64(source, at))
@@ -274,10 +268,10 @@ def _file(block: Mapping[str, Any], kind: str, where: str) -> common_pb2.FileDat
     if kind == "document" and source_type == "text" and media_type == "text/plain":
         data = source.get("data")
         if not isinstance(data, str):
-            raise _wrong_type(f"{at}.data", "a string")
+            raise wrong_type(f"{at}.data", "a string")
         return common_pb2.FileData(type="text", mime_type=media_type, content=data.encode())
     takes = "base64 images" if kind == "image" else "base64 PDF or plain text documents"
-    raise _invalid(
+    raise invalid(
         f"{at}.type",
         f"{at}: only {takes} are supported (nothing is fetched from a URL)",
         reason=UNSUPPORTED_CONTENT,
@@ -291,7 +285,7 @@ def _tool_call(block: Mapping[str, Any], where: str) -> common_pb2.ToolCall:
     name = required_str(block, "name", where=f"{where}.")
     tool_input = block.get("input")
     if not isinstance(tool_input, dict):
-        raise _wrong_type(f"{where}.input", "an object")
+        raise wrong_type(f"{where}.input", "an object")
     return common_pb2.ToolCall(id=call_id, name=name, arguments=json.dumps(tool_input, ensure_ascii=False))
 
 
@@ -311,16 +305,16 @@ def _messages(body: Mapping[str, Any]) -> list[common_pb2.Message]:
     blocks; an assistant turn's tool_use blocks become its tool_calls."""
     raw = body.get("messages")
     if not isinstance(raw, list) or not raw:
-        raise _wrong_type("messages", "a non-empty list")
+        raise wrong_type("messages", "a non-empty list")
     messages: list[common_pb2.Message] = []
     for i, item in enumerate(raw):
         where = f"messages[{i}]"
         if not isinstance(item, dict):
-            raise _wrong_type(where, "an object")
+            raise wrong_type(where, "an object")
         MESSAGE_KEYS.check(item, where=f"{where}.")
         role = item.get("role")
         if role not in ("user", "assistant"):
-            raise _invalid(f"{where}.role", f'{where + ".role"!r} must be "user" or "assistant"')
+            raise invalid(f"{where}.role", f'{where + ".role"!r} must be "user" or "assistant"')
         turn = common_pb2.Message(role=role)
         texts: list[str] = []
         before = len(messages)
@@ -338,7 +332,7 @@ def _messages(body: Mapping[str, Any]) -> list[common_pb2.Message]:
             elif kind in ("thinking", "redacted_thinking") and role == "assistant":
                 _earlier_thinking(block, kind, at)
             else:
-                raise _invalid(
+                raise invalid(
                     f"{at}.type",
                     f"{at}.type: {kind!r} blocks are not supported in {role} turns",
                     reason=UNSUPPORTED_CONTENT,
@@ -356,11 +350,11 @@ def _earlier_thinking(block: Mapping[str, Any], kind: str, where: str) -> None:
         THINKING_BLOCK_KEYS.check(block, where=f"{where}.")
         for key in ("thinking", "signature"):
             if not isinstance(block.get(key), str):
-                raise _wrong_type(f"{where}.{key}", "a string")
+                raise wrong_type(f"{where}.{key}", "a string")
     else:
         REDACTED_THINKING_KEYS.check(block, where=f"{where}.")
         if not isinstance(block.get("data"), str):
-            raise _wrong_type(f"{where}.data", "a string")
+            raise wrong_type(f"{where}.data", "a string")
     optional_object(block, "cache_control", where=f"{where}.")
 
 
@@ -373,16 +367,16 @@ def thinking_wanted(body: Mapping[str, Any], max_tokens: int | None = None) -> b
     THINKING_KEYS.check(config, where="thinking.")
     kind = required_str(config, "type", where="thinking.")
     if kind == "between_tools":
-        raise _invalid(
+        raise invalid(
             "thinking.type",
             "'thinking.type' \"between_tools\" is not supported: thinking comes before the answer here",
             reason=UNSUPPORTED_PARAMETER,
         )
     if kind not in THINKING_TYPES:
-        raise _invalid("thinking.type", "'thinking.type' must be one of enabled, adaptive, disabled")
+        raise invalid("thinking.type", "'thinking.type' must be one of enabled, adaptive, disabled")
     display = optional_str(config, "display", where="thinking.")
     if display not in (None, "summarized"):
-        raise _invalid(
+        raise invalid(
             "thinking.display",
             f"'thinking.display' {display!r} is not supported: only \"summarized\"",
             reason=UNSUPPORTED_PARAMETER,
@@ -390,33 +384,28 @@ def thinking_wanted(body: Mapping[str, Any], max_tokens: int | None = None) -> b
     budget = optional_int(config, "budget_tokens", where="thinking.")
     if kind != "enabled":
         if budget is not None:
-            raise _invalid("thinking.budget_tokens", "'thinking.budget_tokens' goes only with \"enabled\"")
+            raise invalid("thinking.budget_tokens", "'thinking.budget_tokens' goes only with \"enabled\"")
         return kind == "adaptive"
     if budget is None or budget < MIN_THINKING_BUDGET:
-        raise _invalid(
+        raise invalid(
             "thinking.budget_tokens", f"'thinking.budget_tokens' must be at least {MIN_THINKING_BUDGET}"
         )
     if max_tokens is not None and budget >= max_tokens:
-        raise _invalid("thinking.budget_tokens", "'thinking.budget_tokens' must be less than 'max_tokens'")
+        raise invalid("thinking.budget_tokens", "'thinking.budget_tokens' must be less than 'max_tokens'")
     return True
 
 
 def _tools(body: Mapping[str, Any]) -> list[common_pb2.Tool]:
-    raw = body.get("tools")
-    if raw is None:
-        return []
-    if not isinstance(raw, list):
-        raise _wrong_type("tools", "a list")
     tools = []
-    for i, item in enumerate(raw):
+    for i, item in enumerate(optional_list(body, "tools")):
         where = f"tools[{i}]"
         if not isinstance(item, dict):
-            raise _wrong_type(where, "an object")
+            raise wrong_type(where, "an object")
         TOOL_KEYS.check(item, where=f"{where}.")
         optional_object(item, "cache_control", where=f"{where}.")
         name = required_str(item, "name", where=f"{where}.")
         if not isinstance(item.get("input_schema"), dict):
-            raise _wrong_type(f"{where}.input_schema", "an object (a JSON Schema)")
+            raise wrong_type(f"{where}.input_schema", "an object (a JSON Schema)")
         description = optional_str(item, "description", where=f"{where}.")
         tools.append(tool(name, description, item["input_schema"], where=where))
     return tools
@@ -432,9 +421,9 @@ def _tool_choice(body: Mapping[str, Any]) -> common_pb2.ToolChoice | None:
     if kind == "tool":
         return tool_choice("", name=required_str(choice, "name", where="tool_choice."))
     if kind not in _TOOL_MODES:
-        raise _invalid("tool_choice.type", "'tool_choice.type' must be one of auto, any, tool, none")
+        raise invalid("tool_choice.type", "'tool_choice.type' must be one of auto, any, tool, none")
     if name:
-        raise _invalid("tool_choice.name", "'tool_choice.name' goes only with type \"tool\"")
+        raise invalid("tool_choice.name", "'tool_choice.name' goes only with type \"tool\"")
     return tool_choice(_TOOL_MODES[kind])
 
 
@@ -448,9 +437,9 @@ def _output_format(body: Mapping[str, Any]) -> common_pb2.ResponseFormat | None:
     form = optional_object(config, "format", where="output_config.")
     FORMAT_KEYS.check(form, where="output_config.format.")
     if form.get("type") != "json_schema":
-        raise _invalid("output_config.format.type", "'output_config.format.type' must be \"json_schema\"")
+        raise invalid("output_config.format.type", "'output_config.format.type' must be \"json_schema\"")
     if not isinstance(form.get("schema"), dict):
-        raise _wrong_type("output_config.format.schema", "an object (a JSON Schema)")
+        raise wrong_type("output_config.format.schema", "an object (a JSON Schema)")
     return json_format(form["schema"], where="output_config.format.schema")
 
 
@@ -465,7 +454,7 @@ def _stop_sequences(body: Mapping[str, Any]) -> list[str]:
         return []
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return list(value)
-    raise _wrong_type("stop_sequences", "a list of strings")
+    raise wrong_type("stop_sequences", "a list of strings")
 
 
 def prompt_params(body: dict[str, Any], keys: Keys) -> ChatParams:
@@ -488,13 +477,13 @@ def messages_params(body: dict[str, Any]) -> ChatParams:
     params = prompt_params(body, MESSAGES_KEYS)
     params.max_tokens = optional_int(body, "max_tokens")
     if params.max_tokens is None:
-        raise _invalid("max_tokens", "'max_tokens' is required")
+        raise invalid("max_tokens", "'max_tokens' is required")
     metadata = optional_object(body, "metadata")
     METADATA_KEYS.check(metadata, where="metadata.")
     optional_str(metadata, "user_id", where="metadata.")
     params.temperature = optional_number(body, "temperature")
     if params.temperature is not None and not 0 <= params.temperature <= MAX_TEMPERATURE:
-        raise _invalid(
+        raise invalid(
             "temperature",
             f"'temperature' must be between 0 and {MAX_TEMPERATURE:g}, got {params.temperature:g}",
         )

@@ -28,13 +28,13 @@ from common.errors import (
     UNSUPPORTED_PARAMETER,
     UPSTREAM_PROTOCOL_ERROR,
     InvalidArgument,
+    Reason,
     RequestTooLarge,
 )
 from gateway import observe
 from gateway.descriptors import Rpc
 from gateway.transcode import parse_json
 from gateway.web_state import STATE, call_context
-from gateway.web_stream import answer_headers as _answer_headers
 
 _COMPLETIONS = completions_pb2.DESCRIPTOR.services_by_name["CompletionService"]
 _MODELS = models_pb2.DESCRIPTOR.services_by_name["ModelService"]
@@ -152,22 +152,28 @@ async def read_object(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def _wrong_type(key: str, expected: str) -> Exception:
-    return InvalidArgument(key, f"{key!r} must be {expected}", reason=INVALID_FIELD_VALUE, prefix=False)
+def invalid(where: str, message: str, *, reason: Reason | str = INVALID_FIELD_VALUE) -> InvalidArgument:
+    """A 400 naming the key at fault (`where`), in a message that names it in its own words."""
+    return InvalidArgument(where, message, reason=reason, prefix=False)
+
+
+def wrong_type(key: str, expected: str) -> InvalidArgument:
+    """A 400 for a value of the wrong JSON type: "'key' must be <expected>"."""
+    return invalid(key, f"{key!r} must be {expected}")
 
 
 def optional_str(body: Mapping[str, Any], key: str, *, where: str = "") -> str | None:
     value = body.get(key)
     if value is None or isinstance(value, str):
         return value
-    raise _wrong_type(where + key, "a string")
+    raise wrong_type(where + key, "a string")
 
 
 def optional_bool(body: Mapping[str, Any], key: str, *, where: str = "") -> bool | None:
     value = body.get(key)
     if value is None or isinstance(value, bool):
         return value
-    raise _wrong_type(where + key, "a boolean")
+    raise wrong_type(where + key, "a boolean")
 
 
 def optional_object(body: Mapping[str, Any], key: str, *, where: str = "") -> dict[str, Any]:
@@ -176,7 +182,7 @@ def optional_object(body: Mapping[str, Any], key: str, *, where: str = "") -> di
         return {}
     if isinstance(value, dict):
         return value
-    raise _wrong_type(where + key, "an object")
+    raise wrong_type(where + key, "an object")
 
 
 def optional_int(
@@ -189,7 +195,7 @@ def optional_int(
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool):
-        raise _wrong_type(where + key, "an integer")
+        raise wrong_type(where + key, "an integer")
     low, high = bounds
     if not low <= value <= high:
         raise InvalidArgument(
@@ -207,13 +213,13 @@ def optional_number(body: Mapping[str, Any], key: str, *, where: str = "") -> fl
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _wrong_type(where + key, "a number")
+        raise wrong_type(where + key, "a number")
     try:
         number = float(value)
     except OverflowError:
         number = float("inf")
     if number != number or number in (float("inf"), float("-inf")):
-        raise _wrong_type(where + key, "a finite number")
+        raise wrong_type(where + key, "a finite number")
     return number
 
 
@@ -225,7 +231,7 @@ def stop_list(body: Mapping[str, Any], key: str, *, where: str = "") -> list[str
         return [value]
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return list(value)
-    raise _wrong_type(where + key, "a string or a list of strings")
+    raise wrong_type(where + key, "a string or a list of strings")
 
 
 def required_model(body: Mapping[str, Any]) -> str:
@@ -255,7 +261,7 @@ def text_of(content: Any, where: str) -> str:
                 )
             texts.append(part["text"])
         return "".join(texts)
-    raise _wrong_type(where, "a string or a list of text parts")
+    raise wrong_type(where, "a string or a list of text parts")
 
 
 #: Fills a message's tool fields from the dialect's JSON message (`where` is its path, for errors).
@@ -274,12 +280,12 @@ def chat_messages(
     call it answers among the messages before it)."""
     raw = body.get("messages")
     if not isinstance(raw, list) or not raw:
-        raise _wrong_type("messages", "a non-empty list")
+        raise wrong_type("messages", "a non-empty list")
     messages: list[common_pb2.Message] = []
     for i, item in enumerate(raw):
         where = f"messages[{i}]"
         if not isinstance(item, dict) or not isinstance(item.get("role"), str):
-            raise _wrong_type(where, "an object with a string role")
+            raise wrong_type(where, "an object with a string role")
         keys.check(item, where=f"{where}.")
         role = item["role"]
         message = common_pb2.Message(
@@ -313,7 +319,7 @@ def required_str(body: Mapping[str, Any], key: str, *, where: str = "") -> str:
 def json_object(value: Any, where: str) -> struct_pb2.Struct:
     """A JSON object (a schema, a tool's parameters) as a protobuf Struct."""
     if not isinstance(value, dict):
-        raise _wrong_type(where, "an object")
+        raise wrong_type(where, "an object")
     struct = struct_pb2.Struct()
     struct.update(value)
     return struct
@@ -323,7 +329,7 @@ def function_of(item: Any, where: str, keys: Keys, functions: Keys) -> dict[str,
     """The `function` of a `{"type": "function", "function": {…}}` item (a tool, a call, a choice: OpenAI's
     shape, which Ollama shares), with both objects' keys checked; `where` is the item's path."""
     if not isinstance(item, dict):
-        raise _wrong_type(where, "an object")
+        raise wrong_type(where, "an object")
     keys.check(item, where=f"{where}.")
     kind = item.get("type", "function")
     if kind != "function":
@@ -344,7 +350,7 @@ def optional_list(body: Mapping[str, Any], key: str, *, where: str = "") -> list
         return []
     if isinstance(value, list):
         return value
-    raise _wrong_type(where + key, "a list")
+    raise wrong_type(where + key, "a list")
 
 
 def tool(name: str, description: str | None, parameters: Any, *, where: str) -> common_pb2.Tool:
@@ -370,7 +376,7 @@ def json_format(
     if schema is None:
         return common_pb2.ResponseFormat(type=common_pb2.RESPONSE_FORMAT_TYPE_JSON_OBJECT)
     if schema == {}:
-        raise _wrong_type(where, "a non-empty JSON Schema object")
+        raise wrong_type(where, "a non-empty JSON Schema object")
     return common_pb2.ResponseFormat(
         type=common_pb2.RESPONSE_FORMAT_TYPE_JSON_SCHEMA,
         name=name,
@@ -428,13 +434,6 @@ def failover_json(failover: common_pb2.Failover) -> dict[str, str]:
         "to_deployment": failover.to_deployment,
         "reason": failover.reason,
     }
-
-
-def answer_headers(response: Any) -> dict[str, str]:
-    """`x-aibattle-deployment` for a whole answer that names its deployment (a model with several), and
-    `x-aibattle-reasoning-id` for one a collaboration model's reasoning session produced; a stream's go
-    out with its first chunk (gateway.web_stream), in every dialect."""
-    return _answer_headers(response)
 
 
 # --- embeddings -----------------------------------------------------------------------------------------

@@ -53,7 +53,6 @@ from gateway.compat.core import (
     ChatParams,
     Keys,
     ToolCallPieces,
-    answer_headers,
     arguments_object,
     chat_messages,
     create_completion,
@@ -79,7 +78,7 @@ from gateway.compat.core import (
 )
 from gateway.transcode import dumps, dumps_bytes
 from gateway.web_errors import Dialect
-from gateway.web_stream import NDJSON, stream_http
+from gateway.web_stream import NDJSON, answer_headers, stream_http
 
 _EPOCH = "1970-01-01T00:00:00Z"
 

@@ -58,7 +58,6 @@ from gateway.compat.core import (
     TOOL_MODES,
     ChatParams,
     Keys,
-    answer_headers,
     chat_messages,
     create_completion,
     create_embeddings,
@@ -85,7 +84,7 @@ from gateway.compat.core import (
 from gateway.errors import error_reason, field_at_fault, http_status
 from gateway.transcode import dumps, dumps_bytes
 from gateway.web_errors import Dialect
-from gateway.web_stream import SSE, SSE_KEEPALIVE, sse_event, stream_http
+from gateway.web_stream import SSE, SSE_KEEPALIVE, answer_headers, sse_event, stream_http
 
 _ERROR_TYPES = {
     400: "invalid_request_error",
