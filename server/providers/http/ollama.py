@@ -62,8 +62,8 @@ from server.providers.http.wire import (
     NdjsonParser,
     arguments_text,
     call_arguments,
+    function_tool,
     new_call_id,
-    tool_parameters,
 )
 from server.providers.text import estimate_tokens
 from server.settings import ModelConfig
@@ -176,17 +176,7 @@ def _tools(request: ChatRequest) -> list[dict[str, Any]]:
         )
     if mode == ToolMode.NONE:
         return []
-    return [
-        {
-            "type": "function",
-            "function": {
-                "name": tool.name,
-                **({"description": tool.description} if tool.description else {}),
-                "parameters": tool_parameters(tool),
-            },
-        }
-        for tool in request.tools
-    ]
+    return [function_tool(tool) for tool in request.tools]
 
 
 def _message(model: ModelConfig, message: ChatMessage) -> dict[str, Any]:

@@ -54,7 +54,7 @@ from server.providers.base import (
 from server.providers.http.base import UNREPORTED, HttpProvider, HttpRequest, sampling
 from server.providers.http.errors import stream_error
 from server.providers.http.unary import post_json, vectors
-from server.providers.http.wire import FrameError, SseParser, arguments_text, tool_parameters
+from server.providers.http.wire import FrameError, SseParser, arguments_text, function_tool
 from server.providers.text import estimate_tokens
 from server.settings import ModelConfig
 
@@ -97,18 +97,7 @@ def _tools(request: ChatRequest) -> dict[str, Any]:
     """`tools`, `tool_choice` and `response_format`, as far as the request sets them."""
     out: dict[str, Any] = {}
     if request.tools:
-        out["tools"] = [
-            {
-                "type": "function",
-                "function": {
-                    "name": tool.name,
-                    **({"description": tool.description} if tool.description else {}),
-                    "parameters": tool_parameters(tool),
-                    **({"strict": True} if tool.strict else {}),
-                },
-            }
-            for tool in request.tools
-        ]
+        out["tools"] = [function_tool(tool, strict=True) for tool in request.tools]
         choice = request.tool_choice
         if choice.mode == ToolMode.TOOL:
             out["tool_choice"] = {"type": "function", "function": {"name": choice.name}}

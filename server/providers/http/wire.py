@@ -172,6 +172,21 @@ def tool_parameters(tool: ToolSpec) -> dict[str, Any]:
     return dict(tool.parameters) if tool.parameters is not None else dict(NO_PARAMETERS)
 
 
+def function_tool(tool: ToolSpec, *, strict: bool = False) -> dict[str, Any]:
+    """A tool as OpenAI's (and Ollama's) `tools` entry: `{"type": "function", "function": {...}}`
+    with its name, its description when it has one, its parameters, and `"strict": true` when
+    `strict` is set and the tool asks for it (OpenAI sends it; Ollama has no such field)."""
+    return {
+        "type": "function",
+        "function": {
+            "name": tool.name,
+            **({"description": tool.description} if tool.description else {}),
+            "parameters": tool_parameters(tool),
+            **({"strict": True} if strict and tool.strict else {}),
+        },
+    }
+
+
 def call_arguments(call: ToolCall) -> dict[str, Any]:
     """A history tool call's arguments as the JSON object the APIs that take an object want (Ollama,
     Anthropic, Gemini); "" is no arguments. Text that is not a JSON object is refused, naming the call:
