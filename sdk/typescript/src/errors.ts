@@ -5,6 +5,7 @@
  * ErrorInfo always (its `reason` is stable, e.g. MODEL_NOT_FOUND, RATE_LIMITED), a RetryInfo when the client
  * should wait, a BadRequest when a field is at fault. `toAIBattleError` is the one place that reads them.
  */
+import { durationMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { BadRequestSchema, ErrorInfoSchema, RetryInfoSchema } from "./gen/google/rpc/error_details_pb.js";
 
@@ -54,14 +55,14 @@ export class AIBattleError extends Error {
     super(cause.message, { cause });
     this.code = cause.code;
     this.rawMessage = cause.rawMessage;
-    this.httpStatus = HTTP_STATUS[cause.code] ?? 500;
+    this.httpStatus = HTTP_STATUS[cause.code];
     const info = cause.findDetails(ErrorInfoSchema)[0];
     this.reason = info?.reason ?? "";
     this.metadata = { ...(info?.metadata ?? {}) };
     const violation = cause.findDetails(BadRequestSchema)[0]?.fieldViolations[0];
     if (violation?.field) this.field = violation.field;
     const delay = cause.findDetails(RetryInfoSchema)[0]?.retryDelay;
-    if (delay) this.retryAfterMs = Number(delay.seconds) * 1000 + Math.round(delay.nanos / 1e6);
+    if (delay) this.retryAfterMs = Math.round(durationMs(delay));
   }
 }
 
