@@ -69,7 +69,7 @@ from server.providers.base import (
 )
 from server.providers.http.base import UNREPORTED, HttpProvider, HttpRequest, sampling
 from server.providers.http.errors import stream_error
-from server.providers.http.unary import post_json, token_count, vectors
+from server.providers.http.unary import embedding_tokens, post_json, token_count, vectors
 from server.providers.http.wire import (
     CALL_ID_HEX_DIGITS,
     CALL_ID_PREFIX,
@@ -79,7 +79,6 @@ from server.providers.http.wire import (
     call_arguments,
     new_call_id,
 )
-from server.providers.text import estimate_tokens
 from server.settings import ModelConfig
 
 API_VERSION = "v1beta"
@@ -414,7 +413,7 @@ class GeminiProvider(HttpProvider):
             ]
             # Gemini reports no usage for embeddings, and counting would cost a second call
             # (:countTokens) per request: the prompt tokens are estimated from the texts.
-            return Embeddings(vectors(model, found, len(texts), dimensions), sum(map(estimate_tokens, texts)))
+            return Embeddings(vectors(model, found, len(texts), dimensions), embedding_tokens(None, texts))
 
         return await post_json(
             self,

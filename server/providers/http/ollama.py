@@ -56,7 +56,7 @@ from server.providers.http.errors import (
     stream_error,
     unreachable,
 )
-from server.providers.http.unary import post_json, vectors
+from server.providers.http.unary import embedding_tokens, post_json, vectors
 from server.providers.http.wire import (
     FrameError,
     NdjsonParser,
@@ -65,7 +65,6 @@ from server.providers.http.wire import (
     function_tool,
     new_call_id,
 )
-from server.providers.text import estimate_tokens
 from server.settings import ModelConfig
 
 PROVIDER = "ollama"
@@ -138,10 +137,7 @@ class OllamaProvider(HttpProvider):
             if (message := self.error_text(answer)) is not None:
                 raise stream_error(PROVIDER, model.id, message)
             found = vectors(model, answer["embeddings"], len(texts), dimensions)
-            prompt = answer.get("prompt_eval_count")
-            if not isinstance(prompt, int) or isinstance(prompt, bool):
-                prompt = sum(estimate_tokens(text) for text in texts)
-            return Embeddings(found, prompt)
+            return Embeddings(found, embedding_tokens(answer.get("prompt_eval_count"), texts))
 
         return await post_json(
             self,

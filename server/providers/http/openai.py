@@ -53,9 +53,8 @@ from server.providers.base import (
 )
 from server.providers.http.base import UNREPORTED, HttpProvider, HttpRequest, sampling
 from server.providers.http.errors import stream_error
-from server.providers.http.unary import post_json, vectors
+from server.providers.http.unary import embedding_tokens, post_json, vectors
 from server.providers.http.wire import FrameError, SseParser, arguments_text, function_tool
-from server.providers.text import estimate_tokens
 from server.settings import ModelConfig
 
 _FINISH = {
@@ -305,10 +304,7 @@ def _embeddings(model: ModelConfig, answer: Any, texts: list[str], dimensions: i
     # In `index` order, as OpenAI documents it; a server that leaves index out keeps list order.
     ordered = sorted(data, key=lambda item: int(item.get("index", 0))) if len(data) > 1 else data
     found = vectors(model, [item["embedding"] for item in ordered], len(texts), dimensions)
-    prompt = (answer.get("usage") or {}).get("prompt_tokens")
-    if not isinstance(prompt, int) or isinstance(prompt, bool):
-        prompt = sum(estimate_tokens(text) for text in texts)
-    return Embeddings(found, prompt)
+    return Embeddings(found, embedding_tokens((answer.get("usage") or {}).get("prompt_tokens"), texts))
 
 
 class _StreamState:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import aiohttp
@@ -21,6 +21,7 @@ from common.errors import ApiError, DeadlineExceeded
 from server.providers.http.base import HttpProvider
 from server.providers.http.errors import from_status, protocol_error, redact_error, timed_out, unreachable
 from server.providers.http.wire import FrameError
+from server.providers.text import estimate_tokens
 from server.settings import ModelConfig
 
 T = TypeVar("T")
@@ -93,6 +94,14 @@ def vectors(model: ModelConfig, found: list[Any], count: int, dimensions: int | 
     if dimensions is not None and lengths and lengths != {dimensions}:
         raise FrameError(f"embeddings of {lengths.pop()} dimensions, {dimensions} asked for")
     return out
+
+
+def embedding_tokens(reported: Any, texts: Sequence[str]) -> int:
+    """An embeddings answer's prompt tokens: what the upstream reported when it is an integer (not
+    a bool), else an estimate from the texts (Gemini reports none)."""
+    if isinstance(reported, int) and not isinstance(reported, bool):
+        return reported
+    return sum(estimate_tokens(text) for text in texts)
 
 
 def token_count(model: ModelConfig, field: str) -> Callable[[Any], int]:
