@@ -66,12 +66,12 @@ from google.rpc import status_pb2
 from aibattle.v1 import common_pb2, completions_pb2
 from common.enums import FinishReason
 from common.errors import UNSUPPORTED_CONTENT, UNSUPPORTED_PARAMETER
-from gateway import observe
 from gateway.calls import cancel_on_exit
 from gateway.compat.core import (
     ChatParams,
     Keys,
     arguments_object,
+    call_unary,
     create_completion,
     failover_json,
     invalid,
@@ -94,7 +94,7 @@ from gateway.descriptors import Rpc
 from gateway.errors import http_status
 from gateway.transcode import dumps_bytes
 from gateway.web_errors import Dialect
-from gateway.web_state import STATE, call_context
+from gateway.web_state import call_context
 from gateway.web_stream import ESTIMATED_HEADER, SSE, answer_headers, sse_event, stream_http
 
 COUNT_TOKENS = Rpc.of(
@@ -558,12 +558,7 @@ async def count_tokens(request: web.Request) -> web.StreamResponse:
     message = COUNT_TOKENS.request_cls(
         model=params.model, system_instruction=params.system, messages=params.messages, tools=params.tools
     )
-    context = call_context(request)
-    call = request.app[STATE].upstream.start(
-        COUNT_TOKENS, message, metadata=context.metadata, timeout=context.timeout
-    )
-    response = await call
-    observe.note_upstream_of(await call.initial_metadata(), await call.trailing_metadata())
+    response = await call_unary(request, COUNT_TOKENS, message, call_context(request))
     headers = {ESTIMATED_HEADER: "true"} if response.estimated else None
     return web.json_response({"input_tokens": response.input_tokens}, headers=headers)
 

@@ -34,7 +34,7 @@ from common.errors import (
 from gateway import observe
 from gateway.descriptors import Rpc
 from gateway.transcode import parse_json
-from gateway.web_state import STATE, call_context
+from gateway.web_state import STATE, CallContext, call_context
 
 _COMPLETIONS = completions_pb2.DESCRIPTOR.services_by_name["CompletionService"]
 _MODELS = models_pb2.DESCRIPTOR.services_by_name["ModelService"]
@@ -454,16 +454,19 @@ def input_texts(body: Mapping[str, Any], key: str = "input") -> list[str]:
     )
 
 
+async def call_unary(request: web.Request, rpc: Rpc, message: Any, context: CallContext) -> Any:
+    """A unary RPC upstream with `context`'s metadata and deadline (the caller's `call_context`), and
+    its answer's wait on its model noted (in the trailers the gateway asks for: call_context)."""
+    call = request.app[STATE].upstream.start(rpc, message, metadata=context.metadata, timeout=context.timeout)
+    response = await call
+    observe.note_upstream_of(await call.initial_metadata(), await call.trailing_metadata())
+    return response
+
+
 async def create_completion(request: web.Request, params: ChatParams) -> Any:
     context = call_context(request)
     message = params.to_request(CREATE_COMPLETION.request_cls)
-    call = request.app[STATE].upstream.start(
-        CREATE_COMPLETION, message, metadata=context.metadata, timeout=context.timeout
-    )
-    response = await call
-    # The answer's wait on its model (in the trailers the gateway asks for: gateway.web_state.call_context).
-    observe.note_upstream_of(await call.initial_metadata(), await call.trailing_metadata())
-    return response
+    return await call_unary(request, CREATE_COMPLETION, message, context)
 
 
 def stream_completion(request: web.Request, params: ChatParams) -> Any:
@@ -482,12 +485,7 @@ async def create_embeddings(
     context = call_context(request)
     optional = {} if dimensions is None else {"dimensions": dimensions}
     message = CREATE_EMBEDDINGS.request_cls(model=model, input=texts, **optional)
-    call = request.app[STATE].upstream.start(
-        CREATE_EMBEDDINGS, message, metadata=context.metadata, timeout=context.timeout
-    )
-    response = await call
-    observe.note_upstream_of(await call.initial_metadata(), await call.trailing_metadata())
-    return response
+    return await call_unary(request, CREATE_EMBEDDINGS, message, context)
 
 
 async def list_models(request: web.Request) -> list[Any]:
